@@ -1,0 +1,143 @@
+"""Baseline step schedules (algorithms.md §4). Each returns a ``Schedule`` of NFE K from t_start to t_end.
+
+- ``uniform-t``:        t_i = t_start + i/K (t_end − t_start)
+- ``uniform-lambda``:   λ_i uniform between λ(t_start) and λ(t_end)      (DPM-Solver's "logSNR")
+- ``karras``:           σ_i = (σ_max^{1/ρ} + i/K (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7, σ = e^{−λ} = σ_t/α_t
+                        (Karras et al. 2022, eq. 5)
+- ``time-quadratic``:   √t uniform (DPM-Solver's "time_quadratic")
+- ``linspace``/``leading``/``trailing``: diffusers' multistep-scheduler timestep spacings (VP only)
+- ``ays``:              Align Your Steps tables (Sabour et al. 2024) log-linearly interpolated in σ to K
+- ``flow-shift``:       t' = s t / (1 + (s − 1) t) applied to uniform t (SD3; Esser et al. 2024, eq. 23)
+
+Where λ is infinite at an endpoint (flow at t = 1 or 0), λ-based kinds place their interior points in the
+window [LAMBDA_FLOOR, LAMBDA_CEIL] and keep the endpoint times exact.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import OptstepsError
+from .noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
+from .schedule import Schedule, from_lambdas
+
+LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
+BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic", "linspace", "leading", "trailing", "ays",
+             "flow-shift")
+
+
+def lambda_window(noise_schedule: NoiseSchedule, t_start: float, t_end: float) -> tuple[float, float]:
+    """λ(t_start), λ(t_end), each clipped into [LAMBDA_FLOOR, LAMBDA_CEIL] when infinite."""
+    lo, hi = noise_schedule.lambda_(as_tensor([t_start, t_end])).tolist()
+    lo = lo if math.isfinite(lo) else LAMBDA_FLOOR
+    hi = hi if math.isfinite(hi) else LAMBDA_CEIL
+    return lo, hi
+
+
+def uniform_t(ns, nfe, t_start, t_end):
+    return torch.linspace(t_start, t_end, nfe + 1, dtype=torch.float64)
+
+
+def uniform_lambda(ns, nfe, t_start, t_end):
+    lo, hi = lambda_window(ns, t_start, t_end)
+    return torch.linspace(lo, hi, nfe + 1, dtype=torch.float64)
+
+
+def karras_lambdas(ns, nfe, t_start, t_end, rho: float = 7.0):
+    lo, hi = lambda_window(ns, t_start, t_end)
+    s_max, s_min = math.exp(-lo), math.exp(-hi)
+    ramp = torch.linspace(0, 1, nfe + 1, dtype=torch.float64)
+    sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return -torch.log(sigmas)
+
+
+def time_quadratic(ns, nfe, t_start, t_end):
+    return torch.linspace(math.sqrt(t_start), math.sqrt(t_end), nfe + 1, dtype=torch.float64) ** 2
+
+
+def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0):
+    t = uniform_t(ns, nfe, t_start, t_end)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def diffusers_spacing(ns: VPDiscrete, nfe: int, spacing: str, steps_offset: int = 0) -> torch.Tensor:
+    """Integer timesteps of diffusers' multistep schedulers (DPMSolverMultistep/UniPC) for K steps."""
+    n = ns.num_train_timesteps
+    if spacing == "linspace":
+        ts = torch.linspace(0, n - 1, nfe + 1, dtype=torch.float64).round().flip(0)[:-1]
+    elif spacing == "leading":
+        ratio = n // (nfe + 1)
+        ts = (torch.arange(0, nfe + 1, dtype=torch.float64) * ratio).round().flip(0)[:-1] + steps_offset
+    else:  # trailing
+        ts = torch.arange(n, 0, -n / nfe, dtype=torch.float64).round() - 1
+    return ts
+
+
+AYS_TABLES = {  # diffusers.schedulers.AysSchedules, K = 10 evaluation sigmas (the final 0 dropped)
+    "sd": "StableDiffusionSigmas",
+    "sdxl": "StableDiffusionXLSigmas",
+    "svd": "StableDiffusionVideoSigmas",
+}
+
+
+def ays_table_for(ns: NoiseSchedule) -> str:
+    if isinstance(ns, VPDiscrete) and ns.to_dict() == VPDiscrete("scaled_linear", 0.00085, 0.012, 1000).to_dict():
+        return "sd"
+    if isinstance(ns, EDM) and ns.sigma_max == 700.0:
+        return "svd"
+    raise OptstepsError(
+        f"Align-Your-Steps tables exist only for Stable Diffusion 1.5/XL (VP scaled_linear β 0.00085–0.012, "
+        f"1000 steps) and Stable Video Diffusion (EDM σ_max = 700), not for {ns.describe()} {ns.to_dict()}; "
+        "pick another baseline (uniform-lambda, karras, ...)."
+    )
+
+
+def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.Tensor:
+    """The K evaluation sigmas: log σ of the published 10-step table linearly interpolated over [0, 1]."""
+    from diffusers.schedulers import AysSchedules
+
+    table = table or ays_table_for(ns)
+    if table not in AYS_TABLES:
+        raise OptstepsError(f"unknown AYS table {table!r}; use one of {sorted(AYS_TABLES)}.")
+    sig = torch.tensor(AysSchedules[AYS_TABLES[table]][:-1], dtype=torch.float64)
+    xs = torch.linspace(0, 1, len(sig), dtype=torch.float64)
+    from .noise_schedules import interp
+
+    return torch.exp(interp(torch.linspace(0, 1, nfe, dtype=torch.float64), xs, torch.log(sig)))
+
+
+def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float | None = None,
+             t_end: float | None = None, model: str = "", **opts) -> Schedule:
+    """The baseline schedule ``kind`` for ``nfe`` steps (NFE K ≥ 1) on ``noise_schedule``."""
+    if not isinstance(nfe, int) or nfe < 1:
+        raise OptstepsError(f"nfe must be an integer ≥ 1, got {nfe!r}.")
+    ns = noise_schedule
+    t_start = ns.default_t_start() if t_start is None else float(t_start)
+    t_end = ns.default_t_end() if t_end is None else float(t_end)
+    meta = {"model": model, "method": kind}
+    if kind in ("uniform-t", "time-quadratic", "flow-shift"):
+        if kind == "flow-shift" and ns.family != "flow":
+            raise OptstepsError("flow-shift is a rectified-flow schedule; use it with a flow model (family 'flow').")
+        fn = {"uniform-t": uniform_t, "time-quadratic": time_quadratic, "flow-shift": flow_shift}[kind]
+        t = fn(ns, nfe, t_start, t_end, **opts)
+        t[0], t[-1] = t_start, t_end
+        return Schedule(t, ns, **meta)
+    if kind == "uniform-lambda":
+        return from_lambdas(uniform_lambda(ns, nfe, t_start, t_end), ns, t_start, t_end, **meta)
+    if kind == "karras":
+        return from_lambdas(karras_lambdas(ns, nfe, t_start, t_end, **opts), ns, t_start, t_end, **meta)
+    if kind in ("linspace", "leading", "trailing"):
+        if not isinstance(ns, VPDiscrete):
+            raise OptstepsError(f"'{kind}' spacing is defined for discrete VP (DDPM) schedules only; use uniform-t.")
+        if nfe >= ns.num_train_timesteps:
+            raise OptstepsError(f"nfe = {nfe} needs fewer steps than the {ns.num_train_timesteps} training timesteps.")
+        ts = diffusers_spacing(ns, nfe, kind, **opts)
+        t = torch.cat([ns.t_of_timestep(ts), as_tensor([ns.default_t_end()])])
+        return Schedule(t, ns, **meta)
+    if kind == "ays":
+        sig = ays_sigmas(ns, nfe, **opts)
+        t = torch.cat([ns.t_of_sigma_diffusers(sig), as_tensor([0.0 if ns.family == "vp" else ns.t_min])])
+        t[0] = min(float(t[0]), ns.t_max)
+        return Schedule(t, ns, **meta)
+    raise OptstepsError(f"unknown baseline {kind!r}; use one of: {', '.join(BASELINES)}.")

@@ -1,0 +1,135 @@
+"""The ``optsteps`` command line. Every command reads ``params.yaml`` through ``optsteps.config``."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import OptstepsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models.")
+schedule_app = typer.Typer(no_args_is_help=True, help="Compute step schedules (baselines and optimizers).")
+app.add_typer(schedule_app, name="schedule")
+
+ParamsOpt = typer.Option("params.yaml", "--params", help="The params file (one source of configuration).")
+
+
+def _params(path):
+    from .config import load_params
+
+    return load_params(path)
+
+
+def _schedule_for(kind_or_file: str, model, nfe: int, solver: str):
+    from .baselines import baseline
+    from .schedule import Schedule
+
+    if Path(kind_or_file).is_file() or kind_or_file.endswith(".json"):
+        s = Schedule.load(kind_or_file)
+        if s.noise_schedule != model.noise_schedule:
+            raise OptstepsError(f"{kind_or_file} was made for noise schedule {s.noise_schedule.to_dict()}, but model "
+                                f"{model.name!r} uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
+        return s
+    return baseline(kind_or_file, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver)
+
+
+@app.command()
+def train(model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
+          params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
+    """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
+    from .models import model_dir
+
+    p = _params(params)
+    out = model_dir(p.artifacts, model)
+    if (out / "optsteps_model.json").is_file() and not force:
+        typer.echo(f"{model}: already trained at {out} (use --force to retrain)")
+        return
+    t0 = time.perf_counter()
+    if model == "classifier":
+        from .models.classifier import train_classifier
+
+        train_classifier(p.classifier, out)
+    elif model in ("digits", "digits-flow"):
+        from .models.digits import train_digits
+
+        train_digits(model, p.train_config(model), out)
+    else:
+        raise OptstepsError(f"unknown model {model!r} to train; use digits, digits-flow or classifier.")
+    meta = json.loads((out / "optsteps_model.json").read_text())
+    extra = f", held-out accuracy {meta['holdout_accuracy']:.4f}" if "holdout_accuracy" in meta else ""
+    typer.echo(f"{model}: trained in {time.perf_counter() - t0:.1f} s{extra} -> {out}")
+
+
+@schedule_app.command("baseline")
+def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-lambda | karras | time-quadratic | "
+                                                 "linspace | leading | trailing | ays | flow-shift"),
+                      model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
+                      solver: str = typer.Option("", "--solver"), as_json: bool = typer.Option(False, "--json"),
+                      params: str = ParamsOpt):
+    """Print a baseline schedule (JSON with --json)."""
+    from .baselines import baseline
+    from .models import BUILTIN, gmm_model, load_model
+
+    ns = gmm_model().noise_schedule if model == "gmm" else None
+    if ns is None:
+        if model in ("digits", "digits-flow"):
+            from .models.digits import noise_schedule_for
+
+            ns = noise_schedule_for(model)  # the schedule needs no weights
+        else:
+            ns = load_model(model, _params(params).artifacts).noise_schedule
+    s = baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
+    if as_json:
+        typer.echo(s.to_json())
+    else:
+        typer.echo(f"{kind} NFE {nfe} on {ns.describe()}:")
+        for i, (t, sig, lam) in enumerate(zip(s.t, s.sigmas.tolist(), s.lambdas.tolist())):
+            typer.echo(f"  {i:3d}  t={t:.6f}  sigma={sig:.6g}  lambda={lam:.4f}")
+    _ = BUILTIN
+
+
+@app.command("sample")
+def sample_cmd(model: str = typer.Option(..., "--model"),
+               schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
+               nfe: int = typer.Option(10, "--nfe"), solver: str = typer.Option("unipc", "--solver"),
+               n: int = typer.Option(100, "--n", help="number of samples"), seed: int = typer.Option(0, "--seed"),
+               guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
+               params: str = ParamsOpt):
+    """Sample a grid PNG with a solver on a schedule."""
+    from .data import save_grid
+    from .models import load_model
+    from .sampling import generate
+
+    p = _params(params)
+    m = load_model(model, p.artifacts)
+    s = _schedule_for(schedule, m, nfe, solver)
+    x = generate(m, s, solver, n, seed, guidance=guidance)
+    if len(m.sample_shape) != 3:
+        raise OptstepsError(f"model {model!r} does not produce images; sample an image model (digits, digits-flow).")
+    save_grid(x, out)
+    typer.echo(f"wrote {out} ({n} samples, {solver}, NFE {s.nfe}, {s.method or schedule})")
+
+
+@app.command()
+def report(params: str = ParamsOpt):
+    """The baseline comparison: L2 to the teacher and class accuracy per model × solver × baseline × NFE."""
+    from .report import baseline_report
+
+    for path in baseline_report(_params(params)):
+        typer.echo(f"wrote {path}")
+
+
+def main():
+    try:
+        app()
+    except OptstepsError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""``params.yaml`` → typed config. One source of configuration for the CLI, the flows and the DVC stages.
+
+Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import OptstepsError
+
+
+@dataclass
+class TrainConfig:
+    """Diffusion-model training (offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    decay_fraction: float = 0.3  # cosine decay over the last 30 % of steps
+    ema: float = 0.999
+    label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass
+class ClassifierConfig:
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 3e-3
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass
+class ReportConfig:
+    """The baseline comparison that ``make run`` writes (results/baselines.md)."""
+    models: list = field(default_factory=lambda: ["digits", "digits-flow"])
+    solvers: list = field(default_factory=lambda: ["ddim", "dpmpp2m", "unipc"])
+    baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
+    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
+    teacher_steps: int = 200
+    teacher_solver: str = "unipc"
+    samples: int = 500
+    seed: int = 1234
+    grid_nfe: int = 5
+
+
+@dataclass
+class Params:
+    artifacts: str = "artifacts"
+    results: str = "results"
+    train: dict = field(default_factory=lambda: {"digits": TrainConfig(), "digits-flow": TrainConfig()})
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def train_config(self, model: str) -> TrainConfig:
+        if model not in self.train:
+            raise OptstepsError(f"params.yaml has no train.{model} section; add one (keys: "
+                                f"{', '.join(f.name for f in dataclasses.fields(TrainConfig))}).")
+        return self.train[model]
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise OptstepsError(f"{where} must be a mapping, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise OptstepsError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(names)}.")
+    kwargs = {}
+    for k, v in data.items():
+        typ = hints[k]
+        if typ is int and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise OptstepsError(f"{where}.{k} must be an integer, got {v!r}.")
+        if typ is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise OptstepsError(f"{where}.{k} must be a number, got {v!r}.")
+            v = float(v)
+        if typ is str and not isinstance(v, str):
+            raise OptstepsError(f"{where}.{k} must be a string, got {v!r}.")
+        if typ is list and not isinstance(v, list):
+            raise OptstepsError(f"{where}.{k} must be a list, got {v!r}.")
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def params_from_dict(d: dict) -> Params:
+    d = dict(d or {})
+    p = Params()
+    known = {f.name for f in dataclasses.fields(Params)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise OptstepsError(f"unknown top-level key(s) {unknown} in params.yaml; allowed: {sorted(known)}.")
+    if "artifacts" in d:
+        p.artifacts = str(d["artifacts"])
+    if "results" in d:
+        p.results = str(d["results"])
+    if "train" in d:
+        if not isinstance(d["train"], dict):
+            raise OptstepsError("params.yaml train: must map model names to training settings.")
+        p.train = {name: _build(TrainConfig, v or {}, f"train.{name}") for name, v in d["train"].items()}
+    if "classifier" in d:
+        p.classifier = _build(ClassifierConfig, d["classifier"], "classifier")
+    if "report" in d:
+        p.report = _build(ReportConfig, d["report"], "report")
+    for name, tc in p.train.items():
+        if tc.steps < 1 or tc.batch_size < 1 or not 0 <= tc.label_dropout < 1 or not 0 <= tc.ema < 1:
+            raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
+    if p.report.teacher_steps < 2 or p.report.samples < 1 or any(k < 1 for k in p.report.nfe):
+        raise OptstepsError("report: need teacher_steps ≥ 2, samples ≥ 1 and every nfe ≥ 1.")
+    return p
+
+
+def load_params(path="params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise OptstepsError(f"{path} not found; run from the repository root or pass --params PATH.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise OptstepsError(f"{path} is not valid YAML: {e}") from None
+    return params_from_dict(data)

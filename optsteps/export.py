@@ -1,0 +1,123 @@
+"""Export a ``Schedule`` to diffusers schedulers and to a ComfyUI-style sigma list.
+
+``to_diffusers(schedule, scheduler)`` returns ``(set_timesteps_kwargs, config_overrides)``: build the
+scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the kwargs to
+``set_timesteps`` (or to a pipeline call, which forwards ``timesteps=``/``sigmas=``). Pitfalls handled
+(``../shared/spec/dependencies.md`` §7):
+
+- DDIMScheduler takes no custom timesteps (and silently mis-steps if they are overwritten): refused; DDIM is
+  ``DPMSolverMultistepScheduler(solver_order=1)``, which does take them.
+- DPMSolverMultistep/DDPM take integer ``timesteps=`` (floats are truncated): times must sit on training
+  timesteps; the final point picks ``final_sigmas_type`` ("sigma_min" for t = 1/N, "zero" for t = 0).
+- EulerDiscrete needs the terminal σ = 0 in ``sigmas=`` (else the output keeps the last σ's noise): the last
+  σ is replaced by 0.
+- FlowMatchEulerDiscrete passes custom sigmas through ``shift``: ``shift=1.0`` and no dynamic shifting are
+  required; it appends the terminal 0 itself, so it gets the K evaluation sigmas.
+- UniPCMultistep takes ``sigmas=`` only with ``use_flow_sigmas=True`` (flow models), as a numpy array
+  (a list raises in diffusers 0.42); for VP models it takes no custom timesteps: refused with the fix.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import OptstepsError
+from .schedule import Schedule
+
+TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
+
+
+def _name(scheduler) -> str:
+    if isinstance(scheduler, str):
+        return scheduler
+    return type(scheduler).__name__ if not isinstance(scheduler, type) else scheduler.__name__
+
+
+def integer_timesteps(schedule: Schedule) -> list[int]:
+    """The K evaluation times as diffusers' integer training timesteps t·N − 1 (VP only)."""
+    ns = schedule.noise_schedule
+    if ns.family != "vp":
+        raise OptstepsError(f"integer timesteps exist for discrete VP models only, not {ns.family}.")
+    ts = ns.timestep(schedule.timesteps_t[:-1])
+    rounded = ts.round()
+    if (ts - rounded).abs().max() > 1e-6:
+        bad = ts[(ts - rounded).abs() > 1e-6][:3].tolist()
+        raise OptstepsError(
+            f"timesteps {bad} are not integer training timesteps, and this diffusers scheduler truncates floats; "
+            "export to EulerDiscreteScheduler (sigmas=) instead, or snap the schedule to integer timesteps."
+        )
+    return [int(v) for v in rounded.tolist()]
+
+
+def _final_sigmas_type(schedule: Schedule) -> str:
+    ns, t_end = schedule.noise_schedule, schedule.t[-1]
+    if abs(t_end - 1.0 / ns.num_train_timesteps) < 1e-9:
+        return "sigma_min"
+    if t_end == 0.0:
+        return "zero"
+    raise OptstepsError(
+        f"the schedule ends at t = {t_end:.6g}, but diffusers' multistep schedulers end at σ of timestep 0 "
+        f"(t = 1/N) or at σ = 0 (t = 0); end the schedule there."
+    )
+
+
+def to_diffusers(schedule: Schedule, scheduler) -> tuple[dict, dict]:
+    """(set_timesteps kwargs, scheduler config overrides) for ``scheduler`` (instance, class or class name)."""
+    name = _name(scheduler)
+    fam = schedule.noise_schedule.family
+    if name == "DDIMScheduler":
+        raise OptstepsError(
+            "DDIMScheduler.set_timesteps takes no custom timesteps (and overwriting .timesteps mis-steps silently); "
+            "use DPMSolverMultistepScheduler.from_config(config, solver_order=1, algorithm_type='dpmsolver++'), "
+            "which is DDIM and accepts timesteps=."
+        )
+    if name in TIMESTEP_SCHEDULERS:
+        overrides = {"final_sigmas_type": _final_sigmas_type(schedule)} if name == "DPMSolverMultistepScheduler" else {}
+        if name == "DPMSolverMultistepScheduler":
+            overrides.update(use_karras_sigmas=False, use_lu_lambdas=False, use_exponential_sigmas=False,
+                             use_beta_sigmas=False)
+        return {"timesteps": integer_timesteps(schedule)}, overrides
+    if name == "EulerDiscreteScheduler":
+        if fam != "vp":
+            raise OptstepsError(f"EulerDiscreteScheduler is for VP models; this schedule is {fam}. "
+                                "Use FlowMatchEulerDiscreteScheduler for flow models.")
+        sigmas = schedule.sigmas.tolist()
+        sigmas[-1] = 0.0
+        return {"sigmas": sigmas}, {"use_karras_sigmas": False, "use_exponential_sigmas": False,
+                                    "use_beta_sigmas": False}
+    if name == "FlowMatchEulerDiscreteScheduler":
+        if fam != "flow":
+            raise OptstepsError(f"FlowMatchEulerDiscreteScheduler is for rectified-flow models; this schedule is {fam}.")
+        return {"sigmas": schedule.sigmas[:-1].tolist()}, {"shift": 1.0, "use_dynamic_shifting": False}
+    if name == "UniPCMultistepScheduler":
+        if fam != "flow":
+            raise OptstepsError(
+                "UniPCMultistepScheduler takes custom sigmas only for flow models (use_flow_sigmas=True) and no "
+                "custom VP timesteps; use DPMSolverMultistepScheduler (timesteps=) or `optsteps sample --solver unipc`."
+            )
+        return ({"sigmas": np.array(schedule.sigmas[:-1].tolist())},
+                {"use_flow_sigmas": True, "flow_shift": 1.0, "use_dynamic_shifting": False})
+    raise OptstepsError(
+        f"no export for {name}; supported: DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler, "
+        "FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler (flow)."
+    )
+
+
+def configure(scheduler, schedule: Schedule):
+    """A new scheduler of ``scheduler``'s class configured for ``schedule``, with ``set_timesteps`` done."""
+    kwargs, overrides = to_diffusers(schedule, scheduler)
+    new = type(scheduler).from_config(scheduler.config, **overrides)
+    new.set_timesteps(**kwargs)
+    return new, kwargs
+
+
+def to_comfyui(schedule: Schedule) -> list[float]:
+    """ComfyUI SIGMAS: the K+1 sigmas (k-diffusion convention, σ/α; t for flow) ending in 0."""
+    sigmas = schedule.sigmas.tolist()
+    sigmas[-1] = 0.0
+    return sigmas
+
+
+def first_step(scheduler) -> float:
+    """The first sigma a configured diffusers scheduler will use (for checks)."""
+    return float(torch.as_tensor(scheduler.sigmas)[0])

@@ -1,0 +1,48 @@
+"""Model registry: ``load_model(name)`` for ``digits``, ``digits-flow``, ``gmm`` or a diffusers pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import OptstepsError
+from ..noise_schedules import VPDiscrete
+from .base import DiffusionModel
+
+BUILTIN = ("digits", "digits-flow", "gmm")
+
+
+def model_dir(artifacts, name: str) -> Path:
+    return Path(artifacts) / "models" / name
+
+
+def gmm_model(dim: int = 16, components: int = 4, seed: int = 0) -> DiffusionModel:
+    """The analytic Gaussian-mixture model (exact x̂_0) on the linear-β VP schedule; unconditional."""
+    from .gmm import GaussianMixture, GMMDenoiser
+
+    ns = VPDiscrete("linear", 1e-4, 0.02, 1000)
+    gmm = GaussianMixture.random(components, dim, seed=seed, spread=1.0)
+    den = GMMDenoiser(gmm, ns)
+
+    def net(x, t, cond):
+        return den(x.double(), t).to(x.dtype)
+
+    return DiffusionModel("gmm", ns, net, "sample", (dim,), 0, None,
+                          {"model": "gmm", "sha256": f"gmm-d{dim}-k{components}-s{seed}"})
+
+
+def load_model(name: str, artifacts="artifacts") -> DiffusionModel:
+    if name in ("digits", "digits-flow"):
+        from .digits import load_digits_model
+
+        return load_digits_model(name, model_dir(artifacts, name))
+    if name == "gmm":
+        return gmm_model()
+    if "/" in name or Path(name).exists():
+        from .diffusers_adapter import load_unet2d_pipeline
+
+        return load_unet2d_pipeline(name)
+    raise OptstepsError(f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id.")
+
+
+__all__ = ["DiffusionModel", "load_model", "gmm_model", "model_dir", "BUILTIN", "torch"]

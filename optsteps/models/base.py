@@ -1,0 +1,48 @@
+"""The model protocol every optimizer and evaluator uses: a noise schedule, a raw network
+``net(x, t, cond)`` in continuous model time t, its prediction type, and seeded noise/conditioning."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..denoisers import PredictionDenoiser
+from ..noise_schedules import NoiseSchedule
+
+
+@dataclass
+class DiffusionModel:
+    name: str
+    noise_schedule: NoiseSchedule
+    net: Callable  # (x, t float64 [] or [B], cond or None) -> raw output
+    prediction_type: str  # epsilon | v_prediction | flow | sample
+    sample_shape: tuple
+    num_classes: int = 0  # 0: unconditional
+    null_label: int | None = None
+    identity: dict = field(default_factory=dict)  # {"model": name, "sha256": weights hash, ...}
+
+    def denoiser(self, labels: torch.Tensor | None = None, guidance: float = 1.0) -> PredictionDenoiser:
+        null = None
+        if self.null_label is not None and labels is not None:
+            null = torch.full_like(labels, self.null_label)
+        return PredictionDenoiser(self.net, self.noise_schedule, self.prediction_type, cond=labels,
+                                  null_cond=null, guidance=guidance)
+
+    def noise(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
+        """Seeded initial noise x_{t_start} ~ N(0, σ²_max-ish I): sample i depends only on (seed, start + i)."""
+        out = torch.empty((n,) + tuple(self.sample_shape))
+        for i in range(n):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + start + i)
+            out[i] = torch.randn(self.sample_shape, generator=g)
+        return out
+
+    def labels(self, n: int, start: int = 0) -> torch.Tensor | None:
+        """Class-balanced labels (sample i asks for class (start + i) mod C); None if unconditional."""
+        if not self.num_classes:
+            return None
+        return torch.arange(start, start + n) % self.num_classes
+
+    def initial_state(self, noise: torch.Tensor, t_start: float) -> torch.Tensor:
+        """x at t_start from unit noise: σ_{t_start} ε (plus α x_0 ≈ 0 at the start; for EDM σ_max ε)."""
+        return noise * float(self.noise_schedule.sigma(t_start))

@@ -1,0 +1,64 @@
+"""Adapter from a diffusers UNet2D pipeline (a local folder or a hub id already on disk) to the model protocol.
+
+The noise schedule is read from the pipeline's own scheduler config, so baselines and optimized
+schedules are exact for that model. Nothing is downloaded: hub ids resolve only from the local cache
+(``local_files_only=True``); anything else is a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import OptstepsError
+from ..noise_schedules import noise_schedule_from_diffusers_config
+from .base import DiffusionModel
+
+
+def _resolve(pipeline: str) -> Path:
+    p = Path(pipeline)
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(pipeline, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - any hub failure means "not on disk"
+        raise OptstepsError(
+            f"{pipeline!r} is neither a local diffusers pipeline folder nor a hub id in the local cache ({type(e).__name__}); "
+            "download it once where there is network (`huggingface-cli download ID`) or pass the folder path."
+        ) from None
+
+
+def load_unet2d_pipeline(pipeline: str, name: str | None = None) -> DiffusionModel:
+    """A ``DDPMPipeline``-style folder: ``unet/`` (UNet2DModel) and ``scheduler/`` (its noise schedule)."""
+    from diffusers import UNet2DModel
+
+    root = _resolve(pipeline)
+    if not (root / "unet").is_dir() or not (root / "scheduler" / "scheduler_config.json").is_file():
+        raise OptstepsError(f"{root} is not a UNet2D diffusers pipeline (needs unet/ and scheduler/scheduler_config.json).")
+    cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    ns = noise_schedule_from_diffusers_config(cfg)
+    prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
+                  "flow_prediction": "flow"}.get(cfg.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise OptstepsError(f"unsupported prediction_type {cfg.get('prediction_type')!r} in {root}/scheduler.")
+    if ns.family == "flow":
+        prediction = "flow"
+    unet = UNet2DModel.from_pretrained(root / "unet").eval().requires_grad_(False)
+    num_classes = int(unet.config.num_class_embeds or 0)
+
+    def net(x, t, cond):
+        tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
+        tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+        with torch.no_grad():
+            return unet(x, tt, class_labels=cond).sample
+
+    h = hashlib.sha256()
+    for f in sorted((root / "unet").glob("*.safetensors")) + sorted((root / "unet").glob("*.bin")):
+        h.update(f.read_bytes())
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return DiffusionModel(name or str(pipeline), ns, net, prediction, shape, num_classes,
+                          None, {"model": name or str(pipeline), "sha256": h.hexdigest()})

@@ -1,0 +1,153 @@
+"""The ``Schedule`` value: K+1 strictly descending model times t_0 = t_start > … > t_K = t_end.
+
+NFE K means K intervals and exactly K model evaluations (at t_0 … t_{K−1}).
+
+JSON format (``Schedule.to_json``)::
+
+    {"model": str, "noise_schedule": {"family": "vp"|"edm"|"flow", ...}, "method": str, "solver": str,
+     "nfe": K, "t": [K+1 floats], "sigma": [K+1 floats, diffusers convention],
+     "lambda": [K+1 floats, null where λ = ±∞], ...extra fields}
+
+``t`` is authoritative; ``sigma`` and ``lambda`` are derived views written for readers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import OptstepsError
+from .noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
+
+
+@dataclass(frozen=True)
+class Schedule:
+    t: tuple
+    noise_schedule: NoiseSchedule
+    model: str = ""
+    method: str = ""
+    solver: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        try:
+            t = tuple(float(v) for v in (self.t.tolist() if isinstance(self.t, torch.Tensor) else self.t))
+        except (TypeError, ValueError):
+            raise OptstepsError(f"schedule times must be a list of numbers, got {self.t!r}.") from None
+        object.__setattr__(self, "t", t)
+        if len(t) < 2:
+            raise OptstepsError(
+                f"a schedule needs at least 2 times (t_start and t_end, NFE ≥ 1), got {len(t)}; "
+                "pass nfe + 1 times."
+            )
+        if any(math.isnan(v) or math.isinf(v) for v in t):
+            raise OptstepsError(f"schedule times contain NaN or inf: {list(t)}; pass finite times.")
+        bad = [i for i in range(len(t) - 1) if not t[i] > t[i + 1]]
+        if bad:
+            i = bad[0]
+            raise OptstepsError(
+                f"schedule times must be strictly descending (noise → data), but t[{i}] = {t[i]:.6g} ≤ "
+                f"t[{i + 1}] = {t[i + 1]:.6g}; sort them descending and remove duplicates."
+            )
+        self.noise_schedule.check_t(t, "schedule times")
+
+    @property
+    def nfe(self) -> int:
+        return len(self.t) - 1
+
+    @property
+    def timesteps_t(self) -> torch.Tensor:
+        return torch.tensor(self.t, dtype=torch.float64)
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """σ in diffusers' convention (σ/α for VP and EDM; t for rectified flow)."""
+        return self.noise_schedule.sigma_diffusers(self.timesteps_t)
+
+    @property
+    def lambdas(self) -> torch.Tensor:
+        return self.noise_schedule.lambda_(self.timesteps_t)
+
+    def with_meta(self, **kw) -> "Schedule":
+        extra = dict(self.extra)
+        extra.update(kw.pop("extra", {}))
+        fields = {"model": self.model, "method": self.method, "solver": self.solver}
+        fields.update(kw)
+        return Schedule(self.t, self.noise_schedule, extra=extra, **fields)
+
+    # ---- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        lam = [v if math.isfinite(v) else None for v in self.lambdas.tolist()]
+        d = {
+            "model": self.model,
+            "noise_schedule": self.noise_schedule.to_dict(),
+            "method": self.method,
+            "solver": self.solver,
+            "nfe": self.nfe,
+            "t": list(self.t),
+            "sigma": self.sigmas.tolist(),
+            "lambda": lam,
+        }
+        d.update(self.extra)
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        missing = [k for k in ("noise_schedule", "t") if k not in d]
+        if missing:
+            raise OptstepsError(f"schedule JSON lacks {missing}; it needs at least 'noise_schedule' and 't'.")
+        ns = noise_schedule_from_dict(d["noise_schedule"])
+        known = {"model", "noise_schedule", "method", "solver", "nfe", "t", "sigma", "lambda"}
+        s = cls(d["t"], ns, d.get("model", ""), d.get("method", ""), d.get("solver", ""),
+                {k: v for k, v in d.items() if k not in known})
+        if "nfe" in d and d["nfe"] != s.nfe:
+            raise OptstepsError(f"schedule JSON says nfe = {d['nfe']} but has {len(s.t)} times; nfe must be len(t) − 1.")
+        return s
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise OptstepsError(f"schedule file is not valid JSON ({e}); regenerate it with `optsteps schedule ... --json`.") from None
+
+    def save(self, path) -> Path:
+        return write_text_atomic(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path) -> "Schedule":
+        p = Path(path)
+        if not p.is_file():
+            raise OptstepsError(f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`.")
+        return cls.from_json(p.read_text())
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write via a temp file in the same folder and an atomic rename: a crash never leaves half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix="." + p.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def from_lambdas(lambdas, noise_schedule: NoiseSchedule, t_start: float, t_end: float, **meta) -> Schedule:
+    """A schedule whose interior times are t(λ_i); endpoints are set exactly to t_start and t_end."""
+    t = noise_schedule.t_of_lambda(as_tensor(lambdas))
+    t[0], t[-1] = t_start, t_end
+    return Schedule(t, noise_schedule, **meta)

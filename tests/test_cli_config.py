@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from optsteps.config import load_params, params_from_dict
+from optsteps.errors import OptstepsError
+from optsteps.schedule import Schedule
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "optsteps.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_schedule_baseline_json_round_trips():
+    r = cli("schedule", "baseline", "uniform-lambda", "--model", "digits", "--nfe", "5", "--solver", "unipc", "--json")
+    assert r.returncode == 0, r.stderr
+    s = Schedule.from_json(r.stdout)
+    assert s.nfe == 5 and s.method == "uniform-lambda" and s.model == "digits" and s.solver == "unipc"
+    assert json.loads(r.stdout)["noise_schedule"]["family"] == "vp"
+
+
+def test_bad_input_exits_2_with_the_fix():
+    r = cli("schedule", "baseline", "ays", "--model", "digits", "--nfe", "5")
+    assert r.returncode == 2 and "Align-Your-Steps tables exist only" in r.stderr
+    r = cli("schedule", "baseline", "karras", "--model", "digits", "--nfe", "0")
+    assert r.returncode == 2 and "nfe must be" in r.stderr
+
+
+def test_repository_params_parse():
+    p = load_params("params.yaml")
+    assert p.train_config("digits").steps >= 1 and p.report.nfe
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"trian": {}}, "unknown top-level"),
+    ({"train": {"digits": {"stpes": 3}}}, "unknown key"),
+    ({"train": {"digits": {"steps": "many"}}}, "must be an integer"),
+    ({"train": {"digits": {"ema": 1.5}}}, "ema < 1"),
+    ({"report": {"nfe": [0]}}, "nfe ≥ 1"),
+])
+def test_params_errors(d, match):
+    with pytest.raises(OptstepsError, match=match):
+        params_from_dict(d)
+    with pytest.raises(OptstepsError, match="not found"):
+        load_params("/nonexistent/params.yaml")

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler)
+
+from optsteps.baselines import baseline
+from optsteps.errors import OptstepsError
+from optsteps.export import configure, to_comfyui, to_diffusers
+from optsteps.noise_schedules import RectifiedFlow, VPDiscrete
+from optsteps.schedule import Schedule
+
+VP = VPDiscrete()
+
+
+def test_dpmsolver_takes_integer_timesteps_and_the_right_final_sigma():
+    s = baseline("trailing", VP, 6)
+    sch, kwargs = configure(DPMSolverMultistepScheduler(beta_schedule="linear"), s)
+    assert kwargs["timesteps"] == sch.timesteps.tolist()
+    assert sch.config.final_sigmas_type == "sigma_min"
+    assert abs(float(sch.sigmas[0]) - s.sigmas[0].item()) < 1e-3 * s.sigmas[0].item()
+    assert abs(float(sch.sigmas[-1]) - s.sigmas[-1].item()) < 1e-3 * s.sigmas[-1].item()
+
+
+def test_non_integer_timesteps_are_refused_with_the_fix():
+    with pytest.raises(OptstepsError, match="EulerDiscreteScheduler"):
+        to_diffusers(baseline("uniform-lambda", VP, 5), "DPMSolverMultistepScheduler")
+
+
+def test_ddim_is_refused_and_points_to_dpmsolver_order_1():
+    with pytest.raises(OptstepsError, match="solver_order=1"):
+        to_diffusers(baseline("trailing", VP, 5), DDIMScheduler())
+
+
+def test_euler_gets_a_final_zero_and_exact_sigmas():
+    s = baseline("karras", VP, 5)
+    sch, kwargs = configure(EulerDiscreteScheduler(beta_schedule="linear"), s)
+    assert kwargs["sigmas"][-1] == 0.0 and len(kwargs["sigmas"]) == 6
+    assert np.allclose(sch.sigmas.numpy()[:-1], s.sigmas.numpy()[:-1], rtol=1e-5)
+    assert len(sch.timesteps) == 5
+
+
+def test_flowmatch_sigmas_are_kept_verbatim_with_shift_1():
+    s = baseline("uniform-lambda", RectifiedFlow(), 5)
+    sch, kwargs = configure(FlowMatchEulerDiscreteScheduler(shift=3.0), s)
+    assert sch.config.shift == 1.0
+    assert np.allclose(sch.sigmas.numpy(), s.sigmas.numpy(), atol=1e-6)  # terminal 0 appended by diffusers
+
+
+def test_unipc_flow_sigmas_and_vp_refusal():
+    s = baseline("uniform-t", RectifiedFlow(), 5)
+    sch, kwargs = configure(UniPCMultistepScheduler(), s)
+    assert np.allclose(sch.sigmas.numpy()[:5], s.sigmas.numpy()[:5], atol=1e-5)  # diffusers holds float32
+    with pytest.raises(OptstepsError, match="no\ncustom VP timesteps|no custom VP timesteps"):
+        to_diffusers(baseline("trailing", VP, 5), "UniPCMultistepScheduler")
+
+
+def test_wrong_family_and_unknown_scheduler():
+    with pytest.raises(OptstepsError, match="rectified-flow"):
+        to_diffusers(baseline("trailing", VP, 5), "FlowMatchEulerDiscreteScheduler")
+    with pytest.raises(OptstepsError, match="no export"):
+        to_diffusers(baseline("trailing", VP, 5), "LMSDiscreteScheduler")
+    with pytest.raises(OptstepsError, match="end the schedule there"):
+        to_diffusers(Schedule([1.0, 0.5, 0.01], VP), "DPMSolverMultistepScheduler")
+
+
+def test_comfyui_sigmas_end_in_zero():
+    s = baseline("karras", VP, 4)
+    out = to_comfyui(s)
+    assert len(out) == 5 and out[-1] == 0.0 and out[:-1] == s.sigmas.tolist()[:-1]
+
+
+def test_exported_schedule_samples_like_our_ddim():
+    """Our DDIM on a trailing schedule = diffusers' DPMSolver(order 1) fed the exported timesteps."""
+    from optsteps.models.gmm import GaussianMixture, GMMDenoiser
+    from optsteps.solvers import sample
+
+    gmm = GaussianMixture.random(2, 6, seed=4)
+    den = GMMDenoiser(gmm, VP)
+    s = baseline("trailing", VP, 8)
+    sch, _ = configure(DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=1), s)
+    x = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    for ts in sch.timesteps:
+        t = VP.t_of_timestep(float(ts))
+        y = sch.step(den.eps(y, t), ts, y).prev_sample
+    ours = sample(den, x, s, "ddim")
+    assert (ours - y).abs().max() < 1e-3

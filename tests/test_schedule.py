@@ -1,0 +1,79 @@
+import json
+import math
+
+import pytest
+import torch
+
+from optsteps.errors import OptstepsError
+from optsteps.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.schedule import Schedule, write_text_atomic
+
+VP = VPDiscrete()
+
+
+def test_views_and_nfe():
+    s = Schedule([1.0, 0.5, 0.1, 0.001], VP, model="m", method="x", solver="unipc")
+    assert s.nfe == 3
+    assert torch.allclose(s.sigmas, VP.sigma_diffusers(torch.tensor(s.t, dtype=torch.float64)))
+    assert torch.allclose(s.lambdas, VP.lambda_(torch.tensor(s.t, dtype=torch.float64)))
+    f = Schedule([1.0, 0.4, 0.0], RectifiedFlow())
+    assert f.sigmas.tolist() == [1.0, 0.4, 0.0]
+
+
+@pytest.mark.parametrize("t,match", [
+    ([1.0], "at least 2 times"),
+    ([1.0, 0.5, 0.7, 0.1], "strictly descending"),
+    ([1.0, 0.5, 0.5, 0.1], "strictly descending"),
+    ([1.0, float("nan"), 0.1], "NaN"),
+    ([1.2, 0.5], "clip the times"),
+    ([1.0, -0.1], "clip the times"),
+    ("abc", "list of numbers"),
+])
+def test_validation_errors_name_the_fix(t, match):
+    with pytest.raises(OptstepsError, match=match):
+        Schedule(t, VP)
+
+
+def test_edm_range_checked():
+    with pytest.raises(OptstepsError, match="domain"):
+        Schedule([100.0, 1.0], EDM())
+
+
+def test_json_round_trip_and_format(tmp_path):
+    s = Schedule([1.0, 0.6, 0.2, 0.0], RectifiedFlow(), model="digits-flow", method="uniform-t", solver="ddim",
+                 extra={"objective": 1.5})
+    d = json.loads(s.to_json())
+    assert set(d) >= {"model", "noise_schedule", "method", "solver", "nfe", "t", "sigma", "lambda", "objective"}
+    assert d["lambda"][0] is None and d["lambda"][-1] is None  # ±∞ as null
+    s2 = Schedule.from_json(s.to_json())
+    assert s2 == s and s2.t == s.t and s2.extra == {"objective": 1.5}
+    path = s.save(tmp_path / "a" / "s.json")
+    assert Schedule.load(path).t == s.t
+
+
+def test_json_errors():
+    with pytest.raises(OptstepsError, match="not valid JSON"):
+        Schedule.from_json("{oops")
+    with pytest.raises(OptstepsError, match="nfe must be"):
+        Schedule.from_dict({"noise_schedule": VP.to_dict(), "t": [1.0, 0.5], "nfe": 3})
+    with pytest.raises(OptstepsError, match="needs at least"):
+        Schedule.from_dict({"t": [1.0, 0.5]})
+    with pytest.raises(OptstepsError, match="does not exist"):
+        Schedule.load("/nonexistent/s.json")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "f.txt"
+    write_text_atomic(p, "old")
+
+    import os
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_text_atomic(p, "new")
+    assert p.read_text() == "old"
+    assert [q.name for q in tmp_path.iterdir()] == ["f.txt"]
+    assert math.isfinite(1.0)

@@ -115,6 +115,25 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
 
 
 @app.command()
+def trajectories(model: str = typer.Option(..., "--model"),
+                 samples: Optional[int] = typer.Option(None, "--samples", help="default: trajectories.samples"),
+                 teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
+                 out: str = typer.Option(..., "--out", help="folder for the shards and manifest.json"),
+                 shard_size: Optional[int] = typer.Option(None, "--shard-size"), params: str = ParamsOpt):
+    """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
+    import dataclasses
+
+    from .models import load_model
+    from .trajectories import generate_trajectories
+
+    p = _params(params)
+    cfg = p.teacher if teacher_steps is None else dataclasses.replace(p.teacher, steps=teacher_steps)
+    m = load_model(model, p.artifacts)
+    man = generate_trajectories(m, cfg, out, samples or p.trajectories.samples, shard_size or p.trajectories.shard_size)
+    typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {cfg.solver} × {cfg.steps} -> {out}")
+
+
+@app.command()
 def report(params: str = ParamsOpt):
     """The baseline comparison: L2 to the teacher and class accuracy per model × solver × baseline × NFE."""
     from .report import baseline_report

@@ -53,6 +53,22 @@ class ReportConfig:
     grid_nfe: int = 5
 
 
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher whose trajectories the optimizers read: N steps of ``solver`` on a ``schedule`` grid."""
+    solver: str = "unipc"
+    steps: int = 200
+    schedule: str = "uniform-lambda"
+    guidance: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrajectoriesConfig:
+    samples: int = 512
+    shard_size: int = 256
+
+
 @dataclass
 class Params:
     artifacts: str = "artifacts"
@@ -60,6 +76,8 @@ class Params:
     train: dict = field(default_factory=lambda: {"digits": TrainConfig(), "digits-flow": TrainConfig()})
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
@@ -112,6 +130,12 @@ def params_from_dict(d: dict) -> Params:
         p.classifier = _build(ClassifierConfig, d["classifier"], "classifier")
     if "report" in d:
         p.report = _build(ReportConfig, d["report"], "report")
+    if "teacher" in d:
+        p.teacher = _build(TeacherConfig, d["teacher"], "teacher")
+    if "trajectories" in d:
+        p.trajectories = _build(TrajectoriesConfig, d["trajectories"], "trajectories")
+    if p.teacher.steps < 2 or p.trajectories.samples < 1 or p.trajectories.shard_size < 1:
+        raise OptstepsError("teacher.steps must be ≥ 2, trajectories.samples and trajectories.shard_size ≥ 1.")
     for name, tc in p.train.items():
         if tc.steps < 1 or tc.batch_size < 1 or not 0 <= tc.label_dropout < 1 or not 0 <= tc.ema < 1:
             raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")

@@ -1,0 +1,189 @@
+"""Teacher trajectories as pickle-free safetensors shards with a JSON manifest.
+
+A shard holds samples [start, start + count) of one (model, teacher) pair:
+
+    t        [N+1]            float64  the teacher's grid t_0 = t_start > … > t_N = t_end
+    states   [N+1, S, ...]    float32  x_{t_0} (the initial noise state) … x_{t_N} (the teacher's endpoint)
+    x0       [N, S, ...]      float32  the teacher's data predictions x̂_0(x_{t_i}, t_i), i < N
+    labels   [S]              int64    class labels (−1: unconditional)
+
+``manifest.json`` records the model identity (name, weights hash), the teacher config, and per shard the
+seed range, the file name and its sha256. Shards are written to a temp file and renamed; the manifest is
+rewritten atomically after each shard. A rerun skips shards whose file exists with the recorded hash, so a
+crash loses at most the shard in progress. Loading checks model, teacher config and hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .baselines import baseline
+from .config import TeacherConfig
+from .errors import OptstepsError
+from .models.base import DiffusionModel
+from .schedule import Schedule, write_text_atomic
+from .solvers import sample
+
+FORMAT = "optsteps-trajectories/1"
+
+
+def teacher_schedule(model: DiffusionModel, cfg: TeacherConfig) -> Schedule:
+    return baseline(cfg.schedule, model.noise_schedule, cfg.steps, model=model.name).with_meta(solver=cfg.solver)
+
+
+def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: int) -> dict:
+    """States and predictions of samples [start, start + count) along the teacher grid (in memory)."""
+    sched = teacher_schedule(model, cfg)
+    x = model.initial_state(model.noise(count, cfg.seed, start), sched.t[0])
+    labels = model.labels(count, start)
+    states, x0s = [], []
+
+    def keep(i, xi, x0):
+        states.append(xi.float().clone())
+        x0s.append(x0.float().clone())
+
+    final = sample(model.denoiser(labels, cfg.guidance), x, sched, cfg.solver, callback=keep)
+    states.append(final.float().clone())
+    return {"t": sched.timesteps_t, "states": torch.stack(states), "x0": torch.stack(x0s),
+            "labels": labels if labels is not None else torch.full((count,), -1, dtype=torch.long)}
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_name(start: int, count: int) -> str:
+    return f"shard_{start:08d}_{count:06d}.safetensors"
+
+
+def _write_shard(path: Path, data: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order
+        save_file({k: v.contiguous() for k, v in data.items()}, tmp, metadata={"optsteps": json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def header(model: DiffusionModel, cfg: TeacherConfig) -> dict:
+    return {"format": FORMAT, "model": model.identity.get("model", model.name),
+            "model_sha256": model.identity.get("sha256", ""), "noise_schedule": model.noise_schedule.to_dict(),
+            "teacher": asdict(cfg)}
+
+
+def read_manifest(out_dir) -> dict | None:
+    p = Path(out_dir) / "manifest.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise OptstepsError(f"{p} is not valid JSON; delete it (the shards are re-verified by hash on the next run).") from None
+
+
+def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
+    if samples < 1 or shard_size < 1:
+        raise OptstepsError(f"need samples ≥ 1 and shard_size ≥ 1, got {samples}, {shard_size}.")
+    return [(s, min(shard_size, samples - s)) for s in range(0, samples, shard_size)]
+
+
+def generate_shard(model: DiffusionModel, cfg: TeacherConfig, out_dir, start: int, count: int, node: str = "") -> dict:
+    """Compute and write one shard; returns its manifest entry."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = run_teacher(model, cfg, start, count)
+    path = out_dir / shard_name(start, count)
+    _write_shard(path, data, {"start": start, "count": count, **header(model, cfg)})
+    return {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
+
+
+def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int = 256,
+                          progress: bool = True, runner=None) -> dict:
+    """Write every missing shard of samples [0, samples) and the manifest; returns the manifest.
+
+    ``runner(pending: list[(start, count)]) -> iterable of entries`` can fan shards out (e.g. Ray actors);
+    by default shards are computed here, one after the other.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head = header(model, cfg)
+    old = read_manifest(out_dir)
+    entries = {}
+    if old is not None:
+        if {k: old.get(k) for k in head} != head:
+            raise OptstepsError(
+                f"{out_dir} holds trajectories of another model or teacher config ({old.get('model')}, "
+                f"{old.get('teacher')}); use another --out folder or delete it."
+            )
+        for e in old.get("shards", []):
+            p = out_dir / e["file"]
+            if p.is_file() and sha256_file(p) == e["sha256"]:
+                entries[(e["start"], e["count"])] = e
+    pending = [r for r in shard_ranges(samples, shard_size) if r not in entries]
+
+    def save_manifest():
+        m = dict(head, samples=samples, shard_size=shard_size,
+                 shards=[entries[k] for k in sorted(entries) if k in set(shard_ranges(samples, shard_size))])
+        write_text_atomic(out_dir / "manifest.json", json.dumps(m, indent=2) + "\n")
+        return m
+
+    if runner is None:
+        it = pending
+        if progress and pending:
+            from tqdm import tqdm
+
+            it = tqdm(pending, desc=f"teacher {model.name}", mininterval=2.0)
+        for start, count in it:
+            entries[(start, count)] = generate_shard(model, cfg, out_dir, start, count)
+            save_manifest()
+    else:
+        for e in runner(pending):
+            entries[(e["start"], e["count"])] = e
+            save_manifest()
+    return save_manifest()
+
+
+def load_shard(out_dir, entry: dict) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(out_dir) / entry["file"]
+    if not p.is_file():
+        raise OptstepsError(f"shard {p} is missing; rerun `optsteps trajectories` to regenerate it.")
+    if sha256_file(p) != entry["sha256"]:
+        raise OptstepsError(f"shard {p} does not match its manifest hash (truncated or modified); delete it and "
+                            "rerun `optsteps trajectories`.")
+    try:
+        return load_file(p)
+    except SafetensorError as e:
+        raise OptstepsError(f"shard {p} cannot be read ({e}); delete it and rerun `optsteps trajectories`.") from None
+
+
+def iter_shards(out_dir, model: DiffusionModel | None = None, cfg: TeacherConfig | None = None):
+    """Yield the shards of ``out_dir`` (checked against ``model``/``cfg`` when given), one at a time."""
+    m = read_manifest(out_dir)
+    if m is None:
+        raise OptstepsError(f"no trajectories in {out_dir} (manifest.json missing); run `optsteps trajectories --out {out_dir}`.")
+    if model is not None:
+        if m["model"] != model.identity.get("model", model.name) or m["model_sha256"] != model.identity.get("sha256", ""):
+            raise OptstepsError(f"{out_dir} holds trajectories of model {m['model']} ({m['model_sha256'][:12]}), not of "
+                                f"{model.name} ({model.identity.get('sha256', '')[:12]}); regenerate them for this model.")
+    if cfg is not None and m["teacher"] != asdict(cfg):
+        raise OptstepsError(f"{out_dir} was made with teacher {m['teacher']}, not {asdict(cfg)}; regenerate or use the same config.")
+    for e in m["shards"]:
+        yield load_shard(out_dir, e)

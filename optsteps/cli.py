@@ -41,6 +41,7 @@ def _schedule_for(kind_or_file: str, model, nfe: int, solver: str):
 def train(model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
           params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
     """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
+    from . import stages
     from .models import model_dir
 
     p = _params(params)
@@ -49,19 +50,22 @@ def train(model: str = typer.Option(..., "--model", help="digits | digits-flow |
         typer.echo(f"{model}: already trained at {out} (use --force to retrain)")
         return
     t0 = time.perf_counter()
-    if model == "classifier":
-        from .models.classifier import train_classifier
-
-        train_classifier(p.classifier, out)
-    elif model in ("digits", "digits-flow"):
-        from .models.digits import train_digits
-
-        train_digits(model, p.train_config(model), out)
-    else:
-        raise OptstepsError(f"unknown model {model!r} to train; use digits, digits-flow or classifier.")
+    stages.train(p, model, force=True)
     meta = json.loads((out / "optsteps_model.json").read_text())
     extra = f", held-out accuracy {meta['holdout_accuracy']:.4f}" if "holdout_accuracy" in meta else ""
     typer.echo(f"{model}: trained in {time.perf_counter() - t0:.1f} s{extra} -> {out}")
+
+
+def _emit(s, as_json: bool):
+    if as_json:
+        typer.echo(s.to_json())
+        return
+    typer.echo(f"{s.method} NFE {s.nfe} on {s.noise_schedule.describe()} ({s.model}, {s.solver}):")
+    for i, (t, sig, lam) in enumerate(zip(s.t, s.sigmas.tolist(), s.lambdas.tolist())):
+        typer.echo(f"  {i:3d}  t={t:.6f}  sigma={sig:.6g}  lambda={lam:.4f}")
+    for k, v in s.extra.items():
+        if not isinstance(v, (list, dict)):
+            typer.echo(f"  {k}: {v}")
 
 
 @schedule_app.command("baseline")
@@ -82,14 +86,58 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
             ns = noise_schedule_for(model)  # the schedule needs no weights
         else:
             ns = load_model(model, _params(params).artifacts).noise_schedule
-    s = baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
-    if as_json:
-        typer.echo(s.to_json())
-    else:
-        typer.echo(f"{kind} NFE {nfe} on {ns.describe()}:")
-        for i, (t, sig, lam) in enumerate(zip(s.t, s.sigmas.tolist(), s.lambdas.tolist())):
-            typer.echo(f"  {i:3d}  t={t:.6f}  sigma={sig:.6g}  lambda={lam:.4f}")
+    _emit(baseline(kind, ns, nfe, model=model).with_meta(solver=solver), as_json)
     _ = BUILTIN
+
+
+@schedule_app.command("lambda-opt")
+def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
+                        solver: str = typer.Option("unipc", "--solver"),
+                        order: int = typer.Option(3, "--order", help="solver order the step pattern ramps to (1-3)"),
+                        p_exp: Optional[float] = typer.Option(None, "--p", help="error model exponent (default lambda_opt.p)"),
+                        error_model: Optional[str] = typer.Option(None, "--error-model", help="analytic | empirical"),
+                        trajectories: Optional[str] = typer.Option(None, "--trajectories", help="shards for --error-model empirical"),
+                        as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+    """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
+    from . import stages
+
+    if solver not in ("ddim", "dpmpp2m", "unipc"):
+        raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
+    if not 1 <= order <= 3:
+        raise OptstepsError(f"--order {order} is not supported; use 1, 2 or 3.")
+    if order > nfe:
+        raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
+    order = {"ddim": 1, "dpmpp2m": min(order, 2)}.get(solver, order)
+    p = _params(params)
+    _emit(stages.lambda_opt(p, model, solver, nfe, p_exp=p_exp, error_model=error_model, max_order=order,
+                            traj_dir=trajectories), as_json)
+
+
+def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool, params: str):
+    from . import stages
+
+    p = _params(params)
+    if solver not in ("ddim", "dpmpp2m", "unipc"):
+        raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
+    _emit(stages.oss(p, model, solver, nfe, method=method, traj_dir=trajectories), as_json)
+
+
+@schedule_app.command("oss")
+def schedule_oss(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
+                 solver: str = typer.Option("ddim", "--solver"),
+                 trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
+                 as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+    """OSS (Pei et al. 2025): DP over the teacher trajectory, plus refinement by the true final error."""
+    _distill("oss", model, nfe, solver, trajectories, as_json, params)
+
+
+@schedule_app.command("gits")
+def schedule_gits(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
+                  solver: str = typer.Option("ddim", "--solver"),
+                  trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
+                  as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+    """GITS-style additive one-jump DP (γ = 1.15) on the same teacher shards."""
+    _distill("gits", model, nfe, solver, trajectories, as_json, params)
 
 
 @app.command("sample")
@@ -118,19 +166,25 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
 def trajectories(model: str = typer.Option(..., "--model"),
                  samples: Optional[int] = typer.Option(None, "--samples", help="default: trajectories.samples"),
                  teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
-                 out: str = typer.Option(..., "--out", help="folder for the shards and manifest.json"),
-                 shard_size: Optional[int] = typer.Option(None, "--shard-size"), params: str = ParamsOpt):
+                 out: Optional[str] = typer.Option(None, "--out", help="default: artifacts/trajectories/MODEL"),
+                 shard_size: Optional[int] = typer.Option(None, "--shard-size"),
+                 ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="default: ray.enabled"),
+                 params: str = ParamsOpt):
     """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
     import dataclasses
 
-    from .models import load_model
-    from .trajectories import generate_trajectories
+    from . import stages
 
     p = _params(params)
-    cfg = p.teacher if teacher_steps is None else dataclasses.replace(p.teacher, steps=teacher_steps)
-    m = load_model(model, p.artifacts)
-    man = generate_trajectories(m, cfg, out, samples or p.trajectories.samples, shard_size or p.trajectories.shard_size)
-    typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {cfg.solver} × {cfg.steps} -> {out}")
+    if teacher_steps is not None:
+        p.teacher = dataclasses.replace(p.teacher, steps=teacher_steps)
+    if samples is not None:
+        p.trajectories.samples = samples
+    if shard_size is not None:
+        p.trajectories.shard_size = shard_size
+    man = stages.trajectories(p, model, use_ray=ray, out=out)
+    typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
+               f"{p.teacher.steps} -> {out or stages.trajectories_dir(p, model)}")
 
 
 @app.command()

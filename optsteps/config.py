@@ -70,6 +70,41 @@ class TrajectoriesConfig:
 
 
 @dataclass
+class OSSConfig:
+    """OSS/GITS distillation over the teacher shards (algorithms.md §3)."""
+    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
+    solvers: list = field(default_factory=lambda: ["ddim", "dpmpp2m", "unipc"])
+    samples: int = 256  # teacher samples the DP reads (the first S of the shards)
+    distance: str = "state"  # state | x0
+    mode: str = "batch"  # batch | per_sample
+    refine: bool = True
+    calibration: bool = False
+    gits: bool = True
+
+
+@dataclass
+class LambdaOptConfig:
+    """The λ-optimizer (Xue et al. 2024; algorithms.md §2)."""
+    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
+    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
+    p: float = 1.0
+    error_model: str = "analytic"  # analytic | empirical
+
+
+@dataclass
+class RayConfig:
+    """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
+    enabled: bool = False
+    address: str = ""
+    actors: int = 2
+    num_cpus: int = 2  # local instance only
+    num_gpus_per_actor: float = 1.0  # requested only where the cluster has GPUs
+    max_restarts: int = 2
+    object_store_mb: int = 512
+    task_timeout_s: float = 1800.0
+
+
+@dataclass
 class Params:
     artifacts: str = "artifacts"
     results: str = "results"
@@ -78,6 +113,10 @@ class Params:
     report: ReportConfig = field(default_factory=ReportConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    oss: OSSConfig = field(default_factory=OSSConfig)
+    lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
+    models: list = field(default_factory=lambda: ["digits", "digits-flow"])
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
@@ -103,6 +142,10 @@ def _build(cls, data, where: str):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise OptstepsError(f"{where}.{k} must be a number, got {v!r}.")
             v = float(v)
+        if typ is bool and not isinstance(v, bool):
+            raise OptstepsError(f"{where}.{k} must be true or false, got {v!r}.")
+        if typ is str and v is None:
+            v = ""
         if typ is str and not isinstance(v, str):
             raise OptstepsError(f"{where}.{k} must be a string, got {v!r}.")
         if typ is list and not isinstance(v, list):
@@ -134,6 +177,23 @@ def params_from_dict(d: dict) -> Params:
         p.teacher = _build(TeacherConfig, d["teacher"], "teacher")
     if "trajectories" in d:
         p.trajectories = _build(TrajectoriesConfig, d["trajectories"], "trajectories")
+    if "ray" in d:
+        p.ray = _build(RayConfig, d["ray"], "ray")
+    if "oss" in d:
+        p.oss = _build(OSSConfig, d["oss"], "oss")
+    if "lambda_opt" in d:
+        p.lambda_opt = _build(LambdaOptConfig, d["lambda_opt"], "lambda_opt")
+    if "models" in d:
+        if not isinstance(d["models"], list) or not all(isinstance(m, str) for m in d["models"]):
+            raise OptstepsError("params.yaml models: must be a list of model names (e.g. [digits, digits-flow]).")
+        p.models = list(d["models"])
+    if p.oss.distance not in ("state", "x0") or p.oss.mode not in ("batch", "per_sample"):
+        raise OptstepsError("oss.distance must be 'state' or 'x0' and oss.mode 'batch' or 'per_sample'.")
+    if p.lambda_opt.error_model not in ("analytic", "empirical"):
+        raise OptstepsError("lambda_opt.error_model must be 'analytic' or 'empirical'.")
+    for sec in (p.oss, p.lambda_opt):
+        if any((not isinstance(k, int)) or k < 1 for k in sec.nfe):
+            raise OptstepsError("oss.nfe and lambda_opt.nfe must be lists of integers ≥ 1.")
     if p.teacher.steps < 2 or p.trajectories.samples < 1 or p.trajectories.shard_size < 1:
         raise OptstepsError("teacher.steps must be ≥ 2, trajectories.samples and trajectories.shard_size ≥ 1.")
     for name, tc in p.train.items():

@@ -1,0 +1,116 @@
+"""Teacher-trajectory shards on a pool of Ray actors.
+
+Each actor loads the model once and computes whole shards (seed ranges); the driver writes every shard
+(atomic rename) and the manifest, so workers need no shared file system and a shard is written exactly
+once. Actors are created with ``max_restarts``/``max_task_retries``: a killed actor is restarted and its
+in-flight shard recomputed (shards are deterministic given the seed range, so the retry is identical).
+
+GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
+(``ray.cluster_resources()["GPU"]``); asking for a GPU on a CPU-only cluster would wait forever.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+from ..config import RayConfig, TeacherConfig
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_SCHEDULER_EVENTS": "0"}
+
+
+def init_ray(cfg: RayConfig):
+    """Connect to ``cfg.address`` if set, else start a local instance. Call from the main thread."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=cfg.object_store_mb * 1024 * 1024)
+    return ray
+
+
+def gpus_per_actor(cfg: RayConfig) -> float:
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    return float(cfg.num_gpus_per_actor) if have >= cfg.num_gpus_per_actor > 0 else 0.0
+
+
+def make_actor_class(num_gpus: float, max_restarts: int):
+    import ray
+
+    @ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_restarts)
+    class TeacherActor:
+        def __init__(self, model_name: str, artifacts: str, teacher: dict):
+            import torch
+
+            from ..models import load_model
+
+            torch.set_num_threads(1)
+            self.model = load_model(model_name, artifacts)
+            self.teacher = TeacherConfig(**teacher)
+
+        def shard(self, start: int, count: int):
+            from ..trajectories import run_teacher
+
+            data = run_teacher(self.model, self.teacher, start, count)
+            return start, count, {k: v.numpy() for k, v in data.items()}, ray.get_runtime_context().get_node_id()
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return TeacherActor
+
+
+def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir, cfg: RayConfig, on_actors=None):
+    """A ``runner`` for ``trajectories.generate_trajectories``: yields manifest entries as shards finish."""
+    from pathlib import Path
+
+    import torch
+
+    from ..models import load_model
+    from ..trajectories import _write_shard, header, sha256_file, shard_name
+
+    out_dir = Path(out_dir)
+    ray = init_ray(cfg)
+    actor_cls = make_actor_class(gpus_per_actor(cfg), cfg.max_restarts)
+    model = load_model(model_name, artifacts)
+    head = header(model, teacher)
+
+    def run(pending):
+        if not pending:
+            return
+        n = max(1, min(cfg.actors, len(pending)))
+        actors = [actor_cls.remote(model_name, str(artifacts), asdict(teacher)) for _ in range(n)]
+        if on_actors is not None:
+            on_actors(actors)
+        queue = list(pending)
+        inflight = {}
+        for a in actors:
+            if queue:
+                start, count = queue.pop(0)
+                inflight[a.shard.remote(start, count)] = a
+        while inflight:
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=cfg.task_timeout_s)
+            if not done:
+                raise TimeoutError(f"no teacher shard finished within {cfg.task_timeout_s} s; check the Ray cluster "
+                                   "(a task asking for resources no node has waits forever).")
+            ref = done[0]
+            actor = inflight.pop(ref)
+            start, count, arrays, node = ray.get(ref)
+            path = out_dir / shard_name(start, count)
+            _write_shard(path, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
+                         {"start": start, "count": count, **head})
+            yield {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
+            if queue:
+                s, c = queue.pop(0)
+                inflight[actor.shard.remote(s, c)] = actor
+        for a in actors:
+            ray.kill(a)
+
+    return run

@@ -1,0 +1,159 @@
+"""The pipeline's entry points. The CLI, the DVC stages and the Prefect tasks all call these functions.
+
+Paths (under ``params.artifacts`` / ``params.results``):
+    artifacts/models/<model>/                 trained models (``train``)
+    artifacts/trajectories/<model>/           teacher shards + manifest.json (``trajectories``)
+    results/schedules/<model>/<method>-<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Params
+from .errors import OptstepsError
+from .models import load_model, model_dir
+from .schedule import Schedule
+
+
+def trajectories_dir(p: Params, model: str) -> Path:
+    return Path(p.artifacts) / "trajectories" / model
+
+
+def schedule_path(p: Params, model: str, method: str, solver: str, nfe: int) -> Path:
+    return Path(p.results) / "schedules" / model / f"{method}-{solver}-nfe{nfe}.json"
+
+
+def train(p: Params, model: str, force: bool = False) -> Path:
+    out = model_dir(p.artifacts, model)
+    if (out / "optsteps_model.json").is_file() and not force:
+        return out
+    if model == "classifier":
+        from .models.classifier import train_classifier
+
+        return train_classifier(p.classifier, out)
+    if model in ("digits", "digits-flow"):
+        from .models.digits import train_digits
+
+        return train_digits(model, p.train_config(model), out)
+    raise OptstepsError(f"unknown model {model!r} to train; use digits, digits-flow or classifier.")
+
+
+def trajectories(p: Params, model: str, use_ray: bool | None = None, out=None) -> dict:
+    from .trajectories import generate_trajectories
+
+    out = Path(out) if out else trajectories_dir(p, model)
+    m = load_model(model, p.artifacts)
+    runner = None
+    if p.ray.enabled if use_ray is None else use_ray:
+        from .adapters.ray_pool import ray_runner
+
+        runner = ray_runner(model, p.artifacts, p.teacher, out, p.ray)
+    return generate_trajectories(m, p.teacher, out, p.trajectories.samples, p.trajectories.shard_size, runner=runner)
+
+
+def load_teacher(p: Params, model, traj_dir, samples: int):
+    """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples."""
+    from .trajectories import iter_shards
+
+    states, labels, t = [], [], None
+    have = 0
+    for sh in iter_shards(traj_dir, model, p.teacher):
+        take = min(sh["states"].shape[1], samples - have)
+        states.append(sh["states"][:, :take])
+        labels.append(sh["labels"][:take])
+        t = sh["t"]
+        have += take
+        if have >= samples:
+            break
+    if not states:
+        raise OptstepsError(f"{traj_dir} has no shards; run `optsteps trajectories --model {model.name}`.")
+    lab = torch.cat(labels)
+    return t, torch.cat(states, dim=1), (None if (lab < 0).all() else lab)
+
+
+class LabelledDenoiser:
+    """A model denoiser for batches that stack node states of the same S samples (row r is sample r mod S)."""
+
+    def __init__(self, model, labels, guidance: float = 1.0):
+        self.model, self.labels, self.guidance = model, labels, guidance
+
+    def __call__(self, x, t):
+        if self.labels is None:
+            return self.model.denoiser(None, self.guidance)(x, t)
+        s = len(self.labels)
+        if x.shape[0] % s:
+            raise OptstepsError(f"batch of {x.shape[0]} rows is not a whole number of {s}-sample blocks.")
+        return self.model.denoiser(self.labels.repeat(x.shape[0] // s), self.guidance)(x, t)
+
+
+def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
+    """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
+    from .oss import gits_search, oss_search
+
+    m = load_model(model, p.artifacts)
+    t, states, labels = load_teacher(p, m, traj_dir or trajectories_dir(p, model), p.oss.samples)
+    den = LabelledDenoiser(m, labels, p.teacher.guidance)
+    s = states.shape[1]
+    t0 = time.perf_counter()
+    if method == "gits":
+        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model)
+    elif method == "oss":
+        res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
+                         mode=p.oss.mode, refine=p.oss.refine, calibration=p.oss.calibration or None,
+                         eval_batch_size=s, model=model)
+    else:
+        raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
+    sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),
+                                          "teacher_samples": s})
+    sched.save(schedule_path(p, model, method, solver, nfe))
+    return sched
+
+
+def solver_orders(solver: str, nfe: int, order: int = 3) -> list[int]:
+    """The local order of each step as our samplers run it (lower_order_final on):
+    DDIM 1…1; DPM-Solver++(2M) 1,2,…,2 and a final 1 when K < 15; UniPC-p min(p, s + 1, K − s) (1-2-3…3-2-1)."""
+    if solver == "ddim":
+        return [1] * nfe
+    if solver == "dpmpp2m":
+        return [1 if s == 0 or (s == nfe - 1 and nfe < 15) else 2 for s in range(nfe)]
+    return [min(order, s + 1, nfe - s) for s in range(nfe)]
+
+
+def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None = None,
+               error_model: str | None = None, max_order: int = 3, traj_dir=None) -> Schedule:
+    from .lambda_opt import lambda_opt_schedule
+
+    ns = _noise_schedule(p, model)
+    em = error_model or p.lambda_opt.error_model
+    eps_fn = empirical_eps_for(p, model, traj_dir) if em == "empirical" else None
+    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=model, solver=solver,
+                                orders=solver_orders(solver, nfe, max_order), error_model=em, eps_fn=eps_fn)
+    sched.save(schedule_path(p, model, "lambda-opt", solver, nfe))
+    return sched
+
+
+def empirical_eps_for(p: Params, model: str, traj_dir=None):
+    """ε(λ) measured on the teacher shards: mean ‖x̂_0(x_t, t) − x_final‖ per teacher time, interpolated in λ."""
+    from .lambda_opt import empirical_eps
+    from .trajectories import iter_shards
+
+    m = load_model(model, p.artifacts)
+    sums, count, t = None, 0, None
+    for sh in iter_shards(traj_dir or trajectories_dir(p, model), m, p.teacher):
+        err = (sh["x0"] - sh["states"][-1][None]).flatten(2).norm(dim=2).sum(1)  # [N]
+        sums = err if sums is None else sums + err
+        count += sh["states"].shape[1]
+        t = sh["t"]
+    lam = m.noise_schedule.lambda_(t[:-1])
+    return empirical_eps(lam.numpy(), (sums / count).double().numpy())
+
+
+def _noise_schedule(p: Params, model: str):
+    if model in ("digits", "digits-flow"):
+        from .models.digits import noise_schedule_for
+
+        return noise_schedule_for(model)
+    return load_model(model, p.artifacts).noise_schedule

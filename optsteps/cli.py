@@ -14,6 +14,8 @@ from .errors import OptstepsError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Compute step schedules (baselines and optimizers).")
 app.add_typer(schedule_app, name="schedule")
+stage_app = typer.Typer(no_args_is_help=True, help="Pipeline stages over the params.yaml grid (what dvc.yaml runs).")
+app.add_typer(stage_app, name="stage")
 
 ParamsOpt = typer.Option("params.yaml", "--params", help="The params file (one source of configuration).")
 
@@ -185,6 +187,24 @@ def trajectories(model: str = typer.Option(..., "--model"),
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
                f"{p.teacher.steps} -> {out or stages.trajectories_dir(p, model)}")
+
+
+@stage_app.command("lambda-opt")
+def stage_lambda_opt(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
+    """λ-optimized schedules for every solver × NFE in params.lambda_opt."""
+    from . import stages
+
+    for path in stages.lambda_opt_all(_params(params), model):
+        typer.echo(f"wrote {path}")
+
+
+@stage_app.command("oss")
+def stage_oss(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
+    """OSS (and GITS) schedules for every solver × NFE in params.oss, from the model's teacher shards."""
+    from . import stages
+
+    for path in stages.oss_all(_params(params), model):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

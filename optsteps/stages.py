@@ -3,7 +3,7 @@
 Paths (under ``params.artifacts`` / ``params.results``):
     artifacts/models/<model>/                 trained models (``train``)
     artifacts/trajectories/<model>/           teacher shards + manifest.json (``trajectories``)
-    results/schedules/<model>/<method>-<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
+    results/schedules/<model>/<method>/<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
 """
 from __future__ import annotations
 
@@ -23,7 +23,24 @@ def trajectories_dir(p: Params, model: str) -> Path:
 
 
 def schedule_path(p: Params, model: str, method: str, solver: str, nfe: int) -> Path:
-    return Path(p.results) / "schedules" / model / f"{method}-{solver}-nfe{nfe}.json"
+    return Path(p.results) / "schedules" / model / method / f"{solver}-nfe{nfe}.json"
+
+
+def lambda_opt_all(p: Params, model: str) -> list[Path]:
+    """Every (solver, NFE) of ``lambda_opt`` in params; the DVC stage ``lambda_opt@<model>``."""
+    return [schedule_path(p, model, "lambda-opt", solver, nfe)
+            for solver in p.lambda_opt.solvers for nfe in p.lambda_opt.nfe
+            if lambda_opt(p, model, solver, nfe) is not None]
+
+
+def oss_all(p: Params, model: str) -> list[Path]:
+    """Every (solver, NFE) of ``oss`` in params, OSS and (if enabled) GITS; the DVC stage ``oss@<model>``."""
+    methods = ["oss"] + (["gits"] if p.oss.gits else [])
+    for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
+        (Path(p.results) / "schedules" / model / method).mkdir(parents=True, exist_ok=True)
+    return [schedule_path(p, model, method, solver, nfe)
+            for method in methods for solver in p.oss.solvers for nfe in p.oss.nfe
+            if oss(p, model, solver, nfe, method=method) is not None]
 
 
 def train(p: Params, model: str, force: bool = False) -> Path:

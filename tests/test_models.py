@@ -83,3 +83,13 @@ def test_diffusers_pipeline_folder_adapter(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(OptstepsError, match="local cache"):
         load_model("nobody/no-such-model")
+
+
+def test_ema_warm_up_forgets_the_random_initialisation():
+    from optsteps.models.digits import ema_decay
+
+    assert ema_decay(0, 0.999) == 0.1 and ema_decay(10**6, 0.999) == 0.999
+    left = 1.0
+    for step in range(1500):
+        left *= ema_decay(step, 0.999)
+    assert left < 1e-6  # a constant 0.999 would leave 0.999**1500 ≈ 22 % of the initial weights

@@ -47,7 +47,7 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None) -> DiffusionMod
         raise OptstepsError(f"unsupported prediction_type {cfg.get('prediction_type')!r} in {root}/scheduler.")
     if ns.family == "flow":
         prediction = "flow"
-    unet = UNet2DModel.from_pretrained(root / "unet").eval().requires_grad_(False)
+    unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     num_classes = int(unet.config.num_class_embeds or 0)
 
     def net(x, t, cond):

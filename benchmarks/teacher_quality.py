@@ -1,0 +1,33 @@
+"""The quality bar of the embedded models: class accuracy of a 200-step teacher (UniPC, uniform-λ grid),
+judged by the project's classifier (argmax = requested class), on class-balanced seeded samples.
+
+    .venv/bin/python benchmarks/teacher_quality.py [--n 1000] [--steps 200]
+"""
+import argparse
+import time
+
+import torch
+
+from optsteps.baselines import baseline
+from optsteps.data import save_grid
+from optsteps.models import load_model, model_dir
+from optsteps.models.classifier import load_classifier
+from optsteps.report import class_accuracy
+from optsteps.sampling import generate
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--n", type=int, default=1000)
+ap.add_argument("--steps", type=int, default=200)
+ap.add_argument("--artifacts", default="artifacts")
+ap.add_argument("--seed", type=int, default=1234)
+a = ap.parse_args()
+torch.set_num_threads(1)
+clf = load_classifier(model_dir(a.artifacts, "classifier"))
+for name in ("digits", "digits-flow"):
+    m = load_model(name, a.artifacts)
+    t0 = time.perf_counter()
+    x = generate(m, baseline("uniform-lambda", m.noise_schedule, a.steps), "unipc", a.n, a.seed)
+    acc = class_accuracy(clf, x, m.labels(a.n))
+    save_grid(x[:100], f"results/teacher_{name}.png")
+    print(f"{name}: {a.steps}-step UniPC teacher, {a.n} samples: class accuracy {acc:.4f} "
+          f"({time.perf_counter() - t0:.0f} s); grid results/teacher_{name}.png")

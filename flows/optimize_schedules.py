@@ -1,0 +1,102 @@
+"""The main Prefect 3 flow: train-if-needed → teacher trajectories (fanned out over Ray actors when
+``ray.enabled``) → λ-optimizer and OSS/GITS per (model, solver, NFE), mapped in parallel → (evaluate →
+register, once those stages exist in ``optsteps.stages``).
+
+Every task calls the same ``optsteps.stages`` entry point as the matching DVC stage, so both paths produce
+the same schedules for the same params and seeds.
+
+    python flows/optimize_schedules.py                       # one run (Prefect's temporary local server)
+    python flows/optimize_schedules.py serve --cron "0 3 * * *"   # a cron deployment; needs `prefect server start`
+
+Tasks cache on their inputs (the params file's content hash is one of them) and persist their results;
+the trajectory task retries (a lost Ray node), and so will the evaluation task.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.futures import wait
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from optsteps import stages  # noqa: E402
+from optsteps.config import load_params  # noqa: E402
+
+CACHE = INPUTS + TASK_SOURCE
+
+
+def params_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def train_task(params_path: str, digest: str, model: str) -> str:
+    return str(stages.train(load_params(params_path), model))
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=CACHE, persist_result=True)
+def trajectories_task(params_path: str, digest: str, model: str, trained: str) -> list[str]:
+    man = stages.trajectories(load_params(params_path), model)
+    return [e["sha256"] for e in man["shards"]]
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int) -> str:
+    p = load_params(params_path)
+    stages.lambda_opt(p, model, solver, nfe)
+    return str(stages.schedule_path(p, model, "lambda-opt", solver, nfe))
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfe: int, shards: list[str]) -> str:
+    p = load_params(params_path)
+    stages.oss(p, model, solver, nfe, method=method)
+    return str(stages.schedule_path(p, model, method, solver, nfe))
+
+
+@flow(name="optimize_schedules", log_prints=True)
+def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
+    p = load_params(params_path)
+    digest = params_digest(params_path)
+    if p.ray.enabled:  # ray.init belongs in the main thread (the flow body), not in a task's worker thread
+        from optsteps.adapters.ray_pool import init_ray
+
+        init_ray(p.ray)
+    train_task(params_path, digest, "classifier")
+    trained = {m: train_task(params_path, digest, m) for m in p.models}
+    shards = {m: trajectories_task(params_path, digest, m, trained[m]) for m in p.models}
+    futures = []
+    for m in p.models:
+        for solver in p.lambda_opt.solvers:
+            for nfe in p.lambda_opt.nfe:
+                futures.append(lambda_opt_task.submit(params_path, digest, m, solver, nfe))
+        for method in ["oss"] + (["gits"] if p.oss.gits else []):
+            for solver in p.oss.solvers:
+                for nfe in p.oss.nfe:
+                    futures.append(oss_task.submit(params_path, digest, m, method, solver, nfe, shards[m]))
+    wait(futures)
+    paths = [f.result() for f in futures]
+    print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}")
+    return paths
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--cron", default="0 3 * * *", help="schedule for `serve` (needs a real `prefect server start`)")
+    ap.add_argument("--name", default="nightly")
+    a = ap.parse_args(argv)
+    if a.command == "serve":
+        optimize_schedules.serve(name=a.name, cron=a.cron, parameters={"params_path": a.params})
+    else:
+        optimize_schedules(a.params)
+
+
+if __name__ == "__main__":
+    main()

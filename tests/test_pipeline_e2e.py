@@ -1,0 +1,101 @@
+"""The real stack on a tiny params file: `dvc repro` in a temp git repo (every stage runs, shards are
+DVC-tracked, a second repro does nothing, changing the OSS NFE reruns only the OSS stage and what follows),
+and the Prefect flow on Prefect's temporary local server producing the same schedules as DVC."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "artifacts": "artifacts", "results": "results", "models": ["digits"],
+    "train": {name: {"steps": 6, "batch_size": 16, "warmup_steps": 2, "threads": 1} for name in ("digits", "digits-flow")},
+    "classifier": {"epochs": 1, "threads": 1},
+    "teacher": {"solver": "unipc", "steps": 12, "schedule": "uniform-lambda", "seed": 0},
+    "trajectories": {"samples": 12, "shard_size": 6},
+    "oss": {"nfe": [3], "solvers": ["ddim"], "samples": 12, "gits": True},
+    "lambda_opt": {"nfe": [3], "solvers": ["unipc"]},
+}
+
+
+def env(tmp):
+    e = dict(os.environ)
+    e.update(PATH=f"{BIN}:{e['PATH']}", DVC_NO_ANALYTICS="1", PREFECT_HOME=str(tmp / ".prefect"),
+             PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
+             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_UI_ENABLED="false",
+             OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    e.pop("PREFECT_API_URL", None)
+    return e
+
+
+def project(tmp: Path, params: dict) -> Path:
+    (tmp / "repo").mkdir()
+    repo = tmp / "repo"
+    shutil.copytree(ROOT / "optsteps", repo / "optsteps", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    return repo
+
+
+def run(cmd, cwd, e, timeout=900):
+    r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def schedules(repo: Path) -> dict:
+    return {str(p.relative_to(repo)): json.loads(p.read_text())["t"] for p in sorted((repo / "results").rglob("*.json"))
+            if "schedules" in p.parts}
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dvc")
+    repo = project(tmp, TINY)
+    e = env(tmp)
+    run(["git", "init", "-q"], repo, e)
+    run(["dvc", "init", "-q"], repo, e)
+    out = run(["dvc", "repro"], repo, e)
+    return repo, e, out, schedules(repo)
+
+
+def test_dvc_repro_runs_every_stage_and_tracks_the_shards(dvc_repo):
+    repo, e, out, _ = dvc_repo
+    for stage in ("train@digits", "train@classifier", "trajectories@digits", "lambda_opt@digits", "oss@digits"):
+        assert f"Running stage '{stage}'" in out, stage
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    traj = lock["stages"]["trajectories@digits"]["outs"][0]
+    assert traj["path"] == "artifacts/trajectories/digits" and traj["md5"].endswith(".dir") and traj["nfiles"] == 3
+    s = schedules(repo)
+    assert set(s) == {"results/schedules/digits/lambda-opt/unipc-nfe3.json", "results/schedules/digits/oss/ddim-nfe3.json",
+                      "results/schedules/digits/gits/ddim-nfe3.json"}
+    assert all(len(t) == 4 for t in s.values())
+
+
+def test_second_repro_does_nothing_and_oss_nfe_change_reruns_only_oss(dvc_repo):
+    repo, e, _, _ = dvc_repo
+    out = run(["dvc", "repro"], repo, e)
+    assert "Running stage" not in out
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["oss"]["nfe"] = [4]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = run(["dvc", "repro"], repo, e)
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["oss@digits"], out
+    assert (repo / "results/schedules/digits/oss/ddim-nfe4.json").is_file()
+
+
+def test_prefect_flow_gives_the_same_schedules_as_dvc(dvc_repo, tmp_path):
+    _, _, _, from_dvc = dvc_repo  # the schedules of the first `dvc repro`, before the NFE change
+    flow_repo = project(tmp_path, TINY)
+    run([sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"], flow_repo, env(tmp_path), timeout=1200)
+    assert schedules(flow_repo) == from_dvc

@@ -27,11 +27,13 @@ export OMP_NUM_THREADS := 1
 install: .venv/.installed
 
 run: .venv/.installed
-	.venv/bin/optsteps train --model digits
-	.venv/bin/optsteps train --model classifier
-	.venv/bin/optsteps train --model digits-flow
-	.venv/bin/optsteps report
-	@echo "results: results/baselines.md (table), results/baselines.json, results/grid_*.png (sample grids)"
+	.venv/bin/python flows/optimize_schedules.py --params params.yaml
+	@echo ""
+	@echo "results:"
+	@echo "  schedules   results/schedules/<model>/<method>/<solver>-nfe<K>.json"
+	@echo "  evaluation  results/eval/<model>.json (every row), results/metrics/<model>.json, results/plots/<model>.csv"
+	@echo "  registry    .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --workers 1"
+	@echo "              .venv/bin/optsteps registry list"
 
 test: .venv/.installed
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests

@@ -12,7 +12,6 @@ from optsteps.baselines import baseline
 from optsteps.data import save_grid
 from optsteps.models import load_model, model_dir
 from optsteps.models.classifier import load_classifier
-from optsteps.report import class_accuracy
 from optsteps.sampling import generate
 
 ap = argparse.ArgumentParser()
@@ -20,10 +19,18 @@ ap.add_argument("--n", type=int, default=1000)
 ap.add_argument("--steps", type=int, default=200)
 ap.add_argument("--artifacts", default="artifacts")
 ap.add_argument("--seed", type=int, default=1234)
+ap.add_argument("--models", nargs="+", default=["digits", "digits-flow"])
 a = ap.parse_args()
+
+
+def class_accuracy(classifier, x, labels) -> float:
+    with torch.no_grad():
+        return (classifier(x.clamp(-1, 1)).argmax(1) == labels).float().mean().item()
+
+
 torch.set_num_threads(1)
 clf = load_classifier(model_dir(a.artifacts, "classifier"))
-for name in ("digits", "digits-flow"):
+for name in a.models:
     m = load_model(name, a.artifacts)
     t0 = time.perf_counter()
     x = generate(m, baseline("uniform-lambda", m.noise_schedule, a.steps), "unipc", a.n, a.seed)

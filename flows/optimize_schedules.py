@@ -1,6 +1,6 @@
 """The main Prefect 3 flow: train-if-needed → teacher trajectories (fanned out over Ray actors when
-``ray.enabled``) → λ-optimizer and OSS/GITS per (model, solver, NFE), mapped in parallel → (evaluate →
-register, once those stages exist in ``optsteps.stages``).
+``ray.enabled``) → λ-optimizer and OSS/GITS per (model, solver, NFE), mapped in parallel → evaluate →
+register in MLflow.
 
 Every task calls the same ``optsteps.stages`` entry point as the matching DVC stage, so both paths produce
 the same schedules for the same params and seeds.
@@ -59,6 +59,16 @@ def oss_task(params_path: str, digest: str, model: str, method: str, solver: str
     return str(stages.schedule_path(p, model, method, solver, nfe))
 
 
+@task(retries=1, retry_delay_seconds=5, cache_policy=CACHE, persist_result=True)
+def evaluate_task(params_path: str, digest: str, model: str, schedules: list[str]) -> str:
+    return str(stages.evaluate(load_params(params_path), model))
+
+
+@task
+def register_task(params_path: str, evaluations: list[str]) -> str:
+    return str(stages.register(load_params(params_path)))
+
+
 @flow(name="optimize_schedules", log_prints=True)
 def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     p = load_params(params_path)
@@ -70,8 +80,9 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     train_task(params_path, digest, "classifier")
     trained = {m: train_task(params_path, digest, m) for m in p.models}
     shards = {m: trajectories_task(params_path, digest, m, trained[m]) for m in p.models}
-    futures = []
+    futures, per_model = [], {}
     for m in p.models:
+        first = len(futures)
         for solver in p.lambda_opt.solvers:
             for nfe in p.lambda_opt.nfe:
                 futures.append(lambda_opt_task.submit(params_path, digest, m, solver, nfe))
@@ -79,9 +90,13 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
             for solver in p.oss.solvers:
                 for nfe in p.oss.nfe:
                     futures.append(oss_task.submit(params_path, digest, m, method, solver, nfe, shards[m]))
+        per_model[m] = futures[first:]
     wait(futures)
+    evaluations = [evaluate_task(params_path, digest, m, [f.result() for f in per_model[m]]) for m in p.models]
+    registered = register_task(params_path, evaluations)
     paths = [f.result() for f in futures]
-    print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}")
+    print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "
+          f"registry {registered}")
     return paths
 
 

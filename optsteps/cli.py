@@ -207,13 +207,30 @@ def stage_oss(model: str = typer.Option(..., "--model"), params: str = ParamsOpt
         typer.echo(f"wrote {path}")
 
 
-@app.command()
-def report(params: str = ParamsOpt):
-    """The baseline comparison: L2 to the teacher and class accuracy per model × solver × baseline × NFE."""
-    from .report import baseline_report
+@stage_app.command("evaluate")
+def stage_evaluate(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
+    """Evaluate baselines and optimized schedules on held-out seeds (teacher row first)."""
+    from . import stages
 
-    for path in baseline_report(_params(params)):
-        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {stages.evaluate(_params(params), model)}")
+
+
+@stage_app.command("register")
+def stage_register(params: str = ParamsOpt):
+    """Log and register every evaluated schedule in MLflow (champion-nfe{K} aliases)."""
+    from . import stages
+
+    typer.echo(f"wrote {stages.register(_params(params))}")
+
+
+def _mount_registry():
+    from .cli_registry import evaluate, registry_app
+
+    app.add_typer(registry_app, name="registry")
+    app.command("evaluate")(evaluate)
+
+
+_mount_registry()
 
 
 def main():

@@ -39,20 +39,6 @@ class ClassifierConfig:
     threads: int = 1
 
 
-@dataclass
-class ReportConfig:
-    """The baseline comparison that ``make run`` writes (results/baselines.md)."""
-    models: list = field(default_factory=lambda: ["digits", "digits-flow"])
-    solvers: list = field(default_factory=lambda: ["ddim", "dpmpp2m", "unipc"])
-    baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
-    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    teacher_steps: int = 200
-    teacher_solver: str = "unipc"
-    samples: int = 500
-    seed: int = 1234
-    grid_nfe: int = 5
-
-
 @dataclass(frozen=True)
 class TeacherConfig:
     """The teacher whose trajectories the optimizers read: N steps of ``solver`` on a ``schedule`` grid."""
@@ -92,6 +78,26 @@ class LambdaOptConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Evaluation grid: every method (baselines + optimized) × solver × NFE on held-out seeds."""
+    baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
+    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
+    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
+    n: int = 2000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
+    inception_n: int = 0  # samples for Inception FID (slow on CPU: ~2-8 img/s); 0 = off
+    seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
+    guidance: float = 1.0
+    kid_subsets: int = 20
+    cache_dir: str = "artifacts/cache/fid"
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
+    metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by (lower is better)
+
+
+@dataclass
 class RayConfig:
     """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
     enabled: bool = False
@@ -110,13 +116,14 @@ class Params:
     results: str = "results"
     train: dict = field(default_factory=lambda: {"digits": TrainConfig(), "digits-flow": TrainConfig()})
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSConfig = field(default_factory=OSSConfig)
     lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
     models: list = field(default_factory=lambda: ["digits", "digits-flow"])
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
@@ -171,8 +178,6 @@ def params_from_dict(d: dict) -> Params:
         p.train = {name: _build(TrainConfig, v or {}, f"train.{name}") for name, v in d["train"].items()}
     if "classifier" in d:
         p.classifier = _build(ClassifierConfig, d["classifier"], "classifier")
-    if "report" in d:
-        p.report = _build(ReportConfig, d["report"], "report")
     if "teacher" in d:
         p.teacher = _build(TeacherConfig, d["teacher"], "teacher")
     if "trajectories" in d:
@@ -183,6 +188,13 @@ def params_from_dict(d: dict) -> Params:
         p.oss = _build(OSSConfig, d["oss"], "oss")
     if "lambda_opt" in d:
         p.lambda_opt = _build(LambdaOptConfig, d["lambda_opt"], "lambda_opt")
+    if "evaluate" in d:
+        p.evaluate = _build(EvaluateConfig, d["evaluate"], "evaluate")
+    if "mlflow" in d:
+        p.mlflow = _build(MlflowConfig, d["mlflow"], "mlflow")
+    if p.evaluate.seed == p.teacher.seed:
+        raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}: evaluation must use held-out seeds; "
+                            "pick another evaluate.seed.")
     if "models" in d:
         if not isinstance(d["models"], list) or not all(isinstance(m, str) for m in d["models"]):
             raise OptstepsError("params.yaml models: must be a list of model names (e.g. [digits, digits-flow]).")
@@ -199,8 +211,8 @@ def params_from_dict(d: dict) -> Params:
     for name, tc in p.train.items():
         if tc.steps < 1 or tc.batch_size < 1 or not 0 <= tc.label_dropout < 1 or not 0 <= tc.ema < 1:
             raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
-    if p.report.teacher_steps < 2 or p.report.samples < 1 or any(k < 1 for k in p.report.nfe):
-        raise OptstepsError("report: need teacher_steps ≥ 2, samples ≥ 1 and every nfe ≥ 1.")
+    if p.evaluate.n < 1 or any((not isinstance(k, int)) or k < 1 for k in p.evaluate.nfe):
+        raise OptstepsError("evaluate: need n ≥ 1 and every nfe an integer ≥ 1.")
     return p
 
 

@@ -174,3 +174,91 @@ def _noise_schedule(p: Params, model: str):
 
         return noise_schedule_for(model)
     return load_model(model, p.artifacts).noise_schedule
+
+
+METHOD_DIRS = ("lambda-opt", "oss", "gits")
+
+
+def eval_path(p: Params, model: str) -> Path:
+    return Path(p.results) / "eval" / f"{model}.json"
+
+
+def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
+    """The evaluation grid of ``model``: baselines × solvers × NFE plus every optimized schedule on disk
+    whose solver and NFE are in the grid."""
+    from .baselines import baseline
+
+    ns = _noise_schedule(p, model)
+    ev = p.evaluate
+    out = [baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
+           for solver in ev.solvers for kind in ev.baselines for nfe in ev.nfe]
+    for method in METHOD_DIRS:
+        for solver in ev.solvers:
+            for nfe in ev.nfe:
+                path = schedule_path(p, model, method, solver, nfe)
+                if path.is_file():
+                    out.append(Schedule.load(path))
+    return out
+
+
+def evaluate(p: Params, model: str) -> Path:
+    """Evaluate the grid (teacher row first) and write results/eval/<model>.json, the DVC metrics file
+    results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv."""
+    import json
+
+    from .evaluate.run import Evaluator, evaluate_grid
+    from .models.classifier import load_classifier
+    from .schedule import write_text_atomic
+
+    torch.set_num_threads(1)
+    m = load_model(model, p.artifacts)
+    schedules = evaluation_schedules(p, model)
+    evaluator = Evaluator(load_classifier(model_dir(p.artifacts, "classifier")), p.evaluate.cache_dir,
+                          inception_n=p.evaluate.inception_n, kid_subsets=p.evaluate.kid_subsets)
+    rows = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed, guidance=p.evaluate.guidance,
+                         evaluator=evaluator, distill_samples=p.trajectories.samples)
+    for row, s in zip(rows[1:], schedules):
+        row["schedule"] = s.to_dict()
+    out = eval_path(p, model)
+    write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
+    metrics = {}
+    for r in rows:
+        key = r["method"] if r["method"] == "teacher" else f"{r['method']}/{r['solver']}/nfe{r['nfe']}"
+        metrics[key] = {k: r[k] for k in ("fid_digitsnet", "adherence_digitsnet", "l2_to_teacher") if k in r}
+    write_text_atomic(Path(p.results) / "metrics" / f"{model}.json", json.dumps(metrics, indent=1) + "\n")
+    lines = ["method,nfe,fid_digitsnet,l2_to_teacher,adherence_digitsnet"]
+    for r in rows[1:]:
+        lines.append(f"{r['method']}/{r['solver']},{r['nfe']},{r.get('fid_digitsnet', '')},{r.get('l2_to_teacher', '')},"
+                     f"{r.get('adherence_digitsnet', '')}")
+    write_text_atomic(Path(p.results) / "plots" / f"{model}.csv", "\n".join(lines) + "\n")
+    return out
+
+
+def register(p: Params, models: list[str] | None = None) -> Path:
+    """Log one MLflow run per evaluated (model, method, solver, NFE), register each schedule as a model
+    version (champion-nfe{K} moves only to a strictly better metric) and log one summary run per model.
+    Writes results/registry.json (what was registered)."""
+    import json
+
+    from .registry import Registry, dvc_data_hash, git_commit, params_hash
+    from .schedule import write_text_atomic
+
+    reg = Registry(p.mlflow.tracking_uri or None)
+    git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
+    done = []
+    for model in models or p.models:
+        path = eval_path(p, model)
+        if not path.is_file():
+            raise OptstepsError(f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {model}`).")
+        rows = json.loads(path.read_text())
+        for row in rows[1:]:
+            s = Schedule.from_dict(row["schedule"])
+            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
+            run_id = reg.log_schedule_run(s, metrics=metrics, solver=row["solver"])
+            info = reg.register_schedule(run_id, metric=p.mlflow.metric, git=git, params_digest=digest, dvc_hash=dvc_hash)
+            done.append({"model": model, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
+                         "run_id": run_id, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
+        reg.log_summary_run(rows, run_name=f"summary-{model}", metric=p.mlflow.metric)
+    out = Path(p.results) / "registry.json"
+    write_text_atomic(out, json.dumps(done, indent=1) + "\n")
+    return out

@@ -31,7 +31,7 @@ def test_bad_input_exits_2_with_the_fix():
 
 def test_repository_params_parse():
     p = load_params("params.yaml")
-    assert p.train_config("digits").steps >= 1 and p.report.nfe
+    assert p.train_config("digits").steps >= 1 and p.evaluate.nfe and p.evaluate.seed != p.teacher.seed
 
 
 @pytest.mark.parametrize("d,match", [
@@ -39,7 +39,9 @@ def test_repository_params_parse():
     ({"train": {"digits": {"stpes": 3}}}, "unknown key"),
     ({"train": {"digits": {"steps": "many"}}}, "must be an integer"),
     ({"train": {"digits": {"ema": 1.5}}}, "ema < 1"),
-    ({"report": {"nfe": [0]}}, "nfe ≥ 1"),
+    ({"evaluate": {"nfe": [0]}}, "nfe an integer ≥ 1"),
+    ({"evaluate": {"seed": 0}}, "held-out seeds"),
+    ({"oss": {"distance": "l1"}}, "oss.distance"),
 ])
 def test_params_errors(d, match):
     with pytest.raises(OptstepsError, match=match):

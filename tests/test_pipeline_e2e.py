@@ -22,6 +22,9 @@ TINY = {
     "trajectories": {"samples": 12, "shard_size": 6},
     "oss": {"nfe": [3], "solvers": ["ddim"], "samples": 12, "gits": True},
     "lambda_opt": {"nfe": [3], "solvers": ["unipc"]},
+    "evaluate": {"baselines": ["uniform-lambda"], "solvers": ["ddim", "unipc"], "nfe": [3, 4], "n": 40,
+                 "kid_subsets": 2, "seed": 99},
+    "mlflow": {"tracking_uri": "", "metric": "fid_digitsnet"},
 }
 
 
@@ -70,7 +73,8 @@ def dvc_repo(tmp_path_factory):
 
 def test_dvc_repro_runs_every_stage_and_tracks_the_shards(dvc_repo):
     repo, e, out, _ = dvc_repo
-    for stage in ("train@digits", "train@classifier", "trajectories@digits", "lambda_opt@digits", "oss@digits"):
+    for stage in ("train@digits", "train@classifier", "trajectories@digits", "lambda_opt@digits", "oss@digits",
+                  "evaluate@digits", "register"):
         assert f"Running stage '{stage}'" in out, stage
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     traj = lock["stages"]["trajectories@digits"]["outs"][0]
@@ -79,6 +83,16 @@ def test_dvc_repro_runs_every_stage_and_tracks_the_shards(dvc_repo):
     assert set(s) == {"results/schedules/digits/lambda-opt/unipc-nfe3.json", "results/schedules/digits/oss/ddim-nfe3.json",
                       "results/schedules/digits/gits/ddim-nfe3.json"}
     assert all(len(t) == 4 for t in s.values())
+    rows = json.loads((repo / "results/eval/digits.json").read_text())
+    assert rows[0]["method"] == "teacher" and rows[0]["l2_to_teacher"] == 0.0
+    assert {(r["method"], r["solver"], r["nfe"]) for r in rows[1:]} == {
+        ("uniform-lambda", "ddim", 3), ("uniform-lambda", "ddim", 4), ("uniform-lambda", "unipc", 3),
+        ("uniform-lambda", "unipc", 4), ("lambda-opt", "unipc", 3), ("oss", "ddim", 3), ("gits", "ddim", 3)}
+    assert all(r["fid_digitsnet"] > 0 for r in rows)
+    registered = json.loads((repo / "results/registry.json").read_text())
+    assert len(registered) == len(rows) - 1
+    metrics = run(["dvc", "metrics", "show", "--json"], repo, e)
+    assert "oss/ddim/nfe3" in metrics
 
 
 def test_second_repro_does_nothing_and_oss_nfe_change_reruns_only_oss(dvc_repo):
@@ -90,7 +104,7 @@ def test_second_repro_does_nothing_and_oss_nfe_change_reruns_only_oss(dvc_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = run(["dvc", "repro"], repo, e)
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["oss@digits"], out
+    assert ran == ["evaluate@digits", "oss@digits", "register"], out
     assert (repo / "results/schedules/digits/oss/ddim-nfe4.json").is_file()
 
 
@@ -99,3 +113,4 @@ def test_prefect_flow_gives_the_same_schedules_as_dvc(dvc_repo, tmp_path):
     flow_repo = project(tmp_path, TINY)
     run([sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"], flow_repo, env(tmp_path), timeout=1200)
     assert schedules(flow_repo) == from_dvc
+    assert (flow_repo / "results/registry.json").is_file()

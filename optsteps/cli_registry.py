@@ -1,0 +1,159 @@
+"""``optsteps registry ...``: list, show and export registered schedules; and ``evaluate`` (a function the main
+CLI mounts as a command) that evaluates a schedule, logs it to MLflow and optionally registers it.
+
+Mount with ``app.add_typer(registry_app, name="registry")`` and ``app.command("evaluate")(evaluate)``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import OptstepsError
+
+registry_app = typer.Typer(no_args_is_help=True, help="The MLflow registry of step schedules.")
+
+TrackingOpt = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                           help="MLflow tracking URI (default sqlite:///<abs cwd>/mlruns.db).")
+
+
+def _registry(uri):
+    from .registry import Registry
+
+    return Registry(uri)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "-"
+    return str(v)
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+LIST_COLUMNS = ["name", "version", "aliases", "method", "nfe", "fid_digitsnet", "kid_digitsnet",
+                "adherence_digitsnet", "fid_inception", "l2_to_teacher"]
+
+
+@registry_app.command("list")
+def list_cmd(model: Optional[str] = typer.Option(None, "--model", help="only this model"),
+             nfe: Optional[int] = typer.Option(None, "--nfe", help="only this NFE"),
+             tracking_uri: Optional[str] = TrackingOpt):
+    """Registered schedules with their metrics."""
+    rows = _registry(tracking_uri).list_schedules(model, nfe)
+    if not rows:
+        typer.echo("no registered schedules" + (f" for model {model}" if model else "") +
+                   (f" at NFE {nfe}" if nfe is not None else "") + "; register one with `optsteps evaluate ... --register`.")
+        return
+    cols = [c for c in LIST_COLUMNS if any(c in r for r in rows)]
+    typer.echo(table(rows, cols))
+
+
+@registry_app.command("show")
+def show_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS (e.g. digits-unipc-schedules@champion-nfe5) or NAME/VERSION"),
+             tracking_uri: Optional[str] = TrackingOpt):
+    """One registered schedule: version, aliases, tags, metrics and the schedule itself."""
+    typer.echo(json.dumps(_registry(tracking_uri).show(ref), indent=2, default=str))
+
+
+@registry_app.command("export")
+def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION"),
+               fmt: str = typer.Option("json", "--format", help="json | diffusers | comfyui"),
+               scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                                       help="diffusers scheduler class (default by model family)"),
+               out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of stdout"),
+               tracking_uri: Optional[str] = TrackingOpt):
+    """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
+    text = _registry(tracking_uri).export(ref, fmt, scheduler)
+    if out:
+        from .schedule import write_text_atomic
+
+        write_text_atomic(out, text if text.endswith("\n") else text + "\n")
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(text.rstrip("\n"))
+
+
+def evaluate(model: str = typer.Option(..., "--model"),
+             schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
+             nfe: int = typer.Option(5, "--nfe", help="NFE for a baseline KIND"),
+             solver: str = typer.Option("unipc", "--solver"),
+             n: int = typer.Option(2000, "--n", help="generated samples for the digitsnet metrics"),
+             inception_n: int = typer.Option(0, "--inception-n", help="samples for Inception FID/KID (0: off)"),
+             seed: int = typer.Option(1234, "--seed", help="held-out evaluation seed (not the teacher's seed)"),
+             start: int = typer.Option(0, "--start"),
+             guidance: Optional[float] = typer.Option(None, "--guidance", help="default: teacher.guidance"),
+             teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="compute L2 to the teacher endpoint"),
+             log: bool = typer.Option(True, "--log/--no-log", help="log an MLflow run"),
+             register: bool = typer.Option(False, "--register", help="register the schedule (implies --log)"),
+             tracking_uri: Optional[str] = TrackingOpt,
+             params: str = typer.Option("params.yaml", "--params")):
+    """Evaluate one schedule (FID/KID, gated adherence, L2 to the teacher) and log/register it in MLflow."""
+    import dataclasses
+
+    import torch
+
+    from .baselines import baseline
+    from .config import load_params
+    from .evaluate import Evaluator, evaluate_schedule, teacher_endpoints
+    from .evaluate.run import check_heldout
+    from .models import load_model, model_dir
+    from .schedule import Schedule
+
+    torch.set_num_threads(1)
+    p = load_params(params)
+    m = load_model(model, p.artifacts)
+    if Path(schedule).is_file() or schedule.endswith(".json"):
+        s = Schedule.load(schedule)
+    else:
+        s = baseline(schedule, m.noise_schedule, nfe, model=model)
+    s = s.with_meta(solver=solver, model=s.model or model)
+    g = p.teacher.guidance if guidance is None else guidance
+    clf_dir = model_dir(p.artifacts, "classifier")
+    classifier = clf_dir if m.sample_shape == (1, 8, 8) else None
+    if classifier is not None and not (Path(clf_dir) / "classifier.safetensors").is_file():
+        raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
+    ev = Evaluator(classifier, Path(p.artifacts) / "cache" / "fid", inception_n, progress=True)
+    t_end = None
+    if teacher:
+        check_heldout(seed, start, n, p.teacher.seed, None)
+        _, t_end = teacher_endpoints(m, p.teacher, n, seed, start, g)
+
+    def run():
+        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True)
+
+    if not (log or register):
+        metrics, _ = run()
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    from .registry import Registry, params_hash
+
+    reg = Registry(tracking_uri)
+    run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,
+                  "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none"}
+    out = {}
+
+    def run_and_keep():
+        metrics, x = run()
+        out.update(metrics)
+        return metrics, x
+
+    rid = reg.log_schedule_run(s, solver=solver, params=run_params, evaluate=run_and_keep)
+    typer.echo(json.dumps(out, indent=2))
+    typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
+    if register:
+        res = reg.register_schedule(rid, params_digest=params_hash(p))
+        typer.echo(f"registered {res['name']} version {res['version']}" +
+                   (f"; {res['alias']} now points to it" if res["champion"] else f"; {res['alias']} unchanged"))

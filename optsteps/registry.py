@@ -1,0 +1,624 @@
+"""MLflow adapter: schedule runs, summary runs and a model registry of step schedules.
+
+The only library module that imports MLflow, and only inside functions (``import optsteps.registry`` is
+cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 (MLflow 3.17.2):
+
+- tracking in sqlite (default ``sqlite:///<abs cwd>/mlruns.db``), artifacts in ``file:///<abs>/mlartifacts``
+  next to the database, fixed when the experiment is created;
+- one run per (model, method, solver, NFE): params, metrics, the schedule as a pyfunc model folder under
+  the run's ``schedule/`` artifact path (``schedule/MLmodel``, ``schedule/data/schedule.json``) and PNG plots;
+- registered model ``<model>-<solver>-schedules``; each schedule is a version created with
+  ``MlflowClient.create_model_version(name, source=<run artifact uri>/schedule, run_id=...)`` (not
+  ``register_model("runs:/...")``, which fails in MLflow 3), tagged at creation (method, nfe, solver,
+  git commit, params hash, DVC data hash, metric). Creating the version is the last step, after every
+  check, so a failed evaluation never leaves a half-registered version; versions are never overwritten
+  or deleted. The alias ``champion-nfe{K}`` moves only to a strictly lower FID.
+
+The pyfunc flavour uses ``loader_module="optsteps.registry"`` (``_load_pyfunc`` below) on the schedule
+JSON: no pickle. ``mlflow.pyfunc.load_model("models:/digits-unipc-schedules@champion-nfe5").predict(None)``
+returns the schedule dict; ``predict("comfyui")`` the ComfyUI sigmas; ``predict("diffusers")`` or
+``predict({"format": "diffusers", "scheduler": "EulerDiscreteScheduler"})`` the diffusers kwargs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import OptstepsError
+from .schedule import Schedule
+
+EXPERIMENT = "optsteps-schedules"
+SUMMARY_EXPERIMENT = "optsteps-summary"
+SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
+SCHEDULE_FILE = "schedule.json"
+PRIMARY_METRIC = "fid_digitsnet"
+KIND_TAG = "optsteps_kind"
+FORMATS = ("json", "diffusers", "comfyui")
+DEFAULT_SCHEDULER = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
+BASELINE_KINDS = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
+
+
+def _quiet():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps CLI stdout clean
+
+
+# ---- locations ---------------------------------------------------------------------------------------
+
+def default_tracking_uri(root=".") -> str:
+    return f"sqlite:///{Path(root).resolve() / 'mlruns.db'}"
+
+
+def artifact_location_for(tracking_uri: str) -> str:
+    """``file:///<dir>/mlartifacts`` next to a sqlite database; ``file:///<abs cwd>/mlartifacts`` otherwise."""
+    m = re.match(r"^sqlite:///(.+)$", tracking_uri)
+    base = Path(m.group(1)).resolve().parent if m and m.group(1) != ":memory:" else Path.cwd().resolve()
+    return (base / "mlartifacts").as_uri()
+
+
+def registered_name(model: str, solver: str) -> str:
+    """``<model>-<solver>-schedules``, e.g. ``digits-unipc-schedules`` (other characters become '-')."""
+    if not model or not solver:
+        raise OptstepsError("a registered schedule needs the model name and the solver; set schedule.model and solver.")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{solver}").strip("-")
+    return f"{slug}-schedules"
+
+
+def champion_alias(nfe: int) -> str:
+    return f"champion-nfe{int(nfe)}"
+
+
+# ---- provenance --------------------------------------------------------------------------------------
+
+def git_commit(start=".") -> str:
+    """HEAD's commit read from the .git folder (no git process); 'unknown' outside a repository."""
+    p = Path(start).resolve()
+    for d in [p, *p.parents]:
+        g = d / ".git"
+        if not g.exists():
+            continue
+        try:
+            if g.is_file():  # a worktree or submodule: "gitdir: <path>"
+                g = (d / g.read_text().strip().split(":", 1)[1].strip()).resolve()
+            common = (g / (g / "commondir").read_text().strip()).resolve() if (g / "commondir").is_file() else g
+            head = (g / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head
+            ref = head.split(":", 1)[1].strip()
+            for base in (g, common):
+                if (base / ref).is_file():
+                    return (base / ref).read_text().strip()
+            packed = common / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+        except (OSError, IndexError):
+            pass
+        return "unknown"
+    return "unknown"
+
+
+def params_hash(params=None, path="params.yaml") -> str:
+    """sha256 of the canonical JSON of ``params`` (a dict or dataclass), else of ``path`` parsed; 'none'."""
+    import dataclasses
+
+    if params is None:
+        p = Path(path)
+        if not p.is_file():
+            return "none"
+        import yaml
+
+        params = yaml.safe_load(p.read_text())
+    if dataclasses.is_dataclass(params):
+        params = dataclasses.asdict(params)
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dvc_data_hash(lock="dvc.lock") -> str:
+    """sha256 over the sorted (path, md5) of every dep and out recorded in ``dvc.lock``; 'none' without one."""
+    p = Path(lock)
+    if not p.is_file():
+        return "none"
+    import yaml
+
+    data = yaml.safe_load(p.read_text()) or {}
+    items = []
+    for stage, body in sorted((data.get("stages") or {}).items()):
+        for kind in ("deps", "outs"):
+            for e in (body or {}).get(kind) or []:
+                items.append((stage, kind, e.get("path"), e.get("md5") or e.get("hash") or e.get("etag")))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+# ---- the pyfunc flavour (loader module) ---------------------------------------------------------------
+
+class SchedulePyfunc:
+    """What ``mlflow.pyfunc.load_model`` wraps: the schedule JSON and its exports."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.schedule = Schedule.from_json(text)
+
+    def get_raw_model(self):
+        return self
+
+    def schedule_dict(self) -> dict:
+        return json.loads(self.text)
+
+    def comfyui_sigmas(self) -> list:
+        from .export import to_comfyui
+
+        return to_comfyui(self.schedule)
+
+    def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
+        return diffusers_export(self.schedule, scheduler)
+
+    def predict(self, model_input=None, params=None):
+        fmt, scheduler = _parse_request(model_input, params)
+        if fmt == "json":
+            return self.schedule_dict()
+        if fmt == "comfyui":
+            return self.comfyui_sigmas()
+        return self.diffusers_kwargs(scheduler)
+
+
+def _parse_request(model_input, params) -> tuple[str, str | None]:
+    req = dict(params or {})
+    if model_input is not None:
+        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # a pandas DataFrame
+            rows = model_input.to_dict(orient="records")
+            model_input = rows[0] if rows else None
+        if isinstance(model_input, str):
+            req.setdefault("format", model_input)
+        elif isinstance(model_input, dict):
+            for k, v in model_input.items():
+                req.setdefault(k, v)
+        elif isinstance(model_input, (list, tuple)) and model_input and isinstance(model_input[0], str):
+            req.setdefault("format", model_input[0])
+    fmt = req.get("format") or "json"
+    if fmt not in FORMATS:
+        raise OptstepsError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    return fmt, req.get("scheduler")
+
+
+def _load_pyfunc(data_path):
+    """MLflow's loader-module entry point: ``data_path`` is the model's ``data/schedule.json``."""
+    p = Path(data_path)
+    if p.is_dir():
+        p = p / SCHEDULE_FILE
+    return SchedulePyfunc(p.read_text())
+
+
+def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
+    """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
+    import numpy as np
+
+    from .export import to_diffusers
+
+    fam = schedule.noise_schedule.family
+    name = scheduler or DEFAULT_SCHEDULER.get(fam)
+    if name is None:
+        raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
+    kwargs, overrides = to_diffusers(schedule, name)
+    kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides}
+
+
+# ---- the adapter -------------------------------------------------------------------------------------
+
+def _numeric(metrics: dict) -> dict:
+    out = {}
+    for k, v in (metrics or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _metric_key(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. /]+", "_", s).strip("_")
+
+
+def _tag_float(tags: dict, key: str):
+    try:
+        return float(tags[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Registry:
+    """An MLflow tracking + registry location. ``tracking_uri`` defaults to sqlite:///<abs cwd>/mlruns.db."""
+
+    def __init__(self, tracking_uri: str | None = None, artifact_location: str | None = None,
+                 experiment: str = EXPERIMENT):
+        _quiet()
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.artifact_location = artifact_location or artifact_location_for(self.tracking_uri)
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def experiment_id(self, name: str | None = None) -> str:
+        name = name or self.experiment
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+        except Exception:  # created concurrently
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, step: int = 0,
+             tags: dict | None = None):
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(_metric_key(k), v, ts, step) for k, v in _numeric(metrics).items()],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_schedule_run(self, schedule: Schedule, metrics: dict | None = None, solver: str | None = None,
+                         params: dict | None = None, samples=None, run_name: str | None = None,
+                         evaluate=None) -> str:
+        """One run for (model, method, solver, NFE): params, metrics, the schedule (pyfunc folder under
+        ``schedule/``), plots of the schedule against the baselines in t and λ, and a sample grid.
+
+        ``evaluate``: optional callable returning (metrics, samples) run inside the run; if it (or any
+        logging) raises, the run ends FAILED and the error propagates. Returns the run id.
+        """
+        solver = solver or schedule.solver
+        if not solver:
+            raise OptstepsError("log_schedule_run needs the solver (the schedule names none); pass solver=.")
+        registered_name(schedule.model, solver)  # fails early if the schedule names no model
+        sched = schedule if schedule.solver == solver else schedule.with_meta(solver=solver)
+        name = run_name or f"{sched.model}-{sched.method}-{solver}-nfe{sched.nfe}"
+        run = self.client.create_run(self.experiment_id(), run_name=name,
+                                     tags={KIND_TAG: "schedule", "model": sched.model, "method": sched.method,
+                                           "solver": solver, "nfe": str(sched.nfe)})
+        rid = run.info.run_id
+        try:
+            p = {"model": sched.model, "method": sched.method, "solver": solver, "nfe": sched.nfe,
+                 "noise_schedule": json.dumps(sched.noise_schedule.to_dict(), sort_keys=True),
+                 "t": json.dumps(list(sched.t))}
+            p.update(params or {})
+            self._log(rid, params=p)
+            if evaluate is not None:
+                metrics, samples = evaluate()
+            self._log(rid, metrics=metrics)
+            self._log_schedule_model(rid, sched)
+            for fname, fig in schedule_figures(sched).items():
+                self.client.log_figure(rid, fig, f"plots/{fname}")
+            if samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
+                from .data import save_grid
+
+                with tempfile.TemporaryDirectory() as d:
+                    save_grid(samples[:100], Path(d) / "samples.png")
+                    self.client.log_artifact(rid, str(Path(d) / "samples.png"), "plots")
+        except BaseException:
+            self.client.set_terminated(rid, "FAILED")
+            raise
+        self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+    def _log_schedule_model(self, run_id: str, schedule: Schedule):
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as d:
+            js = Path(d) / SCHEDULE_FILE
+            js.write_text(schedule.to_json() + "\n")
+            model_dir = Path(d) / "model"
+            mlflow.pyfunc.save_model(str(model_dir), loader_module="optsteps.registry", data_path=str(js),
+                                     pip_requirements=["optsteps", "torch", "numpy"])
+            self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
+
+    def log_summary_run(self, rows: list[dict], run_name: str = "summary", metric: str = PRIMARY_METRIC) -> str:
+        """A run with the grid's rows (JSON), FID-vs-NFE and L2-vs-NFE curves per method, and per-method
+        metric series (step = NFE)."""
+        if not rows:
+            raise OptstepsError("no rows to summarise; run an evaluation grid first.")
+        run = self.client.create_run(self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name,
+                                     tags={KIND_TAG: "summary"})
+        rid = run.info.run_id
+        try:
+            self.client.log_dict(rid, {"rows": rows}, "summary/rows.json")
+            for r in rows:
+                if r.get("method") == "teacher":
+                    continue
+                base = _metric_key(f"{r.get('model')}/{r.get('solver')}/{r.get('method')}")
+                self._log(rid, metrics={f"{base}/{k}": r[k] for k in (metric, "l2_to_teacher", "fid_inception",
+                                                                      "adherence_digitsnet") if k in r},
+                          step=int(r.get("nfe", 0)))
+            for fname, key, label in (("fid_vs_nfe.png", metric, metric), ("l2_vs_nfe.png", "l2_to_teacher",
+                                                                            "L2 to teacher")):
+                fig = curves_figure(rows, key, label)
+                if fig is not None:
+                    self.client.log_figure(rid, fig, f"plots/{fname}")
+        except BaseException:
+            self.client.set_terminated(rid, "FAILED")
+            raise
+        self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+    # -- registry ------------------------------------------------------------------------------------
+    def register_schedule(self, run_id: str, metric: str = PRIMARY_METRIC, git: str | None = None,
+                          params_digest: str | None = None, dvc_hash: str | None = None,
+                          description: str | None = None) -> dict:
+        """Register the run's schedule as a new version of ``<model>-<solver>-schedules`` and move
+        ``champion-nfe{K}`` to it only if its ``metric`` is strictly lower than the champion's.
+
+        Every check (run finished, metric present and finite, schedule artifact readable) comes first;
+        creating the version is the last registry write before the alias. Returns name, version, alias,
+        whether it became champion, and the metric.
+        """
+        c = self.client
+        run = c.get_run(run_id)
+        if run.info.status != "FINISHED":
+            raise OptstepsError(f"run {run_id} is {run.info.status}, not FINISHED; only completed evaluations "
+                                "are registered (rerun the evaluation).")
+        value = run.data.metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            raise OptstepsError(f"run {run_id} has no finite {metric!r} metric; evaluate the schedule before "
+                                "registering it.")
+        names = {f.path for f in c.list_artifacts(run_id, SCHEDULE_PATH)}
+        if f"{SCHEDULE_PATH}/MLmodel" not in names:
+            raise OptstepsError(f"run {run_id} has no {SCHEDULE_PATH}/MLmodel artifact; log it with "
+                                "log_schedule_run before registering.")
+        with tempfile.TemporaryDirectory() as d:
+            local = c.download_artifacts(run_id, f"{SCHEDULE_PATH}/data/{SCHEDULE_FILE}", d)
+            sched = Schedule.load(local)
+        solver = run.data.params.get("solver") or sched.solver
+        name = registered_name(sched.model, solver)
+        tags = {KIND_TAG: "schedule", "model": sched.model, "method": sched.method, "solver": solver,
+                "nfe": str(sched.nfe), "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
+                "dvc_data_hash": dvc_hash or dvc_data_hash(), "metric": metric, metric: repr(float(value))}
+        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet"):
+            if k in run.data.metrics and k != metric:
+                tags[k] = repr(float(run.data.metrics[k]))
+        self._ensure_registered_model(name)
+        mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
+                                    tags=tags, description=description or
+                                    f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
+        alias = champion_alias(sched.nfe)
+        moved = self._maybe_move_champion(name, alias, mv.version, float(value), metric)
+        return {"name": name, "version": int(mv.version), "alias": alias, "champion": moved, metric: float(value),
+                "run_id": run_id}
+
+    def _ensure_registered_model(self, name: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(
+                    name, tags={KIND_TAG: "schedules"},
+                    description="Optimized sampling step schedules (optsteps); one version per schedule.")
+            except MlflowException:
+                self.client.get_registered_model(name)  # created concurrently
+
+    def _maybe_move_champion(self, name: str, alias: str, version, value: float, metric: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            cur = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            cur = None
+        if cur is not None:
+            best = _tag_float(cur.tags, metric)
+            if best is None and cur.run_id:
+                best = self.client.get_run(cur.run_id).data.metrics.get(metric)
+            if best is not None and not value < best:
+                return False
+        self.client.set_registered_model_alias(name, alias, str(version))
+        return True
+
+    def publish(self, schedule: Schedule, evaluate, solver: str | None = None, params: dict | None = None,
+                metric: str = PRIMARY_METRIC, **register_kw) -> dict:
+        """Evaluate inside a new run, then register it. ``evaluate()`` returns (metrics, samples or None).
+        If evaluation fails the run is marked FAILED and nothing is registered."""
+        rid = self.log_schedule_run(schedule, solver=solver, params=params, evaluate=evaluate)
+        return self.register_schedule(rid, metric=metric, **register_kw)
+
+    # -- queries -------------------------------------------------------------------------------------
+    def parse_ref(self, ref: str):
+        """``NAME@ALIAS``, ``NAME/VERSION`` or ``models:/…`` → the ModelVersion."""
+        from mlflow.exceptions import MlflowException
+
+        r = ref[len("models:/"):] if ref.startswith("models:/") else ref
+        try:
+            if "@" in r:
+                name, alias = r.rsplit("@", 1)
+                return self.client.get_model_version_by_alias(name, alias)
+            if "/" in r:
+                name, version = r.rsplit("/", 1)
+                return self.client.get_model_version(name, version)
+        except MlflowException as e:
+            raise OptstepsError(f"no registered schedule {ref!r} ({e.message}); see `optsteps registry list`.") from None
+        raise OptstepsError(f"cannot read {ref!r}; refer to a schedule as NAME@ALIAS (e.g. digits-unipc-schedules@"
+                            "champion-nfe5) or NAME/VERSION.")
+
+    def schedule_text(self, mv) -> str:
+        """The registered schedule JSON, read from the version's download URI (its source). Resolved with this
+        adapter's client: ``models:/`` URIs would go through MLflow's global tracking URI instead."""
+        import mlflow
+
+        base = self.client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
+        with tempfile.TemporaryDirectory() as d:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/data/{SCHEDULE_FILE}", dst_path=d)
+            return Path(local).read_text()
+
+    def load_schedule(self, ref: str) -> Schedule:
+        return Schedule.from_json(self.schedule_text(self.parse_ref(ref)))
+
+    def _row(self, mv, run_metrics: bool = True) -> dict:
+        tags = dict(mv.tags)
+        row = {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases or []),
+               "model": tags.get("model", ""), "method": tags.get("method", ""), "solver": tags.get("solver", ""),
+               "nfe": int(tags["nfe"]) if tags.get("nfe", "").isdigit() else None, "run_id": mv.run_id,
+               "created": mv.creation_timestamp}
+        metrics = {}
+        if run_metrics and mv.run_id:
+            try:
+                metrics = dict(self.client.get_run(mv.run_id).data.metrics)
+            except Exception:
+                metrics = {}
+        for k in ("fid_digitsnet", "kid_digitsnet", "adherence_digitsnet", "fid_inception", "l2_to_teacher"):
+            v = metrics.get(k, _tag_float(tags, k))
+            if v is not None:
+                row[k] = v
+        return row
+
+    def list_schedules(self, model: str | None = None, nfe: int | None = None) -> list[dict]:
+        """Registered schedule versions (newest first per name), optionally of one model and/or NFE."""
+        q = [f"tag.{KIND_TAG} = 'schedule'"]
+        if model:
+            q.append(f"tag.model = '{model}'")
+        if nfe is not None:
+            q.append(f"tag.nfe = '{int(nfe)}'")
+        mvs = self.client.search_model_versions(" and ".join(q))
+        rows = [self._row(mv) for mv in mvs]
+        aliases = {}  # version search results carry no aliases: read them from the registered models
+        for name in {r["name"] for r in rows}:
+            for alias, version in (self.client.get_registered_model(name).aliases or {}).items():
+                aliases.setdefault((name, int(version)), []).append(alias)
+        for r in rows:
+            r["aliases"] = sorted(set(r["aliases"]) | set(aliases.get((r["name"], r["version"]), [])))
+        return sorted(rows, key=lambda r: (r["name"], r["nfe"] or 0, -r["version"]))
+
+    def show(self, ref: str) -> dict:
+        mv = self.parse_ref(ref)
+        row = self._row(mv)
+        row.update(tags=dict(mv.tags), source=mv.source, schedule=json.loads(self.schedule_text(mv)))
+        return row
+
+    def export(self, ref: str, fmt: str = "json", scheduler: str | None = None) -> str:
+        """The schedule as text: ``json`` (the registered file, byte for byte), ``diffusers`` (scheduler
+        kwargs and config overrides, JSON) or ``comfyui`` (the sigma list, JSON)."""
+        if fmt not in FORMATS:
+            raise OptstepsError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
+        text = self.schedule_text(self.parse_ref(ref))
+        if fmt == "json":
+            return text
+        impl = SchedulePyfunc(text)
+        if fmt == "comfyui":
+            return json.dumps(impl.comfyui_sigmas())
+        return json.dumps(impl.diffusers_kwargs(scheduler), indent=2)
+
+
+# ---- plots (matplotlib's object API: no global backend change) ----------------------------------------
+
+def _figure(nrows=1, ncols=1, size=(6.4, 4.2)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def schedule_figures(schedule: Schedule) -> dict:
+    """``schedule_t.png`` and ``schedule_lambda.png``: the schedule against the baselines of the same NFE."""
+    from .baselines import baseline
+
+    curves = {}
+    for kind in BASELINE_KINDS:
+        if kind == schedule.method:
+            continue  # drawn as this run
+        try:
+            curves[kind] = baseline(kind, schedule.noise_schedule, schedule.nfe, schedule.t[0], schedule.t[-1])
+        except OptstepsError:
+            continue
+    out = {}
+    for fname, attr, ylabel in (("schedule_t.png", "timesteps_t", "t"), ("schedule_lambda.png", "lambdas",
+                                                                         "λ = log(α/σ)")):
+        fig, ax = _figure()
+        ax = ax[0][0]
+        for kind, s in curves.items():
+            y = getattr(s, attr).tolist()
+            xs = [i for i, v in enumerate(y) if math.isfinite(v)]
+            ax.plot(xs, [y[i] for i in xs], "--", marker=".", alpha=0.6, label=kind)
+        y = getattr(schedule, attr).tolist()
+        xs = [i for i, v in enumerate(y) if math.isfinite(v)]
+        ax.plot(xs, [y[i] for i in xs], "-", marker="o", color="black", lw=2,
+                label=f"{schedule.method or 'schedule'} (this run)")
+        ax.set_xlabel("step i")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{schedule.model} {schedule.solver} NFE {schedule.nfe}: {ylabel}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out[fname] = fig
+    return out
+
+
+def curves_figure(rows: list[dict], key: str, label: str):
+    """One panel per (model, solver): ``key`` against NFE, one line per method; the teacher dashed."""
+    groups = {}
+    for r in rows:
+        if key in r:
+            groups.setdefault((r.get("model"), r.get("solver") if r.get("method") != "teacher" else None), []).append(r)
+    panels = sorted({g for g in groups if g[1] is not None}, key=str)
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels), 4.0))
+    for ax, (model, solver) in zip(axes[0], panels):
+        by_method = {}
+        for r in groups[(model, solver)]:
+            by_method.setdefault(r["method"], []).append((r["nfe"], r[key]))
+        for method, pts in sorted(by_method.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        for r in groups.get((model, None), []):
+            ax.axhline(r[key], ls="--", color="gray", label=f"teacher ({r['solver']} × {r['nfe']})")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(label)
+        ax.set_title(f"{model} · {solver}")
+        if key.startswith("fid"):
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---- module-level conveniences ------------------------------------------------------------------------
+
+def log_schedule_run(schedule: Schedule, metrics: dict | None = None, tracking_uri: str | None = None, **kw) -> str:
+    return Registry(tracking_uri).log_schedule_run(schedule, metrics, **kw)
+
+
+def log_summary_run(rows: list[dict], tracking_uri: str | None = None, **kw) -> str:
+    return Registry(tracking_uri).log_summary_run(rows, **kw)
+
+
+def register_schedule(run_id: str, tracking_uri: str | None = None, **kw) -> dict:
+    return Registry(tracking_uri).register_schedule(run_id, **kw)
+
+
+def list_schedules(model: str | None = None, nfe: int | None = None, tracking_uri: str | None = None) -> list[dict]:
+    return Registry(tracking_uri).list_schedules(model, nfe)
+
+
+def show(ref: str, tracking_uri: str | None = None) -> dict:
+    return Registry(tracking_uri).show(ref)
+
+
+def export(ref: str, fmt: str = "json", scheduler: str | None = None, tracking_uri: str | None = None) -> str:
+    return Registry(tracking_uri).export(ref, fmt, scheduler)

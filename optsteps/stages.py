@@ -119,7 +119,7 @@ def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_
         res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model)
     elif method == "oss":
         res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
-                         mode=p.oss.mode, refine=p.oss.refine, calibration=p.oss.calibration or None,
+                         mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,
                          eval_batch_size=s, model=model)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
@@ -202,15 +202,16 @@ def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
 
 
 def evaluate(p: Params, model: str) -> Path:
-    """Evaluate the grid (teacher row first) and write results/eval/<model>.json, the DVC metrics file
+    """Evaluate the grid (teacher row first) and write results/eval/<model>.json (and the same as a markdown
+    table, results/eval/<model>.md), the DVC metrics file
     results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv."""
     import json
 
-    from .evaluate.run import Evaluator, evaluate_grid
+    from .evaluate.run import Evaluator, evaluate_grid, markdown_table
     from .models.classifier import load_classifier
     from .schedule import write_text_atomic
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(p.evaluate.threads)
     m = load_model(model, p.artifacts)
     schedules = evaluation_schedules(p, model)
     evaluator = Evaluator(load_classifier(model_dir(p.artifacts, "classifier")), p.evaluate.cache_dir,
@@ -221,6 +222,7 @@ def evaluate(p: Params, model: str) -> Path:
         row["schedule"] = s.to_dict()
     out = eval_path(p, model)
     write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
+    write_text_atomic(out.with_suffix(".md"), markdown_table(rows))
     metrics = {}
     for r in rows:
         key = r["method"] if r["method"] == "teacher" else f"{r['method']}/{r['solver']}/nfe{r['nfe']}"

@@ -48,3 +48,12 @@ def test_params_errors(d, match):
         params_from_dict(d)
     with pytest.raises(OptstepsError, match="not found"):
         load_params("/nonexistent/params.yaml")
+
+
+def test_geneval_needs_a_text_to_image_pipeline(tmp_path):
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text('{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n')
+    r = cli("evaluate", "--model", "gmm", "--schedule", "uniform-lambda", "--nfe", "4", "--n", "8", "--no-teacher",
+            "--no-log", "--geneval-prompts", str(prompts), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "needs a text-to-image diffusers pipeline" in r.stderr

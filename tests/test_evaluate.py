@@ -228,3 +228,19 @@ def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_pat
     assert {"fid_digitsnet", "kid_digitsnet", "adherence_digitsnet"} <= set(out)
     with pytest.raises(OptstepsError, match="no solver"):
         evaluate_schedule(m, s, None, n=4, classifier=clf)
+
+
+def test_markdown_table_puts_the_teacher_first_and_bolds_the_best_per_solver_and_nfe():
+    from optsteps.evaluate import markdown_table
+
+    rows = [{"method": "teacher", "solver": "unipc", "nfe": 200, "fid_digitsnet": 1.5, "adherence_digitsnet": 0.95}]
+    for method, fid, adh in (("uniform-t", 9.0, 0.80), ("oss", 4.0, 0.90)):
+        for solver in ("unipc", "dpmpp2m"):
+            rows.append({"method": method, "solver": solver, "nfe": 5, "fid_digitsnet": fid + (solver == "dpmpp2m"),
+                         "adherence_digitsnet": adh})
+    lines = markdown_table(rows).splitlines()
+    assert lines[0] == ("| method | NFE | fid_digitsnet dpmpp2m | adherence_digitsnet dpmpp2m | fid_digitsnet unipc "
+                        "| adherence_digitsnet unipc |")
+    assert lines[2].startswith("| teacher (unipc-200) | 200 | 1.5 | 0.95 |")
+    assert lines[3] == "| oss | 5 | **5** | **0.9** | **4** | **0.9** |"
+    assert lines[4] == "| uniform-t | 5 | 10 | 0.8 | 9 | 0.8 |"

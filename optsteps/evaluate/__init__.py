@@ -9,10 +9,10 @@ from .adherence import class_adherence, geneval_metrics, geneval_status, in_mani
 from .fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
                   inception_weights_path, kid_from_features, reference_features)
 from .run import (DEFAULT_INCEPTION_N, DEFAULT_N, DEFAULT_SEED, Evaluator, check_heldout, evaluate_grid,
-                  evaluate_schedule, metric_columns, teacher_endpoints)
+                  evaluate_schedule, markdown_table, metric_columns, teacher_endpoints)
 
 __all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",
            "inception", "inception_weights_path", "kid_from_features", "reference_features", "class_adherence",
            "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "check_heldout",
-           "evaluate_grid", "evaluate_schedule", "metric_columns", "teacher_endpoints", "DEFAULT_N",
+           "evaluate_grid", "evaluate_schedule", "markdown_table", "metric_columns", "teacher_endpoints", "DEFAULT_N",
            "DEFAULT_INCEPTION_N", "DEFAULT_SEED"]

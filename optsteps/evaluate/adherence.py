@@ -164,52 +164,74 @@ def geneval_summary(results_jsonl) -> dict:
     return out
 
 
+def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir, images_per_prompt: int = 4,
+                         seed: int = 0, schedule=None) -> Path:
+    """GenEval's image layout: ``<out_dir>/<00000>/metadata.jsonl`` (the prompt's row) and ``samples/0000.png`` …;
+    prompt i gets ``prompt_sampler(prompt, images_per_prompt, seed + i, schedule)`` (PIL images or an
+    [n, C, H, W] tensor in [−1, 1]). Files are written atomically."""
+    from ..apply import save_png_atomic
+    from ..schedule import write_text_atomic
+
+    out_dir = Path(out_dir)
+    for i, meta in enumerate(prompts):
+        d = out_dir / f"{i:05d}"
+        imgs = prompt_sampler(meta["prompt"], images_per_prompt, seed + i, schedule)
+        if isinstance(imgs, torch.Tensor):
+            from PIL import Image
+
+            from ..data import to_uint8
+
+            imgs = [Image.fromarray(a) for a in to_uint8(imgs)]
+        if len(imgs) != images_per_prompt:
+            raise OptstepsError(f"the prompt sampler returned {len(imgs)} images for {images_per_prompt} requested.")
+        for j, im in enumerate(imgs):
+            save_png_atomic(im, d / "samples" / f"{j:04d}.png")
+        write_text_atomic(d / "metadata.jsonl", json.dumps(meta) + "\n")
+    return out_dir
+
+
+def run_geneval_evaluator(image_dir, outfile, geneval_dir=None, detector_dir=None, python: str | None = None,
+                          timeout: float | None = None) -> dict:
+    """Run the official ``evaluation/evaluate_images.py`` on a GenEval image folder and summarise its
+    results.jsonl (``geneval_summary``). Call ``geneval_status`` first: this assumes GenEval is installed."""
+    geneval_dir = Path(geneval_dir or os.environ["GENEVAL_DIR"])
+    detector_dir = detector_dir or os.environ["GENEVAL_DETECTOR_DIR"]
+    python = python or os.environ.get("GENEVAL_PYTHON") or sys.executable
+    cmd = [python, str(geneval_dir / "evaluation" / "evaluate_images.py"), str(Path(image_dir).resolve()),
+           "--outfile", str(Path(outfile).resolve()), "--model-path", str(detector_dir)]
+    proc = subprocess.run(cmd, cwd=geneval_dir, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise OptstepsError(f"GenEval's evaluate_images.py failed (exit {proc.returncode}): "
+                            f"{proc.stderr.strip()[-800:]}")
+    return geneval_summary(outfile)
+
+
 def geneval_metrics(prompt_file, prompt_sampler: Callable | None, schedule=None, images_per_prompt: int = 4,
                     seed: int = 0, geneval_dir=None, detector_dir=None, python: str | None = None,
-                    workdir=None) -> dict:
+                    workdir=None, limit: int | None = None) -> dict:
     """GenEval scores for a text-to-image sampler, or {} (one log line) when GenEval is not installed.
 
-    ``prompt_sampler(prompt, n, seed, schedule)`` returns n PIL images or an [n, C, H, W] tensor in [−1, 1].
-    Images are written in GenEval's layout (<dir>/<00000>/metadata.jsonl, samples/0000.png …), then its own
-    ``evaluation/evaluate_images.py`` is run and its results summarised.
+    ``prompt_sampler(prompt, n, seed, schedule)`` returns n PIL images or an [n, C, H, W] tensor in [−1, 1]
+    (``optsteps.apply.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
+    GenEval's layout (``write_geneval_images``; under ``workdir``, else a temporary folder removed afterwards),
+    then GenEval's own ``evaluation/evaluate_images.py`` scores them. ``limit``: only the first prompts.
+    Nothing is generated when GenEval is absent.
     """
-    prompts = read_geneval_prompts(prompt_file)
+    prompts = read_geneval_prompts(prompt_file)[:limit]
     ok, why = geneval_status(geneval_dir, detector_dir, python)
     if not ok:
-        log.warning("GenEval metric omitted: the official GenEval evaluator is not installed (%s); "
-                    "see offline.md §5 for its setup.", why)
+        log.warning("GenEval metric omitted: the official GenEval evaluator is not installed (%s); see the README "
+                    "section \"Real models: diffusers pipelines\" for its setup (GENEVAL_DIR, GENEVAL_DETECTOR_DIR, "
+                    "GENEVAL_PYTHON).", why)
         return {}
     if prompt_sampler is None:
         raise OptstepsError("GenEval scores text-to-image models; this model takes no prompts (pass a prompt "
                             "sampler for a text-to-image pipeline, or drop the GenEval prompt file).")
-    geneval_dir = Path(geneval_dir or os.environ["GENEVAL_DIR"])
-    detector_dir = detector_dir or os.environ["GENEVAL_DETECTOR_DIR"]
-    python = python or os.environ.get("GENEVAL_PYTHON") or sys.executable
     own = workdir is None
     root = Path(tempfile.mkdtemp(prefix="optsteps-geneval-") if own else workdir)
     try:
-        img_dir = root / "images"
-        for i, meta in enumerate(prompts):
-            d = img_dir / f"{i:05d}"
-            (d / "samples").mkdir(parents=True, exist_ok=True)
-            (d / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
-            imgs = prompt_sampler(meta["prompt"], images_per_prompt, seed + i, schedule)
-            if isinstance(imgs, torch.Tensor):
-                from PIL import Image
-
-                from ..data import to_uint8
-
-                imgs = [Image.fromarray(a) for a in to_uint8(imgs)]
-            for j, im in enumerate(imgs):
-                im.save(d / "samples" / f"{j:04d}.png")
-        out = root / "results.jsonl"
-        cmd = [python, str(geneval_dir / "evaluation" / "evaluate_images.py"), str(img_dir), "--outfile", str(out),
-               "--model-path", str(detector_dir)]
-        proc = subprocess.run(cmd, cwd=geneval_dir, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise OptstepsError(f"GenEval's evaluate_images.py failed (exit {proc.returncode}): "
-                                f"{proc.stderr.strip()[-800:]}")
-        return geneval_summary(out)
+        img_dir = write_geneval_images(prompts, prompt_sampler, root / "images", images_per_prompt, seed, schedule)
+        return run_geneval_evaluator(img_dir, root / "results.jsonl", geneval_dir, detector_dir, python)
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)

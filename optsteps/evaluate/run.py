@@ -211,5 +211,37 @@ def metric_columns(rows: list[dict]) -> list[str]:
     return [k for k in order if k in present]
 
 
+def markdown_table(rows: list[dict], metrics=("fid_digitsnet", "adherence_digitsnet", "l2_to_teacher")) -> str:
+    """Rows of ``evaluate_grid`` as a markdown table: one line per (method, NFE), one column per
+    (solver, metric), the teacher first; the best value per (solver, metric, NFE) in bold (lowest, except
+    adherence/accuracy/precision: highest)."""
+    metrics = [m for m in metrics if any(m in r for r in rows)]
+    teacher = [r for r in rows if r["method"] == "teacher"]
+    rest = [r for r in rows if r["method"] != "teacher"]
+    solvers = sorted({r["solver"] for r in rest})
+    cell = {(r["method"], r["nfe"], r["solver"]): r for r in rest}
+    higher = ("adherence", "accuracy", "precision")
+
+    def best(solver, metric, nfe):
+        vals = [r[metric] for (_, k, sv), r in cell.items() if k == nfe and sv == solver and metric in r]
+        return (max if metric.startswith(higher) else min)(vals) if vals else None
+
+    head = ["method", "NFE"] + [f"{m} {sv}" for sv in solvers for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in teacher:
+        lines.append("| " + " | ".join([f"teacher ({r['solver']}-{r['nfe']})", str(r["nfe"])]
+                                       + [f"{r[m]:.4g}" if m in r else "" for _ in solvers for m in metrics]) + " |")
+    for method, nfe in sorted({(m, k) for m, k, _ in cell}, key=lambda mk: (mk[1], mk[0])):
+        vals = []
+        for sv in solvers:
+            for m in metrics:
+                r = cell.get((method, nfe, sv))
+                v = r.get(m) if r else None
+                vals.append("" if v is None else (f"**{v:.4g}**" if v == best(sv, m, nfe) else f"{v:.4g}"))
+        lines.append("| " + " | ".join([method, str(nfe)] + vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
 __all__ = ["Evaluator", "evaluate_schedule", "evaluate_grid", "teacher_endpoints", "check_heldout", "metric_columns",
+           "markdown_table",
            "DEFAULT_N", "DEFAULT_INCEPTION_N", "DEFAULT_SEED"]

@@ -1,4 +1,5 @@
-"""Model registry: ``load_model(name)`` for ``digits``, ``digits-flow``, ``gmm`` or a diffusers pipeline."""
+"""Model registry: ``load_model(name)`` for ``digits``, ``digits-flow``, ``gmm`` or a diffusers pipeline (folder or
+locally cached hub id; see ``pipelines.load_pipeline_model`` for the supported pipeline classes)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,9 +40,13 @@ def load_model(name: str, artifacts="artifacts") -> DiffusionModel:
     if name == "gmm":
         return gmm_model()
     if "/" in name or Path(name).exists():
-        from .diffusers_adapter import load_unet2d_pipeline
+        if Path(name).is_dir() and not (Path(name) / "model_index.json").is_file():
+            from .diffusers_adapter import load_unet2d_pipeline  # a bare unet/ + scheduler/ folder
 
-        return load_unet2d_pipeline(name)
+            return load_unet2d_pipeline(name)
+        from .pipelines import load_pipeline_model  # DDPM (pixel), Stable Diffusion (latent, CFG), SD3 (flow)
+
+        return load_pipeline_model(name)
     raise OptstepsError(f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id.")
 
 

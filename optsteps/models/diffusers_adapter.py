@@ -32,9 +32,14 @@ def _resolve(pipeline: str) -> Path:
         ) from None
 
 
-def load_unet2d_pipeline(pipeline: str, name: str | None = None) -> DiffusionModel:
-    """A ``DDPMPipeline``-style folder: ``unet/`` (UNet2DModel) and ``scheduler/`` (its noise schedule)."""
+def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dtype=None) -> DiffusionModel:
+    """A ``DDPMPipeline``-style folder: ``unet/`` (UNet2DModel) and ``scheduler/`` (its noise schedule).
+
+    ``device``: default cuda when available, else cpu; ``dtype``: default fp16 on GPU, fp32 on CPU. The network
+    takes and returns float32 tensors on the caller's device."""
     from diffusers import UNet2DModel
+
+    from .pipelines import default_device, pick_dtype
 
     root = _resolve(pipeline)
     if not (root / "unet").is_dir() or not (root / "scheduler" / "scheduler_config.json").is_file():
@@ -47,14 +52,19 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None) -> DiffusionMod
         raise OptstepsError(f"unsupported prediction_type {cfg.get('prediction_type')!r} in {root}/scheduler.")
     if ns.family == "flow":
         prediction = "flow"
+    device = device or default_device()
+    torch_dtype = pick_dtype(device, "unet2d", dtype)
     unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
+    unet = unet.to(device, torch_dtype)
     num_classes = int(unet.config.num_class_embeds or 0)
 
     def net(x, t, cond):
         tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
         tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+        cond = None if cond is None else cond.to(device)
         with torch.no_grad():
-            return unet(x, tt, class_labels=cond).sample
+            out = unet(x.to(device, torch_dtype), tt.to(device), class_labels=cond).sample
+        return out.to(x.device, x.dtype)
 
     h = hashlib.sha256()
     for f in sorted((root / "unet").glob("*.safetensors")) + sorted((root / "unet").glob("*.bin")):

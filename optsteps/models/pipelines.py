@@ -1,0 +1,462 @@
+"""Adapters from real diffusers pipelines (a local folder or a hub id already in the local cache) to ``DiffusionModel``.
+
+Supported ``model_index.json`` classes:
+
+- ``DDPMPipeline`` / ``DDIMPipeline`` (pixel UNet2DModel): delegated to ``diffusers_adapter.load_unet2d_pipeline``.
+- ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder) and
+  ``StableDiffusionXLPipeline`` (two CLIP text encoders, pooled embeddings and size "time ids"): latent VP
+  models; the noise schedule is the exact discrete-β schedule of the pipeline's scheduler config.
+- ``StableDiffusion3Pipeline`` (SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler): rectified flow; the
+  scheduler's time ``shift`` is recorded (``flow_shift``) so the ``flow-shift`` baseline can use the
+  pipeline's own value. A missing T5 encoder (``text_encoder_3: null``) is allowed, as in diffusers.
+
+How the model protocol maps onto a text-to-image pipeline:
+
+- The state x lives in latent space: ``sample_shape`` = (C, H/f, W/f) for the pipeline's default (or the
+  given) image size and VAE factor f. Teacher trajectories, OSS and evaluation of L2 all work on latents;
+  ``decode(latents)`` turns them into images in [−1, 1] for image metrics only.
+- Conditioning is a prompt *index*: ``labels(n, start)`` gives sample i the prompt (start + i) mod P and the
+  null label is P. The network looks the index up in a cache of prompt embeddings, computed once per
+  prompt with the pipeline's own ``encode_prompt`` (so the embeddings are exactly what the pipeline would
+  use); the null embedding is the pipeline's own negative for ``negative_prompt=None`` (the empty prompt
+  for SD 1.x/SD3; zeros for SDXL with ``force_zeros_for_empty_prompt``). Integer labels keep trajectory
+  shards, ``LabelledDenoiser`` and CFG batching (cond and null concatenated) unchanged.
+- The caller's guidance is applied by ``PredictionDenoiser`` on the raw output, exactly as the pipelines do
+  (uncond + w·(cond − uncond) on ε or on the flow velocity).
+- Device: ``cuda`` when available (fp16 for UNet pipelines, bf16 for flow transformers), else CPU in fp32.
+  The network takes and returns float32 tensors on the caller's device; chunks of ``max_batch`` rows go
+  through the pipeline's device.
+
+Nothing is downloaded: hub ids resolve only from the local cache (``local_files_only=True``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import OptstepsError
+from ..noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
+from .base import DiffusionModel
+
+log = logging.getLogger("optsteps.models")
+
+UNET2D_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+TEXT_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+}
+SUPPORTED = UNET2D_PIPELINES + tuple(TEXT_PIPELINES)
+
+# Used only when no prompt file is configured; recorded in the model identity like any other prompt list.
+DEFAULT_PROMPTS = (
+    "a photo of a cat",
+    "a photo of a red apple on a wooden table",
+    "a watercolor painting of a lighthouse at sunset",
+    "a photo of two dogs playing in the snow",
+)
+
+
+# ---- prompts ------------------------------------------------------------------------------------------
+
+def load_prompts(path) -> list[str]:
+    """Prompts from a file: GenEval's ``evaluation_metadata.jsonl`` (or any ``.jsonl`` whose lines are objects
+    with a "prompt" field, or JSON strings), else plain text with one prompt a line (blank lines skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptstepsError(f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
+                            "prompts/evaluation_metadata.jsonl.")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    prompts = []
+    if p.suffix == ".jsonl":
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OptstepsError(f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
+                                    "(GenEval's format) or rename it to .txt for one plain prompt a line.") from None
+            if isinstance(row, str):
+                prompts.append(row)
+            elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                prompts.append(row["prompt"])
+            else:
+                raise OptstepsError(f"{p}:{i} has no string field 'prompt'; use GenEval's evaluation_metadata.jsonl "
+                                    "format ({\"prompt\": ...}).")
+    else:
+        prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise OptstepsError(f"{p} holds no prompts; write one prompt a line.")
+    return prompts
+
+
+def _prompt_list(prompts) -> list[str]:
+    if prompts is None:
+        return list(DEFAULT_PROMPTS)
+    if isinstance(prompts, (str, os.PathLike)):
+        return load_prompts(prompts)
+    out = [str(s) for s in prompts]
+    if not out:
+        raise OptstepsError("the prompt list is empty; pass at least one prompt or a prompt file.")
+    return out
+
+
+# ---- resolving and identifying a pipeline folder ------------------------------------------------------
+
+def resolve_pipeline(path_or_id) -> Path:
+    """A local pipeline folder, or the snapshot folder of a hub id already in the local cache."""
+    from .diffusers_adapter import _resolve
+
+    p = Path(path_or_id)
+    if not p.is_dir() and (str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1):
+        raise OptstepsError(f"pipeline folder {p} does not exist; pass a diffusers pipeline folder (with "
+                            "model_index.json) or a hub id that is in the local cache.")
+    root = _resolve(str(path_or_id))
+    if not (root / "model_index.json").is_file():
+        raise OptstepsError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder; save the "
+                            "pipeline with `pipe.save_pretrained(folder)` or pass the folder that holds model_index.json.")
+    return root
+
+
+def pipeline_class_name(root) -> str:
+    try:
+        return str(json.loads((Path(root) / "model_index.json").read_text())["_class_name"])
+    except (json.JSONDecodeError, KeyError) as e:
+        raise OptstepsError(f"{root}/model_index.json is not a diffusers model index ({e}); re-save the pipeline.") from None
+
+
+def pipeline_noise_schedule(path_or_id) -> NoiseSchedule:
+    """The exact noise schedule of a pipeline from its scheduler config alone (nothing else is loaded)."""
+    root = resolve_pipeline(path_or_id)
+    cfg_path = root / "scheduler" / "scheduler_config.json"
+    if not cfg_path.is_file():
+        raise OptstepsError(f"{root} has no scheduler/scheduler_config.json; the noise schedule comes from it.")
+    return _noise_schedule(json.loads(cfg_path.read_text()), root)
+
+
+def _noise_schedule(cfg: dict, root) -> NoiseSchedule:
+    if cfg.get("rescale_betas_zero_snr"):
+        raise OptstepsError(f"{root}/scheduler uses rescale_betas_zero_snr (ᾱ_T = 0, infinite noise at t = 1), which "
+                            "optsteps' discrete VP schedule does not model; use a pipeline without it.")
+    return noise_schedule_from_diffusers_config(cfg)
+
+
+_HASH_CACHE: dict = {}
+_HEX = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def _file_digest(f: Path) -> str:
+    # hub snapshots link each file to blobs/<sha256 (LFS) or git sha1>: that name already identifies the content
+    if f.is_symlink() and _HEX.match(f.resolve().name):
+        return f.resolve().name
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def pipeline_digest(root) -> str:
+    """sha256 over every config and weight file of the pipeline folder (paths and contents)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_dir() or f.name.startswith("."):
+            continue
+        if f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".txt", ".model"):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(_file_digest(f).encode())
+    return h.hexdigest()
+
+
+# ---- device and dtype ---------------------------------------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def default_device() -> str:
+    """``$OPTSTEPS_DEVICE`` when set (e.g. ``cpu`` to keep a GPU machine's runs bit-comparable with CPU ones),
+    else cuda when available, else cpu."""
+    return os.environ.get("OPTSTEPS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
+    """fp32 on CPU; on GPU fp16 for UNet pipelines and bf16 for flow transformers (unless ``dtype`` says).
+    Half precision is refused on the CPU (slow or unsupported there, and needless)."""
+    on_cpu = torch.device(device).type == "cpu"
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype):
+            if str(dtype) not in DTYPES:
+                raise OptstepsError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}.")
+            dtype = DTYPES[str(dtype)]
+        if on_cpu and dtype in (torch.float16, torch.bfloat16):
+            raise OptstepsError(f"{dtype} is for GPUs; on the CPU use float32 (or run on a CUDA device).")
+        return dtype
+    if on_cpu:
+        return torch.float32
+    return torch.bfloat16 if kind == "sd3" else torch.float16
+
+
+def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
+    """(pipeline, root, kind) loaded offline on ``device`` in ``dtype`` (defaults: see ``pick_dtype``).
+
+    Components stored as ``null`` in model_index.json (e.g. SD3 without its T5 encoder) are passed as None,
+    as diffusers requires."""
+    import diffusers
+
+    root = resolve_pipeline(path_or_id)
+    name = pipeline_class_name(root)
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise OptstepsError(f"{root} is a {name}, which this diffusers ({diffusers.__version__}) does not know; "
+                            "upgrade diffusers or re-save the pipeline.")
+    device = device or default_device()
+    kind = TEXT_PIPELINES.get(name, "unet2d")
+    torch_dtype = pick_dtype(device, kind, dtype)
+    index = json.loads((root / "model_index.json").read_text())
+    missing = {k: None for k, v in index.items()
+               if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None}
+    try:
+        pipe = cls.from_pretrained(root, torch_dtype=torch_dtype, local_files_only=True, **missing)
+    except ImportError as e:
+        raise OptstepsError(f"loading {name} needs a package that is not installed ({e}); "
+                            "`pip install transformers` for text encoders.") from None
+    except (OSError, ValueError) as e:
+        raise OptstepsError(f"cannot load the {name} pipeline from {root}: {e}") from None
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, root, kind
+
+
+# ---- the model ----------------------------------------------------------------------------------------
+
+@dataclass
+class PipelineModel(DiffusionModel):
+    """A ``DiffusionModel`` backed by a diffusers text-to-image pipeline (see the module docstring)."""
+
+    pipeline: Any = None
+    kind: str = ""  # sd | sdxl | sd3
+    prompts: list = field(default_factory=list)
+    guidance: float = 1.0  # the caller's default; denoiser(labels, guidance) takes the one to use
+    flow_shift: float | None = None  # rectified flow: the pipeline's own time shift
+    height: int = 0
+    width: int = 0
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    max_batch: int = 16
+    conditioner: Any = None
+
+    def prompt(self, label: int) -> str:
+        return "" if int(label) == len(self.prompts) else self.prompts[int(label)]
+
+    def baseline_options(self) -> dict:
+        """Per-baseline keyword options that reproduce the pipeline's own choices (``flow-shift``: its shift)."""
+        return {"flow-shift": {"shift": self.flow_shift}} if self.flow_shift is not None else {}
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """Latents (the model's state space) → images [B, 3, H, W] in [−1, 1], float32 on the CPU."""
+        vae = self.pipeline.vae
+        cfg = vae.config
+        scale = float(cfg.scaling_factor)
+        shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+        vdtype = next(vae.parameters()).dtype
+        if vdtype == torch.float16 and getattr(cfg, "force_upcast", False):
+            vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (the pipeline upcasts it the same way)
+            vdtype = torch.float32
+        outs = []
+        for i in range(0, latents.shape[0], batch_size):
+            z = latents[i:i + batch_size].to(self.device, vdtype) / scale + shift
+            outs.append(vae.decode(z, return_dict=False)[0].float().clamp(-1, 1).cpu())
+        return torch.cat(outs)
+
+    def images(self, latents: torch.Tensor):
+        """PIL images of decoded latents."""
+        from PIL import Image
+
+        from ..data import to_uint8
+
+        return [Image.fromarray(a) for a in to_uint8(self.decode(latents))]
+
+
+class PromptConditioner:
+    """Prompt index → the pipeline's own embeddings, each prompt encoded once (lazily) and cached on the device.
+
+    Index P (= number of prompts) is the null condition: the pipeline's negative for ``negative_prompt=None``.
+    ``kwargs(indices)`` returns the backbone's conditioning keyword arguments for a batch.
+    """
+
+    def __init__(self, pipe, kind: str, prompts: list[str], device, height: int, width: int,
+                 max_sequence_length: int = 256, encode_batch: int = 16):
+        self.pipe, self.kind, self.prompts, self.device = pipe, kind, prompts, device
+        self.height, self.width = height, width
+        self.max_sequence_length, self.encode_batch = max_sequence_length, encode_batch
+        self.cache: dict[int, tuple] = {}
+        self.time_ids = None
+        if kind == "sdxl":
+            te2 = pipe.text_encoder_2
+            proj = te2.config.projection_dim if te2 is not None else None
+            self.time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=pipe.unet.dtype,
+                                                   text_encoder_projection_dim=proj).to(device)
+
+    @property
+    def null_index(self) -> int:
+        return len(self.prompts)
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str], cfg: bool):
+        """(cond parts, null parts) for ``texts``; parts are per-kind tuples of [n, ...] tensors."""
+        p, dev = self.pipe, self.device
+        if self.kind == "sd":
+            pe, ne = p.encode_prompt(texts, dev, 1, cfg)
+            return (pe,), ((ne,) if cfg else None)
+        if self.kind == "sdxl":
+            pe, ne, pp, npp = p.encode_prompt(texts, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg)
+            return (pe, pp), ((ne, npp) if cfg else None)
+        pe, ne, pp, npp = p.encode_prompt(texts, None, None, device=dev, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=cfg,
+                                          max_sequence_length=self.max_sequence_length)
+        return (pe, pp), ((ne, npp) if cfg else None)
+
+    def _ensure(self, indices: list[int]) -> None:
+        todo = sorted({i for i in indices if i not in self.cache and i != self.null_index})
+        bad = [i for i in todo if not 0 <= i < len(self.prompts)]
+        if bad:
+            raise OptstepsError(f"prompt labels {bad[:5]} are outside 0..{len(self.prompts)} (the last is the null "
+                                "condition); the trajectories were made with another prompt list — regenerate them.")
+        if self.null_index in indices and self.null_index not in self.cache:
+            _, null = self._encode([self.prompts[0] if self.prompts else ""], cfg=True)
+            self.cache[self.null_index] = tuple(t[0] for t in null)
+        for b in range(0, len(todo), self.encode_batch):
+            chunk = todo[b:b + self.encode_batch]
+            cond, _ = self._encode([self.prompts[i] for i in chunk], cfg=False)
+            for j, i in enumerate(chunk):
+                self.cache[i] = tuple(t[j] for t in cond)
+
+    def kwargs(self, indices: torch.Tensor) -> dict:
+        idx = [int(v) for v in indices.tolist()]
+        self._ensure(idx)
+        parts = [torch.stack([self.cache[i][k] for i in idx]) for k in range(len(self.cache[idx[0]]))]
+        if self.kind == "sd":
+            return {"encoder_hidden_states": parts[0]}
+        if self.kind == "sdxl":
+            return {"encoder_hidden_states": parts[0],
+                    "added_cond_kwargs": {"text_embeds": parts[1], "time_ids": self.time_ids.expand(len(idx), -1)}}
+        return {"encoder_hidden_states": parts[0], "pooled_projections": parts[1]}
+
+
+def _flow_shift(sched_cfg: dict, latent_hw: tuple, patch: int) -> float:
+    """The pipeline's time shift s (t' = s t / (1 + (s − 1) t)); with dynamic shifting, e^μ for this size."""
+    if sched_cfg.get("use_dynamic_shifting"):
+        if sched_cfg.get("time_shift_type", "exponential") != "exponential":
+            raise OptstepsError("only exponential dynamic time shifting is supported for flow pipelines.")
+        seq = (latent_hw[0] // patch) * (latent_hw[1] // patch)
+        b0, b1 = sched_cfg.get("base_image_seq_len", 256), sched_cfg.get("max_image_seq_len", 4096)
+        s0, s1 = sched_cfg.get("base_shift", 0.5), sched_cfg.get("max_shift", 1.16)
+        mu = s0 + (s1 - s0) / (b1 - b0) * (seq - b0)
+        return float(math.exp(mu))
+    return float(sched_cfg.get("shift", 1.0))
+
+
+def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=None, dtype=None,
+                        height: int | None = None, width: int | None = None, max_batch: int = 16,
+                        max_sequence_length: int = 256, name: str | None = None) -> DiffusionModel:
+    """A ``DiffusionModel`` for the diffusers pipeline at ``path_or_id`` (folder or locally cached hub id).
+
+    ``prompts``: a list, a prompt file (see ``load_prompts``) or None (``DEFAULT_PROMPTS``); ``guidance``: the
+    caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)`` applies
+    the one it is given); ``height``/``width``: image size (default: the pipeline's); ``max_batch``: rows per
+    network call; ``max_sequence_length``: SD3's text length (the pipeline's default is 256).
+    """
+    root = resolve_pipeline(path_or_id)
+    cls_name = pipeline_class_name(root)
+    if cls_name in UNET2D_PIPELINES:
+        from .diffusers_adapter import load_unet2d_pipeline
+
+        return load_unet2d_pipeline(str(root), name=name or str(path_or_id), device=device, dtype=dtype)
+    if cls_name not in TEXT_PIPELINES:
+        raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
+                            "Other pipelines need an adapter in optsteps/models/pipelines.py.")
+    prompt_list = _prompt_list(prompts)
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    ns = _noise_schedule(sched_cfg, root)
+    device = device or default_device()
+    pipe, root, kind = load_diffusers_pipeline(root, device, dtype)
+    torch_dtype = pick_dtype(device, kind, dtype)
+    backbone = pipe.transformer if kind == "sd3" else pipe.unet
+    bcfg = backbone.config
+    vsf = int(pipe.vae_scale_factor)
+    default_size = int(getattr(pipe, "default_sample_size", None) or bcfg.sample_size) * vsf
+    height, width = int(height or default_size), int(width or default_size)
+    patch = int(getattr(bcfg, "patch_size", 1) or 1)
+    if height % (vsf * patch) or width % (vsf * patch):
+        raise OptstepsError(f"image size {height}×{width} must be a multiple of {vsf * patch} for {cls_name}.")
+    shape = (int(bcfg.in_channels), height // vsf, width // vsf)
+
+    if kind == "sd3":
+        if ns.family != "flow":
+            raise OptstepsError(f"{root}: an SD3 transformer needs a flow-matching scheduler, found "
+                                f"{sched_cfg.get('_class_name')}.")
+        prediction = "flow"
+        flow_shift = _flow_shift(sched_cfg, shape[1:], patch)
+    else:
+        prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}.get(
+            sched_cfg.get("prediction_type", "epsilon"))
+        if prediction is None or ns.family != "vp":
+            raise OptstepsError(f"unsupported scheduler for {cls_name} in {root}: prediction_type "
+                                f"{sched_cfg.get('prediction_type')!r}, family {ns.family}.")
+        flow_shift = None
+    cond = PromptConditioner(pipe, kind, prompt_list, device, height, width, max_sequence_length)
+
+    def net(x, t, labels):
+        b = x.shape[0]
+        tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
+        tt = tt.expand(b) if tt.dim() == 0 else tt
+        labels = torch.full((b,), cond.null_index, dtype=torch.long) if labels is None else labels
+        outs = []
+        with torch.no_grad():
+            for i in range(0, b, max_batch):
+                xb = x[i:i + max_batch].to(device, torch_dtype)
+                tb = tt[i:i + max_batch].to(device)
+                kw = cond.kwargs(labels[i:i + max_batch])
+                if kind == "sd3":
+                    out = backbone(hidden_states=xb, timestep=tb, return_dict=False, **kw)[0]
+                else:
+                    out = backbone(xb, tb, return_dict=False, **kw)[0]
+                outs.append(out.to(x.device, x.dtype))
+        return torch.cat(outs)
+
+    h = hashlib.sha256()
+    h.update(pipeline_digest(root).encode())
+    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width,
+                         "max_sequence_length": max_sequence_length if kind == "sd3" else None}).encode())
+    model_name = name or str(path_or_id)
+    prompts_sha = hashlib.sha256("\n".join(prompt_list).encode()).hexdigest()
+    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": cls_name, "prompts": len(prompt_list),
+                "prompts_sha256": prompts_sha, "height": height, "width": width}
+    if flow_shift is not None:
+        identity["flow_shift"] = flow_shift
+    return PipelineModel(model_name, ns, net, prediction, shape, num_classes=len(prompt_list),
+                         null_label=len(prompt_list), identity=identity, pipeline=pipe, kind=kind,
+                         prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
+                         width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
+
+
+__all__ = ["PipelineModel", "load_pipeline_model", "load_prompts", "pipeline_noise_schedule", "resolve_pipeline",
+           "load_diffusers_pipeline", "pipeline_digest", "DEFAULT_PROMPTS", "SUPPORTED"]

@@ -1,0 +1,546 @@
+"""Real diffusers pipelines, built tiny with random weights in the test (nothing is downloaded):
+
+- pixel DDPM (UNet2DModel + DDPMScheduler, ``DDPMPipeline``),
+- Stable Diffusion (UNet2DConditionModel + AutoencoderKL + CLIPTextModel/CLIPTokenizer, scaled-linear β),
+- Stable Diffusion 3 (SD3Transformer2DModel + two CLIP encoders, no T5; FlowMatchEulerDiscreteScheduler, shift 3).
+
+For each: teacher trajectories → OSS → λ-opt → export → ``apply_schedule`` through the pipeline's own
+``__call__``. Checks: image size, model calls = NFE, the exported first timestep/σ, and that the pipeline run
+reproduces optsteps' own sampler on the same noise (DDIM/Euler, DPM-Solver++ and UniPC, to 1e-4).
+Models are loaded on the CPU in float32 (device="cpu") so that the comparisons are exact on GPU machines too.
+"""
+import json
+import logging
+import stat
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="text-to-image pipelines need transformers (CLIP text encoders)")
+
+from optsteps.errors import OptstepsError  # noqa: E402
+from optsteps.noise_schedules import RectifiedFlow  # noqa: E402
+
+RF = RectifiedFlow()
+
+GUIDANCE = 3.0
+PROMPTS = ["a red cube", "two blue balls", "a green tree"]
+
+
+# ---- tiny pipelines ------------------------------------------------------------------------------------
+
+def _byte_chars():
+    """The 256 printable stand-ins of byte-level BPE (printable bytes map to themselves, the rest above 255)."""
+    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def tiny_tokenizer(folder):
+    """A CLIP tokenizer over single characters (no merges): vocab.json + merges.txt written here."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in _byte_chars():
+            vocab[c + suffix] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def clip_config(vocab_size):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def tiny_vae(**kw):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         layers_per_block=1, norm_num_groups=8, sample_size=16, **kw)
+
+
+def build_ddpm(folder):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="linear")).save_pretrained(folder)
+    return folder
+
+
+def build_sd(folder, tmp):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer(tmp / "sd_tok")
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(clip_config(len(tok))).eval(),
+                                   tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sd3(folder, tmp):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer(tmp / "sd3_tok")
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer_2=tok,
+        text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipelines")
+    return {"ddpm": build_ddpm(tmp / "ddpm"), "sd": build_sd(tmp / "sd", tmp), "sd3": build_sd3(tmp / "sd3", tmp)}
+
+
+# ---- the whole path per pipeline kind -----------------------------------------------------------------
+
+def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
+    """Teacher trajectories → OSS (ddim student) and λ-opt (dpmpp2m) schedules for ``model``."""
+    from optsteps.config import TeacherConfig
+    from optsteps.lambda_opt import lambda_opt_schedule
+    from optsteps.oss import oss_search
+    from optsteps.stages import LabelledDenoiser, load_teacher
+    from optsteps.trajectories import generate_trajectories
+
+    cfg = TeacherConfig(solver="unipc", steps=teacher_steps, schedule="uniform-lambda", guidance=guidance, seed=0)
+    man = generate_trajectories(model, cfg, out_dir, samples=samples, shard_size=samples, progress=False)
+    assert man["model_sha256"] == model.identity["sha256"] and len(man["shards"]) == 1
+    t, states, labels = load_teacher(SimpleNamespace(teacher=cfg), model, out_dir, samples)
+    assert states.shape == (teacher_steps + 1, samples) + tuple(model.sample_shape)
+    assert torch.isfinite(states).all()
+    den = LabelledDenoiser(model, labels, guidance)
+    res = oss_search(t, states, den, model.noise_schedule, nfe, solver="ddim", eval_batch_size=samples,
+                     model=model.name)
+    lam = lambda_opt_schedule(model.noise_schedule, nfe, model=model.name, solver="dpmpp2m")
+    assert res.schedule.nfe == nfe and lam.nfe == nfe
+    assert res.schedule.t[0] == t[0] and res.cost >= 0
+    return res.schedule, lam, labels
+
+
+def test_pixel_ddpm(folders, tmp_path):
+    from diffusers import DDPMPipeline
+
+    from optsteps.apply import apply_schedule
+    from optsteps.export import configure
+    from optsteps.models.pipelines import load_pipeline_model
+
+    model = load_pipeline_model(folders["ddpm"], device="cpu")  # dispatches to the UNet2D adapter
+    assert model.sample_shape == (3, 8, 8) and model.noise_schedule.describe() == "vp/linear"
+    oss, lam, labels = distill(model, tmp_path / "traj", 1.0)
+    assert labels is None
+    for sched in (oss, lam):
+        info = apply_schedule(folders["ddpm"], sched, out_png=tmp_path / f"{sched.method}.png", seed=1)
+        assert info["size"] == [8, 8] and (tmp_path / f"{sched.method}.png").is_file()
+        assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
+        assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
+    # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
+    from optsteps.apply import snap_to_training_timesteps
+
+    snapped, _ = snap_to_training_timesteps(oss)
+    own = DDPMPipeline.from_pretrained(folders["ddpm"]).scheduler
+    s, kwargs = configure(own, snapped)
+    assert int(s.timesteps[0]) == round(float(model.noise_schedule.timestep(snapped.t[0]))) == 999
+    assert kwargs["timesteps"] == [round(float(v)) for v in model.noise_schedule.timestep(snapped.timesteps_t[:-1])]
+
+
+def test_stable_diffusion(folders, tmp_path):
+    from diffusers import EulerDiscreteScheduler
+
+    from optsteps.apply import apply_schedule, generate, snap_to_training_timesteps
+    from optsteps.export import configure
+    from optsteps.models.pipelines import PipelineModel, load_pipeline_model
+    from optsteps.solvers import sample
+
+    model = load_pipeline_model(folders["sd"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu")
+    assert isinstance(model, PipelineModel) and model.prediction_type == "epsilon"
+    assert model.sample_shape == (4, 8, 8) and (model.height, model.width) == (16, 16)
+    assert model.noise_schedule.to_dict() == {"family": "vp", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                              "beta_end": 0.012, "num_train_timesteps": 1000}
+    oss, lam, labels = distill(model, tmp_path / "traj", GUIDANCE)
+    assert labels.tolist() == [0, 1, 2]
+    assert len(model.conditioner.cache) == len(PROMPTS) + 1  # each prompt encoded once, plus the null condition
+    imgs = model.decode(torch.zeros(2, *model.sample_shape))
+    assert imgs.shape == (2, 3, 16, 16) and imgs.abs().max() <= 1
+
+    for sched in (oss, lam):
+        info = apply_schedule(folders["sd"], sched, PROMPTS[1], tmp_path / f"{sched.method}.png", seed=3,
+                              guidance=GUIDANCE)
+        assert info["size"] == [16, 16] and info["model_calls"] == sched.nfe
+        assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["timesteps"][0] == 999
+    assert info["solver_order"] == 2  # the λ-opt schedule was made for DPM-Solver++(2M)
+
+    # the pipeline reproduces optsteps' own sampler on the same seeded noise, prompt and guidance
+    pipe = model.pipeline
+    snapped, _ = snap_to_training_timesteps(oss)
+    x = model.initial_state(model.noise(1, 3, 0), snapped.t[0])
+    ours = sample(model.denoiser(torch.tensor([1]), GUIDANCE), x, snapped, "ddim")
+    theirs, info = generate(pipe, oss, PROMPTS[1], seed=3, guidance=GUIDANCE, output_type="latent")
+    assert info["solver_order"] == 1
+    assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
+    ours2 = sample(model.denoiser(torch.tensor([1]), GUIDANCE), x, snap_to_training_timesteps(lam)[0], "dpmpp2m")
+    theirs2, _ = generate(pipe, lam, PROMPTS[1], seed=3, guidance=GUIDANCE, output_type="latent")
+    assert torch.allclose(theirs2, ours2, atol=1e-4, rtol=1e-4), (theirs2 - ours2).abs().max()
+
+    # Euler with exact sigmas (no snapping): the first σ is the schedule's, and the sampler agrees with DDIM
+    # except for the last step, which diffusers' Euler takes to σ = 0
+    s, kwargs = configure(EulerDiscreteScheduler.from_config(pipe.scheduler.config), oss)
+    assert float(s.sigmas[0]) == pytest.approx(float(oss.sigmas[0]), rel=1e-6)
+    assert float(s.timesteps[0]) == pytest.approx(999.0, abs=1e-3)
+    _, info = generate(pipe, oss, PROMPTS[0], scheduler="euler", guidance=GUIDANCE, output_type="latent")
+    assert info["scheduler"] == "EulerDiscreteScheduler" and info["model_calls"] == oss.nfe
+    assert info["sigmas"][0] == pytest.approx(float(oss.sigmas[0]), rel=1e-6) and info["sigmas"][-1] == 0
+
+
+def test_stable_diffusion_3(folders, tmp_path):
+    from diffusers import UniPCMultistepScheduler
+
+    from optsteps.apply import apply_schedule, generate, plan_scheduler
+    from optsteps.baselines import baseline
+    from optsteps.denoisers import PredictionDenoiser
+    from optsteps.export import configure
+    from optsteps.lambda_opt import lambda_opt_schedule
+    from optsteps.models.pipelines import load_pipeline_model
+    from optsteps.schedule import Schedule
+    from optsteps.solvers import sample
+
+    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
+                                device="cpu")
+    assert model.prediction_type == "flow" and model.noise_schedule.family == "flow"
+    assert model.flow_shift == 3.0 and model.identity["flow_shift"] == 3.0
+    assert model.sample_shape == (4, 8, 8)
+    shifted = baseline("flow-shift", model.noise_schedule, 4, **model.baseline_options()["flow-shift"])
+    assert shifted.t[1] == pytest.approx(3 * 0.75 / (1 + 2 * 0.75))
+    oss, lam, labels = distill(model, tmp_path / "traj", GUIDANCE)
+    assert labels.tolist() == [0, 1, 2]
+
+    pipe = model.pipeline
+    own = pipe.scheduler  # FlowMatchEulerDiscreteScheduler: sigmas= with shift 1 keeps the times verbatim
+    s, kwargs = configure(own, oss)
+    assert float(s.sigmas[0]) == pytest.approx(oss.t[0]) and float(s.timesteps[0]) == pytest.approx(1000 * oss.t[0])
+    assert torch.allclose(s.sigmas[:-1].double(), torch.tensor(oss.t[:-1], dtype=torch.float64), atol=1e-6)
+
+    for sched in (oss, lam, shifted.with_meta(solver="ddim")):
+        info = apply_schedule(folders["sd3"], sched, PROMPTS[2], tmp_path / "img.png", seed=2, guidance=GUIDANCE)
+        assert info["size"] == [16, 16] and info["model_calls"] == sched.nfe
+        assert info["sigmas"][0] == pytest.approx(sched.t[0], abs=2e-6)  # UniPC starts at 1 − 1e-6
+    assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+    # Euler on the velocity = optsteps' DDIM, and UniPC(flow sigmas) = optsteps' UniPC of the same order
+    x = model.initial_state(model.noise(1, 5, 0), oss.t[0])
+    den = model.denoiser(torch.tensor([2]), GUIDANCE)
+    kw = dict(seed=5, guidance=GUIDANCE, output_type="latent", max_sequence_length=8)
+    theirs, info = generate(pipe, oss, PROMPTS[2], **kw)
+    assert torch.allclose(theirs, sample(den, x, oss, "ddim"), atol=1e-4, rtol=1e-4)
+    theirs, info = generate(pipe, lam, PROMPTS[2], **kw)
+    assert info["scheduler"] == "UniPCMultistepScheduler" and info["model_calls"] == lam.nfe
+    # diffusers' UniPC moves a flow start σ = 1 to 1 − 1e-6 (finite λ, so its second step is already order 2,
+    # where optsteps drops to order 1 at λ = −∞): the same schedule started at 1 − 1e-6 is what it runs
+    lam_moved = Schedule((1 - 1e-6,) + lam.t[1:], lam.noise_schedule)
+    ours = sample(den, x, lam_moved, "unipc", order=info["solver_order"])
+    assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
+
+    # a start below 1 with times that are not multiples of 1/1000: diffusers' UniPC casts its flow timesteps
+    # σ·1000 to int64, i.e. the network would see ⌊1000 σ⌋; apply keeps them float (exact_flow_timesteps)
+    lam98 = lambda_opt_schedule(model.noise_schedule, 3, t_start=0.98, solver="dpmpp2m")
+    assert lam98.t[1] * 1000 % 1 > 1e-3  # the schedule does sit between integer timesteps
+    x98 = model.initial_state(model.noise(1, 5, 0), 0.98)
+    theirs, info = generate(pipe, lam98, PROMPTS[2], **kw)
+    assert info["timesteps"] == pytest.approx([1000 * v for v in lam98.t[:-1]], abs=1e-3)
+    ours = sample(den, x98, lam98, "unipc", order=info["solver_order"])
+    assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
+    # the root cause, shown: stock UniPC = optsteps' UniPC with the network fed ⌊1000 t⌋ (not a precision issue:
+    # diffusers' float32 coefficients agree with optsteps' float64 ones to ~1e-6 here)
+    plan = plan_scheduler(pipe, lam98)
+    stock = UniPCMultistepScheduler.from_config(plan.scheduler.config)
+    stock.set_timesteps(**plan.kwargs)
+    assert stock.timesteps.dtype == torch.int64 and stock.timesteps.tolist() == [int(1000 * v) for v in lam98.t[:-1]]
+    floor_net = lambda x_, t_, c: model.net(x_, torch.floor(t_ * 1000) / 1000, c)  # noqa: E731
+    den_floor = PredictionDenoiser(floor_net, model.noise_schedule, "flow", torch.tensor([2]),
+                                   torch.tensor([model.null_label]), GUIDANCE)
+    x_stock = x98.clone()
+    for i, ts in enumerate(stock.timesteps):
+        raw = den.raw(x_stock, torch.tensor(float(ts) / 1000, dtype=torch.float64))
+        x_stock = stock.step(raw, ts, x_stock, return_dict=False)[0]
+    ours_floor = sample(den_floor, x98, lam98, "unipc", order=info["solver_order"])
+    assert torch.allclose(x_stock, ours_floor, atol=1e-5, rtol=1e-5), (x_stock - ours_floor).abs().max()
+    assert (x_stock - theirs).abs().max() > 1e-4  # and the floor does change the result
+
+
+# ---- bad input ----------------------------------------------------------------------------------------
+
+def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
+    from optsteps.apply import apply_schedule
+    from optsteps.baselines import baseline
+    from optsteps.models.pipelines import pipeline_noise_schedule
+
+    sd3_ns, sd_ns, ddpm_ns = (pipeline_noise_schedule(folders[k]) for k in ("sd3", "sd", "ddpm"))
+    flow = baseline("uniform-t", sd3_ns, 3)
+    with pytest.raises(OptstepsError, match="compute a schedule for this pipeline"):
+        apply_schedule(folders["sd"], flow, "x", tmp_path / "a.png")
+    with pytest.raises(OptstepsError, match="scaled_linear"):  # linear-β DDPM schedule on the SD pipeline
+        apply_schedule(folders["sd"], baseline("uniform-lambda", ddpm_ns, 3), "x", tmp_path / "b.png")
+    with pytest.raises(OptstepsError, match="noise schedule"):
+        apply_schedule(folders["sd3"], baseline("uniform-lambda", sd_ns, 3), "x", tmp_path / "c.png")
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
+    from optsteps.apply import apply_schedule
+    from optsteps.baselines import baseline
+    from optsteps.models.pipelines import load_pipeline_model
+    from optsteps.noise_schedules import RectifiedFlow
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(OptstepsError, match="local cache.*huggingface-cli download"):
+        load_pipeline_model("no-such-org/no-such-pipeline")
+    with pytest.raises(OptstepsError, match="local cache"):
+        apply_schedule("no-such-org/no-such-pipeline", baseline("uniform-t", RectifiedFlow(), 2), "x")
+    with pytest.raises(OptstepsError, match="does not exist"):
+        load_pipeline_model(str(tmp_path / "nothing-here"))
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(OptstepsError, match="supports .*StableDiffusion3Pipeline"):
+        load_pipeline_model(tmp_path / "odd")
+
+
+# ---- prompts, CLI, GenEval hook -----------------------------------------------------------------------
+
+def test_load_prompts(tmp_path):
+    from optsteps.models.pipelines import load_prompts
+
+    (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
+    assert load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
+    rows = [{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
+            {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"}]
+    (tmp_path / "evaluation_metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_prompts(tmp_path / "evaluation_metadata.jsonl") == ["a photo of a bench", "a photo of two cups"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "no prompt field"}\n')
+    with pytest.raises(OptstepsError, match="'prompt'"):
+        load_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(OptstepsError, match="no prompts"):
+        load_prompts(tmp_path / "empty.txt")
+    with pytest.raises(OptstepsError, match="not found"):
+        load_prompts(tmp_path / "missing.txt")
+
+
+def test_apply_command_line(folders, tmp_path, monkeypatch):
+    """``optsteps apply`` on the real CLI app: a schedule file, NAME@ALIAS through the registry adapter, and the
+    refusal of a schedule made for another noise schedule (exit code 2, the problem and the fix)."""
+    from typer.testing import CliRunner
+
+    import optsteps.registry
+    from optsteps.baselines import baseline
+    from optsteps.cli import app, main
+    from optsteps.models.pipelines import pipeline_noise_schedule
+
+    flow = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2, model="tiny-sd3").with_meta(solver="ddim")
+    path = flow.save(tmp_path / "s.json")
+    run = CliRunner().invoke
+    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", str(path), "--prompt", "a red cube",
+                  "--out", str(tmp_path / "img.png"), "--guidance", "2"])
+    assert r.exit_code == 0, r.output
+    assert "16×16" in r.output and "NFE 2" in r.output and "first timestep 1000" in r.output
+    from PIL import Image
+
+    assert Image.open(tmp_path / "img.png").size == (16, 16)
+
+    class FakeRegistry:  # the real Registry round trip is tested in test_registry.py; here only the wiring
+        def __init__(self, tracking_uri=None):
+            self.tracking_uri = tracking_uri
+
+        def load_schedule(self, ref):
+            assert ref == "tiny-sd3-ddim-schedules@champion-nfe2" and self.tracking_uri == "sqlite:///x.db"
+            return flow
+
+    monkeypatch.setattr(optsteps.registry, "Registry", FakeRegistry)
+    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", "tiny-sd3-ddim-schedules@champion-nfe2",
+                  "--tracking-uri", "sqlite:///x.db", "--out", str(tmp_path / "reg.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "reg.png").is_file()
+
+    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", str(tmp_path / "none.json"),
+                  "--out", str(tmp_path / "x.png")])
+    assert r.exit_code != 0 and isinstance(r.exception, OptstepsError) and "does not exist" in str(r.exception)
+
+    vp = baseline("uniform-lambda", pipeline_noise_schedule(folders["sd"]), 2).save(tmp_path / "vp.json")
+    monkeypatch.setattr(sys, "argv", ["optsteps", "apply", "--pipeline", str(folders["sd3"]), "--schedule", str(vp),
+                                      "--out", str(tmp_path / "refused.png")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and not (tmp_path / "refused.png").exists()
+
+
+def test_refusal_message_names_problem_and_fix(folders, tmp_path):
+    from optsteps.apply import apply_schedule
+    from optsteps.baselines import baseline
+    from optsteps.models.pipelines import pipeline_noise_schedule
+
+    vp = baseline("uniform-lambda", pipeline_noise_schedule(folders["sd"]), 2, model="tiny-sd")
+    with pytest.raises(OptstepsError) as e:
+        apply_schedule(folders["sd3"], vp, "x", tmp_path / "x.png")
+    msg = str(e.value)
+    assert "was made for the noise schedule" in msg and "'family': 'vp'" in msg and "'family': 'flow'" in msg
+    assert "compute a schedule for this pipeline" in msg and str(folders["sd3"]) in msg
+    flow_short = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2)
+    from optsteps.schedule import Schedule
+
+    with pytest.raises(OptstepsError, match="always end at σ = 0"):
+        apply_schedule(folders["sd3"], Schedule((1.0, 0.5, 0.01), flow_short.noise_schedule), "x")
+
+
+# ---- device and precision --------------------------------------------------------------------------------
+
+def test_device_and_dtype_defaults(monkeypatch):
+    from optsteps.models import pipelines
+
+    monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pipelines.default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pipelines.default_device() == "cpu"
+    monkeypatch.setenv("OPTSTEPS_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pipelines.default_device() == "cpu"
+    assert pipelines.pick_dtype("cpu", "sd") == pipelines.pick_dtype("cpu", "sd3") == torch.float32
+    assert pipelines.pick_dtype("cuda", "sd") == pipelines.pick_dtype("cuda:0", "unet2d") == torch.float16
+    assert pipelines.pick_dtype("cuda", "sd3") == torch.bfloat16
+    assert pipelines.pick_dtype("cuda", "sd", "fp32") == torch.float32
+    with pytest.raises(OptstepsError, match="unknown dtype"):
+        pipelines.pick_dtype("cuda", "sd", "int8")
+    with pytest.raises(OptstepsError, match="on the CPU use float32"):
+        pipelines.pick_dtype("cpu", "sd", "fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
+    from optsteps.apply import apply_schedule
+    from optsteps.baselines import baseline
+    from optsteps.models.pipelines import load_pipeline_model
+
+    monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
+    for kind, dtype in (("ddpm", torch.float16), ("sd", torch.float16), ("sd3", torch.bfloat16)):
+        model = load_pipeline_model(folders[kind], prompts=PROMPTS, max_sequence_length=8)
+        x0 = model.denoiser(model.labels(2), 1.0)(model.noise(2, 0), torch.tensor(0.5, dtype=torch.float64))
+        assert x0.device.type == "cpu" and x0.dtype == torch.float32 and torch.isfinite(x0).all()
+        if kind != "ddpm":
+            assert model.device == "cuda" and model.dtype == dtype
+        sched = baseline("uniform-lambda" if kind != "sd3" else "uniform-t", model.noise_schedule, 3)
+        info = apply_schedule(folders[kind], sched.with_meta(solver="ddim"), "a cube", tmp_path / f"{kind}.png")
+        assert info["model_calls"] == 3 and (tmp_path / f"{kind}.png").is_file()
+
+
+# ---- GenEval -----------------------------------------------------------------------------------------------
+
+GENEVAL_ROWS = [{"tag": "single_object", "include": [{"class": "cup", "count": 1}], "prompt": "a photo of a cup"},
+                {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"}]
+
+
+def test_geneval_absent_means_no_metric_and_nothing_generated(folders, tmp_path, monkeypatch, caplog):
+    from optsteps.apply import pipeline_prompt_sampler
+    from optsteps.baselines import baseline
+    from optsteps.evaluate.adherence import geneval_metrics
+
+    for var in ("GENEVAL_DIR", "GENEVAL_DETECTOR_DIR", "GENEVAL_PYTHON"):
+        monkeypatch.delenv(var, raising=False)
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("".join(json.dumps(r) + "\n" for r in GENEVAL_ROWS))
+    calls = []
+    with caplog.at_level(logging.WARNING, logger="optsteps.evaluate"):
+        out = geneval_metrics(meta, lambda *a: calls.append(a), baseline("uniform-t", RF, 2), workdir=tmp_path / "g")
+    assert out == {} and calls == [] and not (tmp_path / "g").exists()
+    lines = [r.getMessage() for r in caplog.records if "GenEval" in r.getMessage()]
+    assert len(lines) == 1 and "not installed" in lines[0] and "GENEVAL_DIR" in lines[0]
+    monkeypatch.setenv("GENEVAL_DIR", str(tmp_path / "clone"))  # a folder without evaluate_images.py is not GenEval
+    assert geneval_metrics(meta, pipeline_prompt_sampler(None), None) == {}
+
+
+FAKE_EVALUATOR = """import json, sys, pathlib
+# stands in for GenEval's evaluation/evaluate_images.py in the test: checks the image layout, writes results.jsonl
+image_dir, outfile, model_path = sys.argv[1], sys.argv[sys.argv.index("--outfile") + 1], sys.argv[sys.argv.index("--model-path") + 1]
+assert (pathlib.Path(model_path) / "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth").is_file()
+with open(outfile, "w") as out:
+    for d in sorted(pathlib.Path(image_dir).iterdir()):
+        meta = json.loads((d / "metadata.jsonl").read_text())
+        for png in sorted((d / "samples").glob("*.png")):
+            correct = meta["tag"] == "single_object" or png.name == "0000.png"
+            out.write(json.dumps({"filename": str(png), "tag": meta["tag"], "correct": correct}) + "\\n")
+"""
+
+
+def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_path, monkeypatch):
+    """With an 'installed' GenEval (a stand-in evaluator script, detector file and importable module names),
+    the pipeline's images are written in GenEval's layout, the evaluator runs, and its results are summarised."""
+    from PIL import Image
+
+    from optsteps.apply import pipeline_prompt_sampler
+    from optsteps.baselines import baseline
+    from optsteps.evaluate.adherence import GENEVAL_DETECTOR, GENEVAL_MODULES, geneval_metrics
+    from optsteps.models.pipelines import load_diffusers_pipeline
+
+    clone, det, stubs = tmp_path / "geneval", tmp_path / "models", tmp_path / "stubs"
+    (clone / "evaluation").mkdir(parents=True)
+    (clone / "evaluation" / "evaluate_images.py").write_text(FAKE_EVALUATOR)
+    det.mkdir()
+    (det / GENEVAL_DETECTOR).write_bytes(b"")
+    for m in GENEVAL_MODULES:
+        (stubs / m).mkdir(parents=True)
+        (stubs / m / "__init__.py").write_text("")
+    py = tmp_path / "python"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={stubs} exec {sys.executable} \"$@\"\n")
+    py.chmod(py.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("GENEVAL_DIR", str(clone))
+    monkeypatch.setenv("GENEVAL_DETECTOR_DIR", str(det))
+    monkeypatch.setenv("GENEVAL_PYTHON", str(py))
+    meta = tmp_path / "evaluation_metadata.jsonl"
+    meta.write_text("".join(json.dumps(r) + "\n" for r in GENEVAL_ROWS))
+
+    pipe, _, _ = load_diffusers_pipeline(folders["sd3"], device="cpu")
+    sched = baseline("uniform-t", RF, 2).with_meta(solver="ddim")
+    out = geneval_metrics(meta, pipeline_prompt_sampler(pipe, guidance=2.0, max_sequence_length=8), sched,
+                          images_per_prompt=2, workdir=tmp_path / "work")
+    assert out == {"geneval_counting": 0.5, "geneval_single_object": 1.0, "geneval_overall": 0.75}
+    for i, row in enumerate(GENEVAL_ROWS):
+        d = tmp_path / "work" / "images" / f"{i:05d}"
+        assert json.loads((d / "metadata.jsonl").read_text()) == row
+        assert [Image.open(d / "samples" / f"{j:04d}.png").size for j in range(2)] == [(16, 16)] * 2
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "work").rglob("*"))

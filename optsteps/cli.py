@@ -99,6 +99,7 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
                         p_exp: Optional[float] = typer.Option(None, "--p", help="error model exponent (default lambda_opt.p)"),
                         error_model: Optional[str] = typer.Option(None, "--error-model", help="analytic | empirical"),
                         trajectories: Optional[str] = typer.Option(None, "--trajectories", help="shards for --error-model empirical"),
+                        trunc: Optional[int] = typer.Option(None, "--trunc", help="truncNum T_c (default 3; 0 = the paper's K ≥ 7 variant)"),
                         as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
     """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
     from . import stages
@@ -112,7 +113,7 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
     order = {"ddim": 1, "dpmpp2m": min(order, 2)}.get(solver, order)
     p = _params(params)
     _emit(stages.lambda_opt(p, model, solver, nfe, p_exp=p_exp, error_model=error_model, max_order=order,
-                            traj_dir=trajectories), as_json)
+                            traj_dir=trajectories, trunc=trunc), as_json)
 
 
 def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool, params: str):

@@ -29,10 +29,10 @@ Optimisation notes (measured on the linear VP window, see tests/ and benchmarks/
 - F is only piecewise smooth: at the optimum several accumulated node sums c_n = ε_n Σ_s w_{s,n} are
   exactly 0 (kinks). trust-constr on F itself stalls there for hundreds of iterations, so F is minimised in
   its equivalent smooth epigraph form (``_EpigraphProblem``): same objective, same minimisers.
-- With T_c ≥ 3 (the default for K ≤ 6) the problem is well posed: all three starts reach the same
+- With T_c ≥ 3 (the default) the problem is well posed: all three starts reach the same
   optimum in about 20–100 iterations (e.g. K = 5: F = 73.4655; with T_c = 3 also K = 10: 19.232,
   K = 20: 10.532).
-- With T_c = 0 (the default for K ≥ 7) the signed per-node accumulation lets F cancel the ±1/gap weights
+- With T_c = 0 (the paper author's choice for K ≥ 7; ``trunc=0``) the signed per-node accumulation lets F cancel the ±1/gap weights
   of nearly coincident nodes: the lowest F is reached by collapsing the first and the last steps onto
   the minimal gap and taking one huge step (h ≈ 6) right after the collapsed start (K = 10: F ≈ 3.2,
   against 15.6 at the local optimum the reference's BFGS stops in). The optimiser then runs to
@@ -183,8 +183,11 @@ def default_orders(nfe: int) -> list[int]:
 
 
 def default_trunc(nfe: int) -> int:
-    """truncNum T_c: 3 for K ≤ 6, 0 for K ≥ 7 (algorithms.md §2.5)."""
-    return 3 if nfe <= 6 else 0
+    """truncNum T_c = 3 for every K (what the reference code hard-codes). The paper's comment says 0 for
+    K ≥ 7 (algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
+    UniPC-3 schedules at K = 8 and 10 diverge (L2 to the teacher 179× and 363× uniform-λ's), while T_c = 3
+    gives 0.64× and 0.78× (benchmarks/lambda_opt_digits.py). Pass ``trunc=0`` for the paper's variant."""
+    return 3
 
 
 def _check_nfe(nfe) -> int:
@@ -233,7 +236,7 @@ def _check_trunc(trunc, nfe: int) -> int:
     if trunc is None:
         return default_trunc(nfe)
     if isinstance(trunc, bool) or not isinstance(trunc, (int, np.integer)) or trunc < 0:
-        raise OptstepsError(f"trunc = {trunc!r} must be an integer ≥ 0 (truncNum T_c); pass None for the default (3 if K ≤ 6 else 0).")
+        raise OptstepsError(f"trunc = {trunc!r} must be an integer ≥ 0 (truncNum T_c); pass None for the default (3).")
     return int(trunc)
 
 
@@ -511,7 +514,7 @@ def objective(lambdas_full, p: float = 1.0, trunc: int | None = None, orders=Non
 
     nodes(s) = s − k_s + 1 … s; weights w of §2.4; ε_n = σ_n^p/α_n (§2.2) unless ``eps`` is given (an array of
     K + 1 per-node values, or a callable λ ↦ ε such as ``empirical_eps(...)``). Defaults: orders 1-2-3…3-2-1,
-    T_c = 3 for K ≤ 6 and 0 for K ≥ 7. Only the predictor is modelled (as in the reference).
+    T_c = 3 by default (``default_trunc``). Only the predictor is modelled (as in the reference).
     """
     return objective_and_grad(lambdas_full, p, trunc, orders, eps, want_grad=False)[0]
 
@@ -717,7 +720,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     start's. ``eps_fn`` replaces σ^p/α by a measured error model (``empirical_eps``). ``gradient="2-point"``
     swaps the analytic derivatives for finite differences (for benchmarks only).
 
-    Caveat (measured, see the module notes): with T_c = 0 (the default for K ≥ 7) the signed per-node
+    Caveat (measured, see the module notes): with T_c = 0 (``trunc=0``, the paper's choice for K ≥ 7) the signed per-node
     accumulation lets F cancel the huge weights of nearly coincident nodes, and the lowest F lies where
     several steps collapse onto ``min_gap``; the optimiser then runs to ``maxiter`` without converging.
     """

@@ -897,6 +897,7 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
         extra={
             "l2_to_teacher": float(cost), "model_evals": int(dp_evals), "teacher_indices": list(path),
             "teacher_steps": n, "dp_indices": list(dp_path), "dp_l2_to_teacher": float(dp_cost),
+            **({"order": 2} if solver == "unipc" else {}),
             "distance": distance, "mode": mode, "refined": bool(refine), "calibrated": calibration is not None,
             "refine_model_evals": int(error.evals),
         },
@@ -972,7 +973,7 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
     cost, evals = gits_costs(t, teacher, denoiser, noise_schedule, eval_batch_size)
     value, path = gits_dp(cost, nfe, gamma)
     extra = {"gits_objective": value, "gamma": gamma, "model_evals": int(evals), "teacher_indices": path,
-             "teacher_steps": len(t) - 1}
+             "teacher_steps": len(t) - 1, **({"order": 2} if solver == "unipc" else {})}
     runs = 0
     if measure:
         err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)

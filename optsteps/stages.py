@@ -140,14 +140,15 @@ def solver_orders(solver: str, nfe: int, order: int = 3) -> list[int]:
 
 
 def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None = None,
-               error_model: str | None = None, max_order: int = 3, traj_dir=None) -> Schedule:
+               error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
     from .lambda_opt import lambda_opt_schedule
 
     ns = _noise_schedule(p, model)
     em = error_model or p.lambda_opt.error_model
     eps_fn = empirical_eps_for(p, model, traj_dir) if em == "empirical" else None
     sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=model, solver=solver,
-                                orders=solver_orders(solver, nfe, max_order), error_model=em, eps_fn=eps_fn)
+                                orders=solver_orders(solver, nfe, max_order), error_model=em, eps_fn=eps_fn,
+                                trunc=trunc)
     sched.save(schedule_path(p, model, "lambda-opt", solver, nfe))
     return sched
 

@@ -116,7 +116,7 @@ def test_default_orders_and_trunc():
     assert default_orders(3) == [1, 2, 1]
     assert default_orders(4) == [1, 2, 2, 1]
     assert default_orders(7) == [1, 2, 3, 3, 3, 2, 1]
-    assert [default_trunc(k) for k in (2, 5, 6, 7, 20)] == [3, 3, 3, 0, 0]
+    assert [default_trunc(k) for k in (2, 5, 6, 7, 20)] == [3, 3, 3, 3, 3]
 
 
 # ------------------------------------------------------------------------------------------ objective

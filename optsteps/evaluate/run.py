@@ -146,7 +146,7 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
                             f"uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
     ev = _evaluator(evaluator, classifier, cache_dir, inception_n, progress)
     t0 = time.perf_counter()
-    x = generate(model, schedule, solver, n, seed, start, guidance, batch_size)
+    x = generate(model, schedule, solver, n, seed, start, guidance, batch_size, order=schedule.extra.get("order"))
     t1 = time.perf_counter()
     out = ev.metrics(x, model.labels(n, start), teacher)
     if geneval_prompts is not None:
@@ -193,7 +193,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
             raise OptstepsError(f"schedule {s.method!r} NFE {s.nfe} was made for another noise schedule than model "
                                 f"{model.name!r}; compute it for this model.")
         t0 = time.perf_counter()
-        x = generate(model, s, sv, n, seed, start, g, batch_size)
+        x = generate(model, s, sv, n, seed, start, g, batch_size, order=s.extra.get("order"))
         t1 = time.perf_counter()
         row = {"model": model.name, "method": s.method, "solver": sv, "nfe": s.nfe, "guidance": g, "seed": seed,
                "start": start}

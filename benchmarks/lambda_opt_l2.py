@@ -53,7 +53,7 @@ def main():
         uniform = from_lambdas(start_lambdas("uniform_lambda", lo, hi, nfe), ns, ts, te)
         l2_u = l2(uniform)
         for p in (1, 2):
-            for trunc in ([None] if nfe <= 6 else [None, 3]):
+            for trunc in ([None] if nfe <= 6 else [None, 0]):  # the default (3) and the paper's K ≥ 7 choice
                 s = lambda_opt_schedule(ns, nfe, p=p, trunc=trunc)
                 l2_o = l2(s)
                 gaps = np.diff(s.lambdas.numpy())

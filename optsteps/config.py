@@ -164,6 +164,11 @@ def _build(cls, data, where: str):
     return cls(**kwargs)
 
 
+SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
+            "ray": RayConfig, "oss": OSSConfig, "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
+            "mlflow": MlflowConfig}  # params.yaml section → its typed config (each built the same way)
+
+
 def params_from_dict(d: dict) -> Params:
     d = dict(d or {})
     p = Params()
@@ -179,22 +184,9 @@ def params_from_dict(d: dict) -> Params:
         if not isinstance(d["train"], dict):
             raise OptstepsError("params.yaml train: must map model names to training settings.")
         p.train = {name: _build(TrainConfig, v or {}, f"train.{name}") for name, v in d["train"].items()}
-    if "classifier" in d:
-        p.classifier = _build(ClassifierConfig, d["classifier"], "classifier")
-    if "teacher" in d:
-        p.teacher = _build(TeacherConfig, d["teacher"], "teacher")
-    if "trajectories" in d:
-        p.trajectories = _build(TrajectoriesConfig, d["trajectories"], "trajectories")
-    if "ray" in d:
-        p.ray = _build(RayConfig, d["ray"], "ray")
-    if "oss" in d:
-        p.oss = _build(OSSConfig, d["oss"], "oss")
-    if "lambda_opt" in d:
-        p.lambda_opt = _build(LambdaOptConfig, d["lambda_opt"], "lambda_opt")
-    if "evaluate" in d:
-        p.evaluate = _build(EvaluateConfig, d["evaluate"], "evaluate")
-    if "mlflow" in d:
-        p.mlflow = _build(MlflowConfig, d["mlflow"], "mlflow")
+    for key, cls in SECTIONS.items():
+        if key in d:
+            setattr(p, key, _build(cls, d[key], key))
     if p.evaluate.seed == p.teacher.seed:
         raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}: evaluation must use held-out seeds; "
                             "pick another evaluate.seed.")

@@ -1,10 +1,13 @@
 """OSS DP wall time against the time of K·N batched model evaluations on the same batch (goal ≤ 1.2).
 
-The model is the exact Gaussian-mixture denoiser (a cheap model, so this is the hard case for the ratio:
-the DP's O(K·N²) cheap updates are not hidden behind expensive evaluations). The reference time is K·N
-calls of the denoiser on the [S, dim] batch at teacher times (scalar t, as a sampler calls it).
+The default model is the exact Gaussian-mixture denoiser (a cheap model, so this is the hard case for the
+ratio: the DP's O(K·N²) cheap updates are not hidden behind expensive evaluations). ``--model digits`` (or
+``digits-flow``) uses the trained embedded UNet instead (run ``optsteps train --model digits`` first), its
+teacher the UniPC teacher on a uniform-λ grid of ``--teacher-steps`` steps. The reference time is K·N calls
+of the denoiser on the [S, ...] batch at teacher times (scalar t, as a sampler calls it).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_oss.py            # 64-dim, S=256, N=200, K=5,10
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_oss.py --model digits --samples 64 --teacher-steps 100
     PYTHONPATH=. .venv/bin/python benchmarks/bench_oss.py --nfe 5 --solvers ddim --eval-batch-sizes layer
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ from optsteps.solvers import sample
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gmm", choices=["gmm", "digits", "digits-flow"])
+    ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--teacher-steps", type=int, default=200)
@@ -37,16 +42,29 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    ns = VPDiscrete()
-    gmm = GaussianMixture.random(args.components, args.dim, seed=0)
-    den = GMMDenoiser(gmm, ns)
     n, s = args.teacher_steps, args.samples
-    t = torch.linspace(ns.default_t_start(), ns.default_t_end(), n + 1, dtype=torch.float64)
-    x = torch.randn(s, args.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    states = []
-    out = sample(den, x, Schedule(t, ns), "ddim", callback=lambda i, xi, x0: states.append(xi))
-    states = torch.stack(states + [out])
-    print(f"gmm: {args.components} components, dim {args.dim}, S = {s}, N = {n}, threads = {args.threads}")
+    if args.model == "gmm":
+        ns = VPDiscrete()
+        gmm = GaussianMixture.random(args.components, args.dim, seed=0)
+        den = GMMDenoiser(gmm, ns)
+        t = torch.linspace(ns.default_t_start(), ns.default_t_end(), n + 1, dtype=torch.float64)
+        x = torch.randn(s, args.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        states = []
+        out = sample(den, x, Schedule(t, ns), "ddim", callback=lambda i, xi, x0: states.append(xi))
+        states = torch.stack(states + [out])
+        print(f"gmm: {args.components} components, dim {args.dim}, S = {s}, N = {n}, threads = {args.threads}")
+    else:
+        from optsteps.config import TeacherConfig
+        from optsteps.models import load_model
+        from optsteps.stages import LabelledDenoiser
+        from optsteps.trajectories import run_teacher
+
+        m = load_model(args.model, args.artifacts)
+        ns = m.noise_schedule
+        teacher = run_teacher(m, TeacherConfig(steps=n, seed=0), 0, s)
+        t, states = teacher["t"], teacher["states"]
+        den = LabelledDenoiser(m, teacher["labels"])
+        print(f"{args.model} (trained UNet), S = {s}, N = {n} (UniPC teacher, uniform-λ), threads = {args.threads}")
 
     def time_evals(k):
         t0 = time.perf_counter()

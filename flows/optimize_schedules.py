@@ -24,6 +24,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import CachePolicy
 from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -124,6 +125,12 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     return paths
 
 
+def flow_for(params_path: str):
+    """The flow with its task pool sized by params.yaml ``flow.task_workers``."""
+    workers = load_params(params_path).flow.task_workers
+    return optimize_schedules.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers or None))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
@@ -132,9 +139,9 @@ def main(argv=None):
     ap.add_argument("--name", default="nightly")
     a = ap.parse_args(argv)
     if a.command == "serve":
-        optimize_schedules.serve(name=a.name, cron=a.cron, parameters={"params_path": a.params})
+        flow_for(a.params).serve(name=a.name, cron=a.cron, parameters={"params_path": a.params})
     else:
-        optimize_schedules(a.params)
+        flow_for(a.params)(a.params)
 
 
 if __name__ == "__main__":

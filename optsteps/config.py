@@ -114,6 +114,14 @@ class RayConfig:
 
 
 @dataclass
+class FlowConfig:
+    """The Prefect flow. ``task_workers``: tasks run at once (threads; each task's torch uses one thread under
+    ``make run``), 0 = Prefect's default pool. On a small CPU machine, as many as cores: more only adds
+    GIL and cache contention."""
+    task_workers: int = 2
+
+
+@dataclass
 class Params:
     artifacts: str = "artifacts"
     results: str = "results"
@@ -127,6 +135,7 @@ class Params:
     models: list = field(default_factory=lambda: ["digits", "digits-flow"])
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
@@ -166,7 +175,7 @@ def _build(cls, data, where: str):
 
 SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
             "ray": RayConfig, "oss": OSSConfig, "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
-            "mlflow": MlflowConfig}  # params.yaml section → its typed config (each built the same way)
+            "mlflow": MlflowConfig, "flow": FlowConfig}  # params.yaml section → its typed config (each built the same way)
 
 
 def params_from_dict(d: dict) -> Params:
@@ -206,6 +215,8 @@ def params_from_dict(d: dict) -> Params:
     for name, tc in p.train.items():
         if tc.steps < 1 or tc.batch_size < 1 or not 0 <= tc.label_dropout < 1 or not 0 <= tc.ema < 1:
             raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
+    if p.flow.task_workers < 0:
+        raise OptstepsError(f"flow.task_workers = {p.flow.task_workers}; use a positive count or 0 for Prefect's default.")
     if p.evaluate.n < 1 or any((not isinstance(k, int)) or k < 1 for k in p.evaluate.nfe):
         raise OptstepsError("evaluate: need n ≥ 1 and every nfe an integer ≥ 1.")
     for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):

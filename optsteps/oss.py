@@ -748,24 +748,58 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
 
 
 class _TrueError:
-    """Batch-mean squared error (per element) at N of the student along a path, over all shards; cached."""
+    """Batch-mean squared error (per element) at N of the student along a path, over all shards; cached.
 
-    def __init__(self, denoiser, shards, t, ns, solver, calibration, lower_order_final):
+    Prefix reuse: the student's i-th model input depends only on path[: i + 1] (the state there is the solver's
+    deterministic function of the earlier outputs), so a run along a path that shares its first indices with
+    the anchor (the refinement's current best) or with the previous run takes those model outputs from memory
+    instead of re-evaluating them; an entry is used only when the stored input equals the new one exactly.
+    ``evals`` counts the evaluations actually spent (per sample)."""
+
+    def __init__(self, denoiser, shards, t, ns, solver, calibration, lower_order_final, reuse_prefixes: bool = True):
         self.args = (denoiser, t, ns, solver, calibration, lower_order_final)
-        self.shards, self.cache, self.runs, self.evals = shards, {}, 0, 0
+        self.shards, self.cache, self.runs, self.rows = shards, {}, 0, 0
+        self.reuse, self.memo, self.anchor = reuse_prefixes, {}, ()
+
+    @property
+    def evals(self) -> int:
+        return self.rows // max(self.shards.total, 1)
+
+    def set_anchor(self, path) -> None:
+        """Keep the model outputs along ``path``'s prefixes (the path most later runs branch from)."""
+        self.anchor = tuple(int(v) for v in path)
+
+    def _denoiser(self, number: int, key: tuple):
+        den = self.args[0]
+        calls = 0
+
+        def memo_denoiser(x, t):
+            nonlocal calls
+            calls += 1
+            slot = (number, key[:calls])
+            hit = self.memo.get(slot) if self.reuse else None
+            if hit is not None and hit[0].shape == x.shape and torch.equal(hit[0], x):
+                return hit[1]
+            out = den(x, t)
+            self.rows += x.shape[0]
+            if self.reuse:
+                self.memo[slot] = (x, out)
+            return out
+        return memo_denoiser
 
     def __call__(self, path) -> float:
         key = tuple(int(v) for v in path)
         if key not in self.cache:
-            den, t, ns, solver, cal, lof = self.args
+            _, t, ns, solver, cal, lof = self.args
             tot, count = 0.0, 0
-            for shard in self.shards:
-                out = run_student(den, shard[0], t, key, ns, solver, cal, lof)
+            for number, shard in enumerate(self.shards):
+                out = run_student(self._denoiser(number, key), shard[0], t, key, ns, solver, cal, lof)
                 tot += float((out.to(F64) - shard[-1].to(F64)).pow(2).sum())
                 count += out.numel()
             self.cache[key] = tot / count
             self.runs += 1
-            self.evals += len(key) - 1
+            keep = {self.anchor[:i] for i in range(1, len(self.anchor) + 1)} | {key[:i] for i in range(1, len(key) + 1)}
+            self.memo = {slot: v for slot, v in self.memo.items() if slot[1] in keep}
         return self.cache[key]
 
 
@@ -780,6 +814,8 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
     on small cases from about 90-95 % to about 99 %.
     """
     best = [int(v) for v in path]
+    anchor = getattr(error, "set_anchor", lambda p: None)  # lets a memoizing error keep the best path's outputs
+    anchor(best)
     best_err = error(best)
 
     def better(trial):
@@ -797,6 +833,7 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
                 ok, e = better(trial)
                 if ok:
                     best, best_err, improved = trial, e, True
+                    anchor(best)
                     break
         if improved:
             continue
@@ -812,6 +849,7 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
                         ok, e = better(trial)
                         if ok:
                             best, best_err, improved = trial, e, True
+                            anchor(best)
                             break
                     if improved:
                         break
@@ -962,15 +1000,19 @@ def gits_objective(cost: torch.Tensor, path, gamma: float = GITS_GAMMA) -> float
 
 def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str = "ddim",
                 gamma: float = GITS_GAMMA, eval_batch_size: int | None = None, measure: bool = True,
-                model: str = "") -> OSSResult:
+                model: str = "", costs: tuple[torch.Tensor, int] | None = None) -> OSSResult:
     """GITS-type schedule from the teacher's one-jump costs; ``measure`` also runs the student along the path
-    to record its true final error (``l2_to_teacher``)."""
+    to record its true final error (``l2_to_teacher``). ``costs``: the (C, evaluations) that ``gits_costs``
+    returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither)."""
     _check_choice(solver, OSS_SOLVERS, "student solver")
     t = _check_grid(teacher_t, noise_schedule)
     nfe = _check_nfe(nfe, len(t) - 1)
     if not gamma > 0:
         raise OptstepsError(f"gamma = {gamma}; the GITS discount must be positive (default {GITS_GAMMA}).")
-    cost, evals = gits_costs(t, teacher, denoiser, noise_schedule, eval_batch_size)
+    cost, evals = costs if costs is not None else gits_costs(t, teacher, denoiser, noise_schedule, eval_batch_size)
+    if cost.shape != (len(t), len(t)):
+        raise OptstepsError(f"the GITS cost matrix is {tuple(cost.shape)} but the teacher grid has {len(t)} times; "
+                            "compute it with gits_costs on this teacher.")
     value, path = gits_dp(cost, nfe, gamma)
     extra = {"gits_objective": value, "gamma": gamma, "model_evals": int(evals), "teacher_indices": path,
              "teacher_steps": len(t) - 1, **({"order": 2} if solver == "unipc" else {})}

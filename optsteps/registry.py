@@ -529,11 +529,15 @@ class Registry:
 
 # ---- plots (matplotlib's object API: no global backend change) ----------------------------------------
 
-def _figure(nrows=1, ncols=1, size=(6.4, 4.2)):
+def _figure(nrows=1, ncols=1, size=(6.4, 4.2), fixed_margins: bool = False):
+    """``fixed_margins``: fixed subplot margins instead of the constrained layout, which is half of the drawing
+    time of the small one-panel plots logged with every run."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    fig = Figure(figsize=size, dpi=100, layout=None if fixed_margins else "constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    if fixed_margins:
+        fig.subplots_adjust(left=0.11, right=0.98, bottom=0.12, top=0.92)
     return fig, axes
 
 
@@ -552,7 +556,7 @@ def schedule_figures(schedule: Schedule) -> dict:
     out = {}
     for fname, attr, ylabel in (("schedule_t.png", "timesteps_t", "t"), ("schedule_lambda.png", "lambdas",
                                                                          "λ = log(α/σ)")):
-        fig, ax = _figure()
+        fig, ax = _figure(fixed_margins=True)
         ax = ax[0][0]
         for kind, s in curves.items():
             y = getattr(s, attr).tolist()

@@ -7,6 +7,7 @@ Paths (under ``params.artifacts`` / ``params.results``):
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -106,17 +107,40 @@ class LabelledDenoiser:
         return self.model.denoiser(self.labels.repeat(x.shape[0] // s), self.guidance)(x, t)
 
 
+_GITS_COSTS: dict = {}
+_GITS_LOCK = threading.Lock()
+
+
+def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
+    """GITS's one-jump cost matrix depends on the teacher shards, the samples read and the guidance, not on the
+    student solver or NFE: computed once per process (the flow's GITS tasks share it; one lock, so concurrent
+    tasks wait for the first instead of recomputing)."""
+    from .oss import gits_costs
+
+    manifest = Path(traj_dir) / "manifest.json"
+    key = (str(Path(traj_dir).resolve()), manifest.read_bytes() if manifest.is_file() else b"", states.shape[1],
+           p.teacher.guidance)
+    with _GITS_LOCK:
+        if key not in _GITS_COSTS:
+            _GITS_COSTS.clear()
+            _GITS_COSTS[key] = gits_costs(t, states, den, model.noise_schedule, eval_batch_size=states.shape[1])
+        return _GITS_COSTS[key]
+
+
 def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
     from .oss import gits_search, oss_search
 
     m = load_model(model, p.artifacts)
-    t, states, labels = load_teacher(p, m, traj_dir or trajectories_dir(p, model), p.oss.samples)
+    traj_dir = traj_dir or trajectories_dir(p, model)
+    t, states, labels = load_teacher(p, m, traj_dir, p.oss.samples)
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
     if method == "gits":
-        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model)
+        costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
+        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model,
+                          costs=costs)
     elif method == "oss":
         res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
                          mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,

@@ -42,6 +42,8 @@ def test_repository_params_parse():
     ({"evaluate": {"nfe": [0]}}, "nfe an integer ≥ 1"),
     ({"evaluate": {"seed": 0}}, "held-out seeds"),
     ({"oss": {"distance": "l1"}}, "oss.distance"),
+    ({"flow": {"task_workers": -1}}, "flow.task_workers"),
+    ({"flow": {"workers": 2}}, "unknown key"),
 ])
 def test_params_errors(d, match):
     with pytest.raises(OptstepsError, match=match):

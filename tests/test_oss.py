@@ -228,6 +228,25 @@ def test_model_evaluations_equal_reachable_nodes(solver):
     assert chunked.samples == (1 + 4 * 16) * S and chunked.calls == 1 + 4 * 16
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_refinement_prefix_reuse_changes_nothing_but_the_cost(solver):
+    """Refinement runs that share their first indices with the current best path reuse its model outputs: the
+    same path and error as without reuse, fewer evaluations, and the reported count is what the model saw."""
+    ns, den, t, states = setup("vp", n=30, s=5, seed=3)
+    shards = [states[:, :2], states[:, 2:]]  # two shards: the reuse is per shard
+    out = {}
+    for reuse in (False, True):
+        counter = CountingDenoiser(den)
+        err = oss._TrueError(counter, oss._Shards(shards, len(t)), t, ns, solver, None, True, reuse_prefixes=reuse)
+        start = [0, 3, 9, 14, 22, 30]  # far from optimal: many accepted moves
+        path, e = oss.refine_path(start, err, radius=4)
+        assert err.evals * 5 == counter.samples
+        assert e == pytest.approx(path_error(den, t, states, path, ns, solver), rel=1e-12)
+        out[reuse] = (path, e, counter.samples, err.runs)
+    assert out[True][:2] == out[False][:2] and out[True][3] == out[False][3]
+    assert out[True][2] < 0.8 * out[False][2]
+
+
 # ---- against baselines on the teacher grid -----------------------------------------------------------------
 def nearest_path(t, targets):
     idx = [int((t - v).abs().argmin()) for v in targets]

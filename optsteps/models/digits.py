@@ -165,6 +165,9 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
                             f"run `optsteps train --model {name}` (or `make run`).")
     meta = json.loads(meta_path.read_text())
     unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
+    # channels-last weights and activations: the forward runs 1.06-1.3× faster on this project's CPU
+    # (benchmarks/bench_unet_layout.py); outputs agree to float rounding (~6e-6).
+    unet = unet.to(memory_format=torch.channels_last)
     ns = noise_schedule_from_dict(meta["noise_schedule"])
 
     def net(x, t, cond):
@@ -173,7 +176,8 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
         tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
         labels = cond if cond is not None else torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long)
         with torch.no_grad():
-            return unet(x, tt, class_labels=labels).sample
+            out = unet(x.contiguous(memory_format=torch.channels_last), tt, class_labels=labels).sample
+        return out.contiguous()
 
     return DiffusionModel(name, ns, net, meta["prediction_type"], tuple(meta["sample_shape"]), 10, NULL_LABEL,
                           {"model": name, "sha256": meta["weights_sha256"], "data_sha256": meta["data_sha256"]})

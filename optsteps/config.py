@@ -89,7 +89,7 @@ class EvaluateConfig:
     inception_n: int = 0  # samples for Inception FID (slow on CPU: ~2-8 img/s); 0 = off
     seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
     guidance: float = 1.0
-    kid_subsets: int = 20
+    kid_subsets: int = 10
     cache_dir: str = "artifacts/cache/fid"
     threads: int = 2  # torch threads while evaluating (the stage runs alone at the end of the pipeline)
 

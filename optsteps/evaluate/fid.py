@@ -53,6 +53,13 @@ def _cleanfid():
     return cfid
 
 
+def _scratch_dir() -> str | None:
+    """Where the images for clean-fid's folder reader go: /dev/shm (memory) when it is writable, about 10×
+    faster than a disk-backed /tmp for a thousand small files; else the default temp dir."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
 def _identity(x):
     return x
 
@@ -201,7 +208,7 @@ def clean_features(images: torch.Tensor, net: FeatureNet, progress: bool = False
         raise OptstepsError("no images to compute features of; pass at least 2 samples.")
     cfid = _cleanfid()
     arr = quantize(images, net.channels)
-    with tempfile.TemporaryDirectory(prefix="optsteps-fid-") as d:
+    with tempfile.TemporaryDirectory(prefix="optsteps-fid-", dir=_scratch_dir()) as d:
         width = max(7, len(str(len(arr))))
         for i, img in enumerate(arr):
             np.save(os.path.join(d, f"{i:0{width}d}.npy"), img)

@@ -778,7 +778,7 @@ class _TrueError:
             calls += 1
             slot = (number, key[:calls])
             hit = self.memo.get(slot) if self.reuse else None
-            if hit is not None and hit[0].shape == x.shape and torch.equal(hit[0], x):
+            if hit is not None and torch.equal(hit[0], x):  # False for another shape too
                 return hit[1]
             out = den(x, t)
             self.rows += x.shape[0]

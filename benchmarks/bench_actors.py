@@ -5,7 +5,7 @@
 Each actor runs ``torch.set_num_threads(1)`` (``OMP_NUM_THREADS=1``) and computes whole shards with the
 teacher of params.yaml (``teacher.steps`` steps of ``teacher.solver``); the driver writes the safetensors
 shards and the manifest, exactly as ``optsteps trajectories`` with ``ray.enabled: true`` does
-(``optsteps.adapters.ray_pool.ray_runner``). Reported per actor count:
+(``optsteps.integrations.ray_pool.ray_runner``). Reported per actor count:
 
 - ``ready_s``: actor start (process, imports, model load), timed by waiting on one call to every actor;
 - ``gen_s``: from all actors ready to the last shard written (steady-state throughput = samples / gen_s);
@@ -38,7 +38,7 @@ def model_artifacts(name: str, work: Path, params) -> str:
     """The artifacts folder holding ``name`` (trained tiny into ``work`` if the repo has none)."""
     if name == "gmm" or (Path(params.artifacts) / "models" / name / "optsteps_model.json").is_file():
         return str(Path(params.artifacts).resolve())
-    from optsteps.config import TrainConfig
+    from optsteps.pipeline.config import TrainConfig
     from optsteps.models.digits import train_digits
 
     art = work / "artifacts"
@@ -60,10 +60,10 @@ def main(argv=None):
 
     import ray
 
-    from optsteps.adapters.ray_pool import ray_runner
-    from optsteps.config import RayConfig, load_params
+    from optsteps.integrations.ray_pool import ray_runner
+    from optsteps.pipeline.config import RayConfig, load_params
     from optsteps.models import load_model
-    from optsteps.trajectories import generate_trajectories
+    from optsteps.teacher.trajectories import generate_trajectories
 
     p = load_params(a.params)
     teacher = p.teacher if not a.steps else replace(p.teacher, steps=a.steps)

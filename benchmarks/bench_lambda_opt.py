@@ -12,8 +12,8 @@ import argparse
 import os
 import time
 
-from optsteps.lambda_opt import default_trunc, lambda_window, optimize_lambdas
-from optsteps.noise_schedules import VPDiscrete
+from optsteps.optimizers.lambda_opt import default_trunc, lambda_window, optimize_lambdas
+from optsteps.core.noise_schedules import VPDiscrete
 
 
 def one(ns, nfe: int, gradient: str, trunc=None):

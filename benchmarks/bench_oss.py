@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from optsteps import oss
+import optsteps.optimizers.oss as oss
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import VPDiscrete
-from optsteps.schedule import Schedule
-from optsteps.solvers import sample
+from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import sample
 
 
 def main(argv=None):
@@ -54,10 +54,10 @@ def main(argv=None):
         states = torch.stack(states + [out])
         print(f"gmm: {args.components} components, dim {args.dim}, S = {s}, N = {n}, threads = {args.threads}")
     else:
-        from optsteps.config import TeacherConfig
+        from optsteps.pipeline.config import TeacherConfig
         from optsteps.models import load_model
-        from optsteps.stages import LabelledDenoiser
-        from optsteps.trajectories import run_teacher
+        from optsteps.pipeline.stages import LabelledDenoiser
+        from optsteps.teacher.trajectories import run_teacher
 
         m = load_model(args.model, args.artifacts)
         ns = m.noise_schedule

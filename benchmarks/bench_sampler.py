@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from optsteps.baselines import baseline
+from optsteps.core.baselines import baseline
 from optsteps.models.base import DiffusionModel
 from optsteps.models.digits import NULL_LABEL, build_unet, noise_schedule_for
-from optsteps.solvers import sample
+from optsteps.core.solvers import sample
 
 
 def model_from(artifacts):

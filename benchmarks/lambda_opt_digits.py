@@ -11,13 +11,13 @@ import argparse
 
 import torch
 
-from optsteps import stages
-from optsteps.baselines import baseline
-from optsteps.config import load_params
+import optsteps.pipeline.stages as stages
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
-from optsteps.lambda_opt import lambda_opt_schedule
+from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.models import load_model
-from optsteps.sampling import generate
+from optsteps.models.sampling import generate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="digits")

@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 import torch
 
-from optsteps.lambda_opt import lambda_opt_schedule, lambda_window, start_lambdas
+from optsteps.optimizers.lambda_opt import lambda_opt_schedule, lambda_window, start_lambdas
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import VPDiscrete
-from optsteps.schedule import Schedule, from_lambdas
-from optsteps.solvers import sample
+from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.core.schedule import Schedule, from_lambdas
+from optsteps.core.solvers import sample
 
 
 def main():

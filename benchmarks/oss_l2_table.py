@@ -16,14 +16,14 @@ import time
 
 import torch
 
-from optsteps import stages
-from optsteps.baselines import baseline
-from optsteps.config import load_params
+import optsteps.pipeline.stages as stages
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
-from optsteps.sampling import generate
-from optsteps.schedule import Schedule
-from optsteps.solvers import sample
+from optsteps.models.sampling import generate
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import sample
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="digits")

@@ -124,8 +124,8 @@ def cdp_screenshot(browser: str, flags: list, url: str, out: Path, timeout: floa
 def populate(reg, artifacts: Path, n: int) -> None:
     import torch
 
-    from optsteps.baselines import baseline
-    from optsteps.config import TeacherConfig
+    from optsteps.core.baselines import baseline
+    from optsteps.pipeline.config import TeacherConfig
     from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.models import gmm_model, load_model, model_dir
 
@@ -154,7 +154,7 @@ def main():
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--budget-ms", type=int, default=15000, help="chromium --virtual-time-budget")
     args = ap.parse_args()
-    from optsteps.registry import Registry
+    from optsteps.integrations.mlflow_registry import Registry
 
     work = Path(tempfile.mkdtemp(prefix="optsteps-registry-shot-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"

@@ -8,11 +8,11 @@ import time
 
 import torch
 
-from optsteps.baselines import baseline
-from optsteps.data import save_grid
+from optsteps.core.baselines import baseline
+from optsteps.models.digits_data import save_grid
 from optsteps.models import load_model, model_dir
 from optsteps.models.classifier import load_classifier
-from optsteps.sampling import generate
+from optsteps.models.sampling import generate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=1000)

@@ -2,7 +2,7 @@
 ``ray.enabled``) → λ-optimizer and OSS/GITS per (model, solver, NFE), mapped in parallel → evaluate →
 register in MLflow.
 
-Every task calls the same ``optsteps.stages`` entry point as the matching DVC stage, so both paths produce
+Every task calls the same ``optsteps.pipeline.stages`` entry point as the matching DVC stage, so both paths produce
 the same schedules for the same params and seeds.
 
     python flows/optimize_schedules.py                       # one run (Prefect's temporary local server)
@@ -28,8 +28,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from optsteps import stages  # noqa: E402
-from optsteps.config import load_params  # noqa: E402
+import optsteps.pipeline.stages as stages  # noqa: E402
+from optsteps.pipeline.config import load_params  # noqa: E402
 from optsteps.models import model_dir  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     p = load_params(params_path)
     digest = params_digest(params_path)
     if p.ray.enabled:  # ray.init belongs in the main thread (the flow body), not in a task's worker thread
-        from optsteps.adapters.ray_pool import init_ray
+        from optsteps.integrations.ray_pool import init_ray
 
         init_ray(p.ray)
     train_task(params_path, digest, "classifier")

@@ -2,9 +2,9 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from optsteps.baselines import BASELINES, baseline, karras_lambdas
+from optsteps.core.baselines import BASELINES, baseline, karras_lambdas
 from optsteps.errors import OptstepsError
-from optsteps.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 
 FAMS = [VPDiscrete(), VPDiscrete("scaled_linear", 0.00085, 0.012), VPDiscrete("squaredcos_cap_v2"), EDM(), RectifiedFlow()]
 

@@ -4,13 +4,13 @@ import sys
 
 import pytest
 
-from optsteps.config import load_params, params_from_dict
+from optsteps.pipeline.config import load_params, params_from_dict
 from optsteps.errors import OptstepsError
-from optsteps.schedule import Schedule
+from optsteps.core.schedule import Schedule
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "optsteps.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "optsteps.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
 
 

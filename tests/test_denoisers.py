@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from optsteps.denoisers import PredictionDenoiser
+from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import RectifiedFlow, VPDiscrete
+from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 
 
 @pytest.mark.parametrize("ns,ptype", [(VPDiscrete(), "epsilon"), (VPDiscrete(), "v_prediction"),

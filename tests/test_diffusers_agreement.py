@@ -8,9 +8,9 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import VPDiscrete
-from optsteps.schedule import Schedule
-from optsteps.solvers import sample
+from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import sample
 
 NS = VPDiscrete("linear", 1e-4, 0.02, 1000)
 GMM = GaussianMixture.random(3, 16, seed=3, spread=1.0)

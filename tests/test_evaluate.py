@@ -9,14 +9,14 @@ import pytest
 import torch
 from scipy import linalg
 
-from optsteps.baselines import baseline
-from optsteps.config import ClassifierConfig, TeacherConfig, TrainConfig
-from optsteps.data import digits_images, digits_labels
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import ClassifierConfig, TeacherConfig, TrainConfig
+from optsteps.models.digits_data import digits_images, digits_labels
 from optsteps.errors import OptstepsError
 from optsteps.evaluate import (Evaluator, check_heldout, clean_features, digitsnet, evaluate_grid, evaluate_schedule,
                                fid_from_features, inception, inception_weights_path, kid_from_features,
                                reference_features)
-from optsteps.evaluate import fid as fidmod
+import optsteps.evaluate.fid as fidmod
 from optsteps.evaluate.adherence import (adherence_from_logits, geneval_metrics, geneval_status, geneval_summary,
                                          in_manifold, knn_radii)
 from optsteps.models import load_model

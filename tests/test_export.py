@@ -4,11 +4,11 @@ import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                        FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler)
 
-from optsteps.baselines import baseline
+from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
-from optsteps.export import configure, to_comfyui, to_diffusers
-from optsteps.noise_schedules import RectifiedFlow, VPDiscrete
-from optsteps.schedule import Schedule
+from optsteps.integrations.diffusers_export import configure, to_comfyui, to_diffusers
+from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
+from optsteps.core.schedule import Schedule
 
 VP = VPDiscrete()
 
@@ -73,7 +73,7 @@ def test_comfyui_sigmas_end_in_zero():
 def test_exported_schedule_samples_like_our_ddim():
     """Our DDIM on a trailing schedule = diffusers' DPMSolver(order 1) fed the exported timesteps."""
     from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-    from optsteps.solvers import sample
+    from optsteps.core.solvers import sample
 
     gmm = GaussianMixture.random(2, 6, seed=4)
     den = GMMDenoiser(gmm, VP)

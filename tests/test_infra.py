@@ -472,7 +472,7 @@ def test_prefect_yaml_pull_steps_write_cluster_params(tmp_path):
 
     from prefect.deployments.steps.utility import run_shell_script
 
-    from optsteps.config import load_params
+    from optsteps.pipeline.config import load_params
 
     doc = prefect_yaml()
     dep = doc["deployments"][0]
@@ -658,8 +658,8 @@ try:
     worker = launch(worker_args, "worker.log")
     result["worker_starts"] = 1
 
-    from optsteps import stages
-    from optsteps.config import params_from_dict
+    from optsteps.pipeline import stages
+    from optsteps.pipeline.config import params_from_dict
 
     p = params_from_dict({"artifacts": str(out / "artifacts"), "models": ["gmm"],
                           "teacher": {"solver": "unipc", "steps": 50, "schedule": "uniform-lambda", "seed": 0},
@@ -728,9 +728,9 @@ def netns_available() -> bool:
 def test_two_node_ray_cluster_shards_come_from_both_nodes(tmp_path, mlflow_server, prefect_stack):
     """(mlflow_server and prefect_stack only start here, to warm up in parallel.)"""
     need("ray")
-    from optsteps.config import TeacherConfig
+    from optsteps.pipeline.config import TeacherConfig
     from optsteps.models import gmm_model
-    from optsteps.trajectories import generate_trajectories
+    from optsteps.teacher.trajectories import generate_trajectories
 
     # A private network namespace (root, `unshare --net`) keeps every Ray socket off the host's interfaces;
     # without one, the nodes run on the host with free-picked ports (and Ray listens on the host's address).
@@ -785,9 +785,9 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     from mlflow import MlflowClient
 
     import optsteps.models.classifier as classifier_mod
-    from optsteps import stages
-    from optsteps.registry import Registry
-    from optsteps.config import params_from_dict
+    import optsteps.pipeline.stages as stages
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.pipeline.config import params_from_dict
 
     took = mlflow_server.ready(timeout=180)
     url = mlflow_server.url
@@ -835,7 +835,7 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
 
 
 def test_credentials_are_refused_in_params():
-    from optsteps.config import params_from_dict
+    from optsteps.pipeline.config import params_from_dict
     from optsteps.errors import OptstepsError
 
     with pytest.raises(OptstepsError, match="MLFLOW_TRACKING_PASSWORD") as e:

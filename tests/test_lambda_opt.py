@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optsteps.errors import OptstepsError
-from optsteps.lambda_opt import (
+from optsteps.optimizers.lambda_opt import (
     DEFAULT_LAMBDA_CEILING,
     DEFAULT_LAMBDA_FLOOR,
     analytic_eps,
@@ -25,7 +25,7 @@ from optsteps.lambda_opt import (
     start_lambdas,
     step_weights,
 )
-from optsteps.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 
 FAMILIES = {
     "vp-linear": VPDiscrete("linear", 1e-4, 0.02, 1000),

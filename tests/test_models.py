@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from optsteps.baselines import baseline
-from optsteps.config import ClassifierConfig, TrainConfig
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import ClassifierConfig, TrainConfig
 from optsteps.errors import OptstepsError
 from optsteps.models import gmm_model, load_model
 from optsteps.models.classifier import load_classifier, train_classifier
 from optsteps.models.digits import train_digits
-from optsteps.sampling import generate
+from optsteps.models.sampling import generate
 
 TINY = TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.noise_schedules import (EDM, RectifiedFlow, VPDiscrete, noise_schedule_from_dict,
+from optsteps.core.noise_schedules import (EDM, RectifiedFlow, VPDiscrete, noise_schedule_from_dict,
                                       noise_schedule_from_diffusers_config)
 
 FAMILIES = [VPDiscrete("linear", 1e-4, 0.02, 1000), VPDiscrete("scaled_linear", 0.00085, 0.012, 1000),

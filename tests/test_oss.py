@@ -10,13 +10,13 @@ from itertools import combinations
 import pytest
 import torch
 
-from optsteps import oss
-from optsteps.denoisers import CountingDenoiser, PredictionDenoiser
+import optsteps.optimizers.oss as oss
+from optsteps.core.denoisers import CountingDenoiser, PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import RectifiedFlow, VPDiscrete
-from optsteps.schedule import Schedule
-from optsteps.solvers import sample
+from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import sample
 
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 

@@ -4,14 +4,14 @@ final error to the teacher is at most that of every baseline snapped to the teac
 import pytest
 import torch
 
-from optsteps import oss
-from optsteps.baselines import baseline
-from optsteps.config import TeacherConfig, TrainConfig
-from optsteps.lambda_opt import lambda_opt_schedule
+import optsteps.optimizers.oss as oss
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import TeacherConfig, TrainConfig
+from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.models import load_model
 from optsteps.models.digits import train_digits
-from optsteps.stages import LabelledDenoiser, solver_orders
-from optsteps.trajectories import run_teacher
+from optsteps.pipeline.stages import LabelledDenoiser, solver_orders
+from optsteps.teacher.trajectories import run_teacher
 
 TINY = TrainConfig(steps=30, batch_size=32, warmup_steps=5, threads=1)
 

@@ -21,7 +21,7 @@ import torch
 pytest.importorskip("transformers", reason="text-to-image pipelines need transformers (CLIP text encoders)")
 
 from optsteps.errors import OptstepsError  # noqa: E402
-from optsteps.noise_schedules import RectifiedFlow  # noqa: E402
+from optsteps.core.noise_schedules import RectifiedFlow  # noqa: E402
 
 RF = RectifiedFlow()
 
@@ -134,11 +134,11 @@ def folders(tmp_path_factory):
 
 def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     """Teacher trajectories → OSS (ddim student) and λ-opt (dpmpp2m) schedules for ``model``."""
-    from optsteps.config import TeacherConfig
-    from optsteps.lambda_opt import lambda_opt_schedule
-    from optsteps.oss import oss_search
-    from optsteps.stages import LabelledDenoiser, load_teacher
-    from optsteps.trajectories import generate_trajectories
+    from optsteps.pipeline.config import TeacherConfig
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.oss import oss_search
+    from optsteps.pipeline.stages import LabelledDenoiser, load_teacher
+    from optsteps.teacher.trajectories import generate_trajectories
 
     cfg = TeacherConfig(solver="unipc", steps=teacher_steps, schedule="uniform-lambda", guidance=guidance, seed=0)
     man = generate_trajectories(model, cfg, out_dir, samples=samples, shard_size=samples, progress=False)
@@ -158,9 +158,9 @@ def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
 def test_pixel_ddpm(folders, tmp_path):
     from diffusers import DDPMPipeline
 
-    from optsteps.apply import apply_schedule
-    from optsteps.export import configure
-    from optsteps.models.pipelines import load_pipeline_model
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers_export import configure
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     model = load_pipeline_model(folders["ddpm"], device="cpu")  # dispatches to the UNet2D adapter
     assert model.sample_shape == (3, 8, 8) and model.noise_schedule.describe() == "vp/linear"
@@ -172,7 +172,7 @@ def test_pixel_ddpm(folders, tmp_path):
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
         assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
     # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
-    from optsteps.apply import snap_to_training_timesteps
+    from optsteps.integrations.diffusers_apply import snap_to_training_timesteps
 
     snapped, _ = snap_to_training_timesteps(oss)
     own = DDPMPipeline.from_pretrained(folders["ddpm"]).scheduler
@@ -184,10 +184,10 @@ def test_pixel_ddpm(folders, tmp_path):
 def test_stable_diffusion(folders, tmp_path):
     from diffusers import EulerDiscreteScheduler
 
-    from optsteps.apply import apply_schedule, generate, snap_to_training_timesteps
-    from optsteps.export import configure
-    from optsteps.models.pipelines import PipelineModel, load_pipeline_model
-    from optsteps.solvers import sample
+    from optsteps.integrations.diffusers_apply import apply_schedule, generate, snap_to_training_timesteps
+    from optsteps.integrations.diffusers_export import configure
+    from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
+    from optsteps.core.solvers import sample
 
     model = load_pipeline_model(folders["sd"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu")
     assert isinstance(model, PipelineModel) and model.prediction_type == "epsilon"
@@ -232,14 +232,14 @@ def test_stable_diffusion(folders, tmp_path):
 def test_stable_diffusion_3(folders, tmp_path):
     from diffusers import UniPCMultistepScheduler
 
-    from optsteps.apply import apply_schedule, generate, plan_scheduler
-    from optsteps.baselines import baseline
-    from optsteps.denoisers import PredictionDenoiser
-    from optsteps.export import configure
-    from optsteps.lambda_opt import lambda_opt_schedule
-    from optsteps.models.pipelines import load_pipeline_model
-    from optsteps.schedule import Schedule
-    from optsteps.solvers import sample
+    from optsteps.integrations.diffusers_apply import apply_schedule, generate, plan_scheduler
+    from optsteps.core.baselines import baseline
+    from optsteps.core.denoisers import PredictionDenoiser
+    from optsteps.integrations.diffusers_export import configure
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
+    from optsteps.core.schedule import Schedule
+    from optsteps.core.solvers import sample
 
     model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
                                 device="cpu")
@@ -307,9 +307,9 @@ def test_stable_diffusion_3(folders, tmp_path):
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
-    from optsteps.apply import apply_schedule
-    from optsteps.baselines import baseline
-    from optsteps.models.pipelines import pipeline_noise_schedule
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     sd3_ns, sd_ns, ddpm_ns = (pipeline_noise_schedule(folders[k]) for k in ("sd3", "sd", "ddpm"))
     flow = baseline("uniform-t", sd3_ns, 3)
@@ -323,10 +323,10 @@ def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
 
 
 def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
-    from optsteps.apply import apply_schedule
-    from optsteps.baselines import baseline
-    from optsteps.models.pipelines import load_pipeline_model
-    from optsteps.noise_schedules import RectifiedFlow
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
+    from optsteps.core.noise_schedules import RectifiedFlow
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -345,7 +345,7 @@ def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
 # ---- prompts, CLI, GenEval hook -----------------------------------------------------------------------
 
 def test_load_prompts(tmp_path):
-    from optsteps.models.pipelines import load_prompts
+    from optsteps.models.diffusers.pipelines import load_prompts
 
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
     assert load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
@@ -368,10 +368,10 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
     refusal of a schedule made for another noise schedule (exit code 2, the problem and the fix)."""
     from typer.testing import CliRunner
 
-    import optsteps.registry
-    from optsteps.baselines import baseline
-    from optsteps.cli import app, main
-    from optsteps.models.pipelines import pipeline_noise_schedule
+    import optsteps.integrations.mlflow_registry
+    from optsteps.core.baselines import baseline
+    from optsteps.cli.main import app, main
+    from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     flow = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2, model="tiny-sd3").with_meta(solver="ddim")
     path = flow.save(tmp_path / "s.json")
@@ -392,7 +392,7 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
             assert ref == "tiny-sd3-ddim-schedules@champion-nfe2" and self.tracking_uri == "sqlite:///x.db"
             return flow
 
-    monkeypatch.setattr(optsteps.registry, "Registry", FakeRegistry)
+    monkeypatch.setattr(optsteps.integrations.mlflow_registry, "Registry", FakeRegistry)
     r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", "tiny-sd3-ddim-schedules@champion-nfe2",
                   "--tracking-uri", "sqlite:///x.db", "--out", str(tmp_path / "reg.png")])
     assert r.exit_code == 0, r.output
@@ -411,9 +411,9 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
 
 
 def test_refusal_message_names_problem_and_fix(folders, tmp_path):
-    from optsteps.apply import apply_schedule
-    from optsteps.baselines import baseline
-    from optsteps.models.pipelines import pipeline_noise_schedule
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     vp = baseline("uniform-lambda", pipeline_noise_schedule(folders["sd"]), 2, model="tiny-sd")
     with pytest.raises(OptstepsError) as e:
@@ -422,7 +422,7 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
     assert "was made for the noise schedule" in msg and "'family': 'vp'" in msg and "'family': 'flow'" in msg
     assert "compute a schedule for this pipeline" in msg and str(folders["sd3"]) in msg
     flow_short = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2)
-    from optsteps.schedule import Schedule
+    from optsteps.core.schedule import Schedule
 
     with pytest.raises(OptstepsError, match="always end at σ = 0"):
         apply_schedule(folders["sd3"], Schedule((1.0, 0.5, 0.01), flow_short.noise_schedule), "x")
@@ -431,7 +431,7 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
 # ---- device and precision --------------------------------------------------------------------------------
 
 def test_device_and_dtype_defaults(monkeypatch):
-    from optsteps.models import pipelines
+    import optsteps.models.diffusers.pipelines as pipelines
 
     monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -453,9 +453,9 @@ def test_device_and_dtype_defaults(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
-    from optsteps.apply import apply_schedule
-    from optsteps.baselines import baseline
-    from optsteps.models.pipelines import load_pipeline_model
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
     for kind, dtype in (("ddpm", torch.float16), ("sd", torch.float16), ("sd3", torch.bfloat16)):
@@ -476,8 +476,8 @@ GENEVAL_ROWS = [{"tag": "single_object", "include": [{"class": "cup", "count": 1
 
 
 def test_geneval_absent_means_no_metric_and_nothing_generated(folders, tmp_path, monkeypatch, caplog):
-    from optsteps.apply import pipeline_prompt_sampler
-    from optsteps.baselines import baseline
+    from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+    from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import geneval_metrics
 
     for var in ("GENEVAL_DIR", "GENEVAL_DETECTOR_DIR", "GENEVAL_PYTHON"):
@@ -512,10 +512,10 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
     the pipeline's images are written in GenEval's layout, the evaluator runs, and its results are summarised."""
     from PIL import Image
 
-    from optsteps.apply import pipeline_prompt_sampler
-    from optsteps.baselines import baseline
+    from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+    from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import GENEVAL_DETECTOR, GENEVAL_MODULES, geneval_metrics
-    from optsteps.models.pipelines import load_diffusers_pipeline
+    from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
     clone, det, stubs = tmp_path / "geneval", tmp_path / "models", tmp_path / "stubs"
     (clone / "evaluation").mkdir(parents=True)

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from optsteps.config import RayConfig, TeacherConfig
+from optsteps.pipeline.config import RayConfig, TeacherConfig
 from optsteps.models import gmm_model
-from optsteps.trajectories import generate_trajectories, iter_shards
+from optsteps.teacher.trajectories import generate_trajectories, iter_shards
 
 TEACHER = TeacherConfig(solver="unipc", steps=300, schedule="uniform-lambda", seed=5)
 
@@ -17,7 +17,7 @@ def ray_cfg(tmp_path_factory):
     import ray
 
     cfg = RayConfig(enabled=True, actors=2, num_cpus=2, max_restarts=2, object_store_mb=256, task_timeout_s=600)
-    from optsteps.adapters.ray_pool import init_ray
+    from optsteps.integrations.ray_pool import init_ray
 
     init_ray(cfg)
     yield cfg
@@ -27,7 +27,7 @@ def ray_cfg(tmp_path_factory):
 def test_actor_killed_mid_generation_loses_and_duplicates_nothing(ray_cfg, tmp_path):
     import ray
 
-    from optsteps.adapters.ray_pool import gpus_per_actor, ray_runner
+    from optsteps.integrations.ray_pool import gpus_per_actor, ray_runner
 
     assert gpus_per_actor(ray_cfg) == 0.0  # no GPU here: never ask for one
     local = generate_trajectories(gmm_model(), TEACHER, tmp_path / "local", samples=48, shard_size=8, progress=False)

@@ -11,12 +11,12 @@ import torch
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
-from optsteps.baselines import baseline  # noqa: E402
+from optsteps.core.baselines import baseline  # noqa: E402
 from optsteps.errors import OptstepsError  # noqa: E402
-from optsteps.export import to_comfyui, to_diffusers  # noqa: E402
+from optsteps.integrations.diffusers_export import to_comfyui, to_diffusers  # noqa: E402
 from optsteps.models.digits import noise_schedule_for  # noqa: E402
-from optsteps.registry import Registry, registered_name  # noqa: E402
-from optsteps.schedule import Schedule  # noqa: E402
+from optsteps.integrations.mlflow_registry import Registry, registered_name  # noqa: E402
+from optsteps.core.schedule import Schedule  # noqa: E402
 
 REG = dict(git="0123abc", params_digest="p" * 8, dvc_hash="d" * 8)
 
@@ -139,7 +139,7 @@ def test_summary_run_logs_curves(reg):
 def test_cli_list_show_export(reg):
     from typer.testing import CliRunner
 
-    from optsteps.cli_registry import registry_app
+    from optsteps.cli.registry import registry_app
 
     s = odd_schedule("clidig", 6)
     reg.register_schedule(log(reg, s, 2.5), **REG)
@@ -159,7 +159,7 @@ def test_cli_list_show_export(reg):
 
 
 def test_library_never_imports_mlflow_or_prefect():
-    code = ("import sys, optsteps, optsteps.evaluate, optsteps.registry, optsteps.cli_registry; "
+    code = ("import sys, optsteps, optsteps.evaluate, optsteps.integrations.mlflow_registry, optsteps.cli.registry; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect')]; print(bad); "
             "sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -171,8 +171,8 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from optsteps.cli_registry import evaluate
-    from optsteps.config import ClassifierConfig, TrainConfig
+    from optsteps.cli.registry import evaluate
+    from optsteps.pipeline.config import ClassifierConfig, TrainConfig
     from optsteps.models.classifier import train_classifier
     from optsteps.models.digits import train_digits
 

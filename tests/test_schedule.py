@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.noise_schedules import EDM, RectifiedFlow, VPDiscrete
-from optsteps.schedule import Schedule, write_text_atomic
+from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.core.schedule import Schedule, write_text_atomic
 
 VP = VPDiscrete()
 

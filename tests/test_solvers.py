@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
-from optsteps.baselines import baseline
-from optsteps.denoisers import CountingDenoiser
+from optsteps.core.baselines import baseline
+from optsteps.core.denoisers import CountingDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.noise_schedules import EDM, RectifiedFlow, VPDiscrete
-from optsteps.schedule import Schedule, from_lambdas
-from optsteps.solvers import sample
+from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.core.schedule import Schedule, from_lambdas
+from optsteps.core.solvers import sample
 
 NFES = [8, 16, 32, 64]
 

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from optsteps.config import TeacherConfig
+from optsteps.pipeline.config import TeacherConfig
 from optsteps.errors import OptstepsError
 from optsteps.models import gmm_model
-from optsteps.sampling import generate
-from optsteps.trajectories import generate_trajectories, iter_shards, teacher_schedule
+from optsteps.models.sampling import generate
+from optsteps.teacher.trajectories import generate_trajectories, iter_shards, teacher_schedule
 
 CFG = TeacherConfig(solver="unipc", steps=20, schedule="uniform-lambda", seed=3)
 

@@ -5,10 +5,10 @@
 - ``adherence``: gated class adherence (argmax ∧ confidence > 0.9 ∧ k-NN precision) and the GenEval hook.
 - ``run``: ``evaluate_schedule`` and ``evaluate_grid`` (teacher row first), deterministic given seeds.
 """
-from .adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
-from .fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
+from optsteps.evaluate.adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
+from optsteps.evaluate.fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
                   inception_weights_path, kid_from_features, reference_features)
-from .run import (DEFAULT_INCEPTION_N, DEFAULT_N, DEFAULT_SEED, Evaluator, check_heldout, evaluate_grid,
+from optsteps.evaluate.run import (DEFAULT_INCEPTION_N, DEFAULT_N, DEFAULT_SEED, Evaluator, check_heldout, evaluate_grid,
                   evaluate_schedule, markdown_table, metric_columns, teacher_endpoints)
 
 __all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 log = logging.getLogger("optsteps.evaluate")
 
@@ -89,7 +89,7 @@ def class_adherence(net, images: torch.Tensor, labels: torch.Tensor | None, real
                     confidence: float = CONFIDENCE) -> dict:
     """Gated adherence of ``images`` judged by the digitsnet ``FeatureNet`` ``net``; its features (computed
     through clean-fid unless given) give both the logits (classifier head) and the k-NN test."""
-    from .fid import clean_features
+    from optsteps.evaluate.fid import clean_features
 
     if net.head is None:
         raise OptstepsError(f"feature net {net.name!r} has no classifier head; class adherence needs digitsnet.")
@@ -169,8 +169,8 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
     """GenEval's image layout: ``<out_dir>/<00000>/metadata.jsonl`` (the prompt's row) and ``samples/0000.png`` …;
     prompt i gets ``prompt_sampler(prompt, images_per_prompt, seed + i, schedule)`` (PIL images or an
     [n, C, H, W] tensor in [−1, 1]). Files are written atomically."""
-    from ..apply import save_png_atomic
-    from ..schedule import write_text_atomic
+    from optsteps.integrations.diffusers_apply import save_png_atomic
+    from optsteps.core.schedule import write_text_atomic
 
     out_dir = Path(out_dir)
     for i, meta in enumerate(prompts):
@@ -179,7 +179,7 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
         if isinstance(imgs, torch.Tensor):
             from PIL import Image
 
-            from ..data import to_uint8
+            from optsteps.models.digits_data import to_uint8
 
             imgs = [Image.fromarray(a) for a in to_uint8(imgs)]
         if len(imgs) != images_per_prompt:
@@ -212,7 +212,7 @@ def geneval_metrics(prompt_file, prompt_sampler: Callable | None, schedule=None,
     """GenEval scores for a text-to-image sampler, or {} (one log line) when GenEval is not installed.
 
     ``prompt_sampler(prompt, n, seed, schedule)`` returns n PIL images or an [n, C, H, W] tensor in [−1, 1]
-    (``optsteps.apply.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
+    (``optsteps.integrations.diffusers_apply.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
     GenEval's layout (``write_geneval_images``; under ``workdir``, else a temporary folder removed afterwards),
     then GenEval's own ``evaluation/evaluate_images.py`` scores them. ``limit``: only the first prompts.
     Nothing is generated when GenEval is absent.

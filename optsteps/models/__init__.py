@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OptstepsError
-from ..noise_schedules import VPDiscrete
-from .base import DiffusionModel
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.models.base import DiffusionModel
 
 BUILTIN = ("digits", "digits-flow", "gmm")
 
@@ -19,7 +19,7 @@ def model_dir(artifacts, name: str) -> Path:
 
 def gmm_model(dim: int = 16, components: int = 4, seed: int = 0) -> DiffusionModel:
     """The analytic Gaussian-mixture model (exact x̂_0) on the linear-β VP schedule; unconditional."""
-    from .gmm import GaussianMixture, GMMDenoiser
+    from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 
     ns = VPDiscrete("linear", 1e-4, 0.02, 1000)
     gmm = GaussianMixture.random(components, dim, seed=seed, spread=1.0)
@@ -34,17 +34,17 @@ def gmm_model(dim: int = 16, components: int = 4, seed: int = 0) -> DiffusionMod
 
 def load_model(name: str, artifacts="artifacts") -> DiffusionModel:
     if name in ("digits", "digits-flow"):
-        from .digits import load_digits_model
+        from optsteps.models.digits import load_digits_model
 
         return load_digits_model(name, model_dir(artifacts, name))
     if name == "gmm":
         return gmm_model()
     if "/" in name or Path(name).exists():
         if Path(name).is_dir() and not (Path(name) / "model_index.json").is_file():
-            from .diffusers_adapter import load_unet2d_pipeline  # a bare unet/ + scheduler/ folder
+            from optsteps.models.diffusers.unet2d import load_unet2d_pipeline  # a bare unet/ + scheduler/ folder
 
             return load_unet2d_pipeline(name)
-        from .pipelines import load_pipeline_model  # DDPM (pixel), Stable Diffusion (latent, CFG), SD3 (flow)
+        from optsteps.models.diffusers.pipelines import load_pipeline_model  # DDPM (pixel), Stable Diffusion (latent, CFG), SD3 (flow)
 
         return load_pipeline_model(name)
     raise OptstepsError(f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id.")

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from ..denoisers import PredictionDenoiser
-from ..noise_schedules import NoiseSchedule
+from optsteps.core.denoisers import PredictionDenoiser
+from optsteps.core.noise_schedules import NoiseSchedule
 
 
 @dataclass

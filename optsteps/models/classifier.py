@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ClassifierConfig
-from ..data import digits_images, digits_labels, digits_sha256
-from ..errors import OptstepsError
+from optsteps.pipeline.config import ClassifierConfig
+from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
+from optsteps.errors import OptstepsError
 
 
 class DigitsCNN(nn.Module):

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
-from ..data import digits_images, digits_labels, digits_sha256
-from ..errors import OptstepsError
-from ..noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
-from .base import DiffusionModel
+from optsteps.pipeline.config import TrainConfig
+from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
+from optsteps.models.base import DiffusionModel
 
 KINDS = {"digits": "epsilon", "digits-flow": "flow"}
 NULL_LABEL = 10

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import OptstepsError
-from ..noise_schedules import NoiseSchedule
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """MLflow adapter: schedule runs, summary runs and a model registry of step schedules.
 
-The only library module that imports MLflow, and only inside functions (``import optsteps.registry`` is
+The only library module that imports MLflow, and only inside functions (``import optsteps.integrations.mlflow_registry`` is
 cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 (MLflow 3.17.2):
 
 - tracking in sqlite (default ``sqlite:///<abs cwd>/mlruns.db``), artifacts in ``file:///<abs>/mlartifacts``
@@ -14,7 +14,7 @@ cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 
   check, so a failed evaluation never leaves a half-registered version; versions are never overwritten
   or deleted. The alias ``champion-nfe{K}`` moves only to a strictly lower FID.
 
-The pyfunc flavour uses ``loader_module="optsteps.registry"`` (``_load_pyfunc`` below) on the schedule
+The pyfunc flavour uses ``loader_module="optsteps.integrations.mlflow_registry"`` (``_load_pyfunc`` below) on the schedule
 JSON: no pickle. ``mlflow.pyfunc.load_model("models:/digits-unipc-schedules@champion-nfe5").predict(None)``
 returns the schedule dict; ``predict("comfyui")`` the ComfyUI sigmas; ``predict("diffusers")`` or
 ``predict({"format": "diffusers", "scheduler": "EulerDiscreteScheduler"})`` the diffusers kwargs.
@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import OptstepsError
-from .schedule import Schedule
+from optsteps.errors import OptstepsError
+from optsteps.core.schedule import Schedule
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
@@ -157,7 +157,7 @@ class SchedulePyfunc:
         return json.loads(self.text)
 
     def comfyui_sigmas(self) -> list:
-        from .export import to_comfyui
+        from optsteps.integrations.diffusers_export import to_comfyui
 
         return to_comfyui(self.schedule)
 
@@ -204,7 +204,7 @@ def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
     """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
     import numpy as np
 
-    from .export import to_diffusers
+    from optsteps.integrations.diffusers_export import to_diffusers
 
     fam = schedule.noise_schedule.family
     name = scheduler or DEFAULT_SCHEDULER.get(fam)
@@ -309,7 +309,7 @@ class Registry:
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
             if samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
-                from .data import save_grid
+                from optsteps.models.digits_data import save_grid
 
                 with tempfile.TemporaryDirectory() as d:
                     save_grid(samples[:100], Path(d) / "samples.png")
@@ -327,7 +327,7 @@ class Registry:
             js = Path(d) / SCHEDULE_FILE
             js.write_text(schedule.to_json() + "\n")
             model_dir = Path(d) / "model"
-            mlflow.pyfunc.save_model(str(model_dir), loader_module="optsteps.registry", data_path=str(js),
+            mlflow.pyfunc.save_model(str(model_dir), loader_module="optsteps.integrations.mlflow_registry", data_path=str(js),
                                      pip_requirements=["optsteps", "torch", "numpy"])
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
@@ -543,7 +543,7 @@ def _figure(nrows=1, ncols=1, size=(6.4, 4.2), fixed_margins: bool = False):
 
 def schedule_figures(schedule: Schedule) -> dict:
     """``schedule_t.png`` and ``schedule_lambda.png``: the schedule against the baselines of the same NFE."""
-    from .baselines import baseline
+    from optsteps.core.baselines import baseline
 
     curves = {}
     for kind in BASELINE_KINDS:

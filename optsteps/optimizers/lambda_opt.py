@@ -48,7 +48,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 DEFAULT_LAMBDA_FLOOR = -7.0
 DEFAULT_LAMBDA_CEILING = 7.0
@@ -849,7 +849,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
     Extra fields: objective, objective_uniform_lambda, p, trunc, wall_time_s, orders, lambda_window,
     error_model, best_start.
     """
-    from .schedule import from_lambdas
+    from optsteps.core.schedule import from_lambdas
 
     nfe = _check_nfe(nfe)
     if error_model not in ERROR_MODELS:

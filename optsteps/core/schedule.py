@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import OptstepsError
-from .noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
 
 
 @dataclass(frozen=True)

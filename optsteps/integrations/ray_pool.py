@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from ..config import RayConfig, TeacherConfig
+from optsteps.pipeline.config import RayConfig, TeacherConfig
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_SCHEDULER_EVENTS": "0"}
 
@@ -49,14 +49,14 @@ def make_actor_class(num_gpus: float, max_restarts: int):
         def __init__(self, model_name: str, artifacts: str, teacher: dict):
             import torch
 
-            from ..models import load_model
+            from optsteps.models import load_model
 
             torch.set_num_threads(1)
             self.model = load_model(model_name, artifacts)
             self.teacher = TeacherConfig(**teacher)
 
         def shard(self, start: int, count: int):
-            from ..trajectories import run_teacher
+            from optsteps.teacher.trajectories import run_teacher
 
             data = run_teacher(self.model, self.teacher, start, count)
             return start, count, {k: v.numpy() for k, v in data.items()}, ray.get_runtime_context().get_node_id()
@@ -73,8 +73,8 @@ def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir,
 
     import torch
 
-    from ..models import load_model
-    from ..trajectories import _write_shard, header, sha256_file, shard_name
+    from optsteps.models import load_model
+    from optsteps.teacher.trajectories import _write_shard, header, sha256_file, shard_name
 
     out_dir = Path(out_dir)
     ray = init_ray(cfg)

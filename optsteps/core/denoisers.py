@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from .errors import OptstepsError
-from .noise_schedules import NoiseSchedule
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 

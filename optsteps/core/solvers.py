@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from .errors import OptstepsError
-from .noise_schedules import NoiseSchedule, as_tensor
-from .schedule import Schedule
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule, as_tensor
+from optsteps.core.schedule import Schedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("ddim", "dpmpp2m", "unipc")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 Tensorish = "float | torch.Tensor"
 

@@ -1,4 +1,4 @@
-"""The ``optsteps`` command line. Every command reads ``params.yaml`` through ``optsteps.config``."""
+"""The ``optsteps`` command line. Every command reads ``params.yaml`` through ``optsteps.pipeline.config``."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Compute step schedules (baselines and optimizers).")
@@ -21,14 +21,14 @@ ParamsOpt = typer.Option("params.yaml", "--params", help="The params file (one s
 
 
 def _params(path):
-    from .config import load_params
+    from optsteps.pipeline.config import load_params
 
     return load_params(path)
 
 
 def _schedule_for(kind_or_file: str, model, nfe: int, solver: str):
-    from .baselines import baseline
-    from .schedule import Schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.core.schedule import Schedule
 
     if Path(kind_or_file).is_file() or kind_or_file.endswith(".json"):
         s = Schedule.load(kind_or_file)
@@ -43,8 +43,8 @@ def _schedule_for(kind_or_file: str, model, nfe: int, solver: str):
 def train(model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
           params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
     """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
-    from . import stages
-    from .models import model_dir
+    import optsteps.pipeline.stages as stages
+    from optsteps.models import model_dir
 
     p = _params(params)
     out = model_dir(p.artifacts, model)
@@ -77,13 +77,13 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
                       solver: str = typer.Option("", "--solver"), as_json: bool = typer.Option(False, "--json"),
                       params: str = ParamsOpt):
     """Print a baseline schedule (JSON with --json)."""
-    from .baselines import baseline
-    from .models import BUILTIN, gmm_model, load_model
+    from optsteps.core.baselines import baseline
+    from optsteps.models import BUILTIN, gmm_model, load_model
 
     ns = gmm_model().noise_schedule if model == "gmm" else None
     if ns is None:
         if model in ("digits", "digits-flow"):
-            from .models.digits import noise_schedule_for
+            from optsteps.models.digits import noise_schedule_for
 
             ns = noise_schedule_for(model)  # the schedule needs no weights
         else:
@@ -102,7 +102,7 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
                         trunc: Optional[int] = typer.Option(None, "--trunc", help="truncNum T_c (default 3; 0 = the paper's K ≥ 7 variant)"),
                         as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
     """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     if solver not in ("ddim", "dpmpp2m", "unipc"):
         raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
@@ -117,7 +117,7 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
 
 
 def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool, params: str):
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     p = _params(params)
     if solver not in ("ddim", "dpmpp2m", "unipc"):
@@ -151,9 +151,9 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
                guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
                params: str = ParamsOpt):
     """Sample a grid PNG with a solver on a schedule."""
-    from .data import save_grid
-    from .models import load_model
-    from .sampling import generate
+    from optsteps.models.digits_data import save_grid
+    from optsteps.models import load_model
+    from optsteps.models.sampling import generate
 
     p = _params(params)
     m = load_model(model, p.artifacts)
@@ -176,7 +176,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
     """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
     import dataclasses
 
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     p = _params(params)
     if teacher_steps is not None:
@@ -193,7 +193,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
 @stage_app.command("lambda-opt")
 def stage_lambda_opt(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
     """λ-optimized schedules for every solver × NFE in params.lambda_opt."""
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     for path in stages.lambda_opt_all(_params(params), model):
         typer.echo(f"wrote {path}")
@@ -202,7 +202,7 @@ def stage_lambda_opt(model: str = typer.Option(..., "--model"), params: str = Pa
 @stage_app.command("oss")
 def stage_oss(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
     """OSS (and GITS) schedules for every solver × NFE in params.oss, from the model's teacher shards."""
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     for path in stages.oss_all(_params(params), model):
         typer.echo(f"wrote {path}")
@@ -211,7 +211,7 @@ def stage_oss(model: str = typer.Option(..., "--model"), params: str = ParamsOpt
 @stage_app.command("evaluate")
 def stage_evaluate(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
     """Evaluate baselines and optimized schedules on held-out seeds (teacher row first)."""
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     typer.echo(f"wrote {stages.evaluate(_params(params), model)}")
 
@@ -219,20 +219,20 @@ def stage_evaluate(model: str = typer.Option(..., "--model"), params: str = Para
 @stage_app.command("register")
 def stage_register(params: str = ParamsOpt):
     """Log and register every evaluated schedule in MLflow (champion-nfe{K} aliases)."""
-    from . import stages
+    import optsteps.pipeline.stages as stages
 
     typer.echo(f"wrote {stages.register(_params(params))}")
 
 
 def _mount_registry():
-    from .cli_registry import evaluate, registry_app
+    from optsteps.cli.registry import evaluate, registry_app
 
     app.add_typer(registry_app, name="registry")
     app.command("evaluate")(evaluate)
 
 
 def _mount_apply():
-    from .apply import apply_command
+    from optsteps.integrations.diffusers_apply import apply_command
 
     app.command("apply")(apply_command)
 

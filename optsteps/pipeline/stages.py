@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Params
-from .errors import OptstepsError
-from .models import load_model, model_dir
-from .schedule import Schedule
+from optsteps.pipeline.config import Params
+from optsteps.errors import OptstepsError
+from optsteps.models import load_model, model_dir
+from optsteps.core.schedule import Schedule
 
 
 def trajectories_dir(p: Params, model: str) -> Path:
@@ -49,24 +49,24 @@ def train(p: Params, model: str, force: bool = False) -> Path:
     if (out / "optsteps_model.json").is_file() and not force:
         return out
     if model == "classifier":
-        from .models.classifier import train_classifier
+        from optsteps.models.classifier import train_classifier
 
         return train_classifier(p.classifier, out)
     if model in ("digits", "digits-flow"):
-        from .models.digits import train_digits
+        from optsteps.models.digits import train_digits
 
         return train_digits(model, p.train_config(model), out)
     raise OptstepsError(f"unknown model {model!r} to train; use digits, digits-flow or classifier.")
 
 
 def trajectories(p: Params, model: str, use_ray: bool | None = None, out=None) -> dict:
-    from .trajectories import generate_trajectories
+    from optsteps.teacher.trajectories import generate_trajectories
 
     out = Path(out) if out else trajectories_dir(p, model)
     m = load_model(model, p.artifacts)
     runner = None
     if p.ray.enabled if use_ray is None else use_ray:
-        from .adapters.ray_pool import ray_runner
+        from optsteps.integrations.ray_pool import ray_runner
 
         runner = ray_runner(model, p.artifacts, p.teacher, out, p.ray)
     return generate_trajectories(m, p.teacher, out, p.trajectories.samples, p.trajectories.shard_size, runner=runner)
@@ -74,7 +74,7 @@ def trajectories(p: Params, model: str, use_ray: bool | None = None, out=None) -
 
 def load_teacher(p: Params, model, traj_dir, samples: int):
     """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples."""
-    from .trajectories import iter_shards
+    from optsteps.teacher.trajectories import iter_shards
 
     states, labels, t = [], [], None
     have = 0
@@ -115,7 +115,7 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
     """GITS's one-jump cost matrix depends on the teacher shards, the samples read and the guidance, not on the
     student solver or NFE: computed once per process (the flow's GITS tasks share it; one lock, so concurrent
     tasks wait for the first instead of recomputing)."""
-    from .oss import gits_costs
+    from optsteps.optimizers.oss import gits_costs
 
     manifest = Path(traj_dir) / "manifest.json"
     key = (str(Path(traj_dir).resolve()), manifest.read_bytes() if manifest.is_file() else b"", states.shape[1],
@@ -129,7 +129,7 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
 
 def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
-    from .oss import gits_search, oss_search
+    from optsteps.optimizers.oss import gits_search, oss_search
 
     m = load_model(model, p.artifacts)
     traj_dir = traj_dir or trajectories_dir(p, model)
@@ -165,7 +165,7 @@ def solver_orders(solver: str, nfe: int, order: int = 3) -> list[int]:
 
 def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None = None,
                error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
-    from .lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
     ns = _noise_schedule(p, model)
     em = error_model or p.lambda_opt.error_model
@@ -179,8 +179,8 @@ def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None
 
 def empirical_eps_for(p: Params, model: str, traj_dir=None):
     """ε(λ) measured on the teacher shards: mean ‖x̂_0(x_t, t) − x_final‖ per teacher time, interpolated in λ."""
-    from .lambda_opt import empirical_eps
-    from .trajectories import iter_shards
+    from optsteps.optimizers.lambda_opt import empirical_eps
+    from optsteps.teacher.trajectories import iter_shards
 
     m = load_model(model, p.artifacts)
     sums, count, t = None, 0, None
@@ -195,7 +195,7 @@ def empirical_eps_for(p: Params, model: str, traj_dir=None):
 
 def _noise_schedule(p: Params, model: str):
     if model in ("digits", "digits-flow"):
-        from .models.digits import noise_schedule_for
+        from optsteps.models.digits import noise_schedule_for
 
         return noise_schedule_for(model)
     return load_model(model, p.artifacts).noise_schedule
@@ -211,7 +211,7 @@ def eval_path(p: Params, model: str) -> Path:
 def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
     """The evaluation grid of ``model``: baselines × solvers × NFE plus every optimized schedule on disk
     whose solver and NFE are in the grid."""
-    from .baselines import baseline
+    from optsteps.core.baselines import baseline
 
     ns = _noise_schedule(p, model)
     ev = p.evaluate
@@ -232,9 +232,9 @@ def evaluate(p: Params, model: str) -> Path:
     results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv."""
     import json
 
-    from .evaluate.run import Evaluator, evaluate_grid, markdown_table
-    from .models.classifier import load_classifier
-    from .schedule import write_text_atomic
+    from optsteps.evaluate.run import Evaluator, evaluate_grid, markdown_table
+    from optsteps.models.classifier import load_classifier
+    from optsteps.core.schedule import write_text_atomic
 
     torch.set_num_threads(p.evaluate.threads)
     m = load_model(model, p.artifacts)
@@ -267,8 +267,8 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     Writes results/registry.json (what was registered)."""
     import json
 
-    from .registry import Registry, dvc_data_hash, git_commit, params_hash
-    from .schedule import write_text_atomic
+    from optsteps.integrations.mlflow_registry import Registry, dvc_data_hash, git_commit, params_hash
+    from optsteps.core.schedule import write_text_atomic
 
     reg = Registry(p.mlflow.tracking_uri or None)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()

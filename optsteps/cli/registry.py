@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow registry of step schedules.")
 
@@ -20,7 +20,7 @@ TrackingOpt = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
 
 
 def _registry(uri):
-    from .registry import Registry
+    from optsteps.integrations.mlflow_registry import Registry
 
     return Registry(uri)
 
@@ -78,7 +78,7 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
     """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
     text = _registry(tracking_uri).export(ref, fmt, scheduler)
     if out:
-        from .schedule import write_text_atomic
+        from optsteps.core.schedule import write_text_atomic
 
         write_text_atomic(out, text if text.endswith("\n") else text + "\n")
         typer.echo(f"wrote {out}")
@@ -109,12 +109,12 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     import torch
 
-    from .baselines import baseline
-    from .config import load_params
-    from .evaluate import Evaluator, evaluate_schedule, teacher_endpoints
-    from .evaluate.run import check_heldout
-    from .models import load_model, model_dir
-    from .schedule import Schedule
+    from optsteps.core.baselines import baseline
+    from optsteps.pipeline.config import load_params
+    from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
+    from optsteps.evaluate.run import check_heldout
+    from optsteps.models import load_model, model_dir
+    from optsteps.core.schedule import Schedule
 
     torch.set_num_threads(1)
     if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
@@ -140,8 +140,8 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     sampler = None
     if geneval_prompts is not None:
-        from .apply import pipeline_prompt_sampler
-        from .models.pipelines import load_diffusers_pipeline
+        from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+        from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
         pipe, _, _ = load_diffusers_pipeline(model)
         sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
@@ -154,7 +154,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
         metrics, _ = run()
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from .registry import Registry, params_hash
+    from optsteps.integrations.mlflow_registry import Registry, params_hash
 
     reg = Registry(tracking_uri)
     run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,

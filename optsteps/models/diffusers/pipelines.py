@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
-from ..errors import OptstepsError
-from ..noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
-from .base import DiffusionModel
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
+from optsteps.models.base import DiffusionModel
 
 log = logging.getLogger("optsteps.models")
 
@@ -115,7 +115,7 @@ def _prompt_list(prompts) -> list[str]:
 
 def resolve_pipeline(path_or_id) -> Path:
     """A local pipeline folder, or the snapshot folder of a hub id already in the local cache."""
-    from .diffusers_adapter import _resolve
+    from optsteps.models.diffusers.unet2d import _resolve
 
     p = Path(path_or_id)
     if not p.is_dir() and (str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1):
@@ -290,7 +290,7 @@ class PipelineModel(DiffusionModel):
         """PIL images of decoded latents."""
         from PIL import Image
 
-        from ..data import to_uint8
+        from optsteps.models.digits_data import to_uint8
 
         return [Image.fromarray(a) for a in to_uint8(self.decode(latents))]
 
@@ -387,7 +387,7 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
     root = resolve_pipeline(path_or_id)
     cls_name = pipeline_class_name(root)
     if cls_name in UNET2D_PIPELINES:
-        from .diffusers_adapter import load_unet2d_pipeline
+        from optsteps.models.diffusers.unet2d import load_unet2d_pipeline
 
         return load_unet2d_pipeline(str(root), name=name or str(path_or_id), device=device, dtype=dtype)
     if cls_name not in TEXT_PIPELINES:

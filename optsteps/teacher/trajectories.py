@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .baselines import baseline
-from .config import TeacherConfig
-from .errors import OptstepsError
-from .models.base import DiffusionModel
-from .schedule import Schedule, write_text_atomic
-from .solvers import sample
+from optsteps.core.baselines import baseline
+from optsteps.pipeline.config import TeacherConfig
+from optsteps.errors import OptstepsError
+from optsteps.models.base import DiffusionModel
+from optsteps.core.schedule import Schedule, write_text_atomic
+from optsteps.core.solvers import sample
 
 FORMAT = "optsteps-trajectories/1"
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import OptstepsError
-from .schedule import Schedule
+from optsteps.errors import OptstepsError
+from optsteps.core.schedule import Schedule
 
 TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import OptstepsError
+from optsteps.errors import OptstepsError
 
 
 @dataclass

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OptstepsError
-from ..noise_schedules import noise_schedule_from_diffusers_config
-from .base import DiffusionModel
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import noise_schedule_from_diffusers_config
+from optsteps.models.base import DiffusionModel
 
 
 def _resolve(pipeline: str) -> Path:
@@ -39,7 +39,7 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dt
     takes and returns float32 tensors on the caller's device."""
     from diffusers import UNet2DModel
 
-    from .pipelines import default_device, pick_dtype
+    from optsteps.models.diffusers.pipelines import default_device, pick_dtype
 
     root = _resolve(pipeline)
     if not (root / "unet").is_dir() or not (root / "scheduler" / "scheduler_config.json").is_file():

@@ -4,7 +4,7 @@ with a refinement by true final errors, and the GITS-type additive DP (algorithm
 Setting. A teacher took N fine steps on its grid t_0 = t_max > t_1 > … > t_N and left the states
 x̄_0 (the noise) … x̄_N for S samples. A student that spends K model evaluations must step along K + 1 of
 these grid points, 0 = i_0 < i_1 < … < i_K = N, with its own solver (``ddim``, ``dpmpp2m`` or ``unipc``
-order 2 with the corrector — exactly the samplers of ``optsteps.solvers``). We look for the index path
+order 2 with the corrector — exactly the samplers of ``optsteps.core.solvers``). We look for the index path
 whose student lands closest to the teacher.
 
 The DP ("our formulation").
@@ -64,10 +64,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 import torch
 
-from .errors import OptstepsError
-from .noise_schedules import NoiseSchedule
-from .schedule import Schedule
-from .solvers import ddim_step, dpmpp2m_step, node_coefficients, sample, unipc_rhos, unipc_update
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import ddim_step, dpmpp2m_step, node_coefficients, sample, unipc_rhos, unipc_update
 
 OSS_SOLVERS = ("ddim", "dpmpp2m", "unipc")
 DISTANCES = ("state", "x0")
@@ -239,7 +239,7 @@ def _quantiles(flat: torch.Tensor, q) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the student engine: nodes, model evaluations, transitions (identical to optsteps.solvers)
+# the student engine: nodes, model evaluations, transitions (identical to optsteps.core.solvers)
 # ---------------------------------------------------------------------------------------------------------
 @dataclass
 class _Nodes:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .models.base import DiffusionModel
-from .schedule import Schedule
-from .solvers import sample
+from optsteps.models.base import DiffusionModel
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers import sample
 
 
 def generate(model: DiffusionModel, schedule: Schedule, solver: str, n: int, seed: int, start: int = 0,

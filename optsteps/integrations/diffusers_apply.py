@@ -40,10 +40,10 @@ import numpy as np
 import torch
 import typer
 
-from .errors import OptstepsError
-from .schedule import Schedule
+from optsteps.errors import OptstepsError
+from optsteps.core.schedule import Schedule
 
-log = logging.getLogger("optsteps.apply")
+log = logging.getLogger("optsteps.integrations.diffusers_apply")
 
 SCHEDULER_CHOICES = ("auto", "dpmsolver", "euler", "flowmatch", "unipc", "native")
 EULER_LIKE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
@@ -54,12 +54,12 @@ EULER_LIKE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "Heun
 
 def resolve_schedule(ref: str, tracking_uri: str | None = None) -> Schedule:
     """A schedule JSON file, or ``NAME@ALIAS`` / ``NAME/VERSION`` / ``models:/…`` from the schedule registry
-    (``optsteps.registry.Registry``; ``tracking_uri`` defaults to sqlite:///<cwd>/mlruns.db)."""
+    (``optsteps.integrations.mlflow_registry.Registry``; ``tracking_uri`` defaults to sqlite:///<cwd>/mlruns.db)."""
     p = Path(ref)
     if p.is_file() or ref.endswith(".json"):
         return Schedule.load(p)
     if "@" in ref or ref.startswith("models:/") or re.fullmatch(r"[^/\s]+/\d+", ref):
-        from .registry import Registry
+        from optsteps.integrations.mlflow_registry import Registry
 
         try:
             reg = Registry(tracking_uri)
@@ -150,7 +150,7 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     """Pick and build the scheduler that runs ``schedule`` on ``pipe`` (see the module docstring)."""
     import diffusers
 
-    from .export import to_diffusers
+    from optsteps.integrations.diffusers_export import to_diffusers
 
     if scheduler not in SCHEDULER_CHOICES:
         raise OptstepsError(f"unknown scheduler choice {scheduler!r}; use one of {', '.join(SCHEDULER_CHOICES)}.")
@@ -233,7 +233,7 @@ def _pin(scheduler, kwargs: dict):
 # ---- running the pipeline -----------------------------------------------------------------------------
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
-    from .models.pipelines import _noise_schedule
+    from optsteps.models.diffusers.pipelines import _noise_schedule
 
     ns = _noise_schedule(dict(pipe.scheduler.config), where or type(pipe).__name__)
     if schedule.noise_schedule != ns:
@@ -261,7 +261,7 @@ def _image_size(pipe, height, width) -> tuple[int, int]:
 
 def _initial_latents(pipe, plan: Plan, n: int, seed: int, start: int, height: int, width: int) -> torch.Tensor:
     """optsteps' seeded state x_{t_0} = σ_{t_0} ε in the units the pipeline expects for ``latents=``."""
-    from .models.base import DiffusionModel
+    from optsteps.models.base import DiffusionModel
 
     bb = _backbone(pipe)
     vsf = int(pipe.vae_scale_factor)
@@ -338,7 +338,7 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
     """Run the user's diffusers pipeline (folder, locally cached hub id, or an already loaded pipeline) with
     ``schedule`` on ``prompt`` and write the image to ``out_png``. ``guidance`` None: the pipeline's default.
     Returns what ran: scheduler, timesteps/sigmas, NFE, model calls, image size, out path."""
-    from .models.pipelines import load_diffusers_pipeline
+    from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
     if isinstance(pipeline_dir_or_id, (str, Path)):
         pipe, root, _ = load_diffusers_pipeline(pipeline_dir_or_id, device, dtype)
@@ -355,7 +355,7 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
 
 def save_png_atomic(img, path) -> Path:
     """Save a PIL image as PNG atomically (encoded in memory, then ``write_bytes_atomic``)."""
-    from .schedule import write_bytes_atomic
+    from optsteps.core.schedule import write_bytes_atomic
 
     buf = io.BytesIO()
     img.save(buf, format="PNG")

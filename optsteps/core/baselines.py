@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from .errors import OptstepsError
-from .noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
-from .schedule import Schedule, from_lambdas
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
+from optsteps.core.schedule import Schedule, from_lambdas
 
 LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
 BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic", "linspace", "leading", "trailing", "ays",
@@ -102,7 +102,7 @@ def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.T
         raise OptstepsError(f"unknown AYS table {table!r}; use one of {sorted(AYS_TABLES)}.")
     sig = torch.tensor(AysSchedules[AYS_TABLES[table]][:-1], dtype=torch.float64)
     xs = torch.linspace(0, 1, len(sig), dtype=torch.float64)
-    from .noise_schedules import interp
+    from optsteps.core.noise_schedules import interp
 
     return torch.exp(interp(torch.linspace(0, 1, nfe, dtype=torch.float64), xs, torch.log(sig)))
 

@@ -1,1 +1,0 @@
-"""Thin adapters from the library to orchestration engines (Ray). The math modules never import these."""

@@ -44,12 +44,11 @@ def l2(schedule):
 print(f"{a.model}, {a.solver}, teacher {p.teacher.solver}-{p.teacher.steps}, {a.n} held-out samples (seed {a.seed})")
 print(f"{'NFE':>4s} {'uniform-λ':>10s} {'p=1':>16s} {'p=2':>16s} {'empirical':>16s} {'p=1, T_c=0':>16s} {'p=1, T_c=3':>16s}")
 for nfe in a.nfe:
-    orders = stages.solver_orders(a.solver, nfe)
     base = l2(baseline("uniform-lambda", ns, nfe, model=a.model))
     cells = []
     for kw in ({"p": 1.0}, {"p": 2.0}, {"error_model": "empirical", "eps_fn": eps_fn}, {"p": 1.0, "trunc": 0},
                {"p": 1.0, "trunc": 3}):
-        s = lambda_opt_schedule(ns, nfe, model=a.model, solver=a.solver, orders=orders, **kw)
+        s = lambda_opt_schedule(ns, nfe, model=a.model, solver=a.solver, **kw)
         v = l2(s)
         cells.append(f"{v:.4f} ({v / base:.2f}×)")
     print(f"{nfe:4d} {base:10.4f} " + " ".join(f"{c:>16s}" for c in cells))

@@ -24,6 +24,7 @@ from optsteps.models import load_model
 from optsteps.models.sampling import generate
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
+from optsteps.optimizers.oss import student_spec
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="digits")
@@ -45,18 +46,14 @@ t_grid, states, labels = stages.load_teacher(p, m, stages.trajectories_dir(p, a.
 den = stages.LabelledDenoiser(m, labels, p.teacher.guidance)
 
 
-def student_order(solver):
-    return 2 if solver == "unipc" else None
-
-
 def l2_heldout(schedule, solver):
-    x = generate(m, schedule, solver, a.n, a.seed, guidance=p.teacher.guidance, order=student_order(solver))
+    x = generate(m, schedule, student_spec(solver), a.n, a.seed, guidance=p.teacher.guidance)
     return (x - x_teacher).flatten(1).norm(dim=1).mean().item()
 
 
 def l2_distill(schedule, solver):
     with torch.no_grad():
-        x = sample(den, states[0], schedule, solver, order=student_order(solver))
+        x = sample(den, states[0], schedule, student_spec(solver))
     return (x - states[-1]).flatten(1).norm(dim=1).mean().item()
 
 

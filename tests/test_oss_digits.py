@@ -10,7 +10,7 @@ from optsteps.pipeline.config import TeacherConfig, TrainConfig
 from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.models import load_model
 from optsteps.models.digits import train_digits
-from optsteps.pipeline.stages import LabelledDenoiser, solver_orders
+from optsteps.pipeline.stages import LabelledDenoiser
 from optsteps.teacher.trajectories import run_teacher
 
 TINY = TrainConfig(steps=30, batch_size=32, warmup_steps=5, threads=1)
@@ -34,7 +34,7 @@ def test_oss_is_no_worse_than_baselines_and_lambda_opt_on_digits(tmp_path, name)
     ns, solver, k = m.noise_schedule, "unipc", 5
     res = oss.oss_search(t, states, den, ns, k, solver=solver, eval_batch_size=8)
     others = {kind: baseline(kind, ns, k) for kind in ("uniform-t", "uniform-lambda", "karras", "time-quadratic")}
-    others["lambda-opt"] = lambda_opt_schedule(ns, k, solver=solver, orders=solver_orders(solver, k))
+    others["lambda-opt"] = lambda_opt_schedule(ns, k, solver=solver)
     compared = 0
     for kind, s in others.items():
         path = snapped(t, s)

@@ -110,7 +110,6 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
         raise OptstepsError(f"--order {order} is not supported; use 1, 2 or 3.")
     if order > nfe:
         raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
-    order = {"ddim": 1, "dpmpp2m": min(order, 2)}.get(solver, order)
     p = _params(params)
     _emit(stages.lambda_opt(p, model, solver, nfe, p_exp=p_exp, error_model=error_model, max_order=order,
                             traj_dir=trajectories, trunc=trunc), as_json)

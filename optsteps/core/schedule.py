@@ -23,6 +23,7 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
+from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Schedule:
                 f"t[{i + 1}] = {t[i + 1]:.6g}; sort them descending and remove duplicates."
             )
         self.noise_schedule.check_t(t, "schedule times")
+        if self.solver:
+            SolverSpec.from_fields(self.solver, self.extra)  # a known solver with valid options, or an error
 
     @property
     def nfe(self) -> int:
@@ -72,6 +75,17 @@ class Schedule:
     @property
     def lambdas(self) -> torch.Tensor:
         return self.noise_schedule.lambda_(self.timesteps_t)
+
+    @property
+    def solver_spec(self) -> SolverSpec | None:
+        """The solver this schedule was made for (``solver`` plus the optional order fields), None if none."""
+        return SolverSpec.from_fields(self.solver, self.extra) if self.solver else None
+
+    def with_solver(self, spec: SolverSpec) -> "Schedule":
+        """This schedule made for ``spec``: its solver name and the spec's non-default fields."""
+        extra = {k: v for k, v in self.extra.items() if k not in SPEC_FIELDS}
+        extra.update(spec.json_fields())
+        return Schedule(self.t, self.noise_schedule, self.model, self.method, spec.name, extra)
 
     def with_meta(self, **kw) -> "Schedule":
         extra = dict(self.extra)

@@ -17,6 +17,7 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
+from optsteps.core.solver_spec import SolverSpec
 from optsteps.evaluate.adherence import CONFIDENCE, K_NEAREST, adherence_from_logits, geneval_metrics, knn_radii
 from optsteps.evaluate.fid import clean_features, digitsnet, fid_from_features, inception, kid_from_features, reference_features
 
@@ -113,6 +114,11 @@ def _evaluator(evaluator, classifier, cache_dir, inception_n, progress) -> Evalu
     return Evaluator(classifier, cache_dir, inception_n, progress=progress)
 
 
+def run_spec(schedule: Schedule, solver: str) -> SolverSpec:
+    """The solver a schedule is evaluated with: its own spec, or ``solver`` at its default order if another."""
+    return SolverSpec.from_fields(solver, schedule.extra) if solver == schedule.solver else SolverSpec(solver)
+
+
 def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, start: int = 0,
                       guidance: float | None = None, batch_size: int = 500) -> tuple[Schedule, torch.Tensor]:
     """The teacher (``TeacherConfig``: solver × steps on a baseline grid) run on the evaluation seeds."""
@@ -146,7 +152,7 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
                             f"uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
     ev = _evaluator(evaluator, classifier, cache_dir, inception_n, progress)
     t0 = time.perf_counter()
-    x = generate(model, schedule, solver, n, seed, start, guidance, batch_size, order=schedule.extra.get("order"))
+    x = generate(model, schedule, run_spec(schedule, solver), n, seed, start, guidance, batch_size)
     t1 = time.perf_counter()
     out = ev.metrics(x, model.labels(n, start), teacher)
     if geneval_prompts is not None:
@@ -193,7 +199,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
             raise OptstepsError(f"schedule {s.method!r} NFE {s.nfe} was made for another noise schedule than model "
                                 f"{model.name!r}; compute it for this model.")
         t0 = time.perf_counter()
-        x = generate(model, s, sv, n, seed, start, g, batch_size, order=s.extra.get("order"))
+        x = generate(model, s, run_spec(s, sv), n, seed, start, g, batch_size)
         t1 = time.perf_counter()
         row = {"model": model.name, "method": s.method, "solver": sv, "nfe": s.nfe, "guidance": g, "seed": seed,
                "start": start}

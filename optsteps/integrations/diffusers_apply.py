@@ -75,15 +75,9 @@ def resolve_schedule(ref: str, tracking_uri: str | None = None) -> Schedule:
 # ---- scheduler plans ----------------------------------------------------------------------------------
 
 def solver_order(schedule: Schedule) -> int:
-    """The multistep order the schedule was made for: its recorded ``orders``, else by solver and method."""
-    orders = schedule.extra.get("orders")
-    if orders:
-        return max(1, min(3, max(int(o) for o in orders)))
-    if schedule.solver in ("", "ddim"):
-        return 1
-    if schedule.solver == "dpmpp2m" or (schedule.solver == "unipc" and schedule.method in ("oss", "gits")):
-        return 2
-    return 3
+    """The multistep order the schedule was made for (its ``solver_spec``; first order if it names none)."""
+    spec = schedule.solver_spec
+    return 1 if spec is None else spec.order
 
 
 def snap_to_training_timesteps(schedule: Schedule) -> tuple[Schedule | None, float]:

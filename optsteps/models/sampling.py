@@ -5,12 +5,14 @@ import torch
 
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
+from optsteps.core.solver_spec import SolverSpec
 from optsteps.core.solvers import sample
 
 
-def generate(model: DiffusionModel, schedule: Schedule, solver: str, n: int, seed: int, start: int = 0,
+def generate(model: DiffusionModel, schedule: Schedule, solver: str | SolverSpec, n: int, seed: int, start: int = 0,
              guidance: float = 1.0, batch_size: int = 500, order: int | None = None) -> torch.Tensor:
-    """Samples start..start+n−1 (noise and labels depend only on seed and index), integrated along ``schedule``."""
+    """Samples start..start+n−1 (noise and labels depend only on seed and index), integrated along ``schedule``
+    with ``solver`` (a ``SolverSpec``, or a name completed by ``order``; see ``solvers.sample``)."""
     outs = []
     for b in range(start, start + n, batch_size):
         m = min(batch_size, start + n - b)

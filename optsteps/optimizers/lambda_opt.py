@@ -48,6 +48,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from optsteps.core.solver_spec import SolverSpec, step_orders
 from optsteps.errors import OptstepsError
 
 DEFAULT_LAMBDA_FLOOR = -7.0
@@ -177,9 +178,8 @@ def _lagrange_derivative_tables(X: np.ndarray, xn: np.ndarray, others=None):
 # Order pattern, error model (algorithms.md §2.2, §2.3)
 # ---------------------------------------------------------------------------------------------------
 def default_orders(nfe: int) -> list[int]:
-    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (algorithms.md §2.3)."""
-    _check_nfe(nfe)
-    return [1 if s in (0, nfe - 1) else 2 if s in (1, nfe - 2) else 3 for s in range(nfe)]
+    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (algorithms.md §2.3): UniPC-3's step orders."""
+    return step_orders(SolverSpec("unipc"), _check_nfe(nfe))
 
 
 def default_trunc(nfe: int) -> int:
@@ -838,7 +838,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
                         t_start: float | None = None, t_end: float | None = None, lambda_floor: float | None = None,
                         error_model: str = "analytic", eps_fn: Callable | None = None,
                         lambda_ceiling: float | None = None, starts: Sequence = DEFAULT_STARTS,
-                        model: str = "", solver: str = "unipc", min_gap: float | None = None,
+                        model: str = "", solver: str | SolverSpec = "unipc", min_gap: float | None = None,
                         maxiter: int = 200, probe_iter: int = 30):
     """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (algorithms.md §2).
 
@@ -852,6 +852,9 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
     from optsteps.core.schedule import from_lambdas
 
     nfe = _check_nfe(nfe)
+    spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver)
+    if orders is None:
+        orders = spec.step_orders(nfe)
     if error_model not in ERROR_MODELS:
         raise OptstepsError(f"unknown error_model {error_model!r}; use 'analytic' (σ^p/α) or 'empirical' (with eps_fn=empirical_eps(...)).")
     if error_model == "empirical" and eps_fn is None:
@@ -878,4 +881,6 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
         "error_model": error_model,
         "best_start": res.best_start,
     }
-    return from_lambdas(res.lambdas, noise_schedule, ts, te, model=model, method="lambda-opt", solver=solver, extra=extra)
+    extra.update(spec.json_fields())
+    return from_lambdas(res.lambdas, noise_schedule, ts, te, model=model, method="lambda-opt", solver=spec.name,
+                        extra=extra)

@@ -67,13 +67,24 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import Schedule
-from optsteps.core.solvers import ddim_step, dpmpp2m_step, node_coefficients, sample, unipc_rhos, unipc_update
+from optsteps.core.solvers import DEFAULT_ORDER, SolverSpec, node_coefficients, sample
+from optsteps.core.solvers.updates import (ddim_coefficients, ddim_step, dpmpp2m_coefficients, dpmpp2m_step,
+                                          unipc_corrector_coefficients, unipc_predictor_coefficients, unipc_rhos,
+                                          unipc_update)
 
 OSS_SOLVERS = ("ddim", "dpmpp2m", "unipc")
 DISTANCES = ("state", "x0")
 MODES = ("batch", "per_sample")
 GITS_GAMMA = 1.15
 F64 = torch.float64
+STUDENT_MAX_ORDER = 2  # a DP node carries one previous model output, so students run at order ≤ 2
+
+
+def student_spec(solver: str, lower_order_final: bool = True) -> SolverSpec:
+    """The student OSS and GITS search with and record in the schedule: ``solver`` at order ≤ 2 (DDIM,
+    DPM-Solver++(2M), UniPC-2 with its corrector)."""
+    _check_choice(solver, OSS_SOLVERS, "solver")
+    return SolverSpec(solver, min(DEFAULT_ORDER[solver], STUDENT_MAX_ORDER), lower_order_final)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -294,6 +305,7 @@ class _Engine:
         self.den, self.ns, self.t = denoiser, noise_schedule, t
         self.N, self.K = len(t) - 1, nfe
         self.solver, self.lof = solver, bool(lower_order_final)
+        self.orders = student_spec(solver, lower_order_final).step_orders(nfe)
         self.cal, self.ebs = calibration, eval_batch_size
         self.al, self.si, self.la = node_coefficients(noise_schedule, t)
         self.al_t, self.si_t, self.la_t = (torch.tensor(v, dtype=F64) for v in (self.al, self.si, self.la))
@@ -311,12 +323,8 @@ class _Engine:
 
     # ---- the samplers' order rules -------------------------------------------------------------------
     def structural_order2(self, s: int) -> bool:
-        k = self.K
-        if self.solver == "ddim" or s == 0:
-            return False
-        if self.solver == "dpmpp2m":
-            return not (s == k - 1 and self.lof and k < 15)
-        return min(2, s + 1, k - s if self.lof else 2) == 2
+        """Step s runs at order 2 where its stencil is finite (the student's ``step_orders``)."""
+        return self.orders[s] == 2
 
     def order(self, s: int, p: int, i: int, j: int) -> int:
         if not self.structural_order2(s):
@@ -342,23 +350,17 @@ class _Engine:
         aj, sj, lj = (v[j_idx][None, :, None] for v in (self.al_t, self.si_t, self.la_t))
         lp = lam_p[:, None, :]
         shape = (len(i_idx), len(j_idx), lam_p.shape[1])
-        a = (sj / si).expand(shape)
+        a, b_ddim = ddim_coefficients(ai, si, aj, sj)
+        a = a.expand(shape)
         zero = torch.zeros(shape, dtype=F64)
         if self.solver == "ddim":
-            return a, (aj - ai * sj / si).expand(shape), zero
+            return a, b_ddim.expand(shape), zero
         o2 = torch.isfinite(lp) & torch.isfinite(li) & torch.isfinite(lj) & self.structural_order2(s)
-        h = lj - li
-        phi = torch.expm1(-h)
         if self.solver == "dpmpp2m":
-            b1 = aj - ai * sj / si
-            r = (li - lp) / h
-            b2 = -aj * phi * (1 + 1 / (2 * r))
-            c2 = aj * phi / (2 * r)
+            b1 = b_ddim
+            b2, c2 = dpmpp2m_coefficients(aj, lp, li, lj)
         else:  # unipc, predictor ρ = ½ at order 2
-            b1 = -aj * phi
-            r1 = (lp - li) / h
-            b2 = -aj * phi * (1 - 0.5 / r1)
-            c2 = -aj * phi * 0.5 / r1
+            b1, b2, c2 = unipc_predictor_coefficients(aj, lp, li, lj)
         b = torch.where(o2, b2, b1.expand(shape))
         c = torch.where(o2, c2, zero)
         return a, b, c
@@ -411,12 +413,8 @@ class _Engine:
                     rhos = unipc_rhos(h, rks, o, True)
                     hist = [nodes.m_p[a, sel]] + ([nodes.m_pp[a, sel]] if o == 2 else [])
                     x[a, sel] = unipc_update(nodes.x_p[a, sel], hist, lam, al[i], si[p], si[i], rhos, x0_new=m[a, sel])
-                    # the same update as coefficients on (y, x_p, m_p, m_pp, m): unipc_update's formula
-                    w = -al[i] * math.expm1(-h)
-                    rho = [float(v) for v in rhos]
-                    x_coef[a] = torch.tensor([0.0, si[i] / si[p],
-                                              w * (1 - sum(rk_rho / rk for rk_rho, rk in zip(rho[:-1], rks)) - rho[-1]),
-                                              w * rho[0] / rks[0] if o == 2 else 0.0, w * rho[-1]], dtype=F64)
+                    # the same update as coefficients on (y, x_p, m_p, m_pp, m)
+                    x_coef[a] = torch.tensor(unipc_corrector_coefficients(al[i], si[p], si[i], h, rks, rhos), dtype=F64)
         return _Evaluated(nodes.idx, x, m, nodes.m_p if self.solver != "ddim" else None, nodes.pred, nodes, x_coef)
 
     def materialize(self, ev: _Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor) -> _Nodes:
@@ -736,8 +734,7 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
     path = [int(v) for v in path]
     if calibration is None:
         sched = Schedule(t[path], noise_schedule)
-        return sample(denoiser, noise, sched, solver, order=2 if solver == "unipc" else None,
-                      lower_order_final=lower_order_final)
+        return sample(denoiser, noise, sched, student_spec(solver, lower_order_final))
     engine = _Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
     S = noise.shape[0]
     nodes = engine.root(noise)
@@ -935,7 +932,7 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
         extra={
             "l2_to_teacher": float(cost), "model_evals": int(dp_evals), "teacher_indices": list(path),
             "teacher_steps": n, "dp_indices": list(dp_path), "dp_l2_to_teacher": float(dp_cost),
-            **({"order": 2} if solver == "unipc" else {}),
+            **student_spec(solver, lower_order_final).json_fields(),
             "distance": distance, "mode": mode, "refined": bool(refine), "calibrated": calibration is not None,
             "refine_model_evals": int(error.evals),
         },
@@ -1015,7 +1012,7 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
                             "compute it with gits_costs on this teacher.")
     value, path = gits_dp(cost, nfe, gamma)
     extra = {"gits_objective": value, "gamma": gamma, "model_evals": int(evals), "teacher_indices": path,
-             "teacher_steps": len(t) - 1, **({"order": 2} if solver == "unipc" else {})}
+             "teacher_steps": len(t) - 1, **student_spec(solver).json_fields()}
     runs = 0
     if measure:
         err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)

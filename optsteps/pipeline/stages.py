@@ -17,6 +17,7 @@ from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
 from optsteps.models import load_model, model_dir
 from optsteps.core.schedule import Schedule
+from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
 
 def trajectories_dir(p: Params, model: str) -> Path:
@@ -153,16 +154,6 @@ def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_
     return sched
 
 
-def solver_orders(solver: str, nfe: int, order: int = 3) -> list[int]:
-    """The local order of each step as our samplers run it (lower_order_final on):
-    DDIM 1…1; DPM-Solver++(2M) 1,2,…,2 and a final 1 when K < 15; UniPC-p min(p, s + 1, K − s) (1-2-3…3-2-1)."""
-    if solver == "ddim":
-        return [1] * nfe
-    if solver == "dpmpp2m":
-        return [1 if s == 0 or (s == nfe - 1 and nfe < 15) else 2 for s in range(nfe)]
-    return [min(order, s + 1, nfe - s) for s in range(nfe)]
-
-
 def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None = None,
                error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
@@ -170,9 +161,9 @@ def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None
     ns = _noise_schedule(p, model)
     em = error_model or p.lambda_opt.error_model
     eps_fn = empirical_eps_for(p, model, traj_dir) if em == "empirical" else None
-    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=model, solver=solver,
-                                orders=solver_orders(solver, nfe, max_order), error_model=em, eps_fn=eps_fn,
-                                trunc=trunc)
+    spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
+    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=model, solver=spec,
+                                error_model=em, eps_fn=eps_fn, trunc=trunc)
     sched.save(schedule_path(p, model, "lambda-opt", solver, nfe))
     return sched
 

@@ -11,6 +11,11 @@ import pytest
 import torch
 
 import optsteps.optimizers.oss as oss
+from optsteps.optimizers.oss.costs import _x0_cost_sums
+from optsteps.optimizers.oss.dp import _layer_costs, _layer_nodes
+from optsteps.optimizers.oss.engine import _Engine
+from optsteps.optimizers.oss.inputs import _Shards
+from optsteps.optimizers.oss.refine import _TrueError
 from optsteps.core.denoisers import CountingDenoiser, PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
@@ -139,15 +144,15 @@ def test_gram_costs_equal_direct_candidate_errors(tracked):
             continue
         ns, den, t, states = setup(family, n=9, s=4)
         nfe = 5
-        eng = oss._Engine(den, ns, t, nfe, solver, True, None, None)
+        eng = _Engine(den, ns, t, nfe, solver, True, None, None)
         if tracked:
             eng.xall = states.reshape(10, -1)
             eng.xall_sq = eng.xall.pow(2).sum(1)
         nodes = eng.root(states[0])
         for s in range(nfe - 1):
             ev = eng.process(nodes)
-            targets = oss._layer_nodes(s + 1, 9, nfe)
-            sums = oss._layer_costs(eng, ev, s, targets, states, "state", per_sample, {})
+            targets = _layer_nodes(s + 1, 9, nfe)
+            sums = _layer_costs(eng, ev, s, targets, states, "state", per_sample, {})
             assert (ev.cx is not None) == tracked
             for a in range(len(ev.idx)):
                 for jj, j in enumerate(targets.tolist()):
@@ -237,7 +242,7 @@ def test_refinement_prefix_reuse_changes_nothing_but_the_cost(solver):
     out = {}
     for reuse in (False, True):
         counter = CountingDenoiser(den)
-        err = oss._TrueError(counter, oss._Shards(shards, len(t)), t, ns, solver, None, True, reuse_prefixes=reuse)
+        err = _TrueError(counter, _Shards(shards, len(t)), t, ns, solver, None, True, reuse_prefixes=reuse)
         start = [0, 3, 9, 14, 22, 30]  # far from optimal: many accepted moves
         path, e = oss.refine_path(start, err, radius=4)
         assert err.evals * 5 == counter.samples
@@ -320,11 +325,11 @@ def test_x0_distance():
     pairs = 8 + sum(10 - 1 - i for i in range(1, 9))  # candidates of layers 1 and 2 (j ≤ 9, j > i)
     assert res.model_evals == nodes + pairs + 9  # + teacher x̂_0 at indices 1..9
     # the x0 costs of layer 1 are the x̂_0 errors of the one-step candidates from the noise
-    eng = oss._Engine(den, ns, t, 3, "ddim", True, None, None)
+    eng = _Engine(den, ns, t, 3, "ddim", True, None, None)
     ev = eng.process(eng.root(states[0]))
-    targets = oss._layer_nodes(1, 10, 3)
+    targets = _layer_nodes(1, 10, 3)
     x0_tgt = torch.stack([den(states[j], t[j]) for j in targets.tolist()])
-    sums = oss._x0_cost_sums(eng, ev, 0, targets, x0_tgt, False)
+    sums = _x0_cost_sums(eng, ev, 0, targets, x0_tgt, False)
     for jj, j in enumerate(targets.tolist()):
         y = sample(den, states[0], Schedule(t[[0, j]], ns), "ddim")
         assert sums[0, jj, 0].item() == pytest.approx(((den(y, t[j]) - x0_tgt[jj]) ** 2).sum().item(), rel=1e-9)

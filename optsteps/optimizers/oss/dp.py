@@ -1,0 +1,134 @@
+"""The layered "exactly k steps" dynamic program over teacher indices (docs/algorithms.md §3): layers,
+one shard or several (re-run from the noise along the decisions), trace-back, the per-sample median path,
+and the brute-force path enumeration the tests compare with."""
+from __future__ import annotations
+
+from itertools import combinations
+
+import torch
+
+from optsteps.errors import OptstepsError
+from optsteps.optimizers.oss.costs import _state_cost_sums, _state_cost_sums_tracked, _x0_cost_sums
+from optsteps.optimizers.oss.engine import _Engine, _Nodes
+from optsteps.optimizers.oss.inputs import F64, _Shards
+
+
+def _layer_nodes(k: int, n: int, nfe: int) -> torch.Tensor:
+    """Teacher indices of layer k (exactly k steps taken, room left for nfe − k more)."""
+    if k == 0:
+        return torch.zeros(1, dtype=torch.long)
+    if k == nfe:
+        return torch.tensor([n])
+    return torch.arange(k, n - nfe + k + 1)
+
+
+def _layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache):
+    if distance == "state" and engine.xall is not None and not per_sample:
+        return _state_cost_sums_tracked(engine, ev, s, targets)
+    if distance == "state":  # targets are a contiguous range: pass a view of the teacher states
+        return _state_cost_sums(engine, ev, s, targets, shard[int(targets[0]):int(targets[-1]) + 1], per_sample)
+    key = id(shard)
+    if key not in x0_cache:  # teacher x̂_0 at every index 1..N−1 of this shard (N − 1 evaluations)
+        x0_cache.clear()
+        idx = torch.arange(1, engine.N)
+        S = shard.shape[1]
+        feat = shard.shape[2:]
+        x0 = engine.evaluate(shard[1:engine.N].reshape((engine.N - 1) * S, *feat), idx.repeat_interleave(S))
+        x0_cache[key] = torch.cat([torch.zeros_like(shard[:1]), x0.reshape(engine.N - 1, S, *feat)])
+    return _x0_cost_sums(engine, ev, s, targets, x0_cache[key][targets], per_sample)
+
+
+def _dp_one_shard(engine: _Engine, shard: torch.Tensor, distance: str, per_sample: bool):
+    """Full DP on one shard, keeping the layer states. Returns (decisions, final sums [n, S], final ev idx)."""
+    S = shard.shape[1]
+    n, nfe = engine.N, engine.K
+    if engine.track and not per_sample and distance == "state" and engine.cal is None:
+        engine.xall = shard.reshape(n + 1, -1).to(F64)
+        engine.xall_sq = engine.xall.pow(2).sum(1)
+    nodes = engine.root(shard[0])
+    decisions = []
+    x0_cache: dict = {}
+    for s in range(nfe):
+        ev = engine.process(nodes)
+        if s == nfe - 1:
+            return decisions, engine.final_errors(ev, s, shard[n]), ev.idx
+        targets = _layer_nodes(s + 1, n, nfe)
+        sums = _layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache)  # [n, J, G]
+        best = ev.idx[sums.argmin(0)]  # [J, G]
+        decisions.append((targets, best))
+        nodes = engine.materialize(ev, s, targets, best.expand(-1, S))
+        del ev
+    raise AssertionError("unreachable")
+
+
+def _replay(engine: _Engine, noise: torch.Tensor, decisions) -> _Nodes:
+    """Re-run one shard along fixed decisions to the nodes of layer len(decisions); only ancestors are evaluated."""
+    k = len(decisions)
+    S = noise.shape[0]
+    need = [None] * (k + 1)
+    need[k] = decisions[k - 1][0]
+    for layer in range(k - 1, 0, -1):
+        targets, best = decisions[layer]
+        pos = torch.searchsorted(targets, need[layer + 1])
+        need[layer] = torch.unique(best[pos, 0])
+    nodes = engine.root(noise)
+    for layer in range(k):
+        ev = engine.process(nodes)
+        targets, best = decisions[layer]
+        pos = torch.searchsorted(targets, need[layer + 1])
+        nodes = engine.materialize(ev, layer, need[layer + 1], best[pos].expand(-1, S))
+    return nodes
+
+
+def _dp_batch_shards(engine: _Engine, shards: _Shards, distance: str):
+    """Batch-mean DP over several shards: per layer, every shard is replayed and its cost sums accumulated."""
+    n, nfe = engine.N, engine.K
+    decisions = []
+    x0_cache: dict = {}
+    for s in range(nfe):
+        acc = None
+        for shard in shards:
+            nodes = engine.root(shard[0]) if s == 0 else _replay(engine, shard[0], decisions)
+            ev = engine.process(nodes)
+            if s == nfe - 1:
+                sums = engine.final_errors(ev, s, shard[n]).sum(1)  # [n_nodes]
+            else:
+                sums = _layer_costs(engine, ev, s, _layer_nodes(s + 1, n, nfe), shard, distance, False, x0_cache)[..., 0]
+            acc = sums if acc is None else acc + sums
+            idx = ev.idx
+            del ev, nodes
+            x0_cache.clear()
+        if s == nfe - 1:
+            return decisions, acc, idx
+        decisions.append((_layer_nodes(s + 1, n, nfe), idx[acc.argmin(0)][:, None]))
+    raise AssertionError("unreachable")
+
+
+def _trace(decisions, last_pred: torch.Tensor, n: int) -> torch.Tensor:
+    """Index paths [G, K + 1] from per-layer decisions and the chosen predecessors of N ([G])."""
+    g = last_pred.shape[0]
+    cols = [torch.full((g,), n, dtype=torch.long), last_pred]
+    cur = last_pred
+    for targets, best in reversed(decisions):
+        pos = torch.searchsorted(targets, cur)
+        cur = best[pos, torch.arange(g) if best.shape[1] > 1 else 0]
+        cols.append(cur)
+    return torch.stack(cols[::-1], 1)
+
+
+def median_path(paths) -> list[int]:
+    """Position-wise true median of strictly increasing index lists [P, K + 1] (for an even count: the floor
+    of the mean of the two middle values). The result is strictly increasing."""
+    p = torch.as_tensor(paths, dtype=torch.long)
+    if p.dim() != 2 or p.shape[0] == 0:
+        raise OptstepsError("median_path needs a non-empty list of equally long index lists.")
+    srt = p.sort(0).values
+    c = p.shape[0]
+    med = srt[c // 2] if c % 2 else torch.div(srt[c // 2 - 1] + srt[c // 2], 2, rounding_mode="floor")
+    return [int(v) for v in med]
+
+
+def all_paths(n: int, nfe: int):
+    """Every index path 0 < i_1 < … < i_{K−1} < N (C(N − 1, K − 1) of them), for brute-force checks."""
+    for mid in combinations(range(1, n), nfe - 1):
+        yield [0, *mid, n]

@@ -1,0 +1,106 @@
+"""GITS-type additive DP: one-jump costs c(i → j) of a first-order step from the teacher state x̄_i to t_j
+against x̄_j, and V(j, k) = min_i [c(j → i) + γ·V(i, k − 1)], γ = 1.15 — additive, hence exact."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.core.schedule import Schedule
+from optsteps.core.solvers.updates import ddim_step
+from optsteps.errors import OptstepsError
+from optsteps.optimizers.oss.engine import _Engine
+from optsteps.optimizers.oss.inputs import (
+    F64,
+    OSS_SOLVERS,
+    _check_choice,
+    _check_grid,
+    _check_nfe,
+    _numel,
+    _Shards,
+    student_spec,
+)
+from optsteps.optimizers.oss.refine import _TrueError
+from optsteps.optimizers.oss.search import OSSResult
+
+GITS_GAMMA = 1.15
+
+
+def gits_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule,
+               eval_batch_size: int | None = None) -> tuple[torch.Tensor, int]:
+    """One-jump costs C [N + 1, N + 1]: C[i, j] = batch-mean squared error (per element) of the first-order
+    step from the teacher state x̄_i to t_j against x̄_j (inf where j ≤ i), and the evaluations per sample (N)."""
+    t = _check_grid(teacher_t, noise_schedule)
+    n = len(t) - 1
+    shards = _Shards(teacher, n + 1)
+    engine = _Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
+    sums = torch.zeros(n + 1, n + 1, dtype=F64)
+    for shard in shards:
+        S = shard.shape[1]
+        feat = shard.shape[2:]
+        idx = torch.arange(n)
+        m = engine.evaluate(shard[:n].reshape(n * S, *feat), idx.repeat_interleave(S)).reshape(n, S, *feat)
+        for i in range(n):
+            j = torch.arange(i + 1, n + 1)
+            shape = (-1,) + (1,) * (shard.dim() - 1)
+            y = ddim_step(shard[i].to(F64), m[i].to(F64), engine.al_t[i], engine.si_t[i],
+                          engine.al_t[j].reshape(shape), engine.si_t[j].reshape(shape))
+            sums[i, i + 1:] += (y - shard[i + 1:].to(F64)).reshape(len(j), -1).pow(2).sum(1)
+    cost = sums / (shards.total * _numel(shards.feature_shape))
+    cost[torch.ones(n + 1, n + 1, dtype=torch.bool).tril()] = float("inf")
+    return cost, engine.evaluated // shards.total
+
+
+def gits_dp(cost: torch.Tensor, nfe: int, gamma: float = GITS_GAMMA) -> tuple[float, list[int]]:
+    """V(j, k) = min_{i > j} [c(j → i) + γ·V(i, k − 1)], V(N, 0) = 0; returns (V(0, K), its index path)."""
+    n = cost.shape[0] - 1
+    nfe = _check_nfe(nfe, n)
+    c = cost.to(F64)
+    inf = float("inf")
+    value = torch.full((nfe + 1, n + 1), inf, dtype=F64)
+    choice = torch.full((nfe + 1, n + 1), -1, dtype=torch.long)
+    value[0, n] = 0.0
+    for k in range(1, nfe + 1):
+        total = c + gamma * value[k - 1][None, :]  # [j, i]
+        best, arg = total.min(1)
+        value[k], choice[k] = best, arg
+    if not math.isfinite(float(value[nfe, 0])):
+        raise OptstepsError(f"no path of {nfe} steps through the cost matrix; check that it has finite entries above the diagonal.")
+    path = [0]
+    for k in range(nfe, 0, -1):
+        path.append(int(choice[k, path[-1]]))
+    return float(value[nfe, 0]), path
+
+
+def gits_objective(cost: torch.Tensor, path, gamma: float = GITS_GAMMA) -> float:
+    """Σ_m γ^m c(i_m → i_{m+1}) — what ``gits_dp`` minimises."""
+    return float(sum(gamma ** m * float(cost[path[m], path[m + 1]]) for m in range(len(path) - 1)))
+
+
+def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str = "ddim",
+                gamma: float = GITS_GAMMA, eval_batch_size: int | None = None, measure: bool = True,
+                model: str = "", costs: tuple[torch.Tensor, int] | None = None) -> OSSResult:
+    """GITS-type schedule from the teacher's one-jump costs; ``measure`` also runs the student along the path
+    to record its true final error (``l2_to_teacher``). ``costs``: the (C, evaluations) that ``gits_costs``
+    returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither)."""
+    _check_choice(solver, OSS_SOLVERS, "student solver")
+    t = _check_grid(teacher_t, noise_schedule)
+    nfe = _check_nfe(nfe, len(t) - 1)
+    if not gamma > 0:
+        raise OptstepsError(f"gamma = {gamma}; the GITS discount must be positive (default {GITS_GAMMA}).")
+    cost, evals = costs if costs is not None else gits_costs(t, teacher, denoiser, noise_schedule, eval_batch_size)
+    if cost.shape != (len(t), len(t)):
+        raise OptstepsError(f"the GITS cost matrix is {tuple(cost.shape)} but the teacher grid has {len(t)} times; "
+                            "compute it with gits_costs on this teacher.")
+    value, path = gits_dp(cost, nfe, gamma)
+    extra = {"gits_objective": value, "gamma": gamma, "model_evals": int(evals), "teacher_indices": path,
+             "teacher_steps": len(t) - 1, **student_spec(solver).json_fields()}
+    runs = 0
+    if measure:
+        err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)
+        extra["l2_to_teacher"] = err(path)
+        runs = err.runs
+    sched = Schedule(t[path], noise_schedule, model=model, method="gits", solver=solver, extra=extra)
+    return OSSResult(path, sched, value, int(evals), list(path), extra.get("l2_to_teacher", float("nan")),
+                     nfe * runs, runs)

@@ -1,5 +1,5 @@
 """The λ-optimizer of Xue et al. (CVPR 2024, "Accelerating Diffusion Sampling with Optimized Time Steps",
-arXiv 2402.17376), written from algorithms.md §2.
+arXiv 2402.17376), written from docs/algorithms.md §2.
 
 The optimized half-log-SNR sequence λ_0 = λ_T < λ_1 < … < λ_K = λ_ε minimises an upper bound F(λ) on
 the error that a multistep data-prediction exponential integrator (UniPC's predictor, orders 1-2-3…3-2-1)
@@ -58,7 +58,7 @@ _MAX_ORDER = 3
 
 
 # ---------------------------------------------------------------------------------------------------
-# H_m(h) and the exponential-integrator Lagrange weights (algorithms.md §2.4)
+# H_m(h) and the exponential-integrator Lagrange weights (docs/algorithms.md §2.4)
 # ---------------------------------------------------------------------------------------------------
 def exp_moments(h, m_max: int = 2) -> np.ndarray:
     """H_m(h) = ∫_0^h u^m e^u du for m = 0 … m_max; returns an array of shape (m_max + 1, *h.shape).
@@ -98,7 +98,7 @@ def lagrange_weights(nodes, lambda_next: float) -> np.ndarray:
     """General-k weights w_j = ∫_{λ_s}^{λ_next} e^λ ℓ_j(λ) dλ for nodes (λ_{s−k+1}, …, λ_s), λ_s the last.
 
     With u = λ − λ_s and node offsets d_j = λ_j − λ_s, ℓ_j(λ_s + u) = Π_{m≠j} (u − d_m)/(d_j − d_m)
-    = Σ_m c_{j,m} u^m, so w_j = e^{λ_s} Σ_m c_{j,m} H_m(h), h = λ_next − λ_s (algorithms.md §2.4).
+    = Σ_m c_{j,m} u^m, so w_j = e^{λ_s} Σ_m c_{j,m} H_m(h), h = λ_next − λ_s (docs/algorithms.md §2.4).
     Any k ≥ 1; the closed forms used by the optimizer (``step_weights``) agree with it for k ≤ 3.
     """
     x = np.asarray(nodes, dtype=np.float64).ravel()
@@ -122,7 +122,7 @@ def lagrange_weights(nodes, lambda_next: float) -> np.ndarray:
 
 
 def _closed_form_weights(X: np.ndarray, xn: np.ndarray) -> np.ndarray:
-    """Closed-form weights (algorithms.md §2.4) for a batch of steps of one order k = X.shape[1] ≤ 3.
+    """Closed-form weights (docs/algorithms.md §2.4) for a batch of steps of one order k = X.shape[1] ≤ 3.
 
     X: (n, k) nodes λ_{s−k+1} … λ_s; xn: (n,) λ_{s+1}. G_m = e^{λ_s} H_m(h):
       k = 1: w_s = G_0 = e^{λ_{s+1}} − e^{λ_s};
@@ -174,17 +174,17 @@ def _lagrange_derivative_tables(X: np.ndarray, xn: np.ndarray, others=None):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Order pattern, error model (algorithms.md §2.2, §2.3)
+# Order pattern, error model (docs/algorithms.md §2.2, §2.3)
 # ---------------------------------------------------------------------------------------------------
 def default_orders(nfe: int) -> list[int]:
-    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (algorithms.md §2.3)."""
+    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (docs/algorithms.md §2.3)."""
     _check_nfe(nfe)
     return [1 if s in (0, nfe - 1) else 2 if s in (1, nfe - 2) else 3 for s in range(nfe)]
 
 
 def default_trunc(nfe: int) -> int:
     """truncNum T_c = 3 for every K (what the reference code hard-codes). The paper's comment says 0 for
-    K ≥ 7 (algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
+    K ≥ 7 (docs/algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
     UniPC-3 schedules at K = 8 and 10 diverge (L2 to the teacher 179× and 363× uniform-λ's), while T_c = 3
     gives 0.64× and 0.78× (benchmarks/lambda_opt_digits.py). Pass ``trunc=0`` for the paper's variant."""
     return 3
@@ -241,7 +241,7 @@ def _check_trunc(trunc, nfe: int) -> int:
 
 
 def analytic_eps(lambdas, p: float = 1.0) -> np.ndarray:
-    """ε(λ) = σ^p/α with α = (1 + e^{−2λ})^{−1/2}, σ = (1 + e^{2λ})^{−1/2} (algorithms.md §2.2).
+    """ε(λ) = σ^p/α with α = (1 + e^{−2λ})^{−1/2}, σ = (1 + e^{2λ})^{−1/2} (docs/algorithms.md §2.2).
 
     log ε = −(p/2) log(1 + e^{2λ}) + ½ log(1 + e^{−2λ}); for p = 1 this is e^{−λ}.
     """
@@ -365,7 +365,7 @@ def _eps_and_dlog(lam: np.ndarray, p: float, eps):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The objective F(λ) and its gradient (algorithms.md §2.5)
+# The objective F(λ) and its gradient (docs/algorithms.md §2.5)
 # ---------------------------------------------------------------------------------------------------
 class _Group:
     """Steps of one order k with precomputed index arrays (scatter targets for the gradient / Jacobian)."""
@@ -416,7 +416,7 @@ def _check_lambdas(lambdas_full, min_size: int = 3) -> np.ndarray:
 
 
 def step_weights(lambdas_full, orders=None) -> list[np.ndarray]:
-    """Per step s the weights (w_{s,s−k_s+1}, …, w_{s,s}) of algorithms.md §2.4 (closed forms, k ≤ 3)."""
+    """Per step s the weights (w_{s,s−k_s+1}, …, w_{s,s}) of docs/algorithms.md §2.4 (closed forms, k ≤ 3)."""
     lam = _check_lambdas(lambdas_full, min_size=2)
     nfe = lam.size - 1
     ks = check_orders(orders, nfe)
@@ -442,7 +442,7 @@ def _local_weight_jacobian(X: np.ndarray, xn: np.ndarray, W: np.ndarray, others=
 
 
 def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
-    """F split as F = F_smooth + Σ_n |c_n| (algorithms.md §2.5):
+    """F split as F = F_smooth + Σ_n |c_n| (docs/algorithms.md §2.5):
 
     F_smooth = Σ_{k_s = 1} w_{s,s} ε_s + Σ_{k_s ≥ 2, s < T_c} ‖(w_{s,j} ε_j)_j‖₂   (smooth: w_{s,s} > 0, ε > 0),
     c_n = ε_n Σ_{s: k_s ≥ 2, s ≥ T_c, n ∈ nodes(s)} w_{s,n}                        (the accumulated term).
@@ -506,7 +506,7 @@ def _objective_core(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool
 
 
 def objective(lambdas_full, p: float = 1.0, trunc: int | None = None, orders=None, eps=None) -> float:
-    """The bound F(λ) of algorithms.md §2.5 for ANY strictly increasing finite λ_0 … λ_K (T_c = trunc):
+    """The bound F(λ) of docs/algorithms.md §2.5 for ANY strictly increasing finite λ_0 … λ_K (T_c = trunc):
 
       F = Σ_{s: k_s = 1} |w_{s,s} ε_s|
         + Σ_{s: k_s ≥ 2, s < T_c} sqrt(Σ_{j ∈ nodes(s)} (w_{s,j} ε_j)²)
@@ -538,7 +538,7 @@ def objective_and_grad(lambdas_full, p: float = 1.0, trunc: int | None = None, o
 
 
 # ---------------------------------------------------------------------------------------------------
-# Starts and the optimizer (algorithms.md §2.6, §2.7)
+# Starts and the optimizer (docs/algorithms.md §2.6, §2.7)
 # ---------------------------------------------------------------------------------------------------
 def _make_feasible(lam: np.ndarray, gap: float) -> np.ndarray:
     """Endpoints kept; interior clamped into the window and pushed apart to gaps ≥ ``gap``."""
@@ -706,7 +706,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
                      noise_schedule=None, t_start: float | None = None, t_end: float | None = None,
                      min_gap: float | None = None, maxiter: int = 200, probe_iter: int = 30,
                      gtol: float = 1e-8, xtol: float = 1e-10, gradient: str = "analytic") -> LambdaOptResult:
-    """Minimise F(λ_1 … λ_{K−1}) (algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
+    """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
     ``scipy.optimize.minimize(method="trust-constr")`` with the analytic gradient (``objective_and_grad``)
     on the smooth epigraph form of F (``_EpigraphProblem``) and one ``LinearConstraint``
@@ -802,7 +802,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Schedules (algorithms.md §2.8, §2.9)
+# Schedules (docs/algorithms.md §2.8, §2.9)
 # ---------------------------------------------------------------------------------------------------
 def lambda_window(noise_schedule, t_start: float, t_end: float, lambda_floor: float | None = None,
                   lambda_ceiling: float | None = None) -> tuple[float, float]:
@@ -840,7 +840,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
                         lambda_ceiling: float | None = None, starts: Sequence = DEFAULT_STARTS,
                         model: str = "", solver: str = "unipc", min_gap: float | None = None,
                         maxiter: int = 200, probe_iter: int = 30):
-    """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (algorithms.md §2).
+    """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (docs/algorithms.md §2).
 
     Endpoints default to the family's default_t_start / default_t_end. The optimisation runs on the λ window
     of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are ±∞, cosine VP reaches ≈ −10);

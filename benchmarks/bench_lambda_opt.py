@@ -1,4 +1,4 @@
-"""Wall time of one λ-optimization (algorithms.md §2.7): analytic gradient vs finite differences.
+"""Wall time of one λ-optimization (docs/algorithms.md §2.7): analytic gradient vs finite differences.
 
 Both columns solve the same problem (epigraph form of F, trust-constr, one LinearConstraint, the same
 three starts and iteration budget) in this process; only the derivatives differ: analytic

@@ -1,4 +1,4 @@
-"""The λ-optimizer (algorithms.md §2): weights, objective, gradient, optimizer, schedules, error models."""
+"""The λ-optimizer (docs/algorithms.md §2): weights, objective, gradient, optimizer, schedules, error models."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""Baseline step schedules (algorithms.md §4). Each returns a ``Schedule`` of NFE K from t_start to t_end.
+"""Baseline step schedules (docs/algorithms.md §4). Each returns a ``Schedule`` of NFE K from t_start to t_end.
 
 - ``uniform-t``:        t_i = t_start + i/K (t_end − t_start)
 - ``uniform-lambda``:   λ_i uniform between λ(t_start) and λ(t_end)      (DPM-Solver's "logSNR")

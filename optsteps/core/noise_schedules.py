@@ -1,6 +1,6 @@
 """Noise schedules: x_t = α_t x_0 + σ_t ε, half log-SNR λ_t = log(α_t/σ_t), and the exact inverse t(λ).
 
-Three families (algorithms.md §0):
+Three families (docs/algorithms.md §0):
 - ``VPDiscrete``: DDPM betas made continuous as in DPM-Solver (Lu et al. 2022, App. D): log α is
   piecewise linear in t over the nodes t_n = n/N (n = 1..N) with log α(t_n) = ½ log ᾱ_{n−1}, extended to
   t = 0 where α = 1 (σ = 0, the data). The network timestep is t·N − 1 (t = 1 ↔ 999).

@@ -5,7 +5,7 @@ class, (b) with softmax confidence > 0.9, and (c) that lie inside the real-data 
 (Kynkäänniemi et al., "Improved Precision and Recall Metric for Assessing Generative Models", NeurIPS 2019):
 a sample φ counts as real if ‖φ − φ_r‖ ≤ ‖φ_r − NN_k(φ_r)‖ for some real φ_r, with k = 3 and NN_k the k-th
 nearest other real sample, all in the classifier's 128-d features. A bare argmax is not enough: saturated
-noise from a broken sampler scores about 66 % on it (offline.md §5).
+noise from a broken sampler scores about 66 % on it (docs/offline.md §5).
 
 GenEval (Ghosh et al. 2023, github.com/djghosh13/geneval) is run only when its official evaluator is
 installed; otherwise the metric is absent and one log line says why. Nothing here approximates it.

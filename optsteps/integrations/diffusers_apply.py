@@ -4,7 +4,7 @@
 hub id in the local cache), refuses a schedule made for another noise schedule, puts a scheduler on it that
 takes the schedule, runs the pipeline's own ``__call__`` and writes the image.
 
-Scheduler choice (``scheduler="auto"``; pitfalls in shared/spec/dependencies.md §7):
+Scheduler choice (``scheduler="auto"``; pitfalls in docs/dependencies.md §7):
 
 - Rectified flow: ``FlowMatchEulerDiscreteScheduler`` with ``sigmas=`` and ``shift=1`` (the schedule's times
   verbatim; no dynamic shift) for DDIM/Euler schedules; for DPM-Solver++/UniPC schedules

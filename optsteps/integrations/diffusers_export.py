@@ -3,7 +3,7 @@
 ``to_diffusers(schedule, scheduler)`` returns ``(set_timesteps_kwargs, config_overrides)``: build the
 scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the kwargs to
 ``set_timesteps`` (or to a pipeline call, which forwards ``timesteps=``/``sigmas=``). Pitfalls handled
-(``../shared/spec/dependencies.md`` §7):
+(``docs/dependencies.md`` §7):
 
 - DDIMScheduler takes no custom timesteps (and silently mis-steps if they are overwritten): refused; DDIM is
   ``DPMSolverMultistepScheduler(solver_order=1)``, which does take them.

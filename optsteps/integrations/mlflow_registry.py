@@ -1,7 +1,7 @@
 """MLflow adapter: schedule runs, summary runs and a model registry of step schedules.
 
 The only library module that imports MLflow, and only inside functions (``import optsteps.integrations.mlflow_registry`` is
-cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 (MLflow 3.17.2):
+cheap and works without MLflow). Recipe: ``docs/dependencies.md`` §4 (MLflow 3.17.2):
 
 - tracking in sqlite (default ``sqlite:///<abs cwd>/mlruns.db``), artifacts in ``file:///<abs>/mlartifacts``
   next to the database, fixed when the experiment is created;

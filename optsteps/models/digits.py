@@ -1,5 +1,5 @@
 """``digits`` and ``digits-flow``: a class-conditional diffusers ``UNet2DModel`` on 8×8 sklearn digits,
-trained by the project (offline.md §4).
+trained by the project (docs/offline.md §4).
 
 - ``digits``: ε-prediction on the discrete linear-β VP schedule, N = 1000 (the CIFAR-10 DDPM setting);
   loss ‖ε_θ(√ᾱ_n x_0 + √(1−ᾱ_n) ε, n, c) − ε‖², n ~ U{0..N−1}; network timestep n = t·N − 1.

@@ -17,7 +17,7 @@ from optsteps.errors import OptstepsError
 
 @dataclass
 class TrainConfig:
-    """Diffusion-model training (offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
+    """Diffusion-model training (docs/offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
     steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3
@@ -58,7 +58,7 @@ class TrajectoriesConfig:
 
 @dataclass
 class OSSConfig:
-    """OSS/GITS distillation over the teacher shards (algorithms.md §3)."""
+    """OSS/GITS distillation over the teacher shards (docs/algorithms.md §3)."""
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
     samples: int = 64  # teacher samples the DP reads (the first S of the shards)
@@ -72,7 +72,7 @@ class OSSConfig:
 
 @dataclass
 class LambdaOptConfig:
-    """The λ-optimizer (Xue et al. 2024; algorithms.md §2)."""
+    """The λ-optimizer (Xue et al. 2024; docs/algorithms.md §2)."""
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
     p: float = 1.0

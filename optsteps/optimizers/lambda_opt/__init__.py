@@ -1,5 +1,5 @@
 """The λ-optimizer of Xue et al. (CVPR 2024, "Accelerating Diffusion Sampling with Optimized Time Steps",
-arXiv 2402.17376), written from algorithms.md §2.
+arXiv 2402.17376), written from docs/algorithms.md §2.
 
 The optimized half-log-SNR sequence λ_0 = λ_T < λ_1 < … < λ_K = λ_ε minimises an upper bound F(λ) on
 the error that a multistep data-prediction exponential integrator (UniPC's predictor, orders 1-2-3…3-2-1)

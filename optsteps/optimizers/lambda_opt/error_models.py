@@ -1,4 +1,4 @@
-"""Error models ε(λ) of the λ-optimizer (algorithms.md §2.2): the analytic ε = σ^p/α of the VP-equivalent
+"""Error models ε(λ) of the λ-optimizer (docs/algorithms.md §2.2): the analytic ε = σ^p/α of the VP-equivalent
 α, σ, and an empirical one measured on teacher shards (with a fitted exponent p)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ ERROR_MODELS = ("analytic", "empirical")
 
 
 def analytic_eps(lambdas, p: float = 1.0) -> np.ndarray:
-    """ε(λ) = σ^p/α with α = (1 + e^{−2λ})^{−1/2}, σ = (1 + e^{2λ})^{−1/2} (algorithms.md §2.2).
+    """ε(λ) = σ^p/α with α = (1 + e^{−2λ})^{−1/2}, σ = (1 + e^{2λ})^{−1/2} (docs/algorithms.md §2.2).
 
     log ε = −(p/2) log(1 + e^{2λ}) + ½ log(1 + e^{−2λ}); for p = 1 this is e^{−λ}.
     """

@@ -1,5 +1,5 @@
 """The λ-optimizer's objective F(λ) — the bound on the accumulated solver error with truncNum T_c — and its
-exact gradient (algorithms.md §2.5)."""
+exact gradient (docs/algorithms.md §2.5)."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +43,7 @@ class _Plan:
 
 
 def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
-    """F split as F = F_smooth + Σ_n |c_n| (algorithms.md §2.5):
+    """F split as F = F_smooth + Σ_n |c_n| (docs/algorithms.md §2.5):
 
     F_smooth = Σ_{k_s = 1} w_{s,s} ε_s + Σ_{k_s ≥ 2, s < T_c} ‖(w_{s,j} ε_j)_j‖₂   (smooth: w_{s,s} > 0, ε > 0),
     c_n = ε_n Σ_{s: k_s ≥ 2, s ≥ T_c, n ∈ nodes(s)} w_{s,n}                        (the accumulated term).
@@ -107,7 +107,7 @@ def _objective_core(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool
 
 
 def objective(lambdas_full, p: float = 1.0, trunc: int | None = None, orders=None, eps=None) -> float:
-    """The bound F(λ) of algorithms.md §2.5 for ANY strictly increasing finite λ_0 … λ_K (T_c = trunc):
+    """The bound F(λ) of docs/algorithms.md §2.5 for ANY strictly increasing finite λ_0 … λ_K (T_c = trunc):
 
       F = Σ_{s: k_s = 1} |w_{s,s} ε_s|
         + Σ_{s: k_s ≥ 2, s < T_c} sqrt(Σ_{j ∈ nodes(s)} (w_{s,j} ε_j)²)

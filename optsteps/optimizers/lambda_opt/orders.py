@@ -1,5 +1,5 @@
 """Checks of the λ-optimizer's inputs: NFE, the per-step order pattern (default: UniPC-3's step orders
-1-2-3…3-2-1, algorithms.md §2.3), the error exponent p and truncNum T_c (default 3, and why)."""
+1-2-3…3-2-1, docs/algorithms.md §2.3), the error exponent p and truncNum T_c (default 3, and why)."""
 from __future__ import annotations
 
 import math
@@ -13,13 +13,13 @@ _MAX_ORDER = 3
 
 
 def default_orders(nfe: int) -> list[int]:
-    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (algorithms.md §2.3): UniPC-3's step orders."""
+    """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (docs/algorithms.md §2.3): UniPC-3's step orders."""
     return step_orders(SolverSpec("unipc"), _check_nfe(nfe))
 
 
 def default_trunc(nfe: int) -> int:
     """truncNum T_c = 3 for every K (what the reference code hard-codes). The paper's comment says 0 for
-    K ≥ 7 (algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
+    K ≥ 7 (docs/algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
     UniPC-3 schedules at K = 8 and 10 diverge (L2 to the teacher 179× and 363× uniform-λ's), while T_c = 3
     gives 0.64× and 0.78× (benchmarks/lambda_opt_digits.py). Pass ``trunc=0`` for the paper's variant."""
     return 3

@@ -1,5 +1,5 @@
 """The λ-optimized ``Schedule`` for a noise schedule: the λ window (floor / ceiling for infinite ends),
-the optimisation, and the map back to times t(λ_i) (algorithms.md §2.8, §2.9)."""
+the optimisation, and the map back to times t(λ_i) (docs/algorithms.md §2.8, §2.9)."""
 from __future__ import annotations
 
 import math
@@ -55,7 +55,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
                         lambda_ceiling: float | None = None, starts: Sequence = DEFAULT_STARTS,
                         model: str = "", solver: str | SolverSpec = "unipc", min_gap: float | None = None,
                         maxiter: int = 200, probe_iter: int = 30):
-    """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (algorithms.md §2).
+    """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (docs/algorithms.md §2).
 
     Endpoints default to the family's default_t_start / default_t_end. The optimisation runs on the λ window
     of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are ±∞, cosine VP reaches ≈ −10);

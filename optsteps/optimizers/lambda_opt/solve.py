@@ -1,5 +1,5 @@
 """Starts (uniform-λ, uniform-t, Karras) and the constrained trust-region solve of the λ-optimizer in its
-smooth epigraph form, multi-start, lowest F kept (algorithms.md §2.6, §2.7)."""
+smooth epigraph form, multi-start, lowest F kept (docs/algorithms.md §2.6, §2.7)."""
 from __future__ import annotations
 
 import math
@@ -182,7 +182,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
                      noise_schedule=None, t_start: float | None = None, t_end: float | None = None,
                      min_gap: float | None = None, maxiter: int = 200, probe_iter: int = 30,
                      gtol: float = 1e-8, xtol: float = 1e-10, gradient: str = "analytic") -> LambdaOptResult:
-    """Minimise F(λ_1 … λ_{K−1}) (algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
+    """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
     ``scipy.optimize.minimize(method="trust-constr")`` with the analytic gradient (``objective_and_grad``)
     on the smooth epigraph form of F (``_EpigraphProblem``) and one ``LinearConstraint``

@@ -1,4 +1,4 @@
-"""Exponential-integrator Lagrange weights of the λ-optimizer (algorithms.md §2.4):
+"""Exponential-integrator Lagrange weights of the λ-optimizer (docs/algorithms.md §2.4):
 H_m(h) = ∫_0^h u^m e^u du and w_{s,j} = ∫_{λ_s}^{λ_{s+1}} e^λ ℓ_{s,j}(λ) dλ, in closed form and stable for small h."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def lagrange_weights(nodes, lambda_next: float) -> np.ndarray:
     """General-k weights w_j = ∫_{λ_s}^{λ_next} e^λ ℓ_j(λ) dλ for nodes (λ_{s−k+1}, …, λ_s), λ_s the last.
 
     With u = λ − λ_s and node offsets d_j = λ_j − λ_s, ℓ_j(λ_s + u) = Π_{m≠j} (u − d_m)/(d_j − d_m)
-    = Σ_m c_{j,m} u^m, so w_j = e^{λ_s} Σ_m c_{j,m} H_m(h), h = λ_next − λ_s (algorithms.md §2.4).
+    = Σ_m c_{j,m} u^m, so w_j = e^{λ_s} Σ_m c_{j,m} H_m(h), h = λ_next − λ_s (docs/algorithms.md §2.4).
     Any k ≥ 1; the closed forms used by the optimizer (``step_weights``) agree with it for k ≤ 3.
     """
     x = np.asarray(nodes, dtype=np.float64).ravel()
@@ -72,7 +72,7 @@ def lagrange_weights(nodes, lambda_next: float) -> np.ndarray:
 
 
 def _closed_form_weights(X: np.ndarray, xn: np.ndarray) -> np.ndarray:
-    """Closed-form weights (algorithms.md §2.4) for a batch of steps of one order k = X.shape[1] ≤ 3.
+    """Closed-form weights (docs/algorithms.md §2.4) for a batch of steps of one order k = X.shape[1] ≤ 3.
 
     X: (n, k) nodes λ_{s−k+1} … λ_s; xn: (n,) λ_{s+1}. G_m = e^{λ_s} H_m(h):
       k = 1: w_s = G_0 = e^{λ_{s+1}} − e^{λ_s};
@@ -124,7 +124,7 @@ def _lagrange_derivative_tables(X: np.ndarray, xn: np.ndarray, others=None):
 
 
 def step_weights(lambdas_full, orders=None) -> list[np.ndarray]:
-    """Per step s the weights (w_{s,s−k_s+1}, …, w_{s,s}) of algorithms.md §2.4 (closed forms, k ≤ 3)."""
+    """Per step s the weights (w_{s,s−k_s+1}, …, w_{s,s}) of docs/algorithms.md §2.4 (closed forms, k ≤ 3)."""
     lam = _check_lambdas(lambdas_full, min_size=2)
     nfe = lam.size - 1
     ks = check_orders(orders, nfe)

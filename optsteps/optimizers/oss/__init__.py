@@ -1,5 +1,5 @@
 """OSS: Optimal Stepsize Distillation (Pei, Hu, Gu 2025) as a dynamic program over a teacher trajectory,
-with a refinement by true final errors, and the GITS-type additive DP (algorithms.md §3).
+with a refinement by true final errors, and the GITS-type additive DP (docs/algorithms.md §3).
 
 Setting. A teacher took N fine steps on its grid t_0 = t_max > t_1 > … > t_N and left the states
 x̄_0 (the noise) … x̄_N for S samples. A student that spends K model evaluations must step along K + 1 of

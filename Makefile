@@ -36,4 +36,5 @@ run: .venv/.installed
 	@echo "              .venv/bin/optsteps registry list"
 
 test: .venv/.installed
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/lint-imports
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -rs tests

@@ -14,6 +14,7 @@ def cli(*args, cwd=None):
                           timeout=300)
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_schedule_baseline_json_round_trips():
     r = cli("schedule", "baseline", "uniform-lambda", "--model", "digits", "--nfe", "5", "--solver", "unipc", "--json")
     assert r.returncode == 0, r.stderr
@@ -22,6 +23,7 @@ def test_schedule_baseline_json_round_trips():
     assert json.loads(r.stdout)["noise_schedule"]["family"] == "vp"
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_bad_input_exits_2_with_the_fix():
     r = cli("schedule", "baseline", "ays", "--model", "digits", "--nfe", "5")
     assert r.returncode == 2 and "Align-Your-Steps tables exist only" in r.stderr
@@ -52,6 +54,7 @@ def test_params_errors(d, match):
         load_params("/nonexistent/params.yaml")
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_geneval_needs_a_text_to_image_pipeline(tmp_path):
     prompts = tmp_path / "evaluation_metadata.jsonl"
     prompts.write_text('{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n')

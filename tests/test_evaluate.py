@@ -132,11 +132,18 @@ def test_reference_features_are_cached_by_content(tmp_path, net, clf):
     f2 = reference_features(net, real, tmp_path)
     assert np.array_equal(f1, f2) and files[0].stat().st_mtime_ns == mtime  # read back, not recomputed
     reference_features(net, real[:150], tmp_path)  # other data → another key
+    assert len(list(tmp_path.glob("digitsnet-*.npz"))) == 2
+    same = type(clf)()  # another object with the same weights → the same key: read back from the file
+    same.load_state_dict(clf.state_dict())
+    assert fidmod.reference_key(digitsnet(same), real)[0] == fidmod.reference_key(net, real)[0]
+    fidmod.clear_memory_cache()
+    assert np.array_equal(reference_features(digitsnet(same), real, tmp_path), f1)
+    assert len(list(tmp_path.glob("digitsnet-*.npz"))) == 2 and files[0].stat().st_mtime_ns == mtime
     other = type(clf)()
     other.load_state_dict(clf.state_dict())
     with torch.no_grad():
-        other.head.weight.add_(0)  # same weights → same key
         other.body[0].weight.mul_(1.01)  # changed weights → new key
+    assert fidmod.reference_key(digitsnet(other), real)[0] != fidmod.reference_key(net, real)[0]
     reference_features(digitsnet(other), real, tmp_path)
     assert len(list(tmp_path.glob("digitsnet-*.npz"))) == 3
     # a file under the right name whose recorded key differs is ignored and replaced

@@ -4,7 +4,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.integration  # loads the Prefect flow module (imports prefect)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,6 +40,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # compose/k8s files, real Ray, MLflow and Prefect servers
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_DIR = REPO / "infra" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"

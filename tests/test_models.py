@@ -66,6 +66,7 @@ def test_missing_models_name_the_command(tmp_path):
         load_model("imagenet", tmp_path)
 
 
+@pytest.mark.integration  # a real diffusers DDPMPipeline saved and loaded
 def test_diffusers_pipeline_folder_adapter(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 

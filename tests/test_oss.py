@@ -203,8 +203,7 @@ def test_refinement_reaches_brute_force_optimum():
             misses.append((c, family, solver, n, k, res.cost / brute))
     print(f"\nOSS brute-force hit rate over {n_cases} cases: DP alone {hits_dp}%, DP + single-index refinement "
           f"{hits_single}%, DP + refinement (single + adjacent pairs, default) {hits}%; misses {misses}")
-    assert hits >= 95
-    assert hits_dp < n_cases  # the recurrence is a heuristic: "DP equals brute force" would be a wrong test
+    assert hits >= 95  # the DP alone is not asserted either way: it is a heuristic that may well improve
 
 
 # ---- evaluation count -------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random weights)
+
 pytest.importorskip("transformers", reason="text-to-image pipelines need transformers (CLIP text encoders)")
 
 from optsteps.errors import OptstepsError  # noqa: E402
@@ -451,7 +453,7 @@ def test_device_and_dtype_defaults(monkeypatch):
         pipelines.pick_dtype("cpu", "sd", "fp16")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # skipped without CUDA by tests/skip_policy.py
 def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
     from optsteps.integrations.diffusers_apply import apply_schedule
     from optsteps.core.baselines import baseline

@@ -8,6 +8,8 @@ from optsteps.pipeline.config import RayConfig, TeacherConfig
 from optsteps.models import gmm_model
 from optsteps.teacher.trajectories import generate_trajectories, iter_shards
 
+pytestmark = pytest.mark.integration  # real Ray actors on a local instance
+
 TEACHER = TeacherConfig(solver="unipc", steps=300, schedule="uniform-lambda", seed=5)
 
 

@@ -18,6 +18,8 @@ from optsteps.models.digits import noise_schedule_for  # noqa: E402
 from optsteps.integrations.mlflow_registry import Registry, registered_name  # noqa: E402
 from optsteps.core.schedule import Schedule  # noqa: E402
 
+pytestmark = pytest.mark.integration  # MLflow on a sqlite registry, the CLI in subprocesses
+
 REG = dict(git="0123abc", params_digest="p" * 8, dvc_hash="d" * 8)
 
 

@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 import torch
@@ -75,5 +74,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_text_atomic(p, "new")
     assert p.read_text() == "old"
-    assert [q.name for q in tmp_path.iterdir()] == ["f.txt"]
-    assert math.isfinite(1.0)
+    assert [q.name for q in tmp_path.iterdir()] == ["f.txt"]  # the temp file is removed too
+    monkeypatch.undo()  # and with a working rename the new text replaces the old, nothing left beside it
+    assert write_text_atomic(p, "new ✓") == p
+    assert p.read_text(encoding="utf-8") == "new ✓" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]

@@ -1,6 +1,11 @@
 """``params.yaml`` → typed config. One source of configuration for the CLI, the flows and the DVC stages.
 
 Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
+
+Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
+``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
+(``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
+(``optsteps.integrations.ray_pool``).
 """
 from __future__ import annotations
 
@@ -13,41 +18,10 @@ from pathlib import Path
 import yaml
 
 from optsteps.errors import OptstepsError
-
-
-@dataclass
-class TrainConfig:
-    """Diffusion-model training (offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    decay_fraction: float = 0.3  # cosine decay over the last 30 % of steps
-    ema: float = 0.999
-    label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
-    grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 1
-
-
-@dataclass
-class ClassifierConfig:
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 3e-3
-    holdout_fraction: float = 0.2
-    seed: int = 0
-    threads: int = 1
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """The teacher whose trajectories the optimizers read: N steps of ``solver`` on a ``schedule`` grid."""
-    solver: str = "unipc"
-    steps: int = 200
-    schedule: str = "uniform-lambda"
-    guidance: float = 1.0
-    seed: int = 0
+from optsteps.integrations.ray_pool import RayConfig
+from optsteps.models.classifier import ClassifierConfig
+from optsteps.models.digits import TrainConfig
+from optsteps.teacher.config import TeacherConfig
 
 
 @dataclass
@@ -98,19 +72,6 @@ class EvaluateConfig:
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
     metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by (lower is better)
-
-
-@dataclass
-class RayConfig:
-    """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
-    enabled: bool = False
-    address: str = ""
-    actors: int = 2
-    num_cpus: int = 2  # local instance only
-    num_gpus_per_actor: float = 1.0  # requested only where the cluster has GPUs
-    max_restarts: int = 2
-    object_store_mb: int = 512
-    task_timeout_s: float = 1800.0
 
 
 @dataclass

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import TeacherConfig
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule, write_text_atomic
 from optsteps.core.solvers import sample
+from optsteps.teacher.config import TeacherConfig
 
 FORMAT = "optsteps-trajectories/1"
 

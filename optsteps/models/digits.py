@@ -42,7 +42,7 @@ class TrainConfig:
     label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
     grad_clip: float = 1.0
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
 
 
 KINDS = {"digits": "epsilon", "digits-flow": "flow"}

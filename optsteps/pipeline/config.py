@@ -5,7 +5,7 @@ Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
 Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
 ``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
 (``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
-(``optsteps.integrations.ray_pool``).
+(``optsteps.integrations.ray_pool``). Every dataclass default equals ``params.yaml`` (tests/test_params_defaults.py).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from optsteps.teacher.config import TeacherConfig
 
 @dataclass
 class TrajectoriesConfig:
-    samples: int = 512
-    shard_size: int = 256
+    samples: int = 256
+    shard_size: int = 128
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EvaluateConfig:
     baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    n: int = 2000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
+    n: int = 1000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
     inception_n: int = 0  # samples for Inception FID (slow on CPU: ~2-8 img/s); 0 = off
     seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
     guidance: float = 1.0
@@ -93,7 +93,7 @@ class Params:
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSConfig = field(default_factory=OSSConfig)
     lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
-    models: list = field(default_factory=lambda: ["digits", "digits-flow"])
+    models: list = field(default_factory=lambda: ["digits"])
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 class TeacherConfig:
     """The teacher whose trajectories the optimizers read: N steps of ``solver`` on a ``schedule`` grid."""
     solver: str = "unipc"
-    steps: int = 200
+    steps: int = 100
     schedule: str = "uniform-lambda"
     guidance: float = 1.0
     seed: int = 0

@@ -112,7 +112,7 @@ def generate_shard(model: DiffusionModel, cfg: TeacherConfig, out_dir, start: in
     return {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
 
 
-def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int = 256,
+def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int,
                           progress: bool = True, runner=None) -> dict:
     """Write every missing shard of samples [0, samples) and the manifest; returns the manifest.
 

@@ -133,7 +133,7 @@ def populate(reg, artifacts: Path, n: int) -> None:
     digits = (model_dir(artifacts, "digits") / "optsteps_model.json").is_file() and \
         (model_dir(artifacts, "classifier") / "classifier.safetensors").is_file()
     model = load_model("digits", artifacts) if digits else gmm_model()
-    ev = Evaluator(model_dir(artifacts, "classifier") if digits else None, None, inception_n=0)
+    ev = Evaluator(model_dir(artifacts, "classifier") if digits else None, None, inception_n=0, kid_subsets=100)
     tcfg = TeacherConfig(solver="unipc", steps=100, seed=0)
     _, teacher = teacher_endpoints(model, tcfg, n, seed=1234)
     metric = "fid_digitsnet" if digits else "l2_to_teacher"

@@ -62,3 +62,38 @@ def test_geneval_needs_a_text_to_image_pipeline(tmp_path):
             "--no-log", "--geneval-prompts", str(prompts), cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "needs a text-to-image diffusers pipeline" in r.stderr
+
+
+def test_evaluate_options_default_to_params(tmp_path):
+    (tmp_path / "params.yaml").write_text("evaluate:\n  n: 6\n  seed: 4321\n")
+    r = cli("evaluate", "--model", "gmm", "--schedule", "uniform-lambda", "--nfe", "4", "--no-teacher", "--no-log",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 6  # evaluate.n, not a CLI default
+
+
+def test_registry_commands_default_to_the_params_tracking_uri(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import optsteps.integrations.mlflow_registry as mr
+    from optsteps.cli.registry import registry_app
+
+    seen = []
+
+    class FakeRegistry:
+        def __init__(self, uri=None):
+            seen.append(uri)
+
+        def list_schedules(self, model, nfe):
+            return []
+
+    monkeypatch.setattr(mr, "Registry", FakeRegistry)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("mlflow:\n  tracking_uri: http://127.0.0.1:5999\n")
+    r = CliRunner()
+    assert r.invoke(registry_app, ["list", "--params", str(params)]).exit_code == 0
+    assert r.invoke(registry_app, ["list", "--params", str(params), "--tracking-uri", "sqlite:///x.db"]).exit_code == 0
+    params.write_text("mlflow:\n  tracking_uri: ''\n")
+    assert r.invoke(registry_app, ["list", "--params", str(params)]).exit_code == 0
+    assert seen == ["http://127.0.0.1:5999", "sqlite:///x.db", None]

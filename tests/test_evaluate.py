@@ -229,12 +229,14 @@ def test_evaluate_grid_has_the_teacher_row_and_is_deterministic(tiny_digits, clf
 def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_path):
     m = tiny_digits
     s = baseline("uniform-lambda", m.noise_schedule, 2, model="digits")
-    out, x = evaluate_schedule(m, s, "ddim", n=12, seed=3, classifier=clf, inception_n=0, cache_dir=tmp_path,
-                               return_samples=True)
+    out, x = evaluate_schedule(m, s, "ddim", n=12, seed=3, classifier=clf, inception_n=0, kid_subsets=100,
+                               cache_dir=tmp_path, return_samples=True)
     assert x.shape == (12, 1, 8, 8) and out["n"] == 12 and "l2_to_teacher" not in out
     assert {"fid_digitsnet", "kid_digitsnet", "adherence_digitsnet"} <= set(out)
     with pytest.raises(OptstepsError, match="no solver"):
-        evaluate_schedule(m, s, None, n=4, classifier=clf)
+        evaluate_schedule(m, s, None, n=4, seed=3, classifier=clf)
+    with pytest.raises(OptstepsError, match="kid_subsets"):  # no evaluator and no Evaluator settings
+        evaluate_schedule(m, s, "ddim", n=4, seed=3, classifier=clf)
 
 
 def test_markdown_table_puts_the_teacher_first_and_bolds_the_best_per_solver_and_nfe():

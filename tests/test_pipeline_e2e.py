@@ -1,6 +1,9 @@
 """The real stack on a tiny params file: `dvc repro` in a temp git repo (every stage runs, shards are
-DVC-tracked, a second repro does nothing, changing the OSS NFE reruns only the OSS stage and what follows),
-and the Prefect flow on Prefect's temporary local server producing the same schedules as DVC."""
+DVC-tracked, a second repro does nothing, changing the OSS NFE reruns only the OSS stage and what follows, a
+change in the solvers' code makes `dvc status` report the stages that run them), and the Prefect flow on
+Prefect's temporary local server producing the same schedules as DVC.
+
+The stage commands import the temp repo's copy of optsteps (PYTHONPATH), the code its dvc.yaml deps hash."""
 import json
 import os
 import shutil
@@ -30,9 +33,9 @@ TINY = {
 }
 
 
-def env(tmp):
+def env(tmp, repo):
     e = dict(os.environ)
-    e.update(PATH=f"{BIN}:{e['PATH']}", DVC_NO_ANALYTICS="1", PREFECT_HOME=str(tmp / ".prefect"),
+    e.update(PATH=f"{BIN}:{e['PATH']}", PYTHONPATH=str(repo), DVC_NO_ANALYTICS="1", PREFECT_HOME=str(tmp / ".prefect"),
              PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
              PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_UI_ENABLED="false",
              OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -47,6 +50,7 @@ def project(tmp: Path, params: dict) -> Path:
     shutil.copytree(ROOT / "optsteps", repo / "optsteps", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # __pycache__ is not part of a code dep
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 
@@ -55,6 +59,13 @@ def run(cmd, cwd, e, timeout=900):
     r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
+
+
+def dvc_status(repo: Path, e) -> dict:
+    """`dvc status --json`: {stage: [{"changed deps": {path: "modified"}}, …]}, {} when up to date."""
+    r = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=e, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
 
 
 def schedules(repo: Path) -> dict:
@@ -66,7 +77,7 @@ def schedules(repo: Path) -> dict:
 def dvc_repo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dvc")
     repo = project(tmp, TINY)
-    e = env(tmp)
+    e = env(tmp, repo)
     run(["git", "init", "-q"], repo, e)
     run(["dvc", "init", "-q"], repo, e)
     out = run(["dvc", "repro"], repo, e)
@@ -110,9 +121,29 @@ def test_second_repro_does_nothing_and_oss_nfe_change_reruns_only_oss(dvc_repo):
     assert (repo / "results/schedules/digits/oss/ddim-nfe4.json").is_file()
 
 
+@pytest.mark.integration
+def test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it(dvc_repo):
+    repo, e, _, _ = dvc_repo
+    where = run([str(BIN / "python"), "-c", "import optsteps.cli.main as m; print(m.__file__)"], repo, e)
+    assert Path(where.strip()) == repo / "optsteps" / "cli" / "main.py"  # the stage commands run the deps' code
+    assert dvc_status(repo, e) == {}  # the stages' imports wrote __pycache__ into the deps: .dvcignore leaves it out
+    solvers = repo / "optsteps" / "core" / "solvers.py"
+    code = solvers.read_text()
+    solvers.write_text(code + "# a fix\n")
+    try:
+        status = dvc_status(repo, e)
+    finally:
+        solvers.write_text(code)
+    for stage in ("trajectories@digits", "lambda_opt@digits", "oss@digits", "evaluate@digits"):
+        assert any("optsteps/core" in c.get("changed deps", {}) for c in status.get(stage, []) if isinstance(c, dict)), \
+            (stage, status)
+    assert dvc_status(repo, e) == {}
+
+
 def test_prefect_flow_gives_the_same_schedules_as_dvc(dvc_repo, tmp_path):
     _, _, _, from_dvc = dvc_repo  # the schedules of the first `dvc repro`, before the NFE change
     flow_repo = project(tmp_path, TINY)
-    run([sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"], flow_repo, env(tmp_path), timeout=1200)
+    run([sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"], flow_repo, env(tmp_path, flow_repo),
+        timeout=1200)
     assert schedules(flow_repo) == from_dvc
     assert (flow_repo / "results/registry.json").is_file()

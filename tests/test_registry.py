@@ -20,7 +20,7 @@ from optsteps.core.schedule import Schedule  # noqa: E402
 
 pytestmark = pytest.mark.integration  # MLflow on a sqlite registry, the CLI in subprocesses
 
-REG = dict(git="0123abc", params_digest="p" * 8, dvc_hash="d" * 8)
+REG = dict(metric="fid_digitsnet", git="0123abc", params_digest="p" * 8, dvc_hash="d" * 8)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_summary_run_logs_curves(reg):
         for k in (3, 5, 8):
             rows.append({"model": "digits", "method": method, "solver": "unipc", "nfe": k,
                          "fid_digitsnet": base / k, "l2_to_teacher": base / k / 10})
-    rid = reg.log_summary_run(rows)
+    rid = reg.log_summary_run(rows, metric="fid_digitsnet")
     arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
     assert arts == {"plots/fid_vs_nfe.png", "plots/l2_vs_nfe.png"}
     hist = reg.client.get_metric_history(rid, "digits/unipc/lambda-opt/fid_digitsnet")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models.")
@@ -16,8 +17,6 @@ schedule_app = typer.Typer(no_args_is_help=True, help="Compute step schedules (b
 app.add_typer(schedule_app, name="schedule")
 stage_app = typer.Typer(no_args_is_help=True, help="Pipeline stages over the params.yaml grid (what dvc.yaml runs).")
 app.add_typer(stage_app, name="stage")
-
-ParamsOpt = typer.Option("params.yaml", "--params", help="The params file (one source of configuration).")
 
 
 def _params(path):

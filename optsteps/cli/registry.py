@@ -11,18 +11,25 @@ from typing import Optional
 
 import typer
 
+from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
 
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow registry of step schedules.")
 
 TrackingOpt = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
-                           help="MLflow tracking URI (default sqlite:///<abs cwd>/mlruns.db).")
+                           help="MLflow tracking URI (default: mlflow.tracking_uri of --params; empty there: "
+                           "sqlite:///<abs cwd>/mlruns.db).")
 
 
-def _registry(uri):
+def _registry(uri, params_path):
+    """The registry at ``--tracking-uri`` (or MLFLOW_TRACKING_URI), else at params.yaml's ``mlflow.tracking_uri``."""
     from optsteps.integrations.mlflow_registry import Registry
 
-    return Registry(uri)
+    if not uri:
+        from optsteps.pipeline.config import load_params
+
+        uri = load_params(params_path).mlflow.tracking_uri
+    return Registry(uri or None)
 
 
 def _fmt(v) -> str:
@@ -50,9 +57,9 @@ LIST_COLUMNS = ["name", "version", "aliases", "method", "nfe", "fid_digitsnet", 
 @registry_app.command("list")
 def list_cmd(model: Optional[str] = typer.Option(None, "--model", help="only this model"),
              nfe: Optional[int] = typer.Option(None, "--nfe", help="only this NFE"),
-             tracking_uri: Optional[str] = TrackingOpt):
+             tracking_uri: Optional[str] = TrackingOpt, params: str = ParamsOpt):
     """Registered schedules with their metrics."""
-    rows = _registry(tracking_uri).list_schedules(model, nfe)
+    rows = _registry(tracking_uri, params).list_schedules(model, nfe)
     if not rows:
         typer.echo("no registered schedules" + (f" for model {model}" if model else "") +
                    (f" at NFE {nfe}" if nfe is not None else "") + "; register one with `optsteps evaluate ... --register`.")
@@ -63,9 +70,9 @@ def list_cmd(model: Optional[str] = typer.Option(None, "--model", help="only thi
 
 @registry_app.command("show")
 def show_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS (e.g. digits-unipc-schedules@champion-nfe5) or NAME/VERSION"),
-             tracking_uri: Optional[str] = TrackingOpt):
+             tracking_uri: Optional[str] = TrackingOpt, params: str = ParamsOpt):
     """One registered schedule: version, aliases, tags, metrics and the schedule itself."""
-    typer.echo(json.dumps(_registry(tracking_uri).show(ref), indent=2, default=str))
+    typer.echo(json.dumps(_registry(tracking_uri, params).show(ref), indent=2, default=str))
 
 
 @registry_app.command("export")
@@ -74,9 +81,9 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
                scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                                        help="diffusers scheduler class (default by model family)"),
                out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of stdout"),
-               tracking_uri: Optional[str] = TrackingOpt):
+               tracking_uri: Optional[str] = TrackingOpt, params: str = ParamsOpt):
     """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
-    text = _registry(tracking_uri).export(ref, fmt, scheduler)
+    text = _registry(tracking_uri, params).export(ref, fmt, scheduler)
     if out:
         from optsteps.core.schedule import write_text_atomic
 
@@ -90,9 +97,12 @@ def evaluate(model: str = typer.Option(..., "--model"),
              schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
              nfe: int = typer.Option(5, "--nfe", help="NFE for a baseline KIND"),
              solver: str = typer.Option("unipc", "--solver"),
-             n: int = typer.Option(2000, "--n", help="generated samples for the digitsnet metrics"),
-             inception_n: int = typer.Option(0, "--inception-n", help="samples for Inception FID/KID (0: off)"),
-             seed: int = typer.Option(1234, "--seed", help="held-out evaluation seed (not the teacher's seed)"),
+             n: Optional[int] = typer.Option(None, "--n", help="generated samples for the digitsnet metrics "
+                                             "(default: evaluate.n)"),
+             inception_n: Optional[int] = typer.Option(None, "--inception-n", help="samples for Inception FID/KID "
+                                                       "(0: off; default: evaluate.inception_n)"),
+             seed: Optional[int] = typer.Option(None, "--seed", help="held-out evaluation seed, not the teacher's "
+                                                "(default: evaluate.seed)"),
              start: int = typer.Option(0, "--start"),
              guidance: Optional[float] = typer.Option(None, "--guidance", help="default: teacher.guidance"),
              teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="compute L2 to the teacher endpoint"),
@@ -102,7 +112,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
              geneval_prompts: Optional[str] = typer.Option(
                  None, "--geneval-prompts", help="GenEval evaluation_metadata.jsonl: run the official GenEval "
                  "evaluator on images from the --model pipeline (when installed; see README)"),
-             params: str = typer.Option("params.yaml", "--params")):
+             params: str = ParamsOpt):
     """Evaluate one schedule (FID/KID, gated adherence, L2 to the teacher, GenEval for text-to-image
     pipelines when its evaluator is installed) and log/register it in MLflow."""
     import dataclasses
@@ -121,6 +131,9 @@ def evaluate(model: str = typer.Option(..., "--model"),
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
     p = load_params(params)
+    n = p.evaluate.n if n is None else n
+    inception_n = p.evaluate.inception_n if inception_n is None else inception_n
+    seed = p.evaluate.seed if seed is None else seed
     m = load_model(model, p.artifacts)
     if Path(schedule).is_file() or schedule.endswith(".json"):
         s = Schedule.load(schedule)
@@ -132,7 +145,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
     classifier = clf_dir if m.sample_shape == (1, 8, 8) else None
     if classifier is not None and not (Path(clf_dir) / "classifier.safetensors").is_file():
         raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
-    ev = Evaluator(classifier, Path(p.artifacts) / "cache" / "fid", inception_n, progress=True)
+    ev = Evaluator(classifier, Path(p.artifacts) / "cache" / "fid", inception_n, p.evaluate.kid_subsets, progress=True)
     t_end = None
     if teacher:
         check_heldout(seed, start, n, p.teacher.seed, None)
@@ -156,7 +169,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
         return
     from optsteps.integrations.mlflow_registry import Registry, params_hash
 
-    reg = Registry(tracking_uri)
+    reg = Registry(tracking_uri or p.mlflow.tracking_uri or None)
     run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,
                   "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none"}
     out = {}
@@ -170,6 +183,6 @@ def evaluate(model: str = typer.Option(..., "--model"),
     typer.echo(json.dumps(out, indent=2))
     typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
     if register:
-        res = reg.register_schedule(rid, params_digest=params_hash(p))
+        res = reg.register_schedule(rid, metric=p.mlflow.metric, params_digest=params_hash(p))
         typer.echo(f"registered {res['name']} version {res['version']}" +
                    (f"; {res['alias']} now points to it" if res["champion"] else f"; {res['alias']} unchanged"))

@@ -8,11 +8,10 @@
 from optsteps.evaluate.adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
 from optsteps.evaluate.fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
                   inception_weights_path, kid_from_features, reference_features)
-from optsteps.evaluate.run import (DEFAULT_INCEPTION_N, DEFAULT_N, DEFAULT_SEED, Evaluator, check_heldout, evaluate_grid,
-                  evaluate_schedule, markdown_table, metric_columns, teacher_endpoints)
+from optsteps.evaluate.run import (Evaluator, check_heldout, evaluate_grid, evaluate_schedule, markdown_table,
+                  metric_columns, teacher_endpoints)
 
 __all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",
            "inception", "inception_weights_path", "kid_from_features", "reference_features", "class_adherence",
            "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "check_heldout",
-           "evaluate_grid", "evaluate_schedule", "markdown_table", "metric_columns", "teacher_endpoints", "DEFAULT_N",
-           "DEFAULT_INCEPTION_N", "DEFAULT_SEED"]
+           "evaluate_grid", "evaluate_schedule", "markdown_table", "metric_columns", "teacher_endpoints"]

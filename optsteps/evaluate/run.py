@@ -23,9 +23,6 @@ from optsteps.evaluate.fid import clean_features, digitsnet, fid_from_features, 
 
 log = logging.getLogger("optsteps.evaluate")
 
-DEFAULT_N = 2000
-DEFAULT_INCEPTION_N = 500
-DEFAULT_SEED = 1234
 NOISE_SEED_STRIDE = 1_000_003  # DiffusionModel.noise: generator seed = seed · stride + index
 
 
@@ -48,11 +45,13 @@ class Evaluator:
     """Feature nets, cached reference features and k-NN radii, shared across the rows of a grid.
 
     ``classifier``: a DigitsCNN or its folder (None: no digitsnet metrics, e.g. for non-digit models).
+    ``cache_dir``: where reference features are cached (None: no cache).
     ``inception_n``: how many of the samples go through Inception (0: no Inception metrics).
+    ``kid_subsets``: KID subsets per estimate. The caller passes these (params.yaml ``evaluate``).
     """
 
-    def __init__(self, classifier=None, cache_dir=None, inception_n: int = DEFAULT_INCEPTION_N, device="cpu",
-                 k: int = K_NEAREST, confidence: float = CONFIDENCE, kid_seed: int = 0, kid_subsets: int = 100,
+    def __init__(self, classifier, cache_dir, inception_n: int, kid_subsets: int, device="cpu",
+                 k: int = K_NEAREST, confidence: float = CONFIDENCE, kid_seed: int = 0,
                  real_images: torch.Tensor | None = None, progress: bool = False):
         if inception_n < 0:
             raise OptstepsError(f"inception_n must be ≥ 0 (0 disables Inception FID), got {inception_n}.")
@@ -108,10 +107,13 @@ class Evaluator:
         return out
 
 
-def _evaluator(evaluator, classifier, cache_dir, inception_n, progress) -> Evaluator:
+def _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress) -> Evaluator:
     if evaluator is not None:
         return evaluator
-    return Evaluator(classifier, cache_dir, inception_n, progress=progress)
+    if inception_n is None or kid_subsets is None:
+        raise OptstepsError("pass evaluator= or inception_n= and kid_subsets= (params.yaml evaluate.inception_n, "
+                            "evaluate.kid_subsets).")
+    return Evaluator(classifier, cache_dir, inception_n, kid_subsets, progress=progress)
 
 
 def run_spec(schedule: Schedule, solver: str) -> SolverSpec:
@@ -130,12 +132,14 @@ def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, sta
     return sched, generate(model, sched, teacher_cfg.solver, n, seed, start, g, batch_size)
 
 
-def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | None = None, n: int = DEFAULT_N,
-                      seed: int = DEFAULT_SEED, start: int = 0, guidance: float = 1.0, classifier=None,
-                      teacher: torch.Tensor | None = None, inception_n: int = DEFAULT_INCEPTION_N, cache_dir=None,
+def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | None, n: int, seed: int,
+                      start: int = 0, guidance: float = 1.0, classifier=None, teacher: torch.Tensor | None = None,
+                      inception_n: int | None = None, kid_subsets: int | None = None, cache_dir=None,
                       evaluator: Evaluator | None = None, batch_size: int = 500, geneval_prompts=None,
                       prompt_sampler=None, progress: bool = False, return_samples: bool = False):
-    """Sample ``n`` seeded samples along ``schedule`` with ``solver`` and return a dict of metrics.
+    """Sample ``n`` seeded samples along ``schedule`` with ``solver`` (None: the schedule's) and return a dict
+    of metrics. Pass an ``evaluator`` or the ``Evaluator`` settings (``classifier``, ``cache_dir``,
+    ``inception_n``, ``kid_subsets``).
 
     ``teacher``: the teacher's endpoints for the same (seed, start, n) (see ``teacher_endpoints``) to get
     ``l2_to_teacher``. With ``return_samples`` the result is (metrics, samples).
@@ -150,7 +154,7 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
     if schedule.noise_schedule != model.noise_schedule:
         raise OptstepsError(f"the schedule was made for {schedule.noise_schedule.to_dict()}, but model {model.name!r} "
                             f"uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
-    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, progress)
+    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress)
     t0 = time.perf_counter()
     x = generate(model, schedule, run_spec(schedule, solver), n, seed, start, guidance, batch_size)
     t1 = time.perf_counter()
@@ -161,9 +165,9 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
     return (out, x) if return_samples else out
 
 
-def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg, n: int = DEFAULT_N,
-                  seed: int = DEFAULT_SEED, start: int = 0, guidance: float | None = None, solver: str | None = None,
-                  classifier=None, inception_n: int = DEFAULT_INCEPTION_N, cache_dir=None,
+def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg, n: int, seed: int, start: int = 0,
+                  guidance: float | None = None, solver: str | None = None, classifier=None,
+                  inception_n: int | None = None, kid_subsets: int | None = None, cache_dir=None,
                   evaluator: Evaluator | None = None, distill_samples: int | None = None, batch_size: int = 500,
                   progress: bool = True) -> list[dict]:
     """Evaluate every schedule on the same held-out seeds; the first row is the teacher itself (the reference,
@@ -176,7 +180,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
 
     check_heldout(seed, start, n, teacher_cfg.seed, distill_samples)
     g = teacher_cfg.guidance if guidance is None else guidance
-    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, progress)
+    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress)
     labels = model.labels(n, start)
     t0 = time.perf_counter()
     tsched, teacher = teacher_endpoints(model, teacher_cfg, n, seed, start, g, batch_size)
@@ -249,5 +253,4 @@ def markdown_table(rows: list[dict], metrics=("fid_digitsnet", "adherence_digits
 
 
 __all__ = ["Evaluator", "evaluate_schedule", "evaluate_grid", "teacher_endpoints", "check_heldout", "metric_columns",
-           "markdown_table",
-           "DEFAULT_N", "DEFAULT_INCEPTION_N", "DEFAULT_SEED"]
+           "markdown_table"]

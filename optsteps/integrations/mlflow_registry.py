@@ -37,7 +37,6 @@ EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
 SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
 SCHEDULE_FILE = "schedule.json"
-PRIMARY_METRIC = "fid_digitsnet"
 KIND_TAG = "optsteps_kind"
 FORMATS = ("json", "diffusers", "comfyui")
 DEFAULT_SCHEDULER = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
@@ -331,9 +330,9 @@ class Registry:
                                      pip_requirements=["optsteps", "torch", "numpy"])
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
-    def log_summary_run(self, rows: list[dict], run_name: str = "summary", metric: str = PRIMARY_METRIC) -> str:
-        """A run with the grid's rows (JSON), FID-vs-NFE and L2-vs-NFE curves per method, and per-method
-        metric series (step = NFE)."""
+    def log_summary_run(self, rows: list[dict], run_name: str = "summary", *, metric: str) -> str:
+        """A run with the grid's rows (JSON), ``metric``-vs-NFE (params.yaml ``mlflow.metric``) and L2-vs-NFE
+        curves per method, and per-method metric series (step = NFE)."""
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
         run = self.client.create_run(self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name,
@@ -360,11 +359,12 @@ class Registry:
         return rid
 
     # -- registry ------------------------------------------------------------------------------------
-    def register_schedule(self, run_id: str, metric: str = PRIMARY_METRIC, git: str | None = None,
+    def register_schedule(self, run_id: str, metric: str, git: str | None = None,
                           params_digest: str | None = None, dvc_hash: str | None = None,
                           description: str | None = None) -> dict:
         """Register the run's schedule as a new version of ``<model>-<solver>-schedules`` and move
-        ``champion-nfe{K}`` to it only if its ``metric`` is strictly lower than the champion's.
+        ``champion-nfe{K}`` to it only if its ``metric`` (params.yaml ``mlflow.metric``) is strictly lower than
+        the champion's.
 
         Every check (run finished, metric present and finite, schedule artifact readable) comes first;
         creating the version is the last registry write before the alias. Returns name, version, alias,
@@ -433,7 +433,7 @@ class Registry:
         return True
 
     def publish(self, schedule: Schedule, evaluate, solver: str | None = None, params: dict | None = None,
-                metric: str = PRIMARY_METRIC, **register_kw) -> dict:
+                *, metric: str, **register_kw) -> dict:
         """Evaluate inside a new run, then register it. ``evaluate()`` returns (metrics, samples or None).
         If evaluation fails the run is marked FAILED and nothing is registered."""
         rid = self.log_schedule_run(schedule, solver=solver, params=params, evaluate=evaluate)

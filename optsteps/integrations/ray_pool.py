@@ -11,9 +11,23 @@ GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
-from optsteps.pipeline.config import RayConfig, TeacherConfig
+from optsteps.teacher.config import TeacherConfig
+
+
+@dataclass
+class RayConfig:
+    """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
+    enabled: bool = False
+    address: str = ""
+    actors: int = 2
+    num_cpus: int = 2  # local instance only
+    num_gpus_per_actor: float = 1.0  # requested only where the cluster has GPUs
+    max_restarts: int = 2
+    object_store_mb: int = 512
+    task_timeout_s: float = 1800.0
+
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_SCHEDULER_EVENTS": "0"}
 

@@ -10,14 +10,24 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from optsteps.pipeline.config import ClassifierConfig
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
+
+
+@dataclass
+class ClassifierConfig:
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 3e-3
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    threads: int = 1
 
 
 class DigitsCNN(nn.Module):

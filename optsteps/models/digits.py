@@ -19,15 +19,31 @@ import math
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from optsteps.pipeline.config import TrainConfig
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
 from optsteps.models.base import DiffusionModel
+
+
+@dataclass
+class TrainConfig:
+    """Diffusion-model training (offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    decay_fraction: float = 0.3  # cosine decay over the last 30 % of steps
+    ema: float = 0.999
+    label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 2
+
 
 KINDS = {"digits": "epsilon", "digits-flow": "flow"}
 NULL_LABEL = 10

@@ -1,6 +1,11 @@
 """``params.yaml`` → typed config. One source of configuration for the CLI, the flows and the DVC stages.
 
 Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
+
+Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
+``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
+(``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
+(``optsteps.integrations.ray_pool``). Every dataclass default equals ``params.yaml`` (tests/test_params_defaults.py).
 """
 from __future__ import annotations
 
@@ -13,47 +18,16 @@ from pathlib import Path
 import yaml
 
 from optsteps.errors import OptstepsError
-
-
-@dataclass
-class TrainConfig:
-    """Diffusion-model training (docs/offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    decay_fraction: float = 0.3  # cosine decay over the last 30 % of steps
-    ema: float = 0.999
-    label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
-    grad_clip: float = 1.0
-    seed: int = 0
-    threads: int = 1
-
-
-@dataclass
-class ClassifierConfig:
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 3e-3
-    holdout_fraction: float = 0.2
-    seed: int = 0
-    threads: int = 1
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """The teacher whose trajectories the optimizers read: N steps of ``solver`` on a ``schedule`` grid."""
-    solver: str = "unipc"
-    steps: int = 200
-    schedule: str = "uniform-lambda"
-    guidance: float = 1.0
-    seed: int = 0
+from optsteps.integrations.ray_pool import RayConfig
+from optsteps.models.classifier import ClassifierConfig
+from optsteps.models.digits import TrainConfig
+from optsteps.teacher.config import TeacherConfig
 
 
 @dataclass
 class TrajectoriesConfig:
-    samples: int = 512
-    shard_size: int = 256
+    samples: int = 256
+    shard_size: int = 128
 
 
 @dataclass
@@ -85,7 +59,7 @@ class EvaluateConfig:
     baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    n: int = 2000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
+    n: int = 1000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
     inception_n: int = 0  # samples for Inception FID (slow on CPU: ~2-8 img/s); 0 = off
     seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
     guidance: float = 1.0
@@ -98,19 +72,6 @@ class EvaluateConfig:
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
     metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by (lower is better)
-
-
-@dataclass
-class RayConfig:
-    """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
-    enabled: bool = False
-    address: str = ""
-    actors: int = 2
-    num_cpus: int = 2  # local instance only
-    num_gpus_per_actor: float = 1.0  # requested only where the cluster has GPUs
-    max_restarts: int = 2
-    object_store_mb: int = 512
-    task_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -132,7 +93,7 @@ class Params:
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSConfig = field(default_factory=OSSConfig)
     lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
-    models: list = field(default_factory=lambda: ["digits", "digits-flow"])
+    models: list = field(default_factory=lambda: ["digits"])
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import TeacherConfig
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule, write_text_atomic
 from optsteps.core.solvers import sample
+from optsteps.teacher.config import TeacherConfig
 
 FORMAT = "optsteps-trajectories/1"
 
@@ -112,7 +112,7 @@ def generate_shard(model: DiffusionModel, cfg: TeacherConfig, out_dir, start: in
     return {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
 
 
-def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int = 256,
+def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int,
                           progress: bool = True, runner=None) -> dict:
     """Write every missing shard of samples [0, samples) and the manifest; returns the manifest.
 

@@ -32,7 +32,7 @@ from optsteps.models.base import DiffusionModel
 
 @dataclass
 class TrainConfig:
-    """Diffusion-model training (offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
+    """Diffusion-model training (docs/offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
     steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3

@@ -78,7 +78,7 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
     """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
     text = _registry(tracking_uri).export(ref, fmt, scheduler)
     if out:
-        from optsteps.core.schedule import write_text_atomic
+        from optsteps.io.atomic import write_text_atomic
 
         write_text_atomic(out, text if text.endswith("\n") else text + "\n")
         typer.echo(f"wrote {out}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import io
 import logging
 import re
 from pathlib import Path
@@ -42,6 +41,7 @@ import typer
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.io.atomic import save_png_atomic
 
 log = logging.getLogger("optsteps.integrations.diffusers_apply")
 
@@ -351,15 +351,6 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
     if out_png is not None:
         info["out"] = str(save_png_atomic(img, out_png))
     return info
-
-
-def save_png_atomic(img, path) -> Path:
-    """Save a PIL image as PNG atomically (encoded in memory, then ``write_bytes_atomic``)."""
-    from optsteps.core.schedule import write_bytes_atomic
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return write_bytes_atomic(path, buf.getvalue())
 
 
 def pipeline_prompt_sampler(pipe, guidance: float | None = None, scheduler: str = "auto", where: str = "",

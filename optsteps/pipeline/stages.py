@@ -234,7 +234,7 @@ def evaluate(p: Params, model: str) -> Path:
 
     from optsteps.evaluate.run import Evaluator, evaluate_grid, markdown_table
     from optsteps.models.classifier import load_classifier
-    from optsteps.core.schedule import write_text_atomic
+    from optsteps.io.atomic import write_text_atomic
 
     torch.set_num_threads(p.evaluate.threads)
     m = load_model(model, p.artifacts)
@@ -268,7 +268,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     import json
 
     from optsteps.integrations.mlflow_registry import Registry, dvc_data_hash, git_commit, params_hash
-    from optsteps.core.schedule import write_text_atomic
+    from optsteps.io.atomic import write_text_atomic
 
     reg = Registry(p.mlflow.tracking_uri or None)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()

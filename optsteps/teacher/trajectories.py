@@ -27,7 +27,8 @@ from optsteps.core.baselines import baseline
 from optsteps.pipeline.config import TeacherConfig
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
-from optsteps.core.schedule import Schedule, write_text_atomic
+from optsteps.core.schedule import Schedule
+from optsteps.io.atomic import write_text_atomic
 from optsteps.core.solvers import sample
 
 FORMAT = "optsteps-trajectories/1"

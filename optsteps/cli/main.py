@@ -151,7 +151,7 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
                guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
                params: str = ParamsOpt):
     """Sample a grid PNG with a solver on a schedule."""
-    from optsteps.models.digits_data import save_grid
+    from optsteps.io.images import save_grid
     from optsteps.models import load_model
     from optsteps.models.sampling import generate
 

@@ -178,7 +178,7 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
         if isinstance(imgs, torch.Tensor):
             from PIL import Image
 
-            from optsteps.models.digits_data import to_uint8
+            from optsteps.io.images import to_uint8
 
             imgs = [Image.fromarray(a) for a in to_uint8(imgs)]
         if len(imgs) != images_per_prompt:

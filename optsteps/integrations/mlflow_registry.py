@@ -309,7 +309,7 @@ class Registry:
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
             if samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
-                from optsteps.models.digits_data import save_grid
+                from optsteps.io.images import save_grid
 
                 with tempfile.TemporaryDirectory() as d:
                     save_grid(samples[:100], Path(d) / "samples.png")

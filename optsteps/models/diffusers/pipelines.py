@@ -290,7 +290,7 @@ class PipelineModel(DiffusionModel):
         """PIL images of decoded latents."""
         from PIL import Image
 
-        from optsteps.models.digits_data import to_uint8
+        from optsteps.io.images import to_uint8
 
         return [Image.fromarray(a) for a in to_uint8(self.decode(latents))]
 

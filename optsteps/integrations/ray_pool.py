@@ -74,7 +74,8 @@ def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir,
     import torch
 
     from optsteps.models import load_model
-    from optsteps.teacher.trajectories import _write_shard, header, sha256_file, shard_name
+    from optsteps.io.hashing import sha256_file
+    from optsteps.teacher.trajectories import _write_shard, header, shard_name
 
     out_dir = Path(out_dir)
     ray = init_ray(cfg)

@@ -14,7 +14,6 @@ crash loses at most the shard in progress. Loading checks model, teacher config 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +28,7 @@ from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
 from optsteps.io.atomic import write_text_atomic
+from optsteps.io.hashing import sha256_file
 from optsteps.core.solvers import sample
 
 FORMAT = "optsteps-trajectories/1"
@@ -53,14 +53,6 @@ def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: in
     states.append(final.float().clone())
     return {"t": sched.timesteps_t, "states": torch.stack(states), "x0": torch.stack(x0s),
             "labels": labels if labels is not None else torch.full((count,), -1, dtype=torch.long)}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_name(start: int, count: int) -> str:

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 
 from optsteps.errors import OptstepsError
+from optsteps.io.hashing import file_digest
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
 
@@ -151,24 +151,7 @@ def _noise_schedule(cfg: dict, root) -> NoiseSchedule:
     return noise_schedule_from_diffusers_config(cfg)
 
 
-_HASH_CACHE: dict = {}
-_HEX = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-
-
-def _file_digest(f: Path) -> str:
-    # hub snapshots link each file to blobs/<sha256 (LFS) or git sha1>: that name already identifies the content
-    if f.is_symlink() and _HEX.match(f.resolve().name):
-        return f.resolve().name
-    st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def pipeline_digest(root) -> str:
@@ -180,7 +163,7 @@ def pipeline_digest(root) -> str:
             continue
         if f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".txt", ".model"):
             h.update(str(f.relative_to(root)).encode())
-            h.update(_file_digest(f).encode())
+            h.update(file_digest(f).encode())
     return h.hexdigest()
 
 

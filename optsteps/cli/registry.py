@@ -154,7 +154,8 @@ def evaluate(model: str = typer.Option(..., "--model"),
         metrics, _ = run()
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from optsteps.integrations.mlflow_registry import Registry, params_hash
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.io.provenance import params_hash
 
     reg = Registry(tracking_uri)
     run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,

@@ -267,7 +267,8 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     Writes results/registry.json (what was registered)."""
     import json
 
-    from optsteps.integrations.mlflow_registry import Registry, dvc_data_hash, git_commit, params_hash
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
     from optsteps.io.atomic import write_text_atomic
 
     reg = Registry(p.mlflow.tracking_uri or None)

@@ -232,7 +232,7 @@ def _mount_registry():
 
 
 def _mount_apply():
-    from optsteps.integrations.diffusers_apply import apply_command
+    from optsteps.cli.apply import apply_command
 
     app.command("apply")(apply_command)
 

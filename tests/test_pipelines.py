@@ -431,24 +431,24 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
 # ---- device and precision --------------------------------------------------------------------------------
 
 def test_device_and_dtype_defaults(monkeypatch):
-    import optsteps.models.diffusers.pipelines as pipelines
+    import optsteps.models.diffusers.hub as hub
 
     monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pipelines.default_device() == "cuda"
+    assert hub.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pipelines.default_device() == "cpu"
+    assert hub.default_device() == "cpu"
     monkeypatch.setenv("OPTSTEPS_DEVICE", "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pipelines.default_device() == "cpu"
-    assert pipelines.pick_dtype("cpu", "sd") == pipelines.pick_dtype("cpu", "sd3") == torch.float32
-    assert pipelines.pick_dtype("cuda", "sd") == pipelines.pick_dtype("cuda:0", "unet2d") == torch.float16
-    assert pipelines.pick_dtype("cuda", "sd3") == torch.bfloat16
-    assert pipelines.pick_dtype("cuda", "sd", "fp32") == torch.float32
+    assert hub.default_device() == "cpu"
+    assert hub.pick_dtype("cpu", "sd") == hub.pick_dtype("cpu", "sd3") == torch.float32
+    assert hub.pick_dtype("cuda", "sd") == hub.pick_dtype("cuda:0", "unet2d") == torch.float16
+    assert hub.pick_dtype("cuda", "sd3") == torch.bfloat16
+    assert hub.pick_dtype("cuda", "sd", "fp32") == torch.float32
     with pytest.raises(OptstepsError, match="unknown dtype"):
-        pipelines.pick_dtype("cuda", "sd", "int8")
+        hub.pick_dtype("cuda", "sd", "int8")
     with pytest.raises(OptstepsError, match="on the CPU use float32"):
-        pipelines.pick_dtype("cpu", "sd", "fp16")
+        hub.pick_dtype("cpu", "sd", "fp16")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

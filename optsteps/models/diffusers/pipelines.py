@@ -2,7 +2,7 @@
 
 Supported ``model_index.json`` classes:
 
-- ``DDPMPipeline`` / ``DDIMPipeline`` (pixel UNet2DModel): delegated to ``diffusers_adapter.load_unet2d_pipeline``.
+- ``DDPMPipeline`` / ``DDIMPipeline`` (pixel UNet2DModel): delegated to ``unet2d.load_unet2d_pipeline``.
 - ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder) and
   ``StableDiffusionXLPipeline`` (two CLIP text encoders, pooled embeddings and size "time ids"): latent VP
   models; the noise schedule is the exact discrete-β schedule of the pipeline's scheduler config.
@@ -43,9 +43,10 @@ from typing import Any
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.io.hashing import file_digest
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
+from optsteps.models.diffusers.hub import (default_device, pick_dtype, pipeline_class_name, pipeline_digest,
+                                           resolve_pipeline)
 
 log = logging.getLogger("optsteps.models")
 
@@ -111,29 +112,7 @@ def _prompt_list(prompts) -> list[str]:
     return out
 
 
-# ---- resolving and identifying a pipeline folder ------------------------------------------------------
-
-def resolve_pipeline(path_or_id) -> Path:
-    """A local pipeline folder, or the snapshot folder of a hub id already in the local cache."""
-    from optsteps.models.diffusers.unet2d import _resolve
-
-    p = Path(path_or_id)
-    if not p.is_dir() and (str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1):
-        raise OptstepsError(f"pipeline folder {p} does not exist; pass a diffusers pipeline folder (with "
-                            "model_index.json) or a hub id that is in the local cache.")
-    root = _resolve(str(path_or_id))
-    if not (root / "model_index.json").is_file():
-        raise OptstepsError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder; save the "
-                            "pipeline with `pipe.save_pretrained(folder)` or pass the folder that holds model_index.json.")
-    return root
-
-
-def pipeline_class_name(root) -> str:
-    try:
-        return str(json.loads((Path(root) / "model_index.json").read_text())["_class_name"])
-    except (json.JSONDecodeError, KeyError) as e:
-        raise OptstepsError(f"{root}/model_index.json is not a diffusers model index ({e}); re-save the pipeline.") from None
-
+# ---- the pipeline's noise schedule --------------------------------------------------------------------
 
 def pipeline_noise_schedule(path_or_id) -> NoiseSchedule:
     """The exact noise schedule of a pipeline from its scheduler config alone (nothing else is loaded)."""
@@ -149,51 +128,6 @@ def _noise_schedule(cfg: dict, root) -> NoiseSchedule:
         raise OptstepsError(f"{root}/scheduler uses rescale_betas_zero_snr (ᾱ_T = 0, infinite noise at t = 1), which "
                             "optsteps' discrete VP schedule does not model; use a pipeline without it.")
     return noise_schedule_from_diffusers_config(cfg)
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-
-
-def pipeline_digest(root) -> str:
-    """sha256 over every config and weight file of the pipeline folder (paths and contents)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*")):
-        if f.is_dir() or f.name.startswith("."):
-            continue
-        if f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".txt", ".model"):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(file_digest(f).encode())
-    return h.hexdigest()
-
-
-# ---- device and dtype ---------------------------------------------------------------------------------
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def default_device() -> str:
-    """``$OPTSTEPS_DEVICE`` when set (e.g. ``cpu`` to keep a GPU machine's runs bit-comparable with CPU ones),
-    else cuda when available, else cpu."""
-    return os.environ.get("OPTSTEPS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
-    """fp32 on CPU; on GPU fp16 for UNet pipelines and bf16 for flow transformers (unless ``dtype`` says).
-    Half precision is refused on the CPU (slow or unsupported there, and needless)."""
-    on_cpu = torch.device(device).type == "cpu"
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype):
-            if str(dtype) not in DTYPES:
-                raise OptstepsError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}.")
-            dtype = DTYPES[str(dtype)]
-        if on_cpu and dtype in (torch.float16, torch.bfloat16):
-            raise OptstepsError(f"{dtype} is for GPUs; on the CPU use float32 (or run on a CUDA device).")
-        return dtype
-    if on_cpu:
-        return torch.float32
-    return torch.bfloat16 if kind == "sd3" else torch.float16
 
 
 def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
@@ -441,5 +375,5 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                          width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
 
 
-__all__ = ["PipelineModel", "load_pipeline_model", "load_prompts", "pipeline_noise_schedule", "resolve_pipeline",
-           "load_diffusers_pipeline", "pipeline_digest", "DEFAULT_PROMPTS", "SUPPORTED"]
+__all__ = ["PipelineModel", "load_pipeline_model", "load_prompts", "pipeline_noise_schedule",
+           "load_diffusers_pipeline", "DEFAULT_PROMPTS", "SUPPORTED"]

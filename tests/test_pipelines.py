@@ -345,7 +345,7 @@ def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
 # ---- prompts, CLI, GenEval hook -----------------------------------------------------------------------
 
 def test_load_prompts(tmp_path):
-    from optsteps.models.diffusers.pipelines import load_prompts
+    from optsteps.models.diffusers.prompts import load_prompts
 
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
     assert load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]

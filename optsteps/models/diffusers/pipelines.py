@@ -35,9 +35,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +45,7 @@ from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_dif
 from optsteps.models.base import DiffusionModel
 from optsteps.models.diffusers.hub import (default_device, pick_dtype, pipeline_class_name, pipeline_digest,
                                            resolve_pipeline)
+from optsteps.models.diffusers.prompts import resolve_prompts
 
 log = logging.getLogger("optsteps.models")
 
@@ -57,59 +56,6 @@ TEXT_PIPELINES = {
     "StableDiffusion3Pipeline": "sd3",
 }
 SUPPORTED = UNET2D_PIPELINES + tuple(TEXT_PIPELINES)
-
-# Used only when no prompt file is configured; recorded in the model identity like any other prompt list.
-DEFAULT_PROMPTS = (
-    "a photo of a cat",
-    "a photo of a red apple on a wooden table",
-    "a watercolor painting of a lighthouse at sunset",
-    "a photo of two dogs playing in the snow",
-)
-
-
-# ---- prompts ------------------------------------------------------------------------------------------
-
-def load_prompts(path) -> list[str]:
-    """Prompts from a file: GenEval's ``evaluation_metadata.jsonl`` (or any ``.jsonl`` whose lines are objects
-    with a "prompt" field, or JSON strings), else plain text with one prompt a line (blank lines skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise OptstepsError(f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
-                            "prompts/evaluation_metadata.jsonl.")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    prompts = []
-    if p.suffix == ".jsonl":
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OptstepsError(f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
-                                    "(GenEval's format) or rename it to .txt for one plain prompt a line.") from None
-            if isinstance(row, str):
-                prompts.append(row)
-            elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                prompts.append(row["prompt"])
-            else:
-                raise OptstepsError(f"{p}:{i} has no string field 'prompt'; use GenEval's evaluation_metadata.jsonl "
-                                    "format ({\"prompt\": ...}).")
-    else:
-        prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise OptstepsError(f"{p} holds no prompts; write one prompt a line.")
-    return prompts
-
-
-def _prompt_list(prompts) -> list[str]:
-    if prompts is None:
-        return list(DEFAULT_PROMPTS)
-    if isinstance(prompts, (str, os.PathLike)):
-        return load_prompts(prompts)
-    out = [str(s) for s in prompts]
-    if not out:
-        raise OptstepsError("the prompt list is empty; pass at least one prompt or a prompt file.")
-    return out
 
 
 # ---- the pipeline's noise schedule --------------------------------------------------------------------
@@ -296,7 +242,7 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                         max_sequence_length: int = 256, name: str | None = None) -> DiffusionModel:
     """A ``DiffusionModel`` for the diffusers pipeline at ``path_or_id`` (folder or locally cached hub id).
 
-    ``prompts``: a list, a prompt file (see ``load_prompts``) or None (``DEFAULT_PROMPTS``); ``guidance``: the
+    ``prompts``: a list, a prompt file (see ``prompts.load_prompts``) or None (``prompts.DEFAULT_PROMPTS``); ``guidance``: the
     caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)`` applies
     the one it is given); ``height``/``width``: image size (default: the pipeline's); ``max_batch``: rows per
     network call; ``max_sequence_length``: SD3's text length (the pipeline's default is 256).
@@ -310,7 +256,7 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
     if cls_name not in TEXT_PIPELINES:
         raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
                             "Other pipelines need an adapter in optsteps/models/pipelines.py.")
-    prompt_list = _prompt_list(prompts)
+    prompt_list = resolve_prompts(prompts)
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     ns = _noise_schedule(sched_cfg, root)
     device = device or default_device()
@@ -375,5 +321,4 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                          width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
 
 
-__all__ = ["PipelineModel", "load_pipeline_model", "load_prompts", "pipeline_noise_schedule",
-           "load_diffusers_pipeline", "DEFAULT_PROMPTS", "SUPPORTED"]
+__all__ = ["PipelineModel", "load_pipeline_model", "pipeline_noise_schedule", "load_diffusers_pipeline", "SUPPORTED"]

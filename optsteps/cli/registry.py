@@ -113,7 +113,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
     from optsteps.pipeline.config import load_params
     from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.evaluate.run import check_heldout
-    from optsteps.models import load_model, model_dir
+    from optsteps.models import CLASSIFIER, load_model, model_dir
     from optsteps.core.schedule import Schedule
 
     torch.set_num_threads(1)
@@ -128,7 +128,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
         s = baseline(schedule, m.noise_schedule, nfe, model=model)
     s = s.with_meta(solver=solver, model=s.model or model)
     g = p.teacher.guidance if guidance is None else guidance
-    clf_dir = model_dir(p.artifacts, "classifier")
+    clf_dir = model_dir(p.artifacts, CLASSIFIER)
     classifier = clf_dir if m.sample_shape == (1, 8, 8) else None
     if classifier is not None and not (Path(clf_dir) / "classifier.safetensors").is_file():
         raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")

@@ -1,7 +1,8 @@
 """MLflow adapter: schedule runs, summary runs and a model registry of step schedules.
 
-The only library module that imports MLflow, and only inside functions (``import optsteps.integrations.mlflow_registry`` is
-cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 (MLflow 3.17.2):
+With ``mlflow_pyfunc``, the only library modules that import MLflow, and only inside functions (``import
+optsteps.integrations.mlflow_registry`` is cheap and works without MLflow). Recipe:
+``../shared/spec/dependencies.md`` §4 (MLflow 3.17.2):
 
 - tracking in sqlite (default ``sqlite:///<abs cwd>/mlruns.db``), artifacts in ``file:///<abs>/mlartifacts``
   next to the database, fixed when the experiment is created;
@@ -14,10 +15,7 @@ cheap and works without MLflow). Recipe: ``../shared/spec/dependencies.md`` §4 
   check, so a failed evaluation never leaves a half-registered version; versions are never overwritten
   or deleted. The alias ``champion-nfe{K}`` moves only to a strictly lower FID.
 
-The pyfunc flavour uses ``loader_module="optsteps.integrations.mlflow_registry"`` (``_load_pyfunc`` below) on the schedule
-JSON: no pickle. ``mlflow.pyfunc.load_model("models:/digits-unipc-schedules@champion-nfe5").predict(None)``
-returns the schedule dict; ``predict("comfyui")`` the ComfyUI sigmas; ``predict("diffusers")`` or
-``predict({"format": "diffusers", "scheduler": "EulerDiscreteScheduler"})`` the diffusers kwargs.
+The pyfunc flavour of the logged schedule (``loader_module``, no pickle) is ``optsteps.integrations.mlflow_pyfunc``.
 """
 from __future__ import annotations
 
@@ -32,15 +30,13 @@ from pathlib import Path
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
 SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
-SCHEDULE_FILE = "schedule.json"
 PRIMARY_METRIC = "fid_digitsnet"
 KIND_TAG = "optsteps_kind"
-FORMATS = ("json", "diffusers", "comfyui")
-DEFAULT_SCHEDULER = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
 BASELINE_KINDS = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
 
 
@@ -76,80 +72,6 @@ def registered_name(model: str, solver: str) -> str:
 
 def champion_alias(nfe: int) -> str:
     return f"champion-nfe{int(nfe)}"
-
-
-# ---- the pyfunc flavour (loader module) ---------------------------------------------------------------
-
-class SchedulePyfunc:
-    """What ``mlflow.pyfunc.load_model`` wraps: the schedule JSON and its exports."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.schedule = Schedule.from_json(text)
-
-    def get_raw_model(self):
-        return self
-
-    def schedule_dict(self) -> dict:
-        return json.loads(self.text)
-
-    def comfyui_sigmas(self) -> list:
-        from optsteps.integrations.diffusers_export import to_comfyui
-
-        return to_comfyui(self.schedule)
-
-    def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
-        return diffusers_export(self.schedule, scheduler)
-
-    def predict(self, model_input=None, params=None):
-        fmt, scheduler = _parse_request(model_input, params)
-        if fmt == "json":
-            return self.schedule_dict()
-        if fmt == "comfyui":
-            return self.comfyui_sigmas()
-        return self.diffusers_kwargs(scheduler)
-
-
-def _parse_request(model_input, params) -> tuple[str, str | None]:
-    req = dict(params or {})
-    if model_input is not None:
-        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # a pandas DataFrame
-            rows = model_input.to_dict(orient="records")
-            model_input = rows[0] if rows else None
-        if isinstance(model_input, str):
-            req.setdefault("format", model_input)
-        elif isinstance(model_input, dict):
-            for k, v in model_input.items():
-                req.setdefault(k, v)
-        elif isinstance(model_input, (list, tuple)) and model_input and isinstance(model_input[0], str):
-            req.setdefault("format", model_input[0])
-    fmt = req.get("format") or "json"
-    if fmt not in FORMATS:
-        raise OptstepsError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
-    return fmt, req.get("scheduler")
-
-
-def _load_pyfunc(data_path):
-    """MLflow's loader-module entry point: ``data_path`` is the model's ``data/schedule.json``."""
-    p = Path(data_path)
-    if p.is_dir():
-        p = p / SCHEDULE_FILE
-    return SchedulePyfunc(p.read_text())
-
-
-def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
-    import numpy as np
-
-    from optsteps.integrations.diffusers_export import to_diffusers
-
-    fam = schedule.noise_schedule.family
-    name = scheduler or DEFAULT_SCHEDULER.get(fam)
-    if name is None:
-        raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
-    kwargs, overrides = to_diffusers(schedule, name)
-    kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides}
 
 
 # ---- the adapter -------------------------------------------------------------------------------------
@@ -258,14 +180,8 @@ class Registry:
         return rid
 
     def _log_schedule_model(self, run_id: str, schedule: Schedule):
-        import mlflow
-
         with tempfile.TemporaryDirectory() as d:
-            js = Path(d) / SCHEDULE_FILE
-            js.write_text(schedule.to_json() + "\n")
-            model_dir = Path(d) / "model"
-            mlflow.pyfunc.save_model(str(model_dir), loader_module="optsteps.integrations.mlflow_registry", data_path=str(js),
-                                     pip_requirements=["optsteps", "torch", "numpy"])
+            model_dir = save_schedule_model(schedule, Path(d) / "model")
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
     def log_summary_run(self, rows: list[dict], run_name: str = "summary", metric: str = PRIMARY_METRIC) -> str:

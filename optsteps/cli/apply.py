@@ -25,7 +25,8 @@ def apply_command(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
 ):
     """Generate one image with your own diffusers pipeline on an optsteps schedule."""
-    from optsteps.integrations.diffusers_apply import apply_schedule, resolve_schedule
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.schedule_refs import resolve_schedule
 
     s = resolve_schedule(schedule, tracking_uri)
     info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width)

@@ -9,7 +9,7 @@ import time
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.models.digits_data import save_grid
+from optsteps.io.images import save_grid
 from optsteps.models import load_model, model_dir
 from optsteps.models.classifier import load_classifier
 from optsteps.models.sampling import generate

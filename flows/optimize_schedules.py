@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optsteps.pipeline.stages as stages  # noqa: E402
 from optsteps.pipeline.config import load_params  # noqa: E402
-from optsteps.models import model_dir  # noqa: E402
+from optsteps.models import CLASSIFIER, model_dir  # noqa: E402
 
 
 def cached_while_present(outputs):
@@ -102,7 +102,7 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
         from optsteps.integrations.ray_pool import init_ray
 
         init_ray(p.ray)
-    train_task(params_path, digest, "classifier")
+    train_task(params_path, digest, CLASSIFIER)
     trained = {m: train_task(params_path, digest, m) for m in p.models}
     shards = {m: trajectories_task(params_path, digest, m, trained[m]) for m in p.models}
     futures, per_model = [], {}

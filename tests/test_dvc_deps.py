@@ -231,7 +231,7 @@ def test_every_code_dep_exists_and_is_imported(stage):
 
 def test_the_closure_follows_lazy_imports_and_only_the_stage_command():
     oss = {f.relative_to(ROOT).as_posix() for f in stage_closure(["stage", "oss"])}
-    assert {"optsteps/optimizers/oss.py", "optsteps/core/solvers.py", "optsteps/teacher/trajectories.py"} <= oss
+    assert {"optsteps/optimizers/oss/search.py", "optsteps/core/solvers/samplers.py", "optsteps/teacher/trajectories.py"} <= oss
     assert "optsteps/evaluate/run.py" not in oss and "optsteps/optimizers/lambda_opt.py" not in oss
     train = {f.relative_to(ROOT).as_posix() for f in stage_closure(["train"])}
     assert "optsteps/models/digits.py" in train and "optsteps/optimizers/oss.py" not in train

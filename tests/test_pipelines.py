@@ -174,7 +174,7 @@ def test_pixel_ddpm(folders, tmp_path):
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
         assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
     # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
-    from optsteps.integrations.diffusers_apply import snap_to_training_timesteps
+    from optsteps.integrations.diffusers_scheduler_plan import snap_to_training_timesteps
 
     snapped, _ = snap_to_training_timesteps(oss)
     own = DDPMPipeline.from_pretrained(folders["ddpm"]).scheduler
@@ -186,7 +186,8 @@ def test_pixel_ddpm(folders, tmp_path):
 def test_stable_diffusion(folders, tmp_path):
     from diffusers import EulerDiscreteScheduler
 
-    from optsteps.integrations.diffusers_apply import apply_schedule, generate, snap_to_training_timesteps
+    from optsteps.integrations.diffusers_apply import apply_schedule, generate
+    from optsteps.integrations.diffusers_scheduler_plan import snap_to_training_timesteps
     from optsteps.integrations.diffusers_export import configure
     from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
     from optsteps.core.solvers import sample
@@ -234,7 +235,8 @@ def test_stable_diffusion(folders, tmp_path):
 def test_stable_diffusion_3(folders, tmp_path):
     from diffusers import UniPCMultistepScheduler
 
-    from optsteps.integrations.diffusers_apply import apply_schedule, generate, plan_scheduler
+    from optsteps.integrations.diffusers_apply import apply_schedule, generate
+    from optsteps.integrations.diffusers_scheduler_plan import plan_scheduler
     from optsteps.core.baselines import baseline
     from optsteps.core.denoisers import PredictionDenoiser
     from optsteps.integrations.diffusers_export import configure
@@ -347,7 +349,7 @@ def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
 # ---- prompts, CLI, GenEval hook -----------------------------------------------------------------------
 
 def test_load_prompts(tmp_path):
-    from optsteps.models.diffusers.pipelines import load_prompts
+    from optsteps.models.diffusers.prompts import load_prompts
 
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
     assert load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
@@ -433,24 +435,24 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
 # ---- device and precision --------------------------------------------------------------------------------
 
 def test_device_and_dtype_defaults(monkeypatch):
-    import optsteps.models.diffusers.pipelines as pipelines
+    import optsteps.models.diffusers.hub as hub
 
     monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pipelines.default_device() == "cuda"
+    assert hub.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pipelines.default_device() == "cpu"
+    assert hub.default_device() == "cpu"
     monkeypatch.setenv("OPTSTEPS_DEVICE", "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pipelines.default_device() == "cpu"
-    assert pipelines.pick_dtype("cpu", "sd") == pipelines.pick_dtype("cpu", "sd3") == torch.float32
-    assert pipelines.pick_dtype("cuda", "sd") == pipelines.pick_dtype("cuda:0", "unet2d") == torch.float16
-    assert pipelines.pick_dtype("cuda", "sd3") == torch.bfloat16
-    assert pipelines.pick_dtype("cuda", "sd", "fp32") == torch.float32
+    assert hub.default_device() == "cpu"
+    assert hub.pick_dtype("cpu", "sd") == hub.pick_dtype("cpu", "sd3") == torch.float32
+    assert hub.pick_dtype("cuda", "sd") == hub.pick_dtype("cuda:0", "unet2d") == torch.float16
+    assert hub.pick_dtype("cuda", "sd3") == torch.bfloat16
+    assert hub.pick_dtype("cuda", "sd", "fp32") == torch.float32
     with pytest.raises(OptstepsError, match="unknown dtype"):
-        pipelines.pick_dtype("cuda", "sd", "int8")
+        hub.pick_dtype("cuda", "sd", "int8")
     with pytest.raises(OptstepsError, match="on the CPU use float32"):
-        pipelines.pick_dtype("cpu", "sd", "fp16")
+        hub.pick_dtype("cpu", "sd", "fp16")
 
 
 @pytest.mark.gpu  # skipped without CUDA by tests/skip_policy.py

@@ -120,6 +120,7 @@ def test_pyfunc_load_via_the_champion_alias(reg):
     kwargs, overrides = to_diffusers(s, "EulerDiscreteScheduler")
     assert d["set_timesteps"] == kwargs and d["config"] == overrides
     assert m.get_raw_model().schedule.t == s.t
+    assert m.metadata.flavors["python_function"]["loader_module"] == "optsteps.integrations.mlflow_pyfunc"
     with pytest.raises(OptstepsError, match="unknown format"):
         m.predict("onnx")
 
@@ -161,7 +162,8 @@ def test_cli_list_show_export(reg):
 
 
 def test_library_never_imports_mlflow_or_prefect():
-    code = ("import sys, optsteps, optsteps.evaluate, optsteps.integrations.mlflow_registry, optsteps.cli.registry; "
+    code = ("import sys, optsteps, optsteps.evaluate, optsteps.integrations.mlflow_registry, "
+            "optsteps.integrations.mlflow_pyfunc, optsteps.cli.registry; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect')]; print(bad); "
             "sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

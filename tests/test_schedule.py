@@ -5,7 +5,8 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
-from optsteps.core.schedule import Schedule, write_text_atomic
+from optsteps.core.schedule import Schedule
+from optsteps.io.atomic import write_text_atomic
 
 VP = VPDiscrete()
 

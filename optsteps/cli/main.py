@@ -77,18 +77,11 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
                       params: str = ParamsOpt):
     """Print a baseline schedule (JSON with --json)."""
     from optsteps.core.baselines import baseline
-    from optsteps.models import BUILTIN, gmm_model, load_model
+    from optsteps.models import BUILTIN, noise_schedule_for
 
-    ns = gmm_model().noise_schedule if model == "gmm" else None
-    if ns is None:
-        if model in ("digits", "digits-flow"):
-            from optsteps.models.digits import noise_schedule_for
-
-            ns = noise_schedule_for(model)  # the schedule needs no weights
-        else:
-            ns = load_model(model, _params(params).artifacts).noise_schedule
+    # a built-in model's noise schedule needs no weights, so no params file either
+    ns = noise_schedule_for(model) if model in BUILTIN else noise_schedule_for(model, _params(params).artifacts)
     _emit(baseline(kind, ns, nfe, model=model).with_meta(solver=solver), as_json)
-    _ = BUILTIN
 
 
 @schedule_app.command("lambda-opt")
@@ -149,8 +142,8 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
                guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
                params: str = ParamsOpt):
     """Sample a grid PNG with a solver on a schedule."""
-    from optsteps.models.digits_data import save_grid
-    from optsteps.models import load_model
+    from optsteps.io.images import save_grid
+    from optsteps.models import EMBEDDED, load_model
     from optsteps.models.sampling import generate
 
     p = _params(params)
@@ -158,7 +151,7 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
     s = _schedule_for(schedule, m, nfe, solver)
     x = generate(m, s, solver, n, seed, guidance=guidance)
     if len(m.sample_shape) != 3:
-        raise OptstepsError(f"model {model!r} does not produce images; sample an image model (digits, digits-flow).")
+        raise OptstepsError(f"model {model!r} does not produce images; sample an image model ({', '.join(EMBEDDED)}).")
     save_grid(x, out)
     typer.echo(f"wrote {out} ({n} samples, {solver}, NFE {s.nfe}, {s.method or schedule})")
 
@@ -230,7 +223,7 @@ def _mount_registry():
 
 
 def _mount_apply():
-    from optsteps.integrations.diffusers_apply import apply_command
+    from optsteps.cli.apply import apply_command
 
     app.command("apply")(apply_command)
 

@@ -85,7 +85,7 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
     """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
     text = _registry(tracking_uri, params).export(ref, fmt, scheduler)
     if out:
-        from optsteps.core.schedule import write_text_atomic
+        from optsteps.io.atomic import write_text_atomic
 
         write_text_atomic(out, text if text.endswith("\n") else text + "\n")
         typer.echo(f"wrote {out}")
@@ -123,7 +123,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
     from optsteps.pipeline.config import load_params
     from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.evaluate.run import check_heldout
-    from optsteps.models import load_model, model_dir
+    from optsteps.models import CLASSIFIER, load_model, model_dir
     from optsteps.core.schedule import Schedule
 
     torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
         s = baseline(schedule, m.noise_schedule, nfe, model=model)
     s = s.with_meta(solver=solver, model=s.model or model)
     g = p.teacher.guidance if guidance is None else guidance
-    clf_dir = model_dir(p.artifacts, "classifier")
+    clf_dir = model_dir(p.artifacts, CLASSIFIER)
     classifier = clf_dir if m.sample_shape == (1, 8, 8) else None
     if classifier is not None and not (Path(clf_dir) / "classifier.safetensors").is_file():
         raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
@@ -167,7 +167,8 @@ def evaluate(model: str = typer.Option(..., "--model"),
         metrics, _ = run()
         typer.echo(json.dumps(metrics, indent=2))
         return
-    from optsteps.integrations.mlflow_registry import Registry, params_hash
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.io.provenance import params_hash
 
     reg = Registry(tracking_uri or p.mlflow.tracking_uri or None)
     run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,

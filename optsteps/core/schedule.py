@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from optsteps.errors import OptstepsError
+from optsteps.io.atomic import write_text_atomic
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
 from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
 
@@ -142,27 +141,6 @@ class Schedule:
         if not p.is_file():
             raise OptstepsError(f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`.")
         return cls.from_json(p.read_text())
-
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write via a temp file in the same folder and an atomic rename: a crash never leaves half a file (UTF-8)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path, data: bytes) -> Path:
-    """``write_text_atomic`` for bytes (images, binary files)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix="." + p.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
 
 
 def from_lambdas(lambdas, noise_schedule: NoiseSchedule, t_start: float, t_end: float, **meta) -> Schedule:

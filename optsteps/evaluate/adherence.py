@@ -169,8 +169,7 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
     """GenEval's image layout: ``<out_dir>/<00000>/metadata.jsonl`` (the prompt's row) and ``samples/0000.png`` …;
     prompt i gets ``prompt_sampler(prompt, images_per_prompt, seed + i, schedule)`` (PIL images or an
     [n, C, H, W] tensor in [−1, 1]). Files are written atomically."""
-    from optsteps.integrations.diffusers_apply import save_png_atomic
-    from optsteps.core.schedule import write_text_atomic
+    from optsteps.io.atomic import save_png_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     for i, meta in enumerate(prompts):
@@ -179,7 +178,7 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
         if isinstance(imgs, torch.Tensor):
             from PIL import Image
 
-            from optsteps.models.digits_data import to_uint8
+            from optsteps.io.images import to_uint8
 
             imgs = [Image.fromarray(a) for a in to_uint8(imgs)]
         if len(imgs) != images_per_prompt:

@@ -1,7 +1,8 @@
 """MLflow adapter: schedule runs, summary runs and a model registry of step schedules.
 
-The only library module that imports MLflow, and only inside functions (``import optsteps.integrations.mlflow_registry`` is
-cheap and works without MLflow). Recipe: ``docs/dependencies.md`` §4 (MLflow 3.17.2):
+With ``mlflow_pyfunc``, the only library modules that import MLflow, and only inside functions (``import
+optsteps.integrations.mlflow_registry`` is cheap and works without MLflow). Recipe:
+``docs/dependencies.md`` §4 (MLflow 3.17.2):
 
 - tracking in sqlite (default ``sqlite:///<abs cwd>/mlruns.db``), artifacts in ``file:///<abs>/mlartifacts``
   next to the database, fixed when the experiment is created;
@@ -14,14 +15,10 @@ cheap and works without MLflow). Recipe: ``docs/dependencies.md`` §4 (MLflow 3.
   check, so a failed evaluation never leaves a half-registered version; versions are never overwritten
   or deleted. The alias ``champion-nfe{K}`` moves only to a strictly lower FID.
 
-The pyfunc flavour uses ``loader_module="optsteps.integrations.mlflow_registry"`` (``_load_pyfunc`` below) on the schedule
-JSON: no pickle. ``mlflow.pyfunc.load_model("models:/digits-unipc-schedules@champion-nfe5").predict(None)``
-returns the schedule dict; ``predict("comfyui")`` the ComfyUI sigmas; ``predict("diffusers")`` or
-``predict({"format": "diffusers", "scheduler": "EulerDiscreteScheduler"})`` the diffusers kwargs.
+The pyfunc flavour of the logged schedule (``loader_module``, no pickle) is ``optsteps.integrations.mlflow_pyfunc``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,15 +29,13 @@ from pathlib import Path
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
 SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
-SCHEDULE_FILE = "schedule.json"
 KIND_TAG = "optsteps_kind"
-FORMATS = ("json", "diffusers", "comfyui")
-DEFAULT_SCHEDULER = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
-BASELINE_KINDS = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
 
 
 def _quiet():
@@ -75,143 +70,6 @@ def registered_name(model: str, solver: str) -> str:
 
 def champion_alias(nfe: int) -> str:
     return f"champion-nfe{int(nfe)}"
-
-
-# ---- provenance --------------------------------------------------------------------------------------
-
-def git_commit(start=".") -> str:
-    """HEAD's commit read from the .git folder (no git process); 'unknown' outside a repository."""
-    p = Path(start).resolve()
-    for d in [p, *p.parents]:
-        g = d / ".git"
-        if not g.exists():
-            continue
-        try:
-            if g.is_file():  # a worktree or submodule: "gitdir: <path>"
-                g = (d / g.read_text().strip().split(":", 1)[1].strip()).resolve()
-            common = (g / (g / "commondir").read_text().strip()).resolve() if (g / "commondir").is_file() else g
-            head = (g / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head
-            ref = head.split(":", 1)[1].strip()
-            for base in (g, common):
-                if (base / ref).is_file():
-                    return (base / ref).read_text().strip()
-            packed = common / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-        except (OSError, IndexError):
-            pass
-        return "unknown"
-    return "unknown"
-
-
-def params_hash(params=None, path="params.yaml") -> str:
-    """sha256 of the canonical JSON of ``params`` (a dict or dataclass), else of ``path`` parsed; 'none'."""
-    import dataclasses
-
-    if params is None:
-        p = Path(path)
-        if not p.is_file():
-            return "none"
-        import yaml
-
-        params = yaml.safe_load(p.read_text())
-    if dataclasses.is_dataclass(params):
-        params = dataclasses.asdict(params)
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def dvc_data_hash(lock="dvc.lock") -> str:
-    """sha256 over the sorted (path, md5) of every dep and out recorded in ``dvc.lock``; 'none' without one."""
-    p = Path(lock)
-    if not p.is_file():
-        return "none"
-    import yaml
-
-    data = yaml.safe_load(p.read_text()) or {}
-    items = []
-    for stage, body in sorted((data.get("stages") or {}).items()):
-        for kind in ("deps", "outs"):
-            for e in (body or {}).get(kind) or []:
-                items.append((stage, kind, e.get("path"), e.get("md5") or e.get("hash") or e.get("etag")))
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
-
-
-# ---- the pyfunc flavour (loader module) ---------------------------------------------------------------
-
-class SchedulePyfunc:
-    """What ``mlflow.pyfunc.load_model`` wraps: the schedule JSON and its exports."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.schedule = Schedule.from_json(text)
-
-    def get_raw_model(self):
-        return self
-
-    def schedule_dict(self) -> dict:
-        return json.loads(self.text)
-
-    def comfyui_sigmas(self) -> list:
-        from optsteps.integrations.diffusers_export import to_comfyui
-
-        return to_comfyui(self.schedule)
-
-    def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
-        return diffusers_export(self.schedule, scheduler)
-
-    def predict(self, model_input=None, params=None):
-        fmt, scheduler = _parse_request(model_input, params)
-        if fmt == "json":
-            return self.schedule_dict()
-        if fmt == "comfyui":
-            return self.comfyui_sigmas()
-        return self.diffusers_kwargs(scheduler)
-
-
-def _parse_request(model_input, params) -> tuple[str, str | None]:
-    req = dict(params or {})
-    if model_input is not None:
-        if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # a pandas DataFrame
-            rows = model_input.to_dict(orient="records")
-            model_input = rows[0] if rows else None
-        if isinstance(model_input, str):
-            req.setdefault("format", model_input)
-        elif isinstance(model_input, dict):
-            for k, v in model_input.items():
-                req.setdefault(k, v)
-        elif isinstance(model_input, (list, tuple)) and model_input and isinstance(model_input[0], str):
-            req.setdefault("format", model_input[0])
-    fmt = req.get("format") or "json"
-    if fmt not in FORMATS:
-        raise OptstepsError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
-    return fmt, req.get("scheduler")
-
-
-def _load_pyfunc(data_path):
-    """MLflow's loader-module entry point: ``data_path`` is the model's ``data/schedule.json``."""
-    p = Path(data_path)
-    if p.is_dir():
-        p = p / SCHEDULE_FILE
-    return SchedulePyfunc(p.read_text())
-
-
-def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
-    import numpy as np
-
-    from optsteps.integrations.diffusers_export import to_diffusers
-
-    fam = schedule.noise_schedule.family
-    name = scheduler or DEFAULT_SCHEDULER.get(fam)
-    if name is None:
-        raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
-    kwargs, overrides = to_diffusers(schedule, name)
-    kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides}
 
 
 # ---- the adapter -------------------------------------------------------------------------------------
@@ -285,6 +143,8 @@ class Registry:
         ``evaluate``: optional callable returning (metrics, samples) run inside the run; if it (or any
         logging) raises, the run ends FAILED and the error propagates. Returns the run id.
         """
+        from optsteps.evaluate.plots import schedule_figures
+
         solver = solver or schedule.solver
         if not solver:
             raise OptstepsError("log_schedule_run needs the solver (the schedule names none); pass solver=.")
@@ -308,7 +168,7 @@ class Registry:
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
             if samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
-                from optsteps.models.digits_data import save_grid
+                from optsteps.io.images import save_grid
 
                 with tempfile.TemporaryDirectory() as d:
                     save_grid(samples[:100], Path(d) / "samples.png")
@@ -320,19 +180,15 @@ class Registry:
         return rid
 
     def _log_schedule_model(self, run_id: str, schedule: Schedule):
-        import mlflow
-
         with tempfile.TemporaryDirectory() as d:
-            js = Path(d) / SCHEDULE_FILE
-            js.write_text(schedule.to_json() + "\n")
-            model_dir = Path(d) / "model"
-            mlflow.pyfunc.save_model(str(model_dir), loader_module="optsteps.integrations.mlflow_registry", data_path=str(js),
-                                     pip_requirements=["optsteps", "torch", "numpy"])
+            model_dir = save_schedule_model(schedule, Path(d) / "model")
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
     def log_summary_run(self, rows: list[dict], run_name: str = "summary", *, metric: str) -> str:
         """A run with the grid's rows (JSON), ``metric``-vs-NFE (params.yaml ``mlflow.metric``) and L2-vs-NFE
         curves per method, and per-method metric series (step = NFE)."""
+        from optsteps.evaluate.plots import curves_figure
+
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
         run = self.client.create_run(self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name,
@@ -525,87 +381,6 @@ class Registry:
         if fmt == "comfyui":
             return json.dumps(impl.comfyui_sigmas())
         return json.dumps(impl.diffusers_kwargs(scheduler), indent=2)
-
-
-# ---- plots (matplotlib's object API: no global backend change) ----------------------------------------
-
-def _figure(nrows=1, ncols=1, size=(6.4, 4.2), fixed_margins: bool = False):
-    """``fixed_margins``: fixed subplot margins instead of the constrained layout, which is half of the drawing
-    time of the small one-panel plots logged with every run."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100, layout=None if fixed_margins else "constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    if fixed_margins:
-        fig.subplots_adjust(left=0.11, right=0.98, bottom=0.12, top=0.92)
-    return fig, axes
-
-
-def schedule_figures(schedule: Schedule) -> dict:
-    """``schedule_t.png`` and ``schedule_lambda.png``: the schedule against the baselines of the same NFE."""
-    from optsteps.core.baselines import baseline
-
-    curves = {}
-    for kind in BASELINE_KINDS:
-        if kind == schedule.method:
-            continue  # drawn as this run
-        try:
-            curves[kind] = baseline(kind, schedule.noise_schedule, schedule.nfe, schedule.t[0], schedule.t[-1])
-        except OptstepsError:
-            continue
-    out = {}
-    for fname, attr, ylabel in (("schedule_t.png", "timesteps_t", "t"), ("schedule_lambda.png", "lambdas",
-                                                                         "λ = log(α/σ)")):
-        fig, ax = _figure(fixed_margins=True)
-        ax = ax[0][0]
-        for kind, s in curves.items():
-            y = getattr(s, attr).tolist()
-            xs = [i for i, v in enumerate(y) if math.isfinite(v)]
-            ax.plot(xs, [y[i] for i in xs], "--", marker=".", alpha=0.6, label=kind)
-        y = getattr(schedule, attr).tolist()
-        xs = [i for i, v in enumerate(y) if math.isfinite(v)]
-        ax.plot(xs, [y[i] for i in xs], "-", marker="o", color="black", lw=2,
-                label=f"{schedule.method or 'schedule'} (this run)")
-        ax.set_xlabel("step i")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{schedule.model} {schedule.solver} NFE {schedule.nfe}: {ylabel}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out[fname] = fig
-    return out
-
-
-def curves_figure(rows: list[dict], key: str, label: str):
-    """One panel per (model, solver): ``key`` against NFE, one line per method; the teacher dashed."""
-    groups = {}
-    for r in rows:
-        if key in r:
-            groups.setdefault((r.get("model"), r.get("solver") if r.get("method") != "teacher" else None), []).append(r)
-    panels = sorted({g for g in groups if g[1] is not None}, key=str)
-    if not panels:
-        return None
-    fig, axes = _figure(1, len(panels), (5.2 * len(panels), 4.0))
-    for ax, (model, solver) in zip(axes[0], panels):
-        by_method = {}
-        for r in groups[(model, solver)]:
-            by_method.setdefault(r["method"], []).append((r["nfe"], r[key]))
-        for method, pts in sorted(by_method.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        for r in groups.get((model, None), []):
-            ax.axhline(r[key], ls="--", color="gray", label=f"teacher ({r['solver']} × {r['nfe']})")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel(label)
-        ax.set_title(f"{model} · {solver}")
-        if key.startswith("fid"):
-            from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig
 
 
 # ---- module-level conveniences ------------------------------------------------------------------------

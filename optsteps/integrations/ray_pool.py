@@ -88,7 +88,9 @@ def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir,
     import torch
 
     from optsteps.models import load_model
-    from optsteps.teacher.trajectories import _write_shard, header, sha256_file, shard_name
+    from optsteps.io.hashing import sha256_file
+    from optsteps.io.shards import shard_name, write_shard
+    from optsteps.teacher.trajectories import header
 
     out_dir = Path(out_dir)
     ray = init_ray(cfg)
@@ -118,8 +120,8 @@ def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir,
             actor = inflight.pop(ref)
             start, count, arrays, node = ray.get(ref)
             path = out_dir / shard_name(start, count)
-            _write_shard(path, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
-                         {"start": start, "count": count, **head})
+            write_shard(path, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
+                        {"start": start, "count": count, **head})
             yield {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
             if queue:
                 s, c = queue.pop(0)

@@ -1,5 +1,6 @@
 """Model registry: ``load_model(name)`` for ``digits``, ``digits-flow``, ``gmm`` or a diffusers pipeline (folder or
-locally cached hub id; see ``pipelines.load_pipeline_model`` for the supported pipeline classes)."""
+locally cached hub id; see ``pipelines.load_pipeline_model`` for the supported pipeline classes), and the model
+names in one place (``EMBEDDED``, ``BUILTIN``, ``CLASSIFIER``, ``TRAINABLE``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,10 @@ from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.models.base import DiffusionModel
 
-BUILTIN = ("digits", "digits-flow", "gmm")
+EMBEDDED = ("digits", "digits-flow")  # trained by the project (`optsteps train`), weights in artifacts/models/<name>
+BUILTIN = EMBEDDED + ("gmm",)  # the noise schedule needs no weights
+CLASSIFIER = "classifier"  # the digits classifier of the evaluation (artifacts/models/classifier)
+TRAINABLE = EMBEDDED + (CLASSIFIER,)
 
 
 def model_dir(artifacts, name: str) -> Path:
@@ -33,7 +37,7 @@ def gmm_model(dim: int = 16, components: int = 4, seed: int = 0) -> DiffusionMod
 
 
 def load_model(name: str, artifacts="artifacts") -> DiffusionModel:
-    if name in ("digits", "digits-flow"):
+    if name in EMBEDDED:
         from optsteps.models.digits import load_digits_model
 
         return load_digits_model(name, model_dir(artifacts, name))
@@ -50,4 +54,17 @@ def load_model(name: str, artifacts="artifacts") -> DiffusionModel:
     raise OptstepsError(f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id.")
 
 
-__all__ = ["DiffusionModel", "load_model", "gmm_model", "model_dir", "BUILTIN", "torch"]
+def noise_schedule_for(name: str, artifacts="artifacts"):
+    """The noise schedule of model ``name``. Built-in models (``BUILTIN``) need no weights: nothing is loaded and
+    ``artifacts`` is not used; any other model is loaded (``load_model``)."""
+    if name in EMBEDDED:
+        from optsteps.models.digits import noise_schedule_for as digits_noise_schedule
+
+        return digits_noise_schedule(name)
+    if name == "gmm":
+        return gmm_model().noise_schedule
+    return load_model(name, artifacts).noise_schedule
+
+
+__all__ = ["DiffusionModel", "load_model", "gmm_model", "model_dir", "noise_schedule_for", "BUILTIN", "EMBEDDED",
+           "CLASSIFIER", "TRAINABLE", "torch"]

@@ -15,7 +15,7 @@ import torch
 
 from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
-from optsteps.models import load_model, model_dir
+from optsteps.models import CLASSIFIER, EMBEDDED, TRAINABLE, load_model, model_dir, noise_schedule_for
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
@@ -49,15 +49,15 @@ def train(p: Params, model: str, force: bool = False) -> Path:
     out = model_dir(p.artifacts, model)
     if (out / "optsteps_model.json").is_file() and not force:
         return out
-    if model == "classifier":
+    if model == CLASSIFIER:
         from optsteps.models.classifier import train_classifier
 
         return train_classifier(p.classifier, out)
-    if model in ("digits", "digits-flow"):
+    if model in EMBEDDED:
         from optsteps.models.digits import train_digits
 
         return train_digits(model, p.train_config(model), out)
-    raise OptstepsError(f"unknown model {model!r} to train; use digits, digits-flow or classifier.")
+    raise OptstepsError(f"unknown model {model!r} to train; use {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}.")
 
 
 def trajectories(p: Params, model: str, use_ray: bool | None = None, out=None) -> dict:
@@ -158,7 +158,7 @@ def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None
                error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
-    ns = _noise_schedule(p, model)
+    ns = noise_schedule_for(model, p.artifacts)
     em = error_model or p.lambda_opt.error_model
     eps_fn = empirical_eps_for(p, model, traj_dir) if em == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
@@ -184,14 +184,6 @@ def empirical_eps_for(p: Params, model: str, traj_dir=None):
     return empirical_eps(lam.numpy(), (sums / count).double().numpy())
 
 
-def _noise_schedule(p: Params, model: str):
-    if model in ("digits", "digits-flow"):
-        from optsteps.models.digits import noise_schedule_for
-
-        return noise_schedule_for(model)
-    return load_model(model, p.artifacts).noise_schedule
-
-
 METHOD_DIRS = ("lambda-opt", "oss", "gits")
 
 
@@ -204,7 +196,7 @@ def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
     whose solver and NFE are in the grid."""
     from optsteps.core.baselines import baseline
 
-    ns = _noise_schedule(p, model)
+    ns = noise_schedule_for(model, p.artifacts)
     ev = p.evaluate
     out = [baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
            for solver in ev.solvers for kind in ev.baselines for nfe in ev.nfe]
@@ -225,12 +217,12 @@ def evaluate(p: Params, model: str) -> Path:
 
     from optsteps.evaluate.run import Evaluator, evaluate_grid, markdown_table
     from optsteps.models.classifier import load_classifier
-    from optsteps.core.schedule import write_text_atomic
+    from optsteps.io.atomic import write_text_atomic
 
     torch.set_num_threads(p.evaluate.threads)
     m = load_model(model, p.artifacts)
     schedules = evaluation_schedules(p, model)
-    evaluator = Evaluator(load_classifier(model_dir(p.artifacts, "classifier")), p.evaluate.cache_dir,
+    evaluator = Evaluator(load_classifier(model_dir(p.artifacts, CLASSIFIER)), p.evaluate.cache_dir,
                           inception_n=p.evaluate.inception_n, kid_subsets=p.evaluate.kid_subsets)
     rows = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed, guidance=p.evaluate.guidance,
                          evaluator=evaluator, distill_samples=p.trajectories.samples)
@@ -258,8 +250,9 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     Writes results/registry.json (what was registered)."""
     import json
 
-    from optsteps.integrations.mlflow_registry import Registry, dvc_data_hash, git_commit, params_hash
-    from optsteps.core.schedule import write_text_atomic
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+    from optsteps.io.atomic import write_text_atomic
 
     reg = Registry(p.mlflow.tracking_uri or None)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()

@@ -14,10 +14,6 @@ crash loses at most the shard in progress. Loading checks model, teacher config 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,11 +22,11 @@ import torch
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
-from optsteps.core.schedule import Schedule, write_text_atomic
+from optsteps.core.schedule import Schedule
+from optsteps.io.hashing import sha256_file
+from optsteps.io.shards import FORMAT, load_shard, read_manifest, shard_name, write_manifest, write_shard
 from optsteps.core.solvers import sample
 from optsteps.teacher.config import TeacherConfig
-
-FORMAT = "optsteps-trajectories/1"
 
 
 def teacher_schedule(model: DiffusionModel, cfg: TeacherConfig) -> Schedule:
@@ -54,46 +50,10 @@ def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: in
             "labels": labels if labels is not None else torch.full((count,), -1, dtype=torch.long)}
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def shard_name(start: int, count: int) -> str:
-    return f"shard_{start:08d}_{count:06d}.safetensors"
-
-
-def _write_shard(path: Path, data: dict, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order
-        save_file({k: v.contiguous() for k, v in data.items()}, tmp, metadata={"optsteps": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def header(model: DiffusionModel, cfg: TeacherConfig) -> dict:
     return {"format": FORMAT, "model": model.identity.get("model", model.name),
             "model_sha256": model.identity.get("sha256", ""), "noise_schedule": model.noise_schedule.to_dict(),
             "teacher": asdict(cfg)}
-
-
-def read_manifest(out_dir) -> dict | None:
-    p = Path(out_dir) / "manifest.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise OptstepsError(f"{p} is not valid JSON; delete it (the shards are re-verified by hash on the next run).") from None
 
 
 def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -108,7 +68,7 @@ def generate_shard(model: DiffusionModel, cfg: TeacherConfig, out_dir, start: in
     out_dir.mkdir(parents=True, exist_ok=True)
     data = run_teacher(model, cfg, start, count)
     path = out_dir / shard_name(start, count)
-    _write_shard(path, data, {"start": start, "count": count, **header(model, cfg)})
+    write_shard(path, data, {"start": start, "count": count, **header(model, cfg)})
     return {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
 
 
@@ -139,7 +99,7 @@ def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, sa
     def save_manifest():
         m = dict(head, samples=samples, shard_size=shard_size,
                  shards=[entries[k] for k in sorted(entries) if k in set(shard_ranges(samples, shard_size))])
-        write_text_atomic(out_dir / "manifest.json", json.dumps(m, indent=2) + "\n")
+        write_manifest(out_dir, m)
         return m
 
     if runner is None:
@@ -156,22 +116,6 @@ def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, sa
             entries[(e["start"], e["count"])] = e
             save_manifest()
     return save_manifest()
-
-
-def load_shard(out_dir, entry: dict) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(out_dir) / entry["file"]
-    if not p.is_file():
-        raise OptstepsError(f"shard {p} is missing; rerun `optsteps trajectories` to regenerate it.")
-    if sha256_file(p) != entry["sha256"]:
-        raise OptstepsError(f"shard {p} does not match its manifest hash (truncated or modified); delete it and "
-                            "rerun `optsteps trajectories`.")
-    try:
-        return load_file(p)
-    except SafetensorError as e:
-        raise OptstepsError(f"shard {p} cannot be read ({e}); delete it and rerun `optsteps trajectories`.") from None
 
 
 def iter_shards(out_dir, model: DiffusionModel | None = None, cfg: TeacherConfig | None = None):

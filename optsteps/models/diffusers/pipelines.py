@@ -2,7 +2,7 @@
 
 Supported ``model_index.json`` classes:
 
-- ``DDPMPipeline`` / ``DDIMPipeline`` (pixel UNet2DModel): delegated to ``diffusers_adapter.load_unet2d_pipeline``.
+- ``DDPMPipeline`` / ``DDIMPipeline`` (pixel UNet2DModel): delegated to ``unet2d.load_unet2d_pipeline``.
 - ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder) and
   ``StableDiffusionXLPipeline`` (two CLIP text encoders, pooled embeddings and size "time ids"): latent VP
   models; the noise schedule is the exact discrete-β schedule of the pipeline's scheduler config.
@@ -35,10 +35,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +43,9 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
+from optsteps.models.diffusers.hub import (default_device, pick_dtype, pipeline_class_name, pipeline_digest,
+                                           resolve_pipeline)
+from optsteps.models.diffusers.prompts import resolve_prompts
 
 log = logging.getLogger("optsteps.models")
 
@@ -57,83 +57,8 @@ TEXT_PIPELINES = {
 }
 SUPPORTED = UNET2D_PIPELINES + tuple(TEXT_PIPELINES)
 
-# Used only when no prompt file is configured; recorded in the model identity like any other prompt list.
-DEFAULT_PROMPTS = (
-    "a photo of a cat",
-    "a photo of a red apple on a wooden table",
-    "a watercolor painting of a lighthouse at sunset",
-    "a photo of two dogs playing in the snow",
-)
 
-
-# ---- prompts ------------------------------------------------------------------------------------------
-
-def load_prompts(path) -> list[str]:
-    """Prompts from a file: GenEval's ``evaluation_metadata.jsonl`` (or any ``.jsonl`` whose lines are objects
-    with a "prompt" field, or JSON strings), else plain text with one prompt a line (blank lines skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise OptstepsError(f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
-                            "prompts/evaluation_metadata.jsonl.")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    prompts = []
-    if p.suffix == ".jsonl":
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OptstepsError(f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
-                                    "(GenEval's format) or rename it to .txt for one plain prompt a line.") from None
-            if isinstance(row, str):
-                prompts.append(row)
-            elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                prompts.append(row["prompt"])
-            else:
-                raise OptstepsError(f"{p}:{i} has no string field 'prompt'; use GenEval's evaluation_metadata.jsonl "
-                                    "format ({\"prompt\": ...}).")
-    else:
-        prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise OptstepsError(f"{p} holds no prompts; write one prompt a line.")
-    return prompts
-
-
-def _prompt_list(prompts) -> list[str]:
-    if prompts is None:
-        return list(DEFAULT_PROMPTS)
-    if isinstance(prompts, (str, os.PathLike)):
-        return load_prompts(prompts)
-    out = [str(s) for s in prompts]
-    if not out:
-        raise OptstepsError("the prompt list is empty; pass at least one prompt or a prompt file.")
-    return out
-
-
-# ---- resolving and identifying a pipeline folder ------------------------------------------------------
-
-def resolve_pipeline(path_or_id) -> Path:
-    """A local pipeline folder, or the snapshot folder of a hub id already in the local cache."""
-    from optsteps.models.diffusers.unet2d import _resolve
-
-    p = Path(path_or_id)
-    if not p.is_dir() and (str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1):
-        raise OptstepsError(f"pipeline folder {p} does not exist; pass a diffusers pipeline folder (with "
-                            "model_index.json) or a hub id that is in the local cache.")
-    root = _resolve(str(path_or_id))
-    if not (root / "model_index.json").is_file():
-        raise OptstepsError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder; save the "
-                            "pipeline with `pipe.save_pretrained(folder)` or pass the folder that holds model_index.json.")
-    return root
-
-
-def pipeline_class_name(root) -> str:
-    try:
-        return str(json.loads((Path(root) / "model_index.json").read_text())["_class_name"])
-    except (json.JSONDecodeError, KeyError) as e:
-        raise OptstepsError(f"{root}/model_index.json is not a diffusers model index ({e}); re-save the pipeline.") from None
-
+# ---- the pipeline's noise schedule --------------------------------------------------------------------
 
 def pipeline_noise_schedule(path_or_id) -> NoiseSchedule:
     """The exact noise schedule of a pipeline from its scheduler config alone (nothing else is loaded)."""
@@ -149,68 +74,6 @@ def _noise_schedule(cfg: dict, root) -> NoiseSchedule:
         raise OptstepsError(f"{root}/scheduler uses rescale_betas_zero_snr (ᾱ_T = 0, infinite noise at t = 1), which "
                             "optsteps' discrete VP schedule does not model; use a pipeline without it.")
     return noise_schedule_from_diffusers_config(cfg)
-
-
-_HASH_CACHE: dict = {}
-_HEX = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-
-
-def _file_digest(f: Path) -> str:
-    # hub snapshots link each file to blobs/<sha256 (LFS) or git sha1>: that name already identifies the content
-    if f.is_symlink() and _HEX.match(f.resolve().name):
-        return f.resolve().name
-    st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
-
-
-def pipeline_digest(root) -> str:
-    """sha256 over every config and weight file of the pipeline folder (paths and contents)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*")):
-        if f.is_dir() or f.name.startswith("."):
-            continue
-        if f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".txt", ".model"):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(_file_digest(f).encode())
-    return h.hexdigest()
-
-
-# ---- device and dtype ---------------------------------------------------------------------------------
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def default_device() -> str:
-    """``$OPTSTEPS_DEVICE`` when set (e.g. ``cpu`` to keep a GPU machine's runs bit-comparable with CPU ones),
-    else cuda when available, else cpu."""
-    return os.environ.get("OPTSTEPS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
-    """fp32 on CPU; on GPU fp16 for UNet pipelines and bf16 for flow transformers (unless ``dtype`` says).
-    Half precision is refused on the CPU (slow or unsupported there, and needless)."""
-    on_cpu = torch.device(device).type == "cpu"
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype):
-            if str(dtype) not in DTYPES:
-                raise OptstepsError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}.")
-            dtype = DTYPES[str(dtype)]
-        if on_cpu and dtype in (torch.float16, torch.bfloat16):
-            raise OptstepsError(f"{dtype} is for GPUs; on the CPU use float32 (or run on a CUDA device).")
-        return dtype
-    if on_cpu:
-        return torch.float32
-    return torch.bfloat16 if kind == "sd3" else torch.float16
 
 
 def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
@@ -290,7 +153,7 @@ class PipelineModel(DiffusionModel):
         """PIL images of decoded latents."""
         from PIL import Image
 
-        from optsteps.models.digits_data import to_uint8
+        from optsteps.io.images import to_uint8
 
         return [Image.fromarray(a) for a in to_uint8(self.decode(latents))]
 
@@ -379,7 +242,7 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                         max_sequence_length: int = 256, name: str | None = None) -> DiffusionModel:
     """A ``DiffusionModel`` for the diffusers pipeline at ``path_or_id`` (folder or locally cached hub id).
 
-    ``prompts``: a list, a prompt file (see ``load_prompts``) or None (``DEFAULT_PROMPTS``); ``guidance``: the
+    ``prompts``: a list, a prompt file (see ``prompts.load_prompts``) or None (``prompts.DEFAULT_PROMPTS``); ``guidance``: the
     caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)`` applies
     the one it is given); ``height``/``width``: image size (default: the pipeline's); ``max_batch``: rows per
     network call; ``max_sequence_length``: SD3's text length (the pipeline's default is 256).
@@ -393,7 +256,7 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
     if cls_name not in TEXT_PIPELINES:
         raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
                             "Other pipelines need an adapter in optsteps/models/pipelines.py.")
-    prompt_list = _prompt_list(prompts)
+    prompt_list = resolve_prompts(prompts)
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     ns = _noise_schedule(sched_cfg, root)
     device = device or default_device()
@@ -458,5 +321,4 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                          width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
 
 
-__all__ = ["PipelineModel", "load_pipeline_model", "load_prompts", "pipeline_noise_schedule", "resolve_pipeline",
-           "load_diffusers_pipeline", "pipeline_digest", "DEFAULT_PROMPTS", "SUPPORTED"]
+__all__ = ["PipelineModel", "load_pipeline_model", "pipeline_noise_schedule", "load_diffusers_pipeline", "SUPPORTED"]

@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
-
-
-def _resolve(pipeline: str) -> Path:
-    p = Path(pipeline)
-    if p.is_dir():
-        return p
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(pipeline, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 - any hub failure means "not on disk"
-        raise OptstepsError(
-            f"{pipeline!r} is neither a local diffusers pipeline folder nor a hub id in the local cache ({type(e).__name__}); "
-            "download it once where there is network (`huggingface-cli download ID`) or pass the folder path."
-        ) from None
+from optsteps.models.diffusers.hub import default_device, pick_dtype, resolve_folder
 
 
 def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dtype=None) -> DiffusionModel:
@@ -39,9 +24,7 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dt
     takes and returns float32 tensors on the caller's device."""
     from diffusers import UNet2DModel
 
-    from optsteps.models.diffusers.pipelines import default_device, pick_dtype
-
-    root = _resolve(pipeline)
+    root = resolve_folder(pipeline)
     if not (root / "unet").is_dir() or not (root / "scheduler" / "scheduler_config.json").is_file():
         raise OptstepsError(f"{root} is not a UNet2D diffusers pipeline (needs unet/ and scheduler/scheduler_config.json).")
     cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())

@@ -1,0 +1,34 @@
+"""``optsteps apply``: one image from the user's own diffusers pipeline on an optsteps schedule.
+
+Mounted by ``optsteps.cli.main`` with ``app.command("apply")(apply_command)``; the work is done by
+``optsteps.integrations.diffusers_apply.apply_schedule``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def apply_command(
+    pipeline: str = typer.Option(..., "--pipeline", help="diffusers pipeline folder or a hub id in the local cache"),
+    schedule: str = typer.Option(..., "--schedule", help="schedule JSON file, or NAME@ALIAS / NAME/VERSION from the registry"),
+    prompt: str = typer.Option("", "--prompt", help="text prompt (ignored by unconditional pipelines)"),
+    out: str = typer.Option("img.png", "--out", help="output PNG"),
+    seed: int = typer.Option(0, "--seed", help="optsteps noise seed (sample 0 of this seed)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="CFG scale (default: the pipeline's own)"),
+    scheduler: str = typer.Option("auto", "--scheduler", help="auto | dpmsolver | euler | flowmatch | unipc | native"),
+    device: Optional[str] = typer.Option(None, "--device", help="default: cuda if available, else cpu"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float16 | bfloat16 (default by device)"),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
+):
+    """Generate one image with your own diffusers pipeline on an optsteps schedule."""
+    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.schedule_refs import resolve_schedule
+
+    s = resolve_schedule(schedule, tracking_uri)
+    info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width)
+    typer.echo(f"wrote {info['out']} ({info['size'][0]}×{info['size'][1]}, {info['scheduler']}, NFE {info['nfe']}, "
+               f"{info['model_calls']} model calls, first timestep {info['timesteps'][0]:.6g})")

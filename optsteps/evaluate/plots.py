@@ -1,0 +1,89 @@
+"""Plots logged with the runs, drawn with matplotlib's object API (no global backend change): a schedule against
+the baselines of the same NFE in t and λ (``schedule_figures``), and a metric against NFE (``curves_figure``)."""
+from __future__ import annotations
+
+import math
+
+from optsteps.errors import OptstepsError
+from optsteps.core.schedule import Schedule
+
+BASELINE_KINDS = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
+
+
+def _figure(nrows=1, ncols=1, size=(6.4, 4.2), fixed_margins: bool = False):
+    """``fixed_margins``: fixed subplot margins instead of the constrained layout, which is half of the drawing
+    time of the small one-panel plots logged with every run."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout=None if fixed_margins else "constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    if fixed_margins:
+        fig.subplots_adjust(left=0.11, right=0.98, bottom=0.12, top=0.92)
+    return fig, axes
+
+
+def schedule_figures(schedule: Schedule) -> dict:
+    """``schedule_t.png`` and ``schedule_lambda.png``: the schedule against the baselines of the same NFE."""
+    from optsteps.core.baselines import baseline
+
+    curves = {}
+    for kind in BASELINE_KINDS:
+        if kind == schedule.method:
+            continue  # drawn as this run
+        try:
+            curves[kind] = baseline(kind, schedule.noise_schedule, schedule.nfe, schedule.t[0], schedule.t[-1])
+        except OptstepsError:
+            continue
+    out = {}
+    for fname, attr, ylabel in (("schedule_t.png", "timesteps_t", "t"), ("schedule_lambda.png", "lambdas",
+                                                                         "λ = log(α/σ)")):
+        fig, ax = _figure(fixed_margins=True)
+        ax = ax[0][0]
+        for kind, s in curves.items():
+            y = getattr(s, attr).tolist()
+            xs = [i for i, v in enumerate(y) if math.isfinite(v)]
+            ax.plot(xs, [y[i] for i in xs], "--", marker=".", alpha=0.6, label=kind)
+        y = getattr(schedule, attr).tolist()
+        xs = [i for i, v in enumerate(y) if math.isfinite(v)]
+        ax.plot(xs, [y[i] for i in xs], "-", marker="o", color="black", lw=2,
+                label=f"{schedule.method or 'schedule'} (this run)")
+        ax.set_xlabel("step i")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{schedule.model} {schedule.solver} NFE {schedule.nfe}: {ylabel}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        out[fname] = fig
+    return out
+
+
+def curves_figure(rows: list[dict], key: str, label: str):
+    """One panel per (model, solver): ``key`` against NFE, one line per method; the teacher dashed."""
+    groups = {}
+    for r in rows:
+        if key in r:
+            groups.setdefault((r.get("model"), r.get("solver") if r.get("method") != "teacher" else None), []).append(r)
+    panels = sorted({g for g in groups if g[1] is not None}, key=str)
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels), 4.0))
+    for ax, (model, solver) in zip(axes[0], panels):
+        by_method = {}
+        for r in groups[(model, solver)]:
+            by_method.setdefault(r["method"], []).append((r["nfe"], r[key]))
+        for method, pts in sorted(by_method.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        for r in groups.get((model, None), []):
+            ax.axhline(r[key], ls="--", color="gray", label=f"teacher ({r['solver']} × {r['nfe']})")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(label)
+        ax.set_title(f"{model} · {solver}")
+        if key.startswith("fid"):
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

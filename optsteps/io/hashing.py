@@ -1,0 +1,30 @@
+"""Content hashes of files: ``sha256_file``, and ``file_digest`` for large weight files (cached by path, size and
+mtime; a hub snapshot's blob name is already the content hash)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+_HASH_CACHE: dict = {}
+_HEX = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(f: Path) -> str:
+    """The file's content digest: for a hub snapshot link, its blob name; else its sha256 (cached)."""
+    # hub snapshots link each file to blobs/<sha256 (LFS) or git sha1>: that name already identifies the content
+    if f.is_symlink() and _HEX.match(f.resolve().name):
+        return f.resolve().name
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = sha256_file(f)
+    return _HASH_CACHE[key]

@@ -45,7 +45,8 @@ def read_manifest(out_dir) -> dict | None:
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError:
-        raise OptstepsError(f"{p} is not valid JSON; delete it (the shards are re-verified by hash on the next run).") from None
+        raise OptstepsError(f"{p} is not valid JSON; delete it and rerun `optsteps trajectories`: it rebuilds the "
+                            "manifest from the shards' own metadata (each shard is verified, none is recomputed).") from None
 
 
 def write_manifest(out_dir, manifest: dict) -> Path:
@@ -67,3 +68,28 @@ def load_shard(out_dir, entry: dict) -> dict:
         return load_file(p)
     except SafetensorError as e:
         raise OptstepsError(f"shard {p} cannot be read ({e}); delete it and rerun `optsteps trajectories`.") from None
+
+
+def read_shard_meta(path) -> dict | None:
+    """The JSON metadata a shard was written with (``write_shard``), or None if the file is not a readable shard."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("optsteps")
+        return json.loads(meta) if meta else None
+    except Exception:  # a truncated or foreign file is simply not a shard we can reuse
+        return None
+
+
+def verify_shard(path) -> dict | None:
+    """The tensors of ``path`` if the file loads completely and every value is finite, else None."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        data = load_file(str(path))
+    except Exception:
+        return None
+    ok = all(bool(torch.isfinite(v).all()) for v in data.values() if v.is_floating_point())
+    return data if ok else None

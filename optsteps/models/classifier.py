@@ -18,6 +18,7 @@ from torch import nn
 
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
+from optsteps.models.identity import read_model_meta, verify_weights
 
 
 @dataclass
@@ -123,6 +124,13 @@ def load_classifier(model_dir) -> DigitsCNN:
     p = Path(model_dir) / "classifier.safetensors"
     if not p.is_file():
         raise OptstepsError(f"the digits classifier is not trained yet ({p} missing); run `optsteps train --model classifier`.")
+    meta_path = Path(model_dir) / "optsteps_model.json"
+    if meta_path.is_file():
+        verify_weights(p, read_model_meta(meta_path, "classifier", ("weights_sha256",))["weights_sha256"], "classifier")
     m = DigitsCNN()
-    m.load_state_dict(load_file(p))
+    try:
+        m.load_state_dict(load_file(p))
+    except Exception as e:  # a truncated file or another network's weights
+        raise OptstepsError(f"cannot load the digits classifier from {p} ({type(e).__name__}); retrain it with "
+                            "`optsteps train --model classifier --force`.") from None
     return m.eval().requires_grad_(False)

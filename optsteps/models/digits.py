@@ -26,6 +26,7 @@ import torch
 
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
+from optsteps.models.identity import read_model_meta, verify_weights
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
 from optsteps.models.base import DiffusionModel
 
@@ -179,8 +180,14 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
     if not meta_path.is_file():
         raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
                             f"run `optsteps train --model {name}` (or `make run`).")
-    meta = json.loads(meta_path.read_text())
-    unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
+    meta = read_model_meta(meta_path, name, ("noise_schedule", "prediction_type", "sample_shape", "weights_sha256",
+                                             "data_sha256"))
+    verify_weights(model_dir / "unet" / "diffusion_pytorch_model.safetensors", meta["weights_sha256"], name)
+    try:
+        unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise OptstepsError(f"cannot load the UNet of {name!r} from {model_dir / 'unet'} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}); retrain it with `optsteps train --model {name} --force`.") from None
     # channels-last weights and activations: the forward runs 1.06-1.3× faster on this project's CPU
     # (benchmarks/bench_unet_layout.py); outputs agree to float rounding (~6e-6).
     unet = unet.to(memory_format=torch.channels_last)

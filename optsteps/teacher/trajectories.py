@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.errors import OptstepsError
+from optsteps.errors import NonFiniteError, OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
 from optsteps.io.hashing import sha256_file
-from optsteps.io.shards import FORMAT, load_shard, read_manifest, shard_name, write_manifest, write_shard
+from optsteps.io.shards import (FORMAT, load_shard, read_manifest, read_shard_meta, shard_name, verify_shard,
+                                write_manifest, write_shard)
 from optsteps.core.solvers import sample
 from optsteps.teacher.config import TeacherConfig
 
@@ -94,6 +95,8 @@ def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, sa
             p = out_dir / e["file"]
             if p.is_file() and sha256_file(p) == e["sha256"]:
                 entries[(e["start"], e["count"])] = e
+    else:
+        entries = recover_entries(out_dir, head, shard_ranges(samples, shard_size))
     pending = [r for r in shard_ranges(samples, shard_size) if r not in entries]
 
     def save_manifest():
@@ -118,11 +121,28 @@ def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, sa
     return save_manifest()
 
 
+def recover_entries(out_dir, head: dict, ranges) -> dict:
+    """Manifest entries rebuilt from the shards' own metadata when the manifest is lost: every shard file of a
+    wanted range whose metadata matches ``head`` and that loads completely with finite values is kept as is."""
+    entries = {}
+    wanted = set(ranges)
+    for p in sorted(Path(out_dir).glob("shard_*.safetensors")):
+        meta = read_shard_meta(p)
+        if meta is None or {k: meta.get(k) for k in head} != head:
+            continue
+        key = (meta.get("start"), meta.get("count"))
+        if key in wanted and p.name == shard_name(*key) and verify_shard(p) is not None:
+            entries[key] = {"file": p.name, "start": key[0], "count": key[1], "sha256": sha256_file(p), "node": ""}
+    return entries
+
+
 def iter_shards(out_dir, model: DiffusionModel | None = None, cfg: TeacherConfig | None = None):
     """Yield the shards of ``out_dir`` (checked against ``model``/``cfg`` when given), one at a time."""
     m = read_manifest(out_dir)
     if m is None:
-        raise OptstepsError(f"no trajectories in {out_dir} (manifest.json missing); run `optsteps trajectories --out {out_dir}`.")
+        name = model.name if model is not None else "MODEL"
+        raise OptstepsError(f"no trajectories in {out_dir} (manifest.json missing); run `optsteps trajectories --model "
+                            f"{name} --out {out_dir}` (it reuses any shards there without recomputing them).")
     if model is not None:
         if m["model"] != model.identity.get("model", model.name) or m["model_sha256"] != model.identity.get("sha256", ""):
             raise OptstepsError(f"{out_dir} holds trajectories of model {m['model']} ({m['model_sha256'][:12]}), not of "
@@ -130,4 +150,9 @@ def iter_shards(out_dir, model: DiffusionModel | None = None, cfg: TeacherConfig
     if cfg is not None and m["teacher"] != asdict(cfg):
         raise OptstepsError(f"{out_dir} was made with teacher {m['teacher']}, not {asdict(cfg)}; regenerate or use the same config.")
     for e in m["shards"]:
-        yield load_shard(out_dir, e)
+        shard = load_shard(out_dir, e)
+        bad = [k for k, v in shard.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteError(f"shard {Path(out_dir) / e['file']} holds NaN/inf values in {bad} (made from NaN "
+                                 "weights or guidance?); fix the cause, delete the shard and rerun `optsteps trajectories`.")
+        yield shard

@@ -21,6 +21,7 @@ import torch
 
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor
 from optsteps.core.schedule import Schedule
+from optsteps.errors import NonFiniteError
 from optsteps.core.solver_spec import SolverSpec, finite_order, step_orders
 from optsteps.core.solvers.updates import ddim_step, dpmpp2m_step, unipc_rhos, unipc_update
 
@@ -33,12 +34,27 @@ def node_coefficients(noise_schedule: NoiseSchedule, t) -> tuple[list, list, lis
     return (noise_schedule.alpha(t).tolist(), noise_schedule.sigma(t).tolist(), noise_schedule.lambda_(t).tolist())
 
 
+def check_finite(x: torch.Tensor, i: int, schedule: Schedule, what: str = "the model output") -> None:
+    """Raise ``NonFiniteError`` naming the step, its time and the likely causes if ``x`` holds NaN or ±inf."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).reshape(x.shape[0], -1).any(1).sum()) if x.dim() else 1
+    raise NonFiniteError(
+        f"{what} is not finite (NaN/inf) in {bad} of {x.shape[0] if x.dim() else 1} samples at step {i + 1} of "
+        f"{schedule.nfe} (t = {schedule.t[min(i, schedule.nfe)]:.6g}); likely causes: a NaN/inf guidance scale, "
+        "NaN weights (retrain or re-download the model), or a schedule outside the model's time range; nothing "
+        "was written from this batch.")
+
+
 def _prepare(schedule: Schedule, denoiser: Denoiser):
     alphas, sigmas, lambdas = node_coefficients(schedule.noise_schedule, schedule.t)
     ts = schedule.timesteps_t
 
     def model(x, i):
-        return denoiser(x, ts[i])
+        x0 = denoiser(x, ts[i])
+        check_finite(x0, i, schedule)
+        return x0
 
     return alphas, sigmas, lambdas, model
 
@@ -123,9 +139,13 @@ def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str 
         callback: ``callback(i, x_i, x̂_0_i)`` after each model evaluation.
     """
     spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver, order, lower_order_final)
+    check_finite(x, 0, schedule, "the initial state")
     if spec.name == "ddim":
-        return sample_ddim(denoiser, x, schedule, callback=callback)
-    if spec.name == "dpmpp2m":
-        return sample_dpmpp2m(denoiser, x, schedule, lower_order_final=spec.lower_order_final, callback=callback)
-    return sample_unipc(denoiser, x, schedule, order=spec.order, lower_order_final=spec.lower_order_final,
-                        corrector=spec.corrector, callback=callback)
+        out = sample_ddim(denoiser, x, schedule, callback=callback)
+    elif spec.name == "dpmpp2m":
+        out = sample_dpmpp2m(denoiser, x, schedule, lower_order_final=spec.lower_order_final, callback=callback)
+    else:
+        out = sample_unipc(denoiser, x, schedule, order=spec.order, lower_order_final=spec.lower_order_final,
+                           corrector=spec.corrector, callback=callback)
+    check_finite(out, schedule.nfe, schedule, "the final state")
+    return out

@@ -393,12 +393,14 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
             self.tracking_uri = tracking_uri
 
         def load_schedule(self, ref):
-            assert ref == "tiny-sd3-ddim-schedules@champion-nfe2" and self.tracking_uri == "sqlite:///x.db"
+            assert ref == "tiny-sd3-ddim-schedules@champion-nfe2" and self.tracking_uri == db_uri
             return flow
 
     monkeypatch.setattr(optsteps.integrations.mlflow_registry, "Registry", FakeRegistry)
+    (tmp_path / "x.db").touch()  # a read-only command never creates a registry: it must exist
+    db_uri = f"sqlite:///{tmp_path / 'x.db'}"
     r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", "tiny-sd3-ddim-schedules@champion-nfe2",
-                  "--tracking-uri", "sqlite:///x.db", "--out", str(tmp_path / "reg.png")])
+                  "--tracking-uri", db_uri, "--out", str(tmp_path / "reg.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "reg.png").is_file()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,17 +26,48 @@ def _params(path):
     return load_params(path)
 
 
-def _schedule_for(kind_or_file: str, model, nfe: int, solver: str):
-    from optsteps.core.baselines import baseline
-    from optsteps.core.schedule import Schedule
+def _check_int(option: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise OptstepsError(f"{option} {value} is out of range; pass an integer in {lo} … {hi}.")
+    return value
 
-    if Path(kind_or_file).is_file() or kind_or_file.endswith(".json"):
-        s = Schedule.load(kind_or_file)
+
+def _check_float(option: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise OptstepsError(f"{option} {value} is not a finite number; pass a finite value (e.g. {option} 1.0).")
+    return value
+
+
+def _is_reference(ref: str) -> bool:
+    """A schedule JSON file or a registry reference (NAME@ALIAS, NAME/VERSION, models:/…), not a baseline kind."""
+    import re
+
+    return (Path(ref).is_file() or ref.endswith(".json") or "@" in ref or ref.startswith("models:/")
+            or re.fullmatch(r"[^/\s]+/\d+", ref) is not None)
+
+
+def _resolve_schedule_arg(ref: str, params: str):
+    """A schedule file or registry reference, resolved before any model is loaded (None for a baseline kind)."""
+    if not _is_reference(ref):
+        return None
+    from optsteps.integrations.schedule_refs import resolve_schedule
+
+    tracking_uri = None
+    if not (Path(ref).is_file() or ref.endswith(".json")):
+        tracking_uri = _params(params).mlflow.tracking_uri or None
+    return resolve_schedule(ref, tracking_uri)
+
+
+def _schedule_for(kind_or_ref: str, model, nfe: int, solver: str | None, resolved=None):
+    from optsteps.core.baselines import baseline
+
+    s = resolved
+    if s is not None:
         if s.noise_schedule != model.noise_schedule:
-            raise OptstepsError(f"{kind_or_file} was made for noise schedule {s.noise_schedule.to_dict()}, but model "
+            raise OptstepsError(f"{kind_or_ref} was made for noise schedule {s.noise_schedule.to_dict()}, but model "
                                 f"{model.name!r} uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
         return s
-    return baseline(kind_or_file, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver)
+    return baseline(kind_or_ref, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver or "unipc")
 
 
 @app.command()
@@ -136,24 +168,37 @@ def schedule_gits(model: str = typer.Option(..., "--model"), nfe: int = typer.Op
 
 @app.command("sample")
 def sample_cmd(model: str = typer.Option(..., "--model"),
-               schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
-               nfe: int = typer.Option(10, "--nfe"), solver: str = typer.Option("unipc", "--solver"),
+               schedule: str = typer.Option(..., "--schedule",
+                                            help="a baseline KIND, a schedule JSON file or a registry reference NAME@ALIAS"),
+               nfe: int = typer.Option(10, "--nfe", help="steps of a baseline KIND (a file or reference has its own)"),
+               solver: Optional[str] = typer.Option(None, "--solver",
+                                                    help="ddim | dpmpp2m | unipc; default: the schedule's own solver "
+                                                         "and order (unipc for a baseline KIND)"),
                n: int = typer.Option(100, "--n", help="number of samples"), seed: int = typer.Option(0, "--seed"),
                guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
                params: str = ParamsOpt):
     """Sample a grid PNG with a solver on a schedule."""
+    from optsteps.core.solver_spec import SolverSpec
     from optsteps.io.images import save_grid
     from optsteps.models import EMBEDDED, load_model
     from optsteps.models.sampling import generate
 
+    _check_int("--n", n, 1, 100_000)
+    _check_int("--nfe", nfe, 1, 10_000)
+    _check_float("--guidance", guidance)
+    if Path(out).suffix.lower() != ".png":
+        raise OptstepsError(f"--out {out!r}: the grid is written as PNG; pass a file name ending in .png.")
+    spec = SolverSpec(solver) if solver else None
+    resolved = _resolve_schedule_arg(schedule, params)  # a bad file or reference fails before the model loads
     p = _params(params)
     m = load_model(model, p.artifacts)
-    s = _schedule_for(schedule, m, nfe, solver)
-    x = generate(m, s, solver, n, seed, guidance=guidance)
     if len(m.sample_shape) != 3:
         raise OptstepsError(f"model {model!r} does not produce images; sample an image model ({', '.join(EMBEDDED)}).")
+    s = _schedule_for(schedule, m, nfe, solver, resolved)
+    spec = spec or s.solver_spec or SolverSpec("unipc")
+    x = generate(m, s, spec, n, seed, guidance=guidance)
     save_grid(x, out)
-    typer.echo(f"wrote {out} ({n} samples, {solver}, NFE {s.nfe}, {s.method or schedule})")
+    typer.echo(f"wrote {out} ({n} samples, {spec.name}-{spec.order}, NFE {s.nfe}, {s.method or schedule})")
 
 
 @app.command()

@@ -23,6 +23,7 @@ from optsteps.core.noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_ten
 from optsteps.core.schedule import Schedule, from_lambdas
 
 LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
+MAX_NFE = 100_000  # more steps than any sampler takes; keeps a typo from allocating terabytes
 BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic", "linspace", "leading", "trailing", "ays",
              "flow-shift")
 
@@ -110,8 +111,8 @@ def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.T
 def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float | None = None,
              t_end: float | None = None, model: str = "", **opts) -> Schedule:
     """The baseline schedule ``kind`` for ``nfe`` steps (NFE K ≥ 1) on ``noise_schedule``."""
-    if not isinstance(nfe, int) or nfe < 1:
-        raise OptstepsError(f"nfe must be an integer ≥ 1, got {nfe!r}.")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= MAX_NFE:
+        raise OptstepsError(f"nfe must be an integer in 1 … {MAX_NFE}, got {nfe!r}.")
     ns = noise_schedule
     t_start = ns.default_t_start() if t_start is None else float(t_start)
     t_end = ns.default_t_end() if t_end is None else float(t_end)

@@ -228,6 +228,9 @@ class RectifiedFlow(NoiseSchedule):
 
 def noise_schedule_from_dict(d: dict) -> NoiseSchedule:
     """Inverse of ``NoiseSchedule.to_dict``."""
+    if not isinstance(d, dict):
+        raise OptstepsError(f"a noise_schedule must be a mapping like {{\"family\": \"vp\", ...}}, got {d!r}; "
+                            "write it with NoiseSchedule.to_dict (or `optsteps schedule ... --json`).")
     d = dict(d)
     family = d.pop("family", None)
     kinds = {"vp": VPDiscrete, "edm": EDM, "flow": RectifiedFlow}
@@ -235,7 +238,7 @@ def noise_schedule_from_dict(d: dict) -> NoiseSchedule:
         raise OptstepsError(f"unknown noise schedule family {family!r}; use one of {sorted(kinds)}.")
     try:
         return kinds[family](**d)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise OptstepsError(f"bad {family} noise schedule fields {sorted(d)}: {e}") from None
 
 

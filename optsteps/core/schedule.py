@@ -35,6 +35,8 @@ class Schedule:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
+        if isinstance(self.t, (str, bytes, dict)):
+            raise OptstepsError(f"schedule times must be a list of numbers, got {self.t!r}; pass nfe + 1 times.")
         try:
             t = tuple(float(v) for v in (self.t.tolist() if isinstance(self.t, torch.Tensor) else self.t))
         except (TypeError, ValueError):

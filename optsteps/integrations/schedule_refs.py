@@ -15,8 +15,12 @@ def resolve_schedule(ref: str, tracking_uri: str | None = None) -> Schedule:
     if p.is_file() or ref.endswith(".json"):
         return Schedule.load(p)
     if "@" in ref or ref.startswith("models:/") or re.fullmatch(r"[^/\s]+/\d+", ref):
-        from optsteps.integrations.mlflow_registry import Registry
+        from optsteps.integrations.mlflow_registry import Registry, default_tracking_uri
 
+        uri = tracking_uri or default_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise OptstepsError(f"{ref!r} names a registered schedule, but there is no schedule registry at {uri}; "
+                                "run `optsteps stage register` (or `make run`) first, or pass --tracking-uri.")
         try:
             reg = Registry(tracking_uri)
         except ImportError as e:

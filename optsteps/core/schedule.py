@@ -116,6 +116,9 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
+        if not isinstance(d, dict):
+            raise OptstepsError(f"a schedule JSON must be an object with 'noise_schedule' and 't', got {type(d).__name__}; "
+                                "write it with `optsteps schedule ... --json`.")
         missing = [k for k in ("noise_schedule", "t") if k not in d]
         if missing:
             raise OptstepsError(f"schedule JSON lacks {missing}; it needs at least 'noise_schedule' and 't'.")

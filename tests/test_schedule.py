@@ -79,3 +79,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()  # and with a working rename the new text replaces the old, nothing left beside it
     assert write_text_atomic(p, "new ✓") == p
     assert p.read_text(encoding="utf-8") == "new ✓" and [q.name for q in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+
+    from optsteps.io.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "a.json", "{}")
+        assert (p.stat().st_mode & 0o777) == 0o644  # readable by a team sharing the folder
+        os.umask(0o077)
+        q = write_text_atomic(tmp_path / "b.json", "{}")
+        assert (q.stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)

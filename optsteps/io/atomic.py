@@ -4,7 +4,19 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 minus the umask (0o644 for the usual 022).
+    ``mkstemp`` creates 0o600 files, which a team sharing a results folder cannot read."""
+    with _UMASK_LOCK:  # reading the umask means setting it; the lock keeps threads from seeing the 0
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -18,6 +30,7 @@ def write_bytes_atomic(path, data: bytes) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix="." + p.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)

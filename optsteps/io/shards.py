@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from optsteps.errors import OptstepsError
-from optsteps.io.atomic import write_text_atomic
+from optsteps.io.atomic import file_mode, write_text_atomic
 from optsteps.io.hashing import sha256_file
 
 FORMAT = "optsteps-trajectories/1"
@@ -28,6 +28,7 @@ def write_shard(path: Path, data: dict, meta: dict) -> None:
     from safetensors.torch import save_file
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,9 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
-from optsteps.integrations.diffusers_export import configure, to_comfyui, to_diffusers
+from optsteps.core.solver_spec import SolverSpec
+from optsteps.integrations.diffusers_export import (configure, diffusers_export, to_ays_pair, to_comfyui,
+                                                    to_comfyui_text, to_diffusers)
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
 
@@ -22,9 +26,67 @@ def test_dpmsolver_takes_integer_timesteps_and_the_right_final_sigma():
     assert abs(float(sch.sigmas[-1]) - s.sigmas[-1].item()) < 1e-3 * s.sigmas[-1].item()
 
 
-def test_non_integer_timesteps_are_refused_with_the_fix():
-    with pytest.raises(OptstepsError, match="EulerDiscreteScheduler"):
-        to_diffusers(baseline("uniform-lambda", VP, 5), "DPMSolverMultistepScheduler")
+def test_non_integer_timesteps_are_snapped_and_the_move_reported():
+    s = baseline("uniform-lambda", VP, 5)
+    out = diffusers_export(s.with_solver(SolverSpec("dpmpp2m")))
+    assert out["scheduler"] == "DPMSolverMultistepScheduler" and out["config"]["solver_order"] == 2
+    assert 0 < out["snapped_max_shift"] <= 0.5
+    exact = VP.timestep(s.timesteps_t[:-1])
+    assert np.allclose(out["set_timesteps"]["timesteps"], exact.numpy(), atol=0.5)
+    crowded = Schedule([1.0, 0.5, 0.5 - 0.2 / 1000, 0.001], VP)  # two times within one training timestep
+    with pytest.raises(OptstepsError, match="merge steps.*EulerDiscreteScheduler"):
+        to_diffusers(crowded, "DPMSolverMultistepScheduler")
+
+
+def _grid(ns):
+    """Every baseline kind × solver × NFE of a small grid, plus optimized-looking schedules (λ-optimizer)."""
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+
+    kinds = ["uniform-t", "uniform-lambda", "karras", "time-quadratic"] + (["trailing"] if ns.family == "vp" else [])
+    out = [baseline(k, ns, nfe).with_solver(SolverSpec(sv)) for k in kinds for nfe in (4, 6, 10)
+           for sv in ("ddim", "dpmpp2m", "unipc")]
+    out += [lambda_opt_schedule(ns, nfe, solver=sv) for nfe in (4, 6) for sv in ("dpmpp2m", "unipc")]
+    return out
+
+
+README_SCHEDULERS = {"vp": ["DPMSolverMultistepScheduler", "DDPMScheduler", "EulerDiscreteScheduler"],
+                     "flow": ["FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler"]}
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
+    import diffusers
+
+    ns = VP if family == "vp" else RectifiedFlow()
+    base = (diffusers.DDPMScheduler(beta_schedule="linear") if family == "vp"
+            else diffusers.FlowMatchEulerDiscreteScheduler()).config
+    for s in _grid(ns):
+        for name in [None] + README_SCHEDULERS[family]:
+            out = diffusers_export(s, name)
+            json.dumps(out)  # JSON-ready
+            cls = getattr(diffusers, out["scheduler"])
+            sch = cls.from_config({k: v for k, v in base.items() if not k.startswith("_")}, **out["config"])
+            kwargs = {k: (np.array(v) if k == "sigmas" and out["scheduler"] == "UniPCMultistepScheduler" else v)
+                      for k, v in out["set_timesteps"].items()}
+            sch.set_timesteps(**kwargs)
+            assert len(sch.timesteps) == s.nfe, (s.method, s.nfe, out["scheduler"])
+            if "timesteps" in out["set_timesteps"]:
+                assert sch.timesteps.tolist() == out["set_timesteps"]["timesteps"]
+                assert out["snapped_max_shift"] <= 0.5
+            else:
+                want = s.sigmas[:-1].numpy()
+                assert np.allclose(sch.sigmas.numpy()[: s.nfe], want, rtol=1e-4, atol=1e-5), (s.method, out["scheduler"])
+        assert diffusers_export(s)["scheduler"] == (
+            "DPMSolverMultistepScheduler" if family == "vp"
+            else "FlowMatchEulerDiscreteScheduler" if s.solver == "ddim" else "UniPCMultistepScheduler")
+
+
+def test_comfyui_text_and_ays_pair():
+    s = baseline("karras", VP, 4)
+    assert [float(v) for v in to_comfyui_text(s).split(",")] == pytest.approx(to_comfyui(s), rel=1e-5)
+    pair = to_ays_pair(baseline("trailing", VP, 4))
+    assert len(pair["timesteps"]) == 4 and all(isinstance(v, int) for v in pair["timesteps"])
+    assert len(pair["sigmas"]) == 5 and pair["sigmas"][-1] == 0.0
 
 
 def test_ddim_is_refused_and_points_to_dpmsolver_order_1():

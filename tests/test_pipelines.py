@@ -174,7 +174,7 @@ def test_pixel_ddpm(folders, tmp_path):
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
         assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
     # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
-    from optsteps.integrations.diffusers_scheduler_plan import snap_to_training_timesteps
+    from optsteps.integrations.diffusers_export import snap_to_training_timesteps
 
     snapped, _ = snap_to_training_timesteps(oss)
     own = DDPMPipeline.from_pretrained(folders["ddpm"]).scheduler
@@ -187,7 +187,7 @@ def test_stable_diffusion(folders, tmp_path):
     from diffusers import EulerDiscreteScheduler
 
     from optsteps.integrations.diffusers_apply import apply_schedule, generate
-    from optsteps.integrations.diffusers_scheduler_plan import snap_to_training_timesteps
+    from optsteps.integrations.diffusers_export import snap_to_training_timesteps
     from optsteps.integrations.diffusers_export import configure
     from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
     from optsteps.core.solvers import sample

@@ -77,7 +77,7 @@ def show_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS (e.g. digits-unipc-
 
 @registry_app.command("export")
 def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION"),
-               fmt: str = typer.Option("json", "--format", help="json | diffusers | comfyui"),
+               fmt: str = typer.Option("json", "--format", help="json | diffusers | comfyui | comfyui-text | ays"),
                scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                                        help="diffusers scheduler class (default by model family)"),
                out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of stdout"),

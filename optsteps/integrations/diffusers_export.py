@@ -7,8 +7,11 @@ scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the 
 
 - DDIMScheduler takes no custom timesteps (and silently mis-steps if they are overwritten): refused; DDIM is
   ``DPMSolverMultistepScheduler(solver_order=1)``, which does take them.
-- DPMSolverMultistep/DDPM take integer ``timesteps=`` (floats are truncated): times must sit on training
-  timesteps; the final point picks ``final_sigmas_type`` ("sigma_min" for t = 1/N, "zero" for t = 0).
+- DPMSolverMultistep/DDPM take integer ``timesteps=`` (floats are truncated): the K evaluation times are
+  snapped to the nearest training timestep (``snap_to_training_timesteps``; the largest move is reported by
+  ``diffusers_export`` and refused where snapping would merge steps); the final point picks
+  ``final_sigmas_type`` ("sigma_min" for t = 1/N, "zero" for t = 0), and DPMSolverMultistep runs the
+  schedule's own order (``solver_order`` from its solver spec; order 1 is DDIM).
 - EulerDiscrete needs the terminal σ = 0 in ``sigmas=`` (else the output keeps the last σ's noise): the last
   σ is replaced by 0.
 - FlowMatchEulerDiscrete passes custom sigmas through ``shift``: ``shift=1.0`` and no dynamic shifting are
@@ -18,11 +21,15 @@ scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the 
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
+
+log = logging.getLogger("optsteps.integrations.diffusers_export")
 
 TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
 
@@ -33,20 +40,37 @@ def _name(scheduler) -> str:
     return type(scheduler).__name__ if not isinstance(scheduler, type) else scheduler.__name__
 
 
-def integer_timesteps(schedule: Schedule) -> list[int]:
-    """The K evaluation times as diffusers' integer training timesteps t·N − 1 (VP only)."""
+def snap_to_training_timesteps(schedule: Schedule) -> tuple[Schedule | None, float]:
+    """(the schedule with its K evaluation times moved to the nearest integer training timestep, the largest
+    move in timesteps); (None, move) when that would merge steps or reach the end point. VP only."""
+    ns = schedule.noise_schedule
+    ts = ns.timestep(schedule.timesteps_t[:-1])
+    snapped = ts.round().clamp(0, ns.num_train_timesteps - 1)
+    shift = float((ts - snapped).abs().max())
+    if shift < 1e-6:
+        return schedule, 0.0
+    t_new = torch.cat([ns.t_of_timestep(snapped), schedule.timesteps_t[-1:]])
+    if not bool((t_new[:-1] > t_new[1:]).all()):
+        return None, shift
+    return Schedule(t_new, ns, schedule.model, schedule.method, schedule.solver,
+                    dict(schedule.extra, snapped_from=list(schedule.t))), shift
+
+
+def integer_timesteps(schedule: Schedule) -> tuple[list[int], float]:
+    """The K evaluation times as diffusers' integer training timesteps t·N − 1 (VP only), snapped to the nearest
+    one where they fall between (diffusers truncates floats), and the largest move in timesteps."""
     ns = schedule.noise_schedule
     if ns.family != "vp":
         raise OptstepsError(f"integer timesteps exist for discrete VP models only, not {ns.family}.")
-    ts = ns.timestep(schedule.timesteps_t[:-1])
-    rounded = ts.round()
-    if (ts - rounded).abs().max() > 1e-6:
-        bad = ts[(ts - rounded).abs() > 1e-6][:3].tolist()
+    snapped, shift = snap_to_training_timesteps(schedule)
+    if snapped is None:
         raise OptstepsError(
-            f"timesteps {bad} are not integer training timesteps, and this diffusers scheduler truncates floats; "
-            "export to EulerDiscreteScheduler (sigmas=) instead, or snap the schedule to integer timesteps."
-        )
-    return [int(v) for v in rounded.tolist()]
+            f"snapping this schedule's times to integer training timesteps would merge steps (largest move "
+            f"{shift:.3g} timesteps), and this diffusers scheduler truncates floats; export to "
+            "EulerDiscreteScheduler (exact sigmas=) instead.")
+    if shift > 1e-6:
+        log.info("timesteps snapped to integer training timesteps (largest move %.3g)", shift)
+    return [int(v) for v in snapped.noise_schedule.timestep(snapped.timesteps_t[:-1]).round().tolist()], shift
 
 
 def _final_sigmas_type(schedule: Schedule) -> str:
@@ -76,7 +100,11 @@ def to_diffusers(schedule: Schedule, scheduler) -> tuple[dict, dict]:
         if name == "DPMSolverMultistepScheduler":
             overrides.update(use_karras_sigmas=False, use_lu_lambdas=False, use_exponential_sigmas=False,
                              use_beta_sigmas=False)
-        return {"timesteps": integer_timesteps(schedule)}, overrides
+        spec = schedule.solver_spec
+        if name == "DPMSolverMultistepScheduler" and spec is not None:  # the schedule's own order (DDIM = order 1)
+            overrides.update(solver_order=spec.order, lower_order_final=spec.lower_order_final,
+                             algorithm_type="dpmsolver++")
+        return {"timesteps": integer_timesteps(schedule)[0]}, overrides
     if name == "EulerDiscreteScheduler":
         if fam != "vp":
             raise OptstepsError(f"EulerDiscreteScheduler is for VP models; this schedule is {fam}. "
@@ -116,6 +144,44 @@ def to_comfyui(schedule: Schedule) -> list[float]:
     sigmas = schedule.sigmas.tolist()
     sigmas[-1] = 0.0
     return sigmas
+
+
+def to_comfyui_text(schedule: Schedule) -> str:
+    """The ComfyUI sigmas as the comma-separated text its manual-sigmas nodes take."""
+    return ", ".join(f"{v:.6g}" for v in to_comfyui(schedule))
+
+
+def to_ays_pair(schedule: Schedule) -> dict:
+    """The Align-Your-Steps style pair: ``timesteps`` (the K network timesteps: integers for VP, σ·N for flow)
+    and ``sigmas`` (K + 1 values ending in 0, as ``to_comfyui``)."""
+    ns = schedule.noise_schedule
+    if ns.family == "vp":
+        timesteps = integer_timesteps(schedule)[0]
+    else:
+        timesteps = [float(v) for v in ns.timestep(schedule.timesteps_t[:-1]).tolist()]
+    return {"timesteps": timesteps, "sigmas": to_comfyui(schedule)}
+
+
+def default_scheduler(schedule: Schedule) -> str:
+    """The diffusers scheduler that runs the schedule's own solver: VP → DPMSolverMultistep (its order; order 1 is
+    DDIM), flow → FlowMatchEuler for DDIM/Euler schedules, else UniPCMultistep with flow sigmas."""
+    fam, spec = schedule.noise_schedule.family, schedule.solver_spec
+    if fam == "vp":
+        return "DPMSolverMultistepScheduler"
+    if fam == "flow":
+        return "FlowMatchEulerDiscreteScheduler" if spec is None or spec.name == "ddim" else "UniPCMultistepScheduler"
+    raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
+
+
+def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
+    """{"scheduler", "set_timesteps", "config", "snapped_max_shift"}: the scheduler class (default: the one that
+    runs the schedule's solver, ``default_scheduler``), its ``set_timesteps`` kwargs as JSON lists, the config
+    overrides, and how far the times moved to sit on integer training timesteps (0 where they are exact)."""
+    name = scheduler or default_scheduler(schedule)
+    kwargs, overrides = to_diffusers(schedule, name)
+    shift = integer_timesteps(schedule)[1] if name in TIMESTEP_SCHEDULERS else 0.0
+    kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "snapped_max_shift": shift}
 
 
 def first_step(scheduler) -> float:

@@ -23,10 +23,10 @@ import functools
 import inspect
 import logging
 
-import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.integrations.diffusers_export import snap_to_training_timesteps
 
 log = logging.getLogger("optsteps.integrations.diffusers_apply")  # warnings of `optsteps apply`: its logger
 
@@ -39,22 +39,6 @@ def solver_order(schedule: Schedule) -> int:
     """The multistep order the schedule was made for (its ``solver_spec``; first order if it names none)."""
     spec = schedule.solver_spec
     return 1 if spec is None else spec.order
-
-
-def snap_to_training_timesteps(schedule: Schedule) -> tuple[Schedule | None, float]:
-    """(the schedule with its K evaluation times moved to the nearest integer training timestep, the largest
-    move in timesteps); (None, move) when that would merge steps or reach the end point. VP only."""
-    ns = schedule.noise_schedule
-    ts = ns.timestep(schedule.timesteps_t[:-1])
-    snapped = ts.round().clamp(0, ns.num_train_timesteps - 1)
-    shift = float((ts - snapped).abs().max())
-    if shift < 1e-6:
-        return schedule, 0.0
-    t_new = torch.cat([ns.t_of_timestep(snapped), schedule.timesteps_t[-1:]])
-    if not bool((t_new[:-1] > t_new[1:]).all()):
-        return None, shift
-    return Schedule(t_new, ns, schedule.model, schedule.method, schedule.solver,
-                    dict(schedule.extra, snapped_from=list(schedule.t))), shift
 
 
 class Plan:

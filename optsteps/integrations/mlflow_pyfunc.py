@@ -18,8 +18,7 @@ from optsteps.core.schedule import Schedule
 
 LOADER_MODULE = "optsteps.integrations.mlflow_pyfunc"  # recorded in every logged model's MLmodel: keep it importable
 SCHEDULE_FILE = "schedule.json"
-FORMATS = ("json", "diffusers", "comfyui")
-DEFAULT_SCHEDULER = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
+FORMATS = ("json", "diffusers", "comfyui", "comfyui-text", "ays")
 
 
 def save_schedule_model(schedule: Schedule, path) -> Path:
@@ -53,15 +52,27 @@ class SchedulePyfunc:
         return to_comfyui(self.schedule)
 
     def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
+        from optsteps.integrations.diffusers_export import diffusers_export
+
         return diffusers_export(self.schedule, scheduler)
 
-    def predict(self, model_input=None, params=None):
-        fmt, scheduler = _parse_request(model_input, params)
+    def export(self, fmt: str, scheduler: str | None = None):
+        """``json`` (the schedule dict), ``diffusers`` (scheduler, kwargs, config, snapped move), ``comfyui``
+        (the sigma list), ``comfyui-text`` (the same, comma-separated) or ``ays`` (timesteps + sigmas ending in 0)."""
+        from optsteps.integrations.diffusers_export import to_ays_pair, to_comfyui_text
+
         if fmt == "json":
             return self.schedule_dict()
         if fmt == "comfyui":
             return self.comfyui_sigmas()
+        if fmt == "comfyui-text":
+            return to_comfyui_text(self.schedule)
+        if fmt == "ays":
+            return to_ays_pair(self.schedule)
         return self.diffusers_kwargs(scheduler)
+
+    def predict(self, model_input=None, params=None):
+        return self.export(*_parse_request(model_input, params))
 
 
 def _parse_request(model_input, params) -> tuple[str, str | None]:
@@ -89,18 +100,3 @@ def _load_pyfunc(data_path):
     if p.is_dir():
         p = p / SCHEDULE_FILE
     return SchedulePyfunc(p.read_text())
-
-
-def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
-    import numpy as np
-
-    from optsteps.integrations.diffusers_export import to_diffusers
-
-    fam = schedule.noise_schedule.family
-    name = scheduler or DEFAULT_SCHEDULER.get(fam)
-    if name is None:
-        raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
-    kwargs, overrides = to_diffusers(schedule, name)
-    kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides}

@@ -370,17 +370,16 @@ class Registry:
         return row
 
     def export(self, ref: str, fmt: str = "json", scheduler: str | None = None) -> str:
-        """The schedule as text: ``json`` (the registered file, byte for byte), ``diffusers`` (scheduler
-        kwargs and config overrides, JSON) or ``comfyui`` (the sigma list, JSON)."""
+        """The schedule as text: ``json`` (the registered file, byte for byte), ``diffusers`` (scheduler, kwargs,
+        config overrides and the snapped move, JSON), ``comfyui`` (the sigma list, JSON), ``comfyui-text`` (the
+        sigmas comma-separated) or ``ays`` (timesteps + sigmas ending in 0, JSON)."""
         if fmt not in FORMATS:
             raise OptstepsError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
         text = self.schedule_text(self.parse_ref(ref))
         if fmt == "json":
             return text
-        impl = SchedulePyfunc(text)
-        if fmt == "comfyui":
-            return json.dumps(impl.comfyui_sigmas())
-        return json.dumps(impl.diffusers_kwargs(scheduler), indent=2)
+        out = SchedulePyfunc(text).export(fmt, scheduler)
+        return out if isinstance(out, str) else json.dumps(out, indent=2 if fmt in ("diffusers", "ays") else None)
 
 
 # ---- module-level conveniences ------------------------------------------------------------------------

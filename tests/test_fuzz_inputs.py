@@ -12,7 +12,7 @@ from optsteps.errors import OptstepsError
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_subnormal=False),
                     st.text(max_size=8))
 json_values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=5),
                                                         st.dictionaries(st.text(max_size=6), c, max_size=5)),
@@ -22,8 +22,8 @@ noise_schedules = st.one_of(json_values, st.fixed_dictionaries({"family": famili
                                                                 optional={"num_train_timesteps": scalars,
                                                                           "beta_schedule": scalars,
                                                                           "sigma_min": scalars, "sigma_max": scalars}))
-times = st.one_of(json_values, st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=6),
-                  st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6).map(lambda v: sorted(v, reverse=True)))
+times = st.one_of(json_values, st.lists(st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False), max_size=6),
+                  st.lists(st.floats(0.0, 1.0, allow_subnormal=False), min_size=2, max_size=6).map(lambda v: sorted(v, reverse=True)))
 schedule_dicts = st.one_of(json_values, st.fixed_dictionaries(
     {"noise_schedule": noise_schedules, "t": times},
     optional={"solver": st.one_of(st.sampled_from(["ddim", "dpmpp2m", "unipc", ""]), scalars),

@@ -60,11 +60,18 @@ def time_quadratic(ns, nfe, t_start, t_end):
     return torch.linspace(math.sqrt(t_start), math.sqrt(t_end), nfe + 1, dtype=torch.float64) ** 2
 
 
-def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0, grid_end: float | None = None):
-    """Shifted uniform t. ``grid_end``: where the uniform grid ends before the shift when that is not t_end
-    (diffusers' flow schedulers space their K evaluation times uniformly down to 1/N or σ_min and then step
-    to 0; the last point is t_end either way)."""
-    t = uniform_t(ns, nfe, t_start, t_end if grid_end is None else float(grid_end))
+def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0, grid_end: float | None = None,
+               eval_end: float | None = None):
+    """Shifted uniform t; the last point is t_end in any case. Where diffusers' flow schedulers put their K
+    evaluation times before the shift: ``grid_end``, the K + 1 uniform points end there (UniPC: 1/N) and the
+    last is replaced by t_end; ``eval_end``, the K evaluation times themselves are uniform down to it
+    (FlowMatchEuler: σ_min)."""
+    if grid_end is not None and eval_end is not None:
+        raise OptstepsError("flow-shift takes grid_end or eval_end, not both.")
+    if eval_end is not None:
+        t = torch.cat([torch.linspace(t_start, float(eval_end), nfe, dtype=torch.float64), as_tensor([t_end])])
+    else:
+        t = uniform_t(ns, nfe, t_start, t_end if grid_end is None else float(grid_end))
     return shift * t / (1 + (shift - 1) * t)
 
 

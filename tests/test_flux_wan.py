@@ -103,6 +103,16 @@ def test_flux_dev(folders, tmp_path):
     theirs, ours, _, seen = _parity(model, pipe, pub, 0, 1, "ddim", 2.0)
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4) and seen == pytest.approx(pub.t[:-1], abs=1e-6)
 
+    # export to the pipeline's own scheduler (dynamic shifting on): shift 1 and no dynamic shift, times verbatim
+    from optsteps.integrations.diffusers_export import configure, diffusers_export
+
+    assert pipe.scheduler.config.use_dynamic_shifting
+    s, kwargs = configure(pipe.scheduler, oss)
+    assert s.sigmas.double().tolist() == pytest.approx(oss.t, abs=1e-6) and kwargs["sigmas"] == list(oss.t[:-1])
+    exp = diffusers_export(lam)
+    assert exp["scheduler"] == "UniPCMultistepScheduler" and exp["set_timesteps"]["sigmas"] == list(lam.t[:-1])
+    assert exp["config"] == {"use_flow_sigmas": True, "flow_shift": 1.0, "use_dynamic_shifting": False}
+
     info = apply_schedule(pipe, oss, PROMPTS[0], tmp_path / "flux.png", seed=1, height=16, width=16,
                           max_sequence_length=MSL)
     assert info["size"] == [16, 16] and info["guidance"] == 3.5 and (tmp_path / "flux.png").is_file()
@@ -215,6 +225,25 @@ def test_wan(folders, tmp_path):
                           max_sequence_length=MSL)
     assert info["size"] == [5 * 16, 16] and info["num_frames"] == 5  # a PNG strip of the 5 frames
     assert Image.open(tmp_path / "wan.png").size == (80, 16)
+
+    # export to the pipeline's own UniPC: the schedule's sigmas (stock UniPC then casts timesteps to int; apply does not)
+    from optsteps.integrations.diffusers_export import configure
+
+    s, _ = configure(pipe.scheduler, _moved(lam))
+    assert s.sigmas.double().tolist() == pytest.approx(_moved(lam).t, abs=1e-6)
+    assert s.timesteps.tolist() == [int(1000 * v) for v in _moved(lam).t[:-1]]
+
+    # `optsteps apply --num-frames` on the real CLI app writes the strip
+    from typer.testing import CliRunner
+
+    from optsteps.cli.main import app
+
+    path = oss.save(tmp_path / "oss.json")
+    r = CliRunner().invoke(app, ["apply", "--pipeline", str(folders["wan"]), "--schedule", str(path), "--prompt",
+                                 "a red cube", "--out", str(tmp_path / "cli.png"), "--height", "16", "--width", "16",
+                                 "--num-frames", "5", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "80×16" in r.output and Image.open(tmp_path / "cli.png").size == (80, 16)
     assert fingerprint(folders["wan"]) == before
 
 

@@ -104,3 +104,21 @@ def test_baseline_for_takes_the_models_own_options():
     assert baseline_for("uniform-t", plain, 2).t == (1.0, 0.5, 0.0)
     with pytest.raises(OptstepsError, match="oss-published needs the model family"):
         baseline_for("oss-published", plain, 4)
+
+
+def test_schedule_baseline_command_takes_a_table():
+    from typer.testing import CliRunner
+
+    from optsteps.cli.main import app
+    from optsteps.core.schedule import Schedule
+
+    run = CliRunner().invoke
+    r = run(app, ["schedule", "baseline", "oss-published", "--model", "digits-flow", "--nfe", "10", "--table", "flux",
+                  "--json"])
+    assert r.exit_code == 0, r.output
+    s = Schedule.from_json(r.stdout)
+    assert s.t[:-1] == pytest.approx(OSS_TABLES["flux"][:-1], abs=1e-12) and s.method == "oss-published"
+    r = run(app, ["schedule", "baseline", "oss-published", "--model", "digits-flow", "--nfe", "10"])
+    assert isinstance(r.exception, OptstepsError) and "needs the model family" in str(r.exception)
+    r = run(app, ["schedule", "baseline", "oss-published", "--model", "digits", "--nfe", "10", "--table", "wan"])
+    assert isinstance(r.exception, OptstepsError) and "rectified-flow models FLUX.1 and Wan" in str(r.exception)

@@ -62,4 +62,4 @@ def test_flow_shift_formula_and_errors():
         baseline("cosine", VPDiscrete(), 4)
     with pytest.raises(OptstepsError, match="nfe must be"):
         baseline("karras", VPDiscrete(), 0)
-    assert len(BASELINES) == 9
+    assert len(BASELINES) == 10

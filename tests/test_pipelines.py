@@ -13,7 +13,6 @@ import json
 import logging
 import stat
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,57 +24,12 @@ pytest.importorskip("transformers", reason="text-to-image pipelines need transfo
 from optsteps.errors import OptstepsError  # noqa: E402
 from optsteps.core.noise_schedules import RectifiedFlow  # noqa: E402
 
-RF = RectifiedFlow()
+from tiny_pipelines import GUIDANCE, PROMPTS, clip_config, distill, tiny_tokenizer, tiny_vae  # noqa: E402
 
-GUIDANCE = 3.0
-PROMPTS = ["a red cube", "two blue balls", "a green tree"]
+RF = RectifiedFlow()
 
 
 # ---- tiny pipelines ------------------------------------------------------------------------------------
-
-def _byte_chars():
-    """The 256 printable stand-ins of byte-level BPE (printable bytes map to themselves, the rest above 255)."""
-    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
-    out, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + extra))
-            extra += 1
-    return out
-
-
-def tiny_tokenizer(folder):
-    """A CLIP tokenizer over single characters (no merges): vocab.json + merges.txt written here."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for c in _byte_chars():
-            vocab[c + suffix] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
-    return CLIPTokenizer.from_pretrained(folder)
-
-
-def clip_config(vocab_size):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
-
-
-def tiny_vae(**kw):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         layers_per_block=1, norm_num_groups=8, sample_size=16, **kw)
-
 
 def build_ddpm(folder):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -133,29 +87,6 @@ def folders(tmp_path_factory):
 
 
 # ---- the whole path per pipeline kind -----------------------------------------------------------------
-
-def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
-    """Teacher trajectories → OSS (ddim student) and λ-opt (dpmpp2m) schedules for ``model``."""
-    from optsteps.pipeline.config import TeacherConfig
-    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
-    from optsteps.optimizers.oss import oss_search
-    from optsteps.pipeline.stages import LabelledDenoiser, load_teacher
-    from optsteps.teacher.trajectories import generate_trajectories
-
-    cfg = TeacherConfig(solver="unipc", steps=teacher_steps, schedule="uniform-lambda", guidance=guidance, seed=0)
-    man = generate_trajectories(model, cfg, out_dir, samples=samples, shard_size=samples, progress=False)
-    assert man["model_sha256"] == model.identity["sha256"] and len(man["shards"]) == 1
-    t, states, labels = load_teacher(SimpleNamespace(teacher=cfg), model, out_dir, samples)
-    assert states.shape == (teacher_steps + 1, samples) + tuple(model.sample_shape)
-    assert torch.isfinite(states).all()
-    den = LabelledDenoiser(model, labels, guidance)
-    res = oss_search(t, states, den, model.noise_schedule, nfe, solver="ddim", eval_batch_size=samples,
-                     model=model.name)
-    lam = lambda_opt_schedule(model.noise_schedule, nfe, model=model.name, solver="dpmpp2m")
-    assert res.schedule.nfe == nfe and lam.nfe == nfe
-    assert res.schedule.t[0] == t[0] and res.cost >= 0
-    return res.schedule, lam, labels
-
 
 def test_pixel_ddpm(folders, tmp_path):
     from diffusers import DDPMPipeline

@@ -22,6 +22,8 @@ def apply_command(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float16 | bfloat16 (default by device)"),
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="video pipelines (Wan): frames (default the "
+                                             "pipeline's); the video is written as one PNG frame strip"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
 ):
     """Generate one image with your own diffusers pipeline on an optsteps schedule."""
@@ -29,6 +31,7 @@ def apply_command(
     from optsteps.integrations.schedule_refs import resolve_schedule
 
     s = resolve_schedule(schedule, tracking_uri)
-    info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width)
+    extra = {"num_frames": num_frames} if num_frames else {}
+    info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width, **extra)
     typer.echo(f"wrote {info['out']} ({info['size'][0]}×{info['size'][1]}, {info['scheduler']}, NFE {info['nfe']}, "
                f"{info['model_calls']} model calls, first timestep {info['timesteps'][0]:.6g})")

@@ -59,7 +59,7 @@ def _resolve_schedule_arg(ref: str, params: str):
 
 
 def _schedule_for(kind_or_ref: str, model, nfe: int, solver: str | None, resolved=None):
-    from optsteps.core.baselines import baseline
+    from optsteps.core.baselines import baseline_for
 
     s = resolved
     if s is not None:
@@ -67,7 +67,7 @@ def _schedule_for(kind_or_ref: str, model, nfe: int, solver: str | None, resolve
             raise OptstepsError(f"{kind_or_ref} was made for noise schedule {s.noise_schedule.to_dict()}, but model "
                                 f"{model.name!r} uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
         return s
-    return baseline(kind_or_ref, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver or "unipc")
+    return baseline_for(kind_or_ref, model, nfe).with_meta(solver=solver or "unipc")
 
 
 @app.command()
@@ -103,9 +103,11 @@ def _emit(s, as_json: bool):
 
 @schedule_app.command("baseline")
 def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-lambda | karras | time-quadratic | "
-                                                 "linspace | leading | trailing | ays | flow-shift"),
+                                                 "linspace | leading | trailing | ays | flow-shift | oss-published"),
                       model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
                       solver: str = typer.Option("", "--solver"), as_json: bool = typer.Option(False, "--json"),
+                      table: Optional[str] = typer.Option(None, "--table", help="published table: ays sd | sdxl | svd, "
+                                                          "oss-published flux | wan"),
                       params: str = ParamsOpt):
     """Print a baseline schedule (JSON with --json)."""
     from optsteps.core.baselines import baseline
@@ -113,7 +115,8 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
 
     # a built-in model's noise schedule needs no weights, so no params file either
     ns = noise_schedule_for(model) if model in BUILTIN else noise_schedule_for(model, _params(params).artifacts)
-    _emit(baseline(kind, ns, nfe, model=model).with_meta(solver=solver), as_json)
+    opts = {"table": table} if table else {}
+    _emit(baseline(kind, ns, nfe, model=model, **opts).with_meta(solver=solver), as_json)
 
 
 @schedule_app.command("lambda-opt")

@@ -8,6 +8,8 @@
 - ``linspace``/``leading``/``trailing``: diffusers' multistep-scheduler timestep spacings (VP only)
 - ``ays``:              Align Your Steps tables (Sabour et al. 2024) log-linearly interpolated in σ to K
 - ``flow-shift``:       t' = s t / (1 + (s − 1) t) applied to uniform t (SD3; Esser et al. 2024, eq. 23)
+- ``oss-published``:    the OSS authors' FLUX / Wan tables (Pei et al. 2025), interpolated as AYS does
+                        (``core/published_schedules.py``)
 
 Where λ is infinite at an endpoint (flow at t = 1 or 0), λ-based kinds place their interior points in the
 window [LAMBDA_FLOOR, LAMBDA_CEIL] and keep the endpoint times exact.
@@ -20,12 +22,13 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
+from optsteps.core.published_schedules import AYS_TABLES  # noqa: F401 - re-exported
 from optsteps.core.schedule import Schedule, from_lambdas
 
 LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
 MAX_NFE = 100_000  # more steps than any sampler takes; keeps a typo from allocating terabytes
 BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic", "linspace", "leading", "trailing", "ays",
-             "flow-shift")
+             "flow-shift", "oss-published")
 
 
 def lambda_window(noise_schedule: NoiseSchedule, t_start: float, t_end: float) -> tuple[float, float]:
@@ -57,8 +60,18 @@ def time_quadratic(ns, nfe, t_start, t_end):
     return torch.linspace(math.sqrt(t_start), math.sqrt(t_end), nfe + 1, dtype=torch.float64) ** 2
 
 
-def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0):
-    t = uniform_t(ns, nfe, t_start, t_end)
+def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0, grid_end: float | None = None,
+               eval_end: float | None = None):
+    """Shifted uniform t; the last point is t_end in any case. Where diffusers' flow schedulers put their K
+    evaluation times before the shift: ``grid_end``, the K + 1 uniform points end there (UniPC: 1/N) and the
+    last is replaced by t_end; ``eval_end``, the K evaluation times themselves are uniform down to it
+    (FlowMatchEuler: σ_min)."""
+    if grid_end is not None and eval_end is not None:
+        raise OptstepsError("flow-shift takes grid_end or eval_end, not both.")
+    if eval_end is not None:
+        t = torch.cat([torch.linspace(t_start, float(eval_end), nfe, dtype=torch.float64), as_tensor([t_end])])
+    else:
+        t = uniform_t(ns, nfe, t_start, t_end if grid_end is None else float(grid_end))
     return shift * t / (1 + (shift - 1) * t)
 
 
@@ -75,11 +88,6 @@ def diffusers_spacing(ns: VPDiscrete, nfe: int, spacing: str, steps_offset: int 
     return ts
 
 
-AYS_TABLES = {  # diffusers.schedulers.AysSchedules, K = 10 evaluation sigmas (the final 0 dropped)
-    "sd": "StableDiffusionSigmas",
-    "sdxl": "StableDiffusionXLSigmas",
-    "svd": "StableDiffusionVideoSigmas",
-}
 
 
 def ays_table_for(ns: NoiseSchedule) -> str:
@@ -95,17 +103,16 @@ def ays_table_for(ns: NoiseSchedule) -> str:
 
 
 def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.Tensor:
-    """The K evaluation sigmas: log σ of the published 10-step table linearly interpolated over [0, 1]."""
-    from diffusers.schedulers import AysSchedules
+    """The K evaluation sigmas: the published 11 noise levels (10 steps, ending at σ_min) interpolated in log σ
+    to K + 1 levels, the last (the final step to σ = 0) left off — the AYS recipe (``published_schedules``)."""
+    from optsteps.core.published_schedules import ays_evaluation_sigmas
 
-    table = table or ays_table_for(ns)
-    if table not in AYS_TABLES:
-        raise OptstepsError(f"unknown AYS table {table!r}; use one of {sorted(AYS_TABLES)}.")
-    sig = torch.tensor(AysSchedules[AYS_TABLES[table]][:-1], dtype=torch.float64)
-    xs = torch.linspace(0, 1, len(sig), dtype=torch.float64)
-    from optsteps.core.noise_schedules import interp
-
-    return torch.exp(interp(torch.linspace(0, 1, nfe, dtype=torch.float64), xs, torch.log(sig)))
+    family = ays_table_for(ns)  # refuses noise schedules no AYS table was made for
+    table = table or family
+    if ("svd" if table == "svd" else "sd") != family:
+        raise OptstepsError(f"the AYS {table!r} table was made for another noise schedule than {ns.to_dict()}; "
+                            f"this one takes the {family!r} table{' (or sdxl for SDXL)' if family == 'sd' else ''}.")
+    return ays_evaluation_sigmas(table, nfe)
 
 
 def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float | None = None,
@@ -141,4 +148,24 @@ def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float 
         t = torch.cat([ns.t_of_sigma_diffusers(sig), as_tensor([0.0 if ns.family == "vp" else ns.t_min])])
         t[0] = min(float(t[0]), ns.t_max)
         return Schedule(t, ns, **meta)
+    if kind == "oss-published":
+        if ns.family != "flow":
+            raise OptstepsError(f"oss-published tables are for the rectified-flow models FLUX.1 and Wan 2.1, not "
+                                f"{ns.describe()}; pick another baseline (ays for SD 1.5/SDXL/SVD, uniform-lambda, …).")
+        if set(opts) - {"table"}:
+            raise OptstepsError(f"oss-published takes only table= (flux or wan), got {sorted(opts)}.")
+        from optsteps.core.published_schedules import oss_published_times
+
+        # a published table fixes its own end points (t_start/t_end do not apply)
+        return Schedule(oss_published_times(opts.get("table"), nfe), ns, **meta)
     raise OptstepsError(f"unknown baseline {kind!r}; use one of: {', '.join(BASELINES)}.")
+
+
+def baseline_for(kind: str, model, nfe: int, t_start: float | None = None, t_end: float | None = None,
+                 **opts) -> Schedule:
+    """``baseline`` on a loaded model, with the model's own options for that kind (``model.baseline_options()``:
+    a pipeline's flow shift for ``flow-shift``, its family's table for ``ays`` and ``oss-published``), which
+    explicit ``opts`` override."""
+    own = getattr(model, "baseline_options", None)
+    merged = dict((own() if callable(own) else {}).get(kind, {}), **opts)
+    return baseline(kind, model.noise_schedule, nfe, t_start, t_end, model=model.name, **merged)

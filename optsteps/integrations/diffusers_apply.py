@@ -10,6 +10,11 @@ docstring lists the choices and the diffusers pitfalls).
 The initial latents are optsteps' own seeded noise (``DiffusionModel.noise``: sample i of seed s), scaled to
 the state x_{t_0} = σ_{t_0} ε that ``optsteps sample``/the teacher start from, in the scheduler's units. So
 an image from ``apply`` is the same sample that optsteps evaluates for that seed (up to the solver).
+
+FLUX: the noise is drawn in optsteps' unpacked latent layout [C, H/f, W/f] and packed for the pipeline
+(``output_type="latent"`` results are unpacked back). Wan: 5-D video latents [C, F', H/f, W/f] (``num_frames=``
+as a call keyword, default the pipeline's); ``apply_schedule`` writes the video as one PNG frame strip (frames
+left to right).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
 from optsteps.io.atomic import save_png_atomic
-from optsteps.integrations.diffusers_scheduler_plan import Plan, call_params, pin_timesteps, plan_scheduler
+from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, passes_schedule, pin_timesteps,
+                                                             plan_scheduler)
 
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
@@ -53,19 +59,31 @@ def _image_size(pipe, height, width) -> tuple[int, int]:
     return int(height or default), int(width or default)
 
 
-def _initial_latents(pipe, plan: Plan, n: int, seed: int, start: int, height: int, width: int) -> torch.Tensor:
-    """optsteps' seeded state x_{t_0} = σ_{t_0} ε in the units the pipeline expects for ``latents=``."""
-    from optsteps.models.base import DiffusionModel
+FLOW_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline")  # no init_noise_sigma scaling
 
+
+def _latent_shape(pipe, height: int, width: int) -> tuple:
+    """The state optsteps keeps for an image pipeline (FLUX: the unpacked latent)."""
+    from optsteps.models.diffusers.flux import FLUX_PIPELINES, flux_latent_shape
+
+    if type(pipe).__name__ in FLUX_PIPELINES:
+        return flux_latent_shape(pipe, height, width)
     bb = _backbone(pipe)
     vsf = int(pipe.vae_scale_factor)
-    shape = (int(bb.config.in_channels), height // vsf, width // vsf)
+    return (int(bb.config.in_channels), height // vsf, width // vsf)
+
+
+def _initial_latents(pipe, plan: Plan, n: int, seed: int, start: int, shape: tuple) -> torch.Tensor:
+    """optsteps' seeded state x_{t_0} = σ_{t_0} ε (state ``shape``) in the units the pipeline expects for
+    ``latents=``."""
+    from optsteps.models.base import DiffusionModel
+
     eps = DiffusionModel.noise(SimpleNamespace(sample_shape=shape), n, seed, start)
     ns, t0 = plan.schedule.noise_schedule, plan.schedule.t[0]
     x = eps * float(ns.sigma(t0))
     if plan.units == "vp/alpha":  # Euler-type schedulers integrate x/α
         x = x / float(ns.alpha(t0))
-    if type(pipe).__name__ != "StableDiffusion3Pipeline":  # SD/SDXL multiply latents by init_noise_sigma
+    if type(pipe).__name__ not in FLOW_PIPELINES:  # SD/SDXL multiply latents by init_noise_sigma
         probe = type(plan.scheduler).from_config(plan.scheduler.config)
         probe.set_timesteps(**plan.kwargs)
         x = x / float(getattr(probe, "init_noise_sigma", 1.0))
@@ -81,8 +99,13 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
              guidance: float | None = None, scheduler: str = "auto", height: int | None = None,
              width: int | None = None, output_type: str = "pil", where: str = "", **call_kwargs):
     """(images or latents, info): ``n`` samples (noise of seed ``seed``, indices start…start+n−1) from the loaded
-    pipeline ``pipe`` along ``schedule``. The pipeline's scheduler is restored afterwards."""
+    pipeline ``pipe`` along ``schedule``. The pipeline's scheduler is restored afterwards. Latents come back in
+    optsteps' state layout (FLUX unpacked); Wan returns videos (lists of frames for ``output_type="pil"``)."""
+    from optsteps.models.diffusers.flux import FLUX_PIPELINES, pack, unpack
+    from optsteps.models.diffusers.wan import WAN_PIPELINES, wan_latent_shape, wan_video_size
+
     check_noise_schedule(pipe, schedule, where)
+    name = type(pipe).__name__
     plan = plan_scheduler(pipe, schedule, scheduler)
     params = call_params(pipe)
     own = pipe.scheduler
@@ -90,10 +113,20 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
     calls = [0]
     hook = bb.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     kwargs: dict = {"output_type": output_type}
+    frames = None
     try:
-        if "prompt" in params:  # text-to-image
+        if name in WAN_PIPELINES:  # text-to-video: float32 latents, as the pipeline keeps them
+            height, width, frames = wan_video_size(pipe, height, width, call_kwargs.pop("num_frames", None))
+            latents = _initial_latents(pipe, plan, n, seed, start, wan_latent_shape(pipe, height, width, frames))
+            kwargs.update(prompt=prompt, num_videos_per_prompt=n, height=height, width=width, num_frames=frames,
+                          latents=latents.to(pipe.device, torch.float32), num_inference_steps=plan.schedule.nfe)
+            g = _default_guidance(pipe) if guidance is None else float(guidance)
+            kwargs["guidance_scale"] = g
+        elif "prompt" in params:  # text-to-image
             height, width = _image_size(pipe, height, width)
-            latents = _initial_latents(pipe, plan, n, seed, start, height, width)
+            latents = _initial_latents(pipe, plan, n, seed, start, _latent_shape(pipe, height, width))
+            if name in FLUX_PIPELINES:
+                latents = pack(pipe, latents)
             kwargs.update(prompt=prompt, num_images_per_prompt=n, height=height, width=width,
                           latents=latents.to(pipe.device, bb.dtype), num_inference_steps=plan.schedule.nfe)
             g = _default_guidance(pipe) if guidance is None else float(guidance)
@@ -104,7 +137,7 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
             g = None
             kwargs.update(batch_size=n, generator=torch.Generator(device="cpu").manual_seed(seed),
                           num_inference_steps=plan.schedule.nfe)
-        if set(plan.kwargs) <= params:
+        if passes_schedule(pipe, plan):
             kwargs.update({k: (list(v) if isinstance(v, list) else v) for k, v in plan.kwargs.items()})
             pipe.scheduler = plan.scheduler
         else:
@@ -116,6 +149,8 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         hook.remove()
         pipe.scheduler = own
     images = out.images if hasattr(out, "images") else out[0]
+    if name in FLUX_PIPELINES and output_type == "latent":
+        images = unpack(pipe, images, height, width)
     info = {
         "scheduler": type(used).__name__, "set_timesteps": {k: np.asarray(v).tolist() for k, v in plan.kwargs.items()},
         "timesteps": torch.as_tensor(used.timesteps).double().tolist(),
@@ -123,15 +158,18 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         "nfe": plan.schedule.nfe, "model_calls": calls[0], "guidance": g, "height": height, "width": width,
         "seed": seed, "start": start, **plan.notes,
     }
+    if frames is not None:
+        info["num_frames"] = frames
     return images, info
 
 
 def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out_png=None, seed: int = 0,
                    guidance: float | None = None, scheduler: str = "auto", device=None, dtype=None,
-                   height: int | None = None, width: int | None = None) -> dict:
+                   height: int | None = None, width: int | None = None, **call_kwargs) -> dict:
     """Run the user's diffusers pipeline (folder, locally cached hub id, or an already loaded pipeline) with
-    ``schedule`` on ``prompt`` and write the image to ``out_png``. ``guidance`` None: the pipeline's default.
-    Returns what ran: scheduler, timesteps/sigmas, NFE, model calls, image size, out path."""
+    ``schedule`` on ``prompt`` and write the image to ``out_png`` (a video: one PNG strip of its frames, left to
+    right). ``guidance`` None: the pipeline's default; ``call_kwargs`` go to the pipeline call (``num_frames``
+    for Wan). Returns what ran: scheduler, timesteps/sigmas, NFE, model calls, image size, out path."""
     from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
     if isinstance(pipeline_dir_or_id, (str, Path)):
@@ -139,8 +177,13 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
         where = str(pipeline_dir_or_id)
     else:
         pipe, where = pipeline_dir_or_id, type(pipeline_dir_or_id).__name__
-    images, info = generate(pipe, schedule, prompt, 1, seed, 0, guidance, scheduler, height, width, "pil", where)
+    images, info = generate(pipe, schedule, prompt, 1, seed, 0, guidance, scheduler, height, width, "pil", where,
+                            **call_kwargs)
     img = images[0]
+    if isinstance(img, (list, tuple)):  # a video's frames
+        from optsteps.models.diffusers.wan import frame_strip
+
+        img = frame_strip(img)
     info["size"] = list(img.size)
     if out_png is not None:
         info["out"] = str(save_png_atomic(img, out_png))

@@ -14,8 +14,10 @@ Scheduler choice (``scheduler="auto"``; pitfalls in docs/dependencies.md §7):
   to the nearest one (``snapped_max_shift`` in the result says by how much); if snapping would merge two
   steps and the pipeline takes ``sigmas=``, ``EulerDiscreteScheduler`` with exact ``sigmas=`` is used
   instead (first order; its last σ is 0, the diffusers convention). ``scheduler="euler"`` forces it.
-- Pipelines whose ``__call__`` takes neither ``timesteps=`` nor ``sigmas=`` (``DDPMPipeline``) get a
-  scheduler whose ``set_timesteps`` is pinned to the schedule.
+- Pipelines whose ``__call__`` takes neither ``timesteps=`` nor ``sigmas=`` (``DDPMPipeline``, ``WanPipeline``)
+  get a scheduler whose ``set_timesteps`` is pinned to the schedule. So does ``FluxPipeline`` with UniPC: it
+  drops ``sigmas=`` for a scheduler with ``use_flow_sigmas`` (and passes its dynamic-shift ``mu``, which the
+  pinned scheduler ignores, as FlowMatchEuler with ``use_dynamic_shifting=False`` does).
 """
 from __future__ import annotations
 
@@ -157,6 +159,15 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     if not takes_custom:
         notes["pinned"] = True
     return Plan(s, kw, snapped, "state", notes)
+
+
+def passes_schedule(pipe, plan: Plan) -> bool:
+    """Whether the pipeline's ``__call__`` forwards the plan's ``set_timesteps`` kwargs to the scheduler (else the
+    scheduler is pinned with ``pin_timesteps``)."""
+    if not set(plan.kwargs) <= call_params(pipe):
+        return False
+    # FluxPipeline sets sigmas = None when the scheduler has use_flow_sigmas (UniPC then makes its own)
+    return not (type(pipe).__name__ == "FluxPipeline" and plan.scheduler.config.get("use_flow_sigmas"))
 
 
 def pin_timesteps(scheduler, kwargs: dict):

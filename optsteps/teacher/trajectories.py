@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from optsteps.core.baselines import baseline
+from optsteps.core.baselines import baseline_for
 from optsteps.errors import NonFiniteError, OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
@@ -31,7 +31,7 @@ from optsteps.teacher.config import TeacherConfig
 
 
 def teacher_schedule(model: DiffusionModel, cfg: TeacherConfig) -> Schedule:
-    return baseline(cfg.schedule, model.noise_schedule, cfg.steps, model=model.name).with_meta(solver=cfg.solver)
+    return baseline_for(cfg.schedule, model, cfg.steps).with_meta(solver=cfg.solver)
 
 
 def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: int) -> dict:

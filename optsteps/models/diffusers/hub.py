@@ -96,4 +96,4 @@ def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
         return dtype
     if on_cpu:
         return torch.float32
-    return torch.bfloat16 if kind == "sd3" else torch.float16
+    return torch.bfloat16 if kind in ("sd3", "flux", "wan") else torch.float16

@@ -9,6 +9,9 @@ Supported ``model_index.json`` classes:
 - ``StableDiffusion3Pipeline`` (SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler): rectified flow; the
   scheduler's time ``shift`` is recorded (``flow_shift``) so the ``flow-shift`` baseline can use the
   pipeline's own value. A missing T5 encoder (``text_encoder_3: null``) is allowed, as in diffusers.
+  SD3.5 (the same class, with QK norm / dual attention and T5) runs the same way; its skip-layer guidance is off
+  unless the caller passes ``skip_guidance_layers`` to the pipeline.
+- ``FluxPipeline`` (FLUX.1-dev/-schnell): ``flux.py``; ``WanPipeline`` (Wan 2.1 text-to-video): ``wan.py``.
 
 How the model protocol maps onto a text-to-image pipeline:
 
@@ -54,6 +57,8 @@ TEXT_PIPELINES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "WanPipeline": "wan",
 }
 SUPPORTED = UNET2D_PIPELINES + tuple(TEXT_PIPELINES)
 
@@ -95,6 +100,10 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
     index = json.loads((root / "model_index.json").read_text())
     missing = {k: None for k, v in index.items()
                if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None}
+    if kind == "wan":  # diffusers 0.42 cannot load WanTransformer3DModel without accelerate
+        from optsteps.models.diffusers.wan import preload_components
+
+        missing.update(preload_components(root, torch_dtype))
     try:
         pipe = cls.from_pretrained(root, torch_dtype=torch_dtype, local_files_only=True, **missing)
     except ImportError as e:
@@ -130,7 +139,10 @@ class PipelineModel(DiffusionModel):
 
     def baseline_options(self) -> dict:
         """Per-baseline keyword options that reproduce the pipeline's own choices (``flow-shift``: its shift)."""
-        return {"flow-shift": {"shift": self.flow_shift}} if self.flow_shift is not None else {}
+        out = {"flow-shift": {"shift": self.flow_shift}} if self.flow_shift is not None else {}
+        if self.kind == "sdxl":
+            out["ays"] = {"table": "sdxl"}
+        return out
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
@@ -239,13 +251,15 @@ def _flow_shift(sched_cfg: dict, latent_hw: tuple, patch: int) -> float:
 
 def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=None, dtype=None,
                         height: int | None = None, width: int | None = None, max_batch: int = 16,
-                        max_sequence_length: int = 256, name: str | None = None) -> DiffusionModel:
+                        max_sequence_length: int | None = None, name: str | None = None,
+                        **options) -> DiffusionModel:
     """A ``DiffusionModel`` for the diffusers pipeline at ``path_or_id`` (folder or locally cached hub id).
 
     ``prompts``: a list, a prompt file (see ``prompts.load_prompts``) or None (``prompts.DEFAULT_PROMPTS``); ``guidance``: the
     caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)`` applies
     the one it is given); ``height``/``width``: image size (default: the pipeline's); ``max_batch``: rows per
-    network call; ``max_sequence_length``: SD3's text length (the pipeline's default is 256).
+    network call; ``max_sequence_length``: the T5 text length (default the pipeline's: 256 for SD3, 512 for
+    FLUX and Wan). ``options``: FLUX ``negative_prompt``/``true_cfg_scale``, Wan ``num_frames``/``negative_prompt``.
     """
     root = resolve_pipeline(path_or_id)
     cls_name = pipeline_class_name(root)
@@ -256,6 +270,16 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
     if cls_name not in TEXT_PIPELINES:
         raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
                             "Other pipelines need an adapter in optsteps/models/pipelines.py.")
+    if TEXT_PIPELINES[cls_name] in ("flux", "wan"):
+        from optsteps.models.diffusers import flux, wan
+
+        loader = flux.load_flux_model if TEXT_PIPELINES[cls_name] == "flux" else wan.load_wan_model
+        return loader(root, prompts=prompts, guidance=guidance, device=device, dtype=dtype, height=height,
+                      width=width, max_batch=max_batch, max_sequence_length=max_sequence_length,
+                      name=name or str(path_or_id), **options)
+    if options:
+        raise OptstepsError(f"options {sorted(options)} are for FLUX/Wan pipelines, not {cls_name}.")
+    max_sequence_length = max_sequence_length or 256  # StableDiffusion3Pipeline's default
     prompt_list = resolve_prompts(prompts)
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     ns = _noise_schedule(sched_cfg, root)

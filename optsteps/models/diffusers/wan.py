@@ -1,0 +1,285 @@
+"""``WanPipeline`` (Wan 2.1 text-to-video) as a ``DiffusionModel``.
+
+- State: the 5-D video latent [C, F', H/f, W/f] (C = transformer in_channels, F' = (frames − 1)/f_t + 1 with
+  the VAE's temporal factor f_t, f its spatial factor), exactly what the pipeline denoises.
+- Flow matching: x_t = (1 − t) x_0 + t ε, velocity prediction; the transformer gets timestep t·N.
+- Text: the pipeline's own ``encode_prompt`` (UMT5, padded with zeros to ``max_sequence_length``), each prompt
+  once, cached. The null condition P is the pipeline's negative prompt (``negative_prompt``, default "" as in
+  the pipeline); CFG is uncond + w (cond − uncond) on the velocity, as the pipeline does it (it runs the two
+  halves as two transformer calls, optsteps as one batch).
+- Time shift: the scheduler's flow shift (UniPC ``flow_shift``, FlowMatchEuler ``shift``) and where its default
+  uniform grid ends (UniPC: K + 1 points down to 1/N, the last replaced by 0; FlowMatchEuler: K points down to
+  σ_min) are the model's ``flow-shift`` options, so that baseline is the pipeline's own default schedule.
+- ``decode`` returns videos [B, 3, F, H, W] in [−1, 1]; ``images`` returns one frame strip (frames side by side)
+  per sample.
+
+Wan 2.2 layouts (``transformer_2``/``boundary_ratio``, ``expand_timesteps``) are refused. diffusers 0.42 cannot
+load ``WanTransformer3DModel`` without ``accelerate`` (its fp32-kept modules need ``low_cpu_mem_usage``);
+``preload_components`` then loads it from its safetensors itself, keeping those modules in float32 as diffusers does.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from optsteps.errors import OptstepsError
+from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
+from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _noise_schedule,
+                                                 load_diffusers_pipeline)
+from optsteps.models.diffusers.prompts import resolve_prompts
+
+WAN_PIPELINES = ("WanPipeline",)
+DEFAULT_MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default
+
+
+# ---- loading without accelerate ------------------------------------------------------------------------------
+
+def _load_keep_fp32(cls, folder: Path, torch_dtype):
+    """``cls.from_pretrained(folder)`` for a model with ``_keep_in_fp32_modules`` when accelerate is missing:
+    built from its config and loaded from its (possibly sharded) safetensors; the parameters and buffers whose
+    dotted name contains a kept module stay float32, the rest become ``torch_dtype``."""
+    import safetensors.torch
+
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "diffusion_pytorch_model.safetensors").is_file():
+        files = ["diffusion_pytorch_model.safetensors"]
+    else:
+        raise OptstepsError(f"{folder} has no safetensors weights; loading it needs accelerate (`pip install accelerate`).")
+    try:
+        from diffusers.models.modeling_utils import no_init_weights
+    except ImportError:  # pragma: no cover - older/newer diffusers
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        model = cls.from_config(cls.load_config(folder))
+    state = {}
+    for f in files:
+        state.update(safetensors.torch.load_file(str(folder / f)))
+    model.load_state_dict(state, strict=True)
+    keep = list(cls._keep_in_fp32_modules or [])
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if torch.is_floating_point(tensor):
+            tensor.data = tensor.data.to(torch.float32 if any(k in name.split(".") for k in keep) else torch_dtype)
+    return model.eval()
+
+
+def preload_components(root, torch_dtype) -> dict:
+    """Components ``from_pretrained`` cannot load here (diffusers 0.42 without accelerate), loaded by hand."""
+    from diffusers.utils import is_accelerate_available
+
+    if is_accelerate_available():
+        return {}
+    import diffusers
+
+    index = json.loads((Path(root) / "model_index.json").read_text())
+    out = {}
+    for key in ("transformer", "transformer_2"):
+        entry = index.get(key)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
+            continue
+        cls = getattr(diffusers, entry[1], None)
+        if cls is not None and getattr(cls, "_keep_in_fp32_modules", None):
+            out[key] = _load_keep_fp32(cls, Path(root) / key, torch_dtype)
+    return out
+
+
+# ---- video layout (also used by integrations.diffusers_apply) ---------------------------------------------------
+
+def _call_default(pipe, name: str):
+    return inspect.signature(type(pipe).__call__).parameters[name].default
+
+
+def wan_video_size(pipe, height=None, width=None, num_frames=None) -> tuple[int, int, int]:
+    """(height, width, frames): the given ones or the pipeline's defaults, checked the way the pipeline rounds
+    them (a size it would silently change is refused here instead)."""
+    height = int(height or _call_default(pipe, "height"))
+    width = int(width or _call_default(pipe, "width"))
+    frames = int(num_frames or _call_default(pipe, "num_frames"))
+    ft, fs = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
+    p = pipe.transformer.config.patch_size
+    if height % (fs * p[1]) or width % (fs * p[2]):
+        raise OptstepsError(f"Wan video size {height}×{width} must be a multiple of {fs * p[1]}×{fs * p[2]} "
+                            "(VAE factor × patch size).")
+    if frames < 1 or frames % ft != 1:
+        raise OptstepsError(f"Wan num_frames = {frames}: frames − 1 must be a multiple of the VAE's temporal "
+                            f"factor {ft} (e.g. {ft * ((frames - 1) // ft) + 1}).")
+    return height, width, frames
+
+
+def wan_latent_shape(pipe, height: int, width: int, num_frames: int) -> tuple:
+    """The video latent [C, F', H', W'] the pipeline makes."""
+    ft, fs = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
+    return (int(pipe.transformer.config.in_channels), (num_frames - 1) // ft + 1, height // fs, width // fs)
+
+
+def frame_strip(frames):
+    """PIL frames → one PIL image with the frames side by side (left to right in time)."""
+    from PIL import Image
+
+    w, h = frames[0].size
+    strip = Image.new("RGB", (w * len(frames), h))
+    for i, f in enumerate(frames):
+        strip.paste(f.convert("RGB"), (i * w, 0))
+    return strip
+
+
+def wan_flow_shift(sched_cfg: dict, root) -> tuple[float, dict | None]:
+    """(the scheduler's flow shift s, the ``flow-shift`` grid options that give its default schedule): UniPC
+    spaces K + 1 points uniformly over [1, 1/N] and drops the last (``grid_end`` = 1/N), FlowMatchEuler its K
+    evaluation times over [1, σ_min], σ_min = s(1/N) (``eval_end``); None for a scheduler whose default grid
+    optsteps does not reproduce."""
+    cls, n = sched_cfg.get("_class_name", ""), int(sched_cfg.get("num_train_timesteps", 1000))
+    if sched_cfg.get("use_dynamic_shifting"):
+        raise OptstepsError(f"{root}/scheduler uses dynamic shifting, but WanPipeline passes no mu to it (the run "
+                            "would fail); set use_dynamic_shifting false and a flow_shift.")
+    other = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal", "invert_sigmas")
+    plain = not any(sched_cfg.get(k) for k in other)
+    if cls == "UniPCMultistepScheduler":
+        return float(sched_cfg.get("flow_shift", 1.0)), ({"grid_end": 1.0 / n} if plain else None)
+    if cls == "FlowMatchEulerDiscreteScheduler":
+        s = float(sched_cfg.get("shift", 1.0))
+        return s, ({"eval_end": s * (1.0 / n) / (1 + (s - 1) * (1.0 / n))} if plain else None)
+    return float(sched_cfg.get("flow_shift", sched_cfg.get("shift", 1.0))), None
+
+
+# ---- text conditioning ----------------------------------------------------------------------------------------
+
+class WanConditioner(PromptConditioner):
+    """Prompt index → the UMT5 sequence of WanPipeline.encode_prompt; index P = the negative prompt."""
+
+    def __init__(self, pipe, prompts, device, max_sequence_length, negative_prompt=None):
+        super().__init__(pipe, "wan", prompts, device, 0, 0, max_sequence_length)
+        self.negative_prompt = negative_prompt
+
+    @torch.no_grad()
+    def _encode(self, texts, cfg):
+        pe, ne = self.pipe.encode_prompt(prompt=list(texts), negative_prompt=self.negative_prompt,
+                                         do_classifier_free_guidance=cfg, num_videos_per_prompt=1,
+                                         max_sequence_length=self.max_sequence_length, device=self.device)
+        return (pe,), ((ne,) if cfg else None)
+
+    def kwargs(self, indices):
+        idx = [int(v) for v in indices.tolist()]
+        self._ensure(idx)
+        return {"encoder_hidden_states": torch.stack([self.cache[i][0] for i in idx])}
+
+
+# ---- the model --------------------------------------------------------------------------------------------------
+
+@dataclass
+class WanPipelineModel(PipelineModel):
+    """A WanPipeline as a ``DiffusionModel`` on 5-D video latents (see the module docstring)."""
+
+    num_frames: int = 0
+    negative_prompt: str | None = None
+    flow_grid: dict | None = None  # flow-shift's grid options for the scheduler's default schedule
+
+    def prompt(self, label: int) -> str:
+        return (self.negative_prompt or "") if int(label) == len(self.prompts) else self.prompts[int(label)]
+
+    def baseline_options(self) -> dict:
+        out = {"oss-published": {"table": "wan"}}
+        if self.flow_shift is not None:
+            out["flow-shift"] = {"shift": self.flow_shift, **(self.flow_grid or {})}
+        return out
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 2) -> torch.Tensor:
+        """Video latents [B, C, F', H', W'] → videos [B, 3, F, H, W] in [−1, 1], float32 on the CPU (as the
+        pipeline: z / (1/std) + mean, then the VAE)."""
+        vae = self.pipeline.vae
+        cfg = vae.config
+        vdtype = next(vae.parameters()).dtype
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
+        outs = []
+        for i in range(0, latents.shape[0], batch_size):
+            z = latents[i:i + batch_size].to(self.device, vdtype)
+            z = z / inv_std.to(z.device, z.dtype) + mean.to(z.device, z.dtype)
+            outs.append(vae.decode(z, return_dict=False)[0].float().clamp(-1, 1).cpu())
+        return torch.cat(outs)
+
+    def images(self, latents: torch.Tensor):
+        """One PIL frame strip (frames left to right) per sample."""
+        from PIL import Image
+
+        from optsteps.io.images import to_uint8
+
+        out = []
+        for video in self.decode(latents):  # [3, F, H, W]
+            frames = [Image.fromarray(a) for a in to_uint8(video.permute(1, 0, 2, 3))]
+            out.append(frame_strip(frames))
+        return out
+
+
+def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype=None, height=None, width=None,
+                   max_batch: int = 16, max_sequence_length: int | None = None, name: str | None = None,
+                   num_frames: int | None = None, negative_prompt: str | None = None) -> WanPipelineModel:
+    """A ``WanPipelineModel`` for the WanPipeline folder ``root`` (see ``pipelines.load_pipeline_model``).
+
+    ``height``/``width``/``num_frames``: the video size (default the pipeline's 480×832, 81 frames);
+    ``negative_prompt``: the null condition (default "" as the pipeline); ``max_sequence_length``: UMT5 tokens
+    (default the pipeline's 512)."""
+    root = resolve_pipeline(root)
+    index = json.loads((root / "model_index.json").read_text())
+    if index.get("boundary_ratio") is not None or (isinstance(index.get("transformer_2"), list)
+                                                   and index["transformer_2"][0] is not None):
+        raise OptstepsError(f"{root} is a two-expert Wan 2.2 pipeline (transformer_2, boundary_ratio); optsteps "
+                            "supports the single-transformer Wan 2.1 layout.")
+    if index.get("expand_timesteps"):
+        raise OptstepsError(f"{root} is a Wan 2.2 TI2V pipeline (expand_timesteps, per-token timesteps); optsteps "
+                            "supports the Wan 2.1 text-to-video layout.")
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    ns = _noise_schedule(sched_cfg, root)
+    if ns.family != "flow":
+        raise OptstepsError(f"{root}: a Wan transformer needs a flow-matching scheduler, found "
+                            f"{sched_cfg.get('_class_name')} without flow sigmas.")
+    flow_shift, grid = wan_flow_shift(sched_cfg, root)
+    prompt_list = resolve_prompts(prompts)
+    device = device or default_device()
+    pipe, root, _ = load_diffusers_pipeline(root, device, dtype)
+    torch_dtype = pick_dtype(device, "wan", dtype)
+    height, width, num_frames = wan_video_size(pipe, height, width, num_frames)
+    shape = wan_latent_shape(pipe, height, width, num_frames)
+    msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
+    cond = WanConditioner(pipe, prompt_list, device, msl, negative_prompt)
+    tr = pipe.transformer
+
+    def net(x, t, labels):
+        b = x.shape[0]
+        tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
+        tt = tt.expand(b) if tt.dim() == 0 else tt
+        labels = torch.full((b,), cond.null_index, dtype=torch.long) if labels is None else labels
+        outs = []
+        with torch.no_grad():
+            for i in range(0, b, max_batch):
+                xb = x[i:i + max_batch].to(device, torch_dtype)
+                kw = cond.kwargs(labels[i:i + max_batch])
+                kw["encoder_hidden_states"] = kw["encoder_hidden_states"].to(torch_dtype)
+                out = tr(hidden_states=xb, timestep=tt[i:i + max_batch].to(device), return_dict=False, **kw)[0]
+                outs.append(out.to(x.device, x.dtype))
+        return torch.cat(outs)
+
+    h = hashlib.sha256()
+    h.update(pipeline_digest(root).encode())
+    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "num_frames": num_frames,
+                         "max_sequence_length": msl, "negative_prompt": negative_prompt}).encode())
+    model_name = name or str(root)
+    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "WanPipeline", "prompts": len(prompt_list),
+                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
+                "width": width, "num_frames": num_frames, "flow_shift": flow_shift}
+    return WanPipelineModel(model_name, ns, net, "flow", shape, num_classes=len(prompt_list),
+                            null_label=len(prompt_list), identity=identity, pipeline=pipe, kind="wan",
+                            prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
+                            width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond,
+                            num_frames=num_frames, negative_prompt=negative_prompt, flow_grid=grid)
+
+
+__all__ = ["WanPipelineModel", "load_wan_model", "wan_video_size", "wan_latent_shape", "frame_strip",
+           "preload_components", "wan_flow_shift"]

@@ -25,6 +25,28 @@ def test_interval_of_a_gaussian_mean_covers_the_true_mean_at_the_nominal_rate():
     assert 0.91 <= hits / reps <= 0.99, hits / reps  # 95 ± 4 % of 200 seeded repetitions
 
 
+def test_stratified_resamples_keep_the_design_and_cover_its_mean():
+    """Labels are a design (sample i asks for class i mod C): resampling within each label keeps the counts, and the
+    interval covers the design's mean at the nominal rate; an unstratified one adds the spread of random counts."""
+    g = np.random.default_rng(7)
+    n, reps = 200, 200
+    lab = np.arange(n) % 4
+    means = np.array([0.0, 5.0, 10.0, 15.0])[lab]
+    idx = bs.resample_indices(n, 1000, 3, strata=lab)
+    assert all((np.bincount(lab[row], minlength=4) == 50).all() for row in idx)
+    hits, ratio = 0, []
+    for _ in range(reps):
+        x = means + g.normal(0, 1.0, n)
+        lo, hi = bs.centred_interval(x.mean(), bs.resample_means(x, idx))
+        hits += lo <= means.mean() <= hi
+        ulo, uhi = bs.centred_interval(x.mean(), bs.resample_means(x, bs.resample_indices(n, 1000, 3)))
+        ratio.append((uhi - ulo) / (hi - lo))
+    assert 0.91 <= hits / reps <= 0.99, hits / reps
+    assert np.mean(ratio) > 4  # between-class spread (sd 5.6) against within-class (sd 1)
+    with pytest.raises(OptstepsError, match="strata"):
+        bs.resample_indices(n, 10, 0, strata=lab[:-1])
+
+
 def test_interval_width_matches_the_standard_error():
     g = np.random.default_rng(0)
     x = g.normal(0.0, 1.0, size=400)

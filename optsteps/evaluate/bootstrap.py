@@ -1,9 +1,13 @@
 """Paired bootstrap over sample indices (docs/algorithms.md §7).
 
 Every row of an evaluation grid samples the same noises and asks for the same labels (sample i starts from
-noise (seed, start + i)), so rows are compared *paired*: one seeded index matrix I [B, n] resamples the
-samples of every row alike, each metric is recomputed on every resample, and the difference of two rows is
-taken resample by resample (``paired_difference``).
+noise (seed, start + i) and asks for label (start + i) mod C), so rows are compared *paired*: one seeded index
+matrix I [B, n] resamples the samples of every row alike, each metric is recomputed on every resample, and the
+difference of two rows is taken resample by resample (``paired_difference``). The labels are a fixed design,
+not random draws, so the resampling is stratified by label: each resample keeps exactly the design's count per
+class (or prompt). An unstratified bootstrap would add the variance of random class counts, which no redraw of
+the noises has: measured on the digits, it made FID intervals 3.3× and KID intervals 3× as wide as the spread of
+the statistic over 12 fresh seeds (docs/algorithms.md §7.2).
 
 - means of per-sample values (L2 and PSNR to the teacher, the adherence indicator): ``resample_means``;
 - FID against a fixed reference (the real data, a reference folder, or the teacher's own samples):
@@ -36,12 +40,24 @@ def higher_is_better(metric: str) -> bool:
     return metric.startswith(HIGHER_IS_BETTER)
 
 
-def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """The shared index matrix of a grid, [resamples, n]."""
-    # I_bj ~ Uniform{0, …, n − 1}, independent, from numpy's PCG64 seeded with ``seed``
+def resample_indices(n: int, resamples: int, seed: int, strata=None) -> np.ndarray:
+    """The shared index matrix of a grid, [resamples, n]. ``strata``: one label per sample (the requested class or
+    prompt); each stratum is then resampled within itself, so every resample keeps the design's exact counts per
+    label (sample i always asks for label (start + i) mod C, it is not drawn at random)."""
+    # I_bj ~ Uniform{0, …, n − 1} (no strata), or I_bj ~ Uniform(G_s) for the stratum G_s of sample j; PCG64(seed)
     if n < 2 or resamples < 1:
         raise OptstepsError(f"a bootstrap needs n ≥ 2 samples and ≥ 1 resample, got n = {n}, {resamples} resamples.")
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, size=(resamples, n))
+    lab = np.asarray(strata).reshape(-1)
+    if len(lab) != n:
+        raise OptstepsError(f"{len(lab)} strata labels for {n} samples; pass one label per sample.")
+    idx = np.empty((resamples, n), dtype=np.int64)
+    for value in np.unique(lab):
+        members = np.flatnonzero(lab == value)
+        idx[:, members] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+    return idx
 
 
 def resample_means(values, idx: np.ndarray) -> np.ndarray:

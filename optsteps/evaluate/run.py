@@ -15,7 +15,8 @@ Metric names say which network and which reference:
 
 KID values are clean-fid's unbiased MMD² with the cubic kernel (xᵀy/d + 1)³, unscaled (×1, not ×10³); they can
 be slightly negative. With ``bootstrap`` > 0 every row gets ``ci95: {metric: [lo, hi]}`` for its FID, KID, L2,
-PSNR and adherence metrics, from one index matrix shared by all rows of a grid. Everything is deterministic given
+PSNR and adherence metrics, from one index matrix shared by all rows of a grid (stratified by the requested
+label). Everything is deterministic given
 the seeds: sample i uses noise (seed, start + i) and requests class (start + i) mod C; KID subsets use
 ``kid_seed``, the bootstrap ``bootstrap_seed``.
 """
@@ -131,11 +132,14 @@ class Evaluator:
             self._stats[tag] = (bs.frechet_reference(feats), bs.kernel_reference(feats))
         return self._stats[tag]
 
-    def indices(self, n: int) -> np.ndarray:
-        """The bootstrap index matrix for n samples (the same for every row: paired)."""
-        if n not in self._idx:
-            self._idx[n] = bs.resample_indices(n, self.bootstrap, self.bootstrap_seed)
-        return self._idx[n]
+    def indices(self, n: int, labels=None) -> np.ndarray:
+        """The bootstrap index matrix for n samples with these labels (stratified by label; the same for every
+        row of a grid: paired)."""
+        lab = None if labels is None else np.asarray(torch.as_tensor(labels)[:n]).reshape(-1)
+        key = (n, None if lab is None else lab.tobytes())
+        if key not in self._idx:
+            self._idx[key] = bs.resample_indices(n, self.bootstrap, self.bootstrap_seed, lab)
+        return self._idx[key]
 
     def set_teacher(self, states: torch.Tensor | None, images: torch.Tensor | None = None) -> None:
         """The teacher's endpoints (and their images) on the grid's seeds: the reference of the teacher metrics."""
@@ -190,7 +194,7 @@ class Evaluator:
         imgs = images if images is not None else (x if x.dim() == 4 else None)
         res: dict = {}
         n = len(x)
-        idx = self.indices(n) if self.bootstrap else None
+        idx = self.indices(n, labels) if self.bootstrap else None
         teacher = None if reference_row else self._teacher
         if self.digits is not None and imgs is not None:
             ref = self._reference(self.digits)
@@ -214,12 +218,12 @@ class Evaluator:
             feats = clean_features(imgs[:max(m_real, m_teacher)], net, self.progress, "features inception")
             if m_real:
                 self._fid_kid(out, res, "inception", feats[:m_real], self._reference(net), ("real", "inception"),
-                              self.indices(m_real) if idx is not None else None)
+                              self.indices(m_real, labels) if idx is not None else None)
                 out["n_inception"] = m_real
             if m_teacher:
                 tf = self._teacher_features(net, m_teacher)
                 self._fid_kid(out, res, "teacher_inception", feats[:m_teacher], tf, ("teacher", "inception", m_teacher),
-                              self.indices(m_teacher) if idx is not None else None)
+                              self.indices(m_teacher, labels) if idx is not None else None)
                 out["n_teacher_inception"] = m_teacher
         if self._teacher is not None:
             if self._teacher.shape != x.shape:

@@ -133,7 +133,7 @@ def test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it(dvc_repo
     where = run([str(BIN / "python"), "-c", "import optsteps.cli.main as m; print(m.__file__)"], repo, e)
     assert Path(where.strip()) == repo / "optsteps" / "cli" / "main.py"  # the stage commands run the deps' code
     assert dvc_status(repo, e) == {}  # the stages' imports wrote __pycache__ into the deps: .dvcignore leaves it out
-    solvers = repo / "optsteps" / "core" / "solvers.py"
+    solvers = repo / "optsteps" / "core" / "solvers" / "updates.py"  # core/solvers is a package
     code = solvers.read_text()
     solvers.write_text(code + "# a fix\n")
     try:

@@ -52,6 +52,7 @@ def main(argv=None):
     rows = len(stages.evaluation_schedules(p, args.model))
     times = {}
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        shutil.copytree(Path(p.results) / "schedules", Path(tmp) / "schedules")  # the optimized rows of the grid
         for label, bootstrap, results in (("without intervals", 0, tmp), ("with intervals", boot, p.results)):
             q = dataclasses.replace(p, results=results, evaluate=dataclasses.replace(ev, bootstrap=bootstrap))
             t0 = time.perf_counter()

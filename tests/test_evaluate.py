@@ -217,13 +217,51 @@ def test_evaluate_grid_has_the_teacher_row_and_is_deterministic(tiny_digits, clf
     for r in rows:
         for k in ("fid_digitsnet", "kid_digitsnet", "adherence_digitsnet", "precision_digitsnet", "l2_to_teacher"):
             assert np.isfinite(r[k]), (k, r)
-        assert "fid_inception" not in r
+        assert "fid_inception" not in r and "ci95" not in r  # no Inception, no bootstrap
+    for r in rows[1:]:  # the model-agnostic metrics against the teacher (digits are their own images)
+        for k in ("fid_teacher_digitsnet", "kid_teacher_digitsnet", "psnr_to_teacher"):
+            assert np.isfinite(r[k]), (k, r)
+    assert "psnr_to_teacher" not in rows[0] and "fid_teacher_digitsnet" not in rows[0]  # nothing against itself
     assert rows[1]["l2_to_teacher"] > 0
+    assert len({r["evaluation_id"] for r in rows}) == 1
     again = evaluate_grid(m, scheds, tcfg, n=40, seed=7, evaluator=ev, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
     assert strip(rows) == strip(again)
+    assert list(tmp_path.glob("teacher-*.safetensors"))  # the teacher's endpoints are cached by content hash
     with pytest.raises(OptstepsError, match="overlap"):
         evaluate_grid(m, scheds, tcfg, n=40, seed=0, evaluator=ev, progress=False)
+
+
+def test_evaluate_grid_intervals_and_paired_differences(tiny_digits, clf, tmp_path):
+    """With a bootstrap every row has ci95 around its value; a schedule evaluated twice is an exact tie with its
+    twin (zero paired difference, zero-width interval) and is never marked best."""
+    from optsteps.evaluate.run import markdown_table
+
+    m = tiny_digits
+    ns = m.noise_schedule
+    ut = baseline("uniform-t", ns, 3, model="digits").with_meta(solver="ddim")
+    twin = ut.with_meta(method="my-copy")  # not a baseline: compared with the best baseline
+    tcfg = TeacherConfig(solver="ddim", steps=6, seed=0)
+    ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5, bootstrap=60, bootstrap_seed=3)
+    rows, res = evaluate_grid(m, [ut, baseline("uniform-lambda", ns, 3, model="digits").with_meta(solver="ddim"), twin],
+                              tcfg, n=40, seed=7, evaluator=ev, progress=False, return_resamples=True)
+    assert len(res) == len(rows) and all(len(v) == 60 for v in res[1].values())
+    for r in rows[1:]:
+        for k in ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "l2_to_teacher", "psnr_to_teacher",
+                  "adherence_digitsnet"):
+            lo, hi = r["ci95"][k]
+            assert lo <= r[k] <= hi or k.startswith("kid"), (k, r[k], lo, hi)
+    assert rows[0]["ci95"]["l2_to_teacher"] == [0.0, 0.0]
+    vs = rows[3]["vs_best_baseline"]
+    assert vs["l2_to_teacher"]["baseline"] == min(rows[1:3], key=lambda r: r["l2_to_teacher"])["method"]
+    if vs["l2_to_teacher"]["baseline"] == "uniform-t":
+        assert vs["l2_to_teacher"]["diff"] == 0.0 and vs["l2_to_teacher"]["ci95"] == [0.0, 0.0]
+    assert vs["fid_digitsnet"]["baseline"] in ("uniform-t", "uniform-lambda")
+    assert all(set(v) == {"baseline", "diff", "ci95", "significant"} for v in vs.values())
+    table = markdown_table(rows, resamples=res)
+    assert "paired bootstrap interval" in table and "60 resamples" in table
+    line = next(ln for ln in table.splitlines() if ln.startswith("| my-copy |"))
+    assert "**" not in line.split("|")[5]  # l2 column: tied with uniform-t, so not marked
 
 
 def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_path):
@@ -239,17 +277,75 @@ def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_pat
         evaluate_schedule(m, s, "ddim", n=4, seed=3, classifier=clf)
 
 
-def test_markdown_table_puts_the_teacher_first_and_bolds_the_best_per_solver_and_nfe():
+def test_markdown_table_one_table_per_solver_intervals_and_significant_best_only():
     from optsteps.evaluate import markdown_table
 
-    rows = [{"method": "teacher", "solver": "unipc", "nfe": 200, "fid_digitsnet": 1.5, "adherence_digitsnet": 0.95}]
-    for method, fid, adh in (("uniform-t", 9.0, 0.80), ("oss", 4.0, 0.90)):
-        for solver in ("unipc", "dpmpp2m"):
-            rows.append({"method": method, "solver": solver, "nfe": 5, "fid_digitsnet": fid + (solver == "dpmpp2m"),
-                         "adherence_digitsnet": adh})
-    lines = markdown_table(rows).splitlines()
-    assert lines[0] == ("| method | NFE | fid_digitsnet dpmpp2m | adherence_digitsnet dpmpp2m | fid_digitsnet unipc "
-                        "| adherence_digitsnet unipc |")
-    assert lines[2].startswith("| teacher (unipc-200) | 200 | 1.5 | 0.95 |")
-    assert lines[3] == "| oss | 5 | **5** | **0.9** | **4** | **0.9** |"
-    assert lines[4] == "| uniform-t | 5 | 10 | 0.8 | 9 | 0.8 |"
+    rows = [{"method": "teacher", "solver": "unipc", "nfe": 200, "n": 8, "seed": 1, "fid_digitsnet": 1.5,
+             "adherence_digitsnet": 0.95, "bootstrap": {"resamples": 4, "seed": 0, "level": 0.95}}]
+    for solver in ("unipc", "dpmpp2m"):
+        for method, fid in (("uniform-t", 9.0), ("oss", 4.0), ("karras", 4.2)):
+            rows.append({"method": method, "solver": solver, "nfe": 5, "fid_digitsnet": fid, "adherence_digitsnet": 0.8,
+                         "ci95": {"fid_digitsnet": [fid - 0.1, fid + 0.1]}})
+    oss = np.array([3.9, 4.0, 4.1, 4.0])
+    noisy = {"uniform-t": oss + 5.0, "oss": oss, "karras": np.array([1.2, 4.2, 7.2, 4.2])}  # Δ* = −0.2 ± 3: includes 0
+    clear = {"uniform-t": oss + 5.0, "oss": oss, "karras": oss + 0.2}  # Δ* = −0.2 on every resample
+    res = [{}] + [{"fid_digitsnet": (noisy if r["solver"] == "unipc" else clear)[r["method"]]} for r in rows[1:]]
+    lines = markdown_table(rows, resamples=res).splitlines()
+    assert lines[0].startswith("Values: point estimate [95% paired bootstrap interval] on 8 held-out samples (seed 1), "
+                               "4 resamples")
+    uni, dpm = lines[lines.index("### unipc"):], lines[lines.index("### dpmpp2m"):lines.index("### unipc")]
+    assert uni[2] == "| method | NFE | fid_digitsnet | adherence_digitsnet |"
+    assert uni[4] == "| teacher (unipc-200) | 200 | 1.5 | 0.95 |"
+    assert uni[5:8] == ["| karras | 5 | 4.2 [4.1, 4.3] | 0.8 |", "| oss | 5 | 4 [3.9, 4.1] | 0.8 |",
+                        "| uniform-t | 5 | 9 [8.9, 9.1] | 0.8 |"]  # best by 0.2, but not significantly: no bold
+    assert "| oss | 5 | **4** [3.9, 4.1] | 0.8 |" in dpm  # the same gain on every resample: bold
+    assert not any("**" in ln for ln in markdown_table(rows).splitlines()[1:])  # without resamples: never bold
+
+
+def test_teacher_endpoints_are_cached_by_content_hash(tiny_digits, tmp_path):
+    from optsteps.evaluate.run import teacher_endpoints
+
+    tcfg = TeacherConfig(solver="ddim", steps=5, seed=0)
+    _, a = teacher_endpoints(tiny_digits, tcfg, 6, seed=9, cache_dir=tmp_path)
+    (f,) = tmp_path.glob("teacher-*.safetensors")
+    mtime = f.stat().st_mtime_ns
+    _, b = teacher_endpoints(tiny_digits, tcfg, 6, seed=9, cache_dir=tmp_path)
+    assert torch.equal(a, b) and f.stat().st_mtime_ns == mtime  # read back, not recomputed
+    _, direct = teacher_endpoints(tiny_digits, tcfg, 6, seed=9)  # no cache: the same numbers
+    assert torch.equal(a, direct)
+    teacher_endpoints(tiny_digits, TeacherConfig(solver="ddim", steps=6, seed=0), 6, seed=9, cache_dir=tmp_path)
+    teacher_endpoints(tiny_digits, tcfg, 6, seed=10, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("teacher-*.safetensors"))) == 3  # another teacher or seed: another key
+    from optsteps.io.shards import write_shard
+
+    write_shard(f, {"x": torch.zeros_like(a)}, {"key": "foreign"})  # a file under the name with another key
+    _, c = teacher_endpoints(tiny_digits, tcfg, 6, seed=9, cache_dir=tmp_path)
+    assert torch.equal(c, a)
+
+
+def test_reference_folder_features_go_through_clean_fid_and_are_cached(tmp_path, net):
+    from PIL import Image
+
+    from optsteps.evaluate.fid import folder_features, quantize
+
+    x = digits_images()[:30]
+    folder = tmp_path / "refs"
+    (folder / "sub").mkdir(parents=True)
+    for i, a in enumerate(quantize(x, 1)):
+        Image.fromarray(a).save(folder / ("sub" if i % 2 else "") / f"{i:03d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    fidmod.clear_memory_cache()
+    f = folder_features(net, folder, tmp_path / "cache")
+    files = sorted(f.relative_to(folder) for f in folder.rglob("*.png"))
+    order = [int(p.stem) for p in sorted(folder.rglob("*.png"))]  # clean-fid's sorted file list
+    assert len(files) == 30 and f.shape == (30, 128)
+    np.testing.assert_allclose(f, clean_features(x[order], net), atol=1e-5)  # the same features as in memory
+    (cached,) = (tmp_path / "cache").glob("digitsnet-*.npz")
+    fidmod.clear_memory_cache()
+    assert np.array_equal(folder_features(net, folder, tmp_path / "cache"), f)
+    Image.fromarray(quantize(x[:1], 1)[0]).save(folder / "extra.png")  # another file: another key
+    fidmod.clear_memory_cache()
+    assert folder_features(net, folder, tmp_path / "cache").shape == (31, 128)
+    assert len(list((tmp_path / "cache").glob("digitsnet-*.npz"))) == 2
+    with pytest.raises(OptstepsError, match="not a folder"):
+        folder_features(net, tmp_path / "missing")

@@ -96,7 +96,7 @@ def test_gits_dp_equals_brute_force(family):
         assert tuple(path) == best
         res = oss.gits_search(t, states, den, ns, k, solver="dpmpp2m")
         assert res.path == path and res.schedule.method == "gits"
-        assert res.schedule.extra["l2_to_teacher"] == pytest.approx(path_error(den, t, states, path, ns, "dpmpp2m"))
+        assert res.schedule.extra["distill_mse"] == pytest.approx(path_error(den, t, states, path, ns, "dpmpp2m"))
 
 
 def test_gits_costs_are_one_jump_errors():
@@ -129,7 +129,7 @@ def test_oss_reported_cost_equals_traced_path_error(family, solver):
         sched = res.schedule
         assert sched.method == "oss" and sched.solver == solver and sched.nfe == k
         assert list(sched.t) == t[p].tolist()
-        assert sched.extra["l2_to_teacher"] == res.cost and sched.extra["model_evals"] == res.model_evals
+        assert sched.extra["distill_mse"] == res.cost and sched.extra["model_evals"] == res.model_evals
         sched.to_json()  # extra stays JSON-serialisable
 
 

@@ -27,8 +27,8 @@ TINY = {
     "trajectories": {"samples": 12, "shard_size": 6},
     "oss": {"nfe": [3], "solvers": ["ddim"], "samples": 12, "gits": True},
     "lambda_opt": {"nfe": [3], "solvers": ["unipc"]},
-    "evaluate": {"baselines": ["uniform-lambda"], "solvers": ["ddim", "unipc"], "nfe": [3, 4], "n": 40,
-                 "kid_subsets": 2, "seed": 99},
+    "evaluate": {"baselines": ["uniform-lambda"], "solvers": ["ddim", "unipc"], "nfe": [3, 4], "baseline_nfe": [],
+                 "n": 40, "kid_subsets": 2, "seed": 99, "bootstrap": 50},
     "mlflow": {"tracking_uri": "", "metric": "fid_digitsnet"},
 }
 
@@ -102,8 +102,14 @@ def test_dvc_repro_runs_every_stage_and_tracks_the_shards(dvc_repo):
         ("uniform-lambda", "ddim", 3), ("uniform-lambda", "ddim", 4), ("uniform-lambda", "unipc", 3),
         ("uniform-lambda", "unipc", 4), ("lambda-opt", "unipc", 3), ("oss", "ddim", 3), ("gits", "ddim", 3)}
     assert all(r["fid_digitsnet"] > 0 for r in rows)
+    assert all(len(r["ci95"]["l2_to_teacher"]) == 2 and "fid_teacher_digitsnet" in r for r in rows[1:])
+    assert len({r["evaluation_id"] for r in rows}) == 1
+    speedup = json.loads((repo / "results/eval/digits-summary.json").read_text())
+    assert {(e["method"], e["solver"], e["nfe"]) for e in speedup} == {("oss", "ddim", 3), ("gits", "ddim", 3),
+                                                                      ("lambda-opt", "unipc", 3)}
     registered = json.loads((repo / "results/registry.json").read_text())
     assert len(registered) == len(rows) - 1
+    assert {r["decision"] for r in registered} <= {"first", "significant", "not_significant", "not_better"}
     metrics = run(["dvc", "metrics", "show", "--json"], repo, e)
     assert "oss/ddim/nfe3" in metrics
 
@@ -127,7 +133,7 @@ def test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it(dvc_repo
     where = run([str(BIN / "python"), "-c", "import optsteps.cli.main as m; print(m.__file__)"], repo, e)
     assert Path(where.strip()) == repo / "optsteps" / "cli" / "main.py"  # the stage commands run the deps' code
     assert dvc_status(repo, e) == {}  # the stages' imports wrote __pycache__ into the deps: .dvcignore leaves it out
-    solvers = repo / "optsteps" / "core" / "solvers" / "updates.py"
+    solvers = repo / "optsteps" / "core" / "solvers" / "updates.py"  # core/solvers is a package
     code = solvers.read_text()
     solvers.write_text(code + "# a fix\n")
     try:

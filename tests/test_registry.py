@@ -77,6 +77,44 @@ def test_champion_moves_only_to_a_strictly_better_fid(reg):
     rows = reg.list_schedules(model="champ", nfe=4)
     assert [r["version"] for r in rows] == [5, 4, 3, 2, 1] and rows[1]["aliases"] == ["champion-nfe4"]
     assert reg.list_schedules(model="champ", nfe=7) == []
+    assert [r["decision"] for r in rows] == ["point_only", "point_only", "point_only", "point_only", "first"]
+
+
+def test_champion_gate_within_one_evaluation(reg):
+    """A deliberately tied pair (the same resamples) leaves the champion and tags the version not_significant; a
+    real paired gain moves it; a better point value inside the noise does not; another evaluation starts over."""
+    import numpy as np
+
+    name = registered_name("gate", "unipc")
+    g = np.random.default_rng(0)
+    base = 5.0 + g.normal(0, 0.3, 100)
+
+    def reg_one(i, fid, res, eid="eval-1"):
+        rid = reg.log_schedule_run(odd_schedule("gate", 4, 0.01 * (i + 1)), {"fid_digitsnet": fid,
+                                   "ci95": {"fid_digitsnet": [fid - 0.5, fid + 0.5]}},
+                                   resamples={"fid_digitsnet": res}, evaluation_id=eid)
+        return reg.register_schedule(rid, **REG)
+
+    first = reg_one(0, 5.0, base)
+    assert first["champion"] and first["decision"] == "first"
+    tie = reg_one(1, 5.0, base.copy())
+    assert not tie["champion"] and tie["decision"] == "not_significant" and tie["paired_diff"] == 0.0
+    mv = reg.client.get_model_version(name, tie["version"])
+    assert mv.tags["not_significant"] == "true" and json.loads(mv.tags["paired_ci95"]) == [0.0, 0.0]
+    assert mv.tags["compared_with"] == f"{name}/{first['version']}" and mv.tags["evaluation_id"] == "eval-1"
+    noisy = reg_one(2, 4.9, base - 0.1 + g.normal(0, 1.0, 100))
+    assert not noisy["champion"] and noisy["decision"] == "not_significant"
+    gain = reg_one(3, 4.0, base - 1.0 + g.normal(0, 0.05, 100))
+    assert gain["champion"] and gain["decision"] == "significant" and gain["paired_ci95_hi"] < 0
+    assert reg.client.get_model_version(name, gain["version"]).tags["not_significant"] == "false"
+    assert str(reg.client.get_model_version_by_alias(name, "champion-nfe4").version) == str(gain["version"])
+    # the resamples travel with the run: registering without passing them reads them back
+    assert reg.run_resamples(reg.client.get_model_version(name, gain["version"]).run_id)["fid_digitsnet"][:3] == \
+        pytest.approx(list(base[:3] - 1.0), abs=0.3)
+    other = reg_one(4, 9.0, base + 4.0, eid="eval-2")  # another evaluation: not comparable, it takes over
+    assert other["champion"] and other["decision"] == "new_evaluation"
+    hand = reg.register_schedule(reg.log_schedule_run(odd_schedule("gate", 4, 0.07), {"fid_digitsnet": 1.0}), **REG)
+    assert not hand["champion"] and hand["decision"] == "not_comparable"  # no evaluation id: no displacing
 
 
 def test_failed_evaluation_leaves_no_registered_version(reg):
@@ -137,6 +175,14 @@ def test_summary_run_logs_curves(reg):
     assert arts == {"plots/fid_vs_nfe.png", "plots/l2_vs_nfe.png"}
     hist = reg.client.get_metric_history(rid, "digits/unipc/lambda-opt/fid_digitsnet")
     assert sorted((h.step, h.value) for h in hist) == [(3, 10 / 3), (5, 2.0), (8, 1.25)]
+    from optsteps.evaluate.speedup import speedup_table
+
+    speedup = speedup_table(rows, metrics=("l2_to_teacher",))
+    assert speedup and all(e["baseline"] == "uniform-t" for e in speedup)
+    rid = reg.log_summary_run(rows, metric="fid_digitsnet", speedup=speedup)
+    arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
+    assert arts == {"plots/fid_vs_nfe.png", "plots/l2_vs_nfe.png", "plots/speedup.png"}
+    assert {f.path for f in reg.client.list_artifacts(rid, "summary")} == {"summary/rows.json", "summary/speedup.json"}
 
 
 def test_cli_list_show_export(reg):
@@ -196,5 +242,12 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
     assert "registered digits-ddim-schedules version 1" in out.output and "champion-nfe3 now points to it" in out.output
     row = reg.list_schedules(model="digits", nfe=3)[0]
     assert row["method"] == "uniform-lambda" and row["l2_to_teacher"] > 0 and "fid_digitsnet" in row
+    # the same schedule evaluated again: the same evaluation, an exact tie — the champion stays
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert "version 2; champion-nfe3 unchanged (not_significant)" in out.output
+    v2 = reg.client.get_model_version("digits-ddim-schedules", 2)
+    assert v2.tags["paired_diff"] == "0.0" and v2.tags["not_significant"] == "true"
+    assert "fid_digitsnet_ci95_lo" in reg.client.get_run(v2.run_id).data.metrics
     out = CliRunner().invoke(app, args[:-2] + ["--seed", "0", "--params", str(params)])
     assert out.exit_code != 0 and "overlap" in str(out.exception)

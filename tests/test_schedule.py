@@ -51,6 +51,15 @@ def test_json_round_trip_and_format(tmp_path):
     assert Schedule.load(path).t == s.t
 
 
+def test_old_schedule_files_with_l2_to_teacher_still_load():
+    """Schedules written before the rename to ``distill_mse`` carry ``l2_to_teacher``: an unknown extra field,
+    kept as is (and never read as the evaluation metric of that name)."""
+    s = Schedule([1.0, 0.5, 0.001], VP, model="digits", method="oss", solver="unipc")
+    old = {**json.loads(s.to_json()), "l2_to_teacher": 0.0023, "dp_l2_to_teacher": 0.0031, "model_evals": 290}
+    back = Schedule.from_json(json.dumps(old))
+    assert back == s and back.extra == {"l2_to_teacher": 0.0023, "dp_l2_to_teacher": 0.0031, "model_evals": 290}
+
+
 def test_json_errors():
     with pytest.raises(OptstepsError, match="not valid JSON"):
         Schedule.from_json("{oops")

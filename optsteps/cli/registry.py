@@ -50,8 +50,9 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-LIST_COLUMNS = ["name", "version", "aliases", "method", "nfe", "fid_digitsnet", "kid_digitsnet",
-                "adherence_digitsnet", "fid_inception", "l2_to_teacher"]
+LIST_COLUMNS = ["name", "version", "aliases", "method", "nfe", "fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet",
+                "adherence_digitsnet", "fid_inception", "fid_teacher_inception", "l2_to_teacher", "psnr_to_teacher",
+                "decision"]
 
 
 @registry_app.command("list")
@@ -64,8 +65,10 @@ def list_cmd(model: Optional[str] = typer.Option(None, "--model", help="only thi
         typer.echo("no registered schedules" + (f" for model {model}" if model else "") +
                    (f" at NFE {nfe}" if nfe is not None else "") + "; register one with `optsteps evaluate ... --register`.")
         return
-    cols = [c for c in LIST_COLUMNS if any(c in r for r in rows)]
+    cols = [c for c in LIST_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
     typer.echo(table(rows, cols))
+    if any(c.startswith("kid") for c in cols):
+        typer.echo("kid_*: unbiased MMD² (cubic kernel), unscaled (×1, not ×10³); values near 0 can be negative.")
 
 
 @registry_app.command("show")
@@ -121,9 +124,10 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     from optsteps.core.baselines import baseline
     from optsteps.pipeline.config import load_params
-    from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
+    from optsteps.pipeline.stages import champion_metric, evaluator_for
+    from optsteps.evaluate import evaluate_schedule, teacher_endpoints
     from optsteps.evaluate.run import check_heldout
-    from optsteps.models import CLASSIFIER, load_model, model_dir
+    from optsteps.models import load_model
     from optsteps.core.schedule import Schedule
 
     torch.set_num_threads(1)
@@ -141,15 +145,11 @@ def evaluate(model: str = typer.Option(..., "--model"),
         s = baseline(schedule, m.noise_schedule, nfe, model=model)
     s = s.with_meta(solver=solver, model=s.model or model)
     g = p.teacher.guidance if guidance is None else guidance
-    clf_dir = model_dir(p.artifacts, CLASSIFIER)
-    classifier = clf_dir if m.sample_shape == (1, 8, 8) else None
-    if classifier is not None and not (Path(clf_dir) / "classifier.safetensors").is_file():
-        raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
-    ev = Evaluator(classifier, Path(p.artifacts) / "cache" / "fid", inception_n, p.evaluate.kid_subsets, progress=True)
+    ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
     t_end = None
     if teacher:
         check_heldout(seed, start, n, p.teacher.seed, None)
-        _, t_end = teacher_endpoints(m, p.teacher, n, seed, start, g)
+        _, t_end = teacher_endpoints(m, p.teacher, n, seed, start, g, cache_dir=ev.cache_dir)
 
     sampler = None
     if geneval_prompts is not None:
@@ -161,11 +161,15 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     def run():
         return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True,
-                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler)
+                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler,
+                                 teacher_cfg=p.teacher if teacher else None)
+
+    def shown(metrics: dict) -> str:
+        return json.dumps({k: v for k, v in metrics.items() if k != "resamples"}, indent=2)
 
     if not (log or register):
         metrics, _ = run()
-        typer.echo(json.dumps(metrics, indent=2))
+        typer.echo(shown(metrics))
         return
     from optsteps.integrations.mlflow_registry import Registry
     from optsteps.io.provenance import params_hash
@@ -181,9 +185,10 @@ def evaluate(model: str = typer.Option(..., "--model"),
         return metrics, x
 
     rid = reg.log_schedule_run(s, solver=solver, params=run_params, evaluate=run_and_keep)
-    typer.echo(json.dumps(out, indent=2))
+    typer.echo(shown(out))
     typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
     if register:
-        res = reg.register_schedule(rid, metric=p.mlflow.metric, params_digest=params_hash(p))
+        res = reg.register_schedule(rid, metric=champion_metric(p, model), params_digest=params_hash(p))
         typer.echo(f"registered {res['name']} version {res['version']}" +
-                   (f"; {res['alias']} now points to it" if res["champion"] else f"; {res['alias']} unchanged"))
+                   (f"; {res['alias']} now points to it ({res['decision']})" if res["champion"]
+                    else f"; {res['alias']} unchanged ({res['decision']})"))

@@ -63,13 +63,14 @@ def in_manifold(features: np.ndarray, real_features: np.ndarray, radii: np.ndarr
     return mask.numpy()
 
 
-def adherence_from_logits(logits: torch.Tensor, labels: torch.Tensor | None, features: np.ndarray,
-                          real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST,
-                          confidence: float = CONFIDENCE) -> dict:
-    """The gated adherence and its parts: ``accuracy`` (argmax = requested), ``confident_accuracy``
-    (and confidence > threshold), ``precision`` (in-manifold share), ``adherence`` (all three)."""
+def adherence_masks(logits: torch.Tensor, labels: torch.Tensor | None, features: np.ndarray,
+                    real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST,
+                    confidence: float = CONFIDENCE) -> dict:
+    """Per-sample boolean arrays: ``precision`` (in the real-data manifold) and, for conditional samples,
+    ``accuracy`` (argmax = requested), ``confident_accuracy`` (and confidence > threshold) and ``adherence``
+    (all three). Their means are the metrics of ``adherence_from_logits``."""
     inside = torch.from_numpy(in_manifold(features, real_features, radii, k))
-    out = {"precision": inside.double().mean().item()}
+    out = {"precision": inside.numpy()}
     if labels is None:
         return out  # unconditional: no requested class, adherence is undefined
     labels = torch.as_tensor(labels).long()
@@ -79,9 +80,17 @@ def adherence_from_logits(logits: torch.Tensor, labels: torch.Tensor | None, fea
     conf, pred = prob.max(dim=1)
     hit = pred == labels
     sure = hit & (conf > confidence)
-    out.update(accuracy=hit.double().mean().item(), confident_accuracy=sure.double().mean().item(),
-               adherence=(sure & inside).double().mean().item())
+    out.update(accuracy=hit.numpy(), confident_accuracy=sure.numpy(), adherence=(sure & inside).numpy())
     return out
+
+
+def adherence_from_logits(logits: torch.Tensor, labels: torch.Tensor | None, features: np.ndarray,
+                          real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST,
+                          confidence: float = CONFIDENCE) -> dict:
+    """The gated adherence and its parts: ``accuracy`` (argmax = requested), ``confident_accuracy``
+    (and confidence > threshold), ``precision`` (in-manifold share), ``adherence`` (all three)."""
+    masks = adherence_masks(logits, labels, features, real_features, radii, k, confidence)
+    return {name: float(np.asarray(m, dtype=np.float64).mean()) for name, m in masks.items()}
 
 
 def class_adherence(net, images: torch.Tensor, labels: torch.Tensor | None, real_features: np.ndarray,

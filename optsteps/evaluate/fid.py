@@ -277,10 +277,16 @@ _MEMO: dict = {}
 
 def reference_features(net: FeatureNet, real_images: torch.Tensor | None = None, cache_dir=None,
                        progress: bool = False) -> np.ndarray:
-    """Features of the real data (default: all 1797 digits), computed once and cached on disk under a
-    content key. A cache file whose recorded key differs (other data or weights) is never used."""
+    """Features of the real data (default: all 1797 digits), or of any fixed image set (e.g. the teacher's
+    samples), computed once and cached on disk under a content key. A cache file whose recorded key differs
+    (other data or weights) is never used."""
     real = default_real_images() if real_images is None else real_images
     key, data = reference_key(net, real)
+    return _cached(key, net, cache_dir, lambda: clean_features(real, net, progress=progress,
+                                                                description=f"reference {net.name}"), data)
+
+
+def _cached(key: str, net: FeatureNet, cache_dir, compute, data: str) -> np.ndarray:
     if key in _MEMO:
         return _MEMO[key]
     path = None
@@ -295,7 +301,7 @@ def reference_features(net: FeatureNet, real_images: torch.Tensor | None = None,
                         return feats
             except (OSError, KeyError, ValueError):
                 pass  # unreadable or foreign file: recompute and replace
-    feats = clean_features(real, net, progress=progress, description=f"reference {net.name}")
+    feats = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
@@ -310,6 +316,40 @@ def reference_features(net: FeatureNet, real_images: torch.Tensor | None = None,
             raise
     _MEMO[key] = feats
     return feats
+
+
+def folder_key(net: FeatureNet, folder) -> tuple[str, list[Path]]:
+    """(cache key, image files) of a reference image folder: sha256 over each image file's relative path and
+    content digest (the extensions clean-fid reads, recursively, sorted), the net's identity."""
+    from cleanfid.utils import EXTENSIONS
+
+    from optsteps.io.hashing import file_digest
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise OptstepsError(f"evaluate.reference_images = {folder!r} is not a folder; point it at a folder of "
+                            "reference images (png/jpg, any size; read by clean-fid).")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix[1:] in EXTENSIONS)
+    if len(files) < 2:
+        raise OptstepsError(f"{root} holds {len(files)} image file(s); FID against a reference folder needs at "
+                            f"least 2 (extensions: {', '.join(sorted(EXTENSIONS))}).")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}|{file_digest(f)}\n".encode())
+    key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "folder_sha256": h.hexdigest(), **net.identity},
+                                    sort_keys=True).encode()).hexdigest()
+    return key, files
+
+
+def folder_features(net: FeatureNet, folder, cache_dir=None, progress: bool = False) -> np.ndarray:
+    """Features of every image in a reference folder by ``net`` through ``cleanfid.fid.get_folder_features``
+    (clean-fid opens each file as RGB and applies the net's resize), cached on disk under ``folder_key``."""
+    key, _ = folder_key(net, folder)
+    return _cached(key, net, cache_dir, lambda: np.asarray(
+        _cleanfid().get_folder_features(str(folder), model=net.extractor, num_workers=0, batch_size=net.batch_size,
+                                        device=net.device, mode="clean", custom_fn_resize=net.resize,
+                                        description=f"reference folder {net.name}", verbose=progress),
+        dtype=np.float64), data=key)
 
 
 def clear_memory_cache() -> None:

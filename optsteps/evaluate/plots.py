@@ -1,5 +1,6 @@
 """Plots logged with the runs, drawn with matplotlib's object API (no global backend change): a schedule against
-the baselines of the same NFE in t and λ (``schedule_figures``), and a metric against NFE (``curves_figure``)."""
+the baselines of the same NFE in t and λ (``schedule_figures``), a metric against NFE (``curves_figure``) and the
+speedup figure (``speedup_figure``)."""
 from __future__ import annotations
 
 import math
@@ -84,6 +85,43 @@ def curves_figure(rows: list[dict], key: str, label: str):
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def speedup_figure(entries: list[dict]):
+    """One panel per (metric, solver): for each optimized method, the NFE at which the best baseline matches it
+    (``speedup.best_baseline``) against its own NFE K, on log axes, with the diagonal N* = K (no speedup);
+    censored points (the baseline range ends first) are drawn hollow."""
+    from optsteps.evaluate.speedup import best_baseline
+
+    best = best_baseline(entries)
+    panels = sorted({(e["metric"], e["solver"]) for e in best})
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels), (4.6 * len(panels), 4.0))
+    for ax, (metric, solver) in zip(axes[0], panels):
+        pts = [e for e in best if e["metric"] == metric and e["solver"] == solver]
+        ks = sorted({e["nfe"] for e in pts})
+        for method in sorted({e["method"] for e in pts}):
+            es = sorted((e for e in pts if e["method"] == method), key=lambda e: e["nfe"])
+            line = ax.plot([e["nfe"] for e in es], [e["baseline_nfe"] for e in es], "-", label=method)[0]
+            for e in es:
+                ax.plot([e["nfe"]], [e["baseline_nfe"]], "o", color=line.get_color(),
+                        mfc="none" if e["censored"] else line.get_color())
+        ax.plot(ks, ks, "--", color="gray", label="no speedup (N* = K)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ks)
+        ax.set_xlabel("NFE K of the optimized schedule")
+        ax.set_ylabel("NFE of the best baseline at equal quality")
+        ax.set_title(f"{solver} · {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig

@@ -13,7 +13,10 @@ optsteps.integrations.mlflow_registry`` is cheap and works without MLflow). Reci
   ``register_model("runs:/...")``, which fails in MLflow 3), tagged at creation (method, nfe, solver,
   git commit, params hash, DVC data hash, metric). Creating the version is the last step, after every
   check, so a failed evaluation never leaves a half-registered version; versions are never overwritten
-  or deleted. The alias ``champion-nfe{K}`` moves only to a strictly lower FID.
+  or deleted. The alias ``champion-nfe{K}`` moves only on a significant paired gain in the champion metric
+  within one evaluation (``optsteps.evaluate.champion``); every version records the decision in its tags;
+- a run evaluated with a bootstrap carries its resamples (``bootstrap/resamples.json``: metric → values on the
+  evaluation's shared resamples) and its ``evaluation_id`` tag, which is what the gate compares.
 
 The pyfunc flavour of the logged schedule (``loader_module``, no pickle) is ``optsteps.integrations.mlflow_pyfunc``.
 """
@@ -36,6 +39,8 @@ EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
 SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
 KIND_TAG = "optsteps_kind"
+RESAMPLES_FILE = "bootstrap/resamples.json"
+EVALUATION_TAG = "evaluation_id"
 
 
 def _quiet():
@@ -107,6 +112,7 @@ class Registry:
         self.artifact_location = artifact_location or artifact_location_for(self.tracking_uri)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self._resamples: dict = {}  # run id → its logged resamples (read once)
 
     # -- runs ----------------------------------------------------------------------------------------
     def experiment_id(self, name: str | None = None) -> str:
@@ -136,12 +142,15 @@ class Registry:
 
     def log_schedule_run(self, schedule: Schedule, metrics: dict | None = None, solver: str | None = None,
                          params: dict | None = None, samples=None, run_name: str | None = None,
-                         evaluate=None) -> str:
-        """One run for (model, method, solver, NFE): params, metrics, the schedule (pyfunc folder under
-        ``schedule/``), plots of the schedule against the baselines in t and λ, and a sample grid.
+                         evaluate=None, resamples: dict | None = None, evaluation_id: str | None = None) -> str:
+        """One run for (model, method, solver, NFE): params, metrics (with ``<metric>_ci95_lo``/``_hi`` from a
+        ``ci95`` entry), the schedule (pyfunc folder under ``schedule/``), plots of the schedule against the
+        baselines in t and λ, and a sample grid; ``resamples`` (metric → values on the evaluation's bootstrap
+        resamples) as ``bootstrap/resamples.json`` and ``evaluation_id`` as a tag, for the champion gate.
 
-        ``evaluate``: optional callable returning (metrics, samples) run inside the run; if it (or any
-        logging) raises, the run ends FAILED and the error propagates. Returns the run id.
+        ``evaluate``: optional callable returning (metrics, samples) run inside the run (its metrics may carry
+        ``resamples`` and ``evaluation_id``); if it (or any logging) raises, the run ends FAILED and the error
+        propagates. Returns the run id.
         """
         from optsteps.evaluate.plots import schedule_figures
 
@@ -163,7 +172,18 @@ class Registry:
             self._log(rid, params=p)
             if evaluate is not None:
                 metrics, samples = evaluate()
-            self._log(rid, metrics=metrics)
+            metrics = dict(metrics or {})
+            resamples = metrics.pop("resamples", None) if resamples is None else resamples
+            evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
+            metrics.pop("resamples", None)
+            metrics.pop("evaluation_id", None)
+            for k, (lo, hi) in (metrics.get("ci95") or {}).items():
+                metrics[f"{k}_ci95_lo"], metrics[f"{k}_ci95_hi"] = lo, hi
+            self._log(rid, metrics=metrics, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
+            if resamples:
+                self.client.log_dict(rid, {"evaluation_id": evaluation_id,
+                                           "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
+                                     RESAMPLES_FILE)
             self._log_schedule_model(rid, sched)
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
@@ -184,10 +204,12 @@ class Registry:
             model_dir = save_schedule_model(schedule, Path(d) / "model")
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
-    def log_summary_run(self, rows: list[dict], run_name: str = "summary", *, metric: str) -> str:
+    def log_summary_run(self, rows: list[dict], run_name: str = "summary", *, metric: str,
+                        speedup: list[dict] | None = None) -> str:
         """A run with the grid's rows (JSON), ``metric``-vs-NFE (params.yaml ``mlflow.metric``) and L2-vs-NFE
-        curves per method, and per-method metric series (step = NFE)."""
-        from optsteps.evaluate.plots import curves_figure
+        curves per method, per-method metric series (step = NFE) and, with ``speedup`` (the entries of
+        ``optsteps.evaluate.speedup.speedup_table``), the speedup figure and its table."""
+        from optsteps.evaluate.plots import curves_figure, speedup_figure
 
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
@@ -201,6 +223,7 @@ class Registry:
                     continue
                 base = _metric_key(f"{r.get('model')}/{r.get('solver')}/{r.get('method')}")
                 self._log(rid, metrics={f"{base}/{k}": r[k] for k in (metric, "l2_to_teacher", "fid_inception",
+                                                                      "fid_teacher_inception", "psnr_to_teacher",
                                                                       "adherence_digitsnet") if k in r},
                           step=int(r.get("nfe", 0)))
             for fname, key, label in (("fid_vs_nfe.png", metric, metric), ("l2_vs_nfe.png", "l2_to_teacher",
@@ -208,6 +231,11 @@ class Registry:
                 fig = curves_figure(rows, key, label)
                 if fig is not None:
                     self.client.log_figure(rid, fig, f"plots/{fname}")
+            if speedup:
+                self.client.log_dict(rid, {"speedup": speedup}, "summary/speedup.json")
+                fig = speedup_figure(speedup)
+                if fig is not None:
+                    self.client.log_figure(rid, fig, "plots/speedup.png")
         except BaseException:
             self.client.set_terminated(rid, "FAILED")
             raise
@@ -217,15 +245,20 @@ class Registry:
     # -- registry ------------------------------------------------------------------------------------
     def register_schedule(self, run_id: str, metric: str, git: str | None = None,
                           params_digest: str | None = None, dvc_hash: str | None = None,
-                          description: str | None = None) -> dict:
+                          description: str | None = None, resamples=None) -> dict:
         """Register the run's schedule as a new version of ``<model>-<solver>-schedules`` and move
-        ``champion-nfe{K}`` to it only if its ``metric`` (params.yaml ``mlflow.metric``) is strictly lower than
-        the champion's.
+        ``champion-nfe{K}`` to it only on a significant paired gain in ``metric`` (params.yaml ``mlflow.metric``)
+        over the champion of the same evaluation (``optsteps.evaluate.champion.decide``: first version, new
+        evaluation, significant / not_significant / not_better, or point_only without resamples).
 
+        ``resamples``: the run's resampled values of ``metric`` (default: read from its ``bootstrap/`` artifact).
         Every check (run finished, metric present and finite, schedule artifact readable) comes first;
-        creating the version is the last registry write before the alias. Returns name, version, alias,
-        whether it became champion, and the metric.
+        creating the version, tagged with the decision (``champion_decision``, ``not_significant``,
+        ``paired_diff``, ``paired_ci95``, ``compared_with``), is the last registry write before the alias.
+        Returns name, version, alias, whether it became champion, the decision and the metric.
         """
+        from optsteps.evaluate.champion import decide
+
         c = self.client
         run = c.get_run(run_id)
         if run.info.status != "FINISHED":
@@ -244,20 +277,69 @@ class Registry:
             sched = Schedule.load(local)
         solver = run.data.params.get("solver") or sched.solver
         name = registered_name(sched.model, solver)
+        eid = run.data.tags.get(EVALUATION_TAG)
+        if resamples is None:
+            resamples = self.run_resamples(run_id).get(metric)
+        alias = champion_alias(sched.nfe)
+        cur = self._champion(name, alias)
+        cur_value = cur_eid = cur_res = None
+        if cur is not None:
+            cur_value = _tag_float(cur.tags, metric)
+            cur_run = self.client.get_run(cur.run_id) if cur.run_id else None
+            if cur_value is None and cur_run is not None:
+                cur_value = cur_run.data.metrics.get(metric)
+            cur_eid = cur.tags.get(EVALUATION_TAG) or (cur_run.data.tags.get(EVALUATION_TAG) if cur_run else None)
+            if cur_eid and cur_eid == eid and cur.run_id:
+                cur_res = self.run_resamples(cur.run_id).get(metric)
+        dec = decide(metric, float(value), eid, resamples, cur_value, cur_eid, cur_res, has_champion=cur is not None)
         tags = {KIND_TAG: "schedule", "model": sched.model, "method": sched.method, "solver": solver,
                 "nfe": str(sched.nfe), "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
-                "dvc_data_hash": dvc_hash or dvc_data_hash(), "metric": metric, metric: repr(float(value))}
-        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet"):
+                "dvc_data_hash": dvc_hash or dvc_data_hash(), "metric": metric, metric: repr(float(value)),
+                "champion_decision": dec.reason}
+        if eid:
+            tags[EVALUATION_TAG] = eid
+        if cur is not None:
+            tags["compared_with"] = f"{name}/{cur.version}"
+        if dec.diff is not None:
+            tags["paired_diff"] = repr(dec.diff)
+        if dec.ci95 is not None:
+            tags["paired_ci95"] = json.dumps([float(v) for v in dec.ci95])
+            tags["not_significant"] = str(not dec.significant).lower()
+        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
+                  "fid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet"):
             if k in run.data.metrics and k != metric:
                 tags[k] = repr(float(run.data.metrics[k]))
         self._ensure_registered_model(name)
         mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
                                     tags=tags, description=description or
                                     f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
-        alias = champion_alias(sched.nfe)
-        moved = self._maybe_move_champion(name, alias, mv.version, float(value), metric)
-        return {"name": name, "version": int(mv.version), "alias": alias, "champion": moved, metric: float(value),
-                "run_id": run_id}
+        if dec.move:
+            self.client.set_registered_model_alias(name, alias, str(mv.version))
+        return {"name": name, "version": int(mv.version), "alias": alias, "champion": dec.move,
+                "decision": dec.reason, metric: float(value), "run_id": run_id,
+                **({"paired_diff": dec.diff} if dec.diff is not None else {}),
+                **({"paired_ci95_lo": dec.ci95[0], "paired_ci95_hi": dec.ci95[1]} if dec.ci95 is not None else {})}
+
+    def run_resamples(self, run_id: str) -> dict:
+        """metric → resampled values logged with the run (``bootstrap/resamples.json``); {} if none."""
+        cache = self._resamples
+        if run_id not in cache:
+            names = {f.path for f in self.client.list_artifacts(run_id, "bootstrap")}
+            out = {}
+            if RESAMPLES_FILE in names:
+                with tempfile.TemporaryDirectory() as d:
+                    local = self.client.download_artifacts(run_id, RESAMPLES_FILE, d)
+                    out = json.loads(Path(local).read_text()).get("resamples", {})
+            cache[run_id] = out
+        return cache[run_id]
+
+    def _champion(self, name: str, alias: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
 
     def _ensure_registered_model(self, name: str):
         from mlflow.exceptions import MlflowException
@@ -271,22 +353,6 @@ class Registry:
                     description="Optimized sampling step schedules (optsteps); one version per schedule.")
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently
-
-    def _maybe_move_champion(self, name: str, alias: str, version, value: float, metric: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            cur = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            cur = None
-        if cur is not None:
-            best = _tag_float(cur.tags, metric)
-            if best is None and cur.run_id:
-                best = self.client.get_run(cur.run_id).data.metrics.get(metric)
-            if best is not None and not value < best:
-                return False
-        self.client.set_registered_model_alias(name, alias, str(version))
-        return True
 
     def publish(self, schedule: Schedule, evaluate, solver: str | None = None, params: dict | None = None,
                 *, metric: str, **register_kw) -> dict:
@@ -333,14 +399,15 @@ class Registry:
         row = {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases or []),
                "model": tags.get("model", ""), "method": tags.get("method", ""), "solver": tags.get("solver", ""),
                "nfe": int(tags["nfe"]) if tags.get("nfe", "").isdigit() else None, "run_id": mv.run_id,
-               "created": mv.creation_timestamp}
+               "created": mv.creation_timestamp, "decision": tags.get("champion_decision", "")}
         metrics = {}
         if run_metrics and mv.run_id:
             try:
                 metrics = dict(self.client.get_run(mv.run_id).data.metrics)
             except Exception:
                 metrics = {}
-        for k in ("fid_digitsnet", "kid_digitsnet", "adherence_digitsnet", "fid_inception", "l2_to_teacher"):
+        for k in ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "adherence_digitsnet", "fid_inception",
+                  "fid_teacher_inception", "l2_to_teacher", "psnr_to_teacher"):
             v = metrics.get(k, _tag_float(tags, k))
             if v is not None:
                 row[k] = v

@@ -55,15 +55,21 @@ class LambdaOptConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Evaluation grid: every method (baselines + optimized) × solver × NFE on held-out seeds."""
+    """Evaluation grid: every method (baselines + optimized) × solver × NFE on held-out seeds (docs/algorithms.md §7)."""
     baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    n: int = 1000  # generated samples per row (digitsnet FID/KID, adherence, L2 to teacher)
-    inception_n: int = 0  # samples for Inception FID (slow on CPU: ~2-8 img/s); 0 = off
+    baseline_nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10, 12, 15, 20])  # baselines also here (speedup)
+    n: int = 1000  # generated samples per row (digitsnet FID/KID, adherence, L2 and PSNR to the teacher)
+    inception_n: int = 0  # samples for fid_inception against reference_images (or the real digits); 0 = off
+    teacher_inception_n: int = 0  # samples for fid_teacher_inception, built-in models (digits): off (~2-8 img/s on CPU)
+    pipeline_teacher_inception_n: int = 64  # the same for diffusers pipeline models
+    reference_images: str = ""  # a folder of real images for fid_inception ("" = none; digits: the real digits)
     seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
     guidance: float = 1.0
     kid_subsets: int = 10
+    bootstrap: int = 200  # paired bootstrap resamples of the sample indices for the intervals; 0 = no intervals
+    bootstrap_seed: int = 0
     cache_dir: str = "artifacts/cache/fid"
     threads: int = 2  # torch threads while evaluating (the stage runs alone at the end of the pipeline)
 
@@ -71,7 +77,8 @@ class EvaluateConfig:
 @dataclass
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
-    metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by (lower is better)
+    metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by, built-in models (digits)
+    pipeline_metric: str = "fid_teacher_inception"  # the same for diffusers pipeline models
 
 
 @dataclass
@@ -178,8 +185,15 @@ def params_from_dict(d: dict) -> Params:
             raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
     if p.flow.task_workers < 0:
         raise OptstepsError(f"flow.task_workers = {p.flow.task_workers}; use a positive count or 0 for Prefect's default.")
-    if p.evaluate.n < 1 or any((not isinstance(k, int)) or k < 1 for k in p.evaluate.nfe):
-        raise OptstepsError("evaluate: need n ≥ 1 and every nfe an integer ≥ 1.")
+    ev = p.evaluate
+    if ev.n < 1 or any((not isinstance(k, int)) or k < 1 for k in ev.nfe + ev.baseline_nfe):
+        raise OptstepsError("evaluate: need n ≥ 1 and every nfe and baseline_nfe an integer ≥ 1.")
+    for key in ("inception_n", "teacher_inception_n", "pipeline_teacher_inception_n", "bootstrap"):
+        if getattr(ev, key) < 0:
+            raise OptstepsError(f"evaluate.{key} = {getattr(ev, key)}; use a count ≥ 0 (0 turns it off).")
+    if ev.reference_images and not ev.inception_n:
+        raise OptstepsError(f"evaluate.reference_images = {ev.reference_images!r} needs evaluate.inception_n > 0 "
+                            "(how many samples are compared with the folder through Inception).")
     for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
         if _USERINFO.match(uri):  # params.yaml is committed: credentials come only from the environment
             raise OptstepsError(f"{key} contains credentials (user[:password]@host); keep only the host in "

@@ -15,7 +15,7 @@ import torch
 
 from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
-from optsteps.models import CLASSIFIER, EMBEDDED, TRAINABLE, load_model, model_dir, noise_schedule_for
+from optsteps.models import BUILTIN, CLASSIFIER, EMBEDDED, TRAINABLE, load_model, model_dir, noise_schedule_for
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
@@ -191,15 +191,42 @@ def eval_path(p: Params, model: str) -> Path:
     return Path(p.results) / "eval" / f"{model}.json"
 
 
+def summary_path(p: Params, model: str) -> Path:
+    """results/eval/<model>-summary.json: the speedup entries (``optsteps.evaluate.speedup.speedup_table``)."""
+    return Path(p.results) / "eval" / f"{model}-summary.json"
+
+
+def resamples_path(p: Params, model: str) -> Path:
+    """results/eval/<model>-bootstrap.npz: every row's bootstrap resamples (``row<i>/<metric>``), for the register
+    stage's paired champion test."""
+    return Path(p.results) / "eval" / f"{model}-bootstrap.npz"
+
+
+def is_pipeline_model(model: str) -> bool:
+    """A diffusers pipeline (folder or hub id) rather than a built-in model (digits, digits-flow, gmm)."""
+    return model not in BUILTIN
+
+
+def champion_metric(p: Params, model: str) -> str:
+    """What ``champion-nfe{K}`` of ``model`` ranks by: ``mlflow.metric`` for built-in models,
+    ``mlflow.pipeline_metric`` for diffusers pipelines."""
+    return p.mlflow.pipeline_metric if is_pipeline_model(model) else p.mlflow.metric
+
+
+def teacher_inception_n(p: Params, model: str) -> int:
+    return p.evaluate.pipeline_teacher_inception_n if is_pipeline_model(model) else p.evaluate.teacher_inception_n
+
+
 def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
-    """The evaluation grid of ``model``: baselines × solvers × NFE plus every optimized schedule on disk
-    whose solver and NFE are in the grid."""
+    """The evaluation grid of ``model``: baselines × solvers × (``evaluate.nfe`` ∪ ``evaluate.baseline_nfe``) plus
+    every optimized schedule on disk whose solver and NFE are in ``evaluate.nfe``."""
     from optsteps.core.baselines import baseline
 
     ns = noise_schedule_for(model, p.artifacts)
     ev = p.evaluate
+    base_nfe = sorted(set(ev.nfe) | set(ev.baseline_nfe))
     out = [baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
-           for solver in ev.solvers for kind in ev.baselines for nfe in ev.nfe]
+           for solver in ev.solvers for kind in ev.baselines for nfe in base_nfe]
     for method in METHOD_DIRS:
         for solver in ev.solvers:
             for nfe in ev.nfe:
@@ -209,45 +236,95 @@ def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
     return out
 
 
+def evaluator_for(p: Params, model: str, progress: bool = False, inception_n: int | None = None):
+    """The ``Evaluator`` of ``model`` with the params' settings: the digits classifier for the embedded digits
+    models (none for other models), Inception counts by model kind (``inception_n`` overrides
+    ``evaluate.inception_n``), the reference folder and the bootstrap."""
+    from optsteps.evaluate.run import Evaluator
+    from optsteps.models.classifier import load_classifier
+
+    ev = p.evaluate
+    classifier = None
+    if model in EMBEDDED:
+        clf_dir = model_dir(p.artifacts, CLASSIFIER)
+        if not (clf_dir / "optsteps_model.json").is_file():
+            raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
+        classifier = load_classifier(clf_dir)
+    return Evaluator(classifier, ev.cache_dir, inception_n=ev.inception_n if inception_n is None else inception_n,
+                     kid_subsets=ev.kid_subsets,
+                     teacher_inception_n=teacher_inception_n(p, model), reference_images=ev.reference_images or None,
+                     bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, progress=progress)
+
+
+SUMMARY_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inception", "fid_inception",
+                   "adherence_digitsnet", "l2_to_teacher", "psnr_to_teacher")
+
+
 def evaluate(p: Params, model: str) -> Path:
-    """Evaluate the grid (teacher row first) and write results/eval/<model>.json (and the same as a markdown
-    table, results/eval/<model>.md), the DVC metrics file
+    """Evaluate the grid (teacher row first) and write results/eval/<model>.json (every row, with its schedule,
+    intervals and paired differences), results/eval/<model>.md (the tables), results/eval/<model>-summary.json
+    (the speedup entries), results/eval/<model>-bootstrap.npz (the rows' resamples), the DVC metrics file
     results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv."""
+    import io
     import json
 
-    from optsteps.evaluate.run import Evaluator, evaluate_grid, markdown_table
-    from optsteps.models.classifier import load_classifier
-    from optsteps.io.atomic import write_text_atomic
+    import numpy as np
+
+    from optsteps.evaluate.run import evaluate_grid, markdown_table
+    from optsteps.evaluate.speedup import speedup_table
+    from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
 
     torch.set_num_threads(p.evaluate.threads)
     m = load_model(model, p.artifacts)
     schedules = evaluation_schedules(p, model)
-    evaluator = Evaluator(load_classifier(model_dir(p.artifacts, CLASSIFIER)), p.evaluate.cache_dir,
-                          inception_n=p.evaluate.inception_n, kid_subsets=p.evaluate.kid_subsets)
-    rows = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed, guidance=p.evaluate.guidance,
-                         evaluator=evaluator, distill_samples=p.trajectories.samples)
+    evaluator = evaluator_for(p, model)
+    rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
+                                    guidance=p.evaluate.guidance, evaluator=evaluator,
+                                    distill_samples=p.trajectories.samples, return_resamples=True)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, model)
     write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
-    write_text_atomic(out.with_suffix(".md"), markdown_table(rows))
+    write_text_atomic(out.with_suffix(".md"), markdown_table(rows, resamples=resamples))
+    write_text_atomic(summary_path(p, model), json.dumps(speedup_table(rows), indent=1) + "\n")
+    buf = io.BytesIO()
+    np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
+             evaluation_id=np.array(rows[0]["evaluation_id"]))
+    write_bytes_atomic(resamples_path(p, model), buf.getvalue())
     metrics = {}
     for r in rows:
         key = r["method"] if r["method"] == "teacher" else f"{r['method']}/{r['solver']}/nfe{r['nfe']}"
-        metrics[key] = {k: r[k] for k in ("fid_digitsnet", "adherence_digitsnet", "l2_to_teacher") if k in r}
+        metrics[key] = {k: r[k] for k in SUMMARY_METRICS if k in r}
     write_text_atomic(Path(p.results) / "metrics" / f"{model}.json", json.dumps(metrics, indent=1) + "\n")
-    lines = ["method,nfe,fid_digitsnet,l2_to_teacher,adherence_digitsnet"]
+    cols = [k for k in ("fid_digitsnet", "l2_to_teacher", "adherence_digitsnet", "fid_teacher_digitsnet",
+                        "fid_teacher_inception", "psnr_to_teacher") if any(k in r for r in rows)]
+    lines = [",".join(["method", "nfe"] + cols)]
     for r in rows[1:]:
-        lines.append(f"{r['method']}/{r['solver']},{r['nfe']},{r.get('fid_digitsnet', '')},{r.get('l2_to_teacher', '')},"
-                     f"{r.get('adherence_digitsnet', '')}")
+        lines.append(",".join([f"{r['method']}/{r['solver']}", str(r["nfe"])] + [str(r.get(k, "")) for k in cols]))
     write_text_atomic(Path(p.results) / "plots" / f"{model}.csv", "\n".join(lines) + "\n")
     return out
 
 
+def load_resamples(p: Params, model: str, rows: int) -> list[dict]:
+    """The rows' resamples written by ``evaluate`` ([{}] * rows when the file is missing: no intervals)."""
+    import numpy as np
+
+    path = resamples_path(p, model)
+    out = [{} for _ in range(rows)]
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                if key.startswith("row"):
+                    i, metric = key[3:].split("/", 1)
+                    out[int(i)][metric] = z[key]
+    return out
+
+
 def register(p: Params, models: list[str] | None = None) -> Path:
-    """Log one MLflow run per evaluated (model, method, solver, NFE), register each schedule as a model
-    version (champion-nfe{K} moves only to a strictly better metric) and log one summary run per model.
-    Writes results/registry.json (what was registered)."""
+    """Log one MLflow run per evaluated (model, method, solver, NFE) with its resamples, register each schedule as
+    a model version (champion-nfe{K} moves only on a significant paired gain in ``champion_metric`` within one
+    evaluation; docs/algorithms.md §7.3) and log one summary run per model (with the speedup figure).
+    Writes results/registry.json (what was registered and each champion decision)."""
     import json
 
     from optsteps.integrations.mlflow_registry import Registry
@@ -262,14 +339,21 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         if not path.is_file():
             raise OptstepsError(f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {model}`).")
         rows = json.loads(path.read_text())
-        for row in rows[1:]:
+        resamples = load_resamples(p, model, len(rows))
+        metric = champion_metric(p, model)
+        for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
-            run_id = reg.log_schedule_run(s, metrics=metrics, solver=row["solver"])
-            info = reg.register_schedule(run_id, metric=p.mlflow.metric, git=git, params_digest=digest, dvc_hash=dvc_hash)
+            metrics["ci95"] = row.get("ci95") or {}
+            run_id = reg.log_schedule_run(s, metrics=metrics, solver=row["solver"], resamples=res,
+                                          evaluation_id=row.get("evaluation_id"))
+            info = reg.register_schedule(run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash,
+                                         resamples=res.get(metric))
             done.append({"model": model, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
                          "run_id": run_id, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
-        reg.log_summary_run(rows, run_name=f"summary-{model}", metric=p.mlflow.metric)
+        summary = summary_path(p, model)
+        reg.log_summary_run(rows, run_name=f"summary-{model}", metric=metric,
+                            speedup=json.loads(summary.read_text()) if summary.is_file() else None)
     out = Path(p.results) / "registry.json"
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out

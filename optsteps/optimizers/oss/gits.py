@@ -82,7 +82,8 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
                 gamma: float = GITS_GAMMA, eval_batch_size: int | None = None, measure: bool = True,
                 model: str = "", costs: tuple[torch.Tensor, int] | None = None) -> OSSResult:
     """GITS-type schedule from the teacher's one-jump costs; ``measure`` also runs the student along the path
-    to record its true final error (``l2_to_teacher``). ``costs``: the (C, evaluations) that ``gits_costs``
+    to record its true final error on the distillation samples (``distill_mse``, the batch-mean squared error
+    per element at N). ``costs``: the (C, evaluations) that ``gits_costs``
     returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither)."""
     _check_choice(solver, OSS_SOLVERS, "student solver")
     t = _check_grid(teacher_t, noise_schedule)
@@ -99,8 +100,8 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
     runs = 0
     if measure:
         err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)
-        extra["l2_to_teacher"] = err(path)
+        extra["distill_mse"] = err(path)
         runs = err.runs
     sched = Schedule(t[path], noise_schedule, model=model, method="gits", solver=solver, extra=extra)
-    return OSSResult(path, sched, value, int(evals), list(path), extra.get("l2_to_teacher", float("nan")),
+    return OSSResult(path, sched, value, int(evals), list(path), extra.get("distill_mse", float("nan")),
                      nfe * runs, runs)

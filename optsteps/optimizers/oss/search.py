@@ -51,8 +51,8 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
     ``AmplitudeCalibration``; eval_batch_size: rows per model call (None: a whole layer at once);
     refine / refine_radius / pair_moves: see ``refine_path``; lower_order_final: as in ``solvers.sample``.
 
-    Returns an ``OSSResult``: the index path, the ``Schedule`` (method "oss", extra ``l2_to_teacher`` = the
-    batch-mean squared error per element at N, ``model_evals`` = DP evaluations per sample), the cost and
+    Returns an ``OSSResult``: the index path, the ``Schedule`` (method "oss", extra ``distill_mse`` = the
+    batch-mean squared error per element at N on the distillation samples, ``model_evals`` = DP evaluations per sample), the cost and
     the evaluation count; ``dp_path``/``dp_cost`` are the DP's own answer before refinement.
     """
     _check_choice(solver, OSS_SOLVERS, "student solver")
@@ -95,8 +95,8 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
     sched = Schedule(
         t[path], noise_schedule, model=model, method="oss", solver=solver,
         extra={
-            "l2_to_teacher": float(cost), "model_evals": int(dp_evals), "teacher_indices": list(path),
-            "teacher_steps": n, "dp_indices": list(dp_path), "dp_l2_to_teacher": float(dp_cost),
+            "distill_mse": float(cost), "model_evals": int(dp_evals), "teacher_indices": list(path),
+            "teacher_steps": n, "dp_indices": list(dp_path), "dp_distill_mse": float(dp_cost),
             **student_spec(solver, lower_order_final).json_fields(),
             "distance": distance, "mode": mode, "refined": bool(refine), "calibrated": calibration is not None,
             "refine_model_evals": int(error.evals),

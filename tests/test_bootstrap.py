@@ -1,0 +1,206 @@
+"""The paired bootstrap (docs/algorithms.md §7): coverage of the interval of a mean, exact zero for a row paired with
+itself, the resampled FID/KID against closed forms and clean-fid, the champion gate, and the speedup interpolation."""
+import math
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from optsteps.errors import OptstepsError
+from optsteps.evaluate import bootstrap as bs
+from optsteps.evaluate.champion import decide
+from optsteps.evaluate.fid import fid_from_features, kid_from_features
+from optsteps.evaluate.speedup import best_baseline, equivalent_nfe, speedup_table
+
+
+def test_interval_of_a_gaussian_mean_covers_the_true_mean_at_the_nominal_rate():
+    g = np.random.default_rng(12345)
+    mu, reps, n = 1.3, 200, 200
+    hits = 0
+    for rep in range(reps):
+        x = g.normal(mu, 2.0, size=n)
+        idx = bs.resample_indices(n, 1000, seed=rep)
+        lo, hi = bs.centred_interval(x.mean(), bs.resample_means(x, idx))
+        hits += lo <= mu <= hi
+    assert 0.91 <= hits / reps <= 0.99, hits / reps  # 95 ± 4 % of 200 seeded repetitions
+
+
+def test_stratified_resamples_keep_the_design_and_cover_its_mean():
+    """Labels are a design (sample i asks for class i mod C): resampling within each label keeps the counts, and the
+    interval covers the design's mean at the nominal rate; an unstratified one adds the spread of random counts."""
+    g = np.random.default_rng(7)
+    n, reps = 200, 200
+    lab = np.arange(n) % 4
+    means = np.array([0.0, 5.0, 10.0, 15.0])[lab]
+    idx = bs.resample_indices(n, 1000, 3, strata=lab)
+    assert all((np.bincount(lab[row], minlength=4) == 50).all() for row in idx)
+    hits, ratio = 0, []
+    for _ in range(reps):
+        x = means + g.normal(0, 1.0, n)
+        lo, hi = bs.centred_interval(x.mean(), bs.resample_means(x, idx))
+        hits += lo <= means.mean() <= hi
+        ulo, uhi = bs.centred_interval(x.mean(), bs.resample_means(x, bs.resample_indices(n, 1000, 3)))
+        ratio.append((uhi - ulo) / (hi - lo))
+    assert 0.91 <= hits / reps <= 0.99, hits / reps
+    assert np.mean(ratio) > 4  # between-class spread (sd 5.6) against within-class (sd 1)
+    with pytest.raises(OptstepsError, match="strata"):
+        bs.resample_indices(n, 10, 0, strata=lab[:-1])
+
+
+def test_interval_width_matches_the_standard_error():
+    g = np.random.default_rng(0)
+    x = g.normal(0.0, 1.0, size=400)
+    lo, hi = bs.centred_interval(x.mean(), bs.resample_means(x, bs.resample_indices(400, 4000, 1)))
+    assert (hi - lo) / 2 == pytest.approx(1.96 * x.std(ddof=1) / math.sqrt(400), rel=0.08)
+    assert lo < x.mean() < hi
+
+
+def test_a_row_paired_with_itself_differs_by_exactly_zero():
+    g = np.random.default_rng(1)
+    feats = g.normal(size=(300, 16)) @ g.normal(size=(16, 16))
+    ref = g.normal(size=(500, 16))
+    idx = bs.resample_indices(300, 200, 7)
+    fr, kr = bs.frechet_reference(ref), bs.kernel_reference(ref)
+    for point, res in ((fid_from_features(feats, ref), bs.frechet_resamples(feats, fr, idx)),
+                       (kid_from_features(feats, ref, 0, 3), bs.kid_resamples(feats, kr, idx)),
+                       (1.5, bs.resample_means(g.normal(size=300), idx))):
+        diff, (lo, hi) = bs.paired_difference(point, res, point, res.copy())
+        assert diff == 0.0 and lo == 0.0 and hi == 0.0
+        assert not bs.excludes_zero((lo, hi))
+
+
+def test_paired_differences_see_what_unpaired_intervals_cannot():
+    """Two rows sharing per-sample noise: their intervals overlap, their paired difference is clearly non-zero."""
+    g = np.random.default_rng(2)
+    common = g.normal(0, 1.0, size=500)
+    a, b = common + 0.05 + g.normal(0, 0.05, 500), common + g.normal(0, 0.05, 500)
+    idx = bs.resample_indices(500, 1000, 3)
+    ra, rb = bs.resample_means(a, idx), bs.resample_means(b, idx)
+    ia, ib = bs.centred_interval(a.mean(), ra), bs.centred_interval(b.mean(), rb)
+    assert ia[0] < ib[1] and ib[0] < ia[1]  # overlapping
+    diff, ci = bs.paired_difference(a.mean(), ra, b.mean(), rb)
+    assert diff == pytest.approx(a.mean() - b.mean()) and ci[0] > 0.03 and ci[1] < 0.07
+
+
+def test_resample_indices_are_seeded_and_in_range():
+    a, b = bs.resample_indices(50, 30, 4), bs.resample_indices(50, 30, 4)
+    assert a.shape == (30, 50) and np.array_equal(a, b) and a.min() >= 0 and a.max() < 50
+    assert not np.array_equal(a, bs.resample_indices(50, 30, 5))
+    w = bs.counts(a, 50)
+    assert w.shape == (30, 50) and (w.sum(1) == 50).all() and w[0, a[0, 0]] >= 1
+    with pytest.raises(OptstepsError):
+        bs.resample_indices(1, 10, 0)
+
+
+@pytest.mark.parametrize("n,d", [(400, 12), (30, 64)])  # D ≤ n (D×D eigenproblem) and D > n (n×n Gram)
+def test_resampled_frechet_distance_equals_clean_fid(n, d):
+    g = np.random.default_rng(n)
+    ref = np.maximum(g.normal(size=(n + 50, d)), 0)  # ReLU-like, singular-ish covariance
+    x = np.maximum(g.normal(size=(n, d)) + 0.3, 0)
+    fr = bs.frechet_reference(ref)
+    assert bs.frechet_from_features(x, fr) == pytest.approx(fid_from_features(x, ref), rel=1e-6, abs=1e-8)
+    idx = bs.resample_indices(n, 5, 0)
+    res = bs.frechet_resamples(x, fr, idx)
+    for b in range(5):
+        assert res[b] == pytest.approx(fid_from_features(x[idx[b]], ref), rel=1e-6, abs=1e-8)
+
+
+def test_resampled_kid_is_the_unbiased_mmd_on_the_resample():
+    g = np.random.default_rng(3)
+    x, y = g.normal(size=(60, 8)), g.normal(size=(60, 8)) + 0.2
+    k = lambda a, b: (a @ b.T / 8 + 1) ** 3  # noqa: E731
+
+    def mmd(a, b):  # the unbiased estimator over index positions (duplicates are distinct positions)
+        kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
+        n, m = len(a), len(b)
+        return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                - 2 * kxy.mean())
+
+    ref = bs.kernel_reference(y)
+    assert bs.kid_full(x, ref) == pytest.approx(mmd(x, y), rel=1e-10)
+    # equal sizes: clean-fid's subset estimator draws the whole sets, so it is the same number
+    assert bs.kid_full(x, ref) == pytest.approx(kid_from_features(x, y, seed=0, subsets=1), rel=1e-10)
+    idx = bs.resample_indices(60, 4, 1)
+    res = bs.kid_resamples(x, ref, idx)
+    for b in range(4):
+        assert res[b] == pytest.approx(mmd(x[idx[b]], y), rel=1e-9)
+
+
+def test_frechet_reference_root_squares_to_the_covariance():
+    g = np.random.default_rng(4)
+    f = g.normal(size=(200, 6)) @ g.normal(size=(6, 6))
+    r = bs.frechet_reference(f)
+    np.testing.assert_allclose(r.sqrt_cov @ r.sqrt_cov, np.cov(f, rowvar=False), atol=1e-10)
+    np.testing.assert_allclose(r.sqrt_cov, linalg.sqrtm(np.cov(f, rowvar=False)).real, atol=1e-8)
+
+
+# ---- the champion gate ---------------------------------------------------------------------------------
+
+def test_the_champion_does_not_move_for_a_tie_and_moves_for_a_real_gain():
+    g = np.random.default_rng(5)
+    champ = 5.0 + g.normal(0, 0.2, 200)
+    tie = decide("fid_digitsnet", 5.0, "e1", champ.copy(), 5.0, "e1", champ)
+    assert not tie.move and tie.reason == "not_significant" and tie.diff == 0.0 and tie.ci95 == (0.0, 0.0)
+    gain = decide("fid_digitsnet", 4.0, "e1", champ - 1.0 + g.normal(0, 0.05, 200), 5.0, "e1", champ)
+    assert gain.move and gain.reason == "significant" and gain.ci95[1] < 0
+    noisy = decide("fid_digitsnet", 4.9, "e1", champ + g.normal(0, 1.0, 200), 5.0, "e1", champ)
+    assert not noisy.move and noisy.reason == "not_significant" and noisy.ci95[0] < 0 < noisy.ci95[1]
+    worse = decide("fid_digitsnet", 6.0, "e1", champ + 1.0, 5.0, "e1", champ)
+    assert not worse.move and worse.reason == "not_better"
+
+
+def test_the_champion_gate_across_evaluations_and_directions():
+    r = np.zeros(10)
+    assert decide("l2_to_teacher", 9.0, "e2", r, 1.0, None, None, has_champion=False).reason == "first"
+    new = decide("l2_to_teacher", 9.0, "e2", r, 1.0, "e1", r)
+    assert new.move and new.reason == "new_evaluation"  # another evaluation: not comparable, the new one decides
+    hand = decide("l2_to_teacher", 0.1, None, None, 1.0, "e1", r)
+    assert not hand.move and hand.reason == "not_comparable"
+    legacy = decide("l2_to_teacher", 0.9, None, None, 1.0, None, None)
+    assert legacy.move and legacy.reason == "point_only"
+    assert not decide("l2_to_teacher", 1.0, None, None, 1.0, None, None).move  # strictly better only
+    champ = np.full(50, 30.0) + np.linspace(-1, 1, 50)
+    up = decide("psnr_to_teacher", 32.0, "e1", champ + 2.0, 30.0, "e1", champ)  # higher is better
+    assert up.move and up.diff == 2.0
+    assert not decide("psnr_to_teacher", 28.0, "e1", champ - 2.0, 30.0, "e1", champ).move
+
+
+# ---- the speedup interpolation --------------------------------------------------------------------------
+
+NFES = [4, 5, 6, 8, 10, 12, 15, 20]
+
+
+@pytest.mark.parametrize("c,p", [(3.0, 1.7), (0.5, 0.6), (12.0, 2.4)])
+def test_equivalent_nfe_is_exact_on_a_power_law(c, p):
+    vals = [c * n ** -p for n in NFES]
+    for n_true in (4.0, 4.37, 7.3, 11.99, 13.0, 19.5, 20.0):
+        n_star, cens = equivalent_nfe(NFES, vals, c * n_true ** -p)
+        assert cens is None or (cens == "<=" and n_true == 4.0)
+        assert n_star == pytest.approx(n_true, rel=1e-12)
+
+
+def test_equivalent_nfe_censors_outside_the_range_and_takes_the_first_crossing():
+    vals = [1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1]
+    assert equivalent_nfe(NFES, vals, 2.0) == (4.0, "<=")
+    assert equivalent_nfe(NFES, vals, 0.05) == (20.0, ">")
+    bumpy = [1.0, 0.5, 0.7, 0.45, 0.3, 0.2, 0.15, 0.1]  # reaches 0.6 between 4 and 5 first
+    n_star, cens = equivalent_nfe(NFES, bumpy, 0.6)
+    assert cens is None and 4 < n_star < 5
+    with pytest.raises(OptstepsError, match="positive"):
+        equivalent_nfe(NFES, [1.0] * 7 + [-0.1], 0.5)
+
+
+def test_speedup_table_on_synthetic_rows():
+    rows = [{"method": "teacher", "solver": "unipc", "nfe": 100, "l2_to_teacher": 0.0}]
+    for b, c in (("uniform-t", 8.0), ("karras", 4.0)):
+        rows += [{"method": b, "solver": "unipc", "nfe": n, "l2_to_teacher": c * n ** -1.5} for n in NFES]
+    rows.append({"method": "oss", "solver": "unipc", "nfe": 5, "l2_to_teacher": 4.0 * 7.5 ** -1.5})
+    entries = speedup_table(rows, metrics=("l2_to_teacher",))
+    assert {e["baseline"] for e in entries} == {"uniform-t", "karras"} and len(entries) == 2
+    k = next(e for e in entries if e["baseline"] == "karras")
+    assert k["baseline_nfe"] == pytest.approx(7.5) and k["speedup"] == pytest.approx(1.5) and k["censored"] is None
+    u = next(e for e in entries if e["baseline"] == "uniform-t")
+    assert u["baseline_nfe"] == pytest.approx(7.5 * 2 ** (1 / 1.5), rel=1e-3)
+    (best,) = best_baseline(entries)
+    assert best["baseline"] == "karras"
+    assert set(best) >= {"method", "solver", "nfe", "metric", "baseline", "baseline_nfe", "speedup"}

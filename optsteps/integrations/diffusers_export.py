@@ -15,6 +15,12 @@ scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the 
   required; it appends the terminal 0 itself, so it gets the K evaluation sigmas.
 - UniPCMultistep takes ``sigmas=`` only with ``use_flow_sigmas=True`` (flow models), as a numpy array
   (a list raises in diffusers 0.42); for VP models it takes no custom timesteps: refused with the fix.
+
+The start. The first timestep/σ of every export is the schedule's t_0 (which OSS may have moved below t_max);
+the state at t_0 is ``start_latents(schedule)``: x_{t_0} = c·ε with c = σ_{t_0} (``"start_state"`` absent or
+``"scaled"``) or σ_{t_max} (``"raw"``: the noise unscaled), in the model's state units (``optsteps apply``
+converts them to the scheduler's units for ``latents=``). ComfyUI scales its noise by the first sigma itself,
+so a raw-start schedule has no ComfyUI sigma list (refused with the fix).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.core.schedule import Schedule
+from optsteps.core.schedule import Schedule, start_sigma
 
 TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
 
@@ -111,8 +117,20 @@ def configure(scheduler, schedule: Schedule):
     return new, kwargs
 
 
+def start_latents(schedule: Schedule) -> dict:
+    """{"start_state", "sigma"}: the sampler starts at t_0 from x_{t_0} = sigma·ε (ε unit noise, model state units)."""
+    rule = schedule.start_state
+    return {"start_state": rule, "sigma": start_sigma(schedule.noise_schedule, schedule.t[0], rule)}
+
+
 def to_comfyui(schedule: Schedule) -> list[float]:
     """ComfyUI SIGMAS: the K+1 sigmas (k-diffusion convention, σ/α; t for flow) ending in 0."""
+    if schedule.start_state == "raw" and start_sigma(schedule.noise_schedule, schedule.t[0], "raw") != start_sigma(
+            schedule.noise_schedule, schedule.t[0]):
+        raise OptstepsError(
+            f"this schedule starts at t = {schedule.t[0]:.6g} from the unscaled noise (start_state raw), but ComfyUI "
+            "scales the noise by the first sigma; run it with `optsteps apply` or export it for diffusers "
+            "(latents = σ_max·ε, see start_latents), or use a schedule with the scaled start.")
     sigmas = schedule.sigmas.tolist()
     sigmas[-1] = 0.0
     return sigmas

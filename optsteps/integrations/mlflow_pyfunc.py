@@ -92,10 +92,11 @@ def _load_pyfunc(data_path):
 
 
 def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config"} for a diffusers scheduler (default by model family)."""
+    """{"scheduler", "set_timesteps", "config", "latents"} for a diffusers scheduler (default by model family);
+    "latents": the start state x_{t_0} = sigma·ε and its rule (``diffusers_export.start_latents``)."""
     import numpy as np
 
-    from optsteps.integrations.diffusers_export import to_diffusers
+    from optsteps.integrations.diffusers_export import start_latents, to_diffusers
 
     fam = schedule.noise_schedule.family
     name = scheduler or DEFAULT_SCHEDULER.get(fam)
@@ -103,4 +104,4 @@ def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
         raise OptstepsError(f"no default diffusers scheduler for {fam} schedules; pass a scheduler name.")
     kwargs, overrides = to_diffusers(schedule, name)
     kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides}
+    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "latents": start_latents(schedule)}

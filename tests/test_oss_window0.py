@@ -139,6 +139,14 @@ def test_default_search_reproduces_the_schedules_before_the_start_search(name, g
     _compare(run_case(name, tmp_path_factory.getbasetemp()), golden[name])
 
 
+@pytest.mark.parametrize("name", list(GMM_CASES))
+def test_window_0_and_mse_spelled_out_reproduce_them_too(name, golden):
+    extra = {"start_window": 0} if GMM_CASES[name][1] == "gits" else {"start_window": 0, "objective": "mse"}
+    got = run_case(name, Path("."), **extra)
+    _compare(got, golden[name])
+    assert got["schedule"]["start_window"] == 0
+
+
 if __name__ == "__main__" and "--write" in sys.argv:
     import tempfile
 

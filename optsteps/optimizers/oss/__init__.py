@@ -59,11 +59,14 @@ reported in ``model_evals``). With one shard nothing is re-run. Per-sample mode 
 """
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.dp import all_paths, median_path
-from optsteps.optimizers.oss.gits import GITS_GAMMA, gits_costs, gits_dp, gits_objective, gits_search
-from optsteps.optimizers.oss.inputs import DISTANCES, MODES, OSS_SOLVERS, STUDENT_MAX_ORDER, student_spec
-from optsteps.optimizers.oss.refine import refine_path, run_student
+from optsteps.optimizers.oss.gits import (GITS_GAMMA, gits_costs, gits_dp, gits_dp_starts, gits_objective, gits_search,
+                                          gits_start_costs)
+from optsteps.optimizers.oss.inputs import (DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, STUDENT_MAX_ORDER, Start,
+                                            start_candidates, student_spec)
+from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
 from optsteps.optimizers.oss.search import OSSResult, oss_search
 
-__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OSSResult", "OSS_SOLVERS", "STUDENT_MAX_ORDER",
-           "all_paths", "gits_costs", "gits_dp", "gits_objective", "gits_search", "median_path", "oss_search",
-           "refine_path", "run_student", "student_spec"]
+__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSResult", "OSS_SOLVERS",
+           "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
+           "gits_search", "gits_start_costs", "median_path", "oss_search", "refine_path", "refine_start",
+           "run_student", "start_candidates", "student_spec"]

@@ -7,8 +7,8 @@ For each NFE (default 8 and 10) with UniPC-3 (the pattern 1-2-3…3-2-1) and the
 * ``T_c=3`` and ``T_c=0``: ``lambda_opt_schedule`` as the pipeline runs it (multi-start trust-constr with exact
   gradients, lowest F kept);
 * ``T_c=0, local``: one local descent of the same F from uniform-λ with finite-difference gradients
-  (``scipy.optimize.minimize(method="SLSQP")`` under the same gap constraints): a weaker optimizer, which stops
-  in the local minimum next to uniform-λ instead of the degenerate global one;
+  (``scipy.optimize.minimize(method="BFGS")``, default tolerances, on the gaps h = (λ_K − λ_0)·softmax(u)): a
+  weaker optimizer, a stand-in for the authors' single-start finite-difference one;
 * ``T_c=c, h ≥ f×``: the pipeline's optimizer with the guard min_gap = f × the uniform λ spacing
   (λ_K − λ_0)/K (default f = 10⁻³), f ∈ ``--gaps``;
 * ``T_c=c, h ≤ g×``: the guard max_gap = g × the uniform spacing (every λ gap at most g uniform steps),
@@ -66,19 +66,21 @@ def heldout(s):
 
 
 def local_descent(nfe, trunc, orders):
-    """One local minimisation of F from uniform-λ, finite differences, SLSQP (gaps ≥ 10⁻³ of uniform)."""
-    gap = 1e-3 * (hi - lo) / nfe
+    """One local minimisation of F from uniform-λ: BFGS with finite differences (scipy's defaults) on the gaps
+    h = (λ_K − λ_0)·softmax(u), which keeps every iterate ordered; u = 0 is uniform-λ."""
+    def full(u):
+        w = np.exp(u - u.max())
+        return lo + np.concatenate([[0.0], np.cumsum(w / w.sum())]) * (hi - lo)
 
-    def full(z):
-        return np.concatenate([[lo], z, [hi]])
+    def f(u):
+        lam = full(u)
+        lam[-1] = hi
+        return objective(lam, 1.0, trunc, orders) if np.all(np.diff(lam) > 0) else np.inf
 
-    def f(z):
-        return objective(full(z), 1.0, trunc, orders)
-
-    cons = {"type": "ineq", "fun": lambda z: np.diff(full(z)) - gap}
-    z0 = np.linspace(lo, hi, nfe + 1)[1:-1]
-    r = minimize(f, z0, method="SLSQP", constraints=[cons], options={"maxiter": 500, "ftol": 1e-10})
-    return full(r.x), r.nit, r.message
+    r = minimize(f, np.zeros(nfe), method="BFGS")
+    lam = full(r.x)
+    lam[-1] = hi
+    return lam, r.nit, r.message
 
 
 print(f"{a.model} ({ns.describe()}), UniPC-3, analytic ε (p = 1), λ window [{lo:.3f}, {hi:.3f}]; held-out L2 on "
@@ -92,7 +94,7 @@ for nfe in a.nfe:
     for trunc in (3, 0):
         rows.append((f"T_c={trunc}", lambda_opt_schedule(ns, nfe, trunc=trunc, solver=spec, model=a.model), trunc))
     lam, nit, msg = local_descent(nfe, 0, orders)
-    rows.append((f"T_c=0, local ({nit} SLSQP it.)", from_lambdas(lam, ns, ts, te, model=a.model), 0))
+    rows.append((f"T_c=0, local ({nit} BFGS it.)", from_lambdas(lam, ns, ts, te, model=a.model), 0))
     for trunc in (0, 3):
         for f in a.gaps:
             rows.append((f"T_c={trunc}, h ≥ {f:g}×", lambda_opt_schedule(ns, nfe, trunc=trunc, solver=spec, model=a.model,

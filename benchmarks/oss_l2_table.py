@@ -22,7 +22,7 @@ from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
-from optsteps.core.schedule import Schedule
+from optsteps.core.schedule import Schedule, initial_state
 from optsteps.core.solvers import sample
 from optsteps.optimizers.oss import student_spec
 
@@ -52,8 +52,9 @@ def l2_heldout(schedule, solver):
 
 
 def l2_distill(schedule, solver):
+    eps = states[0] / float(ns.sigma(float(t_grid[0])))  # the teacher's unit noise (x̄_0 = σ_{t_0} ε)
     with torch.no_grad():
-        x = sample(den, states[0], schedule, student_spec(solver))
+        x = sample(den, initial_state(eps, schedule), schedule, student_spec(solver))  # the schedule's start rule
     return (x - states[-1]).flatten(1).norm(dim=1).mean().item()
 
 

@@ -63,3 +63,28 @@ def test_flow_shift_formula_and_errors():
     with pytest.raises(OptstepsError, match="nfe must be"):
         baseline("karras", VPDiscrete(), 0)
     assert len(BASELINES) == 10
+
+
+def test_start_variants_parse_in_one_place():
+    from optsteps.core.baselines import parse_kind
+
+    ns = RectifiedFlow()
+    assert parse_kind("uniform-t") == ("uniform-t", None, None)
+    assert parse_kind("uniform-t@start=0.99") == ("uniform-t", 0.99, None)
+    assert parse_kind("karras@start=0.9,state=raw") == ("karras", 0.9, "raw")
+    assert parse_kind("karras@state=scaled") == ("karras", None, "scaled")
+    s = baseline("uniform-t@start=0.99", ns, 4, model="m")
+    assert s.t[0] == 0.99 and s.t[-1] == 0.0 and s.method == "uniform-t@start=0.99" and s.start_state == "scaled"
+    assert s.t == baseline("uniform-t", ns, 4, t_start=0.99).t and s.model == "m"
+    r = baseline("uniform-t@start=0.99,state=raw", ns, 4)
+    assert r.t == s.t and r.start_state == "raw" and r.extra == {"start_state": "raw"}
+    v = baseline("uniform-lambda@start=0.9", VPDiscrete(), 5)
+    assert v.t[0] == 0.9 and v.t[-1] == VPDiscrete().default_t_end()
+    for bad, match in (("uniform-t@", "nothing after"), ("uniform-t@start=x", "not a number"),
+                       ("uniform-t@state=half", "state="), ("uniform-t@shift=2", "bad option"),
+                       ("uniform-t@start=0.9,start=0.8", "bad option"), ("uniform-t@start=2", "domain"),
+                       ("uniform-t@start=0", "above the end"), ("nope@start=0.9", "unknown baseline")):
+        with pytest.raises(OptstepsError, match=match):
+            baseline(bad, ns, 4)
+    with pytest.raises(OptstepsError, match="names its start"):
+        baseline("uniform-t@start=0.9", ns, 4, t_start=0.8)

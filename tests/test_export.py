@@ -148,3 +148,24 @@ def test_exported_schedule_samples_like_our_ddim():
         y = sch.step(den.eps(y, t), ts, y).prev_sample
     ours = sample(den, x, s, "ddim")
     assert (ours - y).abs().max() < 1e-3
+
+
+def test_the_start_state_travels_with_the_export():
+    from optsteps.integrations.diffusers_export import start_latents
+    from optsteps.integrations.mlflow_pyfunc import diffusers_export
+
+    flow = RectifiedFlow()
+    scaled = baseline("uniform-t@start=0.98", flow, 4).with_meta(solver="ddim")
+    raw = baseline("uniform-t@start=0.98,state=raw", flow, 4).with_meta(solver="ddim")
+    assert start_latents(scaled) == {"start_state": "scaled", "sigma": pytest.approx(0.98)}
+    assert start_latents(raw) == {"start_state": "raw", "sigma": 1.0}
+    d = diffusers_export(raw)
+    assert d["latents"] == {"start_state": "raw", "sigma": 1.0}
+    assert d["set_timesteps"]["sigmas"][0] == pytest.approx(0.98)  # the first σ is the schedule's
+    assert to_comfyui(scaled)[0] == pytest.approx(0.98)
+    with pytest.raises(OptstepsError, match="unscaled noise"):
+        to_comfyui(raw)
+    top = baseline("uniform-t@state=raw", flow, 4)  # raw at t_max is the scaled state: nothing to refuse
+    assert to_comfyui(top) == to_comfyui(baseline("uniform-t", flow, 4))
+    vp = baseline("uniform-lambda@start=0.9,state=raw", VP, 4)
+    assert start_latents(vp)["sigma"] == pytest.approx(float(VP.sigma(1.0)))

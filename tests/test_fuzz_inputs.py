@@ -2,7 +2,6 @@
 never another exception (a bounded, seeded run)."""
 import math
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -264,6 +264,26 @@ def test_min_gap_is_respected():
     assert np.min(np.diff(res.lambdas)) >= 0.3 * (1 - 1e-9)
 
 
+def test_max_gap_guard():
+    """max_gap bounds every λ gap; at T_c = 0 (whose minimum takes one huge step, docs/algorithms.md §2.5) it
+    binds, F rises above the unguarded minimum, and the schedule stays feasible; at T_c = 3, K = 10 the optimum's
+    largest gap (1.70 uniform steps) is below a bound of 2 uniform steps: the same optimum."""
+    lo, hi, k = -5.059, 4.605, 10
+    uni = (hi - lo) / k
+    free = optimize_lambdas(lo, hi, k, trunc=0, maxiter=80)
+    assert np.diff(free.lambdas).max() > 3 * uni  # the degenerate minimum's huge step
+    guarded = optimize_lambdas(lo, hi, k, trunc=0, max_gap=2 * uni, maxiter=80)
+    h = np.diff(guarded.lambdas)
+    assert h.max() <= 2 * uni * (1 + 1e-9) and h.min() > 0 and guarded.lambdas[0] == lo and guarded.lambdas[-1] == hi
+    assert guarded.objective > free.objective
+    assert guarded.objective <= guarded.objective_uniform_lambda  # uniform-λ is feasible: never worse than it
+    t3 = optimize_lambdas(lo, hi, k, trunc=3, maxiter=80)
+    t3g = optimize_lambdas(lo, hi, k, trunc=3, max_gap=2 * uni, maxiter=80)
+    assert t3g.objective == pytest.approx(t3.objective, rel=2e-4)  # both within the iteration budget of 19.232
+    with pytest.raises(OptstepsError, match="max_gap .* no room"):
+        optimize_lambdas(lo, hi, k, max_gap=0.9 * uni)
+
+
 def test_starts():
     ns = FAMILIES["edm"]
     lo, hi = lambda_window(ns, 80.0, 0.002)

@@ -241,6 +241,32 @@ def test_stable_diffusion_3(folders, tmp_path):
 
 # ---- bad input ----------------------------------------------------------------------------------------
 
+def test_apply_starts_from_the_schedules_start_state(folders):
+    """A schedule that starts below t_max from the unscaled noise (``"start_state": "raw"``, e.g. an OSS start
+    window's winner): the pipeline gets σ_{t_max} ε as latents at the schedule's first σ, and reproduces
+    optsteps' own sampler from ``initial_state``; the scaled start differs (issue 20)."""
+    from optsteps.core.baselines import baseline
+    from optsteps.core.solvers import sample
+    from optsteps.integrations.diffusers_apply import generate
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
+
+    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
+                                device="cpu")
+    den = model.denoiser(torch.tensor([1]), GUIDANCE)
+    kw = dict(seed=4, guidance=GUIDANCE, output_type="latent", max_sequence_length=8)
+    outs = {}
+    for state in ("raw", "scaled"):
+        sched = baseline(f"uniform-t@start=0.9,state={state}", model.noise_schedule, 3).with_meta(solver="ddim")
+        x = model.initial_state(model.noise(1, 4, 0), sched)
+        assert torch.allclose(x, model.noise(1, 4, 0) * (1.0 if state == "raw" else 0.9))
+        theirs, info = generate(model.pipeline, sched, PROMPTS[1], **kw)
+        assert info["start_state"] == state and info["sigmas"][0] == pytest.approx(0.9, abs=1e-6)
+        ours = sample(den, x, sched, "ddim")
+        assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (state, (theirs - ours).abs().max())
+        outs[state] = theirs
+    assert not torch.allclose(outs["raw"], outs["scaled"], atol=1e-3)
+
+
 def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
     from optsteps.integrations.diffusers_apply import apply_schedule
     from optsteps.core.baselines import baseline

@@ -104,3 +104,43 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         assert (q.stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old)
+
+
+def test_start_state_rule_and_the_initial_state():
+    """absent = scaled (σ_{t_0} ε, old JSONs mean what they meant); raw = σ_{t_max} ε at t_0; one function."""
+    from optsteps.core.schedule import initial_state, start_sigma
+
+    eps = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    for ns in (VP, EDM(), RectifiedFlow()):
+        t0 = 0.9 * ns.default_t_start() + 0.1 * ns.default_t_end()
+        times = [t0, ns.default_t_end()]
+        old = Schedule(times, ns)
+        raw = Schedule(times, ns, extra={"start_state": "raw"})
+        assert old.start_state == "scaled" and raw.start_state == "raw"
+        assert torch.equal(initial_state(eps, old), eps * float(ns.sigma(t0)))
+        assert torch.equal(initial_state(eps, raw), eps * float(ns.sigma(ns.default_t_start())))
+        assert start_sigma(ns, ns.default_t_start(), "raw") == start_sigma(ns, ns.default_t_start())  # same at t_max
+        back = Schedule.from_json(raw.to_json())
+        assert back.start_state == "raw" and json.loads(raw.to_json())["start_state"] == "raw"
+        assert "start_state" not in json.loads(old.to_json())
+    assert float(RectifiedFlow().sigma(1.0)) == 1.0  # flow: the raw state is the unit noise itself
+    with pytest.raises(OptstepsError, match="start_state"):
+        Schedule([1.0, 0.1], VP, extra={"start_state": "half"})
+
+
+def test_the_samplers_start_from_the_schedules_rule():
+    """models.sampling.generate (the evaluation, `optsteps sample`) starts from initial_state(noise, schedule)."""
+    from optsteps.core.solvers import sample
+    from optsteps.models.base import DiffusionModel
+    from optsteps.models.gmm import GaussianMixture, GMMDenoiser
+    from optsteps.models.sampling import generate
+
+    ns = RectifiedFlow()
+    den = GMMDenoiser(GaussianMixture.random(2, 3, seed=1), ns)
+    model = DiffusionModel("gmm", ns, lambda x, t, c: den(x, t), "sample", (3,))
+    for extra in ({}, {"start_state": "raw"}):
+        s = Schedule([0.95, 0.6, 0.3, 0.0], ns, extra=extra)
+        scale = 1.0 if extra else 0.95
+        want = sample(den, model.noise(4, 7) * scale, s, "ddim")
+        assert torch.allclose(generate(model, s, "ddim", 4, 7), want, rtol=0, atol=1e-12)
+    assert torch.equal(model.initial_state(model.noise(2, 7), 0.95), model.noise(2, 7) * 0.95)

@@ -13,6 +13,11 @@
 
 Where λ is infinite at an endpoint (flow at t = 1 or 0), λ-based kinds place their interior points in the
 window [LAMBDA_FLOOR, LAMBDA_CEIL] and keep the endpoint times exact.
+
+Start variants (``parse_kind``, the one parser): ``KIND@start=T`` runs KIND from t_start = T instead of the
+family's t_max, ``KIND@state=raw`` (or ``scaled``) sets the schedule's start-state rule (``core.schedule``:
+raw = the noise unscaled, σ_{t_max} ε at t_0), both together as ``uniform-t@start=0.99,state=raw``. The
+schedule's method is the whole name, so a variant is its own row in an evaluation.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
 from optsteps.core.published_schedules import AYS_TABLES  # noqa: F401 - re-exported
-from optsteps.core.schedule import Schedule, from_lambdas
+from optsteps.core.schedule import START_STATES, Schedule, from_lambdas
 
 LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
 MAX_NFE = 100_000  # more steps than any sampler takes; keeps a typo from allocating terabytes
@@ -115,9 +120,49 @@ def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.T
     return ays_evaluation_sigmas(table, nfe)
 
 
+def parse_kind(kind: str) -> tuple[str, float | None, str | None]:
+    """(base kind, start time or None, start-state rule or None) of ``KIND[@start=T][,state=raw|scaled]``."""
+    if not isinstance(kind, str):
+        raise OptstepsError(f"a baseline kind must be a string, got {kind!r}.")
+    base, sep, rest = kind.partition("@")
+    start = state = None
+    if sep:
+        if not rest:
+            raise OptstepsError(f"baseline {kind!r}: nothing after '@'; write e.g. {base}@start=0.99 or "
+                                f"{base}@start=0.99,state=raw.")
+        for item in rest.split(","):
+            key, eq, value = (v.strip() for v in item.partition("="))
+            if not eq or key not in ("start", "state") or (start if key == "start" else state) is not None:
+                raise OptstepsError(f"baseline {kind!r}: bad option {item!r}; options are start=T (a time) and "
+                                    f"state={'|'.join(START_STATES)}, each at most once, comma-separated.")
+            if key == "start":
+                try:
+                    start = float(value)
+                except ValueError:
+                    raise OptstepsError(f"baseline {kind!r}: start={value!r} is not a number (a model time t).") from None
+                if not math.isfinite(start):
+                    raise OptstepsError(f"baseline {kind!r}: start={value} must be a finite time.")
+            else:
+                if value not in START_STATES:
+                    raise OptstepsError(f"baseline {kind!r}: state={value!r}; use one of {', '.join(START_STATES)}.")
+                state = value
+    return base, start, state
+
+
 def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float | None = None,
              t_end: float | None = None, model: str = "", **opts) -> Schedule:
-    """The baseline schedule ``kind`` for ``nfe`` steps (NFE K ≥ 1) on ``noise_schedule``."""
+    """The baseline schedule ``kind`` for ``nfe`` steps (NFE K ≥ 1) on ``noise_schedule``; ``kind`` may carry
+    a start variant (``KIND@start=T,state=raw``, see ``parse_kind``)."""
+    base, v_start, v_state = parse_kind(kind)
+    if v_start is not None or v_state is not None:
+        if v_start is not None and t_start is not None:
+            raise OptstepsError(f"baseline {kind!r} names its start; do not pass t_start = {t_start} as well.")
+        end = noise_schedule.default_t_end() if t_end is None else float(t_end)
+        if v_start is not None and not v_start > end:
+            raise OptstepsError(f"baseline {kind!r}: start {v_start} must lie above the end t = {end:.6g}.")
+        s = baseline(base, noise_schedule, nfe, v_start if v_start is not None else t_start, t_end, model, **opts)
+        extra = {"start_state": "raw"} if v_state == "raw" else {}
+        return Schedule(s.t, s.noise_schedule, s.model, kind, s.solver, dict(s.extra, **extra))
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= MAX_NFE:
         raise OptstepsError(f"nfe must be an integer in 1 … {MAX_NFE}, got {nfe!r}.")
     ns = noise_schedule

@@ -9,6 +9,18 @@ JSON format (``Schedule.to_json``)::
      "lambda": [K+1 floats, null where λ = ±∞], ...extra fields}
 
 ``t`` is authoritative; ``sigma`` and ``lambda`` are derived views written for readers.
+
+The start state. A sampler starts at t_0 from unit noise ε (``DiffusionModel.noise``) by the schedule's
+``"start_state"`` rule (``START_STATES``; absent = ``"scaled"``, so JSONs written before the field mean what
+they meant):
+
+- ``"scaled"``: x_{t_0} = σ_{t_0} ε, the marginal's noise level at t_0;
+- ``"raw"``: x_{t_0} = σ_{t_max} ε, t_max = the family's sampling start (``default_t_start``): the state a
+  full-length sampler starts from, fed unchanged at a t_0 below t_max (σ_{t_max} = 1 for flow, ≈ 1 for VP,
+  σ_max for EDM). OSS may choose it (docs/algorithms.md §3, the start window).
+
+``initial_state(noise, schedule)`` is the one function that applies the rule; every sampler entry point
+(``models.sampling.generate``, the teacher, ``optsteps sample``, the evaluation, ``apply``) calls it.
 """
 from __future__ import annotations
 
@@ -23,6 +35,16 @@ from optsteps.errors import OptstepsError
 from optsteps.io.atomic import write_text_atomic
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
 from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
+
+START_STATES = ("scaled", "raw")
+
+
+def start_sigma(noise_schedule: NoiseSchedule, t0: float, rule: str = "scaled") -> float:
+    """The factor c of x_{t_0} = c·ε under a start-state rule: σ_{t_0} ("scaled") or σ_{t_max} ("raw")."""
+    if rule not in START_STATES:
+        raise OptstepsError(f"unknown start_state {rule!r}; use one of {', '.join(START_STATES)} (absent = scaled).")
+    t = noise_schedule.default_t_start() if rule == "raw" else t0
+    return float(noise_schedule.sigma(float(t)))
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,9 @@ class Schedule:
         self.noise_schedule.check_t(t, "schedule times")
         if self.solver:
             SolverSpec.from_fields(self.solver, self.extra)  # a known solver with valid options, or an error
+        if self.extra.get("start_state", "scaled") not in START_STATES:
+            raise OptstepsError(f"start_state = {self.extra['start_state']!r}; use one of {', '.join(START_STATES)} "
+                                "(absent = scaled).")
 
     @property
     def nfe(self) -> int:
@@ -76,6 +101,11 @@ class Schedule:
     @property
     def lambdas(self) -> torch.Tensor:
         return self.noise_schedule.lambda_(self.timesteps_t)
+
+    @property
+    def start_state(self) -> str:
+        """How a sampler turns unit noise into x_{t_0}: "scaled" (σ_{t_0} ε, the default) or "raw" (σ_{t_max} ε)."""
+        return self.extra.get("start_state", "scaled")
 
     @property
     def solver_spec(self) -> SolverSpec | None:
@@ -146,6 +176,11 @@ class Schedule:
         if not p.is_file():
             raise OptstepsError(f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`.")
         return cls.from_json(p.read_text())
+
+
+def initial_state(noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """x_{t_0} from unit noise ε by the schedule's start-state rule (module docstring): c·ε, c = ``start_sigma``."""
+    return noise * start_sigma(schedule.noise_schedule, schedule.t[0], schedule.start_state)
 
 
 def from_lambdas(lambdas, noise_schedule: NoiseSchedule, t_start: float, t_end: float, **meta) -> Schedule:

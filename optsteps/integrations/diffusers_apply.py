@@ -7,9 +7,12 @@ takes the schedule, runs the pipeline's own ``__call__`` and writes the image.
 The scheduler that takes the schedule is chosen by ``diffusers_scheduler_plan.plan_scheduler`` (its module
 docstring lists the choices and the diffusers pitfalls).
 
-The initial latents are optsteps' own seeded noise (``DiffusionModel.noise``: sample i of seed s), scaled to
-the state x_{t_0} = σ_{t_0} ε that ``optsteps sample``/the teacher start from, in the scheduler's units. So
-an image from ``apply`` is the same sample that optsteps evaluates for that seed (up to the solver).
+The initial latents are optsteps' own seeded noise (``DiffusionModel.noise``: sample i of seed s), turned into
+the state x_{t_0} that ``optsteps sample``/the teacher start from by the schedule's start-state rule
+(``core.schedule.initial_state``: σ_{t_0} ε, or σ_{t_max} ε unscaled for ``"start_state": "raw"``), in the
+scheduler's units; the first timestep/σ is the schedule's t_0. So an image from ``apply`` is the same sample
+that optsteps evaluates for that seed (up to the solver). Unconditional pixel pipelines (DDPMPipeline) draw
+their own noise ε, which is the raw state of a VP model up to σ_{t_max} ≈ 1.
 
 FLUX: the noise is drawn in optsteps' unpacked latent layout [C, H/f, W/f] and packed for the pipeline
 (``output_type="latent"`` results are unpacked back). Wan: 5-D video latents [C, F', H/f, W/f] (``num_frames=``
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.core.schedule import Schedule
+from optsteps.core.schedule import Schedule, initial_state
 from optsteps.io.atomic import save_png_atomic
 from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, passes_schedule, pin_timesteps,
                                                              plan_scheduler)
@@ -80,7 +83,7 @@ def _initial_latents(pipe, plan: Plan, n: int, seed: int, start: int, shape: tup
 
     eps = DiffusionModel.noise(SimpleNamespace(sample_shape=shape), n, seed, start)
     ns, t0 = plan.schedule.noise_schedule, plan.schedule.t[0]
-    x = eps * float(ns.sigma(t0))
+    x = initial_state(eps, plan.schedule)  # σ_{t_0} ε, or σ_{t_max} ε for a raw start
     if plan.units == "vp/alpha":  # Euler-type schedulers integrate x/α
         x = x / float(ns.alpha(t0))
     if type(pipe).__name__ not in FLOW_PIPELINES:  # SD/SDXL multiply latents by init_noise_sigma
@@ -156,7 +159,7 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         "timesteps": torch.as_tensor(used.timesteps).double().tolist(),
         "sigmas": torch.as_tensor(used.sigmas).double().tolist() if hasattr(used, "sigmas") else None,
         "nfe": plan.schedule.nfe, "model_calls": calls[0], "guidance": g, "height": height, "width": width,
-        "seed": seed, "start": start, **plan.notes,
+        "seed": seed, "start": start, "start_state": plan.schedule.start_state, **plan.notes,
     }
     if frames is not None:
         info["num_frames"] = frames

@@ -18,6 +18,12 @@ scheduler with ``Cls.from_config(old.config, **config_overrides)`` and pass the 
   required; it appends the terminal 0 itself, so it gets the K evaluation sigmas.
 - UniPCMultistep takes ``sigmas=`` only with ``use_flow_sigmas=True`` (flow models), as a numpy array
   (a list raises in diffusers 0.42); for VP models it takes no custom timesteps: refused with the fix.
+
+The start. The first timestep/σ of every export is the schedule's t_0 (which OSS may have moved below t_max);
+the state at t_0 is ``start_latents(schedule)``: x_{t_0} = c·ε with c = σ_{t_0} (``"start_state"`` absent or
+``"scaled"``) or σ_{t_max} (``"raw"``: the noise unscaled), in the model's state units (``optsteps apply``
+converts them to the scheduler's units for ``latents=``). ComfyUI scales its noise by the first sigma itself,
+so a raw-start schedule has no ComfyUI sigma list (refused with the fix).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import logging
 import numpy as np
 import torch
 
-from optsteps.core.schedule import Schedule
+from optsteps.core.schedule import Schedule, start_sigma
 from optsteps.errors import OptstepsError
 
 log = logging.getLogger("optsteps.integrations.diffusers_export")
@@ -139,8 +145,20 @@ def configure(scheduler, schedule: Schedule):
     return new, kwargs
 
 
+def start_latents(schedule: Schedule) -> dict:
+    """{"start_state", "sigma"}: the sampler starts at t_0 from x_{t_0} = sigma·ε (ε unit noise, model state units)."""
+    rule = schedule.start_state
+    return {"start_state": rule, "sigma": start_sigma(schedule.noise_schedule, schedule.t[0], rule)}
+
+
 def to_comfyui(schedule: Schedule) -> list[float]:
     """ComfyUI SIGMAS: the K+1 sigmas (k-diffusion convention, σ/α; t for flow) ending in 0."""
+    if schedule.start_state == "raw" and start_sigma(schedule.noise_schedule, schedule.t[0], "raw") != start_sigma(
+            schedule.noise_schedule, schedule.t[0]):
+        raise OptstepsError(
+            f"this schedule starts at t = {schedule.t[0]:.6g} from the unscaled noise (start_state raw), but ComfyUI "
+            "scales the noise by the first sigma; run it with `optsteps apply` or export it for diffusers "
+            "(latents = σ_max·ε, see start_latents), or use a schedule with the scaled start.")
     sigmas = schedule.sigmas.tolist()
     sigmas[-1] = 0.0
     return sigmas
@@ -174,14 +192,16 @@ def default_scheduler(schedule: Schedule) -> str:
 
 
 def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config", "snapped_max_shift"}: the scheduler class (default: the one that
+    """{"scheduler", "set_timesteps", "config", "snapped_max_shift", "latents"}: the scheduler class (default: the one that
     runs the schedule's solver, ``default_scheduler``), its ``set_timesteps`` kwargs as JSON lists, the config
-    overrides, and how far the times moved to sit on integer training timesteps (0 where they are exact)."""
+    overrides, how far the times moved to sit on integer training timesteps (0 where they are exact), and the
+    start state x_{t_0} = sigma·ε with its rule (``start_latents``)."""
     name = scheduler or default_scheduler(schedule)
     kwargs, overrides = to_diffusers(schedule, name)
     shift = integer_timesteps(schedule)[1] if name in TIMESTEP_SCHEDULERS else 0.0
     kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "snapped_max_shift": shift}
+    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "snapped_max_shift": shift,
+            "latents": start_latents(schedule)}
 
 
 def first_step(scheduler) -> float:

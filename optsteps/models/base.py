@@ -9,6 +9,7 @@ import torch
 
 from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.core.schedule import Schedule, initial_state, start_sigma
 
 
 @dataclass
@@ -43,6 +44,10 @@ class DiffusionModel:
             return None
         return torch.arange(start, start + n) % self.num_classes
 
-    def initial_state(self, noise: torch.Tensor, t_start: float) -> torch.Tensor:
-        """x at t_start from unit noise: σ_{t_start} ε (plus α x_0 ≈ 0 at the start; for EDM σ_max ε)."""
-        return noise * float(self.noise_schedule.sigma(t_start))
+    def initial_state(self, noise: torch.Tensor, start: "float | Schedule") -> torch.Tensor:
+        """x at the start from unit noise. ``start`` a ``Schedule``: by its start-state rule
+        (``core.schedule.initial_state``: σ_{t_0} ε, or σ_{t_max} ε for ``"start_state": "raw"``); a time t:
+        σ_t ε (plus α x_0 ≈ 0 at the start; for EDM σ_max ε)."""
+        if isinstance(start, Schedule):
+            return initial_state(noise, start)
+        return noise * start_sigma(self.noise_schedule, start)

@@ -11,12 +11,13 @@ from optsteps.core.solvers import sample
 
 def generate(model: DiffusionModel, schedule: Schedule, solver: str | SolverSpec, n: int, seed: int, start: int = 0,
              guidance: float = 1.0, batch_size: int = 500, order: int | None = None) -> torch.Tensor:
-    """Samples start..start+n−1 (noise and labels depend only on seed and index), integrated along ``schedule``
+    """Samples start..start+n−1 (noise and labels depend only on seed and index), started by the schedule's
+    start-state rule (``core.schedule.initial_state``) and integrated along ``schedule``
     with ``solver`` (a ``SolverSpec``, or a name completed by ``order``; see ``solvers.sample``)."""
     outs = []
     for b in range(start, start + n, batch_size):
         m = min(batch_size, start + n - b)
-        x = model.initial_state(model.noise(m, seed, b), schedule.t[0])
+        x = model.initial_state(model.noise(m, seed, b), schedule)  # its start-state rule (core.schedule)
         den = model.denoiser(model.labels(m, b), guidance=guidance)
         outs.append(sample(den, x, schedule, solver, order=order))
     return torch.cat(outs)

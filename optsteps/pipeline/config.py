@@ -42,6 +42,8 @@ class OSSConfig:
     refine_radius: int = 4  # single moves of ±1…±radius teacher indices (0 = only pair moves; None-like: N)
     calibration: bool = False
     gits: bool = True
+    start_window: int = 0  # teacher indices below t_max where the student may start (raw or scaled noise); 0 = t_max
+    objective: str = "mse"  # mse | l2 (mean per-sample L2 norm): what the DP and the refinement minimise
 
 
 @dataclass
@@ -173,6 +175,8 @@ def params_from_dict(d: dict) -> Params:
         p.models = list(d["models"])
     if p.oss.distance not in ("state", "x0") or p.oss.mode not in ("batch", "per_sample"):
         raise OptstepsError("oss.distance must be 'state' or 'x0' and oss.mode 'batch' or 'per_sample'.")
+    if p.oss.objective not in ("mse", "l2") or p.oss.start_window < 0:
+        raise OptstepsError("oss.objective must be 'mse' or 'l2' and oss.start_window an integer ≥ 0.")
     if p.lambda_opt.error_model not in ("analytic", "empirical"):
         raise OptstepsError("lambda_opt.error_model must be 'analytic' or 'empirical'.")
     for sec in (p.oss, p.lambda_opt):

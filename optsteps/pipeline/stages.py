@@ -141,11 +141,11 @@ def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
         res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model,
-                          costs=costs)
+                          costs=costs, start_window=p.oss.start_window)
     elif method == "oss":
         res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
                          mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,
-                         eval_batch_size=s, model=model)
+                         eval_batch_size=s, model=model, start_window=p.oss.start_window, objective=p.oss.objective)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
     sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),

@@ -37,7 +37,7 @@ def teacher_schedule(model: DiffusionModel, cfg: TeacherConfig) -> Schedule:
 def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: int) -> dict:
     """States and predictions of samples [start, start + count) along the teacher grid (in memory)."""
     sched = teacher_schedule(model, cfg)
-    x = model.initial_state(model.noise(count, cfg.seed, start), sched.t[0])
+    x = model.initial_state(model.noise(count, cfg.seed, start), sched)
     labels = model.labels(count, start)
     states, x0s = [], []
 

@@ -54,7 +54,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
                         error_model: str = "analytic", eps_fn: Callable | None = None,
                         lambda_ceiling: float | None = None, starts: Sequence = DEFAULT_STARTS,
                         model: str = "", solver: str | SolverSpec = "unipc", min_gap: float | None = None,
-                        maxiter: int = 200, probe_iter: int = 30):
+                        maxiter: int = 200, probe_iter: int = 30, max_gap: float | None = None):
     """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (docs/algorithms.md §2).
 
     Endpoints default to the family's default_t_start / default_t_end. The optimisation runs on the λ window
@@ -84,7 +84,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
     lo, hi = lambda_window(noise_schedule, ts, te, lambda_floor, lambda_ceiling)
     res = optimize_lambdas(lo, hi, nfe, p=p, trunc=trunc, orders=orders, starts=starts, eps_fn=eps_fn,
                            noise_schedule=noise_schedule, t_start=ts, t_end=te, min_gap=min_gap,
-                           maxiter=maxiter, probe_iter=probe_iter)
+                           maxiter=maxiter, probe_iter=probe_iter, max_gap=max_gap)
     extra = {
         "objective": res.objective,
         "objective_uniform_lambda": res.objective_uniform_lambda,
@@ -95,6 +95,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
         "lambda_window": [lo, hi],
         "error_model": error_model,
         "best_start": res.best_start,
+        **({"max_gap": float(max_gap)} if max_gap is not None else {}),
     }
     extra.update(spec.json_fields())
     return from_lambdas(res.lambdas, noise_schedule, ts, te, model=model, method="lambda-opt", solver=spec.name,

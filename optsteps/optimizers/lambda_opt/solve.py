@@ -16,8 +16,21 @@ from optsteps.optimizers.lambda_opt.orders import _check_nfe, _check_p, _check_t
 DEFAULT_STARTS = ("uniform_lambda", "uniform_t", "karras")
 
 
-def _make_feasible(lam: np.ndarray, gap: float) -> np.ndarray:
-    """Endpoints kept; interior clamped into the window and pushed apart to gaps ≥ ``gap``."""
+def _bound_gaps(h: np.ndarray, lo_g: float, hi_g: float, total: float) -> np.ndarray:
+    """Gaps clipped into [lo_g, hi_g] and then shifted, within those bounds, until they sum to ``total``."""
+    h = np.clip(h, lo_g, hi_g)
+    for _ in range(100):
+        r = total - h.sum()
+        if abs(r) <= 1e-13 * abs(total):
+            break
+        room = (hi_g - h) if r > 0 else (h - lo_g)
+        h = h + np.sign(r) * room * min(1.0, abs(r) / max(room.sum(), 1e-300))
+    return h
+
+
+def _make_feasible(lam: np.ndarray, gap: float, max_gap: float | None = None) -> np.ndarray:
+    """Endpoints kept; interior clamped into the window and pushed apart to gaps ≥ ``gap`` (and, with
+    ``max_gap``, gaps ≤ max_gap)."""
     lam = np.array(lam, dtype=np.float64)
     K = lam.size - 1
     lo, hi = lam[0], lam[-1]
@@ -28,6 +41,9 @@ def _make_feasible(lam: np.ndarray, gap: float) -> np.ndarray:
         lam[j] = max(lam[j], lam[j - 1] + gap)
     for j in range(K - 1, 0, -1):
         lam[j] = min(lam[j], lam[j + 1] - gap)
+    if max_gap is not None and np.diff(lam).max() > max_gap:
+        h = _bound_gaps(np.diff(lam), gap, max_gap, hi - lo)
+        lam[1:K] = lo + np.cumsum(h)[:-1]
     return lam
 
 
@@ -69,7 +85,7 @@ class _EpigraphProblem:
     which takes the iteration count from hundreds to tens.
     """
 
-    def __init__(self, plan: _Plan, lo: float, hi: float, p: float, eps, gap: float):
+    def __init__(self, plan: _Plan, lo: float, hi: float, p: float, eps, gap: float, max_gap: float | None = None):
         from scipy.optimize import LinearConstraint, NonlinearConstraint
 
         self.plan, self.lo, self.hi, self.p, self.eps = plan, lo, hi, p, eps
@@ -90,7 +106,12 @@ class _EpigraphProblem:
         lb = np.full(K, gap)
         lb[0] += lo
         lb[-1] -= hi
-        self.constraints = [LinearConstraint(A, lb, np.full(K, np.inf))]
+        ub = np.full(K, np.inf)
+        if max_gap is not None:  # the guard λ_{i+1} − λ_i ≤ max_gap
+            ub = np.full(K, float(max_gap))
+            ub[0] += lo
+            ub[-1] -= hi
+        self.constraints = [LinearConstraint(A, lb, ub)]
         if m:
             self.constraints.append(NonlinearConstraint(self._cons, 0.0, np.inf, jac=self._cons_jac))
         self._key = None
@@ -181,13 +202,15 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
                      orders=None, starts: Sequence = DEFAULT_STARTS, eps_fn: Callable | None = None,
                      noise_schedule=None, t_start: float | None = None, t_end: float | None = None,
                      min_gap: float | None = None, maxiter: int = 200, probe_iter: int = 30,
-                     gtol: float = 1e-8, xtol: float = 1e-10, gradient: str = "analytic") -> LambdaOptResult:
+                     gtol: float = 1e-8, xtol: float = 1e-10, gradient: str = "analytic",
+                     max_gap: float | None = None) -> LambdaOptResult:
     """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
     ``scipy.optimize.minimize(method="trust-constr")`` with the analytic gradient (``objective_and_grad``)
     on the smooth epigraph form of F (``_EpigraphProblem``) and one ``LinearConstraint``
     λ_{i+1} − λ_i ≥ δ (i = 0 … K−1), δ = ``min_gap`` (default 10⁻³ of the uniform spacing), so the
-    order-2/3 weights never divide by zero (§2.6, §2.7).
+    order-2/3 weights never divide by zero (§2.6, §2.7). ``max_gap`` (default None: no bound) adds
+    λ_{i+1} − λ_i ≤ max_gap to the same constraint (a guard against the T_c = 0 minimum's huge step, §2.5).
 
     Multi-start from each entry of ``starts``: "uniform_lambda", "uniform_t" (skipped without
     ``noise_schedule``), "karras" (``start_lambdas``), or arrays of K + 1 λ. Budget: every start runs
@@ -220,10 +243,14 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     gap = 1e-3 * (hi - lo) / nfe if min_gap is None else float(min_gap)
     if not (gap > 0 and gap * nfe < hi - lo):
         raise OptstepsError(f"min_gap = {gap:.3g} leaves no room for {nfe} steps in [{lo:.4g}, {hi:.4g}]; pass a smaller min_gap.")
+    if max_gap is not None and not (float(max_gap) * nfe >= hi - lo and float(max_gap) > gap):
+        raise OptstepsError(f"max_gap = {max_gap} leaves no room: {nfe} steps of at most max_gap must cover the window "
+                            f"[{lo:.4g}, {hi:.4g}]; pass max_gap ≥ (λ_end − λ_start)/K = {(hi - lo) / nfe:.4g}.")
+    max_gap = None if max_gap is None else float(max_gap)
     if int(maxiter) < 1 or int(probe_iter) < 1:
         raise OptstepsError(f"maxiter = {maxiter}, probe_iter = {probe_iter}: both must be ≥ 1.")
     plan = _Plan(nfe, ks, tc)
-    problem = _EpigraphProblem(plan, lo, hi, pf, eps_fn, gap)
+    problem = _EpigraphProblem(plan, lo, hi, pf, eps_fn, gap, max_gap)
 
     def F(lam):
         return _objective_core(lam, plan, pf, eps_fn, False)[0]
@@ -242,7 +269,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
             if lam0.size != nfe + 1:
                 raise OptstepsError(f"start {j} has {lam0.size} λ values; pass K + 1 = {nfe + 1} (endpoints are replaced by the window).")
             lam0[0], lam0[-1] = lo, hi
-        lam0 = _make_feasible(lam0, gap)
+        lam0 = _make_feasible(lam0, gap, max_gap)
         f0 = F(lam0)
         candidates.append((f0, lam0, name))
         runs.append({"name": name, "lam": lam0, "initial": f0, "final": f0, "nit": 0, "message": "not run"})
@@ -251,7 +278,7 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
 
     def run(r, iters):
         lam1, nit, message = problem.solve(r["lam"], gtol=gtol, xtol=xtol, maxiter=iters, gradient=gradient)
-        lam1 = _make_feasible(lam1, gap)  # interior-point iterates can violate the ordering by rounding
+        lam1 = _make_feasible(lam1, gap, max_gap)  # interior-point iterates can violate the ordering by rounding
         f1 = F(lam1)
         if f1 <= r["final"]:
             r["lam"], r["final"] = lam1, f1

@@ -8,12 +8,16 @@ order 2 with the corrector — exactly the samplers of ``optsteps.core.solvers``
 whose student lands closest to the teacher.
 
 The DP ("our formulation").
-- A node (k, j) is "the student has taken exactly k steps and stands at teacher index j". Layer 0 is the
-  single node (0, 0) holding the noise. Layer k (1 ≤ k ≤ K − 1) holds j = k … N − K + k (room is left for
-  the remaining steps); layer K is the single node (K, N).
+- A node (k, j) is "the student has taken exactly k steps and stands at teacher index j". Layer 0 holds the
+  start candidates: with ``start_window`` w = 0 (the default) the single node (0, 0) holding the noise; with
+  w ≥ 1 also (j, scaled) and (j, raw) for j = 1 … min(w, N − K), holding the noise scaled to σ_{t_j} or
+  unscaled (σ_{t_max} ε; ``core.schedule`` start-state rules, ``inputs.start_candidates``). Layer k
+  (1 ≤ k ≤ K − 1) holds j = k … N − K + k (room is left for the remaining steps); layer K is the single node
+  (K, N). The traced path's start index and rule are the schedule's t_0 and ``"start_state"``.
 - Every node of a layer k ≤ K − 1 costs exactly one model evaluation at its stored student state; all
   nodes of the layer go through the model in one batch (node states concatenated, per-sample t). So the
-  search spends 1 + (K − 1)(N − K + 1) ≤ K·N evaluations per sample.
+  search spends 1 + 2w' + (K − 1)(N − K + 1) evaluations per sample (w' = min(w, N − K); 1 + (K − 1)(N − K + 1)
+  ≤ K·N at w = 0).
 - From each evaluated node i, the student's step to every reachable j > i is a cheap linear combination
   y = a·x_i + b·x̂_0(i) + c·x̂_0(prev) (multistep solvers carry the previous model output and its λ; UniPC
   also carries what its corrector needs: it corrects a node's state after that node's evaluation, as the
@@ -26,6 +30,9 @@ The DP ("our formulation").
   vectors), so each layer's matrix product involves only its new model outputs.
 - The last layer ends at N, where the cost is the final error itself: the reported cost is the
   batch-mean squared error (per element) of the student along the traced path against x̄_N, exactly.
+- ``objective``: "mse" (default) minimises that MSE; "l2" the mean per-sample L2 norm ‖x_K − x̄_N‖₂ (what the
+  evaluation reports): batch-mode layer costs Σ_samples ‖y − x̄_j‖, the last layer and the refinement by the
+  final mean L2 (docs/algorithms.md §3, "The objective").
 - ``distance="x0"`` measures intermediate candidates by the MSE of their data predictions x̂_0(y, t_j)
   against the teacher's x̂_0(x̄_j, t_j). A candidate's x̂_0 needs a model evaluation of that candidate, so
   this option spends one evaluation per (i, j) candidate pair (O(K·N²/2) per sample) — it is not bounded by
@@ -38,11 +45,14 @@ The DP ("our formulation").
   final state). ``refine_path`` therefore moves single interior indices (±1, ±2, … within the neighbours)
   judged by the true final error of a full student run (``solvers.sample``) until no move improves; by
   default it then also tries shifting two adjacent interior indices by ±1 each (``pair_moves``), which
-  escapes the local optima that single moves leave for multistep students.
+  escapes the local optima that single moves leave for multistep students. With a start window
+  (``refine_start``) the start index moves too, under either rule, and the rule itself is tried.
 
 GITS variant (``gits_search``): one-jump costs c(i → j) = MSE(first-order step from the teacher state x̄_i
 to t_j, x̄_j), one evaluation per teacher node, and V(j, k) = min_{i > j} [c(j → i) + γ·V(i, k − 1)],
 V(N, 0) = 0, γ = 1.15: additive, hence exact (it equals the brute-force minimum of Σ_m γ^m c(i_m → i_{m+1})).
+With a start window each start candidate gets its own first-jump costs (``gits_start_costs``, one evaluation
+each) and ``gits_dp_starts`` minimises over (start, path), still exactly.
 
 Amplitude calibration (``AmplitudeCalibration``): per teacher index, the mean over teacher samples of the
 per-sample 5 % / 95 % quantiles; the student maps each sample's quantiles of its state affinely onto the
@@ -59,11 +69,14 @@ reported in ``model_evals``). With one shard nothing is re-run. Per-sample mode 
 """
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.dp import all_paths, median_path
-from optsteps.optimizers.oss.gits import GITS_GAMMA, gits_costs, gits_dp, gits_objective, gits_search
-from optsteps.optimizers.oss.inputs import DISTANCES, MODES, OSS_SOLVERS, STUDENT_MAX_ORDER, student_spec
-from optsteps.optimizers.oss.refine import refine_path, run_student
+from optsteps.optimizers.oss.gits import (GITS_GAMMA, gits_costs, gits_dp, gits_dp_starts, gits_objective, gits_search,
+                                          gits_start_costs)
+from optsteps.optimizers.oss.inputs import (DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, STUDENT_MAX_ORDER, Start,
+                                            start_candidates, student_spec)
+from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
 from optsteps.optimizers.oss.search import OSSResult, oss_search
 
-__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OSSResult", "OSS_SOLVERS", "STUDENT_MAX_ORDER",
-           "all_paths", "gits_costs", "gits_dp", "gits_objective", "gits_search", "median_path", "oss_search",
-           "refine_path", "run_student", "student_spec"]
+__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSResult", "OSS_SOLVERS",
+           "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
+           "gits_search", "gits_start_costs", "median_path", "oss_search", "refine_path", "refine_start",
+           "run_student", "start_candidates", "student_spec"]

@@ -1,6 +1,11 @@
 """The layered "exactly k steps" dynamic program over teacher indices (docs/algorithms.md §3): layers,
 one shard or several (re-run from the noise along the decisions), trace-back, the per-sample median path,
-and the brute-force path enumeration the tests compare with."""
+and the brute-force path enumeration the tests compare with.
+
+Layer 0 holds the start candidates (``inputs.start_candidates``: index 0, and with a start window w the
+indices 1 … w under both start-state rules); a decision of layer 0 keeps the candidate's row, since two rules
+share one index. Objective "l2": batch-mode layer costs are Σ_samples ‖y − x̄_j‖ (per-sample norms) instead of
+Σ_samples ‖y − x̄_j‖², and the last layer's by the final per-sample L2 norms."""
 from __future__ import annotations
 
 from itertools import combinations
@@ -22,6 +27,13 @@ def _layer_nodes(k: int, n: int, nfe: int) -> torch.Tensor:
     return torch.arange(k, n - nfe + k + 1)
 
 
+def _objective_sums(sums: torch.Tensor, objective: str, per_sample: bool) -> torch.Tensor:
+    """Batch-mode "l2": per-sample squared sums [..., S] → Σ_samples of their square roots [..., 1]."""
+    if per_sample or objective == "mse":
+        return sums
+    return sums.clamp(min=0).sqrt().sum(-1, keepdim=True)
+
+
 def _layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache):
     if distance == "state" and engine.xall is not None and not per_sample:
         return _state_cost_sums_tracked(engine, ev, s, targets)
@@ -38,69 +50,80 @@ def _layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache):
     return _x0_cost_sums(engine, ev, s, targets, x0_cache[key][targets], per_sample)
 
 
-def _dp_one_shard(engine: _Engine, shard: torch.Tensor, distance: str, per_sample: bool):
-    """Full DP on one shard, keeping the layer states. Returns (decisions, final sums [n, S], final ev idx)."""
+def _dp_one_shard(engine: _Engine, shard: torch.Tensor, distance: str, per_sample: bool, starts=None,
+                  objective: str = "mse"):
+    """Full DP on one shard, keeping the layer states. Returns (decisions, final per-sample squared sums [n, S],
+    final ev idx); decisions[k] = (targets, best index [J, G], best row [J, G])."""
     S = shard.shape[1]
     n, nfe = engine.N, engine.K
-    if engine.track and not per_sample and distance == "state" and engine.cal is None:
+    if engine.track and not per_sample and distance == "state" and engine.cal is None and objective == "mse":
         engine.xall = shard.reshape(n + 1, -1).to(F64)
         engine.xall_sq = engine.xall.pow(2).sum(1)
-    nodes = engine.root(shard[0])
+    nodes = engine.root(shard[0], starts)
     decisions = []
     x0_cache: dict = {}
+    per_sample_costs = per_sample or objective == "l2"
     for s in range(nfe):
         ev = engine.process(nodes)
         if s == nfe - 1:
             return decisions, engine.final_errors(ev, s, shard[n]), ev.idx
         targets = _layer_nodes(s + 1, n, nfe)
-        sums = _layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache)  # [n, J, G]
-        best = ev.idx[sums.argmin(0)]  # [J, G]
-        decisions.append((targets, best))
-        nodes = engine.materialize(ev, s, targets, best.expand(-1, S))
+        sums = _layer_costs(engine, ev, s, targets, shard, distance, per_sample_costs, x0_cache)  # [n, J, G]
+        rows = _objective_sums(sums, objective, per_sample).argmin(0)  # [J, G]
+        best = ev.idx[rows]
+        decisions.append((targets, best, rows))
+        nodes = engine.materialize(ev, s, targets, best.expand(-1, S), rows.expand(-1, S) if s == 0 else None)
         del ev
     raise AssertionError("unreachable")
 
 
-def _replay(engine: _Engine, noise: torch.Tensor, decisions) -> _Nodes:
-    """Re-run one shard along fixed decisions to the nodes of layer len(decisions); only ancestors are evaluated."""
+def _replay(engine: _Engine, noise: torch.Tensor, decisions, starts=None) -> _Nodes:
+    """Re-run one shard along fixed decisions to the nodes of layer len(decisions); only ancestors are evaluated
+    (layer 0: every start candidate)."""
     k = len(decisions)
     S = noise.shape[0]
     need = [None] * (k + 1)
     need[k] = decisions[k - 1][0]
     for layer in range(k - 1, 0, -1):
-        targets, best = decisions[layer]
+        targets, best, _ = decisions[layer]
         pos = torch.searchsorted(targets, need[layer + 1])
         need[layer] = torch.unique(best[pos, 0])
-    nodes = engine.root(noise)
+    nodes = engine.root(noise, starts)
     for layer in range(k):
         ev = engine.process(nodes)
-        targets, best = decisions[layer]
+        targets, best, rows = decisions[layer]
         pos = torch.searchsorted(targets, need[layer + 1])
-        nodes = engine.materialize(ev, layer, need[layer + 1], best[pos].expand(-1, S))
+        nodes = engine.materialize(ev, layer, need[layer + 1], best[pos].expand(-1, S),
+                                   rows[pos].expand(-1, S) if layer == 0 else None)
     return nodes
 
 
-def _dp_batch_shards(engine: _Engine, shards: _Shards, distance: str):
-    """Batch-mean DP over several shards: per layer, every shard is replayed and its cost sums accumulated."""
+def _dp_batch_shards(engine: _Engine, shards: _Shards, distance: str, starts=None, objective: str = "mse"):
+    """Batch-mean DP over several shards: per layer, every shard is replayed and its cost sums accumulated.
+    Returns (decisions, the last layer's summed objective [n_nodes], its idx)."""
     n, nfe = engine.N, engine.K
     decisions = []
     x0_cache: dict = {}
     for s in range(nfe):
         acc = None
         for shard in shards:
-            nodes = engine.root(shard[0]) if s == 0 else _replay(engine, shard[0], decisions)
+            nodes = engine.root(shard[0], starts) if s == 0 else _replay(engine, shard[0], decisions, starts)
             ev = engine.process(nodes)
             if s == nfe - 1:
-                sums = engine.final_errors(ev, s, shard[n]).sum(1)  # [n_nodes]
+                fin = engine.final_errors(ev, s, shard[n])  # [n_nodes, S]
+                sums = fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1)
             else:
-                sums = _layer_costs(engine, ev, s, _layer_nodes(s + 1, n, nfe), shard, distance, False, x0_cache)[..., 0]
+                sums = _layer_costs(engine, ev, s, _layer_nodes(s + 1, n, nfe), shard, distance, objective == "l2",
+                                    x0_cache)
+                sums = _objective_sums(sums, objective, False)[..., 0]
             acc = sums if acc is None else acc + sums
             idx = ev.idx
             del ev, nodes
             x0_cache.clear()
         if s == nfe - 1:
             return decisions, acc, idx
-        decisions.append((_layer_nodes(s + 1, n, nfe), idx[acc.argmin(0)][:, None]))
+        rows = acc.argmin(0)[:, None]
+        decisions.append((_layer_nodes(s + 1, n, nfe), idx[rows], rows))
     raise AssertionError("unreachable")
 
 
@@ -109,11 +132,22 @@ def _trace(decisions, last_pred: torch.Tensor, n: int) -> torch.Tensor:
     g = last_pred.shape[0]
     cols = [torch.full((g,), n, dtype=torch.long), last_pred]
     cur = last_pred
-    for targets, best in reversed(decisions):
+    for targets, best, _ in reversed(decisions):
         pos = torch.searchsorted(targets, cur)
         cur = best[pos, torch.arange(g) if best.shape[1] > 1 else 0]
         cols.append(cur)
     return torch.stack(cols[::-1], 1)
+
+
+def _start_rows(decisions, last_row: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """The layer-0 rows (start candidates) [G] of traced ``paths`` [G, K + 1]; ``last_row`` [G]: the chosen rows of
+    the last layer (the start rows themselves when K = 1)."""
+    if not decisions:
+        return last_row
+    targets, _, rows = decisions[0]
+    g = paths.shape[0]
+    pos = torch.searchsorted(targets, paths[:, 1].contiguous())
+    return rows[pos, torch.arange(g) if rows.shape[1] > 1 else 0]
 
 
 def median_path(paths) -> list[int]:

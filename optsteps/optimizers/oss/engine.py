@@ -154,11 +154,22 @@ class _Engine:
     def calibrate(self, y: torch.Tensor, rows_idx: torch.Tensor) -> torch.Tensor:
         return y if self.cal is None else self.cal.apply(y, rows_idx)
 
-    def root(self, noise: torch.Tensor) -> _Nodes:
+    def root(self, noise: torch.Tensor, starts=None) -> _Nodes:
+        """Layer 0: the start candidates (``inputs.Start``, ascending by index; None: (0, scaled)), each holding
+        f·x̄_0 for the teacher's first state x̄_0 = ``noise``. Indices may repeat (two rules at one index)."""
         s = noise.shape[0]
-        node = _Nodes(0, torch.zeros(1, dtype=torch.long), noise[None], torch.full((1, s), -1, dtype=torch.long))
+        if starts is None or (len(starts) == 1 and starts[0].index == 0 and starts[0].factor == 1.0):
+            node = _Nodes(0, torch.zeros(1, dtype=torch.long), noise[None], torch.full((1, s), -1, dtype=torch.long))
+            if self.xall is not None:
+                node.cy = (self.xall @ noise.reshape(-1).to(F64))[None]
+            return node
+        idx = torch.tensor([st.index for st in starts], dtype=torch.long)
+        if bool((idx[1:] < idx[:-1]).any()):
+            raise RuntimeError("internal: start candidates must be ascending by index")
+        y = torch.stack([noise if st.factor == 1.0 else noise * st.factor for st in starts])
+        node = _Nodes(0, idx, y, torch.full((len(starts), s), -1, dtype=torch.long))
         if self.xall is not None:
-            node.cy = (self.xall @ noise.reshape(-1).to(F64))[None]
+            node.cy = torch.stack([self.xall @ v.reshape(-1).to(F64) for v in y])
         return node
 
     def process(self, nodes: _Nodes) -> _Evaluated:
@@ -189,16 +200,21 @@ class _Engine:
                     x_coef[a] = torch.tensor(unipc_corrector_coefficients(al[i], si[p], si[i], h, rks, rhos), dtype=F64)
         return _Evaluated(nodes.idx, x, m, nodes.m_p if self.solver != "ddim" else None, nodes.pred, nodes, x_coef)
 
-    def materialize(self, ev: _Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor) -> _Nodes:
-        """States of the nodes ``targets`` [J] reached by step s from the chosen predecessors ``pred`` [J, S]."""
-        lut = torch.full((self.N + 1,), -1, dtype=torch.long)
-        lut[ev.idx] = torch.arange(len(ev.idx))
-        pos = lut[pred]
+    def materialize(self, ev: _Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> _Nodes:
+        """States of the nodes ``targets`` [J] reached by step s from the chosen predecessors ``pred`` [J, S]
+        (teacher indices); ``rows`` [J, S]: the predecessors' rows in ``ev`` where indices repeat (layer 0)."""
+        if rows is None:
+            lut = torch.full((self.N + 1,), -1, dtype=torch.long)
+            lut[ev.idx] = torch.arange(len(ev.idx))
+            pos = lut[pred]
+        else:
+            pos = rows
         if (pos < 0).any():
             raise RuntimeError("internal: a chosen predecessor was not evaluated")
         po = torch.ones_like(pred)
         tracked = None
-        if bool((pred == pred[:, :1]).all()) and bool((ev.pred == ev.pred[:, :1]).all()):
+        if bool((pos == pos[:, :1]).all()) and bool((ev.pred == ev.pred[:, :1]).all()):
             # one schedule for all samples (batch mode): step from the node tensors directly, gather by row
             p0 = pos[:, 0]
             y = torch.empty((len(targets),) + tuple(ev.x.shape[1:]), dtype=ev.x.dtype)

@@ -1,5 +1,10 @@
 """GITS-type additive DP: one-jump costs c(i → j) of a first-order step from the teacher state x̄_i to t_j
-against x̄_j, and V(j, k) = min_i [c(j → i) + γ·V(i, k − 1)], γ = 1.15 — additive, hence exact."""
+against x̄_j, and V(j, k) = min_i [c(j → i) + γ·V(i, k − 1)], γ = 1.15 — additive, hence exact.
+
+With a start window (``start_window`` w): every start candidate r (index i_r ≤ w, state f_r·x̄_0 scaled or
+raw, ``inputs.start_candidates``) gets its own first-jump costs c_r(→ j) from its own state (one evaluation per
+candidate other than (0, scaled), whose row is c(0 → ·)), and the value is min_r min_j [c_r(→ j) + γ·V(j, K − 1)]:
+still additive, still exact over (start, path)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +24,8 @@ from optsteps.optimizers.oss.inputs import (
     _check_nfe,
     _numel,
     _Shards,
+    check_start_window,
+    start_candidates,
     student_spec,
 )
 from optsteps.optimizers.oss.refine import _TrueError
@@ -52,6 +59,65 @@ def gits_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule,
     return cost, engine.evaluated // shards.total
 
 
+def gits_start_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, starts, cost: torch.Tensor,
+                     eval_batch_size: int | None = None) -> tuple[torch.Tensor, int]:
+    """First-jump costs [R, N + 1] of the start candidates ``starts``: the first-order step from f_r·x̄_0 at
+    t[i_r] to t_j against x̄_j (inf where j ≤ i_r); the row of (0, scaled) is ``cost``'s row 0. Returns the costs
+    and the evaluations per sample they took (one per other candidate)."""
+    t = _check_grid(teacher_t, noise_schedule)
+    n = len(t) - 1
+    shards = _Shards(teacher, n + 1)
+    engine = _Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
+    out = torch.full((len(starts), n + 1), float("inf"), dtype=F64)
+    own = [r for r, st in enumerate(starts) if not (st.index == 0 and st.factor == 1.0)]
+    for r, st in enumerate(starts):
+        if r not in own:
+            out[r] = cost[0]
+    if not own:
+        return out, 0
+    sums = torch.zeros(len(own), n + 1, dtype=F64)
+    for shard in shards:
+        S = shard.shape[1]
+        feat = shard.shape[2:]
+        shape = (-1,) + (1,) * (shard.dim() - 1)
+        y = torch.stack([shard[0] * starts[r].factor for r in own])  # [R', S, ...]
+        idx = torch.tensor([starts[r].index for r in own])
+        m = engine.evaluate(y.reshape(len(own) * S, *feat), idx.repeat_interleave(S)).reshape(len(own), S, *feat)
+        for a, r in enumerate(own):
+            i = starts[r].index
+            j = torch.arange(i + 1, n + 1)
+            z = ddim_step(y[a].to(F64), m[a].to(F64), engine.al_t[i], engine.si_t[i],
+                          engine.al_t[j].reshape(shape), engine.si_t[j].reshape(shape))
+            sums[a, i + 1:] += (z - shard[i + 1:].to(F64)).reshape(len(j), -1).pow(2).sum(1)
+    part = sums / (shards.total * _numel(shards.feature_shape))
+    for a, r in enumerate(own):
+        out[r, starts[r].index + 1:] = part[a, starts[r].index + 1:]
+    return out, engine.evaluated // shards.total
+
+
+def gits_dp_starts(cost: torch.Tensor, start_costs: torch.Tensor, start_index, nfe: int,
+                   gamma: float = GITS_GAMMA) -> tuple[float, list[int], int]:
+    """min over start rows r of min_j [c_r(→ j) + γ·V(j, K − 1)] (V as in ``gits_dp``): (value, index path from
+    the start's index, the winning row r)."""
+    n = cost.shape[0] - 1
+    nfe = _check_nfe(nfe, n)
+    c = cost.to(F64)
+    value = torch.full((nfe, n + 1), float("inf"), dtype=F64)
+    choice = torch.full((nfe, n + 1), -1, dtype=torch.long)
+    value[0, n] = 0.0
+    for k in range(1, nfe):
+        best, arg = (c + gamma * value[k - 1][None, :]).min(1)
+        value[k], choice[k] = best, arg
+    totals, firsts = (start_costs.to(F64) + gamma * value[nfe - 1][None, :]).min(1)
+    r = int(totals.argmin())
+    if not math.isfinite(float(totals[r])):
+        raise OptstepsError(f"no path of {nfe} steps from any start; check the cost matrices.")
+    path = [int(start_index[r]), int(firsts[r])]
+    for k in range(nfe - 1, 0, -1):
+        path.append(int(choice[k, path[-1]]))
+    return float(totals[r]), path, r
+
+
 def gits_dp(cost: torch.Tensor, nfe: int, gamma: float = GITS_GAMMA) -> tuple[float, list[int]]:
     """V(j, k) = min_{i > j} [c(j → i) + γ·V(i, k − 1)], V(N, 0) = 0; returns (V(0, K), its index path)."""
     n = cost.shape[0] - 1
@@ -80,11 +146,12 @@ def gits_objective(cost: torch.Tensor, path, gamma: float = GITS_GAMMA) -> float
 
 def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str = "ddim",
                 gamma: float = GITS_GAMMA, eval_batch_size: int | None = None, measure: bool = True,
-                model: str = "", costs: tuple[torch.Tensor, int] | None = None) -> OSSResult:
+                model: str = "", costs: tuple[torch.Tensor, int] | None = None, start_window: int = 0) -> OSSResult:
     """GITS-type schedule from the teacher's one-jump costs; ``measure`` also runs the student along the path
     to record its true final error on the distillation samples (``distill_mse``, the batch-mean squared error
     per element at N). ``costs``: the (C, evaluations) that ``gits_costs``
-    returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither)."""
+    returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither).
+    ``start_window``: as in ``oss_search`` (the start index and rule searched exactly by ``gits_dp_starts``)."""
     _check_choice(solver, OSS_SOLVERS, "student solver")
     t = _check_grid(teacher_t, noise_schedule)
     nfe = _check_nfe(nfe, len(t) - 1)
@@ -94,14 +161,24 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
     if cost.shape != (len(t), len(t)):
         raise OptstepsError(f"the GITS cost matrix is {tuple(cost.shape)} but the teacher grid has {len(t)} times; "
                             "compute it with gits_costs on this teacher.")
-    value, path = gits_dp(cost, nfe, gamma)
+    window = check_start_window(start_window, len(t) - 1, nfe)
+    rule = "scaled"
+    if window == 0:
+        value, path = gits_dp(cost, nfe, gamma)
+    else:
+        starts = start_candidates(noise_schedule, t, window)
+        first, more = gits_start_costs(t, teacher, denoiser, noise_schedule, starts, cost, eval_batch_size)
+        evals += more
+        value, path, r = gits_dp_starts(cost, first, [st.index for st in starts], nfe, gamma)
+        rule = starts[r].rule
     extra = {"gits_objective": value, "gamma": gamma, "model_evals": int(evals), "teacher_indices": path,
-             "teacher_steps": len(t) - 1, **student_spec(solver).json_fields()}
+             "teacher_steps": len(t) - 1, **student_spec(solver).json_fields(), "start_window": window,
+             **({"start_state": "raw"} if rule == "raw" else {})}
     runs = 0
     if measure:
         err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)
-        extra["distill_mse"] = err(path)
+        extra["distill_mse"] = err(path, rule)
         runs = err.runs
     sched = Schedule(t[path], noise_schedule, model=model, method="gits", solver=solver, extra=extra)
     return OSSResult(path, sched, value, int(evals), list(path), extra.get("distill_mse", float("nan")),
-                     nfe * runs, runs)
+                     nfe * runs, runs, rule)

@@ -1,12 +1,15 @@
 """Inputs of the OSS and GITS searches: checks of the teacher grid and NFE, the shard reader (one tensor,
-a list of shards or a lazy loader), and the student the searches run (``student_spec``)."""
+a list of shards or a lazy loader), the student the searches run (``student_spec``), the objective, and the
+start candidates of the start window (``start_candidates``; docs/algorithms.md §3)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.core.schedule import START_STATES, start_sigma
 from optsteps.core.solvers import DEFAULT_ORDER, SolverSpec
 from optsteps.errors import OptstepsError
 
@@ -17,6 +20,9 @@ DISTANCES = ("state", "x0")
 
 
 MODES = ("batch", "per_sample")
+
+
+OBJECTIVES = ("mse", "l2")  # mse: batch-mean squared error per element; l2: mean per-sample ‖x_K − x̄_N‖₂
 
 
 F64 = torch.float64
@@ -129,3 +135,46 @@ class _Shards:
 
 def _numel(shape) -> int:
     return int(math.prod(shape)) if shape else 1
+
+
+@dataclass(frozen=True)
+class Start:
+    """A start candidate: teacher index ``index``, start-state rule ``rule`` (``core.schedule.START_STATES``) and
+    the factor f of its state f·x̄_0 (x̄_0 = σ_{t_0} ε, the teacher's first state)."""
+
+    index: int
+    rule: str
+    factor: float
+
+
+def start_factor(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> float:
+    """f with f·x̄_0 = the sampler's state at t[index] under ``rule`` (``core.schedule.initial_state``), for
+    x̄_0 = σ_{t[0]} ε: σ_{t[index]}/σ_{t[0]} (scaled) or σ_{t_max}/σ_{t[0]} (raw). Exactly 1.0 at (0, scaled)."""
+    return start_sigma(noise_schedule, float(t[index]), rule) / start_sigma(noise_schedule, float(t[0]))
+
+
+def start_rule(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> str:
+    """``rule``, or "scaled" where the raw state equals the scaled one (at t_max): one name per start state."""
+    _check_choice(rule, START_STATES, "start state")
+    if rule == "raw" and start_factor(noise_schedule, t, index, "raw") == start_factor(noise_schedule, t, index, "scaled"):
+        return "scaled"
+    return rule
+
+
+def check_start_window(window, n: int, nfe: int) -> int:
+    """The start window in teacher indices, clipped to N − K (the start must leave room for K steps)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise OptstepsError(f"start_window = {window!r}; use an integer ≥ 0 (teacher indices below t_max; 0 = start "
+                            "at t_max).")
+    return min(window, n - nfe)
+
+
+def start_candidates(noise_schedule: NoiseSchedule, t, window: int) -> list[Start]:
+    """Every distinct start of the window, ascending by index: (j, scaled) and (j, raw) for j = 0 … window,
+    raw dropped where it equals scaled (at t_max). Window 0: the single start (0, scaled), factor 1.0."""
+    out = []
+    for j in range(window + 1):
+        for rule in START_STATES:
+            if start_rule(noise_schedule, t, j, rule) == rule:
+                out.append(Start(j, rule, start_factor(noise_schedule, t, j, rule)))
+    return out

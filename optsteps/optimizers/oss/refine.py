@@ -1,5 +1,7 @@
-"""Student runs along an index path, their true final error (memoised, with prefix reuse), and the
-refinement of a DP path by single and paired index moves judged by that error."""
+"""Student runs along an index path (from a start candidate: its index and start-state rule), their true final
+error (memoised, with prefix reuse; MSE and mean per-sample L2 from one run), and the refinement of a DP path by
+single and paired index moves — and, with a start window, moves of the start index and of the start rule —
+judged by that error (the search's objective)."""
 from __future__ import annotations
 
 import torch
@@ -9,22 +11,26 @@ from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import F64, OSS_SOLVERS, _check_choice, student_spec
+from optsteps.optimizers.oss.inputs import F64, OSS_SOLVERS, Start, _check_choice, start_factor, start_rule, student_spec
 
 
 def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: NoiseSchedule, solver: str = "ddim",
-                calibration: AmplitudeCalibration | None = None, lower_order_final: bool = True) -> torch.Tensor:
+                calibration: AmplitudeCalibration | None = None, lower_order_final: bool = True,
+                start_state: str = "scaled") -> torch.Tensor:
     """The student's final state along teacher indices ``path`` (``solvers.sample``; UniPC is order 2 with
-    corrector). With ``calibration`` the same steps with amplitude calibration before every evaluation."""
+    corrector), started at t[path[0]] from f·``noise`` (``noise`` = the teacher's first state x̄_0 = σ_{t_0} ε;
+    f = ``inputs.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
+    With ``calibration`` the same steps with amplitude calibration before every evaluation."""
     _check_choice(solver, OSS_SOLVERS, "student solver")
     t = torch.as_tensor(teacher_t, dtype=F64)
     path = [int(v) for v in path]
+    f = start_factor(noise_schedule, t, path[0], start_rule(noise_schedule, t, path[0], start_state))
     if calibration is None:
         sched = Schedule(t[path], noise_schedule)
-        return sample(denoiser, noise, sched, student_spec(solver, lower_order_final))
+        return sample(denoiser, noise if f == 1.0 else noise * f, sched, student_spec(solver, lower_order_final))
     engine = _Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
     S = noise.shape[0]
-    nodes = engine.root(noise)
+    nodes = engine.root(noise, [Start(path[0], start_state, f)])
     for s in range(len(path) - 1):
         ev = engine.process(nodes)
         nodes = engine.materialize(ev, s, torch.tensor([path[s + 1]]), torch.full((1, S), path[s]))
@@ -32,35 +38,48 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
 
 
 class _TrueError:
-    """Batch-mean squared error (per element) at N of the student along a path, over all shards; cached.
+    """The true final error at N of the student along a path from a start rule, over all shards; cached per
+    (rule, path). One run gives both distances: "mse" (batch-mean squared error per element) and "l2" (mean
+    over samples of ‖x_K − x̄_N‖₂); ``error(path, rule)`` returns the ``objective``'s.
 
-    Prefix reuse: the student's i-th model input depends only on path[: i + 1] (the state there is the solver's
-    deterministic function of the earlier outputs), so a run along a path that shares its first indices with
-    the anchor (the refinement's current best) or with the previous run takes those model outputs from memory
-    instead of re-evaluating them; an entry is used only when the stored input equals the new one exactly.
-    ``evals`` counts the evaluations actually spent (per sample)."""
+    Prefix reuse: the student's i-th model input depends only on the start rule and path[: i + 1] (the state
+    there is the solver's deterministic function of the earlier outputs), so a run that shares its rule and
+    first indices with the anchor (the refinement's current best) or with the previous run takes those model
+    outputs from memory instead of re-evaluating them; an entry is used only when the stored input equals the
+    new one exactly. ``evals`` counts the evaluations actually spent (per sample)."""
 
-    def __init__(self, denoiser, shards, t, ns, solver, calibration, lower_order_final, reuse_prefixes: bool = True):
+    def __init__(self, denoiser, shards, t, ns, solver, calibration, lower_order_final, reuse_prefixes: bool = True,
+                 objective: str = "mse"):
         self.args = (denoiser, t, ns, solver, calibration, lower_order_final)
         self.shards, self.cache, self.runs, self.rows = shards, {}, 0, 0
-        self.reuse, self.memo, self.anchor = reuse_prefixes, {}, ()
+        self.reuse, self.memo, self.anchor = reuse_prefixes, {}, ("scaled", ())
+        self.objective = objective
 
     @property
     def evals(self) -> int:
         return self.rows // max(self.shards.total, 1)
 
-    def set_anchor(self, path) -> None:
-        """Keep the model outputs along ``path``'s prefixes (the path most later runs branch from)."""
-        self.anchor = tuple(int(v) for v in path)
+    def _key(self, path, rule):
+        key = tuple(int(v) for v in path)
+        _, t, ns = self.args[:3]
+        return start_rule(ns, t, key[0], rule), key
 
-    def _denoiser(self, number: int, key: tuple):
+    def set_anchor(self, path, rule: str = "scaled") -> None:
+        """Keep the model outputs along ``path``'s prefixes (the path most later runs branch from)."""
+        self.anchor = self._key(path, rule)
+
+    def record(self, path, rule: str = "scaled", **values) -> None:
+        """Known distances of a path (the DP's own final cost), so that no run repeats them."""
+        self.cache.setdefault(self._key(path, rule), {}).update(values)
+
+    def _denoiser(self, number: int, rule: str, key: tuple):
         den = self.args[0]
         calls = 0
 
         def memo_denoiser(x, t):
             nonlocal calls
             calls += 1
-            slot = (number, key[:calls])
+            slot = (number, rule, key[:calls])
             hit = self.memo.get(slot) if self.reuse else None
             if hit is not None and torch.equal(hit[0], x):  # False for another shape too
                 return hit[1]
@@ -71,20 +90,32 @@ class _TrueError:
             return out
         return memo_denoiser
 
-    def __call__(self, path) -> float:
-        key = tuple(int(v) for v in path)
-        if key not in self.cache:
+    def value(self, path, rule: str = "scaled", kind: str | None = None) -> float:
+        """The distance ``kind`` ("mse" | "l2"; None: the objective) of the student along ``path`` from ``rule``."""
+        kind = kind or self.objective
+        rule, key = self._key(path, rule)
+        got = self.cache.get((rule, key), {})
+        if kind not in got:
             _, t, ns, solver, cal, lof = self.args
-            tot, count = 0.0, 0
+            tot, count, norms, samples = 0.0, 0, 0.0, 0
             for number, shard in enumerate(self.shards):
-                out = run_student(self._denoiser(number, key), shard[0], t, key, ns, solver, cal, lof)
-                tot += float((out.to(F64) - shard[-1].to(F64)).pow(2).sum())
+                out = run_student(self._denoiser(number, rule, key), shard[0], t, key, ns, solver, cal, lof, rule)
+                diff = out.to(F64) - shard[-1].to(F64)
+                tot += float(diff.pow(2).sum())
                 count += out.numel()
-            self.cache[key] = tot / count
+                norms += float(diff.reshape(diff.shape[0], -1).norm(dim=1).sum())
+                samples += diff.shape[0]
+            got = dict(got, mse=tot / count, l2=norms / samples)
+            self.cache[(rule, key)] = got
             self.runs += 1
-            keep = {self.anchor[:i] for i in range(1, len(self.anchor) + 1)} | {key[:i] for i in range(1, len(key) + 1)}
-            self.memo = {slot: v for slot, v in self.memo.items() if slot[1] in keep}
-        return self.cache[key]
+            a_rule, a_key = self.anchor
+            keep = ({(a_rule, a_key[:i]) for i in range(1, len(a_key) + 1)}
+                    | {(rule, key[:i]) for i in range(1, len(key) + 1)})
+            self.memo = {slot: v for slot, v in self.memo.items() if slot[1:] in keep}
+        return got[kind]
+
+    def __call__(self, path, rule: str = "scaled") -> float:
+        return self.value(path, rule)
 
 
 def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
@@ -95,45 +126,72 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
     first improvement in order of distance) are repeated until none improves. With ``pair_moves`` (an
     extension beyond single moves), two adjacent interior indices shifted by ±1 each are then tried, and
     single moves resume after any improvement; this lifts the brute-force hit rate of multistep students
-    on small cases from about 90-95 % to about 99 %.
+    on small cases from about 90-95 % to about 99 %. ``refine_start`` also moves the start.
     """
-    best = [int(v) for v in path]
-    anchor = getattr(error, "set_anchor", lambda p: None)  # lets a memoizing error keep the best path's outputs
-    anchor(best)
-    best_err = error(best)
+    set_anchor = getattr(error, "set_anchor", None)
+    best, err, _ = refine_start(path, "scaled", lambda p, r: error(p), 0, ("scaled",), radius, pair_moves, max_sweeps,
+                                anchor=(lambda p, r: set_anchor(p)) if set_anchor is not None else None)
+    return best, err
 
-    def better(trial):
-        e = error(trial)
+
+def refine_start(path, rule: str, error, window: int, rules=("scaled", "raw"), radius: int | None = None,
+                 pair_moves: bool = True, max_sweeps: int = 100, anchor=None) -> tuple[list[int], float, str]:
+    """``refine_path`` over (start rule, path) judged by ``error(path, rule)``; with ``window`` > 0 the start
+    index path[0] moves too (within 0 … min(window, path[1] − 1), under every rule of ``rules``), and where
+    single moves fail every other rule is tried at the current path before pair moves (a pair may include the
+    start). Returns
+    (path, error, rule). ``anchor(path, rule)``: told the current best (a memoizing error keeps its outputs)."""
+    best, cur = [int(v) for v in path], rule
+    anchor = anchor or getattr(error, "set_anchor", None) or (lambda p, r: None)
+    anchor(best, cur)
+    best_err = error(best, cur)
+    first = 0 if window > 0 else 1
+    order = list(range(1, len(path) - 1)) + ([0] if window > 0 else [])  # the interior first, then the start
+
+    def better(trial, r):
+        e = error(trial, r)
         return (e < best_err - 1e-12 * abs(best_err)), e
 
     for _ in range(max_sweeps):
         improved = False
-        for m in range(1, len(best) - 1):
-            lo, hi = best[m - 1] + 1, best[m + 1] - 1
+        for m in order:
+            lo, hi = (0, min(window, best[1] - 1)) if m == 0 else (best[m - 1] + 1, best[m + 1] - 1)
             if radius is not None:
                 lo, hi = max(lo, best[m] - radius), min(hi, best[m] + radius)
-            for v in sorted((v for v in range(lo, hi + 1) if v != best[m]), key=lambda v: (abs(v - best[m]), v)):
+            moves = [(v, cur) for v in range(lo, hi + 1) if v != best[m]]
+            if m == 0:  # the start moves with every rule (a new start may pay off only with the other rule)
+                moves = [(v, r) for v in range(lo, hi + 1) for r in rules if (v, r) != (best[0], cur)]
+            for v, r in sorted(moves, key=lambda vr: (abs(vr[0] - best[m]), vr[0], vr[1] != cur)):
                 trial = best[:m] + [v] + best[m + 1:]
-                ok, e = better(trial)
+                ok, e = better(trial, r)
                 if ok:
-                    best, best_err, improved = trial, e, True
-                    anchor(best)
+                    best, best_err, cur, improved = trial, e, r, True
+                    anchor(best, cur)
+                    break
+        if improved:
+            continue
+        for r in rules:
+            if r != cur:
+                ok, e = better(best, r)
+                if ok:
+                    cur, best_err, improved = r, e, True
+                    anchor(best, cur)
                     break
         if improved:
             continue
         if pair_moves:
-            for m in range(1, len(best) - 2):
+            for m in range(first, len(best) - 2):
                 for d1 in (-1, 1):
                     for d2 in (-1, 1):
                         trial = list(best)
                         trial[m] += d1
                         trial[m + 1] += d2
-                        if any(trial[q] >= trial[q + 1] for q in range(len(trial) - 1)):
+                        if any(trial[q] >= trial[q + 1] for q in range(len(trial) - 1)) or not 0 <= trial[0] <= window:
                             continue
-                        ok, e = better(trial)
+                        ok, e = better(trial, cur)
                         if ok:
                             best, best_err, improved = trial, e, True
-                            anchor(best)
+                            anchor(best, cur)
                             break
                     if improved:
                         break
@@ -141,4 +199,4 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
                     break
         if not improved:
             break
-    return best, best_err
+    return best, best_err, cur

@@ -1,4 +1,5 @@
-"""``oss_search``: the OSS schedule for one student and NFE — DP, then refinement — as a ``Schedule``."""
+"""``oss_search``: the OSS schedule for one student and NFE — DP, then refinement — as a ``Schedule``; with a
+start window the start index and the start-state rule are searched too (docs/algorithms.md §3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,20 +10,24 @@ from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import Schedule
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
-from optsteps.optimizers.oss.dp import _dp_batch_shards, _dp_one_shard, _trace, median_path
+from optsteps.optimizers.oss.dp import _dp_batch_shards, _dp_one_shard, _start_rows, _trace, median_path
 from optsteps.optimizers.oss.engine import _Engine
 from optsteps.optimizers.oss.inputs import (
     DISTANCES,
     MODES,
+    OBJECTIVES,
     OSS_SOLVERS,
     _check_choice,
     _check_grid,
     _check_nfe,
     _numel,
     _Shards,
+    check_start_window,
+    start_candidates,
+    start_rule,
     student_spec,
 )
-from optsteps.optimizers.oss.refine import _TrueError, refine_path
+from optsteps.optimizers.oss.refine import _TrueError, refine_start
 
 
 @dataclass
@@ -35,13 +40,17 @@ class OSSResult:
     dp_cost: float = float("nan")  # its true final error
     refine_evals: int = 0  # per-sample evaluations of the student runs for refinement / verification
     refine_runs: int = 0
+    start_state: str = "scaled"  # the start-state rule the student starts from at t[path[0]] (core.schedule)
+    objective: str = "mse"  # what the search minimised: "mse" (= cost) or "l2" (mean per-sample L2 norm)
+    objective_value: float = float("nan")  # its value along ``path`` (OSS; GITS: nan)
 
 
 def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str = "ddim",
                distance: str = "state", mode: str = "batch", refine: bool = True, refine_radius: int | None = None,
                pair_moves: bool = True,
                calibration: AmplitudeCalibration | bool | None = None, lower_order_final: bool = True,
-               eval_batch_size: int | None = None, model: str = "") -> OSSResult:
+               eval_batch_size: int | None = None, model: str = "", start_window: int = 0,
+               objective: str = "mse") -> OSSResult:
     """Optimal Stepsize Distillation on a teacher trajectory (see the module docstring).
 
     teacher_t: the teacher grid t_0 = t_max > … > t_N; teacher: states [N + 1, S, ...] (x̄_0 = noise), a list of
@@ -49,18 +58,28 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
     x̂_0; nfe: K, 1 ≤ K < N; solver: the student ("ddim" | "dpmpp2m" | "unipc" order 2); distance: "state" |
     "x0"; mode: "batch" | "per_sample"; calibration: None, True (tables from the teacher) or an
     ``AmplitudeCalibration``; eval_batch_size: rows per model call (None: a whole layer at once);
-    refine / refine_radius / pair_moves: see ``refine_path``; lower_order_final: as in ``solvers.sample``.
+    refine / refine_radius / pair_moves: see ``refine_path``; lower_order_final: as in ``solvers.sample``;
+    start_window: w ≥ 0, the student may start at any teacher index 0 … min(w, N − K), from the noise scaled
+    to that time's σ or unscaled (``core.schedule`` start-state rules; the DP's layer 0 holds every such
+    start, refinement moves the start too; w = 0: the start t_0 = t_max, exactly as before); objective:
+    "mse" (batch-mean squared error per element at N) or "l2" (mean over samples of ‖x_K − x̄_N‖₂, what the
+    evaluation reports), minimised by the DP's batch-mode layers, its last layer and the refinement.
 
     Returns an ``OSSResult``: the index path, the ``Schedule`` (method "oss", extra ``distill_mse`` = the
     batch-mean squared error per element at N on the distillation samples, ``model_evals`` = DP evaluations per sample), the cost and
-    the evaluation count; ``dp_path``/``dp_cost`` are the DP's own answer before refinement.
+    the evaluation count; ``dp_path``/``dp_cost`` are the DP's own answer before refinement. The schedule
+    starts at t[path[0]] (its t[0]); ``"start_state": "raw"`` is recorded where the winner starts unscaled.
+    ``cost``/``dp_cost`` stay the MSE whatever the objective; ``objective_value`` is the objective's value.
     """
     _check_choice(solver, OSS_SOLVERS, "student solver")
     _check_choice(distance, DISTANCES, "distance")
     _check_choice(mode, MODES, "mode")
+    _check_choice(objective, OBJECTIVES, "objective")
     t = _check_grid(teacher_t, noise_schedule)
     n = len(t) - 1
     nfe = _check_nfe(nfe, n)
+    window = check_start_window(start_window, n, nfe)
+    starts = start_candidates(noise_schedule, t, window)
     if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
         raise OptstepsError(f"eval_batch_size = {eval_batch_size!r}; use a positive integer or None.")
     shards = _Shards(teacher, n + 1)
@@ -69,29 +88,42 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
     elif calibration is False:
         calibration = None
     engine = _Engine(denoiser, noise_schedule, t, nfe, solver, lower_order_final, calibration, eval_batch_size)
-    error = _TrueError(denoiser, shards, t, noise_schedule, solver, calibration, lower_order_final)
+    error = _TrueError(denoiser, shards, t, noise_schedule, solver, calibration, lower_order_final, objective=objective)
     per_sample = mode == "per_sample"
+    rules = sorted({st.rule for st in starts}, key=("scaled", "raw").index)
 
     if per_sample:
-        paths = []
+        paths, rows = [], []
         for shard in shards:
-            decisions, fin, idx = _dp_one_shard(engine, shard, distance, True)
-            paths.append(_trace(decisions, idx[fin.argmin(0)], n))
+            decisions, fin, idx = _dp_one_shard(engine, shard, distance, True, starts, objective)
+            last = fin.argmin(0)
+            paths.append(_trace(decisions, idx[last], n))
+            rows.append(_start_rows(decisions, last, paths[-1]))
         dp_path = median_path(torch.cat(paths))
-        dp_cost = error(dp_path)
+        # the rule of the median path: the better of the rules the per-sample paths chose (one run each)
+        chosen = {starts[int(r)].rule for r in torch.cat(rows)}
+        dp_rule = min((r for r in rules if r in chosen), key=lambda r: error(dp_path, r))
+        dp_rule = start_rule(noise_schedule, t, dp_path[0], dp_rule)
+        dp_obj = error(dp_path, dp_rule)
     else:
         if shards.single:
             (shard,) = list(shards)
-            decisions, fin, idx = _dp_one_shard(engine, shard, distance, False)
-            fin = fin.sum(1)
+            decisions, fin, idx = _dp_one_shard(engine, shard, distance, False, starts, objective)
+            fin = fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1)
         else:
-            decisions, fin, idx = _dp_batch_shards(engine, shards, distance)
-        dp_path = [int(v) for v in _trace(decisions, idx[fin.argmin()].reshape(1), n)[0]]
-        dp_cost = float(fin.min()) / (shards.total * _numel(shards.feature_shape))
-        error.cache[tuple(dp_path)] = dp_cost
+            decisions, fin, idx = _dp_batch_shards(engine, shards, distance, starts, objective)
+        last = fin.argmin().reshape(1)
+        traced = _trace(decisions, idx[last], n)
+        dp_path = [int(v) for v in traced[0]]
+        dp_rule = starts[int(_start_rows(decisions, last, traced)[0])].rule
+        dp_obj = float(fin.min()) / (shards.total * (_numel(shards.feature_shape) if objective == "mse" else 1))
+        error.record(dp_path, dp_rule, **{objective: dp_obj})
+    dp_cost = error.value(dp_path, dp_rule, "mse")
     dp_evals = engine.evaluated // shards.total
 
-    path, cost = (refine_path(dp_path, error, refine_radius, pair_moves) if refine else (dp_path, dp_cost))
+    path, obj, rule = (refine_start(dp_path, dp_rule, error, window, rules, refine_radius, pair_moves) if refine
+                       else (dp_path, dp_obj, dp_rule))
+    cost = error.value(path, rule, "mse")
     sched = Schedule(
         t[path], noise_schedule, model=model, method="oss", solver=solver,
         extra={
@@ -100,7 +132,10 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
             **student_spec(solver, lower_order_final).json_fields(),
             "distance": distance, "mode": mode, "refined": bool(refine), "calibrated": calibration is not None,
             "refine_model_evals": int(error.evals),
+            "objective": objective, "start_window": window,
+            **({"start_state": "raw"} if rule == "raw" else {}),
+            **({"distill_l2": float(obj), "dp_distill_l2": float(dp_obj)} if objective == "l2" else {}),
         },
     )
     return OSSResult(list(path), sched, float(cost), int(dp_evals), list(dp_path), float(dp_cost),
-                     int(error.evals), int(error.runs))
+                     int(error.evals), int(error.runs), rule, objective, float(obj))

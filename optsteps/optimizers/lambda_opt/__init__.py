@@ -32,12 +32,16 @@ Optimisation notes (measured on the linear VP window, see tests/ and benchmarks/
 - With T_c ≥ 3 (the default) the problem is well posed: all three starts reach the same
   optimum in about 20–100 iterations (e.g. K = 5: F = 73.4655; with T_c = 3 also K = 10: 19.232,
   K = 20: 10.532).
-- With T_c = 0 (the paper author's choice for K ≥ 7; ``trunc=0``) the signed per-node accumulation lets F cancel the ±1/gap weights
-  of nearly coincident nodes: the lowest F is reached by collapsing the first and the last steps onto
-  the minimal gap and taking one huge step (h ≈ 6) right after the collapsed start (K = 10: F ≈ 3.2,
-  against 15.6 at the local optimum the reference's BFGS stops in). The optimiser then runs to
-  ``maxiter`` without converging, and the result is as degenerate as the budget allows. ``trunc=3`` is
-  the well-posed alternative (it is also what the reference code hard-codes).
+- With T_c = 0 (the paper author's choice for K ≥ 7; ``trunc=0``) the signed per-node accumulation lets F cancel
+  the ±1/gap weights of nearly coincident nodes: the objective's minimum is degenerate, a collapsed first gap
+  (≈ 0.17 of the uniform spacing) followed by one huge step (≈ 4.5 uniform spacings); K = 8 / 10: F = 4.0 / 6.2
+  here, against 17.0 / 15.7 where one local BFGS descent from uniform-λ with finite differences (a stand-in for
+  the authors' optimizer) stops. That minimum is the bad schedule: on digits its UniPC-3 L2 to the teacher is
+  179× / 105× uniform-λ's, while the weaker descent that misses it gives 0.90× / 0.67×
+  (``benchmarks/lambda_opt_trunc.py``, docs/algorithms.md §2.5). Nothing diverges in the solver; a better
+  optimizer of that objective is worse. ``max_gap`` (every λ gap ≤ max_gap) keeps it out of the degenerate
+  region (1.5 uniform spacings: 0.48× / 0.55×), a lower gap bound does not; ``trunc=3`` (the default, what the
+  reference code hard-codes) is well posed without a guard (0.64× / 0.78×).
 """
 from optsteps.optimizers.lambda_opt.error_models import (
                                                        ERROR_MODELS,

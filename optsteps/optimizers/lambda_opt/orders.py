@@ -19,9 +19,10 @@ def default_orders(nfe: int) -> list[int]:
 
 def default_trunc(nfe: int) -> int:
     """truncNum T_c = 3 for every K (what the reference code hard-codes). The paper's comment says 0 for
-    K ≥ 7 (docs/algorithms.md §2.5), but that objective is degenerate (module notes): on the digits model its
-    UniPC-3 schedules at K = 8 and 10 diverge (L2 to the teacher 179× and 363× uniform-λ's), while T_c = 3
-    gives 0.64× and 0.78× (benchmarks/lambda_opt_digits.py). Pass ``trunc=0`` for the paper's variant."""
+    K ≥ 7 (docs/algorithms.md §2.5), but that objective's minimum is degenerate (module notes): reached, its
+    UniPC-3 schedules on digits at K = 8 and 10 have 179× and 105× uniform-λ's L2 to the teacher (a weaker
+    optimizer that stops near uniform-λ gets 0.90× and 0.67×), while T_c = 3 gives 0.64× and 0.78×
+    (benchmarks/lambda_opt_trunc.py). Pass ``trunc=0`` for the paper's variant, with ``max_gap`` as a guard."""
     return 3
 
 

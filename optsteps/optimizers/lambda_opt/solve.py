@@ -219,9 +219,10 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     start's. ``eps_fn`` replaces σ^p/α by a measured error model (``empirical_eps``). ``gradient="2-point"``
     swaps the analytic derivatives for finite differences (for benchmarks only).
 
-    Caveat (measured, see the module notes): with T_c = 0 (``trunc=0``, the paper's choice for K ≥ 7) the signed per-node
-    accumulation lets F cancel the huge weights of nearly coincident nodes, and the lowest F lies where
-    several steps collapse onto ``min_gap``; the optimiser then runs to ``maxiter`` without converging.
+    Caveat (measured, see the module notes): with T_c = 0 (``trunc=0``, the paper's choice for K ≥ 7) the signed
+    per-node accumulation lets F cancel the huge weights of nearly coincident nodes, and the lowest F lies in a
+    degenerate region (a collapsed first gap, then one huge step) that this optimiser reaches and a weaker one
+    misses; the schedule there is bad (docs/algorithms.md §2.5). ``max_gap`` keeps the solution out of it.
     """
     if gradient not in ("analytic", "2-point"):
         raise OptstepsError(f"unknown gradient {gradient!r}; use 'analytic' or '2-point'.")

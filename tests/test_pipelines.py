@@ -20,10 +20,8 @@ import torch
 
 pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random weights)
 
-pytest.importorskip("transformers", reason="text-to-image pipelines need transformers (CLIP text encoders)")
-
-from optsteps.errors import OptstepsError  # noqa: E402
-from optsteps.core.noise_schedules import RectifiedFlow  # noqa: E402
+from optsteps.errors import OptstepsError
+from optsteps.core.noise_schedules import RectifiedFlow
 
 RF = RectifiedFlow()
 

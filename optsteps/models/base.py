@@ -46,3 +46,19 @@ class DiffusionModel:
     def initial_state(self, noise: torch.Tensor, t_start: float) -> torch.Tensor:
         """x at t_start from unit noise: σ_{t_start} ε (plus α x_0 ≈ 0 at the start; for EDM σ_max ε)."""
         return noise * float(self.noise_schedule.sigma(t_start))
+
+
+@dataclass
+class ModelCard:
+    """What a model is without its network: name, noise schedule, prediction type, state shape, conditioning and
+    the identity that trajectory shards record (``identity["sha256"]``). ``optsteps.models.describe_model`` reads
+    it from config files only, so nothing heavy is loaded (e.g. on a Ray driver whose actors hold the weights)."""
+    name: str
+    noise_schedule: NoiseSchedule
+    prediction_type: str
+    sample_shape: tuple
+    num_classes: int = 0
+    null_label: int | None = None
+    identity: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # adapter-specific facts (image size, prompts, flow shift, …)
+

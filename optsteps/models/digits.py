@@ -27,7 +27,7 @@ import torch
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
-from optsteps.models.base import DiffusionModel
+from optsteps.models.base import DiffusionModel, ModelCard
 
 
 @dataclass
@@ -171,15 +171,30 @@ def save_digits(name, unet, cfg: TrainConfig, out_dir, seconds: float, final_los
     return out_dir
 
 
+def _meta(name: str, model_dir) -> dict:
+    meta_path = Path(model_dir) / "optsteps_model.json"
+    if not meta_path.is_file():
+        raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
+                            f"run `optsteps train --model {name}` (or `make run`).")
+    return json.loads(meta_path.read_text())
+
+
+def _identity(name: str, meta: dict) -> dict:
+    return {"model": name, "sha256": meta["weights_sha256"], "data_sha256": meta["data_sha256"]}
+
+
+def describe_digits_model(name: str, model_dir) -> ModelCard:
+    """The trained model's ``ModelCard`` from its optsteps_model.json (no network is built)."""
+    meta = _meta(name, model_dir)
+    return ModelCard(name, noise_schedule_from_dict(meta["noise_schedule"]), meta["prediction_type"],
+                     tuple(meta["sample_shape"]), 10, NULL_LABEL, _identity(name, meta))
+
+
 def load_digits_model(name: str, model_dir) -> DiffusionModel:
     from diffusers import UNet2DModel
 
     model_dir = Path(model_dir)
-    meta_path = model_dir / "optsteps_model.json"
-    if not meta_path.is_file():
-        raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
-                            f"run `optsteps train --model {name}` (or `make run`).")
-    meta = json.loads(meta_path.read_text())
+    meta = _meta(name, model_dir)
     unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     # channels-last weights and activations: the forward runs 1.06-1.3× faster on this project's CPU
     # (benchmarks/bench_unet_layout.py); outputs agree to float rounding (~6e-6).
@@ -196,4 +211,4 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
         return out.contiguous()
 
     return DiffusionModel(name, ns, net, meta["prediction_type"], tuple(meta["sample_shape"]), 10, NULL_LABEL,
-                          {"model": name, "sha256": meta["weights_sha256"], "data_sha256": meta["data_sha256"]})
+                          _identity(name, meta))

@@ -3,9 +3,10 @@
 Each actor loads the model once (a diffusers pipeline from its ``ModelEntry``: folder, prompts, guidance, size,
 device and dtype) and computes whole shards (seed ranges); the driver reads only the model's identity
 (``describe_model``: config files and weight digests, no network) and writes every shard (atomic rename) and the
-manifest, so workers need no shared file system and a shard is written exactly
-once. Actors are created with ``max_restarts``/``max_task_retries``: a killed actor is restarted and its
-in-flight shard recomputed (shards are deterministic given the seed range, so the retry is identical).
+manifest, so workers need no shared file system for the shards (a pipeline's folder, or hub cache, and its prompt
+file must be at the same path on every node) and a shard is written exactly once. Actors are created with
+``max_restarts``/``max_task_retries``: a killed actor is restarted and its in-flight shard recomputed (shards are
+deterministic given the seed range, so the retry is identical).
 
 GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 (``ray.cluster_resources()["GPU"]``); asking for a GPU on a CPU-only cluster would wait forever.
@@ -71,7 +72,10 @@ def make_actor_class(num_gpus: float, max_restarts: int):
             from optsteps.models import ModelEntry, load_model
 
             torch.set_num_threads(1)
-            self.model = load_model(ModelEntry(**entry), artifacts)
+            e = ModelEntry(**entry)
+            if num_gpus and e.device.startswith("cuda:"):  # Ray shows this actor only its own GPU(s), as cuda:0…
+                e = replace(e, device="cuda")
+            self.model = load_model(e, artifacts)
             self.teacher = TeacherConfig(**teacher)
 
         def shard(self, start: int, count: int):

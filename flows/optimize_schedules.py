@@ -1,6 +1,6 @@
-"""The main Prefect 3 flow: train-if-needed → teacher trajectories (fanned out over Ray actors when
-``ray.enabled``) → λ-optimizer and OSS/GITS per (model, solver, NFE), mapped in parallel → evaluate →
-register in MLflow.
+"""The main Prefect 3 flow: train-if-needed (the embedded models; a pipeline model is identified by the content of
+its folder) → teacher trajectories (fanned out over Ray actors when ``ray.enabled``) → λ-optimizer and OSS/GITS
+per (model, solver, NFE), mapped in parallel → evaluate → register in MLflow.
 
 Every task calls the same ``optsteps.pipeline.stages`` entry point as the matching DVC stage, so both paths produce
 the same schedules for the same params and seeds.
@@ -64,14 +64,24 @@ def train_task(params_path: str, digest: str, model: str) -> str:
     return str(stages.train(load_params(params_path), model))
 
 
+@task
+def model_task(params_path: str, digest: str, model: str, trained: str | None = None) -> str:
+    """The model's identity (a digest), an input of every task of the model: an embedded model is trained first
+    (``train_task``); a pipeline model is identified by the content of its folder, every run (new weights miss the
+    caches of that model's tasks, and only theirs)."""
+    p = load_params(params_path)
+    stages.prepare(p, model)
+    return stages.model_identity(p, model)
+
+
 @task(retries=2, retry_delay_seconds=5, cache_policy=SHARDS, persist_result=True)
-def trajectories_task(params_path: str, digest: str, model: str, trained: str) -> list[str]:
+def trajectories_task(params_path: str, digest: str, model: str, identity: str) -> list[str]:
     man = stages.trajectories(load_params(params_path), model)
     return [e["sha256"] for e in man["shards"]]
 
 
 @task(cache_policy=SCHEDULE, persist_result=True)
-def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int) -> str:
+def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int, identity: str) -> str:
     p = load_params(params_path)
     stages.lambda_opt(p, model, solver, nfe)
     return str(stages.schedule_path(p, model, "lambda-opt", solver, nfe))
@@ -85,7 +95,7 @@ def oss_task(params_path: str, digest: str, model: str, method: str, solver: str
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=EVALUATED, persist_result=True)
-def evaluate_task(params_path: str, digest: str, model: str, schedules: list[str]) -> str:
+def evaluate_task(params_path: str, digest: str, model: str, identity: str, schedules: list[str]) -> str:
     return str(stages.evaluate(load_params(params_path), model))
 
 
@@ -102,22 +112,27 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
         from optsteps.integrations.ray_pool import init_ray
 
         init_ray(p.ray)
-    train_task(params_path, digest, CLASSIFIER)
-    trained = {m: train_task(params_path, digest, m) for m in p.models}
-    shards = {m: trajectories_task(params_path, digest, m, trained[m]) for m in p.models}
+    models = list(p.models)
+    train_task(params_path, digest, CLASSIFIER)  # the digits judge (as the DVC stage `classifier`)
+    identity = {m: model_task(params_path, digest, m,
+                              train_task(params_path, digest, m) if p.models[m].is_embedded else None)
+                for m in models}  # only the embedded models are trained
+    shards = {m: trajectories_task(params_path, digest, m, identity[m]) for m in models}
     futures, per_model = [], {}
-    for m in p.models:
+    for m in models:
+        q = p.for_model(m)
         first = len(futures)
-        for solver in p.lambda_opt.solvers:
-            for nfe in p.lambda_opt.nfe:
-                futures.append(lambda_opt_task.submit(params_path, digest, m, solver, nfe))
-        for method in ["oss"] + (["gits"] if p.oss.gits else []):
-            for solver in p.oss.solvers:
-                for nfe in p.oss.nfe:
+        for solver in q.lambda_opt.solvers:
+            for nfe in q.lambda_opt.nfe:
+                futures.append(lambda_opt_task.submit(params_path, digest, m, solver, nfe, identity[m]))
+        for method in ["oss"] + (["gits"] if q.oss.gits else []):
+            for solver in q.oss.solvers:
+                for nfe in q.oss.nfe:
                     futures.append(oss_task.submit(params_path, digest, m, method, solver, nfe, shards[m]))
         per_model[m] = futures[first:]
     wait(futures)
-    evaluations = [evaluate_task(params_path, digest, m, [f.result() for f in per_model[m]]) for m in p.models]
+    evaluations = [evaluate_task(params_path, digest, m, identity[m], [f.result() for f in per_model[m]])
+                   for m in models]
     registered = register_task(params_path, evaluations)
     paths = [f.result() for f in futures]
     print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration  # real diffusers pipelines and the bundled
 
 import transformers  # noqa: F401,E402 - pinned in requirements.txt: a missing install must fail, not skip
 
-from test_pipelines import PROMPTS, build_ddpm, build_sd  # noqa: E402
+from tiny_pipelines import PROMPTS, build_ddpm, build_sd  # noqa: E402
 
 from optsteps.core.baselines import baseline  # noqa: E402
 from optsteps.evaluate.run import Evaluator, evaluate_grid, images_of  # noqa: E402

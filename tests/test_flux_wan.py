@@ -273,3 +273,22 @@ def test_wan_refusals_and_flowmatch_scheduler_grid(folders):
             want = _moved(fs).t if cls is UniPCMultistepScheduler else fs.t  # only UniPC moves the start off 1
             assert s.sigmas.double().tolist() == pytest.approx(want, abs=1e-6), (cls.__name__, k)
             assert (k > 1) == (fs.t != baseline("flow-shift", RectifiedFlow(), k, shift=shift).t)  # the grid matters
+
+
+def test_describe_is_load_without_the_networks(folders):
+    """FLUX and Wan: the identity, noise schedule and latent shape the Ray driver and the identify stage read from
+    the config files equal the loaded model's, with the options of a params.yaml entry."""
+    from optsteps.models import ModelEntry, describe_model, load_model
+
+    cases = [ModelEntry("tiny-flux", pipeline=str(folders["flux"]), height=16, width=32, device="cpu",
+                        options={"max_sequence_length": MSL, "negative_prompt": "blurry", "true_cfg_scale": 2.0}),
+             ModelEntry("tiny-schnell", pipeline=str(folders["flux-schnell"]), height=16, width=16, device="cpu",
+                        options={"max_sequence_length": MSL}),
+             ModelEntry("tiny-wan", pipeline=str(folders["wan"]), height=16, width=16, device="cpu",
+                        options={"num_frames": 5, "max_sequence_length": MSL})]
+    for e in cases:
+        card, model = describe_model(e), load_model(e)
+        assert card.identity == model.identity and card.name == model.name == e.name
+        assert (card.noise_schedule, card.prediction_type, card.sample_shape, card.num_classes, card.null_label) == (
+            model.noise_schedule, model.prediction_type, tuple(model.sample_shape), model.num_classes, model.null_label)
+    assert describe_model(cases[0]).sample_shape == (4, 8, 16)  # 16×32 px, the tiny VAE's factor 2, C = 16/4

@@ -561,7 +561,7 @@ def prefect_stack(tmp_path_factory):
     work = d / "work"
     work.mkdir()
     # the real flow, made cheap: no diffusion model, a one-epoch classifier, MLflow in a local sqlite file
-    params = {"artifacts": str(work / "artifacts"), "results": str(work / "results"), "models": [],
+    params = {"artifacts": str(work / "artifacts"), "results": str(work / "results"), "models": {},
               "classifier": {"epochs": 1, "threads": 1},
               "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlruns.db'}", "metric": "fid_digitsnet"}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -663,7 +663,7 @@ try:
     from optsteps.pipeline import stages
     from optsteps.pipeline.config import params_from_dict
 
-    p = params_from_dict({"artifacts": str(out / "artifacts"), "models": ["gmm"],
+    p = params_from_dict({"artifacts": str(out / "artifacts"), "models": {"gmm": {}},
                           "teacher": {"solver": "unipc", "steps": 50, "schedule": "uniform-lambda", "seed": 0},
                           "trajectories": {"samples": 32, "shard_size": 4},
                           "ray": {"enabled": True, "address": f"127.0.0.1:{gcs}", "actors": 2, "max_restarts": 1,
@@ -796,7 +796,7 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     p = params_from_dict({
-        "artifacts": str(tmp_path / "artifacts"), "results": str(tmp_path / "results"), "models": ["gmm"],
+        "artifacts": str(tmp_path / "artifacts"), "results": str(tmp_path / "results"), "models": {"gmm": {}},
         "teacher": {"solver": "unipc", "steps": 20, "schedule": "uniform-lambda", "seed": 0},
         "trajectories": {"samples": 16, "shard_size": 8},
         "oss": {"nfe": [4], "solvers": ["unipc"], "samples": 16, "gits": False},

@@ -22,60 +22,9 @@ pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random w
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import RectifiedFlow
 
-from tiny_pipelines import GUIDANCE, PROMPTS, clip_config, distill, tiny_tokenizer, tiny_vae  # noqa: E402
+from tiny_pipelines import GUIDANCE, PROMPTS, build_ddpm, build_sd, build_sd3, distill  # noqa: E402,F401
 
 RF = RectifiedFlow()
-
-
-# ---- tiny pipelines ------------------------------------------------------------------------------------
-
-def build_ddpm(folder):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="linear")).save_pretrained(folder)
-    return folder
-
-
-def build_sd(folder, tmp):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(0)
-    tok = tiny_tokenizer(tmp / "sd_tok")
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=4, norm_num_groups=8)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(clip_config(len(tok))).eval(),
-                                   tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
-
-
-def build_sd3(folder, tmp):
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection
-
-    torch.manual_seed(0)
-    tok = tiny_tokenizer(tmp / "sd3_tok")
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
-                                        caption_projection_dim=32, pooled_projection_dim=64)
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer=tok,
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer_2=tok,
-        text_encoder_3=None, tokenizer_3=None)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -505,3 +454,26 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
         assert json.loads((d / "metadata.jsonl").read_text()) == row
         assert [Image.open(d / "samples" / f"{j:04d}.png").size for j in range(2)] == [(16, 16)] * 2
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "work").rglob("*"))
+
+
+def test_describe_model_is_load_model_without_the_networks(folders, tmp_path):
+    """The identity the Ray driver and the identify stage compute from config files and weight digests equals the
+    loaded model's, for every pipeline kind; the entry's settings reach the model."""
+    from optsteps.models import ModelEntry, describe_model, load_model
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    for kind in ("ddpm", "sd", "sd3"):
+        text = kind != "ddpm"
+        e = ModelEntry(f"tiny-{kind}", pipeline=str(folders[kind]), prompts=str(prompts) if text else "",
+                       guidance=GUIDANCE if text else None, height=32 if kind == "sd" else None,
+                       width=16 if kind == "sd" else None, device="cpu")
+        card, model = describe_model(e), load_model(e)
+        assert card.identity == model.identity and card.identity["model"] == e.name == model.name
+        assert (card.noise_schedule, card.prediction_type, card.sample_shape, card.num_classes, card.null_label) == (
+            model.noise_schedule, model.prediction_type, tuple(model.sample_shape), model.num_classes, model.null_label)
+        if text:
+            assert model.prompts == PROMPTS and model.guidance == GUIDANCE and model.device == "cpu"
+    assert describe_model(ModelEntry("sd", pipeline=str(folders["sd"]), height=32, width=16)).sample_shape == (4, 16, 8)
+    other = describe_model(ModelEntry("x", pipeline=str(folders["sd"]), prompts=str(prompts)))
+    assert other.identity["sha256"] != describe_model(ModelEntry("x", pipeline=str(folders["sd"]))).identity["sha256"]

@@ -52,3 +52,34 @@ def test_actor_killed_mid_generation_loses_and_duplicates_nothing(ray_cfg, tmp_p
     assert [e["sha256"] for e in man["shards"]] == [e["sha256"] for e in local["shards"]]
     assert all(e["node"] for e in man["shards"])
     assert len(list(iter_shards(tmp_path / "ray", gmm_model(), TEACHER))) == 6
+
+
+def test_pipeline_models_on_actors_give_the_in_process_shards_byte_for_byte(ray_cfg, tmp_path):
+    """A tiny DDPM and a tiny Stable Diffusion pipeline from their ``ModelEntry`` (prompts, guidance): every actor
+    loads the pipeline once and computes whole seed ranges; the driver loads no network (``describe_model``) and
+    writes each shard once; the shards are the in-process ones, byte for byte."""
+    from optsteps.integrations.ray_pool import ray_runner
+    from optsteps.models import ModelEntry, describe_model, load_model
+    from tiny_pipelines import build_ddpm, build_sd
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\ntwo blue balls\na green tree\n")
+    entries = [ModelEntry("tiny-ddpm", pipeline=str(build_ddpm(tmp_path / "ddpm")), device="cpu"),
+               ModelEntry("tiny-sd", pipeline=str(build_sd(tmp_path / "sd", tmp_path)), prompts=str(prompts),
+                          guidance=3.0, device="cpu")]
+    teacher = TeacherConfig(solver="unipc", steps=6, schedule="uniform-lambda", guidance=3.0, seed=3)
+    for e in entries:
+        cfg = teacher if e.guidance else TeacherConfig(solver="unipc", steps=6, schedule="uniform-lambda", seed=3)
+        model = load_model(e)
+        assert describe_model(e).identity == model.identity  # what the driver writes into the manifest
+        local = generate_trajectories(model, cfg, tmp_path / e.name / "local", samples=6, shard_size=2, progress=False)
+        actors = []
+        run = ray_runner(e, "artifacts", cfg, tmp_path / e.name / "ray", ray_cfg, on_actors=actors.extend)
+        man = generate_trajectories(describe_model(e), cfg, tmp_path / e.name / "ray", samples=6, shard_size=2,
+                                    progress=False, runner=run)
+        assert len(actors) == 2  # min(ray.actors, shards): each loaded the pipeline once for its seed ranges
+        assert [(s["start"], s["count"]) for s in man["shards"]] == [(0, 2), (2, 2), (4, 2)]
+        assert [s["sha256"] for s in man["shards"]] == [s["sha256"] for s in local["shards"]], e.name
+        assert {k: v for k, v in man.items() if k != "shards"} == {k: v for k, v in local.items() if k != "shards"}
+        for s in man["shards"]:
+            assert (tmp_path / e.name / "ray" / s["file"]).read_bytes() == (tmp_path / e.name / "local" / s["file"]).read_bytes()

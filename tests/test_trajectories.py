@@ -53,3 +53,65 @@ def test_other_model_or_teacher_is_refused(tmp_path):
     with pytest.raises(OptstepsError, match="manifest.json missing"):
         list(iter_shards(tmp_path / "none"))
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == "optsteps-trajectories/1"
+
+
+def test_the_stage_replaces_stale_shards_in_its_own_folder_only(tmp_path):
+    """New weights or another teacher: the trajectories stage regenerates its own folder
+    (artifacts/trajectories/<model>); a folder given with --out is still refused."""
+    import optsteps.pipeline.stages as stages
+    from optsteps.pipeline.config import params_from_dict
+
+    base = {"artifacts": str(tmp_path / "a"), "models": {"gmm": {}},
+            "teacher": {"solver": "unipc", "steps": 6, "seed": 0}, "trajectories": {"samples": 4, "shard_size": 2}}
+    first = stages.trajectories(params_from_dict(base), "gmm")
+    p = params_from_dict({**base, "teacher": {"solver": "unipc", "steps": 8, "seed": 0}})
+    second = stages.trajectories(p, "gmm")
+    assert second["teacher"]["steps"] == 8 and first["teacher"]["steps"] == 6
+    folder = tmp_path / "a" / "trajectories" / "gmm"
+    assert sorted(f.name for f in folder.iterdir()) == sorted(["manifest.json"] + [e["file"] for e in second["shards"]])
+    assert len(list(iter_shards(folder, gmm_model(), p.teacher))) == 2
+    stages.trajectories(params_from_dict(base), "gmm", out=tmp_path / "mine")
+    with pytest.raises(OptstepsError, match="another model or teacher config"):
+        stages.trajectories(p, "gmm", out=tmp_path / "mine")
+
+
+def test_identify_and_prepare_record_the_identity_and_rewrite_only_on_change(tmp_path):
+    import optsteps.pipeline.stages as stages
+    from optsteps.pipeline.config import params_from_dict
+
+    p = params_from_dict({"artifacts": str(tmp_path / "a"), "models": {"gmm": {}, "digits": {}}})
+    path = stages.identify(p, "gmm")
+    assert path == tmp_path / "a" / "identity" / "gmm.json"
+    ident = json.loads(path.read_text())
+    assert ident == {"name": "gmm", "kind": "builtin", "sha256": gmm_model().identity["sha256"],
+                     "noise_schedule": gmm_model().noise_schedule.to_dict()}
+    mtime = path.stat().st_mtime_ns
+    assert stages.identify(p, "gmm") == path and path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    record = stages.prepare(p, "gmm") / "optsteps_model.json"
+    assert json.loads(record.read_text()) == ident and len(stages.model_identity(p, "gmm")) == 64
+    digits = json.loads(stages.identify(p, "digits").read_text())  # the training recipe, no weights needed
+    assert digits["kind"] == "embedded" and digits["train"]["steps"] == 1500 and len(digits["data_sha256"]) == 64
+    q = params_from_dict({"artifacts": str(tmp_path / "a"), "models": {"digits": {}}, "train": {"digits": {"steps": 7}}})
+    assert json.loads(stages.identify(q, "digits").read_text())["train"]["steps"] == 7  # a new recipe, a new identity
+
+
+def test_weight_digests_persist_across_processes_by_path_size_and_mtime(tmp_path):
+    import optsteps.io.hashing as hashing
+
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"weights")
+    cache = tmp_path / "digests.json"
+    with hashing.persistent_digests(cache):
+        real = hashing.file_digest(f)
+    assert real == hashing.sha256_file(f)
+    rows = json.loads(cache.read_text())
+    assert [r[3] for r in rows if r[0] == str(f.resolve())] == [real]
+    hashing._HASH_CACHE.clear()  # a new process
+    for r in rows:
+        r[3] = "0" * 64 if r[0] == str(f.resolve()) else r[3]
+    cache.write_text(json.dumps(rows))
+    with hashing.persistent_digests(cache):
+        assert hashing.file_digest(f) == "0" * 64  # answered from the file: the weights are not read again
+        f.write_bytes(b"new weights")  # another size (and mtime): hashed again
+        assert hashing.file_digest(f) == hashing.sha256_file(f)
+    hashing._HASH_CACHE.clear()

@@ -86,6 +86,59 @@ def tiny_vae(**kw):
 
 # ---- pipelines ---------------------------------------------------------------------------------------------------
 
+def build_ddpm(folder, seed: int = 0):
+    """A pixel DDPMPipeline: UNet2DModel (8×8 RGB) + DDPMScheduler (linear β). ``seed``: other random weights."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(beta_schedule="linear")).save_pretrained(folder)
+    return folder
+
+
+def build_sd(folder, tmp, seed: int = 0):
+    """Stable Diffusion 1.x layout: UNet2DConditionModel + AutoencoderKL + CLIP text encoder, DDIM with
+    scaled-linear β."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer(tmp / "sd_tok")
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=CLIPTextModel(clip_config(len(tok))).eval(),
+                                   tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sd3(folder, tmp, seed: int = 0):
+    """Stable Diffusion 3 layout: SD3Transformer2DModel + two CLIP encoders, no T5; FlowMatchEuler, shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer(tmp / "sd3_tok")
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(len(tok))).eval(), tokenizer_2=tok,
+        text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def build_sdxl(folder, tmp):
     """SDXL: two CLIP encoders (the second with projection: pooled embeddings), a UNet with "text_time"
     added conditioning (size/crop time ids), EulerDiscreteScheduler with SDXL's β and leading spacing."""

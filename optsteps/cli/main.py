@@ -78,7 +78,7 @@ def train(model: str = typer.Option(..., "--model", help="digits | digits-flow |
     from optsteps.models import model_dir
 
     p = _params(params)
-    out = model_dir(p.artifacts, model)
+    out = model_dir(p.artifacts, model if model == "classifier" else p.entry(model).name)
     if (out / "optsteps_model.json").is_file() and not force:
         typer.echo(f"{model}: already trained at {out} (use --force to retrain)")
         return
@@ -114,9 +114,14 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
     from optsteps.models import BUILTIN, noise_schedule_for
 
     # a built-in model's noise schedule needs no weights, so no params file either
-    ns = noise_schedule_for(model) if model in BUILTIN else noise_schedule_for(model, _params(params).artifacts)
+    if model in BUILTIN:
+        ns, name = noise_schedule_for(model), model
+    else:
+        p = _params(params)
+        e = p.entry(model)
+        ns, name = noise_schedule_for(e, p.artifacts), e.name
     opts = {"table": table} if table else {}
-    _emit(baseline(kind, ns, nfe, model=model, **opts).with_meta(solver=solver), as_json)
+    _emit(baseline(kind, ns, nfe, model=name, **opts).with_meta(solver=solver), as_json)
 
 
 @schedule_app.command("lambda-opt")
@@ -194,7 +199,7 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
     spec = SolverSpec(solver) if solver else None
     resolved = _resolve_schedule_arg(schedule, params)  # a bad file or reference fails before the model loads
     p = _params(params)
-    m = load_model(model, p.artifacts)
+    m = load_model(p.entry(model), p.artifacts)
     if len(m.sample_shape) != 3:
         raise OptstepsError(f"model {model!r} does not produce images; sample an image model ({', '.join(EMBEDDED)}).")
     s = _schedule_for(schedule, m, nfe, solver, resolved)
@@ -217,16 +222,32 @@ def trajectories(model: str = typer.Option(..., "--model"),
 
     import optsteps.pipeline.stages as stages
 
-    p = _params(params)
+    p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     if teacher_steps is not None:
         p.teacher = dataclasses.replace(p.teacher, steps=teacher_steps)
     if samples is not None:
-        p.trajectories.samples = samples
+        p.trajectories = dataclasses.replace(p.trajectories, samples=samples)
     if shard_size is not None:
-        p.trajectories.shard_size = shard_size
+        p.trajectories = dataclasses.replace(p.trajectories, shard_size=shard_size)
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
                f"{p.teacher.steps} -> {out or stages.trajectories_dir(p, model)}")
+
+
+@stage_app.command("identify")
+def stage_identify(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
+    """Write the model's content identity to artifacts/identity/MODEL.json (changes only with the model)."""
+    import optsteps.pipeline.stages as stages
+
+    typer.echo(f"wrote {stages.identify(_params(params), model)}")
+
+
+@stage_app.command("model")
+def stage_model(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
+    """artifacts/models/MODEL: train an embedded model (skipped when trained); for a pipeline, its identity record."""
+    import optsteps.pipeline.stages as stages
+
+    typer.echo(f"wrote {stages.prepare(_params(params), model)}")
 
 
 @stage_app.command("lambda-opt")

@@ -135,15 +135,17 @@ def evaluate(model: str = typer.Option(..., "--model"),
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
     p = load_params(params)
+    e = p.entry(model)
+    p = p.for_model(e)
     n = p.evaluate.n if n is None else n
     inception_n = p.evaluate.inception_n if inception_n is None else inception_n
     seed = p.evaluate.seed if seed is None else seed
-    m = load_model(model, p.artifacts)
+    m = load_model(e, p.artifacts)
     if Path(schedule).is_file() or schedule.endswith(".json"):
         s = Schedule.load(schedule)
     else:
-        s = baseline(schedule, m.noise_schedule, nfe, model=model)
-    s = s.with_meta(solver=solver, model=s.model or model)
+        s = baseline(schedule, m.noise_schedule, nfe, model=e.name)
+    s = s.with_meta(solver=solver, model=s.model or e.name)
     g = p.teacher.guidance if guidance is None else guidance
     ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
     t_end = None

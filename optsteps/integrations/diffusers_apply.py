@@ -67,10 +67,10 @@ FLOW_PIPELINES = ("StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline")  # 
 
 def _latent_shape(pipe, height: int, width: int) -> tuple:
     """The state optsteps keeps for an image pipeline (FLUX: the unpacked latent)."""
-    from optsteps.models.diffusers.flux import FLUX_PIPELINES, flux_latent_shape
+    from optsteps.models.diffusers.flux import FLUX_PIPELINES, pipe_latent_shape
 
     if type(pipe).__name__ in FLUX_PIPELINES:
-        return flux_latent_shape(pipe, height, width)
+        return pipe_latent_shape(pipe, height, width)
     bb = _backbone(pipe)
     vsf = int(pipe.vae_scale_factor)
     return (int(bb.config.in_channels), height // vsf, width // vsf)

@@ -1,9 +1,12 @@
 """Teacher-trajectory shards on a pool of Ray actors.
 
-Each actor loads the model once and computes whole shards (seed ranges); the driver writes every shard
-(atomic rename) and the manifest, so workers need no shared file system and a shard is written exactly
-once. Actors are created with ``max_restarts``/``max_task_retries``: a killed actor is restarted and its
-in-flight shard recomputed (shards are deterministic given the seed range, so the retry is identical).
+Each actor loads the model once (a diffusers pipeline from its ``ModelEntry``: folder, prompts, guidance, size,
+device and dtype) and computes whole shards (seed ranges); the driver reads only the model's identity
+(``describe_model``: config files and weight digests, no network) and writes every shard (atomic rename) and the
+manifest, so workers need no shared file system for the shards (a pipeline's folder, or hub cache, and its prompt
+file must be at the same path on every node) and a shard is written exactly once. Actors are created with
+``max_restarts``/``max_task_retries``: a killed actor is restarted and its in-flight shard recomputed (shards are
+deterministic given the seed range, so the retry is identical).
 
 GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 (``ray.cluster_resources()["GPU"]``); asking for a GPU on a CPU-only cluster would wait forever.
@@ -11,7 +14,7 @@ GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from optsteps.teacher.config import TeacherConfig
 
@@ -60,13 +63,19 @@ def make_actor_class(num_gpus: float, max_restarts: int):
 
     @ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=max_restarts)
     class TeacherActor:
-        def __init__(self, model_name: str, artifacts: str, teacher: dict):
+        """Loads the model once (a pipeline on its device in its dtype: the entry's, or the GPU Ray gave this
+        actor) and computes whole shards."""
+
+        def __init__(self, entry: dict, artifacts: str, teacher: dict):
             import torch
 
-            from optsteps.models import load_model
+            from optsteps.models import ModelEntry, load_model
 
             torch.set_num_threads(1)
-            self.model = load_model(model_name, artifacts)
+            e = ModelEntry(**entry)
+            if num_gpus and e.device.startswith("cuda:"):  # Ray shows this actor only its own GPU(s), as cuda:0…
+                e = replace(e, device="cuda")
+            self.model = load_model(e, artifacts)
             self.teacher = TeacherConfig(**teacher)
 
         def shard(self, start: int, count: int):
@@ -75,34 +84,52 @@ def make_actor_class(num_gpus: float, max_restarts: int):
             data = run_teacher(self.model, self.teacher, start, count)
             return start, count, {k: v.numpy() for k, v in data.items()}, ray.get_runtime_context().get_node_id()
 
+        def device(self) -> str:
+            return str(getattr(self.model, "device", "cpu"))
+
         def pid(self) -> int:
             return os.getpid()
 
     return TeacherActor
 
 
-def ray_runner(model_name: str, artifacts: str, teacher: TeacherConfig, out_dir, cfg: RayConfig, on_actors=None):
-    """A ``runner`` for ``trajectories.generate_trajectories``: yields manifest entries as shards finish."""
+def _portable(entry, artifacts: str):
+    """The entry and artifacts folder with local paths made absolute (an actor's working directory is Ray's)."""
+    from pathlib import Path
+
+    from optsteps.models import ModelEntry, entry_for
+
+    e = entry if isinstance(entry, ModelEntry) else entry_for(entry, {})
+    absolute = {k: str(Path(v).resolve()) for k in ("pipeline", "prompts") if (v := getattr(e, k)) and Path(v).exists()}
+    return replace(e, **absolute), str(Path(artifacts).resolve())
+
+
+def ray_runner(model, artifacts: str, teacher: TeacherConfig, out_dir, cfg: RayConfig, on_actors=None):
+    """A ``runner`` for ``trajectories.generate_trajectories``: yields manifest entries as shards finish.
+
+    ``model``: a ``ModelEntry`` (or a built-in name). Each actor loads it once; it asks Ray for
+    ``num_gpus_per_actor`` GPUs when the cluster has them and the entry's device is not ``cpu``."""
     from pathlib import Path
 
     import torch
 
-    from optsteps.models import load_model
     from optsteps.io.hashing import sha256_file
     from optsteps.io.shards import shard_name, write_shard
+    from optsteps.models import describe_model
     from optsteps.teacher.trajectories import header
 
     out_dir = Path(out_dir)
     ray = init_ray(cfg)
-    actor_cls = make_actor_class(gpus_per_actor(cfg), cfg.max_restarts)
-    model = load_model(model_name, artifacts)
-    head = header(model, teacher)
+    entry, artifacts = _portable(model, artifacts)
+    gpus = 0.0 if entry.device == "cpu" else gpus_per_actor(cfg)
+    actor_cls = make_actor_class(gpus, cfg.max_restarts)
+    head = header(describe_model(entry, artifacts), teacher)  # the driver loads no network
 
     def run(pending):
         if not pending:
             return
         n = max(1, min(cfg.actors, len(pending)))
-        actors = [actor_cls.remote(model_name, str(artifacts), asdict(teacher)) for _ in range(n)]
+        actors = [actor_cls.remote(asdict(entry), artifacts, asdict(teacher)) for _ in range(n)]
         if on_actors is not None:
             on_actors(actors)
         queue = list(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 _HASH_CACHE: dict = {}
@@ -28,3 +29,27 @@ def file_digest(f: Path) -> str:
     if key not in _HASH_CACHE:
         _HASH_CACHE[key] = sha256_file(f)
     return _HASH_CACHE[key]
+
+
+@contextmanager
+def persistent_digests(path):
+    """``file_digest``'s cache (by path, size and mtime) loaded from the JSON file ``path`` before the block and
+    written back (atomically) after it, so that a new process does not hash unchanged weight files again."""
+    import json
+
+    from optsteps.io.atomic import write_text_atomic
+
+    path = Path(path)
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else []
+    except json.JSONDecodeError:
+        stored = []  # a damaged cache only costs hashing again
+    for row in stored:
+        if isinstance(row, list) and len(row) == 4:
+            _HASH_CACHE[(row[0], row[1], row[2])] = row[3]
+    try:
+        yield
+    finally:
+        rows = sorted([k[0], k[1], k[2], v] for k, v in _HASH_CACHE.items())
+        if rows != sorted(stored):
+            write_text_atomic(path, json.dumps(rows) + "\n")

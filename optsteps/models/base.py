@@ -51,3 +51,19 @@ class DiffusionModel:
         if isinstance(start, Schedule):
             return initial_state(noise, start)
         return noise * start_sigma(self.noise_schedule, start)
+
+
+@dataclass
+class ModelCard:
+    """What a model is without its network: name, noise schedule, prediction type, state shape, conditioning and
+    the identity that trajectory shards record (``identity["sha256"]``). ``optsteps.models.describe_model`` reads
+    it from config files only, so nothing heavy is loaded (e.g. on a Ray driver whose actors hold the weights)."""
+    name: str
+    noise_schedule: NoiseSchedule
+    prediction_type: str
+    sample_shape: tuple
+    num_classes: int = 0
+    null_label: int | None = None
+    identity: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # adapter-specific facts (image size, prompts, flow shift, …)
+

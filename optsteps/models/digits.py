@@ -28,7 +28,7 @@ from optsteps.models.digits_data import digits_images, digits_labels, digits_sha
 from optsteps.errors import OptstepsError
 from optsteps.models.identity import read_model_meta, verify_weights
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
-from optsteps.models.base import DiffusionModel
+from optsteps.models.base import DiffusionModel, ModelCard
 
 
 @dataclass
@@ -172,16 +172,31 @@ def save_digits(name, unet, cfg: TrainConfig, out_dir, seconds: float, final_los
     return out_dir
 
 
+def _meta(name: str, model_dir) -> dict:
+    meta_path = Path(model_dir) / "optsteps_model.json"
+    if not meta_path.is_file():
+        raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
+                            f"run `optsteps train --model {name}` (or `make run`).")
+    return read_model_meta(meta_path, name, ("noise_schedule", "prediction_type", "sample_shape", "weights_sha256",
+                                             "data_sha256"))
+
+
+def _identity(name: str, meta: dict) -> dict:
+    return {"model": name, "sha256": meta["weights_sha256"], "data_sha256": meta["data_sha256"]}
+
+
+def describe_digits_model(name: str, model_dir) -> ModelCard:
+    """The trained model's ``ModelCard`` from its optsteps_model.json (no network is built)."""
+    meta = _meta(name, model_dir)
+    return ModelCard(name, noise_schedule_from_dict(meta["noise_schedule"]), meta["prediction_type"],
+                     tuple(meta["sample_shape"]), 10, NULL_LABEL, _identity(name, meta))
+
+
 def load_digits_model(name: str, model_dir) -> DiffusionModel:
     from diffusers import UNet2DModel
 
     model_dir = Path(model_dir)
-    meta_path = model_dir / "optsteps_model.json"
-    if not meta_path.is_file():
-        raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
-                            f"run `optsteps train --model {name}` (or `make run`).")
-    meta = read_model_meta(meta_path, name, ("noise_schedule", "prediction_type", "sample_shape", "weights_sha256",
-                                             "data_sha256"))
+    meta = _meta(name, model_dir)
     verify_weights(model_dir / "unet" / "diffusion_pytorch_model.safetensors", meta["weights_sha256"], name)
     try:
         unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
@@ -203,4 +218,4 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
         return out.contiguous()
 
     return DiffusionModel(name, ns, net, meta["prediction_type"], tuple(meta["sample_shape"]), 10, NULL_LABEL,
-                          {"model": name, "sha256": meta["weights_sha256"], "data_sha256": meta["data_sha256"]})
+                          _identity(name, meta))

@@ -2,6 +2,11 @@
 
 Unknown keys and bad values raise ``OptstepsError`` naming the key and the fix.
 
+``models:`` maps each model's name (a slug) to its entry (``optsteps.models.entries``: ``{}`` for an embedded model,
+``pipeline:`` and its settings for a diffusers pipeline). ``Params.for_model(name)`` merges a model's own settings
+(its ``guidance`` and ``overrides`` of teacher/trajectories/oss/lambda_opt/evaluate, typed by the same dataclasses)
+into the params; every stage runs on those.
+
 Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
 ``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
 (``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
@@ -21,6 +26,7 @@ from optsteps.errors import OptstepsError
 from optsteps.integrations.ray_pool import RayConfig
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
+from optsteps.models.entries import ModelEntry, entry_for, parse_entry
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -102,10 +108,27 @@ class Params:
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSConfig = field(default_factory=OSSConfig)
     lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
-    models: list = field(default_factory=lambda: ["digits"])
+    models: dict = field(default_factory=lambda: {"digits": ModelEntry("digits")})  # name → ModelEntry
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def entry(self, model) -> ModelEntry:
+        """The ``ModelEntry`` a ``--model`` argument means (an entry's name, a built-in name, or a pipeline
+        folder / hub id, which gets the matching entry or a new one named by its slug)."""
+        return entry_for(model, self.models)
+
+    def for_model(self, model) -> "Params":
+        """These params with the model's own settings merged in — the one place where that happens: its
+        ``guidance`` (teacher.guidance and evaluate.guidance), then its ``overrides`` of teacher, trajectories, oss,
+        lambda_opt and evaluate (checked when params.yaml is loaded)."""
+        e = self.entry(model)
+        if getattr(self, "_for_model", None) == e.name:  # already merged (e.g. by the CLI before its own flags)
+            return self
+        base = getattr(self, "_base", self)  # merged for another model: start again from the params themselves
+        q = _merged(base, e)
+        q._for_model, q._base = e.name, base
+        return q
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
@@ -166,13 +189,62 @@ def params_from_dict(d: dict) -> Params:
     for key, cls in SECTIONS.items():
         if key in d:
             setattr(p, key, _build(cls, d[key], key))
-    if p.evaluate.seed == p.teacher.seed:
-        raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}: evaluation must use held-out seeds; "
-                            "pick another evaluate.seed.")
     if "models" in d:
-        if not isinstance(d["models"], list) or not all(isinstance(m, str) for m in d["models"]):
-            raise OptstepsError("params.yaml models: must be a list of model names (e.g. [digits, digits-flow]).")
-        p.models = list(d["models"])
+        p.models = _models(d["models"])
+    _check(p, "")
+    for name in p.models:  # every model's merged settings pass the same checks, before any work starts
+        _check(p.for_model(name), f" (models.{name} with its overrides)")
+    for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
+        if _USERINFO.match(uri):  # params.yaml is committed: credentials come only from the environment
+            raise OptstepsError(f"{key} contains credentials (user[:password]@host); keep only the host in "
+                                "params.yaml and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                                "MLFLOW_TRACKING_TOKEN) in the environment.")
+    return p
+
+
+OVERRIDABLE = {"teacher": TeacherConfig, "trajectories": TrajectoriesConfig, "oss": OSSConfig,
+               "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
+               "mlflow": MlflowConfig}  # per-model ``overrides`` sections (mlflow: only what the champions rank by)
+_MODEL_MLFLOW_KEYS = ("metric", "pipeline_metric")
+
+
+def _models(raw) -> dict:
+    if isinstance(raw, list):
+        raise OptstepsError("params.yaml models: must map each model's name to its entry, e.g. `models: {digits: {}}` "
+                            "or, for your own pipeline, `sd15: {pipeline: /models/sd-v1-5}` (DVC names each model's "
+                            "stages by this key; a list would name them by position).")
+    if not isinstance(raw, dict):
+        raise OptstepsError(f"params.yaml models: must be a mapping name → entry, got {raw!r}.")
+    out = {}
+    for name, body in raw.items():
+        e = parse_entry(name, body)
+        unknown = sorted(set(e.overrides) - set(OVERRIDABLE))
+        if unknown:
+            raise OptstepsError(f"params.yaml models.{name}.overrides: unknown section(s) {unknown}; a model can "
+                                f"override {sorted(OVERRIDABLE)}.")
+        other = sorted(set(e.overrides.get("mlflow", {})) - set(_MODEL_MLFLOW_KEYS))
+        if other:
+            raise OptstepsError(f"params.yaml models.{name}.overrides.mlflow: {other} cannot differ per model (one "
+                                f"registry serves every model); a model can override {list(_MODEL_MLFLOW_KEYS)}.")
+        out[name] = e
+    return out
+
+
+def _merged(p: Params, e: ModelEntry) -> Params:
+    sections = {}
+    for key, cls in OVERRIDABLE.items():
+        base = dataclasses.asdict(getattr(p, key))
+        if e.guidance is not None and key in ("teacher", "evaluate"):
+            base["guidance"] = e.guidance
+        base.update(e.overrides.get(key, {}))
+        sections[key] = _build(cls, base, f"models.{e.name}.overrides.{key}")
+    return dataclasses.replace(p, **sections)
+
+
+def _check(p: Params, where: str) -> None:
+    if p.evaluate.seed == p.teacher.seed:
+        raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}{where}: evaluation must use held-out "
+                            "seeds; pick another evaluate.seed.")
     if p.oss.distance not in ("state", "x0") or p.oss.mode not in ("batch", "per_sample"):
         raise OptstepsError("oss.distance must be 'state' or 'x0' and oss.mode 'batch' or 'per_sample'.")
     if p.oss.objective not in ("mse", "l2") or p.oss.start_window < 0:
@@ -198,15 +270,24 @@ def params_from_dict(d: dict) -> Params:
     if ev.reference_images and not ev.inception_n:
         raise OptstepsError(f"evaluate.reference_images = {ev.reference_images!r} needs evaluate.inception_n > 0 "
                             "(how many samples are compared with the folder through Inception).")
-    for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
-        if _USERINFO.match(uri):  # params.yaml is committed: credentials come only from the environment
-            raise OptstepsError(f"{key} contains credentials (user[:password]@host); keep only the host in "
-                                "params.yaml and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
-                                "MLFLOW_TRACKING_TOKEN) in the environment.")
-    return p
 
 
 _USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last silently, so a
+    second ``models:`` entry of the same name would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise OptstepsError(f"params.yaml line {key_node.start_mark.line + 1}: {key!r} is given twice in one "
+                                    "mapping (e.g. two models of the same name); keep one, or rename the other.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_params(path="params.yaml") -> Params:
@@ -214,7 +295,7 @@ def load_params(path="params.yaml") -> Params:
     if not path.is_file():
         raise OptstepsError(f"{path} not found; run from the repository root or pass --params PATH.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise OptstepsError(f"{path} is not valid YAML: {e}") from None
     return params_from_dict(data)

@@ -1,12 +1,23 @@
 """The pipeline's entry points. The CLI, the DVC stages and the Prefect tasks all call these functions.
 
-Paths (under ``params.artifacts`` / ``params.results``):
-    artifacts/models/<model>/                 trained models (``train``)
+Every stage takes the params and a model: a name of ``params.yaml`` ``models:``, a built-in name, a pipeline folder
+or hub id (``Params.entry``), or a ``ModelEntry``; it runs on ``params.for_model(model)`` (the model's own guidance
+and overrides merged in). Paths use the model's name (a slug), never its folder: nothing is written inside a
+model's folder. Under ``params.artifacts`` / ``params.results``:
+
+    artifacts/identity/<model>.json           the model's content identity (``identify``)
+    artifacts/models/<model>/                 an embedded model's trained weights, or a pipeline model's
+                                              identity record (``prepare``; the weights stay in its folder)
     artifacts/trajectories/<model>/           teacher shards + manifest.json (``trajectories``)
     results/schedules/<model>/<method>/<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
+    results/eval/<model>.json                 the evaluation (``evaluate``)
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -15,66 +26,177 @@ import torch
 
 from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
-from optsteps.models import BUILTIN, CLASSIFIER, EMBEDDED, TRAINABLE, load_model, model_dir, noise_schedule_for
+from optsteps.models import (CLASSIFIER, EMBEDDED, TRAINABLE, ModelEntry, describe_model, load_model, model_dir,
+                             noise_schedule_for)
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
-
-def trajectories_dir(p: Params, model: str) -> Path:
-    return Path(p.artifacts) / "trajectories" / model
+log = logging.getLogger("optsteps.pipeline")
 
 
-def schedule_path(p: Params, model: str, method: str, solver: str, nfe: int) -> Path:
-    return Path(p.results) / "schedules" / model / method / f"{solver}-nfe{nfe}.json"
+def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
+    """(the params with the model's own settings merged in, its entry)."""
+    e = p.entry(model)
+    return p.for_model(e), e
 
 
-def lambda_opt_all(p: Params, model: str) -> list[Path]:
+def model_name(p: Params, model) -> str:
+    """The model's name (slug): the one every output path and registry name uses."""
+    return p.entry(model).name
+
+
+def trajectories_dir(p: Params, model) -> Path:
+    return Path(p.artifacts) / "trajectories" / model_name(p, model)
+
+
+def schedule_path(p: Params, model, method: str, solver: str, nfe: int) -> Path:
+    return Path(p.results) / "schedules" / model_name(p, model) / method / f"{solver}-nfe{nfe}.json"
+
+
+def identity_path(p: Params, model) -> Path:
+    return Path(p.artifacts) / "identity" / f"{model_name(p, model)}.json"
+
+
+def lambda_opt_all(p: Params, model) -> list[Path]:
     """Every (solver, NFE) of ``lambda_opt`` in params; the DVC stage ``lambda_opt@<model>``."""
-    return [schedule_path(p, model, "lambda-opt", solver, nfe)
-            for solver in p.lambda_opt.solvers for nfe in p.lambda_opt.nfe
-            if lambda_opt(p, model, solver, nfe) is not None]
+    q, e = resolve(p, model)
+    return [schedule_path(q, e, "lambda-opt", solver, nfe)
+            for solver in q.lambda_opt.solvers for nfe in q.lambda_opt.nfe
+            if lambda_opt(q, e, solver, nfe) is not None]
 
 
-def oss_all(p: Params, model: str) -> list[Path]:
+def oss_all(p: Params, model) -> list[Path]:
     """Every (solver, NFE) of ``oss`` in params, OSS and (if enabled) GITS; the DVC stage ``oss@<model>``."""
-    methods = ["oss"] + (["gits"] if p.oss.gits else [])
+    q, e = resolve(p, model)
+    methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
-        (Path(p.results) / "schedules" / model / method).mkdir(parents=True, exist_ok=True)
-    return [schedule_path(p, model, method, solver, nfe)
-            for method in methods for solver in p.oss.solvers for nfe in p.oss.nfe
-            if oss(p, model, solver, nfe, method=method) is not None]
+        (Path(q.results) / "schedules" / e.name / method).mkdir(parents=True, exist_ok=True)
+    return [schedule_path(q, e, method, solver, nfe)
+            for method in methods for solver in q.oss.solvers for nfe in q.oss.nfe
+            if oss(q, e, solver, nfe, method=method) is not None]
+
+
+def identity(p: Params, model) -> dict:
+    """What the model is, by content: a pipeline's class, the digest of its config and weight files (with the
+    prompts and image size: ``describe_model``) and its noise schedule; an embedded model's training recipe (its
+    ``train`` settings and the data's hash); nothing heavy is loaded. Weight digests are cached by path, size and
+    mtime in ``artifacts/cache/digests.json``, so an unchanged multi-GB folder is not hashed again."""
+    from optsteps.io.hashing import persistent_digests
+
+    e = p.entry(model)
+    if e.is_embedded:
+        from optsteps.models.digits_data import digits_sha256
+
+        return {"name": e.name, "kind": "embedded", "train": dataclasses.asdict(p.train_config(e.name)),
+                "data_sha256": digits_sha256()}
+    with persistent_digests(Path(p.artifacts) / "cache" / "digests.json"):
+        card = describe_model(e, p.artifacts)
+    out = {"name": e.name, "kind": "pipeline" if e.is_pipeline else "builtin", "sha256": card.identity["sha256"],
+           "noise_schedule": card.noise_schedule.to_dict()}
+    if "pipeline" in card.identity:
+        out["pipeline"] = card.identity["pipeline"]
+    return out
+
+
+def identify(p: Params, model) -> Path:
+    """Write the model's content identity to ``artifacts/identity/<model>.json`` (the DVC stage ``identify@<model>``,
+    run on every ``dvc repro``; the file changes only when the identity does)."""
+    from optsteps.io.atomic import write_text_atomic
+
+    out = identity_path(p, model)
+    text = json.dumps(identity(p, model), indent=1, sort_keys=True) + "\n"
+    if not out.is_file() or out.read_text() != text:
+        write_text_atomic(out, text)
+    return out
+
+
+def prepare(p: Params, model, force: bool = False) -> Path:
+    """``artifacts/models/<model>/`` (the DVC stage ``model@<model>``): an embedded model is trained (``train``); a
+    pipeline or built-in model is not trained: its folder holds ``optsteps_model.json``, its identity record (the
+    weights stay where they are)."""
+    from optsteps.io.atomic import write_text_atomic
+
+    e = p.entry(model)
+    if e.is_embedded:
+        return train(p, e.name, force=force)
+    out = model_dir(p.artifacts, e.name)
+    write_text_atomic(out / "optsteps_model.json", json.dumps(identity(p, e), indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def model_identity(p: Params, model) -> str:
+    """A digest of ``artifacts/models/<model>/optsteps_model.json`` (after ``prepare``): what the Prefect tasks of a
+    model take as an input, so that new weights (or a retrained model) miss their caches."""
+    path = model_dir(p.artifacts, model_name(p, model)) / "optsteps_model.json"
+    if not path.is_file():
+        raise OptstepsError(f"{path} is missing; run `optsteps stage model --model {model_name(p, model)}` first.")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train(p: Params, model: str, force: bool = False) -> Path:
-    out = model_dir(p.artifacts, model)
-    if (out / "optsteps_model.json").is_file() and not force:
-        return out
+    """Train an embedded model or the classifier (skipped when trained, unless ``force``). Pipeline models are
+    never trained: their weights are used as they are."""
     if model == CLASSIFIER:
+        out = model_dir(p.artifacts, CLASSIFIER)
+        if (out / "optsteps_model.json").is_file() and not force:
+            return out
         from optsteps.models.classifier import train_classifier
 
         return train_classifier(p.classifier, out)
-    if model in EMBEDDED:
-        from optsteps.models.digits import train_digits
+    e = p.entry(model)
+    if not e.is_embedded:
+        raise OptstepsError(f"{e.name!r} is not trainable: optsteps trains {', '.join(TRAINABLE[:-1])} and "
+                            f"{TRAINABLE[-1]}; a diffusers pipeline is used with its own weights (its DVC stage "
+                            f"`model@{e.name}` records its identity: `optsteps stage model --model {e.name}`).")
+    out = model_dir(p.artifacts, e.name)
+    if (out / "optsteps_model.json").is_file() and not force:
+        return out
+    from optsteps.models.digits import train_digits
 
-        return train_digits(model, p.train_config(model), out)
-    raise OptstepsError(f"unknown model {model!r} to train; use {', '.join(TRAINABLE[:-1])} or {TRAINABLE[-1]}.")
+    return train_digits(e.name, p.train_config(e.name), out)
 
 
-def trajectories(p: Params, model: str, use_ray: bool | None = None, out=None) -> dict:
+def _drop_stale_shards(out: Path, card, teacher) -> None:
+    """In a stage's own trajectories folder, shards of another model identity or teacher (new weights, a changed
+    teacher) are removed, so that the stage regenerates them (a folder passed with --out is never touched)."""
+    from optsteps.io.shards import read_manifest
+    from optsteps.teacher.trajectories import header
+
+    old = read_manifest(out)
+    head = header(card, teacher)
+    if old is None or {k: old.get(k) for k in head} == head:
+        return
+    log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
+                str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
+    for e in old.get("shards", []):
+        (out / e["file"]).unlink(missing_ok=True)
+    (out / "manifest.json").unlink()
+
+
+def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dict:
+    """Teacher shards of the model (``artifacts/trajectories/<model>``, or ``out``). With Ray, actors load the model
+    (each once, on its device) and the driver only reads its identity (``describe_model``)."""
     from optsteps.teacher.trajectories import generate_trajectories
 
-    out = Path(out) if out else trajectories_dir(p, model)
-    m = load_model(model, p.artifacts)
+    q, e = resolve(p, model)
+    own = out is None
+    out = Path(out) if out else trajectories_dir(q, e)
     runner = None
-    if p.ray.enabled if use_ray is None else use_ray:
+    if q.ray.enabled if use_ray is None else use_ray:
         from optsteps.integrations.ray_pool import ray_runner
 
-        runner = ray_runner(model, p.artifacts, p.teacher, out, p.ray)
-    return generate_trajectories(m, p.teacher, out, p.trajectories.samples, p.trajectories.shard_size, runner=runner)
+        m = describe_model(e, q.artifacts)
+        runner = ray_runner(e, q.artifacts, q.teacher, out, q.ray)
+    else:
+        m = load_model(e, q.artifacts)
+    if own:
+        _drop_stale_shards(out, m, q.teacher)
+    return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
 
 
 def load_teacher(p: Params, model, traj_dir, samples: int):
-    """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples."""
+    """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples.
+    ``model``: the loaded model (or its ``ModelCard``); ``p``: the params merged for it (``for_model``)."""
     from optsteps.teacher.trajectories import iter_shards
 
     states, labels, t = [], [], None
@@ -128,54 +250,57 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
         return _GITS_COSTS[key]
 
 
-def oss(p: Params, model: str, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
+def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
     from optsteps.optimizers.oss import gits_search, oss_search
 
-    m = load_model(model, p.artifacts)
-    traj_dir = traj_dir or trajectories_dir(p, model)
+    p, e = resolve(p, model)
+    m = load_model(e, p.artifacts)
+    traj_dir = traj_dir or trajectories_dir(p, e)
     t, states, labels = load_teacher(p, m, traj_dir, p.oss.samples)
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=model,
+        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=e.name,
                           costs=costs, start_window=p.oss.start_window)
     elif method == "oss":
         res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
                          mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,
-                         eval_batch_size=s, model=model, start_window=p.oss.start_window, objective=p.oss.objective)
+                         eval_batch_size=s, model=e.name, start_window=p.oss.start_window, objective=p.oss.objective)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
     sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),
                                           "teacher_samples": s})
-    sched.save(schedule_path(p, model, method, solver, nfe))
+    sched.save(schedule_path(p, e, method, solver, nfe))
     return sched
 
 
-def lambda_opt(p: Params, model: str, solver: str, nfe: int, p_exp: float | None = None,
+def lambda_opt(p: Params, model, solver: str, nfe: int, p_exp: float | None = None,
                error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
-    ns = noise_schedule_for(model, p.artifacts)
+    p, e = resolve(p, model)
+    ns = noise_schedule_for(e, p.artifacts)
     em = error_model or p.lambda_opt.error_model
-    eps_fn = empirical_eps_for(p, model, traj_dir) if em == "empirical" else None
+    eps_fn = empirical_eps_for(p, e, traj_dir) if em == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=model, solver=spec,
+    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
                                 error_model=em, eps_fn=eps_fn, trunc=trunc)
-    sched.save(schedule_path(p, model, "lambda-opt", solver, nfe))
+    sched.save(schedule_path(p, e, "lambda-opt", solver, nfe))
     return sched
 
 
-def empirical_eps_for(p: Params, model: str, traj_dir=None):
+def empirical_eps_for(p: Params, model, traj_dir=None):
     """ε(λ) measured on the teacher shards: mean ‖x̂_0(x_t, t) − x_final‖ per teacher time, interpolated in λ."""
     from optsteps.optimizers.lambda_opt import empirical_eps
     from optsteps.teacher.trajectories import iter_shards
 
-    m = load_model(model, p.artifacts)
+    p, e = resolve(p, model)
+    m = describe_model(e, p.artifacts)  # the shards' identity and noise schedule; no network needed
     sums, count, t = None, 0, None
-    for sh in iter_shards(traj_dir or trajectories_dir(p, model), m, p.teacher):
+    for sh in iter_shards(traj_dir or trajectories_dir(p, e), m, p.teacher):
         err = (sh["x0"] - sh["states"][-1][None]).flatten(2).norm(dim=2).sum(1)  # [N]
         sums = err if sums is None else sums + err
         count += sh["states"].shape[1]
@@ -187,72 +312,84 @@ def empirical_eps_for(p: Params, model: str, traj_dir=None):
 METHOD_DIRS = ("lambda-opt", "oss", "gits")
 
 
-def eval_path(p: Params, model: str) -> Path:
-    return Path(p.results) / "eval" / f"{model}.json"
+def eval_path(p: Params, model) -> Path:
+    return Path(p.results) / "eval" / f"{model_name(p, model)}.json"
 
 
-def summary_path(p: Params, model: str) -> Path:
+def summary_path(p: Params, model) -> Path:
     """results/eval/<model>-summary.json: the speedup entries (``optsteps.evaluate.speedup.speedup_table``)."""
-    return Path(p.results) / "eval" / f"{model}-summary.json"
+    return Path(p.results) / "eval" / f"{model_name(p, model)}-summary.json"
 
 
-def resamples_path(p: Params, model: str) -> Path:
+def resamples_path(p: Params, model) -> Path:
     """results/eval/<model>-bootstrap.npz: every row's bootstrap resamples (``row<i>/<metric>``), for the register
     stage's paired champion test."""
-    return Path(p.results) / "eval" / f"{model}-bootstrap.npz"
+    return Path(p.results) / "eval" / f"{model_name(p, model)}-bootstrap.npz"
 
 
-def is_pipeline_model(model: str) -> bool:
-    """A diffusers pipeline (folder or hub id) rather than a built-in model (digits, digits-flow, gmm)."""
-    return model not in BUILTIN
+def is_pipeline_model(p: Params, model) -> bool:
+    """A diffusers pipeline (a ``models:`` entry with ``pipeline:``, a folder or a hub id) rather than a built-in
+    model (digits, digits-flow, gmm)."""
+    return p.entry(model).is_pipeline
 
 
-def champion_metric(p: Params, model: str) -> str:
+FALLBACK_METRIC = "l2_to_teacher"  # every model's evaluation has it
+
+
+def champion_metric(p: Params, model, rows: list[dict] | None = None) -> str:
     """What ``champion-nfe{K}`` of ``model`` ranks by: ``mlflow.metric`` for built-in models,
-    ``mlflow.pipeline_metric`` for diffusers pipelines."""
-    return p.mlflow.pipeline_metric if is_pipeline_model(model) else p.mlflow.metric
+    ``mlflow.pipeline_metric`` for diffusers pipelines (either may be set in a model's ``overrides``); when the
+    evaluation ``rows`` lack it (e.g. its Inception count is 0), ``l2_to_teacher``."""
+    q = p.for_model(model)
+    metric = q.mlflow.pipeline_metric if is_pipeline_model(p, model) else q.mlflow.metric
+    if rows is not None and not any(metric in r for r in rows[1:]):
+        return FALLBACK_METRIC
+    return metric
 
 
-def teacher_inception_n(p: Params, model: str) -> int:
-    return p.evaluate.pipeline_teacher_inception_n if is_pipeline_model(model) else p.evaluate.teacher_inception_n
+def teacher_inception_n(p: Params, model) -> int:
+    q = p.for_model(model)
+    return q.evaluate.pipeline_teacher_inception_n if is_pipeline_model(p, model) else q.evaluate.teacher_inception_n
 
 
-def evaluation_schedules(p: Params, model: str) -> list[Schedule]:
+def evaluation_schedules(p: Params, model) -> list[Schedule]:
     """The evaluation grid of ``model``: baselines × solvers × (``evaluate.nfe`` ∪ ``evaluate.baseline_nfe``) plus
     every optimized schedule on disk whose solver and NFE are in ``evaluate.nfe``."""
     from optsteps.core.baselines import baseline
 
-    ns = noise_schedule_for(model, p.artifacts)
+    p, e = resolve(p, model)
+    ns = noise_schedule_for(e, p.artifacts)
     ev = p.evaluate
     base_nfe = sorted(set(ev.nfe) | set(ev.baseline_nfe))
-    out = [baseline(kind, ns, nfe, model=model).with_meta(solver=solver)
+    out = [baseline(kind, ns, nfe, model=e.name).with_meta(solver=solver)
            for solver in ev.solvers for kind in ev.baselines for nfe in base_nfe]
     for method in METHOD_DIRS:
         for solver in ev.solvers:
             for nfe in ev.nfe:
-                path = schedule_path(p, model, method, solver, nfe)
+                path = schedule_path(p, e, method, solver, nfe)
                 if path.is_file():
                     out.append(Schedule.load(path))
     return out
 
 
-def evaluator_for(p: Params, model: str, progress: bool = False, inception_n: int | None = None):
+def evaluator_for(p: Params, model, progress: bool = False, inception_n: int | None = None):
     """The ``Evaluator`` of ``model`` with the params' settings: the digits classifier for the embedded digits
     models (none for other models), Inception counts by model kind (``inception_n`` overrides
     ``evaluate.inception_n``), the reference folder and the bootstrap."""
     from optsteps.evaluate.run import Evaluator
     from optsteps.models.classifier import load_classifier
 
-    ev = p.evaluate
+    q, e = resolve(p, model)
+    ev = q.evaluate
     classifier = None
-    if model in EMBEDDED:
+    if e.is_embedded:  # the classifier and the real-digits statistics are those of the digits data
         clf_dir = model_dir(p.artifacts, CLASSIFIER)
         if not (clf_dir / "optsteps_model.json").is_file():
             raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
         classifier = load_classifier(clf_dir)
     return Evaluator(classifier, ev.cache_dir, inception_n=ev.inception_n if inception_n is None else inception_n,
                      kid_subsets=ev.kid_subsets,
-                     teacher_inception_n=teacher_inception_n(p, model), reference_images=ev.reference_images or None,
+                     teacher_inception_n=teacher_inception_n(p, e), reference_images=ev.reference_images or None,
                      bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, progress=progress)
 
 
@@ -260,11 +397,15 @@ SUMMARY_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_incept
                    "adherence_digitsnet", "l2_to_teacher", "psnr_to_teacher")
 
 
-def evaluate(p: Params, model: str) -> Path:
+def evaluate(p: Params, model) -> Path:
     """Evaluate the grid (teacher row first) and write results/eval/<model>.json (every row, with its schedule,
     intervals and paired differences), results/eval/<model>.md (the tables), results/eval/<model>-summary.json
     (the speedup entries), results/eval/<model>-bootstrap.npz (the rows' resamples), the DVC metrics file
-    results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv."""
+    results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv.
+
+    The digits metrics (classifier FID/KID, adherence) exist only for the embedded digits models; every model gets
+    the model-agnostic ones (``l2_to_teacher`` in its state space, ``psnr_to_teacher`` and the Inception FID/KID to
+    the teacher on decoded images), and no digits classifier is needed for a pipeline."""
     import io
     import json
 
@@ -274,38 +415,39 @@ def evaluate(p: Params, model: str) -> Path:
     from optsteps.evaluate.speedup import speedup_table
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
 
+    p, e = resolve(p, model)
     torch.set_num_threads(p.evaluate.threads)
-    m = load_model(model, p.artifacts)
-    schedules = evaluation_schedules(p, model)
-    evaluator = evaluator_for(p, model)
+    m = load_model(e, p.artifacts)
+    schedules = evaluation_schedules(p, e)
+    evaluator = evaluator_for(p, e)
     rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
                                     guidance=p.evaluate.guidance, evaluator=evaluator,
                                     distill_samples=p.trajectories.samples, return_resamples=True)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
-    out = eval_path(p, model)
+    out = eval_path(p, e)
     write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
     write_text_atomic(out.with_suffix(".md"), markdown_table(rows, resamples=resamples))
-    write_text_atomic(summary_path(p, model), json.dumps(speedup_table(rows), indent=1) + "\n")
+    write_text_atomic(summary_path(p, e), json.dumps(speedup_table(rows), indent=1) + "\n")
     buf = io.BytesIO()
     np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
              evaluation_id=np.array(rows[0]["evaluation_id"]))
-    write_bytes_atomic(resamples_path(p, model), buf.getvalue())
+    write_bytes_atomic(resamples_path(p, e), buf.getvalue())
     metrics = {}
     for r in rows:
         key = r["method"] if r["method"] == "teacher" else f"{r['method']}/{r['solver']}/nfe{r['nfe']}"
         metrics[key] = {k: r[k] for k in SUMMARY_METRICS if k in r}
-    write_text_atomic(Path(p.results) / "metrics" / f"{model}.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(Path(p.results) / "metrics" / f"{e.name}.json", json.dumps(metrics, indent=1) + "\n")
     cols = [k for k in ("fid_digitsnet", "l2_to_teacher", "adherence_digitsnet", "fid_teacher_digitsnet",
                         "fid_teacher_inception", "psnr_to_teacher") if any(k in r for r in rows)]
     lines = [",".join(["method", "nfe"] + cols)]
     for r in rows[1:]:
         lines.append(",".join([f"{r['method']}/{r['solver']}", str(r["nfe"])] + [str(r.get(k, "")) for k in cols]))
-    write_text_atomic(Path(p.results) / "plots" / f"{model}.csv", "\n".join(lines) + "\n")
+    write_text_atomic(Path(p.results) / "plots" / f"{e.name}.csv", "\n".join(lines) + "\n")
     return out
 
 
-def load_resamples(p: Params, model: str, rows: int) -> list[dict]:
+def load_resamples(p: Params, model, rows: int) -> list[dict]:
     """The rows' resamples written by ``evaluate`` ([{}] * rows when the file is missing: no intervals)."""
     import numpy as np
 
@@ -334,13 +476,14 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     reg = Registry(p.mlflow.tracking_uri or None)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
     done = []
-    for model in models or p.models:
+    for model in models or list(p.models):
         path = eval_path(p, model)
+        name = model_name(p, model)
         if not path.is_file():
-            raise OptstepsError(f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {model}`).")
+            raise OptstepsError(f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {name}`).")
         rows = json.loads(path.read_text())
         resamples = load_resamples(p, model, len(rows))
-        metric = champion_metric(p, model)
+        metric = champion_metric(p, model, rows)
         for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
@@ -349,10 +492,10 @@ def register(p: Params, models: list[str] | None = None) -> Path:
                                           evaluation_id=row.get("evaluation_id"))
             info = reg.register_schedule(run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash,
                                          resamples=res.get(metric))
-            done.append({"model": model, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
+            done.append({"model": name, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
                          "run_id": run_id, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
         summary = summary_path(p, model)
-        reg.log_summary_run(rows, run_name=f"summary-{model}", metric=metric,
+        reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
                             speedup=json.loads(summary.read_text()) if summary.is_file() else None)
     out = Path(p.results) / "registry.json"
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")

@@ -28,7 +28,8 @@ import torch
 from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
-from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _noise_schedule,
+from optsteps.models.base import ModelCard
+from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
                                                  load_diffusers_pipeline)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
@@ -38,13 +39,18 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline.__call__'s default
 
 # ---- latent layout (also used by integrations.diffusers_apply) --------------------------------------------
 
-def flux_latent_shape(pipe, height: int, width: int) -> tuple:
-    """The unpacked latent [C, H', W'] the pipeline makes for an image of height × width."""
-    vsf = int(pipe.vae_scale_factor)
+def flux_latent_shape(vsf: int, in_channels: int, height: int, width: int) -> tuple:
+    """The unpacked latent [C, H', W'] the pipeline makes for an image of height × width (VAE factor ``vsf``,
+    transformer ``in_channels`` = 4C for the 2×2 packing)."""
     if height % (vsf * 2) or width % (vsf * 2):
         raise OptstepsError(f"FLUX image size {height}×{width} must be a multiple of {vsf * 2} (VAE factor {vsf} "
                             "times the 2×2 packing).")
-    return int(pipe.transformer.config.in_channels) // 4, height // vsf, width // vsf
+    return int(in_channels) // 4, height // vsf, width // vsf
+
+
+def pipe_latent_shape(pipe, height: int, width: int) -> tuple:
+    """``flux_latent_shape`` of a loaded FluxPipeline."""
+    return flux_latent_shape(int(pipe.vae_scale_factor), int(pipe.transformer.config.in_channels), height, width)
 
 
 def pack(pipe, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +89,7 @@ class FluxConditioner(PromptConditioner):
         super().__init__(pipe, "flux", prompts, device, height, width, max_sequence_length)
         self.negative_prompt = negative_prompt
         self.txt_ids = None
-        c, h, w = flux_latent_shape(pipe, height, width)
+        c, h, w = pipe_latent_shape(pipe, height, width)
         self.img_ids = type(pipe)._prepare_latent_image_ids(1, h // 2, w // 2, device, pipe.transformer.dtype)
 
     @torch.no_grad()
@@ -142,6 +148,50 @@ class FluxPipelineModel(PipelineModel):
         return PredictionDenoiser(net, self.noise_schedule, "flow", cond=labels)
 
 
+FLUX_DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size (latent pixels before the VAE factor)
+
+
+def describe_flux(root, prompts=None, height=None, width=None, max_sequence_length: int | None = None,
+                  name: str | None = None, negative_prompt: str | None = None,
+                  true_cfg_scale: float = 1.0) -> ModelCard:
+    """What ``load_flux_model`` returns without its network, from the config files and weight digests alone
+    (the Ray driver and the identify stage call this): noise schedule, latent shape, time shift, identity."""
+    root = resolve_pipeline(root)
+    sched_cfg = _config(root, "scheduler", "scheduler_config.json")
+    ns = _noise_schedule(sched_cfg, root)
+    if ns.family != "flow":
+        raise OptstepsError(f"{root}: a FLUX transformer needs a flow-matching scheduler, found "
+                            f"{sched_cfg.get('_class_name')}.")
+    prompt_list = resolve_prompts(prompts)
+    tcfg, vcfg = _config(root, "transformer"), _config(root, "vae")
+    vsf = 2 ** (len(vcfg["block_out_channels"]) - 1)  # FluxPipeline.vae_scale_factor
+    height = int(height or FLUX_DEFAULT_SAMPLE_SIZE * vsf)
+    width = int(width or FLUX_DEFAULT_SAMPLE_SIZE * vsf)
+    shape = flux_latent_shape(vsf, int(tcfg["in_channels"]), height, width)
+    seq_len = (shape[1] // 2) * (shape[2] // 2)
+    flow_shift, mu = flux_shift(sched_cfg, seq_len)
+    if sched_cfg.get("shift_terminal") or any(sched_cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas",
+                                                                          "use_beta_sigmas", "invert_sigmas")):
+        flow_shift = None  # the pipeline's default schedule is not a plain shift then
+    msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
+    embeds = bool(tcfg.get("guidance_embeds", False))
+    h = hashlib.sha256()
+    h.update(pipeline_digest(root).encode())
+    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "max_sequence_length": msl,
+                         "negative_prompt": negative_prompt, "true_cfg_scale": float(true_cfg_scale)}).encode())
+    model_name = name or str(root)
+    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "FluxPipeline", "prompts": len(prompt_list),
+                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
+                "width": width, "guidance_embeds": embeds}
+    if flow_shift is not None:
+        identity["flow_shift"] = flow_shift
+    return ModelCard(model_name, ns, "flow", shape, num_classes=len(prompt_list), null_label=len(prompt_list),
+                     identity=identity, extra={"root": root, "kind": "flux", "prompts": prompt_list, "height": height,
+                                               "width": width, "flow_shift": flow_shift, "flow_mu": mu,
+                                               "vae_scale_factor": vsf, "max_sequence_length": msl,
+                                               "guidance_embeds": embeds})
+
+
 def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtype=None, height=None, width=None,
                     max_batch: int = 16, max_sequence_length: int | None = None, name: str | None = None,
                     negative_prompt: str | None = None, true_cfg_scale: float = 1.0) -> FluxPipelineModel:
@@ -149,29 +199,19 @@ def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtyp
 
     ``guidance``: the default ``guidance_scale`` (distilled guidance of FLUX.1-dev); ``negative_prompt`` and
     ``true_cfg_scale``: the pipeline's true CFG (off unless both are given and the scale is > 1);
-    ``max_sequence_length``: T5 tokens (default the pipeline's 512)."""
-    root = resolve_pipeline(root)
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    ns = _noise_schedule(sched_cfg, root)
-    if ns.family != "flow":
-        raise OptstepsError(f"{root}: a FLUX transformer needs a flow-matching scheduler, found "
-                            f"{sched_cfg.get('_class_name')}.")
-    prompt_list = resolve_prompts(prompts)
+    ``max_sequence_length``: T5 tokens (default the pipeline's 512). Shape and identity: ``describe_flux``."""
+    card = describe_flux(root, prompts, height, width, max_sequence_length, name, negative_prompt, true_cfg_scale)
+    x = card.extra
+    root, ns, height, width, msl = x["root"], card.noise_schedule, x["height"], x["width"], x["max_sequence_length"]
     device = device or default_device()
     pipe, root, _ = load_diffusers_pipeline(root, device, dtype)
     torch_dtype = pick_dtype(device, "flux", dtype)
     tr = pipe.transformer
-    vsf = int(pipe.vae_scale_factor)
-    default_size = int(pipe.default_sample_size) * vsf
-    height, width = int(height or default_size), int(width or default_size)
-    shape = flux_latent_shape(pipe, height, width)
-    seq_len = (shape[1] // 2) * (shape[2] // 2)
-    flow_shift, mu = flux_shift(sched_cfg, seq_len)
-    if sched_cfg.get("shift_terminal") or any(sched_cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas",
-                                                                          "use_beta_sigmas", "invert_sigmas")):
-        flow_shift = None  # the pipeline's default schedule is not a plain shift then
-    msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
-    cond = FluxConditioner(pipe, prompt_list, device, height, width, msl, negative_prompt)
+    if (int(pipe.vae_scale_factor), int(pipe.default_sample_size)) != (x["vae_scale_factor"], FLUX_DEFAULT_SAMPLE_SIZE):
+        raise OptstepsError(f"{root}: the loaded FluxPipeline's VAE factor {pipe.vae_scale_factor} / default size "
+                            f"{pipe.default_sample_size} differ from what optsteps reads from its config files "
+                            f"({x['vae_scale_factor']}, {FLUX_DEFAULT_SAMPLE_SIZE}); re-save the pipeline.")
+    cond = FluxConditioner(pipe, x["prompts"], device, height, width, msl, negative_prompt)
     embeds = bool(tr.config.guidance_embeds)
 
     def make_net(g: float):
@@ -194,22 +234,13 @@ def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtyp
             return torch.cat(outs)
         return net
 
-    h = hashlib.sha256()
-    h.update(pipeline_digest(root).encode())
-    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "max_sequence_length": msl,
-                         "negative_prompt": negative_prompt, "true_cfg_scale": float(true_cfg_scale)}).encode())
-    model_name = name or str(root)
-    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "FluxPipeline", "prompts": len(prompt_list),
-                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
-                "width": width, "guidance_embeds": embeds}
-    if flow_shift is not None:
-        identity["flow_shift"] = flow_shift
-    return FluxPipelineModel(model_name, ns, make_net(float(guidance)), "flow", shape, num_classes=len(prompt_list),
-                             null_label=len(prompt_list), identity=identity, pipeline=pipe, kind="flux",
-                             prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
-                             width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond,
+    return FluxPipelineModel(card.name, ns, make_net(float(guidance)), "flow", card.sample_shape,
+                             num_classes=card.num_classes, null_label=card.null_label, identity=card.identity,
+                             pipeline=pipe, kind="flux", prompts=x["prompts"], guidance=float(guidance),
+                             flow_shift=x["flow_shift"], height=height, width=width, device=str(device),
+                             dtype=torch_dtype, max_batch=max_batch, conditioner=cond,
                              negative_prompt=negative_prompt, true_cfg_scale=float(true_cfg_scale),
-                             guidance_embeds=embeds, make_net=make_net, flow_mu=mu)
+                             guidance_embeds=embeds, make_net=make_net, flow_mu=x["flow_mu"])
 
 
-__all__ = ["FluxPipelineModel", "load_flux_model", "flux_latent_shape", "pack", "unpack", "flux_shift"]
+__all__ = ["FluxPipelineModel", "load_flux_model", "describe_flux", "flux_latent_shape", "pipe_latent_shape", "pack", "unpack", "flux_shift"]

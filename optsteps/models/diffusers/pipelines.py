@@ -45,7 +45,7 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
-from optsteps.models.base import DiffusionModel
+from optsteps.models.base import DiffusionModel, ModelCard
 from optsteps.models.diffusers.hub import (default_device, pick_dtype, pipeline_class_name, pipeline_digest,
                                            resolve_pipeline)
 from optsteps.models.diffusers.prompts import resolve_prompts
@@ -81,6 +81,19 @@ def _noise_schedule(cfg: dict, root) -> NoiseSchedule:
     return noise_schedule_from_diffusers_config(cfg)
 
 
+def _quiet_loading() -> None:
+    """No per-component progress bars while loading (they fill the logs of every stage and actor)."""
+    import diffusers.utils.logging as dlog
+
+    dlog.disable_progress_bar()
+    try:
+        import transformers.utils.logging as tlog
+
+        tlog.disable_progress_bar()
+    except ImportError:  # no text encoders: nothing to quiet
+        pass
+
+
 def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
     """(pipeline, root, kind) loaded offline on ``device`` in ``dtype`` (defaults: see ``pick_dtype``).
 
@@ -104,8 +117,10 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
         from optsteps.models.diffusers.wan import preload_components
 
         missing.update(preload_components(root, torch_dtype))
+    _quiet_loading()
     try:
-        pipe = cls.from_pretrained(root, torch_dtype=torch_dtype, local_files_only=True, **missing)
+        # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, said so that it does not warn
+        pipe = cls.from_pretrained(root, dtype=torch_dtype, local_files_only=True, low_cpu_mem_usage=False, **missing)
     except ImportError as e:
         raise OptstepsError(f"loading {name} needs a package that is not installed ({e}); "
                             "`pip install transformers` for text encoders.") from None
@@ -249,6 +264,84 @@ def _flow_shift(sched_cfg: dict, latent_hw: tuple, patch: int) -> float:
     return float(sched_cfg.get("shift", 1.0))
 
 
+PIPELINE_OPTIONS = {"sd3": ("max_sequence_length",),
+                    "flux": ("max_sequence_length", "negative_prompt", "true_cfg_scale"),
+                    "wan": ("max_sequence_length", "num_frames", "negative_prompt")}  # a models: entry's options
+
+
+def _config(root, component: str, file: str = "config.json") -> dict:
+    path = root / component / file
+    if not path.is_file():
+        raise OptstepsError(f"{root} has no {component}/{file}; re-save the pipeline with `save_pretrained`.")
+    return json.loads(path.read_text())
+
+
+def describe_pipeline(path_or_id, prompts=None, height: int | None = None, width: int | None = None,
+                      max_sequence_length: int | None = None, name: str | None = None, **options) -> ModelCard:
+    """What ``load_pipeline_model`` would return, from the pipeline's config files alone (no weights are loaded):
+    noise schedule, prediction type, state shape, prompts and the identity that trajectory shards record.
+
+    The identity's ``sha256`` covers every config and weight file (``hub.pipeline_digest``), the prompt list, the
+    image size and (SD3, FLUX, Wan) the text length and options; ``load_pipeline_model`` uses this function, so both
+    always agree. FLUX and Wan: ``flux.describe_flux`` / ``wan.describe_wan``."""
+    root = resolve_pipeline(path_or_id)
+    cls_name = pipeline_class_name(root)
+    if cls_name in UNET2D_PIPELINES:
+        from optsteps.models.diffusers.unet2d import describe_unet2d
+
+        return describe_unet2d(root, name=name or str(path_or_id))
+    if cls_name not in TEXT_PIPELINES:
+        raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
+                            "Other pipelines need an adapter in optsteps/models/diffusers/pipelines.py.")
+    kind = TEXT_PIPELINES[cls_name]
+    if kind in ("flux", "wan"):
+        from optsteps.models.diffusers import flux, wan
+
+        describe = flux.describe_flux if kind == "flux" else wan.describe_wan
+        return describe(root, prompts=prompts, height=height, width=width, max_sequence_length=max_sequence_length,
+                        name=name or str(path_or_id), **options)
+    if options:
+        raise OptstepsError(f"options {sorted(options)} are for FLUX/Wan pipelines, not {cls_name}.")
+    max_sequence_length = max_sequence_length or 256  # StableDiffusion3Pipeline's default
+    prompt_list = resolve_prompts(prompts)
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    ns = _noise_schedule(sched_cfg, root)
+    bcfg = _config(root, "transformer" if kind == "sd3" else "unet")
+    vsf = 2 ** (len(_config(root, "vae")["block_out_channels"]) - 1)  # as the diffusers pipelines compute it
+    default_size = int(bcfg["sample_size"]) * vsf
+    height, width = int(height or default_size), int(width or default_size)
+    patch = int(bcfg.get("patch_size", 1) or 1)
+    if height % (vsf * patch) or width % (vsf * patch):
+        raise OptstepsError(f"image size {height}×{width} must be a multiple of {vsf * patch} for {cls_name}.")
+    shape = (int(bcfg["in_channels"]), height // vsf, width // vsf)
+    if kind == "sd3":
+        if ns.family != "flow":
+            raise OptstepsError(f"{root}: an SD3 transformer needs a flow-matching scheduler, found "
+                                f"{sched_cfg.get('_class_name')}.")
+        prediction = "flow"
+        flow_shift = _flow_shift(sched_cfg, shape[1:], patch)
+    else:
+        prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}.get(
+            sched_cfg.get("prediction_type", "epsilon"))
+        if prediction is None or ns.family != "vp":
+            raise OptstepsError(f"unsupported scheduler for {cls_name} in {root}: prediction_type "
+                                f"{sched_cfg.get('prediction_type')!r}, family {ns.family}.")
+        flow_shift = None
+    h = hashlib.sha256()
+    h.update(pipeline_digest(root).encode())
+    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width,
+                         "max_sequence_length": max_sequence_length if kind == "sd3" else None}).encode())
+    model_name = name or str(path_or_id)
+    prompts_sha = hashlib.sha256("\n".join(prompt_list).encode()).hexdigest()
+    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": cls_name, "prompts": len(prompt_list),
+                "prompts_sha256": prompts_sha, "height": height, "width": width}
+    if flow_shift is not None:
+        identity["flow_shift"] = flow_shift
+    return ModelCard(model_name, ns, prediction, shape, num_classes=len(prompt_list), null_label=len(prompt_list),
+                     identity=identity, extra={"root": root, "kind": kind, "prompts": prompt_list, "height": height,
+                                               "width": width, "flow_shift": flow_shift, "vae_scale_factor": vsf})
+
+
 def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=None, dtype=None,
                         height: int | None = None, width: int | None = None, max_batch: int = 16,
                         max_sequence_length: int | None = None, name: str | None = None,
@@ -267,48 +360,25 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
         from optsteps.models.diffusers.unet2d import load_unet2d_pipeline
 
         return load_unet2d_pipeline(str(root), name=name or str(path_or_id), device=device, dtype=dtype)
-    if cls_name not in TEXT_PIPELINES:
-        raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
-                            "Other pipelines need an adapter in optsteps/models/pipelines.py.")
-    if TEXT_PIPELINES[cls_name] in ("flux", "wan"):
+    if TEXT_PIPELINES.get(cls_name) in ("flux", "wan"):
         from optsteps.models.diffusers import flux, wan
 
         loader = flux.load_flux_model if TEXT_PIPELINES[cls_name] == "flux" else wan.load_wan_model
         return loader(root, prompts=prompts, guidance=guidance, device=device, dtype=dtype, height=height,
                       width=width, max_batch=max_batch, max_sequence_length=max_sequence_length,
                       name=name or str(path_or_id), **options)
-    if options:
-        raise OptstepsError(f"options {sorted(options)} are for FLUX/Wan pipelines, not {cls_name}.")
-    max_sequence_length = max_sequence_length or 256  # StableDiffusion3Pipeline's default
-    prompt_list = resolve_prompts(prompts)
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    ns = _noise_schedule(sched_cfg, root)
+    card = describe_pipeline(root, prompts, height, width, max_sequence_length, name=name or str(path_or_id),
+                             **options)
+    max_sequence_length = max_sequence_length or 256
+    kind, prompt_list, ns = card.extra["kind"], card.extra["prompts"], card.noise_schedule
+    height, width, flow_shift = card.extra["height"], card.extra["width"], card.extra["flow_shift"]
     device = device or default_device()
     pipe, root, kind = load_diffusers_pipeline(root, device, dtype)
     torch_dtype = pick_dtype(device, kind, dtype)
     backbone = pipe.transformer if kind == "sd3" else pipe.unet
-    bcfg = backbone.config
-    vsf = int(pipe.vae_scale_factor)
-    default_size = int(getattr(pipe, "default_sample_size", None) or bcfg.sample_size) * vsf
-    height, width = int(height or default_size), int(width or default_size)
-    patch = int(getattr(bcfg, "patch_size", 1) or 1)
-    if height % (vsf * patch) or width % (vsf * patch):
-        raise OptstepsError(f"image size {height}×{width} must be a multiple of {vsf * patch} for {cls_name}.")
-    shape = (int(bcfg.in_channels), height // vsf, width // vsf)
-
-    if kind == "sd3":
-        if ns.family != "flow":
-            raise OptstepsError(f"{root}: an SD3 transformer needs a flow-matching scheduler, found "
-                                f"{sched_cfg.get('_class_name')}.")
-        prediction = "flow"
-        flow_shift = _flow_shift(sched_cfg, shape[1:], patch)
-    else:
-        prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}.get(
-            sched_cfg.get("prediction_type", "epsilon"))
-        if prediction is None or ns.family != "vp":
-            raise OptstepsError(f"unsupported scheduler for {cls_name} in {root}: prediction_type "
-                                f"{sched_cfg.get('prediction_type')!r}, family {ns.family}.")
-        flow_shift = None
+    if int(pipe.vae_scale_factor) != card.extra["vae_scale_factor"] or int(backbone.config.in_channels) != card.sample_shape[0]:
+        raise OptstepsError(f"{root}: the loaded pipeline's VAE factor {pipe.vae_scale_factor} / channels "
+                            f"{backbone.config.in_channels} differ from its config files; re-save the pipeline.")
     cond = PromptConditioner(pipe, kind, prompt_list, device, height, width, max_sequence_length)
 
     def net(x, t, labels):
@@ -329,20 +399,10 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                 outs.append(out.to(x.device, x.dtype))
         return torch.cat(outs)
 
-    h = hashlib.sha256()
-    h.update(pipeline_digest(root).encode())
-    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width,
-                         "max_sequence_length": max_sequence_length if kind == "sd3" else None}).encode())
-    model_name = name or str(path_or_id)
-    prompts_sha = hashlib.sha256("\n".join(prompt_list).encode()).hexdigest()
-    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": cls_name, "prompts": len(prompt_list),
-                "prompts_sha256": prompts_sha, "height": height, "width": width}
-    if flow_shift is not None:
-        identity["flow_shift"] = flow_shift
-    return PipelineModel(model_name, ns, net, prediction, shape, num_classes=len(prompt_list),
-                         null_label=len(prompt_list), identity=identity, pipeline=pipe, kind=kind,
+    return PipelineModel(card.name, ns, net, card.prediction_type, card.sample_shape, num_classes=card.num_classes,
+                         null_label=card.null_label, identity=card.identity, pipeline=pipe, kind=kind,
                          prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
                          width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
 
 
-__all__ = ["PipelineModel", "load_pipeline_model", "pipeline_noise_schedule", "load_diffusers_pipeline", "SUPPORTED"]
+__all__ = ["PipelineModel", "load_pipeline_model", "describe_pipeline", "pipeline_noise_schedule", "load_diffusers_pipeline", "SUPPORTED"]

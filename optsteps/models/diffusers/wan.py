@@ -29,7 +29,8 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
-from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _noise_schedule,
+from optsteps.models.base import ModelCard
+from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
                                                  load_diffusers_pipeline)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
@@ -91,18 +92,33 @@ def preload_components(root, torch_dtype) -> dict:
 
 # ---- video layout (also used by integrations.diffusers_apply) ---------------------------------------------------
 
-def _call_default(pipe, name: str):
-    return inspect.signature(type(pipe).__call__).parameters[name].default
+def wan_geometry(pipe_or_root) -> tuple:
+    """(temporal VAE factor, spatial VAE factor, patch size (t, h, w), transformer in_channels) of a loaded
+    WanPipeline, or of a WanPipeline folder from its config files (as WanPipeline.__init__ reads them)."""
+    if isinstance(pipe_or_root, (str, Path)):
+        root = Path(pipe_or_root)
+        vcfg, tcfg = _config(root, "vae"), _config(root, "transformer")
+        return (int(vcfg.get("scale_factor_temporal", 4)), int(vcfg.get("scale_factor_spatial", 8)),
+                tuple(int(v) for v in tcfg.get("patch_size", (1, 2, 2))), int(tcfg["in_channels"]))
+    pipe = pipe_or_root
+    return (int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial),
+            tuple(int(v) for v in pipe.transformer.config.patch_size), int(pipe.transformer.config.in_channels))
 
 
-def wan_video_size(pipe, height=None, width=None, num_frames=None) -> tuple[int, int, int]:
+def _call_default(name: str):
+    from diffusers import WanPipeline
+
+    return inspect.signature(WanPipeline.__call__).parameters[name].default
+
+
+def wan_video_size(pipe_or_geometry, height=None, width=None, num_frames=None) -> tuple[int, int, int]:
     """(height, width, frames): the given ones or the pipeline's defaults, checked the way the pipeline rounds
-    them (a size it would silently change is refused here instead)."""
-    height = int(height or _call_default(pipe, "height"))
-    width = int(width or _call_default(pipe, "width"))
-    frames = int(num_frames or _call_default(pipe, "num_frames"))
-    ft, fs = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
-    p = pipe.transformer.config.patch_size
+    them (a size it would silently change is refused here instead). ``pipe_or_geometry``: a WanPipeline or
+    ``wan_geometry``'s tuple."""
+    ft, fs, p, _ = pipe_or_geometry if isinstance(pipe_or_geometry, tuple) else wan_geometry(pipe_or_geometry)
+    height = int(height or _call_default("height"))
+    width = int(width or _call_default("width"))
+    frames = int(num_frames or _call_default("num_frames"))
     if height % (fs * p[1]) or width % (fs * p[2]):
         raise OptstepsError(f"Wan video size {height}×{width} must be a multiple of {fs * p[1]}×{fs * p[2]} "
                             "(VAE factor × patch size).")
@@ -112,10 +128,10 @@ def wan_video_size(pipe, height=None, width=None, num_frames=None) -> tuple[int,
     return height, width, frames
 
 
-def wan_latent_shape(pipe, height: int, width: int, num_frames: int) -> tuple:
+def wan_latent_shape(pipe_or_geometry, height: int, width: int, num_frames: int) -> tuple:
     """The video latent [C, F', H', W'] the pipeline makes."""
-    ft, fs = int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
-    return (int(pipe.transformer.config.in_channels), (num_frames - 1) // ft + 1, height // fs, width // fs)
+    ft, fs, _, c = pipe_or_geometry if isinstance(pipe_or_geometry, tuple) else wan_geometry(pipe_or_geometry)
+    return (c, (num_frames - 1) // ft + 1, height // fs, width // fs)
 
 
 def frame_strip(frames):
@@ -218,14 +234,11 @@ class WanPipelineModel(PipelineModel):
         return out
 
 
-def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype=None, height=None, width=None,
-                   max_batch: int = 16, max_sequence_length: int | None = None, name: str | None = None,
-                   num_frames: int | None = None, negative_prompt: str | None = None) -> WanPipelineModel:
-    """A ``WanPipelineModel`` for the WanPipeline folder ``root`` (see ``pipelines.load_pipeline_model``).
-
-    ``height``/``width``/``num_frames``: the video size (default the pipeline's 480×832, 81 frames);
-    ``negative_prompt``: the null condition (default "" as the pipeline); ``max_sequence_length``: UMT5 tokens
-    (default the pipeline's 512)."""
+def describe_wan(root, prompts=None, height=None, width=None, max_sequence_length: int | None = None,
+                 name: str | None = None, num_frames: int | None = None,
+                 negative_prompt: str | None = None) -> ModelCard:
+    """What ``load_wan_model`` returns without its network, from the config files and weight digests alone
+    (the Ray driver and the identify stage call this): noise schedule, video latent shape, flow shift, identity."""
     root = resolve_pipeline(root)
     index = json.loads((root / "model_index.json").read_text())
     if index.get("boundary_ratio") is not None or (isinstance(index.get("transformer_2"), list)
@@ -235,20 +248,49 @@ def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype
     if index.get("expand_timesteps"):
         raise OptstepsError(f"{root} is a Wan 2.2 TI2V pipeline (expand_timesteps, per-token timesteps); optsteps "
                             "supports the Wan 2.1 text-to-video layout.")
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    sched_cfg = _config(root, "scheduler", "scheduler_config.json")
     ns = _noise_schedule(sched_cfg, root)
     if ns.family != "flow":
         raise OptstepsError(f"{root}: a Wan transformer needs a flow-matching scheduler, found "
                             f"{sched_cfg.get('_class_name')} without flow sigmas.")
     flow_shift, grid = wan_flow_shift(sched_cfg, root)
     prompt_list = resolve_prompts(prompts)
+    geometry = wan_geometry(root)
+    height, width, num_frames = wan_video_size(geometry, height, width, num_frames)
+    shape = wan_latent_shape(geometry, height, width, num_frames)
+    msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
+    h = hashlib.sha256()
+    h.update(pipeline_digest(root).encode())
+    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "num_frames": num_frames,
+                         "max_sequence_length": msl, "negative_prompt": negative_prompt}).encode())
+    model_name = name or str(root)
+    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "WanPipeline", "prompts": len(prompt_list),
+                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
+                "width": width, "num_frames": num_frames, "flow_shift": flow_shift}
+    return ModelCard(model_name, ns, "flow", shape, num_classes=len(prompt_list), null_label=len(prompt_list),
+                     identity=identity, extra={"root": root, "kind": "wan", "prompts": prompt_list, "height": height,
+                                               "width": width, "num_frames": num_frames, "flow_shift": flow_shift,
+                                               "flow_grid": grid, "geometry": geometry, "max_sequence_length": msl})
+
+
+def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype=None, height=None, width=None,
+                   max_batch: int = 16, max_sequence_length: int | None = None, name: str | None = None,
+                   num_frames: int | None = None, negative_prompt: str | None = None) -> WanPipelineModel:
+    """A ``WanPipelineModel`` for the WanPipeline folder ``root`` (see ``pipelines.load_pipeline_model``).
+
+    ``height``/``width``/``num_frames``: the video size (default the pipeline's 480×832, 81 frames);
+    ``negative_prompt``: the null condition (default "" as the pipeline); ``max_sequence_length``: UMT5 tokens
+    (default the pipeline's 512). Shape and identity: ``describe_wan``."""
+    card = describe_wan(root, prompts, height, width, max_sequence_length, name, num_frames, negative_prompt)
+    x = card.extra
+    root, ns = x["root"], card.noise_schedule
     device = device or default_device()
     pipe, root, _ = load_diffusers_pipeline(root, device, dtype)
     torch_dtype = pick_dtype(device, "wan", dtype)
-    height, width, num_frames = wan_video_size(pipe, height, width, num_frames)
-    shape = wan_latent_shape(pipe, height, width, num_frames)
-    msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
-    cond = WanConditioner(pipe, prompt_list, device, msl, negative_prompt)
+    if wan_geometry(pipe) != x["geometry"]:
+        raise OptstepsError(f"{root}: the loaded WanPipeline's VAE factors / patch size / channels "
+                            f"{wan_geometry(pipe)} differ from its config files {x['geometry']}; re-save the pipeline.")
+    cond = WanConditioner(pipe, x["prompts"], device, x["max_sequence_length"], negative_prompt)
     tr = pipe.transformer
 
     def net(x, t, labels):
@@ -266,20 +308,13 @@ def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype
                 outs.append(out.to(x.device, x.dtype))
         return torch.cat(outs)
 
-    h = hashlib.sha256()
-    h.update(pipeline_digest(root).encode())
-    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "num_frames": num_frames,
-                         "max_sequence_length": msl, "negative_prompt": negative_prompt}).encode())
-    model_name = name or str(root)
-    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "WanPipeline", "prompts": len(prompt_list),
-                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
-                "width": width, "num_frames": num_frames, "flow_shift": flow_shift}
-    return WanPipelineModel(model_name, ns, net, "flow", shape, num_classes=len(prompt_list),
-                            null_label=len(prompt_list), identity=identity, pipeline=pipe, kind="wan",
-                            prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
-                            width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond,
-                            num_frames=num_frames, negative_prompt=negative_prompt, flow_grid=grid)
+    return WanPipelineModel(card.name, ns, net, "flow", card.sample_shape, num_classes=card.num_classes,
+                            null_label=card.null_label, identity=card.identity, pipeline=pipe, kind="wan",
+                            prompts=x["prompts"], guidance=float(guidance), flow_shift=x["flow_shift"],
+                            height=x["height"], width=x["width"], device=str(device), dtype=torch_dtype,
+                            max_batch=max_batch, conditioner=cond, num_frames=x["num_frames"],
+                            negative_prompt=negative_prompt, flow_grid=x["flow_grid"])
 
 
-__all__ = ["WanPipelineModel", "load_wan_model", "wan_video_size", "wan_latent_shape", "frame_strip",
+__all__ = ["WanPipelineModel", "load_wan_model", "describe_wan", "wan_geometry", "wan_video_size", "wan_latent_shape", "frame_strip",
            "preload_components", "wan_flow_shift"]

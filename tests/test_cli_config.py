@@ -41,7 +41,7 @@ def test_repository_params_parse():
     ({"train": {"digits": {"stpes": 3}}}, "unknown key"),
     ({"train": {"digits": {"steps": "many"}}}, "must be an integer"),
     ({"train": {"digits": {"ema": 1.5}}}, "ema < 1"),
-    ({"evaluate": {"nfe": [0]}}, "nfe an integer ≥ 1"),
+    ({"evaluate": {"nfe": [0]}}, "evaluate.nfe"),
     ({"evaluate": {"seed": 0}}, "held-out seeds"),
     ({"oss": {"distance": "l1"}}, "oss.distance"),
     ({"flow": {"task_workers": -1}}, "flow.task_workers"),

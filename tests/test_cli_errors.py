@@ -24,7 +24,30 @@ def ws(tmp_path_factory):
     (d / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     (d / "bad_ns.json").write_text('{"noise_schedule": "vp", "t": [1.0, 0.5, 0.001]}')
     (d / "bad_t.json").write_text('{"noise_schedule": {"family": "edm"}, "t": "10"}')
+    for name, text in BAD_PARAMS.items():
+        (d / f"{name}.yaml").write_text(text)
     return d
+
+
+BAD_PARAMS = {  # params files wrong by value: each is refused at load, before any work
+    "p_list": "- digits\n- sd15\n",
+    "p_number": "3\n",
+    "p_artifacts_null": "artifacts: null\n",
+    "p_oss_samples": "oss:\n  samples: -5\n",
+    "p_threads": "evaluate:\n  threads: 0\n",
+    "p_guidance_nan": "teacher:\n  guidance: .nan\n",
+    "p_token": "mlflow:\n  tracking_uri: https://mlflow.example.com/?token=abc123\n",
+    "p_userinfo": "mlflow:\n  tracking_uri: alice:s3cret@mlflow.example.com:5000\n",
+    "p_metric": "mlflow:\n  metric: fid\n",
+    "p_solver": "oss:\n  solvers: [euler]\n",
+    "p_nfe": "oss:\n  nfe: [100]\n",
+    "p_baseline": "evaluate:\n  baselines: [karas]\n",
+    "p_models_list": "models:\n  - digits\n",
+}
+
+
+def _params_case(name, key):
+    return (["stage", "lambda-opt", "--model", "digits", "--params", f"{name}.yaml"], key)
 
 
 def snapshot(d: Path) -> dict:
@@ -45,10 +68,19 @@ CASES = [
     (["sample", "--model", "nosuch", "--schedule", "uniform-t", "--out", "g.png"], "unknown model"),
     (["sample", "--model", "digits", "--schedule", "karras", "--solver", "heun", "--out", "g.png"], "unknown solver"),
     (["schedule", "baseline", "karras", "--model", "digits", "--nfe", "0"], "nfe must be"),
+    _params_case("p_list", "must be a mapping of sections"), _params_case("p_number", "must be a mapping of sections"),
+    _params_case("p_artifacts_null", "artifacts must be a folder path"),
+    _params_case("p_oss_samples", "oss.samples = -5"), _params_case("p_threads", "evaluate.threads = 0"),
+    _params_case("p_guidance_nan", "teacher.guidance = nan"), _params_case("p_token", "contains credentials"),
+    _params_case("p_userinfo", "contains credentials"), _params_case("p_metric", "mlflow.metric = 'fid'"),
+    _params_case("p_solver", "oss.solvers = ['euler']"), _params_case("p_nfe", "below teacher.steps"),
+    _params_case("p_baseline", "'karas' is not a baseline"), _params_case("p_models_list", "models: must map"),
+    (["registry", "list", "--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
+    (["registry", "list", "--tracking-uri", "sqlite:///typo/mlruns.db"], "no schedule registry at"),
 ]
 
 
-@pytest.mark.parametrize("args,names", CASES, ids=[" ".join(a[:1] + a[3:6]) for a, _ in CASES])
+@pytest.mark.parametrize("args,names", CASES, ids=[" ".join(a[:1] + a[3:6]) if a[0] != "stage" else a[-1] for a, _ in CASES])
 def test_bad_input_is_one_error_line_and_changes_nothing(ws, args, names):
     before = snapshot(ws)
     env = dict(os.environ, PYTHONPATH=str(ROOT))

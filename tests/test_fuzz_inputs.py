@@ -39,3 +39,48 @@ def test_schedule_json_loads_or_raises_optsteps_error(d):
     assert s.nfe >= 1 and all(math.isfinite(v) for v in s.t)
     assert all(a > b for a, b in zip(s.t, s.t[1:]))
     assert Schedule.from_json(s.to_json()).t == s.t  # what loads also round-trips
+
+
+# ---- params.yaml mappings ----------------------------------------------------------------------------------------
+
+def _section_values():
+    """A section's settings: its real keys (and a few others) with values of any JSON type, or real-looking ones."""
+    from optsteps.pipeline.config import SECTIONS
+
+    keys = sorted({f for cls in SECTIONS.values() for f in cls.__dataclass_fields__}) + ["typo"]
+    return st.dictionaries(st.sampled_from(keys), st.one_of(json_values, st.lists(st.integers(-3, 300), max_size=4),
+                                                            st.sampled_from(["ddim", "unipc", "karras", "nan", ""])),
+                           max_size=5)
+
+
+def _params_dicts():
+    from optsteps.pipeline.config import SECTIONS
+
+    sections = st.fixed_dictionaries({}, optional={
+        **{name: st.one_of(_section_values(), json_values) for name in SECTIONS},
+        "artifacts": st.one_of(scalars, st.just("artifacts")), "results": scalars,
+        "train": st.one_of(json_values, st.dictionaries(st.sampled_from(["digits", "digits-flow", "x y"]),
+                                                        st.one_of(_section_values(), json_values), max_size=2)),
+        "models": st.one_of(json_values, st.dictionaries(st.sampled_from(["digits", "digits-flow", "gmm", "Bad Name",
+                                                                           "classifier", "mine"]),
+                                                         st.one_of(st.none(), json_values,
+                                                                   st.fixed_dictionaries({}, optional={
+                                                                       "pipeline": scalars, "guidance": scalars,
+                                                                       "overrides": json_values})), max_size=2))})
+    return st.one_of(json_values, sections)
+
+
+@SETTINGS
+@given(_params_dicts())
+def test_params_load_or_raise_optsteps_error(d):
+    """Any mapping (or non-mapping) as params.yaml: a valid ``Params`` or an ``OptstepsError``, never another
+    exception; what loads passes its own checks again."""
+    from optsteps.pipeline.config import params_from_dict
+
+    try:
+        p = params_from_dict(d)
+    except OptstepsError:
+        return
+    assert p.evaluate.seed != p.teacher.seed and p.teacher.steps >= 2 and p.oss.samples >= 1
+    assert isinstance(p.artifacts, str) and p.artifacts and all(math.isfinite(v) for v in (p.teacher.guidance,
+                                                                                          p.evaluate.guidance))

@@ -116,7 +116,7 @@ def test_bad_pipeline_entries_name_the_key_and_the_fix(sd, tmp_path, monkeypatch
     bad({"pipeline": str(sd), "dtype": "int8"}, r"models.mine.dtype must be one of auto, float32")
     bad({"pipeline": str(sd), "dtype": "float16", "device": "cpu"}, r"models.mine.dtype: .*on the CPU use float32")
     bad({"pipeline": str(sd), "device": "tpu"}, r"models.mine.device must be auto, cpu or cuda")
-    bad({"pipeline": str(sd), "height": 13}, r"models.mine height/width: image size 13×16 must be a multiple of 2")
+    bad({"pipeline": str(sd), "height": 13}, r"models.mine height: image size 13×16 must be a multiple of 2")
     bad({"pipeline": str(sd), "width": 0}, r"models.mine.width must be a positive integer")
     kandinsky = fake_pipeline(tmp_path / "k", cls="KandinskyPipeline")
     bad({"pipeline": str(kandinsky)}, r"models.mine.pipeline: .* is a KandinskyPipeline .*supports DDPMPipeline")

@@ -251,3 +251,35 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
     assert "fid_digitsnet_ci95_lo" in reg.client.get_run(v2.run_id).data.metrics
     out = CliRunner().invoke(app, args[:-2] + ["--seed", "0", "--params", str(params)])
     assert out.exit_code != 0 and "overlap" in str(out.exception)
+
+
+def test_filters_are_quoted_and_read_only_commands_create_nothing(reg, tmp_path):
+    """A model name with a quote is searched for, not pasted into the filter; a read-only registry command on a
+    sqlite file that does not exist is an error and creates neither the folder nor a database."""
+    from optsteps.integrations.mlflow_registry import filter_value
+
+    assert filter_value("digits") == "'digits'" and filter_value("o'brien") == '"o\'brien"'
+    with pytest.raises(OptstepsError, match="both quote characters"):
+        filter_value("""a'b"c""")
+    assert reg.list_schedules("o'brien") == []
+    with pytest.raises(OptstepsError, match="no schedule registry at"):
+        Registry(f"sqlite:///{tmp_path}/typo/mlruns.db", create=False)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_an_unreachable_tracking_server_fails_within_the_timeout(tmp_path):
+    """A server that refuses connections, and one that accepts but never answers: one OptstepsError naming the
+    server and the fix after at most ``timeout_s`` (not MLflow's minutes of retries)."""
+    import socket
+
+    with pytest.raises(OptstepsError, match=r"cannot reach the MLflow tracking server http://127\.0\.0\.1:1 "):
+        Registry("http://127.0.0.1:1", timeout_s=2)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts into the backlog, never replies
+    try:
+        port = silent.getsockname()[1]
+        with pytest.raises(OptstepsError, match=r"within 0\.5 s .*raise mlflow\.timeout_s"):
+            Registry(f"http://127.0.0.1:{port}", timeout_s=0.5)
+    finally:
+        silent.close()

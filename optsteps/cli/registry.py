@@ -21,15 +21,18 @@ TrackingOpt = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                            "sqlite:///<abs cwd>/mlruns.db).")
 
 
-def _registry(uri, params_path):
-    """The registry at ``--tracking-uri`` (or MLFLOW_TRACKING_URI), else at params.yaml's ``mlflow.tracking_uri``."""
+def _registry(uri, params_path, create: bool = False):
+    """The registry at ``--tracking-uri`` (or MLFLOW_TRACKING_URI), else at params.yaml's ``mlflow.tracking_uri``;
+    read-only commands (``create`` False) never create a database, and an unreachable server fails within
+    ``mlflow.timeout_s``."""
     from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.pipeline.config import load_params
 
+    p = load_params(params_path) if not uri or Path(params_path).is_file() else None
+    timeout = p.mlflow.timeout_s if p is not None else 10.0
     if not uri:
-        from optsteps.pipeline.config import load_params
-
-        uri = load_params(params_path).mlflow.tracking_uri
-    return Registry(uri or None)
+        uri = p.mlflow.tracking_uri
+    return Registry(uri or None, create=create, timeout_s=timeout)
 
 
 def _fmt(v) -> str:
@@ -176,7 +179,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
     from optsteps.integrations.mlflow_registry import Registry
     from optsteps.io.provenance import params_hash
 
-    reg = Registry(tracking_uri or p.mlflow.tracking_uri or None)
+    reg = Registry(tracking_uri or p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
     run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,
                   "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none"}
     out = {}

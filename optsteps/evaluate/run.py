@@ -447,11 +447,14 @@ TABLE_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inceptio
 UNITS = {"psnr_to_teacher": " (dB)"}
 
 
+METRICS = ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "kid_teacher_digitsnet", "adherence_digitsnet",
+           "accuracy_digitsnet", "precision_digitsnet", "fid_inception", "kid_inception", "fid_teacher_inception",
+           "kid_teacher_inception", "l2_to_teacher", "psnr_to_teacher", "geneval_overall")  # what a row can carry
+
+
 def metric_columns(rows: list[dict]) -> list[str]:
     """Metric names present in rows, in a stable display order."""
-    order = ["fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "kid_teacher_digitsnet", "adherence_digitsnet",
-             "accuracy_digitsnet", "precision_digitsnet", "fid_inception", "kid_inception", "fid_teacher_inception",
-             "kid_teacher_inception", "l2_to_teacher", "psnr_to_teacher", "geneval_overall"]
+    order = METRICS
     present = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return [k for k in order if k in present]
 

@@ -65,6 +65,50 @@ def artifact_location_for(tracking_uri: str) -> str | None:
     return (base / "mlartifacts").as_uri()
 
 
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, create: bool = True) -> None:
+    """Refuse, in one line and within ``timeout_s``, a tracking URI that cannot work: an http(s) server that does not
+    answer ``/health``, or (``create`` False) a sqlite file that does not exist."""
+    m = re.match(r"^sqlite:///(.+)$", tracking_uri)
+    if m and not create and m.group(1) != ":memory:" and not Path(m.group(1)).is_file():
+        raise OptstepsError(f"there is no schedule registry at {tracking_uri} (no such database file); check the "
+                            "path, pass --tracking-uri, or run `optsteps stage register` (or `make run`) first.")
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(math.ceil(timeout_s)))))
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - the user's tracking server
+            r.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):  # up, but wants credentials: MLflow's own calls will say so
+            return
+        raise OptstepsError(f"the MLflow tracking server {tracking_uri} answered /health with HTTP {e.code}; check "
+                            "the URI (mlflow.tracking_uri or --tracking-uri) and the server.") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise OptstepsError(f"cannot reach the MLflow tracking server {tracking_uri} within {timeout_s:g} s "
+                            f"({reason}); start it (`mlflow server …` or `docker compose up -d` in infra/compose), fix "
+                            "mlflow.tracking_uri or --tracking-uri, or raise mlflow.timeout_s.") from None
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow search filter: in single quotes, or double quotes when it holds a single
+    quote (MLflow's filter grammar has no escapes; a value with both is refused)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise OptstepsError(f"{value!r} holds both quote characters, which an MLflow filter cannot express; model "
+                        "names are slugs (letters, digits, '-', '_').")
+
+
 def registered_name(model: str, solver: str) -> str:
     """``<model>-<solver>-schedules``, e.g. ``digits-unipc-schedules`` (other characters become '-')."""
     if not model or not solver:
@@ -104,11 +148,16 @@ class Registry:
     """An MLflow tracking + registry location. ``tracking_uri`` defaults to sqlite:///<abs cwd>/mlruns.db."""
 
     def __init__(self, tracking_uri: str | None = None, artifact_location: str | None = None,
-                 experiment: str = EXPERIMENT):
+                 experiment: str = EXPERIMENT, create: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S):
+        """``create`` False (read-only commands): a sqlite registry that does not exist is an error, not a new empty
+        database. An http(s) server must answer ``/health`` within ``timeout_s`` (mlflow.timeout_s), else one clear
+        error instead of MLflow's minutes of retries; the same bound is MLflow's per-request timeout unless
+        MLFLOW_HTTP_REQUEST_TIMEOUT is set."""
         _quiet()
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
+        check_reachable(self.tracking_uri, timeout_s, create)
         self.artifact_location = artifact_location or artifact_location_for(self.tracking_uri)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -417,7 +466,7 @@ class Registry:
         """Registered schedule versions (newest first per name), optionally of one model and/or NFE."""
         q = [f"tag.{KIND_TAG} = 'schedule'"]
         if model:
-            q.append(f"tag.model = '{model}'")
+            q.append(f"tag.model = {filter_value(model)}")
         if nfe is not None:
             q.append(f"tag.nfe = '{int(nfe)}'")
         mvs = self.client.search_model_versions(" and ".join(q))

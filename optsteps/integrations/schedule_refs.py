@@ -22,7 +22,7 @@ def resolve_schedule(ref: str, tracking_uri: str | None = None) -> Schedule:
             raise OptstepsError(f"{ref!r} names a registered schedule, but there is no schedule registry at {uri}; "
                                 "run `optsteps stage register` (or `make run`) first, or pass --tracking-uri.")
         try:
-            reg = Registry(tracking_uri)
+            reg = Registry(tracking_uri, create=False)
         except ImportError as e:
             raise OptstepsError(f"{ref!r} names a registered schedule, but the registry needs MLflow ({e}); "
                                 "`pip install mlflow`, or pass a schedule JSON file.") from None

@@ -154,7 +154,8 @@ def check_pipeline_entry(entry: ModelEntry) -> None:
         try:
             describe_pipeline(root, entry.prompts or None, entry.height, entry.width, name=name, **entry.options)
         except OptstepsError as e:
-            raise OptstepsError(f"{_where(name)} height/width/options: {e}") from None
+            keys = [k for k in ("height", "width") if getattr(entry, k)] + (["options"] if entry.options else [])
+            raise OptstepsError(f"{_where(name)} {'/'.join(keys)}: {e}") from None
 
 
 def _string(name, raw, key) -> str:

@@ -15,6 +15,7 @@ Sections that a lower layer consumes are defined next to that code and only asse
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
     metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by, built-in models (digits)
     pipeline_metric: str = "fid_teacher_inception"  # the same for diffusers pipeline models
+    timeout_s: float = 10.0  # an http(s) tracking server must answer /health within this (else one clear error)
 
 
 @dataclass
@@ -154,6 +156,8 @@ def _build(cls, data, where: str):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise OptstepsError(f"{where}.{k} must be a number, got {v!r}.")
             v = float(v)
+            if not math.isfinite(v):
+                raise OptstepsError(f"{where}.{k} = {v}: use a finite number (NaN and infinity are refused).")
         if typ is bool and not isinstance(v, bool):
             raise OptstepsError(f"{where}.{k} must be true or false, got {v!r}.")
         if typ is str and v is None:
@@ -172,18 +176,29 @@ SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajector
 
 
 def params_from_dict(d: dict) -> Params:
-    d = dict(d or {})
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise OptstepsError(f"params.yaml must be a mapping of sections (artifacts:, teacher:, models:, …), got a "
+                            f"{type(d).__name__}; see the repository's params.yaml for the layout.")
+    d = dict(d)
+    bad = [k for k in d if not isinstance(k, str)]
+    if bad:
+        raise OptstepsError(f"params.yaml top-level keys must be section names, got {bad!r}.")
     p = Params()
     known = {f.name for f in dataclasses.fields(Params)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise OptstepsError(f"unknown top-level key(s) {unknown} in params.yaml; allowed: {sorted(known)}.")
-    if "artifacts" in d:
-        p.artifacts = str(d["artifacts"])
-    if "results" in d:
-        p.results = str(d["results"])
+    for key in ("artifacts", "results"):
+        if key in d:
+            v = d[key]
+            if not isinstance(v, str) or not v.strip():
+                raise OptstepsError(f"params.yaml {key} must be a folder path (a non-empty string), got {v!r}; "
+                                    f"e.g. `{key}: {getattr(Params(), key)}`.")
+            setattr(p, key, v)
     if "train" in d:
-        if not isinstance(d["train"], dict):
+        if not isinstance(d["train"], dict) or not all(isinstance(k, str) for k in d["train"]):
             raise OptstepsError("params.yaml train: must map model names to training settings.")
         p.train = {name: _build(TrainConfig, v or {}, f"train.{name}") for name, v in d["train"].items()}
     for key, cls in SECTIONS.items():
@@ -195,10 +210,10 @@ def params_from_dict(d: dict) -> Params:
     for name in p.models:  # every model's merged settings pass the same checks, before any work starts
         _check(p.for_model(name), f" (models.{name} with its overrides)")
     for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
-        if _USERINFO.match(uri):  # params.yaml is committed: credentials come only from the environment
-            raise OptstepsError(f"{key} contains credentials (user[:password]@host); keep only the host in "
-                                "params.yaml and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
-                                "MLFLOW_TRACKING_TOKEN) in the environment.")
+        if has_credentials(uri):  # params.yaml is committed: credentials come only from the environment
+            raise OptstepsError(f"{key} contains credentials (user[:password]@host or a token/password query "
+                                "parameter); keep only the host in params.yaml and set MLFLOW_TRACKING_USERNAME / "
+                                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment.")
     return p
 
 
@@ -241,7 +256,94 @@ def _merged(p: Params, e: ModelEntry) -> Params:
     return dataclasses.replace(p, **sections)
 
 
+def _need(ok: bool, key: str, value, rule: str, where: str) -> None:
+    if not ok:
+        raise OptstepsError(f"{key} = {value!r}{where}: {rule}.")
+
+
+def _count(p, key: str, lo: int, hi: int, where: str) -> None:
+    v = _get(p, key)
+    _need(lo <= v <= hi, key, v, f"use an integer in {lo} … {hi:,}", where)
+
+
+def _get(p, key: str):
+    v = p
+    for part in key.split("."):
+        v = getattr(v, part)
+    return v
+
+
+MAX_SAMPLES = 10_000_000
+MAX_STEPS = 100_000  # teacher steps and NFE: more than any sampler takes (typos must not allocate terabytes)
+
+
+def _check_values(p: Params, where: str) -> None:
+    """Ranges and enums of every value (docs: README "Configuration"); one line naming the key and the fix."""
+    from optsteps.core.baselines import BASELINES, parse_kind
+    from optsteps.core.solver_spec import SOLVERS
+    from optsteps.evaluate.run import METRICS
+
+    for key, lo in (("trajectories.samples", 1), ("trajectories.shard_size", 1), ("oss.samples", 1),
+                    ("oss.refine_radius", 0), ("oss.start_window", 0), ("evaluate.n", 1), ("evaluate.kid_subsets", 1),
+                    ("evaluate.threads", 1), ("ray.actors", 1), ("ray.num_cpus", 1), ("ray.max_restarts", 0),
+                    ("ray.object_store_mb", 64), ("classifier.epochs", 1), ("classifier.batch_size", 1),
+                    ("classifier.threads", 1), ("flow.task_workers", 0)):
+        _count(p, key, lo, MAX_SAMPLES, where)
+    _count(p, "teacher.steps", 2, MAX_STEPS, where)
+    _need(p.oss.samples <= p.trajectories.samples, "oss.samples", p.oss.samples,
+          f"OSS reads the first samples of the teacher shards, which hold trajectories.samples = "
+          f"{p.trajectories.samples}; lower oss.samples or raise trajectories.samples", where)
+    _need(p.oss.start_window < p.teacher.steps, "oss.start_window", p.oss.start_window,
+          f"the start window must stay below the teacher's {p.teacher.steps} steps (a few % of them)", where)
+    for key in ("teacher.solver",):
+        _need(_get(p, key) in SOLVERS, key, _get(p, key), f"use one of {', '.join(SOLVERS)}", where)
+    for key in ("oss.solvers", "lambda_opt.solvers", "evaluate.solvers"):
+        v = _get(p, key)
+        _need(bool(v) and all(s in SOLVERS for s in v), key, v,
+              f"use a non-empty list of {', '.join(SOLVERS)}", where)
+    for key in ("oss.nfe", "lambda_opt.nfe", "evaluate.nfe", "evaluate.baseline_nfe"):
+        v = _get(p, key)
+        _need(all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_STEPS for k in v), key, v,
+              f"use a list of integers in 1 … {MAX_STEPS:,}", where)
+    bad = [k for k in p.oss.nfe if k >= p.teacher.steps]
+    _need(not bad, "oss.nfe", p.oss.nfe, f"OSS picks K of the teacher's {p.teacher.steps} steps, so every K must be "
+          f"below teacher.steps; drop {bad} or raise teacher.steps", where)
+    for kind in p.evaluate.baselines:
+        if not isinstance(kind, str) or parse_kind(kind)[0] not in BASELINES:
+            raise OptstepsError(f"evaluate.baselines: {kind!r}{where} is not a baseline; use "
+                                f"{', '.join(BASELINES)} (optionally KIND@start=T,state=raw).")
+    if not isinstance(p.teacher.schedule, str) or parse_kind(p.teacher.schedule)[0] not in BASELINES:
+        raise OptstepsError(f"teacher.schedule = {p.teacher.schedule!r}{where}: use a baseline kind "
+                            f"({', '.join(BASELINES)}).")
+    for key in ("mlflow.metric", "mlflow.pipeline_metric"):
+        v = _get(p, key)
+        _need(v in METRICS or str(v).startswith("geneval_"), key, v,
+              f"champions rank by a metric the evaluation writes: {', '.join(METRICS)}", where)
+    for key, lo, hi, closed in (("teacher.guidance", 0.0, 1e4, True), ("evaluate.guidance", 0.0, 1e4, True),
+                                ("lambda_opt.p", 0.0, 100.0, False), ("classifier.lr", 0.0, 10.0, False),
+                                ("classifier.holdout_fraction", 0.0, 1.0, False),
+                                ("ray.num_gpus_per_actor", 0.0, 1024.0, True), ("ray.task_timeout_s", 0.0, 1e7, False),
+                                ("mlflow.timeout_s", 0.0, 3600.0, False)):
+        v = _get(p, key)
+        ok = math.isfinite(v) and (lo <= v <= hi if closed else lo < v < hi or (key == "lambda_opt.p" and v == hi))
+        _need(ok, key, v, f"use a finite number in {'[' if closed else '('}{lo:g}, {hi:g}{']' if closed else ')'}",
+              where)
+    for key in ("evaluate.cache_dir",):
+        v = _get(p, key)
+        _need(isinstance(v, str) and bool(v.strip()), key, v, "use a folder path (a non-empty string)", where)
+    for name, tc in p.train.items():
+        for k, lo in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("threads", 1)):
+            v = getattr(tc, k)
+            _need(lo <= v <= MAX_SAMPLES, f"train.{name}.{k}", v, f"use an integer in {lo} … {MAX_SAMPLES:,}", where)
+        for k in ("lr", "grad_clip"):
+            v = getattr(tc, k)
+            _need(math.isfinite(v) and v > 0, f"train.{name}.{k}", v, "use a finite number > 0", where)
+        v = tc.decay_fraction
+        _need(0 <= v <= 1, f"train.{name}.decay_fraction", v, "use a number in [0, 1]", where)
+
+
 def _check(p: Params, where: str) -> None:
+    _check_values(p, where)
     if p.evaluate.seed == p.teacher.seed:
         raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}{where}: evaluation must use held-out "
                             "seeds; pick another evaluate.seed.")
@@ -272,7 +374,15 @@ def _check(p: Params, where: str) -> None:
                             "(how many samples are compared with the folder through Inception).")
 
 
-_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*@")
+_USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@:\s]*:?[^/?#@\s]*@")  # (scheme://)user[:pw]@host
+_SECRET_QUERY = re.compile(r"[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
+                           r"signature|auth)=", re.IGNORECASE)
+
+
+def has_credentials(uri: str) -> bool:
+    """A URI with credentials in it: user[:password]@host (with or without a scheme) or a token/password/secret
+    query parameter. params.yaml is committed, so they belong in the environment."""
+    return bool(uri) and bool(_USERINFO.match(uri) or _SECRET_QUERY.search(uri))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -473,7 +473,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
     from optsteps.io.atomic import write_text_atomic
 
-    reg = Registry(p.mlflow.tracking_uri or None)
+    reg = Registry(p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
     done = []
     for model in models or list(p.models):

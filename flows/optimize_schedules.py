@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def model_task(params_path: str, digest: str, model: str, trained: str | None = 
     (``train_task``); a pipeline model is identified by the content of its folder, every run (new weights miss the
     caches of that model's tasks, and only theirs)."""
     p = load_params(params_path)
+    stages.identify(p, model)  # as the DVC stages identify@ and model@ (the same files)
     stages.prepare(p, model)
     return stages.model_identity(p, model)
 
@@ -97,6 +99,27 @@ def oss_task(params_path: str, digest: str, model: str, method: str, solver: str
 @task(retries=1, retry_delay_seconds=5, cache_policy=EVALUATED, persist_result=True)
 def evaluate_task(params_path: str, digest: str, model: str, identity: str, schedules: list[str]) -> str:
     return str(stages.evaluate(load_params(params_path), model))
+
+
+DVC_STAGES = ("identify", "model", "classifier", "trajectories", "lambda_opt", "oss", "evaluate")  # dvc.yaml, before register
+
+
+def record_in_dvc(targets) -> bool:
+    """Record what the flow computed in ``dvc.lock`` (``dvc commit -f``: the outputs', deps' and params' hashes as
+    they are now), so that after the flow ``dvc status`` is clean and ``dvc repro`` reruns nothing — one pipeline
+    state for both paths. Only in a DVC repository (``dvc.yaml`` and ``.dvc/`` in the working directory)."""
+    if not (Path("dvc.yaml").is_file() and Path(".dvc").is_dir()):
+        print("not a DVC repository here: dvc.lock not updated (run `dvc init` to share state with `dvc repro`)")
+        return False
+    r = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", *targets], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"dvc commit {' '.join(targets)} failed: {(r.stderr or r.stdout).strip()[-2000:]}")
+    return True
+
+
+@task
+def record_task(targets: list[str], after) -> bool:
+    return record_in_dvc(targets)
 
 
 @task
@@ -133,7 +156,9 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     wait(futures)
     evaluations = [evaluate_task(params_path, digest, m, identity[m], [f.result() for f in per_model[m]])
                    for m in models]
+    record_task(list(DVC_STAGES), evaluations)  # before register: versions carry the real DVC data hash
     registered = register_task(params_path, evaluations)
+    record_task(["register"], registered)
     paths = [f.result() for f in futures]
     print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "
           f"registry {registered}")

@@ -81,7 +81,7 @@ def test_registry_commands_default_to_the_params_tracking_uri(tmp_path, monkeypa
     seen = []
 
     class FakeRegistry:
-        def __init__(self, uri=None):
+        def __init__(self, uri=None, **kw):
             seen.append(uri)
 
         def list_schedules(self, model, nfe):

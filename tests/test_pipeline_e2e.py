@@ -183,6 +183,8 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
     for r in registered:  # champions rank by mlflow.metric where the model has it, else by the L2 to the teacher
         assert ("fid_digitsnet" if r["model"] == "digits" else "l2_to_teacher") in r, r
     assert {r["decision"] for r in registered} <= {"first", "significant", "not_significant", "not_better"}
+    for m in MODELS:  # a sample grid per row (decoded for the latent SD), logged with the row's run
+        assert all((repo / "results/eval" / r["grid"]).is_file() for r in rows[m]), m
     metrics = run(["dvc", "metrics", "show", "--json"], repo, e)
     assert "oss/ddim/nfe3" in metrics
     for m in PIPELINES:  # nothing was written inside the models' folders
@@ -237,11 +239,24 @@ def test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it(dvc_repo
 def test_prefect_flow_gives_the_same_schedules_as_dvc_and_writes_nothing_into_model_folders(dvc_repo, pipes, tmp_path):
     _, _, _, from_dvc = dvc_repo  # the schedules of the first `dvc repro`, before the NFE change
     flow_repo = project(tmp_path, tiny_params(pipes[0]))
-    run([sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"], flow_repo, env(tmp_path, flow_repo),
-        timeout=1800)
+    fe = env(tmp_path, flow_repo)
+    run(["git", "init", "-q"], flow_repo, fe)
+    run(["dvc", "init", "-q"], flow_repo, fe)
+    flow = [sys.executable, "flows/optimize_schedules.py", "--params", "params.yaml"]
+    run(flow, flow_repo, fe, timeout=1800)
     assert schedules(flow_repo) == from_dvc
     registered = json.loads((flow_repo / "results/registry.json").read_text())
     assert {r["model"] for r in registered} == set(MODELS)
+    # one pipeline state: the flow recorded its outputs in dvc.lock, so DVC has nothing to do after it
+    assert dvc_status(flow_repo, fe) == {}
+    assert ran(run(["dvc", "repro"], flow_repo, fe)) == sorted(f"identify@{m}" for m in MODELS)
+    assert all(r["dvc_data_hash"] not in ("", "none") for r in registered)
+    # the flow run again: the same schedules and evaluations, so the registry gains nothing
+    run(flow, flow_repo, fe, timeout=1800)
+    again = json.loads((flow_repo / "results/registry.json").read_text())
+    assert [(r["name"], r["version"]) for r in again] == [(r["name"], r["version"]) for r in registered]
+    assert {r["decision"] for r in again} == {"unchanged"}
+    assert dvc_status(flow_repo, fe) == {}
     assert not (flow_repo / "artifacts" / "models" / "tiny-sd" / "unet").exists()  # never trained
     for m in PIPELINES:
         assert snapshot(pipes[0] / m) == pipes[1][m], m

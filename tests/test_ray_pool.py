@@ -3,6 +3,7 @@ actor's shard is redone with nothing duplicated or lost."""
 import os
 
 import pytest
+import torch
 
 from optsteps.pipeline.config import RayConfig, TeacherConfig
 from optsteps.models import gmm_model
@@ -72,7 +73,13 @@ def test_pipeline_models_on_actors_give_the_in_process_shards_byte_for_byte(ray_
         cfg = teacher if e.guidance else TeacherConfig(solver="unipc", steps=6, schedule="uniform-lambda", seed=3)
         model = load_model(e)
         assert describe_model(e).identity == model.identity  # what the driver writes into the manifest
-        local = generate_trajectories(model, cfg, tmp_path / e.name / "local", samples=6, shard_size=2, progress=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each actor: CPU kernels reduce in a thread-count-dependent order
+        try:
+            local = generate_trajectories(model, cfg, tmp_path / e.name / "local", samples=6, shard_size=2,
+                                          progress=False)
+        finally:
+            torch.set_num_threads(threads)
         actors = []
         run = ray_runner(e, "artifacts", cfg, tmp_path / e.name / "ray", ray_cfg, on_actors=actors.extend)
         man = generate_trajectories(describe_model(e), cfg, tmp_path / e.name / "ray", samples=6, shard_size=2,

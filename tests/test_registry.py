@@ -231,7 +231,7 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
                  progress=False)
     train_classifier(ClassifierConfig(epochs=1), arts / "models" / "classifier", progress=False)
     params = tmp_path / "params.yaml"
-    params.write_text(f"artifacts: {arts}\nteacher:\n  solver: ddim\n  steps: 6\n  seed: 0\n")
+    params.write_text(f"artifacts: {arts}\nteacher:\n  solver: ddim\n  steps: 6\n  seed: 0\noss:\n  nfe: [3, 4]\n")
     app = typer.Typer()
     app.command()(evaluate)
     app.command("noop")(lambda: None)  # two commands: typer keeps "evaluate" as a subcommand name
@@ -242,13 +242,13 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
     assert "registered digits-ddim-schedules version 1" in out.output and "champion-nfe3 now points to it" in out.output
     row = reg.list_schedules(model="digits", nfe=3)[0]
     assert row["method"] == "uniform-lambda" and row["l2_to_teacher"] > 0 and "fid_digitsnet" in row
-    # the same schedule evaluated again: the same evaluation, an exact tie — the champion stays
+    # the same schedule evaluated again: the same evaluation and metrics — nothing new is registered
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, (out.output, out.exception)
-    assert "version 2; champion-nfe3 unchanged (not_significant)" in out.output
-    v2 = reg.client.get_model_version("digits-ddim-schedules", 2)
-    assert v2.tags["paired_diff"] == "0.0" and v2.tags["not_significant"] == "true"
-    assert "fid_digitsnet_ci95_lo" in reg.client.get_run(v2.run_id).data.metrics
+    assert "digits-ddim-schedules version 1 already holds this schedule with this evaluation" in out.output
+    assert len(reg.client.search_model_versions("name = 'digits-ddim-schedules'")) == 1
+    v1 = reg.client.get_model_version("digits-ddim-schedules", 1)
+    assert "fid_digitsnet_ci95_lo" in reg.client.get_run(v1.run_id).data.metrics
     out = CliRunner().invoke(app, args[:-2] + ["--seed", "0", "--params", str(params)])
     assert out.exit_code != 0 and "overlap" in str(out.exception)
 
@@ -283,3 +283,28 @@ def test_an_unreachable_tracking_server_fails_within_the_timeout(tmp_path):
             Registry(f"http://127.0.0.1:{port}", timeout_s=0.5)
     finally:
         silent.close()
+
+
+def test_registering_the_same_schedule_twice_adds_nothing(reg):
+    """Content-keyed versions: the same schedule with the same metrics → the same run and version, no writes;
+    new metrics for it → the same run (next metric step) and version, its tags updated; another model's weights
+    (model_sha) → another version. n and guidance are run params; runs carry MLflow's source tags."""
+    name = registered_name("idem", "unipc")
+    s = odd_schedule("idem", 4, 0.02)
+    m = {"fid_digitsnet": 3.0, "l2_to_teacher": 0.2, "n": 100, "guidance": 1.0}
+    first = reg.register_schedule(reg.log_schedule_run(s, m, evaluation_id="e1"), **REG)
+    again = reg.register_schedule(reg.log_schedule_run(s.with_meta(extra={"wall_time_s": 9.9}), m,
+                                                       evaluation_id="e1"), **REG)
+    assert (again["version"], again["run_id"], again["decision"]) == (first["version"], first["run_id"], "unchanged")
+    assert len(reg.client.search_model_versions(f"name = '{name}'")) == 1
+    assert len(reg.client.search_runs([reg.experiment_id()], "tags.model = 'idem'")) == 1
+    run = reg.client.get_run(first["run_id"])
+    assert run.data.params["n"] == "100" and "n" not in run.data.metrics and "guidance" not in run.data.metrics
+    assert run.data.tags["mlflow.source.name"] == "optsteps" and run.data.tags["schedule_key"]
+    better = reg.register_schedule(reg.log_schedule_run(s, dict(m, fid_digitsnet=2.5), evaluation_id="e2"), **REG)
+    assert better["version"] == first["version"] and better["run_id"] == first["run_id"]
+    assert [h.value for h in reg.client.get_metric_history(first["run_id"], "fid_digitsnet")] == [3.0, 2.5]
+    assert float(reg.client.get_model_version(name, first["version"]).tags["fid_digitsnet"]) == 2.5
+    other = reg.register_schedule(reg.log_schedule_run(s, m, evaluation_id="e1", model_sha="f" * 64), **REG)
+    assert other["version"] != first["version"]
+    assert [r["version"] for r in reg.list_schedules(model="idem")] == [other["version"], first["version"]]

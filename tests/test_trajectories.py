@@ -62,7 +62,8 @@ def test_the_stage_replaces_stale_shards_in_its_own_folder_only(tmp_path):
     from optsteps.pipeline.config import params_from_dict
 
     base = {"artifacts": str(tmp_path / "a"), "models": {"gmm": {}},
-            "teacher": {"solver": "unipc", "steps": 6, "seed": 0}, "trajectories": {"samples": 4, "shard_size": 2}}
+            "teacher": {"solver": "unipc", "steps": 6, "seed": 0}, "trajectories": {"samples": 4, "shard_size": 2},
+            "oss": {"nfe": [3]}}
     first = stages.trajectories(params_from_dict(base), "gmm")
     p = params_from_dict({**base, "teacher": {"solver": "unipc", "steps": 8, "seed": 0}})
     second = stages.trajectories(p, "gmm")
@@ -115,3 +116,29 @@ def test_weight_digests_persist_across_processes_by_path_size_and_mtime(tmp_path
         f.write_bytes(b"new weights")  # another size (and mtime): hashed again
         assert hashing.file_digest(f) == hashing.sha256_file(f)
     hashing._HASH_CACHE.clear()
+
+
+def test_oss_reads_the_teacher_from_the_shards_it_is_given(tmp_path):
+    """`optsteps trajectories --teacher-steps 8 --out DIR` then `optsteps schedule oss --trajectories DIR`: the
+    shards' manifest names their teacher, which OSS uses (params.yaml says 100 steps); shards of another model are
+    still refused."""
+    import dataclasses
+
+    import optsteps.pipeline.stages as stages
+    from optsteps.errors import OptstepsError
+    from optsteps.pipeline.config import params_from_dict
+
+    p = params_from_dict({"artifacts": str(tmp_path / "a"), "results": str(tmp_path / "r"), "models": {"gmm": {}},
+                          "oss": {"nfe": [3], "samples": 4, "refine": False}})
+    q = dataclasses.replace(p, teacher=dataclasses.replace(p.teacher, steps=8),
+                            trajectories=dataclasses.replace(p.trajectories, samples=4, shard_size=4))
+    stages.trajectories(q, "gmm", out=tmp_path / "shards")
+    s = stages.oss(p, "gmm", "ddim", 3, traj_dir=tmp_path / "shards")
+    assert s.nfe == 3 and len(s.t) == 4 and s.extra["teacher_samples"] == 4
+    lam = stages.lambda_opt(p, "gmm", "unipc", 3, error_model="empirical", traj_dir=tmp_path / "shards")
+    assert lam.nfe == 3
+    man = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    man["model_sha256"] = "0" * 64
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(OptstepsError):
+        stages.oss(p, "gmm", "ddim", 3, traj_dir=tmp_path / "shards")

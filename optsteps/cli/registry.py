@@ -35,6 +35,19 @@ def _registry(uri, params_path, create: bool = False):
     return Registry(uri or None, create=create, timeout_s=timeout)
 
 
+def registration_line(res: dict) -> str:
+    """What a registration did, in one line (``Registry.register_schedule``'s result)."""
+    held = f"{res['alias']} points to it" if res["champion"] else f"{res['alias']} is another version"
+    if res["decision"] == "unchanged":
+        return (f"{res['name']} version {res['version']} already holds this schedule with this evaluation: "
+                f"nothing registered ({held})")
+    if res["decision"] == "updated":
+        return f"{res['name']} version {res['version']} holds this schedule: its metrics were updated ({held})"
+    return f"registered {res['name']} version {res['version']}" + (
+        f"; {res['alias']} now points to it ({res['decision']})" if res["champion"]
+        else f"; {res['alias']} unchanged ({res['decision']})")
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -194,6 +207,4 @@ def evaluate(model: str = typer.Option(..., "--model"),
     typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
     if register:
         res = reg.register_schedule(rid, metric=champion_metric(p, model), params_digest=params_hash(p))
-        typer.echo(f"registered {res['name']} version {res['version']}" +
-                   (f"; {res['alias']} now points to it ({res['decision']})" if res["champion"]
-                    else f"; {res['alias']} unchanged ({res['decision']})"))
+        typer.echo(registration_line(res))

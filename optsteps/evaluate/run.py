@@ -358,7 +358,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
                   guidance: float | None = None, solver: str | None = None, classifier=None,
                   inception_n: int | None = None, kid_subsets: int | None = None, cache_dir=None,
                   evaluator: Evaluator | None = None, distill_samples: int | None = None, batch_size: int = 500,
-                  progress: bool = True, return_resamples: bool = False):
+                  progress: bool = True, return_resamples: bool = False, on_images=None):
     """Evaluate every schedule on the same held-out seeds; the first row is the teacher itself (the reference,
     ``l2_to_teacher`` = 0). Each row: model, method, solver, nfe, the metrics and timings, the
     ``evaluation_id``; with a bootstrap evaluator also ``ci95`` and, for every row that is not a baseline,
@@ -367,6 +367,8 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
     ``teacher_cfg.seed`` is the distillation seed: the evaluation seeds must not overlap it
     (``distill_samples`` bounds the distillation indices; None: the whole seed is reserved).
     ``return_resamples``: return (rows, resamples), resamples[i] = metric → resampled values of row i.
+    ``on_images``: called as ``on_images(row, images)`` with each row's images in [−1, 1] (decoded for latent
+    models; None for states that are no images), e.g. to save a sample grid; nothing is sampled for it.
     """
     from optsteps.models.sampling import generate
 
@@ -386,6 +388,8 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
            "evaluation_id": eid}
     metrics, res = ev.measure(teacher, labels, timages, reference_row=True)
     row.update(metrics)
+    if on_images is not None:
+        on_images(row, timages)
     if boot:
         row["bootstrap"] = boot
     row.update(seconds_sampling=round(t1 - t0, 3), seconds_metrics=round(time.perf_counter() - t1, 3))
@@ -407,8 +411,11 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
         t1 = time.perf_counter()
         row = {"model": model.name, "method": s.method, "solver": sv, "nfe": s.nfe, "guidance": g, "seed": seed,
                "start": start, "evaluation_id": eid}
-        metrics, res = ev.measure(x, labels, images_of(model, x))
+        images = images_of(model, x)
+        metrics, res = ev.measure(x, labels, images)
         row.update(metrics)
+        if on_images is not None:
+            on_images(row, images)
         if boot:
             row["bootstrap"] = boot
         row.update(seconds_sampling=round(t1 - t0, 3), seconds_metrics=round(time.perf_counter() - t1, 3))

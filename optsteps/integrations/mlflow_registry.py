@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ SCHEDULE_PATH = "schedule"  # run artifact folder holding the pyfunc model
 KIND_TAG = "optsteps_kind"
 RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
+KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
+RUN_PARAMS = ("n", "guidance", "n_inception", "n_teacher_inception", "seed", "start")  # row settings, not metrics
 
 
 def _quiet():
@@ -109,6 +112,21 @@ def filter_value(value: str) -> str:
                         "names are slugs (letters, digits, '-', '_').")
 
 
+def schedule_key(schedule: Schedule, solver: str | None = None, model_sha: str | None = None) -> str:
+    """The content key of a registered schedule: what it *is* — model (name and, when known, the weights' identity),
+    method, noise schedule, the exact times, the solver spec and the start-state rule — and nothing about how it was
+    found (wall times, costs). Registering the same key again adds no version."""
+    import hashlib
+
+    spec = schedule.with_meta(solver=solver or schedule.solver).solver_spec
+    blob = {"model": schedule.model, "model_sha256": model_sha or "", "method": schedule.method,
+            "noise_schedule": schedule.noise_schedule.to_dict(), "t": [float(v).hex() for v in schedule.t],
+            "solver": spec.name if spec else "", "order": spec.order if spec else None,
+            "lower_order_final": spec.lower_order_final if spec else None,
+            "corrector": spec.corrector if spec else None, "start_state": schedule.start_state}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def registered_name(model: str, solver: str) -> str:
     """``<model>-<solver>-schedules``, e.g. ``digits-unipc-schedules`` (other characters become '-')."""
     if not model or not solver:
@@ -131,6 +149,27 @@ def _numeric(metrics: dict) -> dict:
         if math.isfinite(float(v)):
             out[k] = float(v)
     return out
+
+
+def _split_metrics(metrics: dict) -> tuple[dict, dict]:
+    """(metrics with ``<metric>_ci95_lo``/``_hi`` from a ``ci95`` entry, the row's settings — n, guidance, seeds —
+    which are params, not metrics)."""
+    metrics = dict(metrics)
+    metrics.pop("resamples", None)
+    metrics.pop("evaluation_id", None)
+    for k, (lo, hi) in (metrics.pop("ci95", None) or {}).items():
+        metrics[f"{k}_ci95_lo"], metrics[f"{k}_ci95_hi"] = lo, hi
+    settings = {k: metrics.pop(k) for k in RUN_PARAMS if k in metrics}
+    return metrics, settings
+
+
+def _source_tags() -> dict:
+    """MLflow's own source tags (the UI's "Source" and git columns)."""
+    tags = {"mlflow.source.type": "JOB", "mlflow.source.name": "optsteps"}
+    commit = git_commit()
+    if commit and commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def _metric_key(s: str) -> str:
@@ -189,9 +228,17 @@ class Registry:
             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )
 
+    def find_run(self, key: str):
+        """The finished schedule run whose content key is ``key`` (newest), or None: one search."""
+        runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.{KEY_TAG} = '{key}' and "
+                                       "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
+
     def log_schedule_run(self, schedule: Schedule, metrics: dict | None = None, solver: str | None = None,
                          params: dict | None = None, samples=None, run_name: str | None = None,
-                         evaluate=None, resamples: dict | None = None, evaluation_id: str | None = None) -> str:
+                         evaluate=None, resamples: dict | None = None, evaluation_id: str | None = None,
+                         model_sha: str | None = None, grid: str | None = None) -> str:
         """One run for (model, method, solver, NFE): params, metrics (with ``<metric>_ci95_lo``/``_hi`` from a
         ``ci95`` entry), the schedule (pyfunc folder under ``schedule/``), plots of the schedule against the
         baselines in t and λ, and a sample grid; ``resamples`` (metric → values on the evaluation's bootstrap
@@ -200,6 +247,11 @@ class Registry:
         ``evaluate``: optional callable returning (metrics, samples) run inside the run (its metrics may carry
         ``resamples`` and ``evaluation_id``); if it (or any logging) raises, the run ends FAILED and the error
         propagates. Returns the run id.
+
+        Idempotent by content (``schedule_key`` with ``model_sha``): a finished run of the same schedule is reused
+        (``evaluate`` then runs outside any run) — unchanged when its metrics and evaluation are the same, else updated in place (the
+        new values logged as the metrics' next step, the resamples and evaluation id replaced), never a second run.
+        ``grid``: a PNG of the row's samples (logged as ``plots/samples.png``).
         """
         from optsteps.evaluate.plots import schedule_figures
 
@@ -209,9 +261,16 @@ class Registry:
         registered_name(schedule.model, solver)  # fails early if the schedule names no model
         sched = schedule if schedule.solver == solver else schedule.with_meta(solver=solver)
         name = run_name or f"{sched.model}-{sched.method}-{solver}-nfe{sched.nfe}"
+        key = schedule_key(sched, solver, model_sha)
+        old = self.find_run(key)
+        if old is not None:  # this schedule has a run: measure (if asked) and update it, never a second run
+            if evaluate is not None:
+                metrics, samples = evaluate()
+            return self._update_run(old, metrics, resamples, evaluation_id, params)
         run = self.client.create_run(self.experiment_id(), run_name=name,
                                      tags={KIND_TAG: "schedule", "model": sched.model, "method": sched.method,
-                                           "solver": solver, "nfe": str(sched.nfe)})
+                                           "solver": solver, "nfe": str(sched.nfe), KEY_TAG: key,
+                                           **_source_tags()})
         rid = run.info.run_id
         try:
             p = {"model": sched.model, "method": sched.method, "solver": solver, "nfe": sched.nfe,
@@ -224,11 +283,9 @@ class Registry:
             metrics = dict(metrics or {})
             resamples = metrics.pop("resamples", None) if resamples is None else resamples
             evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
-            metrics.pop("resamples", None)
-            metrics.pop("evaluation_id", None)
-            for k, (lo, hi) in (metrics.get("ci95") or {}).items():
-                metrics[f"{k}_ci95_lo"], metrics[f"{k}_ci95_hi"] = lo, hi
-            self._log(rid, metrics=metrics, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
+            metrics, settings = _split_metrics(metrics)
+            self._log(rid, metrics=metrics, params=settings,
+                      tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
             if resamples:
                 self.client.log_dict(rid, {"evaluation_id": evaluation_id,
                                            "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
@@ -236,7 +293,11 @@ class Registry:
             self._log_schedule_model(rid, sched)
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
-            if samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
+            if grid is not None:
+                with tempfile.TemporaryDirectory() as d:
+                    shutil.copyfile(grid, Path(d) / "samples.png")
+                    self.client.log_artifact(rid, str(Path(d) / "samples.png"), "plots")
+            elif samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
                 from optsteps.io.images import save_grid
 
                 with tempfile.TemporaryDirectory() as d:
@@ -246,6 +307,30 @@ class Registry:
             self.client.set_terminated(rid, "FAILED")
             raise
         self.client.set_terminated(rid, "FINISHED")
+        return rid
+
+    def _update_run(self, run, metrics, resamples, evaluation_id, params) -> str:
+        """An existing run of the same schedule: nothing written when the metrics and evaluation are unchanged;
+        else the changed metrics logged as their next step, the evaluation id and resamples replaced."""
+        rid = run.info.run_id
+        metrics = dict(metrics or {})
+        resamples = metrics.pop("resamples", None) if resamples is None else resamples
+        evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
+        metrics, settings = _split_metrics(metrics)
+        new = _numeric(metrics)
+        old = {k: v for k, v in run.data.metrics.items()}
+        changed = {k: v for k, v in new.items() if old.get(_metric_key(k)) != v}
+        same_eval = (evaluation_id or None) == (run.data.tags.get(EVALUATION_TAG) or None)
+        if not changed and same_eval:
+            return rid
+        step = 1 + max((m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))),
+                       default=0)
+        self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
+        if resamples:
+            self.client.log_dict(rid, {"evaluation_id": evaluation_id,
+                                       "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
+                                 RESAMPLES_FILE)
+            self._resamples.pop(rid, None)
         return rid
 
     def _log_schedule_model(self, run_id: str, schedule: Schedule):
@@ -326,11 +411,29 @@ class Registry:
             sched = Schedule.load(local)
         solver = run.data.params.get("solver") or sched.solver
         name = registered_name(sched.model, solver)
+        key = run.data.tags.get(KEY_TAG) or schedule_key(sched, solver)
         eid = run.data.tags.get(EVALUATION_TAG)
         if resamples is None:
             resamples = self.run_resamples(run_id).get(metric)
         alias = champion_alias(sched.nfe)
         cur = self._champion(name, alias)
+        existing = self.version_by_key(name, key)
+        measured = {metric: repr(float(value)), "metric": metric}
+        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
+                  "fid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet"):
+            if k in run.data.metrics and k != metric:
+                measured[k] = repr(float(run.data.metrics[k]))
+        if eid:
+            measured[EVALUATION_TAG] = eid
+        if existing is not None and existing.run_id == run_id and all(
+                existing.tags.get(k) == v for k, v in measured.items()):  # the same schedule, the same evaluation
+            return self._info(existing, alias, cur, metric, float(value), run_id, "unchanged")
+        if existing is not None and cur is not None and existing.version == cur.version:
+            for k, v in {**measured, "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
+                         "dvc_data_hash": dvc_hash or dvc_data_hash()}.items():  # the champion itself, re-measured
+                if existing.tags.get(k) != v:
+                    c.set_model_version_tag(name, existing.version, k, v)
+            return self._info(existing, alias, cur, metric, float(value), run_id, "updated")
         cur_value = cur_eid = cur_res = None
         if cur is not None:
             cur_value = _tag_float(cur.tags, metric)
@@ -341,12 +444,9 @@ class Registry:
             if cur_eid and cur_eid == eid and cur.run_id:
                 cur_res = self.run_resamples(cur.run_id).get(metric)
         dec = decide(metric, float(value), eid, resamples, cur_value, cur_eid, cur_res, has_champion=cur is not None)
-        tags = {KIND_TAG: "schedule", "model": sched.model, "method": sched.method, "solver": solver,
+        tags = {KIND_TAG: "schedule", KEY_TAG: key, "model": sched.model, "method": sched.method, "solver": solver,
                 "nfe": str(sched.nfe), "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
-                "dvc_data_hash": dvc_hash or dvc_data_hash(), "metric": metric, metric: repr(float(value)),
-                "champion_decision": dec.reason}
-        if eid:
-            tags[EVALUATION_TAG] = eid
+                "dvc_data_hash": dvc_hash or dvc_data_hash(), "champion_decision": dec.reason, **measured}
         if cur is not None:
             tags["compared_with"] = f"{name}/{cur.version}"
         if dec.diff is not None:
@@ -354,20 +454,38 @@ class Registry:
         if dec.ci95 is not None:
             tags["paired_ci95"] = json.dumps([float(v) for v in dec.ci95])
             tags["not_significant"] = str(not dec.significant).lower()
-        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
-                  "fid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet"):
-            if k in run.data.metrics and k != metric:
-                tags[k] = repr(float(run.data.metrics[k]))
         self._ensure_registered_model(name)
-        mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
-                                    tags=tags, description=description or
-                                    f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
+        if existing is not None:  # the same schedule re-evaluated: its version's tags follow the new measurement
+            mv = existing
+            for k, v in tags.items():
+                if existing.tags.get(k) != v:
+                    c.set_model_version_tag(name, existing.version, k, v)
+        else:
+            mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
+                                        tags=tags, description=description or
+                                        f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
         if dec.move:
             self.client.set_registered_model_alias(name, alias, str(mv.version))
         return {"name": name, "version": int(mv.version), "alias": alias, "champion": dec.move,
                 "decision": dec.reason, metric: float(value), "run_id": run_id,
                 **({"paired_diff": dec.diff} if dec.diff is not None else {}),
                 **({"paired_ci95_lo": dec.ci95[0], "paired_ci95_hi": dec.ci95[1]} if dec.ci95 is not None else {})}
+
+    def version_by_key(self, name: str, key: str):
+        """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mvs = self.client.search_model_versions(f"name = {filter_value(name)} and tag.{KEY_TAG} = '{key}'")
+        except MlflowException:
+            return None
+        return min(mvs, key=lambda mv: int(mv.version)) if mvs else None
+
+    @staticmethod
+    def _info(mv, alias, cur, metric, value, run_id, decision) -> dict:
+        return {"name": mv.name, "version": int(mv.version), "alias": alias,
+                "champion": cur is not None and cur.version == mv.version, "decision": decision, metric: value,
+                "run_id": run_id}
 
     def run_resamples(self, run_id: str) -> dict:
         """metric → resampled values logged with the run (``bootstrap/resamples.json``); {} if none."""
@@ -469,10 +587,22 @@ class Registry:
             q.append(f"tag.model = {filter_value(model)}")
         if nfe is not None:
             q.append(f"tag.nfe = '{int(nfe)}'")
-        mvs = self.client.search_model_versions(" and ".join(q))
-        rows = [self._row(mv) for mv in mvs]
-        aliases = {}  # version search results carry no aliases: read them from the registered models
-        for name in {r["name"] for r in rows}:
+        mvs = self.client.search_model_versions(" and ".join(q))  # one query: metrics are the versions' tags
+        rows = [self._row(mv, run_metrics=False) for mv in mvs]
+        aliases = {}  # version search results carry no aliases: one more query reads them from the registered models
+        names = {r["name"] for r in rows}
+        token, seen = None, set()
+        while names - seen:
+            page = self.client.search_registered_models(f"tags.{KIND_TAG} = 'schedules'", max_results=1000,
+                                                        page_token=token)
+            for rm in page:
+                seen.add(rm.name)
+                for alias, version in (rm.aliases or {}).items():
+                    aliases.setdefault((rm.name, int(version)), []).append(alias)
+            token = page.token
+            if not token:
+                break
+        for name in names - seen:  # registered by hand without the kind tag
             for alias, version in (self.client.get_registered_model(name).aliases or {}).items():
                 aliases.setdefault((name, int(version)), []).append(alias)
         for r in rows:

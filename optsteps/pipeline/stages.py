@@ -250,14 +250,41 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
         return _GITS_COSTS[key]
 
 
+def with_manifest_teacher(p: Params, traj_dir) -> Params:
+    """``p`` with the teacher recorded in ``traj_dir``'s manifest (a folder of shards made by `optsteps
+    trajectories --teacher-steps … --out DIR`): such shards are used as they are, and only a real mismatch (another
+    model or noise schedule, checked shard by shard) is refused."""
+    from optsteps.io.shards import read_manifest
+    from optsteps.teacher.config import TeacherConfig
+
+    man = read_manifest(traj_dir)
+    if not man or not isinstance(man.get("teacher"), dict):
+        return p
+    try:
+        teacher = TeacherConfig(**man["teacher"])
+    except TypeError:
+        raise OptstepsError(f"{Path(traj_dir) / 'manifest.json'} records a teacher optsteps cannot read "
+                            f"({man['teacher']}); regenerate the shards with `optsteps trajectories`.") from None
+    if teacher != p.teacher:
+        log.info("%s: using the teacher its shards were made with: %s", traj_dir, teacher)
+    return dataclasses.replace(p, teacher=teacher)
+
+
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
     from optsteps.optimizers.oss import gits_search, oss_search
 
     p, e = resolve(p, model)
+    for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
+        (Path(p.results) / "schedules" / e.name / folder).mkdir(parents=True, exist_ok=True)
     m = load_model(e, p.artifacts)
+    if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
+        p = with_manifest_teacher(p, traj_dir)
     traj_dir = traj_dir or trajectories_dir(p, e)
     t, states, labels = load_teacher(p, m, traj_dir, p.oss.samples)
+    if states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
+        log.warning("%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
+                    "trajectories.samples for more)", traj_dir, states.shape[1], p.oss.samples, states.shape[1])
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
@@ -298,6 +325,8 @@ def empirical_eps_for(p: Params, model, traj_dir=None):
     from optsteps.teacher.trajectories import iter_shards
 
     p, e = resolve(p, model)
+    if traj_dir is not None:
+        p = with_manifest_teacher(p, traj_dir)
     m = describe_model(e, p.artifacts)  # the shards' identity and noise schedule; no network needed
     sums, count, t = None, 0, None
     for sh in iter_shards(traj_dir or trajectories_dir(p, e), m, p.teacher):
@@ -420,9 +449,22 @@ def evaluate(p: Params, model) -> Path:
     m = load_model(e, p.artifacts)
     schedules = evaluation_schedules(p, e)
     evaluator = evaluator_for(p, e)
+    grids = Path(p.results) / "eval" / f"{e.name}-grids"
+
+    def save_grid_of(row, images):  # the row's first evaluate.grid_samples samples, one PNG per row
+        if not p.evaluate.grid_samples or images is None or images.dim() != 4:
+            return
+        from optsteps.io.images import save_grid
+
+        name = "teacher" if row["method"] == "teacher" else f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
+        save_grid(images[:p.evaluate.grid_samples], grids / f"{name}.png")
+        row["grid"] = f"{grids.name}/{name}.png"
+
+    grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
     rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
                                     guidance=p.evaluate.guidance, evaluator=evaluator,
-                                    distill_samples=p.trajectories.samples, return_resamples=True)
+                                    distill_samples=p.trajectories.samples, return_resamples=True,
+                                    on_images=save_grid_of)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)
@@ -462,6 +504,13 @@ def load_resamples(p: Params, model, rows: int) -> list[dict]:
     return out
 
 
+def _grid_file(p: Params, model, row: dict) -> str | None:
+    """The PNG grid of the row's samples written by ``evaluate`` (None when grids are off or missing)."""
+    rel = row.get("grid")
+    path = Path(p.results) / "eval" / rel if rel else None
+    return str(path) if path is not None and path.is_file() else None
+
+
 def register(p: Params, models: list[str] | None = None) -> Path:
     """Log one MLflow run per evaluated (model, method, solver, NFE) with its resamples, register each schedule as
     a model version (champion-nfe{K} moves only on a significant paired gain in ``champion_metric`` within one
@@ -484,16 +533,19 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         rows = json.loads(path.read_text())
         resamples = load_resamples(p, model, len(rows))
         metric = champion_metric(p, model, rows)
+        model_sha = describe_model(p.entry(model), p.artifacts).identity.get("sha256")  # versions keyed by content
         for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
             metrics["ci95"] = row.get("ci95") or {}
             run_id = reg.log_schedule_run(s, metrics=metrics, solver=row["solver"], resamples=res,
-                                          evaluation_id=row.get("evaluation_id"))
+                                          evaluation_id=row.get("evaluation_id"), model_sha=model_sha,
+                                          grid=_grid_file(p, model, row))
             info = reg.register_schedule(run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash,
                                          resamples=res.get(metric))
             done.append({"model": name, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
-                         "run_id": run_id, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
+                         "run_id": run_id, "dvc_data_hash": dvc_hash,
+                         **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
         summary = summary_path(p, model)
         reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
                             speedup=json.loads(summary.read_text()) if summary.is_file() else None)

@@ -38,6 +38,7 @@ from optsteps.core.baselines import BASELINES
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.evaluate import bootstrap as bs
+from optsteps.core.metric_names import METRICS
 from optsteps.evaluate.adherence import CONFIDENCE, K_NEAREST, adherence_masks, geneval_metrics, knn_radii
 from optsteps.evaluate.fid import (clean_features, default_real_images, digitsnet, fid_from_features, folder_features,
                                    folder_key, inception, kid_from_features, reference_features, reference_key)
@@ -452,11 +453,6 @@ def compare_to_baselines(rows: list[dict], resamples: list[dict], level: float =
 TABLE_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inception", "fid_inception", "l2_to_teacher",
                  "psnr_to_teacher", "adherence_digitsnet")
 UNITS = {"psnr_to_teacher": " (dB)"}
-
-
-METRICS = ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "kid_teacher_digitsnet", "adherence_digitsnet",
-           "accuracy_digitsnet", "precision_digitsnet", "fid_inception", "kid_inception", "fid_teacher_inception",
-           "kid_teacher_inception", "l2_to_teacher", "psnr_to_teacher", "geneval_overall")  # what a row can carry
 
 
 def metric_columns(rows: list[dict]) -> list[str]:

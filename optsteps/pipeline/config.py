@@ -282,7 +282,7 @@ def _check_values(p: Params, where: str) -> None:
     """Ranges and enums of every value (docs: README "Configuration"); one line naming the key and the fix."""
     from optsteps.core.baselines import BASELINES, parse_kind
     from optsteps.core.solver_spec import SOLVERS
-    from optsteps.evaluate.run import METRICS
+    from optsteps.core.metric_names import METRICS
 
     for key, lo in (("trajectories.samples", 1), ("trajectories.shard_size", 1), ("oss.samples", 1),
                     ("oss.refine_radius", 0), ("oss.start_window", 0), ("evaluate.n", 1), ("evaluate.kid_subsets", 1),

@@ -31,7 +31,7 @@ run: .venv/.installed
 	@echo ""
 	@echo "results:"
 	@echo "  schedules   results/schedules/<model>/<method>/<solver>-nfe<K>.json"
-	@echo "  evaluation  results/eval/<model>.json (every row), results/metrics/<model>.json, results/plots/<model>.csv"
+	@echo "  evaluation  results/eval/<model>.json (every row), results/metrics/<model>/, results/plots/<model>.csv and .png"
 	@echo "  registry    .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --workers 1"
 	@echo "              .venv/bin/optsteps registry list"
 

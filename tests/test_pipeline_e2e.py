@@ -131,6 +131,7 @@ def dvc_repo(tmp_path_factory, pipes):
     e = env(tmp, repo)
     run(["git", "init", "-q"], repo, e)
     run(["dvc", "init", "-q"], repo, e)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the series template
     out = run(["dvc", "repro"], repo, e, timeout=1800)
     return repo, e, out, schedules(repo)
 
@@ -185,8 +186,18 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
     assert {r["decision"] for r in registered} <= {"first", "significant", "not_significant", "not_better"}
     for m in MODELS:  # a sample grid per row (decoded for the latent SD), logged with the row's run
         assert all((repo / "results/eval" / r["grid"]).is_file() for r in rows[m]), m
-    metrics = run(["dvc", "metrics", "show", "--json"], repo, e)
-    assert "oss/ddim/nfe3" in metrics
+    # the tracked summaries: one metrics file per method × solver (a row each in `dvc metrics show`), one plots table
+    # with a series column drawn by the repository's template, and the curves as PNG
+    r = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, env=e, capture_output=True, text=True)
+    shown = next(iter(json.loads(r.stdout).values()))["data"]
+    oss = shown["results/metrics/digits/oss-ddim.json"]["data"]
+    assert set(oss) == {"nfe2", "nfe3"} and {"l2_to_teacher", "fid_digitsnet"} <= set(oss["nfe3"])
+    assert "results/metrics/tiny-sd/oss-ddim.json" in shown
+    table = (repo / "results/plots/digits.csv").read_text().splitlines()
+    assert table[0].startswith("series,nfe,l2_to_teacher") and "oss/ddim,3," in "\n".join(table)
+    r = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=e, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert all((repo / f"results/plots/{m}-l2_to_teacher.png").read_bytes()[:4] == b"\x89PNG" for m in MODELS)
     for m in PIPELINES:  # nothing was written inside the models' folders
         assert snapshot(pipes[0] / m) == pipes[1][m], m
 

@@ -293,7 +293,7 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
     assert Image.open(tmp_path / "img.png").size == (16, 16)
 
     class FakeRegistry:  # the real Registry round trip is tested in test_registry.py; here only the wiring
-        def __init__(self, tracking_uri=None):
+        def __init__(self, tracking_uri=None, **kw):
             self.tracking_uri = tracking_uri
 
         def load_schedule(self, ref):

@@ -430,7 +430,7 @@ def evaluate(p: Params, model) -> Path:
     """Evaluate the grid (teacher row first) and write results/eval/<model>.json (every row, with its schedule,
     intervals and paired differences), results/eval/<model>.md (the tables), results/eval/<model>-summary.json
     (the speedup entries), results/eval/<model>-bootstrap.npz (the rows' resamples), the DVC metrics file
-    results/metrics/<model>.json and the DVC plots table results/plots/<model>.csv.
+    results/metrics/<model>/ and the DVC plots table results/plots/<model>.csv (``write_tracked_summaries``).
 
     The digits metrics (classifier FID/KID, adherence) exist only for the embedded digits models; every model gets
     the model-agnostic ones (``l2_to_teacher`` in its state space, ``psnr_to_teacher`` and the Inception FID/KID to
@@ -475,18 +475,53 @@ def evaluate(p: Params, model) -> Path:
     np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
              evaluation_id=np.array(rows[0]["evaluation_id"]))
     write_bytes_atomic(resamples_path(p, e), buf.getvalue())
-    metrics = {}
-    for r in rows:
-        key = r["method"] if r["method"] == "teacher" else f"{r['method']}/{r['solver']}/nfe{r['nfe']}"
-        metrics[key] = {k: r[k] for k in SUMMARY_METRICS if k in r}
-    write_text_atomic(Path(p.results) / "metrics" / f"{e.name}.json", json.dumps(metrics, indent=1) + "\n")
-    cols = [k for k in ("fid_digitsnet", "l2_to_teacher", "adherence_digitsnet", "fid_teacher_digitsnet",
-                        "fid_teacher_inception", "psnr_to_teacher") if any(k in r for r in rows)]
-    lines = [",".join(["method", "nfe"] + cols)]
-    for r in rows[1:]:
-        lines.append(",".join([f"{r['method']}/{r['solver']}", str(r["nfe"])] + [str(r.get(k, "")) for k in cols]))
-    write_text_atomic(Path(p.results) / "plots" / f"{e.name}.csv", "\n".join(lines) + "\n")
+    write_tracked_summaries(p, e, rows)
     return out
+
+
+def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
+    """The small, git-tracked summaries of an evaluation (``results/metrics`` and ``results/plots`` are not
+    git-ignored, so ``dvc metrics diff`` / ``dvc plots diff`` compare commits and experiments):
+
+    - ``results/metrics/<model>/<method>-<solver>.json``: ``{"nfe<K>": {metric: value}}`` for the headline metrics
+      (``l2_to_teacher`` and what the champions rank by): ``dvc metrics show`` prints one row per method × solver;
+    - ``results/plots/<model>.csv``: columns series (``<method>/<solver>``), nfe and the headline metrics, for
+      ``dvc plots show`` with the repository's template ``.dvc/plots/series.json`` (one line per series);
+    - ``results/plots/<model>-<metric>.png``: the same curves drawn here (matplotlib), readable offline."""
+    import shutil
+
+    from optsteps.evaluate.plots import curves_figure
+    from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
+
+    name = model_name(p, model)
+    headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
+                if any(k in r for r in rows[1:])]
+    series = {}
+    for r in rows[1:]:
+        series.setdefault(f"{r['method']}-{r['solver']}", []).append(r)
+    folder = Path(p.results) / "metrics" / name
+    if folder.is_dir():  # a method or solver dropped from the grid leaves no stale file
+        shutil.rmtree(folder)
+    lines = [",".join(["series", "nfe"] + headline)]
+    for key, rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["nfe"])
+        metrics = {f"nfe{r['nfe']}": {k: r[k] for k in headline if k in r} for r in rs}
+        write_text_atomic(folder / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
+        lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
+                            str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
+    write_text_atomic(Path(p.results) / "plots" / f"{name}.csv", "\n".join(lines) + "\n")
+    for metric in headline:
+        fig = curves_figure(rows, metric, metric)
+        if fig is None:
+            continue
+        import io as _io
+
+        import matplotlib.pyplot as plt
+
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        write_bytes_atomic(Path(p.results) / "plots" / f"{name}-{metric}.png", buf.getvalue())
 
 
 def load_resamples(p: Params, model, rows: int) -> list[dict]:

@@ -30,7 +30,7 @@ from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.base import ModelCard
 from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
-                                                 load_diffusers_pipeline)
+                                                 batched_net, load_diffusers_pipeline)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 FLUX_PIPELINES = ("FluxPipeline",)
@@ -215,24 +215,15 @@ def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtyp
     embeds = bool(tr.config.guidance_embeds)
 
     def make_net(g: float):
-        def net(x, t, labels):
-            b = x.shape[0]
-            tt = torch.as_tensor(t, dtype=torch.float64)
-            tt = tt.expand(b) if tt.dim() == 0 else tt
-            labels = torch.full((b,), cond.null_index, dtype=torch.long) if labels is None else labels
-            outs = []
-            with torch.no_grad():
-                for i in range(0, b, max_batch):
-                    xb = x[i:i + max_batch].to(device, torch_dtype)
-                    n = xb.shape[0]
-                    # as FluxPipeline: timestep = (σ·N in the latents' dtype) / N
-                    tb = ns.timestep(tt[i:i + max_batch]).to(device, torch_dtype) / ns.num_train_timesteps
-                    gb = torch.full((n,), g, device=device, dtype=torch.float32) if embeds else None
-                    out = tr(hidden_states=pack(pipe, xb), timestep=tb, guidance=gb, return_dict=False,
-                             **cond.kwargs(labels[i:i + max_batch]))[0]
-                    outs.append(unpack(pipe, out, height, width).to(x.device, x.dtype))
-            return torch.cat(outs)
-        return net
+        def forward(xb, tt, lb):
+            xb = xb.to(device, torch_dtype)
+            # as FluxPipeline: timestep = (σ·N in the latents' dtype) / N
+            tb = ns.timestep(tt).to(device, torch_dtype) / ns.num_train_timesteps
+            gb = torch.full((xb.shape[0],), g, device=device, dtype=torch.float32) if embeds else None
+            out = tr(hidden_states=pack(pipe, xb), timestep=tb, guidance=gb, return_dict=False, **cond.kwargs(lb))[0]
+            return unpack(pipe, out, height, width)
+
+        return batched_net(forward, cond.null_index, max_batch)
 
     return FluxPipelineModel(card.name, ns, make_net(float(guidance)), "flow", card.sample_shape,
                              num_classes=card.num_classes, null_label=card.null_label, identity=card.identity,

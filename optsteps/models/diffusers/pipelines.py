@@ -264,6 +264,21 @@ def _flow_shift(sched_cfg: dict, latent_hw: tuple, patch: int) -> float:
     return float(sched_cfg.get("shift", 1.0))
 
 
+def batched_net(forward, null_index: int, max_batch: int, timestep=lambda t: t):
+    """``net(x, t, labels)`` of a pipeline backbone: t (float64, [] or [B]) mapped by ``timestep`` and broadcast to
+    the batch, missing labels = the null prompt ``null_index``, and ``forward(x_rows, t_rows, label_rows)`` called
+    on at most ``max_batch`` rows at a time without gradients; outputs come back on x's device in x's dtype."""
+    def net(x, t, labels):
+        b = x.shape[0]
+        tt = timestep(torch.as_tensor(t, dtype=torch.float64))
+        tt = tt.expand(b) if tt.dim() == 0 else tt
+        labels = torch.full((b,), null_index, dtype=torch.long) if labels is None else labels
+        with torch.no_grad():
+            return torch.cat([forward(x[i:i + max_batch], tt[i:i + max_batch], labels[i:i + max_batch])
+                              .to(x.device, x.dtype) for i in range(0, b, max_batch)])
+    return net
+
+
 PIPELINE_OPTIONS = {"sd3": ("max_sequence_length",),
                     "flux": ("max_sequence_length", "negative_prompt", "true_cfg_scale"),
                     "wan": ("max_sequence_length", "num_frames", "negative_prompt")}  # a models: entry's options
@@ -381,23 +396,13 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
                             f"{backbone.config.in_channels} differ from its config files; re-save the pipeline.")
     cond = PromptConditioner(pipe, kind, prompt_list, device, height, width, max_sequence_length)
 
-    def net(x, t, labels):
-        b = x.shape[0]
-        tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
-        tt = tt.expand(b) if tt.dim() == 0 else tt
-        labels = torch.full((b,), cond.null_index, dtype=torch.long) if labels is None else labels
-        outs = []
-        with torch.no_grad():
-            for i in range(0, b, max_batch):
-                xb = x[i:i + max_batch].to(device, torch_dtype)
-                tb = tt[i:i + max_batch].to(device)
-                kw = cond.kwargs(labels[i:i + max_batch])
-                if kind == "sd3":
-                    out = backbone(hidden_states=xb, timestep=tb, return_dict=False, **kw)[0]
-                else:
-                    out = backbone(xb, tb, return_dict=False, **kw)[0]
-                outs.append(out.to(x.device, x.dtype))
-        return torch.cat(outs)
+    def forward(xb, tb, lb):
+        xb, tb, kw = xb.to(device, torch_dtype), tb.to(device), cond.kwargs(lb)
+        if kind == "sd3":
+            return backbone(hidden_states=xb, timestep=tb, return_dict=False, **kw)[0]
+        return backbone(xb, tb, return_dict=False, **kw)[0]
+
+    net = batched_net(forward, cond.null_index, max_batch, lambda t: ns.timestep(t).float())
 
     return PipelineModel(card.name, ns, net, card.prediction_type, card.sample_shape, num_classes=card.num_classes,
                          null_label=card.null_label, identity=card.identity, pipeline=pipe, kind=kind,

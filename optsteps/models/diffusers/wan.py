@@ -31,7 +31,7 @@ from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.base import ModelCard
 from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
-                                                 load_diffusers_pipeline)
+                                                 batched_net, load_diffusers_pipeline)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 WAN_PIPELINES = ("WanPipeline",)
@@ -293,20 +293,12 @@ def load_wan_model(root, prompts=None, guidance: float = 5.0, device=None, dtype
     cond = WanConditioner(pipe, x["prompts"], device, x["max_sequence_length"], negative_prompt)
     tr = pipe.transformer
 
-    def net(x, t, labels):
-        b = x.shape[0]
-        tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
-        tt = tt.expand(b) if tt.dim() == 0 else tt
-        labels = torch.full((b,), cond.null_index, dtype=torch.long) if labels is None else labels
-        outs = []
-        with torch.no_grad():
-            for i in range(0, b, max_batch):
-                xb = x[i:i + max_batch].to(device, torch_dtype)
-                kw = cond.kwargs(labels[i:i + max_batch])
-                kw["encoder_hidden_states"] = kw["encoder_hidden_states"].to(torch_dtype)
-                out = tr(hidden_states=xb, timestep=tt[i:i + max_batch].to(device), return_dict=False, **kw)[0]
-                outs.append(out.to(x.device, x.dtype))
-        return torch.cat(outs)
+    def forward(xb, tb, lb):
+        kw = cond.kwargs(lb)
+        kw["encoder_hidden_states"] = kw["encoder_hidden_states"].to(torch_dtype)
+        return tr(hidden_states=xb.to(device, torch_dtype), timestep=tb.to(device), return_dict=False, **kw)[0]
+
+    net = batched_net(forward, cond.null_index, max_batch, lambda t: ns.timestep(t).float())
 
     return WanPipelineModel(card.name, ns, net, "flow", card.sample_shape, num_classes=card.num_classes,
                             null_label=card.null_label, identity=card.identity, pipeline=pipe, kind="wan",

@@ -206,5 +206,5 @@ def evaluate(model: str = typer.Option(..., "--model"),
     typer.echo(shown(out))
     typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
     if register:
-        res = reg.register_schedule(rid, metric=champion_metric(p, model), params_digest=params_hash(p))
+        res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
         typer.echo(registration_line(res))

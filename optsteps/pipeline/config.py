@@ -87,7 +87,7 @@ class EvaluateConfig:
 @dataclass
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
-    metric: str = "fid_digitsnet"  # what champion-nfe{K} aliases rank by, built-in models (digits)
+    metric: str = "fid_teacher_digitsnet"  # what champion-nfe{K} aliases rank by, built-in models (digits)
     pipeline_metric: str = "fid_teacher_inception"  # the same for diffusers pipeline models
     timeout_s: float = 10.0  # an http(s) tracking server must answer /health within this (else one clear error)
 

@@ -180,8 +180,8 @@ def params_from_dict(d: dict) -> Params:
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise OptstepsError(f"params.yaml must be a mapping of sections (artifacts:, teacher:, models:, …), got a "
-                            f"{type(d).__name__}; see the repository's params.yaml for the layout.")
+        raise OptstepsError(f"params.yaml must be a mapping of sections (artifacts:, teacher:, models:, …), got "
+                            f"{d!r:.60} ({type(d).__name__}); see the repository's params.yaml for the layout.")
     d = dict(d)
     bad = [k for k in d if not isinstance(k, str)]
     if bad:

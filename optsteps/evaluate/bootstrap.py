@@ -98,6 +98,14 @@ def excludes_zero(interval) -> bool:
 
 # ---- FID -------------------------------------------------------------------------------------------
 
+def _reference_features(feats) -> np.ndarray:
+    """A fixed reference feature set as float64 [N ≥ 2, D]."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise OptstepsError(f"need a [N ≥ 2, D] reference feature array, got shape {f.shape}.")
+    return f
+
+
 @dataclass(frozen=True)
 class FrechetReference:
     """μ_r, S_r^{1/2} (symmetric root) and tr S_r of a fixed reference feature set."""
@@ -108,9 +116,7 @@ class FrechetReference:
 
 def frechet_reference(feats) -> FrechetReference:
     # S_r = V diag(w) Vᵀ (eigh, w clipped at 0) → S_r^{1/2} = V diag(√w) Vᵀ
-    f = np.asarray(feats, dtype=np.float64)
-    if f.ndim != 2 or len(f) < 2:
-        raise OptstepsError(f"need a [N ≥ 2, D] reference feature array, got shape {f.shape}.")
+    f = _reference_features(feats)
     cov = np.cov(f, rowvar=False)
     w, v = np.linalg.eigh(cov)
     root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -172,9 +178,7 @@ class KernelReference:
 
 def kernel_reference(feats) -> KernelReference:
     # k̄_yy = Σ_{i≠j} k(y_i, y_j) / (m (m − 1))
-    y = np.asarray(feats, dtype=np.float64)
-    if y.ndim != 2 or len(y) < 2:
-        raise OptstepsError(f"need a [N ≥ 2, D] reference feature array, got shape {y.shape}.")
+    y = _reference_features(feats)
     k = _cubic(y, y)
     m = len(y)
     return KernelReference(y, float((k.sum() - np.trace(k)) / (m * (m - 1))))

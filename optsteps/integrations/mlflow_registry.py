@@ -318,7 +318,7 @@ class Registry:
         evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
         metrics, settings = _split_metrics(metrics)
         new = _numeric(metrics)
-        old = {k: v for k, v in run.data.metrics.items()}
+        old = dict(run.data.metrics)
         changed = {k: v for k, v in new.items() if old.get(_metric_key(k)) != v}
         same_eval = (evaluation_id or None) == (run.data.tags.get(EVALUATION_TAG) or None)
         if not changed and same_eval:

@@ -488,6 +488,7 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     - ``results/plots/<model>.csv``: columns series (``<method>/<solver>``), nfe and the headline metrics, for
       ``dvc plots show`` with the repository's template ``.dvc/plots/series.json`` (one line per series);
     - ``results/plots/<model>-<metric>.png``: the same curves drawn here (matplotlib), readable offline."""
+    import io
     import shutil
 
     from optsteps.evaluate.plots import curves_figure
@@ -514,13 +515,8 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
         fig = curves_figure(rows, metric, metric)
         if fig is None:
             continue
-        import io as _io
-
-        import matplotlib.pyplot as plt
-
-        buf = _io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)  # an object-API Figure (evaluate.plots): no pyplot state to close
         write_bytes_atomic(Path(p.results) / "plots" / f"{name}-{metric}.png", buf.getvalue())
 
 

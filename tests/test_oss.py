@@ -26,13 +26,7 @@ from optsteps.core.solvers import sample
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny float64 ops (GMM softmax) are ~500× slower with 2 intra-op threads on a loaded machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _bcast(v, x):

@@ -23,12 +23,7 @@ from optsteps.optimizers.oss.inputs import start_factor
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_teacher(den, ns, n, s, dim, seed=0):

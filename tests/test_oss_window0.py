@@ -126,12 +126,7 @@ def golden():
     return json.loads(FIXTURE.read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", list(GMM_CASES) + list(DIGITS_CASES))

@@ -24,24 +24,16 @@ window [max(λ(t_start), floor), min(λ(t_end), ceiling)], defaults floor = −7
 t_start and t_end; only the interior times are t(λ_i). For the linear / scaled-linear VP schedules
 (λ ∈ [−5.1, 4.6] and [−2.7, 3.5]) and EDM (λ ∈ [−4.4, 6.2]) the defaults clip nothing.
 
-Optimisation notes (measured on the linear VP window, see tests/ and benchmarks/):
+Optimisation notes (the measurements behind them: docs/algorithms.md §2.5 and §2.7):
 
 - F is only piecewise smooth: at the optimum several accumulated node sums c_n = ε_n Σ_s w_{s,n} are
-  exactly 0 (kinks). trust-constr on F itself stalls there for hundreds of iterations, so F is minimised in
-  its equivalent smooth epigraph form (``_EpigraphProblem``): same objective, same minimisers.
-- With T_c ≥ 3 (the default) the problem is well posed: all three starts reach the same
-  optimum in about 20–100 iterations (e.g. K = 5: F = 73.4655; with T_c = 3 also K = 10: 19.232,
-  K = 20: 10.532).
+  exactly 0 (kinks), so F is minimised in its equivalent smooth epigraph form (``_EpigraphProblem``): same
+  objective, same minimisers, min F_smooth + Σ_n τ_n subject to τ_n ≥ ±c_n.
+- With T_c ≥ 3 (the default) the problem is well posed: its minimum is not degenerate.
 - With T_c = 0 (the paper author's choice for K ≥ 7; ``trunc=0``) the signed per-node accumulation lets F cancel
-  the ±1/gap weights of nearly coincident nodes: the objective's minimum is degenerate, a collapsed first gap
-  (≈ 0.17 of the uniform spacing) followed by one huge step (≈ 4.5 uniform spacings); K = 8 / 10: F = 4.0 / 6.2
-  here, against 17.0 / 15.7 where one local BFGS descent from uniform-λ with finite differences (a stand-in for
-  the authors' optimizer) stops. That minimum is the bad schedule: on digits its UniPC-3 L2 to the teacher is
-  179× / 105× uniform-λ's, while the weaker descent that misses it gives 0.90× / 0.67×
-  (``benchmarks/lambda_opt_trunc.py``, docs/algorithms.md §2.5). Nothing diverges in the solver; a better
-  optimizer of that objective is worse. ``max_gap`` (every λ gap ≤ max_gap) keeps it out of the degenerate
-  region (1.5 uniform spacings: 0.48× / 0.55×), a lower gap bound does not; ``trunc=3`` (the default, what the
-  reference code hard-codes) is well posed without a guard (0.64× / 0.78×).
+  the ±1/gap weights of nearly coincident nodes: F's minimum is degenerate, a collapsed first gap followed by one
+  huge step, and a better optimizer of that objective gives a worse schedule. ``max_gap`` (every λ gap ≤ max_gap)
+  keeps it out of that region; a lower gap bound does not.
 """
 from optsteps.optimizers.lambda_opt.error_models import (
                                                        ERROR_MODELS,

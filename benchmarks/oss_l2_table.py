@@ -17,6 +17,7 @@ import time
 import torch
 
 import optsteps.pipeline.stages as stages
+from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.core.baselines import baseline
 from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
@@ -42,8 +43,8 @@ m = load_model(a.model, p.artifacts)
 ns = m.noise_schedule
 t_start = time.perf_counter()
 _, x_teacher = teacher_endpoints(m, p.teacher, a.n, a.seed)
-t_grid, states, labels = stages.load_teacher(p, m, stages.trajectories_dir(p, a.model), p.oss.samples)
-den = stages.LabelledDenoiser(m, labels, p.teacher.guidance)
+t_grid, states, labels = load_teacher(p.teacher, m, stages.trajectories_dir(p, a.model), p.oss.samples)
+den = LabelledDenoiser(m, labels, p.teacher.guidance)
 
 
 def l2_heldout(schedule, solver):

@@ -156,26 +156,10 @@ def train(p: Params, model: str, force: bool = False) -> Path:
     return train_digits(e.name, p.train_config(e.name), out)
 
 
-def _drop_stale_shards(out: Path, card, teacher) -> None:
-    """In a stage's own trajectories folder, shards of another model identity or teacher (new weights, a changed
-    teacher) are removed, so that the stage regenerates them (a folder passed with --out is never touched)."""
-    from optsteps.io.shards import read_manifest
-    from optsteps.teacher.trajectories import header
-
-    old = read_manifest(out)
-    head = header(card, teacher)
-    if old is None or {k: old.get(k) for k in head} == head:
-        return
-    log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
-                str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
-    for e in old.get("shards", []):
-        (out / e["file"]).unlink(missing_ok=True)
-    (out / "manifest.json").unlink()
-
-
 def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dict:
     """Teacher shards of the model (``artifacts/trajectories/<model>``, or ``out``). With Ray, actors load the model
     (each once, on its device) and the driver only reads its identity (``describe_model``)."""
+    from optsteps.teacher.load import drop_stale_shards
     from optsteps.teacher.trajectories import generate_trajectories
 
     q, e = resolve(p, model)
@@ -190,44 +174,8 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
     else:
         m = load_model(e, q.artifacts)
     if own:
-        _drop_stale_shards(out, m, q.teacher)
+        drop_stale_shards(out, m, q.teacher)
     return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
-
-
-def load_teacher(p: Params, model, traj_dir, samples: int):
-    """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples.
-    ``model``: the loaded model (or its ``ModelCard``); ``p``: the params merged for it (``for_model``)."""
-    from optsteps.teacher.trajectories import iter_shards
-
-    states, labels, t = [], [], None
-    have = 0
-    for sh in iter_shards(traj_dir, model, p.teacher):
-        take = min(sh["states"].shape[1], samples - have)
-        states.append(sh["states"][:, :take])
-        labels.append(sh["labels"][:take])
-        t = sh["t"]
-        have += take
-        if have >= samples:
-            break
-    if not states:
-        raise OptstepsError(f"{traj_dir} has no shards; run `optsteps trajectories --model {model.name}`.")
-    lab = torch.cat(labels)
-    return t, torch.cat(states, dim=1), (None if (lab < 0).all() else lab)
-
-
-class LabelledDenoiser:
-    """A model denoiser for batches that stack node states of the same S samples (row r is sample r mod S)."""
-
-    def __init__(self, model, labels, guidance: float = 1.0):
-        self.model, self.labels, self.guidance = model, labels, guidance
-
-    def __call__(self, x, t):
-        if self.labels is None:
-            return self.model.denoiser(None, self.guidance)(x, t)
-        s = len(self.labels)
-        if x.shape[0] % s:
-            raise OptstepsError(f"batch of {x.shape[0]} rows is not a whole number of {s}-sample blocks.")
-        return self.model.denoiser(self.labels.repeat(x.shape[0] // s), self.guidance)(x, t)
 
 
 _GITS_COSTS: dict = {}
@@ -251,28 +199,16 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
 
 
 def with_manifest_teacher(p: Params, traj_dir) -> Params:
-    """``p`` with the teacher recorded in ``traj_dir``'s manifest (a folder of shards made by `optsteps
-    trajectories --teacher-steps … --out DIR`): such shards are used as they are, and only a real mismatch (another
-    model or noise schedule, checked shard by shard) is refused."""
-    from optsteps.io.shards import read_manifest
-    from optsteps.teacher.config import TeacherConfig
+    """``p`` with the teacher recorded in ``traj_dir``'s manifest (``optsteps.teacher.load.manifest_teacher``)."""
+    from optsteps.teacher.load import manifest_teacher
 
-    man = read_manifest(traj_dir)
-    if not man or not isinstance(man.get("teacher"), dict):
-        return p
-    try:
-        teacher = TeacherConfig(**man["teacher"])
-    except TypeError:
-        raise OptstepsError(f"{Path(traj_dir) / 'manifest.json'} records a teacher optsteps cannot read "
-                            f"({man['teacher']}); regenerate the shards with `optsteps trajectories`.") from None
-    if teacher != p.teacher:
-        log.info("%s: using the teacher its shards were made with: %s", traj_dir, teacher)
-    return dataclasses.replace(p, teacher=teacher)
+    return dataclasses.replace(p, teacher=manifest_teacher(traj_dir, p.teacher))
 
 
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
     from optsteps.optimizers.oss import gits_search, oss_search
+    from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     p, e = resolve(p, model)
     for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
@@ -281,7 +217,7 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
     if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
         p = with_manifest_teacher(p, traj_dir)
     traj_dir = traj_dir or trajectories_dir(p, e)
-    t, states, labels = load_teacher(p, m, traj_dir, p.oss.samples)
+    t, states, labels = load_teacher(p.teacher, m, traj_dir, p.oss.samples)
     if states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
         log.warning("%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
                     "trajectories.samples for more)", traj_dir, states.shape[1], p.oss.samples, states.shape[1])
@@ -322,20 +258,15 @@ def lambda_opt(p: Params, model, solver: str, nfe: int, p_exp: float | None = No
 def empirical_eps_for(p: Params, model, traj_dir=None):
     """ε(λ) measured on the teacher shards: mean ‖x̂_0(x_t, t) − x_final‖ per teacher time, interpolated in λ."""
     from optsteps.optimizers.lambda_opt import empirical_eps
-    from optsteps.teacher.trajectories import iter_shards
+    from optsteps.teacher.load import mean_x0_error
 
     p, e = resolve(p, model)
     if traj_dir is not None:
         p = with_manifest_teacher(p, traj_dir)
     m = describe_model(e, p.artifacts)  # the shards' identity and noise schedule; no network needed
-    sums, count, t = None, 0, None
-    for sh in iter_shards(traj_dir or trajectories_dir(p, e), m, p.teacher):
-        err = (sh["x0"] - sh["states"][-1][None]).flatten(2).norm(dim=2).sum(1)  # [N]
-        sums = err if sums is None else sums + err
-        count += sh["states"].shape[1]
-        t = sh["t"]
+    t, err = mean_x0_error(p.teacher, m, traj_dir or trajectories_dir(p, e))
     lam = m.noise_schedule.lambda_(t[:-1])
-    return empirical_eps(lam.numpy(), (sums / count).double().numpy())
+    return empirical_eps(lam.numpy(), err.double().numpy())
 
 
 METHOD_DIRS = ("lambda-opt", "oss", "gits")

@@ -142,6 +142,7 @@ def main(argv=None):
     import torch
 
     import optsteps.pipeline.stages as stages
+    from optsteps.pipeline import layout
     from optsteps.models import load_model
     from optsteps.optimizers.oss import oss_search
     from optsteps.pipeline.config import params_from_dict
@@ -227,7 +228,7 @@ def main(argv=None):
 
     # 4. the OSS DP alone on the shards (the pipeline loaded here), against K·N batched forward passes
     model = load_model(q.entry("sd15"), q.artifacts)
-    t, states, labels = load_teacher(q.teacher, model, stages.trajectories_dir(q, "sd15"), samples)
+    t, states, labels = load_teacher(q.teacher, model, layout.trajectories_dir(q, "sd15"), samples)
     den = LabelledDenoiser(model, labels, q.teacher.guidance)
     t0 = time.perf_counter()
     res = oss_search(t, states, den, model.noise_schedule, nfe, solver="unipc", refine=False, eval_batch_size=samples,

@@ -75,16 +75,17 @@ def train(model: str = typer.Option(..., "--model", help="digits | digits-flow |
           params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
     """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
     import optsteps.pipeline.stages as stages
-    from optsteps.models import model_dir
+    from optsteps.pipeline import layout
 
     p = _params(params)
-    out = model_dir(p.artifacts, model if model == "classifier" else p.entry(model).name)
-    if (out / "optsteps_model.json").is_file() and not force:
+    record = layout.classifier_record_path(p) if model == "classifier" else layout.model_record_path(p, model)
+    out = record.parent
+    if record.is_file() and not force:
         typer.echo(f"{model}: already trained at {out} (use --force to retrain)")
         return
     t0 = time.perf_counter()
     stages.train(p, model, force=True)
-    meta = json.loads((out / "optsteps_model.json").read_text())
+    meta = json.loads(record.read_text())
     extra = f", held-out accuracy {meta['holdout_accuracy']:.4f}" if "holdout_accuracy" in meta else ""
     typer.echo(f"{model}: trained in {time.perf_counter() - t0:.1f} s{extra} -> {out}")
 
@@ -221,6 +222,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
     import dataclasses
 
     import optsteps.pipeline.stages as stages
+    from optsteps.pipeline import layout
 
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     if teacher_steps is not None:
@@ -231,7 +233,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
         p.trajectories = dataclasses.replace(p.trajectories, shard_size=shard_size)
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
-               f"{p.teacher.steps} -> {out or stages.trajectories_dir(p, model)}")
+               f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}")
 
 
 @stage_app.command("identify")

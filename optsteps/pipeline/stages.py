@@ -2,15 +2,7 @@
 
 Every stage takes the params and a model: a name of ``params.yaml`` ``models:``, a built-in name, a pipeline folder
 or hub id (``Params.entry``), or a ``ModelEntry``; it runs on ``params.for_model(model)`` (the model's own guidance
-and overrides merged in). Paths use the model's name (a slug), never its folder: nothing is written inside a
-model's folder. Under ``params.artifacts`` / ``params.results``:
-
-    artifacts/identity/<model>.json           the model's content identity (``identify``)
-    artifacts/models/<model>/                 an embedded model's trained weights, or a pipeline model's
-                                              identity record (``prepare``; the weights stay in its folder)
-    artifacts/trajectories/<model>/           teacher shards + manifest.json (``trajectories``)
-    results/schedules/<model>/<method>/<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
-    results/eval/<model>.json                 the evaluation (``evaluate``)
+and overrides merged in). Where each stage reads and writes: ``optsteps.pipeline.layout``.
 """
 from __future__ import annotations
 
@@ -26,8 +18,12 @@ import torch
 
 from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
-from optsteps.models import (CLASSIFIER, EMBEDDED, TRAINABLE, ModelEntry, describe_model, load_model, model_dir,
-                             noise_schedule_for)
+from optsteps.io.shards import MANIFEST
+from optsteps.models import CLASSIFIER, TRAINABLE, ModelEntry, describe_model, load_model, noise_schedule_for
+from optsteps.pipeline.layout import (METHOD_DIRS, classifier_dir, classifier_record_path, digests_cache, eval_dir,
+                                      eval_path, grids_dir, identity_path, markdown_path, metrics_dir, model_folder,
+                                      model_name, model_record_path, plot_png, plots_csv, registry_path,
+                                      resamples_path, schedule_path, schedules_dir, summary_path, trajectories_dir)
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
@@ -38,23 +34,6 @@ def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
     """(the params with the model's own settings merged in, its entry)."""
     e = p.entry(model)
     return p.for_model(e), e
-
-
-def model_name(p: Params, model) -> str:
-    """The model's name (slug): the one every output path and registry name uses."""
-    return p.entry(model).name
-
-
-def trajectories_dir(p: Params, model) -> Path:
-    return Path(p.artifacts) / "trajectories" / model_name(p, model)
-
-
-def schedule_path(p: Params, model, method: str, solver: str, nfe: int) -> Path:
-    return Path(p.results) / "schedules" / model_name(p, model) / method / f"{solver}-nfe{nfe}.json"
-
-
-def identity_path(p: Params, model) -> Path:
-    return Path(p.artifacts) / "identity" / f"{model_name(p, model)}.json"
 
 
 def lambda_opt_all(p: Params, model) -> list[Path]:
@@ -70,7 +49,7 @@ def oss_all(p: Params, model) -> list[Path]:
     q, e = resolve(p, model)
     methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
-        (Path(q.results) / "schedules" / e.name / method).mkdir(parents=True, exist_ok=True)
+        schedules_dir(q, e, method).mkdir(parents=True, exist_ok=True)
     return [schedule_path(q, e, method, solver, nfe)
             for method in methods for solver in q.oss.solvers for nfe in q.oss.nfe
             if oss(q, e, solver, nfe, method=method) is not None]
@@ -89,7 +68,7 @@ def identity(p: Params, model) -> dict:
 
         return {"name": e.name, "kind": "embedded", "train": dataclasses.asdict(p.train_config(e.name)),
                 "data_sha256": digits_sha256()}
-    with persistent_digests(Path(p.artifacts) / "cache" / "digests.json"):
+    with persistent_digests(digests_cache(p)):
         card = describe_model(e, p.artifacts)
     out = {"name": e.name, "kind": "pipeline" if e.is_pipeline else "builtin", "sha256": card.identity["sha256"],
            "noise_schedule": card.noise_schedule.to_dict()}
@@ -119,15 +98,14 @@ def prepare(p: Params, model, force: bool = False) -> Path:
     e = p.entry(model)
     if e.is_embedded:
         return train(p, e.name, force=force)
-    out = model_dir(p.artifacts, e.name)
-    write_text_atomic(out / "optsteps_model.json", json.dumps(identity(p, e), indent=1, sort_keys=True) + "\n")
-    return out
+    write_text_atomic(model_record_path(p, e), json.dumps(identity(p, e), indent=1, sort_keys=True) + "\n")
+    return model_folder(p, e)
 
 
 def model_identity(p: Params, model) -> str:
     """A digest of ``artifacts/models/<model>/optsteps_model.json`` (after ``prepare``): what the Prefect tasks of a
     model take as an input, so that new weights (or a retrained model) miss their caches."""
-    path = model_dir(p.artifacts, model_name(p, model)) / "optsteps_model.json"
+    path = model_record_path(p, model)
     if not path.is_file():
         raise OptstepsError(f"{path} is missing; run `optsteps stage model --model {model_name(p, model)}` first.")
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -137,19 +115,18 @@ def train(p: Params, model: str, force: bool = False) -> Path:
     """Train an embedded model or the classifier (skipped when trained, unless ``force``). Pipeline models are
     never trained: their weights are used as they are."""
     if model == CLASSIFIER:
-        out = model_dir(p.artifacts, CLASSIFIER)
-        if (out / "optsteps_model.json").is_file() and not force:
-            return out
+        if classifier_record_path(p).is_file() and not force:
+            return classifier_dir(p)
         from optsteps.models.classifier import train_classifier
 
-        return train_classifier(p.classifier, out)
+        return train_classifier(p.classifier, classifier_dir(p))
     e = p.entry(model)
     if not e.is_embedded:
         raise OptstepsError(f"{e.name!r} is not trainable: optsteps trains {', '.join(TRAINABLE[:-1])} and "
                             f"{TRAINABLE[-1]}; a diffusers pipeline is used with its own weights (its DVC stage "
                             f"`model@{e.name}` records its identity: `optsteps stage model --model {e.name}`).")
-    out = model_dir(p.artifacts, e.name)
-    if (out / "optsteps_model.json").is_file() and not force:
+    out = model_folder(p, e)
+    if model_record_path(p, e).is_file() and not force:
         return out
     from optsteps.models.digits import train_digits
 
@@ -188,7 +165,7 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
     tasks wait for the first instead of recomputing)."""
     from optsteps.optimizers.oss import gits_costs
 
-    manifest = Path(traj_dir) / "manifest.json"
+    manifest = Path(traj_dir) / MANIFEST
     key = (str(Path(traj_dir).resolve()), manifest.read_bytes() if manifest.is_file() else b"", states.shape[1],
            p.teacher.guidance)
     with _GITS_LOCK:
@@ -212,7 +189,7 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
 
     p, e = resolve(p, model)
     for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
-        (Path(p.results) / "schedules" / e.name / folder).mkdir(parents=True, exist_ok=True)
+        schedules_dir(p, e, folder).mkdir(parents=True, exist_ok=True)
     m = load_model(e, p.artifacts)
     if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
         p = with_manifest_teacher(p, traj_dir)
@@ -267,24 +244,6 @@ def empirical_eps_for(p: Params, model, traj_dir=None):
     t, err = mean_x0_error(p.teacher, m, traj_dir or trajectories_dir(p, e))
     lam = m.noise_schedule.lambda_(t[:-1])
     return empirical_eps(lam.numpy(), err.double().numpy())
-
-
-METHOD_DIRS = ("lambda-opt", "oss", "gits")
-
-
-def eval_path(p: Params, model) -> Path:
-    return Path(p.results) / "eval" / f"{model_name(p, model)}.json"
-
-
-def summary_path(p: Params, model) -> Path:
-    """results/eval/<model>-summary.json: the speedup entries (``optsteps.evaluate.speedup.speedup_table``)."""
-    return Path(p.results) / "eval" / f"{model_name(p, model)}-summary.json"
-
-
-def resamples_path(p: Params, model) -> Path:
-    """results/eval/<model>-bootstrap.npz: every row's bootstrap resamples (``row<i>/<metric>``), for the register
-    stage's paired champion test."""
-    return Path(p.results) / "eval" / f"{model_name(p, model)}-bootstrap.npz"
 
 
 def is_pipeline_model(p: Params, model) -> bool:
@@ -343,18 +302,14 @@ def evaluator_for(p: Params, model, progress: bool = False, inception_n: int | N
     ev = q.evaluate
     classifier = None
     if e.is_embedded:  # the classifier and the real-digits statistics are those of the digits data
-        clf_dir = model_dir(p.artifacts, CLASSIFIER)
-        if not (clf_dir / "optsteps_model.json").is_file():
+        clf_dir = classifier_dir(p)
+        if not classifier_record_path(p).is_file():
             raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
         classifier = load_classifier(clf_dir)
     return Evaluator(classifier, ev.cache_dir, inception_n=ev.inception_n if inception_n is None else inception_n,
                      kid_subsets=ev.kid_subsets,
                      teacher_inception_n=teacher_inception_n(p, e), reference_images=ev.reference_images or None,
                      bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, progress=progress)
-
-
-SUMMARY_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inception", "fid_inception",
-                   "adherence_digitsnet", "l2_to_teacher", "psnr_to_teacher")
 
 
 def evaluate(p: Params, model) -> Path:
@@ -380,7 +335,7 @@ def evaluate(p: Params, model) -> Path:
     m = load_model(e, p.artifacts)
     schedules = evaluation_schedules(p, e)
     evaluator = evaluator_for(p, e)
-    grids = Path(p.results) / "eval" / f"{e.name}-grids"
+    grids = grids_dir(p, e)
 
     def save_grid_of(row, images):  # the row's first evaluate.grid_samples samples, one PNG per row
         if not p.evaluate.grid_samples or images is None or images.dim() != 4:
@@ -400,7 +355,7 @@ def evaluate(p: Params, model) -> Path:
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)
     write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
-    write_text_atomic(out.with_suffix(".md"), markdown_table(rows, resamples=resamples))
+    write_text_atomic(markdown_path(p, e), markdown_table(rows, resamples=resamples))
     write_text_atomic(summary_path(p, e), json.dumps(speedup_table(rows), indent=1) + "\n")
     buf = io.BytesIO()
     np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
@@ -425,13 +380,12 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     from optsteps.evaluate.plots import curves_figure
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
 
-    name = model_name(p, model)
     headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
                 if any(k in r for r in rows[1:])]
     series = {}
     for r in rows[1:]:
         series.setdefault(f"{r['method']}-{r['solver']}", []).append(r)
-    folder = Path(p.results) / "metrics" / name
+    folder = metrics_dir(p, model)
     if folder.is_dir():  # a method or solver dropped from the grid leaves no stale file
         shutil.rmtree(folder)
     lines = [",".join(["series", "nfe"] + headline)]
@@ -441,14 +395,14 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
         write_text_atomic(folder / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
         lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
                             str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
-    write_text_atomic(Path(p.results) / "plots" / f"{name}.csv", "\n".join(lines) + "\n")
+    write_text_atomic(plots_csv(p, model), "\n".join(lines) + "\n")
     for metric in headline:
         fig = curves_figure(rows, metric, metric)
         if fig is None:
             continue
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)  # an object-API Figure (evaluate.plots): no pyplot state to close
-        write_bytes_atomic(Path(p.results) / "plots" / f"{name}-{metric}.png", buf.getvalue())
+        write_bytes_atomic(plot_png(p, model, metric), buf.getvalue())
 
 
 def load_resamples(p: Params, model, rows: int) -> list[dict]:
@@ -469,7 +423,7 @@ def load_resamples(p: Params, model, rows: int) -> list[dict]:
 def _grid_file(p: Params, model, row: dict) -> str | None:
     """The PNG grid of the row's samples written by ``evaluate`` (None when grids are off or missing)."""
     rel = row.get("grid")
-    path = Path(p.results) / "eval" / rel if rel else None
+    path = eval_dir(p) / rel if rel else None
     return str(path) if path is not None and path.is_file() else None
 
 
@@ -511,6 +465,6 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         summary = summary_path(p, model)
         reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
                             speedup=json.loads(summary.read_text()) if summary.is_file() else None)
-    out = Path(p.results) / "registry.json"
+    out = registry_path(p)
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out

@@ -111,6 +111,20 @@ def model_identity(p: Params, model) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def recorded_model_sha(p: Params, model) -> str | None:
+    """The model's content digest as the earlier stages recorded it (nothing is described or hashed again): an
+    embedded model's weights digest from its training record (``model@<model>``), any other model's from
+    ``artifacts/identity/<model>.json`` (``identify@<model>``, which DVC runs before every stage of the model)."""
+    e = p.entry(model)
+    if e.is_embedded:
+        path, key, stage = model_record_path(p, e), "weights_sha256", "model"
+    else:
+        path, key, stage = identity_path(p, e), "sha256", "identify"
+    if not path.is_file():
+        raise OptstepsError(f"{path} is missing; run `optsteps stage {stage} --model {e.name}` first.")
+    return json.loads(path.read_text()).get(key)
+
+
 def train(p: Params, model: str, force: bool = False) -> Path:
     """Train an embedded model or the classifier (skipped when trained, unless ``force``). Pipeline models are
     never trained: their weights are used as they are."""
@@ -449,7 +463,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         rows = json.loads(path.read_text())
         resamples = load_resamples(p, model, len(rows))
         metric = champion_metric(p, model, rows)
-        model_sha = describe_model(p.entry(model), p.artifacts).identity.get("sha256")  # versions keyed by content
+        model_sha = recorded_model_sha(p, model)  # versions keyed by content
         for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}

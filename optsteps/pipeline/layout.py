@@ -62,6 +62,11 @@ def schedules_dir(p, model, method: str) -> Path:
     return Path(p.results) / "schedules" / model_name(p, model) / method
 
 
+def is_pipeline_output(results, path) -> bool:
+    """Whether ``path`` lies in the pipeline's schedules folder ``<results>/schedules`` (the DVC stages' outputs)."""
+    return Path(path).resolve().is_relative_to((Path(results) / "schedules").resolve())
+
+
 def schedule_path(p, model, method: str, solver: str, nfe: int) -> Path:
     return schedules_dir(p, model, method) / f"{solver}-nfe{nfe}.json"
 

@@ -197,13 +197,21 @@ def with_manifest_teacher(p: Params, traj_dir) -> Params:
 
 
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
-    """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
+    """OSS (or GITS) on the model's teacher shards (``compute_oss``); the schedule is written to ``schedule_path``."""
+    q, e = resolve(p, model)
+    for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
+        schedules_dir(q, e, folder).mkdir(parents=True, exist_ok=True)
+    sched = compute_oss(p, model, solver, nfe, method=method, traj_dir=traj_dir)
+    sched.save(schedule_path(q, e, method, solver, nfe))
+    return sched
+
+
+def compute_oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
+    """OSS (or GITS) on the model's teacher shards (``traj_dir``, default the pipeline's); nothing is written."""
     from optsteps.optimizers.oss import gits_search, oss_search
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     p, e = resolve(p, model)
-    for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
-        schedules_dir(p, e, folder).mkdir(parents=True, exist_ok=True)
     m = load_model(e, p.artifacts)
     if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
         p = with_manifest_teacher(p, traj_dir)
@@ -225,25 +233,31 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
                          eval_batch_size=s, model=e.name, start_window=p.oss.start_window, objective=p.oss.objective)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
-    sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),
-                                          "teacher_samples": s})
-    sched.save(schedule_path(p, e, method, solver, nfe))
+    return res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3), "teacher_samples": s})
+
+
+def lambda_opt(params: Params, model, solver: str, nfe: int, **options) -> Schedule:
+    """The λ-optimized schedule (``compute_lambda_opt``), written to ``schedule_path``."""
+    q, e = resolve(params, model)
+    sched = compute_lambda_opt(params, model, solver, nfe, **options)
+    sched.save(schedule_path(q, e, "lambda-opt", solver, nfe))
     return sched
 
 
-def lambda_opt(p: Params, model, solver: str, nfe: int, p_exp: float | None = None,
-               error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
+def compute_lambda_opt(params: Params, model, solver: str, nfe: int, p_exp: float | None = None,
+                       error_model: str | None = None, max_order: int = 3, traj_dir=None,
+                       trunc: int | None = None) -> Schedule:
+    """The λ-optimizer's schedule (``p_exp``: the error model's exponent p, default ``lambda_opt.p``); nothing is
+    written."""
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
-    p, e = resolve(p, model)
-    ns = noise_schedule_for(e, p.artifacts)
-    em = error_model or p.lambda_opt.error_model
-    eps_fn = empirical_eps_for(p, e, traj_dir) if em == "empirical" else None
+    q, e = resolve(params, model)
+    ns = noise_schedule_for(e, q.artifacts)
+    em = error_model or q.lambda_opt.error_model
+    eps_fn = empirical_eps_for(q, e, traj_dir) if em == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
-                                error_model=em, eps_fn=eps_fn, trunc=trunc)
-    sched.save(schedule_path(p, e, "lambda-opt", solver, nfe))
-    return sched
+    return lambda_opt_schedule(ns, nfe, p=q.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
+                               error_model=em, eps_fn=eps_fn, trunc=trunc)
 
 
 def empirical_eps_for(p: Params, model, traj_dir=None):

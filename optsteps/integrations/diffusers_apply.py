@@ -37,9 +37,9 @@ from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, p
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
     from optsteps.core.schedule import check_noise_schedule as check_schedule_noise
-    from optsteps.models.diffusers.pipelines import _noise_schedule
+    from optsteps.models.diffusers.base import noise_schedule_from_config
 
-    ns = _noise_schedule(dict(pipe.scheduler.config), where or type(pipe).__name__)
+    ns = noise_schedule_from_config(dict(pipe.scheduler.config), where or type(pipe).__name__)
     check_schedule_noise(schedule, ns, f"the pipeline {where or type(pipe).__name__}",
                          f"compute a schedule for this pipeline (optsteps schedule … --model {where or 'PIPELINE'})")
 

@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 def model_artifacts(name: str, work: Path, params) -> str:
     """The artifacts folder holding ``name`` (trained tiny into ``work`` if the repo has none)."""
-    if name == "gmm" or (Path(params.artifacts) / "models" / name / "optsteps_model.json").is_file():
+    from optsteps.models import model_record
+
+    if name == "gmm" or model_record(params.artifacts, name).is_file():
         return str(Path(params.artifacts).resolve())
     from optsteps.pipeline.config import TrainConfig
     from optsteps.models.digits import train_digits

@@ -56,7 +56,7 @@ def main(argv=None):
     else:
         from optsteps.pipeline.config import TeacherConfig
         from optsteps.models import load_model
-        from optsteps.pipeline.stages import LabelledDenoiser
+        from optsteps.teacher.load import LabelledDenoiser
         from optsteps.teacher.trajectories import run_teacher
 
         m = load_model(args.model, args.artifacts)

@@ -142,9 +142,11 @@ def main(argv=None):
     import torch
 
     import optsteps.pipeline.stages as stages
+    from optsteps.pipeline import layout
     from optsteps.models import load_model
     from optsteps.optimizers.oss import oss_search
     from optsteps.pipeline.config import params_from_dict
+    from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     if not small and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run with --small for the CPU check, or on a GPU machine")
@@ -226,8 +228,8 @@ def main(argv=None):
 
     # 4. the OSS DP alone on the shards (the pipeline loaded here), against K·N batched forward passes
     model = load_model(q.entry("sd15"), q.artifacts)
-    t, states, labels = stages.load_teacher(q, model, stages.trajectories_dir(q, "sd15"), samples)
-    den = stages.LabelledDenoiser(model, labels, q.teacher.guidance)
+    t, states, labels = load_teacher(q.teacher, model, layout.trajectories_dir(q, "sd15"), samples)
+    den = LabelledDenoiser(model, labels, q.teacher.guidance)
     t0 = time.perf_counter()
     res = oss_search(t, states, den, model.noise_schedule, nfe, solver="unipc", refine=False, eval_batch_size=samples,
                      model="sd15")

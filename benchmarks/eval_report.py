@@ -27,12 +27,13 @@ def main(argv=None):
     from optsteps.evaluate.run import best_if_significant
     from optsteps.evaluate.speedup import best_baseline
     from optsteps.pipeline import stages
+    from optsteps.pipeline import layout
     from optsteps.pipeline.config import load_params
 
     p = load_params(args.params)
-    rows = json.loads(stages.eval_path(p, args.model).read_text())
+    rows = json.loads(layout.eval_path(p, args.model).read_text())
     res = stages.load_resamples(p, args.model, len(rows))
-    summary = json.loads(stages.summary_path(p, args.model).read_text())
+    summary = json.loads(layout.summary_path(p, args.model).read_text())
     t = rows[0]
     print(f"{args.model}: {t['n']} held-out samples (seed {t['seed']}), teacher {t['solver']}-{t['nfe']}, "
           f"evaluation {t['evaluation_id']}, bootstrap {t.get('bootstrap')}")

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-import optsteps.pipeline.stages as stages
+from optsteps.pipeline import layout
+from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.core.baselines import baseline
 from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
@@ -42,8 +43,8 @@ m = load_model(a.model, p.artifacts)
 ns = m.noise_schedule
 t_start = time.perf_counter()
 _, x_teacher = teacher_endpoints(m, p.teacher, a.n, a.seed)
-t_grid, states, labels = stages.load_teacher(p, m, stages.trajectories_dir(p, a.model), p.oss.samples)
-den = stages.LabelledDenoiser(m, labels, p.teacher.guidance)
+t_grid, states, labels = load_teacher(p.teacher, m, layout.trajectories_dir(p, a.model), p.oss.samples)
+den = LabelledDenoiser(m, labels, p.teacher.guidance)
 
 
 def l2_heldout(schedule, solver):
@@ -73,7 +74,7 @@ for solver in solvers:
             vals = {}
             for meth in methods:
                 if meth in ("lambda-opt", "gits", "oss"):
-                    path = stages.schedule_path(p, a.model, meth, solver, nfe)
+                    path = layout.schedule_path(p, a.model, meth, solver, nfe)
                     if not path.is_file():
                         continue
                     sched = Schedule.load(path)

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-import optsteps.pipeline.stages as stages
+from optsteps.pipeline import layout
+from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
@@ -35,8 +36,8 @@ torch.set_num_threads(a.threads)
 p = load_params(a.params)
 m = load_model(a.model, p.artifacts)
 t_all = time.perf_counter()
-t, states, labels = stages.load_teacher(p, m, stages.trajectories_dir(p, a.model), p.oss.samples)
-den = stages.LabelledDenoiser(m, labels, p.teacher.guidance)
+t, states, labels = load_teacher(p.teacher, m, layout.trajectories_dir(p, a.model), p.oss.samples)
+den = LabelledDenoiser(m, labels, p.teacher.guidance)
 _, x_teacher = teacher_endpoints(m, p.teacher, a.n, a.seed)
 S = states.shape[1]
 print(f"{a.model}: teacher {p.teacher.solver}-{p.teacher.steps} ({p.teacher.schedule}), OSS on {S} teacher samples, "

@@ -32,7 +32,7 @@ from optsteps.models import load_model
 from optsteps.models.sampling import generate
 from optsteps.optimizers.oss import oss_search, start_candidates, student_spec
 from optsteps.pipeline.config import load_params
-from optsteps.pipeline.stages import LabelledDenoiser
+from optsteps.teacher.load import LabelledDenoiser
 from optsteps.teacher.trajectories import run_teacher
 
 ap = argparse.ArgumentParser()

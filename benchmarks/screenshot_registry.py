@@ -127,10 +127,10 @@ def populate(reg, artifacts: Path, n: int) -> None:
     from optsteps.core.baselines import baseline
     from optsteps.pipeline.config import TeacherConfig
     from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
-    from optsteps.models import gmm_model, load_model, model_dir
+    from optsteps.models import gmm_model, load_model, model_dir, model_record
 
     torch.set_num_threads(1)
-    digits = (model_dir(artifacts, "digits") / "optsteps_model.json").is_file() and \
+    digits = model_record(artifacts, "digits").is_file() and \
         (model_dir(artifacts, "classifier") / "classifier.safetensors").is_file()
     model = load_model("digits", artifacts) if digits else gmm_model()
     ev = Evaluator(model_dir(artifacts, "classifier") if digits else None, None, inception_n=0, kid_subsets=100)

@@ -30,8 +30,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optsteps.pipeline.stages as stages  # noqa: E402
+from optsteps.pipeline import layout  # noqa: E402
 from optsteps.pipeline.config import load_params  # noqa: E402
-from optsteps.models import CLASSIFIER, model_dir  # noqa: E402
+from optsteps.io.shards import MANIFEST  # noqa: E402
+from optsteps.models import CLASSIFIER, model_record  # noqa: E402
 
 
 def cached_while_present(outputs):
@@ -49,11 +51,11 @@ def _params(a):
     return load_params(a["params_path"])
 
 
-TRAINED = cached_while_present(lambda a: [model_dir(_params(a).artifacts, a["model"]) / "optsteps_model.json"])
-SHARDS = cached_while_present(lambda a: [stages.trajectories_dir(_params(a), a["model"]) / "manifest.json"])
-SCHEDULE = cached_while_present(lambda a: [stages.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"),
+TRAINED = cached_while_present(lambda a: [model_record(_params(a).artifacts, a["model"])])
+SHARDS = cached_while_present(lambda a: [layout.trajectories_dir(_params(a), a["model"]) / MANIFEST])
+SCHEDULE = cached_while_present(lambda a: [layout.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"),
                                                                 a["solver"], a["nfe"])])
-EVALUATED = cached_while_present(lambda a: [stages.eval_path(_params(a), a["model"])])
+EVALUATED = cached_while_present(lambda a: [layout.eval_path(_params(a), a["model"])])
 
 
 def params_digest(path: str) -> str:
@@ -86,14 +88,14 @@ def trajectories_task(params_path: str, digest: str, model: str, identity: str) 
 def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int, identity: str) -> str:
     p = load_params(params_path)
     stages.lambda_opt(p, model, solver, nfe)
-    return str(stages.schedule_path(p, model, "lambda-opt", solver, nfe))
+    return str(layout.schedule_path(p, model, "lambda-opt", solver, nfe))
 
 
 @task(cache_policy=SCHEDULE, persist_result=True)
 def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfe: int, shards: list[str]) -> str:
     p = load_params(params_path)
     stages.oss(p, model, solver, nfe, method=method)
-    return str(stages.schedule_path(p, model, method, solver, nfe))
+    return str(layout.schedule_path(p, model, method, solver, nfe))
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=EVALUATED, persist_result=True)

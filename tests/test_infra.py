@@ -807,6 +807,7 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     })
     # the GMM has no digit classifier: digitsnet metrics are off, l2_to_teacher ranks the schedules
     monkeypatch.setattr(classifier_mod, "load_classifier", lambda *a, **k: None)
+    stages.identify(p, "gmm")  # as the DVC stage identify@gmm: register reads the identity it records
     stages.trajectories(p, "gmm")
     stages.lambda_opt(p, "gmm", "unipc", 4)
     stages.oss(p, "gmm", "unipc", 4)

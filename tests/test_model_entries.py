@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import optsteps.pipeline.stages as stages
+from optsteps.pipeline import layout
 from optsteps.errors import OptstepsError
 from optsteps.models import ModelEntry, entry_for
 from optsteps.models.names import slug_for_pipeline, slugify
@@ -59,16 +60,16 @@ def test_a_pipeline_entry_and_its_merged_params(sd, tmp_path, monkeypatch):
     assert p.for_model("digits").teacher == p.teacher
     assert q.for_model("sd15") is q and q.for_model("digits").teacher == p.teacher  # merged once, from the base
     assert p.entry(str(sd)) is e and p.entry(str(sd) + "/") is e  # a --model path that is an entry's folder
-    assert stages.trajectories_dir(p, str(sd)) == Path("artifacts/trajectories/sd15")
+    assert layout.trajectories_dir(p, str(sd)) == Path("artifacts/trajectories/sd15")
 
 
 def test_a_cli_path_not_in_params_gets_the_slug_of_its_folder(sd):
     p = params_from_dict({})
     e = p.entry(str(sd))
     assert e == ModelEntry("my-sd-v1-5", pipeline=str(sd))
-    assert stages.trajectories_dir(p, str(sd)) == Path("artifacts/trajectories/my-sd-v1-5")
-    assert stages.schedule_path(p, str(sd), "oss", "unipc", 5) == Path("results/schedules/my-sd-v1-5/oss/unipc-nfe5.json")
-    assert stages.eval_path(p, str(sd)) == Path("results/eval/my-sd-v1-5.json")
+    assert layout.trajectories_dir(p, str(sd)) == Path("artifacts/trajectories/my-sd-v1-5")
+    assert layout.schedule_path(p, str(sd), "oss", "unipc", 5) == Path("results/schedules/my-sd-v1-5/oss/unipc-nfe5.json")
+    assert layout.eval_path(p, str(sd)) == Path("results/eval/my-sd-v1-5.json")
     assert entry_for("digits", {}) == ModelEntry("digits") and p.entry("gmm") == ModelEntry("gmm")
 
 

@@ -10,7 +10,7 @@ from optsteps.pipeline.config import TeacherConfig, TrainConfig
 from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.models import load_model
 from optsteps.models.digits import train_digits
-from optsteps.pipeline.stages import LabelledDenoiser
+from optsteps.teacher.load import LabelledDenoiser
 from optsteps.teacher.trajectories import run_teacher
 
 TINY = TrainConfig(steps=30, batch_size=32, warmup_steps=5, threads=1)

@@ -47,7 +47,7 @@ def _digits_teacher(name, tmp):
         from optsteps.models import load_model
         from optsteps.models.digits import train_digits
         from optsteps.pipeline.config import TeacherConfig, TrainConfig
-        from optsteps.pipeline.stages import LabelledDenoiser
+        from optsteps.teacher.load import LabelledDenoiser
         from optsteps.teacher.trajectories import run_teacher
 
         train_digits(name, TrainConfig(steps=8, batch_size=16, warmup_steps=2, threads=1), tmp / "models" / name,

@@ -142,3 +142,19 @@ def test_oss_reads_the_teacher_from_the_shards_it_is_given(tmp_path):
     (tmp_path / "shards" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(OptstepsError):
         stages.oss(p, "gmm", "ddim", 3, traj_dir=tmp_path / "shards")
+
+
+def test_register_reads_the_recorded_identity(tmp_path):
+    """`register` keys versions by the digest `identify` (or training) recorded; without it, one clear error."""
+    import optsteps.pipeline.stages as stages
+    from optsteps.errors import OptstepsError
+    from optsteps.models import describe_model
+    from optsteps.pipeline.config import params_from_dict
+
+    p = params_from_dict({"artifacts": str(tmp_path / "a"), "results": str(tmp_path / "r"), "models": {"gmm": {}}})
+    with pytest.raises(OptstepsError, match="run `optsteps stage identify --model gmm` first"):
+        stages.recorded_model_sha(p, "gmm")
+    stages.identify(p, "gmm")
+    assert stages.recorded_model_sha(p, "gmm") == describe_model("gmm").identity["sha256"]
+    with pytest.raises(OptstepsError, match="run `optsteps stage model --model digits` first"):
+        stages.recorded_model_sha(p, "digits")  # an embedded model: its training record

@@ -7,7 +7,6 @@ Sizes are the smallest the classes accept: 16×16 images, 1–2 layers, hidden s
 """
 import hashlib
 import json
-from types import SimpleNamespace
 
 import torch
 
@@ -261,13 +260,13 @@ def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
     from optsteps.optimizers.oss import oss_search
     from optsteps.pipeline.config import TeacherConfig
-    from optsteps.pipeline.stages import LabelledDenoiser, load_teacher
+    from optsteps.teacher.load import LabelledDenoiser, load_teacher
     from optsteps.teacher.trajectories import generate_trajectories
 
     cfg = TeacherConfig(solver="unipc", steps=teacher_steps, schedule="uniform-lambda", guidance=guidance, seed=0)
     man = generate_trajectories(model, cfg, out_dir, samples=samples, shard_size=samples, progress=False)
     assert man["model_sha256"] == model.identity["sha256"] and len(man["shards"]) == 1
-    t, states, labels = load_teacher(SimpleNamespace(teacher=cfg), model, out_dir, samples)
+    t, states, labels = load_teacher(cfg, model, out_dir, samples)
     assert states.shape == (teacher_steps + 1, samples) + tuple(model.sample_shape)
     assert torch.isfinite(states).all()
     den = LabelledDenoiser(model, labels, guidance)

@@ -58,35 +58,42 @@ def _resolve_schedule_arg(ref: str, params: str):
     return resolve_schedule(ref, tracking_uri)
 
 
-def _schedule_for(kind_or_ref: str, model, nfe: int, solver: str | None, resolved=None):
-    from optsteps.core.baselines import baseline_for
-
-    s = resolved
-    if s is not None:
-        if s.noise_schedule != model.noise_schedule:
-            raise OptstepsError(f"{kind_or_ref} was made for noise schedule {s.noise_schedule.to_dict()}, but model "
-                                f"{model.name!r} uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
-        return s
-    return baseline_for(kind_or_ref, model, nfe).with_meta(solver=solver or "unipc")
-
-
 @app.command()
 def train(model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
           params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
     """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
     import optsteps.pipeline.stages as stages
-    from optsteps.models import model_dir
+    from optsteps.pipeline import layout
 
     p = _params(params)
-    out = model_dir(p.artifacts, model if model == "classifier" else p.entry(model).name)
-    if (out / "optsteps_model.json").is_file() and not force:
+    record = layout.classifier_record_path(p) if model == "classifier" else layout.model_record_path(p, model)
+    out = record.parent
+    if record.is_file() and not force:
         typer.echo(f"{model}: already trained at {out} (use --force to retrain)")
         return
     t0 = time.perf_counter()
     stages.train(p, model, force=True)
-    meta = json.loads((out / "optsteps_model.json").read_text())
+    meta = json.loads(record.read_text())
     extra = f", held-out accuracy {meta['holdout_accuracy']:.4f}" if "holdout_accuracy" in meta else ""
     typer.echo(f"{model}: trained in {time.perf_counter() - t0:.1f} s{extra} -> {out}")
+
+
+OutOpt = typer.Option(None, "--out", help="also write the schedule JSON to this file (nothing is written without it; "
+                      "the pipeline's schedules are written only by `optsteps stage …`)")
+
+
+def _write_out(s, out: Optional[str], params: str) -> None:
+    """Write the schedule to ``--out`` (atomically); never into the pipeline's results/schedules/."""
+    if not out:
+        return
+    from optsteps.pipeline.layout import is_pipeline_output
+
+    results = _params(params).results if Path(params).is_file() else "results"
+    if is_pipeline_output(results, out):
+        raise OptstepsError(f"--out {out} lies in the pipeline's schedules ({Path(results) / 'schedules'}), which "
+                            "only `optsteps stage lambda-opt|oss` writes; pass a file outside it.")
+    s.save(out)
+    typer.echo(f"wrote {out}", err=True)
 
 
 def _emit(s, as_json: bool):
@@ -108,20 +115,13 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
                       solver: str = typer.Option("", "--solver"), as_json: bool = typer.Option(False, "--json"),
                       table: Optional[str] = typer.Option(None, "--table", help="published table: ays sd | sdxl | svd, "
                                                           "oss-published flux | wan"),
-                      params: str = ParamsOpt):
+                      out: Optional[str] = OutOpt, params: str = ParamsOpt):
     """Print a baseline schedule (JSON with --json)."""
-    from optsteps.core.baselines import baseline
-    from optsteps.models import BUILTIN, noise_schedule_for
+    from optsteps.pipeline.adhoc import baseline_schedule
 
-    # a built-in model's noise schedule needs no weights, so no params file either
-    if model in BUILTIN:
-        ns, name = noise_schedule_for(model), model
-    else:
-        p = _params(params)
-        e = p.entry(model)
-        ns, name = noise_schedule_for(e, p.artifacts), e.name
-    opts = {"table": table} if table else {}
-    _emit(baseline(kind, ns, nfe, model=name, **opts).with_meta(solver=solver), as_json)
+    s = baseline_schedule(kind, model, nfe, solver, table, params=lambda: _params(params))
+    _write_out(s, out, params)  # a bad --out fails before anything is printed
+    _emit(s, as_json)
 
 
 @schedule_app.command("lambda-opt")
@@ -132,7 +132,8 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
                         error_model: Optional[str] = typer.Option(None, "--error-model", help="analytic | empirical"),
                         trajectories: Optional[str] = typer.Option(None, "--trajectories", help="shards for --error-model empirical"),
                         trunc: Optional[int] = typer.Option(None, "--trunc", help="truncNum T_c (default 3; 0 = the paper's K ≥ 7 variant)"),
-                        as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+                        as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
+                        params: str = ParamsOpt):
     """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
     import optsteps.pipeline.stages as stages
 
@@ -142,36 +143,42 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
         raise OptstepsError(f"--order {order} is not supported; use 1, 2 or 3.")
     if order > nfe:
         raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
-    p = _params(params)
-    _emit(stages.lambda_opt(p, model, solver, nfe, p_exp=p_exp, error_model=error_model, max_order=order,
-                            traj_dir=trajectories, trunc=trunc), as_json)
+    s = stages.compute_lambda_opt(_params(params), model, solver, nfe, p_exp=p_exp, error_model=error_model,
+                                  max_order=order, traj_dir=trajectories, trunc=trunc)
+    _write_out(s, out, params)
+    _emit(s, as_json)
 
 
-def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool, params: str):
+def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool,
+             out: Optional[str], params: str):
     import optsteps.pipeline.stages as stages
 
     p = _params(params)
     if solver not in ("ddim", "dpmpp2m", "unipc"):
         raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
-    _emit(stages.oss(p, model, solver, nfe, method=method, traj_dir=trajectories), as_json)
+    s = stages.compute_oss(p, model, solver, nfe, method=method, traj_dir=trajectories)
+    _write_out(s, out, params)
+    _emit(s, as_json)
 
 
 @schedule_app.command("oss")
 def schedule_oss(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
                  solver: str = typer.Option("ddim", "--solver"),
                  trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
-                 as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+                 as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
+                 params: str = ParamsOpt):
     """OSS (Pei et al. 2025): DP over the teacher trajectory, plus refinement by the true final error."""
-    _distill("oss", model, nfe, solver, trajectories, as_json, params)
+    _distill("oss", model, nfe, solver, trajectories, as_json, out, params)
 
 
 @schedule_app.command("gits")
 def schedule_gits(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
                   solver: str = typer.Option("ddim", "--solver"),
                   trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
-                  as_json: bool = typer.Option(False, "--json"), params: str = ParamsOpt):
+                  as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
+                  params: str = ParamsOpt):
     """GITS-style additive one-jump DP (γ = 1.15) on the same teacher shards."""
-    _distill("gits", model, nfe, solver, trajectories, as_json, params)
+    _distill("gits", model, nfe, solver, trajectories, as_json, out, params)
 
 
 @app.command("sample")
@@ -187,25 +194,17 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
                params: str = ParamsOpt):
     """Sample a grid PNG with a solver on a schedule."""
     from optsteps.core.solver_spec import SolverSpec
-    from optsteps.io.images import save_grid
-    from optsteps.models import EMBEDDED, load_model
-    from optsteps.models.sampling import generate
+    from optsteps.pipeline.adhoc import sample_grid
 
     _check_int("--n", n, 1, 100_000)
     _check_int("--nfe", nfe, 1, 10_000)
     _check_float("--guidance", guidance)
     if Path(out).suffix.lower() != ".png":
         raise OptstepsError(f"--out {out!r}: the grid is written as PNG; pass a file name ending in .png.")
-    spec = SolverSpec(solver) if solver else None
+    if solver:
+        SolverSpec(solver)  # a bad solver name fails before anything is read
     resolved = _resolve_schedule_arg(schedule, params)  # a bad file or reference fails before the model loads
-    p = _params(params)
-    m = load_model(p.entry(model), p.artifacts)
-    if len(m.sample_shape) != 3:
-        raise OptstepsError(f"model {model!r} does not produce images; sample an image model ({', '.join(EMBEDDED)}).")
-    s = _schedule_for(schedule, m, nfe, solver, resolved)
-    spec = spec or s.solver_spec or SolverSpec("unipc")
-    x = generate(m, s, spec, n, seed, guidance=guidance)
-    save_grid(x, out)
+    s, spec = sample_grid(_params(params), model, schedule, nfe, solver, n, seed, guidance, out, resolved)
     typer.echo(f"wrote {out} ({n} samples, {spec.name}-{spec.order}, NFE {s.nfe}, {s.method or schedule})")
 
 
@@ -221,6 +220,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
     import dataclasses
 
     import optsteps.pipeline.stages as stages
+    from optsteps.pipeline import layout
 
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     if teacher_steps is not None:
@@ -231,7 +231,7 @@ def trajectories(model: str = typer.Option(..., "--model"),
         p.trajectories = dataclasses.replace(p.trajectories, shard_size=shard_size)
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
-               f"{p.teacher.steps} -> {out or stages.trajectories_dir(p, model)}")
+               f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}")
 
 
 @stage_app.command("identify")

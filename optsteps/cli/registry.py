@@ -134,77 +134,17 @@ def evaluate(model: str = typer.Option(..., "--model"),
              params: str = ParamsOpt):
     """Evaluate one schedule (FID/KID, gated adherence, L2 to the teacher, GenEval for text-to-image
     pipelines when its evaluator is installed) and log/register it in MLflow."""
-    import dataclasses
-
-    import torch
-
-    from optsteps.core.baselines import baseline
     from optsteps.pipeline.config import load_params
-    from optsteps.pipeline.stages import champion_metric, evaluator_for
-    from optsteps.evaluate import evaluate_schedule, teacher_endpoints
-    from optsteps.evaluate.run import check_heldout
-    from optsteps.models import load_model
-    from optsteps.core.schedule import Schedule
+    from optsteps.pipeline.evaluate_one import evaluate_one
 
-    torch.set_num_threads(1)
     if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
-    p = load_params(params)
-    e = p.entry(model)
-    p = p.for_model(e)
-    n = p.evaluate.n if n is None else n
-    inception_n = p.evaluate.inception_n if inception_n is None else inception_n
-    seed = p.evaluate.seed if seed is None else seed
-    m = load_model(e, p.artifacts)
-    if Path(schedule).is_file() or schedule.endswith(".json"):
-        s = Schedule.load(schedule)
-    else:
-        s = baseline(schedule, m.noise_schedule, nfe, model=e.name)
-    s = s.with_meta(solver=solver, model=s.model or e.name)
-    g = p.teacher.guidance if guidance is None else guidance
-    ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
-    t_end = None
-    if teacher:
-        check_heldout(seed, start, n, p.teacher.seed, None)
-        _, t_end = teacher_endpoints(m, p.teacher, n, seed, start, g, cache_dir=ev.cache_dir)
-
-    sampler = None
-    if geneval_prompts is not None:
-        from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
-        from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
-
-        pipe, _, _ = load_diffusers_pipeline(model)
-        sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
-
-    def run():
-        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True,
-                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler,
-                                 teacher_cfg=p.teacher if teacher else None)
-
-    def shown(metrics: dict) -> str:
-        return json.dumps({k: v for k, v in metrics.items() if k != "resamples"}, indent=2)
-
-    if not (log or register):
-        metrics, _ = run()
-        typer.echo(shown(metrics))
-        return
-    from optsteps.integrations.mlflow_registry import Registry
-    from optsteps.io.provenance import params_hash
-
-    reg = Registry(tracking_uri or p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
-    run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,
-                  "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none"}
-    out = {}
-
-    def run_and_keep():
-        metrics, x = run()
-        out.update(metrics)
-        return metrics, x
-
-    rid = reg.log_schedule_run(s, solver=solver, params=run_params, evaluate=run_and_keep)
-    typer.echo(shown(out))
-    typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
-    if register:
-        res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
-        typer.echo(registration_line(res))
+    res = evaluate_one(load_params(params), model, schedule, nfe=nfe, solver=solver, n=n, inception_n=inception_n,
+                       seed=seed, start=start, guidance=guidance, teacher=teacher, log=log, register=register,
+                       tracking_uri=tracking_uri, geneval_prompts=geneval_prompts)
+    typer.echo(json.dumps({k: v for k, v in res.metrics.items() if k != "resamples"}, indent=2))
+    if res.run_id is not None:
+        typer.echo(f"logged MLflow run {res.run_id} at {res.tracking_uri}")
+    if res.registration is not None:
+        typer.echo(registration_line(res.registration))

@@ -188,3 +188,12 @@ def from_lambdas(lambdas, noise_schedule: NoiseSchedule, t_start: float, t_end: 
     t = noise_schedule.t_of_lambda(as_tensor(lambdas))
     t[0], t[-1] = t_start, t_end
     return Schedule(t, noise_schedule, **meta)
+
+
+def check_noise_schedule(schedule: Schedule, noise_schedule: NoiseSchedule, user: str, fix: str) -> None:
+    """Refuse ``schedule`` for ``user`` (a model or pipeline) whose noise schedule is another one: the schedule's
+    times t_i would mean other noise levels σ(t_i) there."""
+    if schedule.noise_schedule != noise_schedule:
+        raise OptstepsError(f"the schedule ({schedule.model or 'unnamed'}, {schedule.method or 'schedule'}, NFE "
+                            f"{schedule.nfe}) was made for the noise schedule {schedule.noise_schedule.to_dict()}, "
+                            f"but {user} uses {noise_schedule.to_dict()}; {fix}.")

@@ -35,7 +35,7 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
 from optsteps.core.baselines import BASELINES
-from optsteps.core.schedule import Schedule
+from optsteps.core.schedule import Schedule, check_noise_schedule
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.evaluate import bootstrap as bs
 from optsteps.core.metric_names import METRICS
@@ -336,9 +336,7 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
         raise OptstepsError("no solver given and the schedule names none; pass solver= (ddim, dpmpp2m, unipc).")
     if n < 2:
         raise OptstepsError(f"need n ≥ 2 samples to evaluate, got {n}.")
-    if schedule.noise_schedule != model.noise_schedule:
-        raise OptstepsError(f"the schedule was made for {schedule.noise_schedule.to_dict()}, but model {model.name!r} "
-                            f"uses {model.noise_schedule.to_dict()}; compute a schedule for this model.")
+    check_noise_schedule(schedule, model.noise_schedule, f"model {model.name!r}", "compute a schedule for this model")
     ev = _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress)
     ev.set_teacher(teacher, images_of(model, teacher) if teacher is not None else None)
     t0 = time.perf_counter()
@@ -404,9 +402,7 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
         sv = s.solver or solver
         if not sv:
             raise OptstepsError(f"schedule {s.method!r} NFE {s.nfe} names no solver; pass solver= to evaluate_grid.")
-        if s.noise_schedule != model.noise_schedule:
-            raise OptstepsError(f"schedule {s.method!r} NFE {s.nfe} was made for another noise schedule than model "
-                                f"{model.name!r}; compute it for this model.")
+        check_noise_schedule(s, model.noise_schedule, f"model {model.name!r}", "compute it for this model")
         t0 = time.perf_counter()
         x = generate(model, s, run_spec(s, sv), n, seed, start, g, batch_size)
         t1 = time.perf_counter()

@@ -36,14 +36,12 @@ from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, p
 
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
-    from optsteps.models.diffusers.pipelines import _noise_schedule
+    from optsteps.core.schedule import check_noise_schedule as check_schedule_noise
+    from optsteps.models.diffusers.base import noise_schedule_from_config
 
-    ns = _noise_schedule(dict(pipe.scheduler.config), where or type(pipe).__name__)
-    if schedule.noise_schedule != ns:
-        raise OptstepsError(
-            f"the schedule ({schedule.model or 'unnamed'}, {schedule.method or 'schedule'}) was made for the noise "
-            f"schedule {schedule.noise_schedule.to_dict()}, but the pipeline {where or type(pipe).__name__} uses "
-            f"{ns.to_dict()}; compute a schedule for this pipeline (optsteps schedule … --model {where or 'PIPELINE'}).")
+    ns = noise_schedule_from_config(dict(pipe.scheduler.config), where or type(pipe).__name__)
+    check_schedule_noise(schedule, ns, f"the pipeline {where or type(pipe).__name__}",
+                         f"compute a schedule for this pipeline (optsteps schedule … --model {where or 'PIPELINE'})")
 
 
 def _backbone(pipe):

@@ -626,29 +626,3 @@ class Registry:
             return text
         out = SchedulePyfunc(text).export(fmt, scheduler)
         return out if isinstance(out, str) else json.dumps(out, indent=2 if fmt in ("diffusers", "ays") else None)
-
-
-# ---- module-level conveniences ------------------------------------------------------------------------
-
-def log_schedule_run(schedule: Schedule, metrics: dict | None = None, tracking_uri: str | None = None, **kw) -> str:
-    return Registry(tracking_uri).log_schedule_run(schedule, metrics, **kw)
-
-
-def log_summary_run(rows: list[dict], tracking_uri: str | None = None, **kw) -> str:
-    return Registry(tracking_uri).log_summary_run(rows, **kw)
-
-
-def register_schedule(run_id: str, tracking_uri: str | None = None, **kw) -> dict:
-    return Registry(tracking_uri).register_schedule(run_id, **kw)
-
-
-def list_schedules(model: str | None = None, nfe: int | None = None, tracking_uri: str | None = None) -> list[dict]:
-    return Registry(tracking_uri).list_schedules(model, nfe)
-
-
-def show(ref: str, tracking_uri: str | None = None) -> dict:
-    return Registry(tracking_uri).show(ref)
-
-
-def export(ref: str, fmt: str = "json", scheduler: str | None = None, tracking_uri: str | None = None) -> str:
-    return Registry(tracking_uri).export(ref, fmt, scheduler)

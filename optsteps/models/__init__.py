@@ -13,6 +13,12 @@ from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.models.base import DiffusionModel, ModelCard
 from optsteps.models.names import BUILTIN, CLASSIFIER, EMBEDDED, TRAINABLE, slugify  # noqa: F401 - the names in one place
 from optsteps.models.entries import ModelEntry, entry_for  # noqa: F401
+from optsteps.models.identity import MODEL_RECORD
+
+
+def model_record(artifacts, name: str) -> Path:
+    """``artifacts/models/<name>/optsteps_model.json``: what training (or ``prepare``) wrote about the model."""
+    return model_dir(artifacts, name) / MODEL_RECORD
 
 
 def model_dir(artifacts, name: str) -> Path:
@@ -107,4 +113,4 @@ def noise_schedule_for(model, artifacts="artifacts"):
 
 
 __all__ = ["DiffusionModel", "ModelCard", "ModelEntry", "entry_for", "load_model", "describe_model", "gmm_model",
-           "model_dir", "noise_schedule_for", "slugify", "BUILTIN", "EMBEDDED", "CLASSIFIER", "TRAINABLE", "torch"]
+           "model_dir", "model_record", "MODEL_RECORD", "noise_schedule_for", "slugify", "BUILTIN", "EMBEDDED", "CLASSIFIER", "TRAINABLE", "torch"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
-from optsteps.models.identity import read_model_meta, verify_weights
+from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 
 
 @dataclass
@@ -111,7 +111,7 @@ def train_classifier(cfg: ClassifierConfig, out_dir, progress: bool = True) -> P
     meta = {"name": "classifier", "holdout_accuracy": acc, "holdout_size": len(te), "train_size": len(tr),
             "params": dataclasses.asdict(cfg), "train_seconds": round(seconds, 2), "data_sha256": digits_sha256(),
             "weights_sha256": hashlib.sha256((tmp / "classifier.safetensors").read_bytes()).hexdigest()}
-    (tmp / "optsteps_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / MODEL_RECORD).write_text(json.dumps(meta, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -124,7 +124,7 @@ def load_classifier(model_dir) -> DigitsCNN:
     p = Path(model_dir) / "classifier.safetensors"
     if not p.is_file():
         raise OptstepsError(f"the digits classifier is not trained yet ({p} missing); run `optsteps train --model classifier`.")
-    meta_path = Path(model_dir) / "optsteps_model.json"
+    meta_path = Path(model_dir) / MODEL_RECORD
     if meta_path.is_file():
         verify_weights(p, read_model_meta(meta_path, "classifier", ("weights_sha256",))["weights_sha256"], "classifier")
     m = DigitsCNN()

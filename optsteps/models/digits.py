@@ -26,7 +26,7 @@ import torch
 
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
-from optsteps.models.identity import read_model_meta, verify_weights
+from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
 from optsteps.models.base import DiffusionModel, ModelCard
 
@@ -165,7 +165,7 @@ def save_digits(name, unet, cfg: TrainConfig, out_dir, seconds: float, final_los
         "final_loss": final_loss,
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
     }
-    (tmp / "optsteps_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / MODEL_RECORD).write_text(json.dumps(meta, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -173,7 +173,7 @@ def save_digits(name, unet, cfg: TrainConfig, out_dir, seconds: float, final_los
 
 
 def _meta(name: str, model_dir) -> dict:
-    meta_path = Path(model_dir) / "optsteps_model.json"
+    meta_path = Path(model_dir) / MODEL_RECORD
     if not meta_path.is_file():
         raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
                             f"run `optsteps train --model {name}` (or `make run`).")

@@ -7,6 +7,8 @@ from pathlib import Path
 from optsteps.errors import OptstepsError
 from optsteps.io.hashing import file_digest
 
+MODEL_RECORD = "optsteps_model.json"  # a trained or prepared model's record, in its folder under artifacts/models
+
 
 def read_model_meta(meta_path: Path, name: str, required) -> dict:
     """``optsteps_model.json`` as a dict with the ``required`` keys, or one clear error naming the fix."""

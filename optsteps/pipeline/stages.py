@@ -2,15 +2,7 @@
 
 Every stage takes the params and a model: a name of ``params.yaml`` ``models:``, a built-in name, a pipeline folder
 or hub id (``Params.entry``), or a ``ModelEntry``; it runs on ``params.for_model(model)`` (the model's own guidance
-and overrides merged in). Paths use the model's name (a slug), never its folder: nothing is written inside a
-model's folder. Under ``params.artifacts`` / ``params.results``:
-
-    artifacts/identity/<model>.json           the model's content identity (``identify``)
-    artifacts/models/<model>/                 an embedded model's trained weights, or a pipeline model's
-                                              identity record (``prepare``; the weights stay in its folder)
-    artifacts/trajectories/<model>/           teacher shards + manifest.json (``trajectories``)
-    results/schedules/<model>/<method>/<solver>-nfe<K>.json   optimized schedules (``lambda_opt``, ``oss``)
-    results/eval/<model>.json                 the evaluation (``evaluate``)
+and overrides merged in). Where each stage reads and writes: ``optsteps.pipeline.layout``.
 """
 from __future__ import annotations
 
@@ -26,8 +18,12 @@ import torch
 
 from optsteps.pipeline.config import Params
 from optsteps.errors import OptstepsError
-from optsteps.models import (CLASSIFIER, EMBEDDED, TRAINABLE, ModelEntry, describe_model, load_model, model_dir,
-                             noise_schedule_for)
+from optsteps.io.shards import MANIFEST
+from optsteps.models import CLASSIFIER, TRAINABLE, ModelEntry, describe_model, load_model, noise_schedule_for
+from optsteps.pipeline.layout import (METHOD_DIRS, classifier_dir, classifier_record_path, digests_cache, eval_dir,
+                                      eval_path, grids_dir, identity_path, markdown_path, metrics_dir, model_folder,
+                                      model_name, model_record_path, plot_png, plots_csv, registry_path,
+                                      resamples_path, schedule_path, schedules_dir, summary_path, trajectories_dir)
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 
@@ -38,23 +34,6 @@ def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
     """(the params with the model's own settings merged in, its entry)."""
     e = p.entry(model)
     return p.for_model(e), e
-
-
-def model_name(p: Params, model) -> str:
-    """The model's name (slug): the one every output path and registry name uses."""
-    return p.entry(model).name
-
-
-def trajectories_dir(p: Params, model) -> Path:
-    return Path(p.artifacts) / "trajectories" / model_name(p, model)
-
-
-def schedule_path(p: Params, model, method: str, solver: str, nfe: int) -> Path:
-    return Path(p.results) / "schedules" / model_name(p, model) / method / f"{solver}-nfe{nfe}.json"
-
-
-def identity_path(p: Params, model) -> Path:
-    return Path(p.artifacts) / "identity" / f"{model_name(p, model)}.json"
 
 
 def lambda_opt_all(p: Params, model) -> list[Path]:
@@ -70,7 +49,7 @@ def oss_all(p: Params, model) -> list[Path]:
     q, e = resolve(p, model)
     methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
-        (Path(q.results) / "schedules" / e.name / method).mkdir(parents=True, exist_ok=True)
+        schedules_dir(q, e, method).mkdir(parents=True, exist_ok=True)
     return [schedule_path(q, e, method, solver, nfe)
             for method in methods for solver in q.oss.solvers for nfe in q.oss.nfe
             if oss(q, e, solver, nfe, method=method) is not None]
@@ -89,7 +68,7 @@ def identity(p: Params, model) -> dict:
 
         return {"name": e.name, "kind": "embedded", "train": dataclasses.asdict(p.train_config(e.name)),
                 "data_sha256": digits_sha256()}
-    with persistent_digests(Path(p.artifacts) / "cache" / "digests.json"):
+    with persistent_digests(digests_cache(p)):
         card = describe_model(e, p.artifacts)
     out = {"name": e.name, "kind": "pipeline" if e.is_pipeline else "builtin", "sha256": card.identity["sha256"],
            "noise_schedule": card.noise_schedule.to_dict()}
@@ -119,63 +98,59 @@ def prepare(p: Params, model, force: bool = False) -> Path:
     e = p.entry(model)
     if e.is_embedded:
         return train(p, e.name, force=force)
-    out = model_dir(p.artifacts, e.name)
-    write_text_atomic(out / "optsteps_model.json", json.dumps(identity(p, e), indent=1, sort_keys=True) + "\n")
-    return out
+    write_text_atomic(model_record_path(p, e), json.dumps(identity(p, e), indent=1, sort_keys=True) + "\n")
+    return model_folder(p, e)
 
 
 def model_identity(p: Params, model) -> str:
     """A digest of ``artifacts/models/<model>/optsteps_model.json`` (after ``prepare``): what the Prefect tasks of a
     model take as an input, so that new weights (or a retrained model) miss their caches."""
-    path = model_dir(p.artifacts, model_name(p, model)) / "optsteps_model.json"
+    path = model_record_path(p, model)
     if not path.is_file():
         raise OptstepsError(f"{path} is missing; run `optsteps stage model --model {model_name(p, model)}` first.")
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recorded_model_sha(p: Params, model) -> str | None:
+    """The model's content digest as the earlier stages recorded it (nothing is described or hashed again): an
+    embedded model's weights digest from its training record (``model@<model>``), any other model's from
+    ``artifacts/identity/<model>.json`` (``identify@<model>``, which DVC runs before every stage of the model)."""
+    e = p.entry(model)
+    if e.is_embedded:
+        path, key, stage = model_record_path(p, e), "weights_sha256", "model"
+    else:
+        path, key, stage = identity_path(p, e), "sha256", "identify"
+    if not path.is_file():
+        raise OptstepsError(f"{path} is missing; run `optsteps stage {stage} --model {e.name}` first.")
+    return json.loads(path.read_text()).get(key)
 
 
 def train(p: Params, model: str, force: bool = False) -> Path:
     """Train an embedded model or the classifier (skipped when trained, unless ``force``). Pipeline models are
     never trained: their weights are used as they are."""
     if model == CLASSIFIER:
-        out = model_dir(p.artifacts, CLASSIFIER)
-        if (out / "optsteps_model.json").is_file() and not force:
-            return out
+        if classifier_record_path(p).is_file() and not force:
+            return classifier_dir(p)
         from optsteps.models.classifier import train_classifier
 
-        return train_classifier(p.classifier, out)
+        return train_classifier(p.classifier, classifier_dir(p))
     e = p.entry(model)
     if not e.is_embedded:
         raise OptstepsError(f"{e.name!r} is not trainable: optsteps trains {', '.join(TRAINABLE[:-1])} and "
                             f"{TRAINABLE[-1]}; a diffusers pipeline is used with its own weights (its DVC stage "
                             f"`model@{e.name}` records its identity: `optsteps stage model --model {e.name}`).")
-    out = model_dir(p.artifacts, e.name)
-    if (out / "optsteps_model.json").is_file() and not force:
+    out = model_folder(p, e)
+    if model_record_path(p, e).is_file() and not force:
         return out
     from optsteps.models.digits import train_digits
 
     return train_digits(e.name, p.train_config(e.name), out)
 
 
-def _drop_stale_shards(out: Path, card, teacher) -> None:
-    """In a stage's own trajectories folder, shards of another model identity or teacher (new weights, a changed
-    teacher) are removed, so that the stage regenerates them (a folder passed with --out is never touched)."""
-    from optsteps.io.shards import read_manifest
-    from optsteps.teacher.trajectories import header
-
-    old = read_manifest(out)
-    head = header(card, teacher)
-    if old is None or {k: old.get(k) for k in head} == head:
-        return
-    log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
-                str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
-    for e in old.get("shards", []):
-        (out / e["file"]).unlink(missing_ok=True)
-    (out / "manifest.json").unlink()
-
-
 def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dict:
     """Teacher shards of the model (``artifacts/trajectories/<model>``, or ``out``). With Ray, actors load the model
     (each once, on its device) and the driver only reads its identity (``describe_model``)."""
+    from optsteps.teacher.load import drop_stale_shards
     from optsteps.teacher.trajectories import generate_trajectories
 
     q, e = resolve(p, model)
@@ -190,44 +165,8 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
     else:
         m = load_model(e, q.artifacts)
     if own:
-        _drop_stale_shards(out, m, q.teacher)
+        drop_stale_shards(out, m, q.teacher)
     return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
-
-
-def load_teacher(p: Params, model, traj_dir, samples: int):
-    """(t [N+1], states [N+1, S, ...], labels [S] or None) from the first ``samples`` teacher samples.
-    ``model``: the loaded model (or its ``ModelCard``); ``p``: the params merged for it (``for_model``)."""
-    from optsteps.teacher.trajectories import iter_shards
-
-    states, labels, t = [], [], None
-    have = 0
-    for sh in iter_shards(traj_dir, model, p.teacher):
-        take = min(sh["states"].shape[1], samples - have)
-        states.append(sh["states"][:, :take])
-        labels.append(sh["labels"][:take])
-        t = sh["t"]
-        have += take
-        if have >= samples:
-            break
-    if not states:
-        raise OptstepsError(f"{traj_dir} has no shards; run `optsteps trajectories --model {model.name}`.")
-    lab = torch.cat(labels)
-    return t, torch.cat(states, dim=1), (None if (lab < 0).all() else lab)
-
-
-class LabelledDenoiser:
-    """A model denoiser for batches that stack node states of the same S samples (row r is sample r mod S)."""
-
-    def __init__(self, model, labels, guidance: float = 1.0):
-        self.model, self.labels, self.guidance = model, labels, guidance
-
-    def __call__(self, x, t):
-        if self.labels is None:
-            return self.model.denoiser(None, self.guidance)(x, t)
-        s = len(self.labels)
-        if x.shape[0] % s:
-            raise OptstepsError(f"batch of {x.shape[0]} rows is not a whole number of {s}-sample blocks.")
-        return self.model.denoiser(self.labels.repeat(x.shape[0] // s), self.guidance)(x, t)
 
 
 _GITS_COSTS: dict = {}
@@ -240,7 +179,7 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
     tasks wait for the first instead of recomputing)."""
     from optsteps.optimizers.oss import gits_costs
 
-    manifest = Path(traj_dir) / "manifest.json"
+    manifest = Path(traj_dir) / MANIFEST
     key = (str(Path(traj_dir).resolve()), manifest.read_bytes() if manifest.is_file() else b"", states.shape[1],
            p.teacher.guidance)
     with _GITS_LOCK:
@@ -251,37 +190,33 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
 
 
 def with_manifest_teacher(p: Params, traj_dir) -> Params:
-    """``p`` with the teacher recorded in ``traj_dir``'s manifest (a folder of shards made by `optsteps
-    trajectories --teacher-steps … --out DIR`): such shards are used as they are, and only a real mismatch (another
-    model or noise schedule, checked shard by shard) is refused."""
-    from optsteps.io.shards import read_manifest
-    from optsteps.teacher.config import TeacherConfig
+    """``p`` with the teacher recorded in ``traj_dir``'s manifest (``optsteps.teacher.load.manifest_teacher``)."""
+    from optsteps.teacher.load import manifest_teacher
 
-    man = read_manifest(traj_dir)
-    if not man or not isinstance(man.get("teacher"), dict):
-        return p
-    try:
-        teacher = TeacherConfig(**man["teacher"])
-    except TypeError:
-        raise OptstepsError(f"{Path(traj_dir) / 'manifest.json'} records a teacher optsteps cannot read "
-                            f"({man['teacher']}); regenerate the shards with `optsteps trajectories`.") from None
-    if teacher != p.teacher:
-        log.info("%s: using the teacher its shards were made with: %s", traj_dir, teacher)
-    return dataclasses.replace(p, teacher=teacher)
+    return dataclasses.replace(p, teacher=manifest_teacher(traj_dir, p.teacher))
 
 
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
-    """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
+    """OSS (or GITS) on the model's teacher shards (``compute_oss``); the schedule is written to ``schedule_path``."""
+    q, e = resolve(p, model)
+    for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
+        schedules_dir(q, e, folder).mkdir(parents=True, exist_ok=True)
+    sched = compute_oss(p, model, solver, nfe, method=method, traj_dir=traj_dir)
+    sched.save(schedule_path(q, e, method, solver, nfe))
+    return sched
+
+
+def compute_oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
+    """OSS (or GITS) on the model's teacher shards (``traj_dir``, default the pipeline's); nothing is written."""
     from optsteps.optimizers.oss import gits_search, oss_search
+    from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     p, e = resolve(p, model)
-    for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
-        (Path(p.results) / "schedules" / e.name / folder).mkdir(parents=True, exist_ok=True)
     m = load_model(e, p.artifacts)
     if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
         p = with_manifest_teacher(p, traj_dir)
     traj_dir = traj_dir or trajectories_dir(p, e)
-    t, states, labels = load_teacher(p, m, traj_dir, p.oss.samples)
+    t, states, labels = load_teacher(p.teacher, m, traj_dir, p.oss.samples)
     if states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
         log.warning("%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
                     "trajectories.samples for more)", traj_dir, states.shape[1], p.oss.samples, states.shape[1])
@@ -298,62 +233,45 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
                          eval_batch_size=s, model=e.name, start_window=p.oss.start_window, objective=p.oss.objective)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
-    sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),
-                                          "teacher_samples": s})
-    sched.save(schedule_path(p, e, method, solver, nfe))
+    return res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3), "teacher_samples": s})
+
+
+def lambda_opt(params: Params, model, solver: str, nfe: int, **options) -> Schedule:
+    """The λ-optimized schedule (``compute_lambda_opt``), written to ``schedule_path``."""
+    q, e = resolve(params, model)
+    sched = compute_lambda_opt(params, model, solver, nfe, **options)
+    sched.save(schedule_path(q, e, "lambda-opt", solver, nfe))
     return sched
 
 
-def lambda_opt(p: Params, model, solver: str, nfe: int, p_exp: float | None = None,
-               error_model: str | None = None, max_order: int = 3, traj_dir=None, trunc: int | None = None) -> Schedule:
+def compute_lambda_opt(params: Params, model, solver: str, nfe: int, p_exp: float | None = None,
+                       error_model: str | None = None, max_order: int = 3, traj_dir=None,
+                       trunc: int | None = None) -> Schedule:
+    """The λ-optimizer's schedule (``p_exp``: the error model's exponent p, default ``lambda_opt.p``); nothing is
+    written."""
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
-    p, e = resolve(p, model)
-    ns = noise_schedule_for(e, p.artifacts)
-    em = error_model or p.lambda_opt.error_model
-    eps_fn = empirical_eps_for(p, e, traj_dir) if em == "empirical" else None
+    q, e = resolve(params, model)
+    ns = noise_schedule_for(e, q.artifacts)
+    em = error_model or q.lambda_opt.error_model
+    eps_fn = empirical_eps_for(q, e, traj_dir) if em == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    sched = lambda_opt_schedule(ns, nfe, p=p.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
-                                error_model=em, eps_fn=eps_fn, trunc=trunc)
-    sched.save(schedule_path(p, e, "lambda-opt", solver, nfe))
-    return sched
+    return lambda_opt_schedule(ns, nfe, p=q.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
+                               error_model=em, eps_fn=eps_fn, trunc=trunc)
 
 
 def empirical_eps_for(p: Params, model, traj_dir=None):
     """ε(λ) measured on the teacher shards: mean ‖x̂_0(x_t, t) − x_final‖ per teacher time, interpolated in λ."""
     from optsteps.optimizers.lambda_opt import empirical_eps
-    from optsteps.teacher.trajectories import iter_shards
+    from optsteps.teacher.load import mean_x0_error
 
     p, e = resolve(p, model)
     if traj_dir is not None:
         p = with_manifest_teacher(p, traj_dir)
     m = describe_model(e, p.artifacts)  # the shards' identity and noise schedule; no network needed
-    sums, count, t = None, 0, None
-    for sh in iter_shards(traj_dir or trajectories_dir(p, e), m, p.teacher):
-        err = (sh["x0"] - sh["states"][-1][None]).flatten(2).norm(dim=2).sum(1)  # [N]
-        sums = err if sums is None else sums + err
-        count += sh["states"].shape[1]
-        t = sh["t"]
+    t, err = mean_x0_error(p.teacher, m, traj_dir or trajectories_dir(p, e))
     lam = m.noise_schedule.lambda_(t[:-1])
-    return empirical_eps(lam.numpy(), (sums / count).double().numpy())
-
-
-METHOD_DIRS = ("lambda-opt", "oss", "gits")
-
-
-def eval_path(p: Params, model) -> Path:
-    return Path(p.results) / "eval" / f"{model_name(p, model)}.json"
-
-
-def summary_path(p: Params, model) -> Path:
-    """results/eval/<model>-summary.json: the speedup entries (``optsteps.evaluate.speedup.speedup_table``)."""
-    return Path(p.results) / "eval" / f"{model_name(p, model)}-summary.json"
-
-
-def resamples_path(p: Params, model) -> Path:
-    """results/eval/<model>-bootstrap.npz: every row's bootstrap resamples (``row<i>/<metric>``), for the register
-    stage's paired champion test."""
-    return Path(p.results) / "eval" / f"{model_name(p, model)}-bootstrap.npz"
+    return empirical_eps(lam.numpy(), err.double().numpy())
 
 
 def is_pipeline_model(p: Params, model) -> bool:
@@ -412,18 +330,14 @@ def evaluator_for(p: Params, model, progress: bool = False, inception_n: int | N
     ev = q.evaluate
     classifier = None
     if e.is_embedded:  # the classifier and the real-digits statistics are those of the digits data
-        clf_dir = model_dir(p.artifacts, CLASSIFIER)
-        if not (clf_dir / "optsteps_model.json").is_file():
+        clf_dir = classifier_dir(p)
+        if not classifier_record_path(p).is_file():
             raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
         classifier = load_classifier(clf_dir)
     return Evaluator(classifier, ev.cache_dir, inception_n=ev.inception_n if inception_n is None else inception_n,
                      kid_subsets=ev.kid_subsets,
                      teacher_inception_n=teacher_inception_n(p, e), reference_images=ev.reference_images or None,
                      bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, progress=progress)
-
-
-SUMMARY_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inception", "fid_inception",
-                   "adherence_digitsnet", "l2_to_teacher", "psnr_to_teacher")
 
 
 def evaluate(p: Params, model) -> Path:
@@ -449,7 +363,7 @@ def evaluate(p: Params, model) -> Path:
     m = load_model(e, p.artifacts)
     schedules = evaluation_schedules(p, e)
     evaluator = evaluator_for(p, e)
-    grids = Path(p.results) / "eval" / f"{e.name}-grids"
+    grids = grids_dir(p, e)
 
     def save_grid_of(row, images):  # the row's first evaluate.grid_samples samples, one PNG per row
         if not p.evaluate.grid_samples or images is None or images.dim() != 4:
@@ -469,7 +383,7 @@ def evaluate(p: Params, model) -> Path:
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)
     write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
-    write_text_atomic(out.with_suffix(".md"), markdown_table(rows, resamples=resamples))
+    write_text_atomic(markdown_path(p, e), markdown_table(rows, resamples=resamples))
     write_text_atomic(summary_path(p, e), json.dumps(speedup_table(rows), indent=1) + "\n")
     buf = io.BytesIO()
     np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
@@ -494,13 +408,12 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     from optsteps.evaluate.plots import curves_figure
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
 
-    name = model_name(p, model)
     headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
                 if any(k in r for r in rows[1:])]
     series = {}
     for r in rows[1:]:
         series.setdefault(f"{r['method']}-{r['solver']}", []).append(r)
-    folder = Path(p.results) / "metrics" / name
+    folder = metrics_dir(p, model)
     if folder.is_dir():  # a method or solver dropped from the grid leaves no stale file
         shutil.rmtree(folder)
     lines = [",".join(["series", "nfe"] + headline)]
@@ -510,14 +423,14 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
         write_text_atomic(folder / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
         lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
                             str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
-    write_text_atomic(Path(p.results) / "plots" / f"{name}.csv", "\n".join(lines) + "\n")
+    write_text_atomic(plots_csv(p, model), "\n".join(lines) + "\n")
     for metric in headline:
         fig = curves_figure(rows, metric, metric)
         if fig is None:
             continue
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)  # an object-API Figure (evaluate.plots): no pyplot state to close
-        write_bytes_atomic(Path(p.results) / "plots" / f"{name}-{metric}.png", buf.getvalue())
+        write_bytes_atomic(plot_png(p, model, metric), buf.getvalue())
 
 
 def load_resamples(p: Params, model, rows: int) -> list[dict]:
@@ -538,7 +451,7 @@ def load_resamples(p: Params, model, rows: int) -> list[dict]:
 def _grid_file(p: Params, model, row: dict) -> str | None:
     """The PNG grid of the row's samples written by ``evaluate`` (None when grids are off or missing)."""
     rel = row.get("grid")
-    path = Path(p.results) / "eval" / rel if rel else None
+    path = eval_dir(p) / rel if rel else None
     return str(path) if path is not None and path.is_file() else None
 
 
@@ -564,7 +477,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         rows = json.loads(path.read_text())
         resamples = load_resamples(p, model, len(rows))
         metric = champion_metric(p, model, rows)
-        model_sha = describe_model(p.entry(model), p.artifacts).identity.get("sha256")  # versions keyed by content
+        model_sha = recorded_model_sha(p, model)  # versions keyed by content
         for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
@@ -580,6 +493,6 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         summary = summary_path(p, model)
         reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
                             speedup=json.loads(summary.read_text()) if summary.is_file() else None)
-    out = Path(p.results) / "registry.json"
+    out = registry_path(p)
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out

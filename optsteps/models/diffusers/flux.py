@@ -29,8 +29,8 @@ from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.base import ModelCard
-from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
-                                                 batched_net, load_diffusers_pipeline)
+from optsteps.models.diffusers.base import (PipelineModel, PromptConditioner, batched_net, load_diffusers_pipeline,
+                                            noise_schedule_from_config, read_config)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 FLUX_PIPELINES = ("FluxPipeline",)
@@ -157,13 +157,13 @@ def describe_flux(root, prompts=None, height=None, width=None, max_sequence_leng
     """What ``load_flux_model`` returns without its network, from the config files and weight digests alone
     (the Ray driver and the identify stage call this): noise schedule, latent shape, time shift, identity."""
     root = resolve_pipeline(root)
-    sched_cfg = _config(root, "scheduler", "scheduler_config.json")
-    ns = _noise_schedule(sched_cfg, root)
+    sched_cfg = read_config(root, "scheduler", "scheduler_config.json")
+    ns = noise_schedule_from_config(sched_cfg, root)
     if ns.family != "flow":
         raise OptstepsError(f"{root}: a FLUX transformer needs a flow-matching scheduler, found "
                             f"{sched_cfg.get('_class_name')}.")
     prompt_list = resolve_prompts(prompts)
-    tcfg, vcfg = _config(root, "transformer"), _config(root, "vae")
+    tcfg, vcfg = read_config(root, "transformer"), read_config(root, "vae")
     vsf = 2 ** (len(vcfg["block_out_channels"]) - 1)  # FluxPipeline.vae_scale_factor
     height = int(height or FLUX_DEFAULT_SAMPLE_SIZE * vsf)
     width = int(width or FLUX_DEFAULT_SAMPLE_SIZE * vsf)

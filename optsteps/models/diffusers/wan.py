@@ -15,7 +15,7 @@
 
 Wan 2.2 layouts (``transformer_2``/``boundary_ratio``, ``expand_timesteps``) are refused. diffusers 0.42 cannot
 load ``WanTransformer3DModel`` without ``accelerate`` (its fp32-kept modules need ``low_cpu_mem_usage``);
-``preload_components`` then loads it from its safetensors itself, keeping those modules in float32 as diffusers does.
+``base.preload_components`` then loads it from its safetensors itself, keeping those modules in float32 as diffusers does.
 """
 from __future__ import annotations
 
@@ -30,64 +30,12 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.base import ModelCard
-from optsteps.models.diffusers.pipelines import (PipelineModel, PromptConditioner, _config, _noise_schedule,
-                                                 batched_net, load_diffusers_pipeline)
+from optsteps.models.diffusers.base import (PipelineModel, PromptConditioner, batched_net, load_diffusers_pipeline,  # noqa: F401
+                                            noise_schedule_from_config, preload_components, read_config)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 WAN_PIPELINES = ("WanPipeline",)
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default
-
-
-# ---- loading without accelerate ------------------------------------------------------------------------------
-
-def _load_keep_fp32(cls, folder: Path, torch_dtype):
-    """``cls.from_pretrained(folder)`` for a model with ``_keep_in_fp32_modules`` when accelerate is missing:
-    built from its config and loaded from its (possibly sharded) safetensors; the parameters and buffers whose
-    dotted name contains a kept module stay float32, the rest become ``torch_dtype``."""
-    import safetensors.torch
-
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "diffusion_pytorch_model.safetensors").is_file():
-        files = ["diffusion_pytorch_model.safetensors"]
-    else:
-        raise OptstepsError(f"{folder} has no safetensors weights; loading it needs accelerate (`pip install accelerate`).")
-    try:
-        from diffusers.models.modeling_utils import no_init_weights
-    except ImportError:  # pragma: no cover - older/newer diffusers
-        from contextlib import nullcontext as no_init_weights
-    with no_init_weights():
-        model = cls.from_config(cls.load_config(folder))
-    state = {}
-    for f in files:
-        state.update(safetensors.torch.load_file(str(folder / f)))
-    model.load_state_dict(state, strict=True)
-    keep = list(cls._keep_in_fp32_modules or [])
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if torch.is_floating_point(tensor):
-            tensor.data = tensor.data.to(torch.float32 if any(k in name.split(".") for k in keep) else torch_dtype)
-    return model.eval()
-
-
-def preload_components(root, torch_dtype) -> dict:
-    """Components ``from_pretrained`` cannot load here (diffusers 0.42 without accelerate), loaded by hand."""
-    from diffusers.utils import is_accelerate_available
-
-    if is_accelerate_available():
-        return {}
-    import diffusers
-
-    index = json.loads((Path(root) / "model_index.json").read_text())
-    out = {}
-    for key in ("transformer", "transformer_2"):
-        entry = index.get(key)
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"):
-            continue
-        cls = getattr(diffusers, entry[1], None)
-        if cls is not None and getattr(cls, "_keep_in_fp32_modules", None):
-            out[key] = _load_keep_fp32(cls, Path(root) / key, torch_dtype)
-    return out
 
 
 # ---- video layout (also used by integrations.diffusers_apply) ---------------------------------------------------
@@ -97,7 +45,7 @@ def wan_geometry(pipe_or_root) -> tuple:
     WanPipeline, or of a WanPipeline folder from its config files (as WanPipeline.__init__ reads them)."""
     if isinstance(pipe_or_root, (str, Path)):
         root = Path(pipe_or_root)
-        vcfg, tcfg = _config(root, "vae"), _config(root, "transformer")
+        vcfg, tcfg = read_config(root, "vae"), read_config(root, "transformer")
         return (int(vcfg.get("scale_factor_temporal", 4)), int(vcfg.get("scale_factor_spatial", 8)),
                 tuple(int(v) for v in tcfg.get("patch_size", (1, 2, 2))), int(tcfg["in_channels"]))
     pipe = pipe_or_root
@@ -248,8 +196,8 @@ def describe_wan(root, prompts=None, height=None, width=None, max_sequence_lengt
     if index.get("expand_timesteps"):
         raise OptstepsError(f"{root} is a Wan 2.2 TI2V pipeline (expand_timesteps, per-token timesteps); optsteps "
                             "supports the Wan 2.1 text-to-video layout.")
-    sched_cfg = _config(root, "scheduler", "scheduler_config.json")
-    ns = _noise_schedule(sched_cfg, root)
+    sched_cfg = read_config(root, "scheduler", "scheduler_config.json")
+    ns = noise_schedule_from_config(sched_cfg, root)
     if ns.family != "flow":
         raise OptstepsError(f"{root}: a Wan transformer needs a flow-matching scheduler, found "
                             f"{sched_cfg.get('_class_name')} without flow sigmas.")

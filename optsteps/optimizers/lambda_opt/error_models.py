@@ -110,7 +110,7 @@ def fit_p(lambdas_teacher, errors) -> PFit:
     return PFit(p=float(coef[1]), scale=float(np.exp(coef[0])), rms=float(np.sqrt(np.mean(resid**2))))
 
 
-def _eps_and_dlog(lam: np.ndarray, p: float, eps):
+def eps_and_dlog(lam: np.ndarray, p: float, eps):
     """ε at every node and d log ε/dλ. ``eps``: None (σ^p/α), an array of per-node values (held fixed),
     or a callable λ ↦ ε (with an optional ``.dlog``; otherwise a central difference of log ε)."""
     if eps is None:

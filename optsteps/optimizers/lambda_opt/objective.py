@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.lambda_opt.error_models import _eps_and_dlog
-from optsteps.optimizers.lambda_opt.orders import _check_lambdas, _check_p, _check_trunc, check_orders
-from optsteps.optimizers.lambda_opt.weights import _closed_form_weights, _local_weight_jacobian
+from optsteps.optimizers.lambda_opt.error_models import eps_and_dlog
+from optsteps.optimizers.lambda_opt.orders import check_lambdas, check_p, check_trunc, check_orders
+from optsteps.optimizers.lambda_opt.weights import closed_form_weights, local_weight_jacobian
 
 
 class _Group:
@@ -32,7 +32,7 @@ class _Group:
         self.others = [[m for m in range(k) if m != j] for j in range(k)]
 
 
-class _Plan:
+class ObjectivePlan:
     """Index structure for (K, orders, T_c): steps grouped by order, and each step's term of F."""
 
     def __init__(self, nfe: int, orders: list[int], trunc: int):
@@ -42,7 +42,7 @@ class _Plan:
         self.groups = [_Group(k, np.nonzero(ks == k)[0], trunc, nfe + 1) for k in (1, 2, 3) if np.any(ks == k)]
 
 
-def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
+def objective_terms(lam: np.ndarray, plan: ObjectivePlan, p: float, eps, want_grad: bool):
     """F split as F = F_smooth + Σ_n |c_n| (docs/algorithms.md §2.5):
 
     F_smooth = Σ_{k_s = 1} w_{s,s} ε_s + Σ_{k_s ≥ 2, s < T_c} ‖(w_{s,j} ε_j)_j‖₂   (smooth: w_{s,s} > 0, ε > 0),
@@ -50,7 +50,7 @@ def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
 
     Returns (F_smooth, ∇F_smooth, c, J) with J[n, i] = ∂c_n/∂λ_i (None, None when not ``want_grad``).
     """
-    e, dlog = _eps_and_dlog(lam, p, eps)
+    e, dlog = eps_and_dlog(lam, p, eps)
     nn = plan.n_nodes
     f_smooth = 0.0
     acc = np.zeros(nn)  # A_n = Σ w_{s,n} over the accumulated steps
@@ -59,7 +59,7 @@ def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
     jac = np.zeros(nn * nn) if want_grad else None
     for gr in plan.groups:
         X, xn = lam[gr.idx], lam[gr.nxt]
-        W = _closed_form_weights(X, xn)
+        W = closed_form_weights(X, xn)
         E = e[gr.idx]
         gW = None
         if gr.k == 1:
@@ -83,7 +83,7 @@ def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
             acc += np.bincount(gr.acc_idx_flat, W[gr.acc_rows].ravel(), minlength=nn)
         if not want_grad:
             continue
-        dW = _local_weight_jacobian(X, xn, W, gr.others)
+        dW = local_weight_jacobian(X, xn, W, gr.others)
         if gW is not None and gr.any_smooth:
             contrib = np.einsum("nj,nja->na", gW[gr.smooth_rows], dW[gr.smooth_rows])
             g_w += np.bincount(gr.smooth_cols_flat, contrib.ravel(), minlength=nn)
@@ -97,9 +97,9 @@ def _terms(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
     return f_smooth, g_w + g_e * e * dlog, c, J
 
 
-def _objective_core(lam: np.ndarray, plan: _Plan, p: float, eps, want_grad: bool):
+def objective_core(lam: np.ndarray, plan: ObjectivePlan, p: float, eps, want_grad: bool):
     """F and ∇F (the gradient uses sign(c_n) at the kinks of the accumulated term, sign(0) = 0)."""
-    f_smooth, g_smooth, c, J = _terms(lam, plan, p, eps, want_grad)
+    f_smooth, g_smooth, c, J = objective_terms(lam, plan, p, eps, want_grad)
     total = f_smooth + float(np.sum(np.abs(c)))
     if not want_grad:
         return total, None
@@ -129,10 +129,10 @@ def objective_and_grad(lambdas_full, p: float = 1.0, trunc: int | None = None, o
       ∂w_{s,j}/∂λ_{s+1} = e^{λ_{s+1}} ℓ_j(λ_{s+1}),
     plus ∂ε_n/∂λ_n = ε_n · d log ε/dλ. F is piecewise smooth; at a kink the one-sided sign 0 is used.
     """
-    lam = _check_lambdas(lambdas_full)
+    lam = check_lambdas(lambdas_full)
     nfe = lam.size - 1
-    pf = _check_p(p)
-    plan = _Plan(nfe, check_orders(orders, nfe), _check_trunc(trunc, nfe))
+    pf = check_p(p)
+    plan = ObjectivePlan(nfe, check_orders(orders, nfe), check_trunc(trunc, nfe))
     if eps is not None and not callable(eps) and np.asarray(eps).size != lam.size:
         raise OptstepsError(f"eps has {np.asarray(eps).size} values for {lam.size} nodes; pass K + 1 per-node errors or a callable.")
-    return _objective_core(lam, plan, pf, eps, want_grad)
+    return objective_core(lam, plan, pf, eps, want_grad)

@@ -14,7 +14,7 @@ _MAX_ORDER = 3
 
 def default_orders(nfe: int) -> list[int]:
     """k_s = 1 for s ∈ {0, K−1}, 2 for s ∈ {1, K−2}, 3 otherwise (docs/algorithms.md §2.3): UniPC-3's step orders."""
-    return step_orders(SolverSpec("unipc"), _check_nfe(nfe))
+    return step_orders(SolverSpec("unipc"), check_nfe(nfe))
 
 
 def default_trunc(nfe: int) -> int:
@@ -26,7 +26,7 @@ def default_trunc(nfe: int) -> int:
     return 3
 
 
-def _check_nfe(nfe) -> int:
+def check_nfe(nfe) -> int:
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 2:
         raise OptstepsError(
             f"nfe = {nfe!r}: the λ-optimizer needs an integer NFE K ≥ 2 (at least one interior time); "
@@ -58,7 +58,7 @@ def check_orders(orders, nfe: int) -> list[int]:
     return ks
 
 
-def _check_p(p) -> float:
+def check_p(p) -> float:
     try:
         pf = float(p)
     except (TypeError, ValueError):
@@ -68,7 +68,7 @@ def _check_p(p) -> float:
     return pf
 
 
-def _check_trunc(trunc, nfe: int) -> int:
+def check_trunc(trunc, nfe: int) -> int:
     if trunc is None:
         return default_trunc(nfe)
     if isinstance(trunc, bool) or not isinstance(trunc, (int, np.integer)) or trunc < 0:
@@ -76,7 +76,7 @@ def _check_trunc(trunc, nfe: int) -> int:
     return int(trunc)
 
 
-def _check_lambdas(lambdas_full, min_size: int = 3) -> np.ndarray:
+def check_lambdas(lambdas_full, min_size: int = 3) -> np.ndarray:
     lam = np.asarray(lambdas_full, dtype=np.float64).ravel()
     if lam.size < min_size:
         raise OptstepsError(f"the objective needs K + 1 ≥ 3 λ values (NFE ≥ 2), got {lam.size}.")

@@ -10,7 +10,7 @@ import numpy as np
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.lambda_opt.error_models import ERROR_MODELS
-from optsteps.optimizers.lambda_opt.orders import _check_nfe
+from optsteps.optimizers.lambda_opt.orders import check_nfe
 from optsteps.optimizers.lambda_opt.solve import DEFAULT_STARTS, optimize_lambdas
 
 DEFAULT_LAMBDA_FLOOR = -7.0
@@ -66,7 +66,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
     """
     from optsteps.core.schedule import from_lambdas
 
-    nfe = _check_nfe(nfe)
+    nfe = check_nfe(nfe)
     spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver)
     if orders is None:
         orders = spec.step_orders(nfe)

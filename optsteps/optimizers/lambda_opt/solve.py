@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.lambda_opt.objective import _objective_core, _Plan, _terms
-from optsteps.optimizers.lambda_opt.orders import _check_nfe, _check_p, _check_trunc, check_orders
+from optsteps.optimizers.lambda_opt.objective import objective_core, ObjectivePlan, objective_terms
+from optsteps.optimizers.lambda_opt.orders import check_nfe, check_p, check_trunc, check_orders
 
 DEFAULT_STARTS = ("uniform_lambda", "uniform_t", "karras")
 
@@ -85,7 +85,7 @@ class _EpigraphProblem:
     which takes the iteration count from hundreds to tens.
     """
 
-    def __init__(self, plan: _Plan, lo: float, hi: float, p: float, eps, gap: float, max_gap: float | None = None):
+    def __init__(self, plan: ObjectivePlan, lo: float, hi: float, p: float, eps, gap: float, max_gap: float | None = None):
         from scipy.optimize import LinearConstraint, NonlinearConstraint
 
         self.plan, self.lo, self.hi, self.p, self.eps = plan, lo, hi, p, eps
@@ -122,7 +122,7 @@ class _EpigraphProblem:
     def _eval(self, z: np.ndarray, want_grad: bool = True):
         key = (z.tobytes(), want_grad)
         if key != self._key:
-            self._val = _terms(self.full(z), self.plan, self.p, self.eps, want_grad)
+            self._val = objective_terms(self.full(z), self.plan, self.p, self.eps, want_grad)
             self._key = key
         return self._val
 
@@ -151,7 +151,7 @@ class _EpigraphProblem:
 
         from scipy.optimize import NonlinearConstraint, minimize
 
-        c0 = _terms(lam0, self.plan, self.p, self.eps, False)[2][self.nodes]
+        c0 = objective_terms(lam0, self.plan, self.p, self.eps, False)[2][self.nodes]
         tau0 = np.abs(c0) * 1.05 + 1e-3 * (np.max(np.abs(c0)) if c0.size else 0.0) + 1e-12
         z0 = np.concatenate([lam0[1:-1], tau0])
         if gradient == "analytic":
@@ -227,10 +227,10 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     if gradient not in ("analytic", "2-point"):
         raise OptstepsError(f"unknown gradient {gradient!r}; use 'analytic' or '2-point'.")
     t0 = time.perf_counter()
-    nfe = _check_nfe(nfe)
-    pf = _check_p(p)
+    nfe = check_nfe(nfe)
+    pf = check_p(p)
     ks = check_orders(orders, nfe)
-    tc = _check_trunc(trunc, nfe)
+    tc = check_trunc(trunc, nfe)
     if eps_fn is not None and not callable(eps_fn):
         raise OptstepsError("eps_fn must be a callable λ ↦ ε, e.g. empirical_eps(lambdas, errors).")
     try:
@@ -250,11 +250,11 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     max_gap = None if max_gap is None else float(max_gap)
     if int(maxiter) < 1 or int(probe_iter) < 1:
         raise OptstepsError(f"maxiter = {maxiter}, probe_iter = {probe_iter}: both must be ≥ 1.")
-    plan = _Plan(nfe, ks, tc)
+    plan = ObjectivePlan(nfe, ks, tc)
     problem = _EpigraphProblem(plan, lo, hi, pf, eps_fn, gap, max_gap)
 
     def F(lam):
-        return _objective_core(lam, plan, pf, eps_fn, False)[0]
+        return objective_core(lam, plan, pf, eps_fn, False)[0]
 
     candidates = []  # (F, λ, name)
     runs = []  # [name, λ at the end of its last run, F there, iterations, message]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.lambda_opt.orders import _check_lambdas, check_orders
+from optsteps.optimizers.lambda_opt.orders import check_lambdas, check_orders
 
 
 def exp_moments(h, m_max: int = 2) -> np.ndarray:
@@ -71,7 +71,7 @@ def lagrange_weights(nodes, lambda_next: float) -> np.ndarray:
     return w
 
 
-def _closed_form_weights(X: np.ndarray, xn: np.ndarray) -> np.ndarray:
+def closed_form_weights(X: np.ndarray, xn: np.ndarray) -> np.ndarray:
     """Closed-form weights (docs/algorithms.md §2.4) for a batch of steps of one order k = X.shape[1] ≤ 3.
 
     X: (n, k) nodes λ_{s−k+1} … λ_s; xn: (n,) λ_{s+1}. G_m = e^{λ_s} H_m(h):
@@ -125,16 +125,16 @@ def _lagrange_derivative_tables(X: np.ndarray, xn: np.ndarray, others=None):
 
 def step_weights(lambdas_full, orders=None) -> list[np.ndarray]:
     """Per step s the weights (w_{s,s−k_s+1}, …, w_{s,s}) of docs/algorithms.md §2.4 (closed forms, k ≤ 3)."""
-    lam = _check_lambdas(lambdas_full, min_size=2)
+    lam = check_lambdas(lambdas_full, min_size=2)
     nfe = lam.size - 1
     ks = check_orders(orders, nfe)
     out = []
     for s, k in enumerate(ks):
-        out.append(_closed_form_weights(lam[None, s - k + 1 : s + 1], lam[s + 1 : s + 2])[0])
+        out.append(closed_form_weights(lam[None, s - k + 1 : s + 1], lam[s + 1 : s + 2])[0])
     return out
 
 
-def _local_weight_jacobian(X: np.ndarray, xn: np.ndarray, W: np.ndarray, others=None) -> np.ndarray:
+def local_weight_jacobian(X: np.ndarray, xn: np.ndarray, W: np.ndarray, others=None) -> np.ndarray:
     """dW[:, j, a] = ∂w_{s,j}/∂(λ_{s−k+1+a}) for a < k, and ∂w_{s,j}/∂λ_{s+1} for a = k.
 
     ∂w_j/∂λ_i = −ℓ_j'(λ_i) w_i − δ_{is} δ_{js} e^{λ_s} (i a node: the Lagrange identity

@@ -143,7 +143,7 @@ def main(argv=None):
 
     import optsteps.pipeline.stages as stages
     from optsteps.models import load_model
-    from optsteps.optimizers.oss import oss_search
+    from optsteps.optimizers.oss import OSSOptions, oss_search
     from optsteps.pipeline.config import params_from_dict
 
     if not small and not torch.cuda.is_available():
@@ -229,7 +229,7 @@ def main(argv=None):
     t, states, labels = stages.load_teacher(q, model, stages.trajectories_dir(q, "sd15"), samples)
     den = stages.LabelledDenoiser(model, labels, q.teacher.guidance)
     t0 = time.perf_counter()
-    res = oss_search(t, states, den, model.noise_schedule, nfe, solver="unipc", refine=False, eval_batch_size=samples,
+    res = oss_search(t, states, den, model.noise_schedule, nfe, "unipc", OSSOptions(refine=False), eval_batch_size=samples,
                      model="sd15")
     dp_s = time.perf_counter() - t0
     kn_forward_s = nfe * steps * samples * cfg_rows / bare_dp

@@ -15,6 +15,11 @@ from optsteps.optimizers.oss import counts
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
+def opts(**kw):
+    """The search's options; refinement moves unbounded (a radius ≥ N) unless the test gives one."""
+    return oss.OSSOptions(**{"refine_radius": 10**6, **kw})
+
+
 def _teacher(family, n, s, dim=3, seed=0, t_start=None):
     ns = VPDiscrete() if family == "vp" else RectifiedFlow()
     den = GMMDenoiser(GaussianMixture.random(3, dim, seed=seed), ns)
@@ -44,8 +49,7 @@ def test_dp_evaluations_are_exact(case):
     ns, den, t, states = _teacher(family, n, 6)
     teacher = states if shards == 1 else list(states.tensor_split(shards, dim=1))
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, teacher, counter, ns, k, solver=solver, refine=False, start_window=w, distance=distance,
-                         mode=mode)
+    res = oss.oss_search(t, teacher, counter, ns, k, solver, opts(refine=False, start_window=w, distance=distance, mode=mode))
     want = counts.dp_evaluations(n, k, w, distance, shards, mode)
     assert res.model_evals == want
     # per-sample mode runs the median path once per start rule the samples chose (reported as refine_evals)
@@ -59,8 +63,7 @@ def test_several_shards_in_batch_mode_stay_under_the_cap(distance):
     ns, den, t, states = _teacher("vp", 10, 6, seed=2)
     for k, w in ((3, 0), (4, 2)):
         counter = CountingDenoiser(den)
-        res = oss.oss_search(t, [states[:, :2], states[:, 2:4], states[:, 4:]], counter, ns, k, solver="unipc",
-                             refine=False, start_window=w, distance=distance)
+        res = oss.oss_search(t, [states[:, :2], states[:, 2:4], states[:, 4:]], counter, ns, k, "unipc", opts(refine=False, start_window=w, distance=distance))
         assert counter.samples == res.model_evals * 6
         cap = counts.dp_evaluations_max(10, k, w, distance, 3, "batch")
         assert res.model_evals <= cap
@@ -68,8 +71,7 @@ def test_several_shards_in_batch_mode_stay_under_the_cap(distance):
             counts.dp_evaluations(10, k, w, distance, 3, "batch")
     # the cap is reached when every node of a layer is an ancestor: K = 2 (layer 0 only is replayed)
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, [states[:, :3], states[:, 3:]], counter, ns, 2, refine=False, start_window=1,
-                         distance=distance)
+    res = oss.oss_search(t, [states[:, :3], states[:, 3:]], counter, ns, 2, "ddim", opts(refine=False, start_window=1, distance=distance))
     assert res.model_evals == counts.dp_evaluations_max(10, 2, 1, distance, 2, "batch")
     assert counter.samples == res.model_evals * 6
 
@@ -77,7 +79,7 @@ def test_several_shards_in_batch_mode_stay_under_the_cap(distance):
 def test_a_grid_below_t_max_has_two_starts_at_index_0():
     ns, den, t, states = _teacher("vp", 12, 4, t_start=0.8)
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, states, counter, ns, 3, refine=False, start_window=2)
+    res = oss.oss_search(t, states, counter, ns, 3, "ddim", opts(refine=False, start_window=2))
     assert res.model_evals == counts.dp_evaluations(12, 3, 2, starts_at_t_max=False) == 2 + 4 + 2 * 10
     assert counter.samples == res.model_evals * 4
 
@@ -86,7 +88,7 @@ def test_a_grid_below_t_max_has_two_starts_at_index_0():
 def test_gits_evaluations_are_exact(w):
     ns, den, t, states = _teacher("flow", 14, 5, seed=4)
     counter = CountingDenoiser(den)
-    res = oss.gits_search(t, states, counter, ns, 4, solver="unipc", start_window=w)
+    res = oss.gits_search(t, states, counter, ns, 4, "unipc", opts(start_window=w))
     want = counts.gits_evaluations(14, 4, w)
     assert res.model_evals == want
     measured = counts.student_run_evaluations(4)

@@ -94,12 +94,14 @@ def run_case(name, tmp, **extra):
         ns, den, t, states = _digits_teacher(model, tmp)
         kw = dict(kw, eval_batch_size=states.shape[1])
     kw = dict(kw, **extra)
-    nfe = kw.pop("nfe")
+    nfe, solver = kw.pop("nfe"), kw.pop("solver", "ddim")
+    runtime = {key: kw.pop(key) for key in ("eval_batch_size",) if key in kw}
+    options = oss.OSSOptions(**{"refine_radius": 10**6, **kw})  # the signature's default then: unbounded moves
     if method == "gits":
-        res = oss.gits_search(t, states, den, ns, nfe, **kw)
+        res = oss.gits_search(t, states, den, ns, nfe, solver, options, **runtime)
     else:
         teacher = [states[:, :2], states[:, 2:3], states[:, 3:]] if method == "oss-shards" else states
-        res = oss.oss_search(t, teacher, den, ns, nfe, **kw)
+        res = oss.oss_search(t, teacher, den, ns, nfe, solver, options, **runtime)
     return {"path": res.path, "dp_path": res.dp_path, "cost": res.cost, "dp_cost": res.dp_cost,
             "model_evals": res.model_evals, "refine_evals": res.refine_evals, "refine_runs": res.refine_runs,
             "schedule": res.schedule.to_dict()}

@@ -270,6 +270,13 @@ def with_manifest_teacher(p: Params, traj_dir) -> Params:
     return dataclasses.replace(p, teacher=teacher)
 
 
+def oss_options(p: Params):
+    """The ``OSSOptions`` of params' ``oss`` section (the same fields)."""
+    from optsteps.optimizers.oss import OSSOptions
+
+    return p.oss if isinstance(p.oss, OSSOptions) else OSSOptions(**dataclasses.asdict(p.oss))
+
+
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
     from optsteps.optimizers.oss import gits_search, oss_search
@@ -288,14 +295,13 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
+    options = oss_options(p)
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=e.name,
-                          costs=costs, start_window=p.oss.start_window)
+        res = gits_search(t, states, den, m.noise_schedule, nfe, solver, options, costs=costs, eval_batch_size=s,
+                          model=e.name)
     elif method == "oss":
-        res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
-                         mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,
-                         eval_batch_size=s, model=e.name, start_window=p.oss.start_window, objective=p.oss.objective)
+        res = oss_search(t, states, den, m.noise_schedule, nfe, solver, options, eval_batch_size=s, model=e.name)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
     sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),

@@ -11,7 +11,7 @@ The DP ("our formulation").
 - A node (k, j) is "the student has taken exactly k steps and stands at teacher index j". Layer 0 holds the
   start candidates: with ``start_window`` w = 0 (the default) the single node (0, 0) holding the noise; with
   w ≥ 1 also (j, scaled) and (j, raw) for j = 1 … min(w, N − K), holding the noise scaled to σ_{t_j} or
-  unscaled (σ_{t_max} ε; ``core.schedule`` start-state rules, ``inputs.start_candidates``). Layer k
+  unscaled (σ_{t_max} ε; ``core.schedule`` start-state rules, ``starts.start_candidates``). Layer k
   (1 ≤ k ≤ K − 1) holds j = k … N − K + k (room is left for the remaining steps); layer K is the single node
   (K, N). The traced path's start index and rule are the schedule's t_0 and ``"start_state"``.
 - Every node of a layer k ≤ K − 1 costs exactly one model evaluation at its stored student state; all
@@ -71,12 +71,13 @@ from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.dp import all_paths, median_path
 from optsteps.optimizers.oss.gits import (GITS_GAMMA, gits_costs, gits_dp, gits_dp_starts, gits_objective, gits_search,
                                           gits_start_costs)
-from optsteps.optimizers.oss.inputs import (DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, STUDENT_MAX_ORDER, Start,
-                                            start_candidates, student_spec)
+from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, OSSOptions
+from optsteps.optimizers.oss.problem import STUDENT_MAX_ORDER, student_spec
+from optsteps.optimizers.oss.starts import Start, start_candidates
 from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
 from optsteps.optimizers.oss.search import OSSResult, oss_search
 
-__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSResult", "OSS_SOLVERS",
+__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSOptions", "OSSResult", "OSS_SOLVERS",
            "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
            "gits_search", "gits_start_costs", "median_path", "oss_search", "refine_path", "refine_start",
            "run_student", "start_candidates", "student_spec"]

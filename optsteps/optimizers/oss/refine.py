@@ -10,8 +10,10 @@ from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
-from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import F64, OSS_SOLVERS, Start, _check_choice, start_factor, start_rule, student_spec
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.options import OSS_SOLVERS
+from optsteps.optimizers.oss.problem import F64, check_choice, student_spec
+from optsteps.optimizers.oss.starts import Start, start_factor, start_rule
 
 
 def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: NoiseSchedule, solver: str = "ddim",
@@ -19,16 +21,16 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
                 start_state: str = "scaled") -> torch.Tensor:
     """The student's final state along teacher indices ``path`` (``solvers.sample``; UniPC is order 2 with
     corrector), started at t[path[0]] from f·``noise`` (``noise`` = the teacher's first state x̄_0 = σ_{t_0} ε;
-    f = ``inputs.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
+    f = ``starts.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
     With ``calibration`` the same steps with amplitude calibration before every evaluation."""
-    _check_choice(solver, OSS_SOLVERS, "student solver")
+    check_choice(solver, OSS_SOLVERS, "student solver")
     t = torch.as_tensor(teacher_t, dtype=F64)
     path = [int(v) for v in path]
     f = start_factor(noise_schedule, t, path[0], start_rule(noise_schedule, t, path[0], start_state))
     if calibration is None:
         sched = Schedule(t[path], noise_schedule)
         return sample(denoiser, noise if f == 1.0 else noise * f, sched, student_spec(solver, lower_order_final))
-    engine = _Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
+    engine = Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
     S = noise.shape[0]
     nodes = engine.root(noise, [Start(path[0], start_state, f)])
     for s in range(len(path) - 1):
@@ -37,7 +39,7 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
     return nodes.y[0]
 
 
-class _TrueError:
+class TrueError:
     """The true final error at N of the student along a path from a start rule, over all shards; cached per
     (rule, path). One run gives both distances: "mse" (batch-mean squared error per element) and "l2" (mean
     over samples of ‖x_K − x̄_N‖₂); ``error(path, rule)`` returns the ``objective``'s.

@@ -71,9 +71,9 @@ def oss_all(p: Params, model) -> list[Path]:
     methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
         (Path(q.results) / "schedules" / e.name / method).mkdir(parents=True, exist_ok=True)
-    return [schedule_path(q, e, method, solver, nfe)
-            for method in methods for solver in q.oss.solvers for nfe in q.oss.nfe
-            if oss(q, e, solver, nfe, method=method) is not None]
+    return [schedule_path(q, e, method, solver, nfe)  # one DP per solver for every K (oss_nfes)
+            for method in methods for solver in q.oss.solvers
+            for nfe in oss_nfes(q, e, solver, q.oss.nfe, method=method)]
 
 
 def identity(p: Params, model) -> dict:
@@ -279,7 +279,13 @@ def oss_options(p: Params):
 
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
-    from optsteps.optimizers.oss import gits_search, oss_search
+    return oss_nfes(p, model, solver, [nfe], method, traj_dir)[nfe]
+
+
+def oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", traj_dir=None) -> dict:
+    """OSS (or GITS) for every K of ``nfes`` on the model's teacher shards, one DP for all K
+    (``oss_search_all``); each schedule is written to ``schedule_path``. Returns {K: Schedule}."""
+    from optsteps.optimizers.oss import gits_search, oss_search_all
 
     p, e = resolve(p, model)
     for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
@@ -298,16 +304,19 @@ def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=N
     options = oss_options(p)
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        res = gits_search(t, states, den, m.noise_schedule, nfe, solver, options, costs=costs, eval_batch_size=s,
-                          model=e.name)
+        found = {nfe: gits_search(t, states, den, m.noise_schedule, nfe, solver, options, costs=costs,
+                                  eval_batch_size=s, model=e.name) for nfe in nfes}
     elif method == "oss":
-        res = oss_search(t, states, den, m.noise_schedule, nfe, solver, options, eval_batch_size=s, model=e.name)
+        found = oss_search_all(t, states, den, m.noise_schedule, nfes, solver, options, eval_batch_size=s,
+                               model=e.name)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
-    sched = res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3),
-                                          "teacher_samples": s})
-    sched.save(schedule_path(p, e, method, solver, nfe))
-    return sched
+    wall = round(time.perf_counter() - t0, 3)  # of the whole call (the K share one DP)
+    out = {}
+    for nfe, res in found.items():
+        out[nfe] = res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s})
+        out[nfe].save(schedule_path(p, e, method, solver, nfe))
+    return out
 
 
 def lambda_opt(p: Params, model, solver: str, nfe: int, p_exp: float | None = None,

@@ -28,6 +28,12 @@ The DP ("our formulation").
   only are materialised. In batch mode without calibration the inner products of node states with every
   teacher state are carried from layer to layer (a node state is a known linear combination of earlier
   vectors), so each layer's matrix product involves only its new model outputs.
+- One DP for every K (``oss_search_all``): layers 0 … K − 2 of a K-step student are those of every longer one
+  (a decision at target j compares the same predecessors; only the last step's order and target N depend on
+  K), so one pass to max K, whose layer k holds j = k … N − K_k + k (K_k the smallest K above k), serves all:
+  K's last step goes from layer K − 1 to N. R + Σ_k (N − K_k + 1) evaluations per sample instead of
+  Σ_K [R + (K − 1)(N − K + 1)] (``counts.dp_evaluations_all``: 851 instead of 2625 at N = 100, K = 4, 5, 6, 8,
+  10); the schedules are those of one DP per K, bit for bit (tests/test_oss_all_k.py).
 - The last layer ends at N, where the cost is the final error itself: the reported cost is the
   batch-mean squared error (per element) of the student along the traced path against x̄_N, exactly.
 - ``objective``: "mse" (default) minimises that MSE; "l2" the mean per-sample L2 norm ‖x_K − x̄_N‖₂ (what the
@@ -75,9 +81,9 @@ from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SO
 from optsteps.optimizers.oss.problem import STUDENT_MAX_ORDER, student_spec
 from optsteps.optimizers.oss.starts import Start, start_candidates
 from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
-from optsteps.optimizers.oss.search import OSSResult, oss_search
+from optsteps.optimizers.oss.search import OSSResult, oss_search, oss_search_all
 
 __all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSOptions", "OSSResult", "OSS_SOLVERS",
            "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
-           "gits_search", "gits_start_costs", "median_path", "oss_search", "refine_path", "refine_start",
+           "gits_search", "gits_start_costs", "median_path", "oss_search", "oss_search_all", "refine_path", "refine_start",
            "run_student", "start_candidates", "student_spec"]

@@ -87,6 +87,26 @@ def dp_evaluations_max(n_steps: int, nfe: int, start_window: int = 0, distance: 
     return total
 
 
+def dp_evaluations_all(n_steps: int, nfes, start_window: int = 0, distance: str = "state", shards: int = 1,
+                       mode: str = "batch", starts_at_t_max: bool = True) -> int:
+    """Exact model evaluations per sample of ``oss_search_all`` for the K of ``nfes`` (one solver): one DP to
+    max K whose layer k (1 ≤ k ≤ max K − 1) holds N − K_k + 1 nodes, K_k the smallest K above k, and layer 0 the
+    R starts of the smallest K's window: R + Σ_k (N − K_k + 1). The x0 distance runs one DP per K (their sum).
+    Batch mode over several shards: data-dependent, as for ``dp_evaluations``."""
+    nfes = sorted(set(nfes))
+    if distance == "x0":
+        return sum(dp_evaluations(n_steps, k, start_window, distance, shards, mode, starts_at_t_max) for k in nfes)
+    for k in nfes:
+        _check(n_steps, k, start_window, distance, mode, shards)
+    if shards > 1 and mode == "batch":
+        raise OptstepsError("batch mode over several shards re-runs ancestors only (data-dependent); the search "
+                            "reports the exact count.")
+    total = start_count(n_steps, nfes[0], start_window, starts_at_t_max)
+    for k in range(1, nfes[-1]):
+        total += n_steps - min(v for v in nfes if v > k) + 1
+    return total
+
+
 def gits_cost_evaluations(n_steps: int) -> int:
     """The GITS one-jump cost matrix: one evaluation per teacher node 0 … N − 1 (shared by solvers and K)."""
     return n_steps

@@ -19,13 +19,20 @@ from optsteps.optimizers.oss.problem import F64
 from optsteps.optimizers.oss.shards import Shards
 
 
-def layer_nodes(k: int, n: int, nfe: int) -> torch.Tensor:
-    """Teacher indices of layer k (exactly k steps taken, room left for nfe − k more)."""
+def layer_nodes(k: int, n: int, nfe) -> torch.Tensor:
+    """Teacher indices of layer k (exactly k steps taken). ``nfe``: K, or the K set of a shared DP (ascending):
+    layer k then serves every K > k and holds j = k … N − K_k + k, K_k the smallest K above k (room left for
+    the remaining steps of the shortest student that goes on from it); a K-step student ends at layer K."""
     if k == 0:
         return torch.zeros(1, dtype=torch.long)
-    if k == nfe:
-        return torch.tensor([n])
-    return torch.arange(k, n - nfe + k + 1)
+    if isinstance(nfe, int):
+        if k == nfe:
+            return torch.tensor([n])
+        nfes = [nfe]
+    else:
+        nfes = nfe
+    k_next = min(v for v in nfes if v > k)
+    return torch.arange(k, n - k_next + k + 1)
 
 
 def _objective_sums(sums: torch.Tensor, objective: str, per_sample: bool) -> torch.Tensor:
@@ -52,23 +59,30 @@ def layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache):
 
 
 def dp_one_shard(engine: Engine, shard: torch.Tensor, distance: str, per_sample: bool, starts=None,
-                  objective: str = "mse"):
-    """Full DP on one shard, keeping the layer states. Returns (decisions, final per-sample squared sums [n, S],
-    final ev idx); decisions[k] = (targets, best index [J, G], best row [J, G])."""
+                 objective: str = "mse", nfes=None):
+    """Full DP on one shard for every K of ``nfes`` (ascending, max = the engine's K; default: the engine's K),
+    keeping the layer states. Layers 0 … K − 2 of a K-step student are those of every longer one (its
+    decisions at a target j compare the same predecessors), so one pass to max K serves all; the last step of
+    each K goes from layer K − 1 to N with that student's last order. Returns (decisions, finals):
+    decisions[k] = (targets, best index [J, G], best row [J, G]) for layers 1 … max K − 1, finals[K] = (final
+    per-sample squared sums [n, S], the indices of layer K − 1)."""
     S = shard.shape[1]
-    n, nfe = engine.N, engine.K
+    n = engine.N
+    nfes = sorted(nfes or [engine.K])
     if engine.track and not per_sample and distance == "state" and engine.calibration is None and objective == "mse":
         engine.xall = shard.reshape(n + 1, -1).to(F64)
         engine.xall_sq = engine.xall.pow(2).sum(1)
     nodes = engine.root(shard[0], starts)
-    decisions = []
+    decisions, finals = [], {}
     x0_cache: dict = {}
     per_sample_costs = per_sample or objective == "l2"
-    for s in range(nfe):
+    for s in range(nfes[-1]):
         ev = engine.process(nodes)
-        if s == nfe - 1:
-            return decisions, engine.final_errors(ev, s, shard[n]), ev.idx
-        targets = layer_nodes(s + 1, n, nfe)
+        if s + 1 in nfes:
+            finals[s + 1] = engine.final_errors(ev, s, shard[n], s + 1), ev.idx
+        if s == nfes[-1] - 1:
+            return decisions, finals
+        targets = layer_nodes(s + 1, n, nfes)
         sums = layer_costs(engine, ev, s, targets, shard, distance, per_sample_costs, x0_cache)  # [n, J, G]
         rows = _objective_sums(sums, objective, per_sample).argmin(0)  # [J, G]
         best = ev.idx[rows]
@@ -99,32 +113,38 @@ def _replay(engine: Engine, noise: torch.Tensor, decisions, starts=None) -> Node
     return nodes
 
 
-def dp_batch_shards(engine: Engine, shards: Shards, distance: str, starts=None, objective: str = "mse"):
-    """Batch-mean DP over several shards: per layer, every shard is replayed and its cost sums accumulated.
-    Returns (decisions, the last layer's summed objective [n_nodes], its idx)."""
-    n, nfe = engine.N, engine.K
-    decisions = []
+def dp_batch_shards(engine: Engine, shards: Shards, distance: str, starts=None, objective: str = "mse", nfes=None):
+    """Batch-mean DP over several shards for every K of ``nfes`` (as ``dp_one_shard``): per layer, every shard is
+    replayed and its cost sums accumulated. Returns (decisions, finals[K] = (the summed objective of layer
+    K − 1's nodes [n_nodes], their indices))."""
+    n = engine.N
+    nfes = sorted(nfes or [engine.K])
+    decisions, finals = [], {}
     x0_cache: dict = {}
-    for s in range(nfe):
-        acc = None
+    for s in range(nfes[-1]):
+        acc, fin_acc = None, None
+        last = s == nfes[-1] - 1
         for shard in shards:
             nodes = engine.root(shard[0], starts) if s == 0 else _replay(engine, shard[0], decisions, starts)
             ev = engine.process(nodes)
-            if s == nfe - 1:
-                fin = engine.final_errors(ev, s, shard[n])  # [n_nodes, S]
-                sums = fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1)
-            else:
-                sums = layer_costs(engine, ev, s, layer_nodes(s + 1, n, nfe), shard, distance, objective == "l2",
-                                    x0_cache)
+            if s + 1 in nfes:
+                fin = engine.final_errors(ev, s, shard[n], s + 1)  # [n_nodes, S]
+                fin = fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1)
+                fin_acc = fin if fin_acc is None else fin_acc + fin
+            if not last:
+                sums = layer_costs(engine, ev, s, layer_nodes(s + 1, n, nfes), shard, distance, objective == "l2",
+                                   x0_cache)
                 sums = _objective_sums(sums, objective, False)[..., 0]
-            acc = sums if acc is None else acc + sums
+                acc = sums if acc is None else acc + sums
             idx = ev.idx
             del ev, nodes
             x0_cache.clear()
-        if s == nfe - 1:
-            return decisions, acc, idx
+        if s + 1 in nfes:
+            finals[s + 1] = fin_acc, idx
+        if last:
+            return decisions, finals
         rows = acc.argmin(0)[:, None]
-        decisions.append((layer_nodes(s + 1, n, nfe), idx[rows], rows))
+        decisions.append((layer_nodes(s + 1, n, nfes), idx[rows], rows))
     raise AssertionError("unreachable")
 
 

@@ -78,6 +78,7 @@ class Engine:
         self.N, self.K = len(t) - 1, nfe
         self.solver, self.lower_order_final = solver, bool(lower_order_final)
         self.orders = student_spec(solver, lower_order_final).step_orders(nfe)
+        self.final = {nfe: self.orders[nfe - 1]}  # order of the last step of a K-step student (``final_order``)
         self.calibration, self.eval_batch_size = calibration, eval_batch_size
         self.al, self.si, self.la = node_coefficients(noise_schedule, t)
         self.al_t, self.si_t, self.la_t = (torch.tensor(v, dtype=F64) for v in (self.al, self.si, self.la))
@@ -94,18 +95,30 @@ class Engine:
             )
 
     # ---- the samplers' order rules -------------------------------------------------------------------
+    def final_order(self, nfe: int) -> int:
+        """Order of the last step s = K − 1 of a K-step student. Steps s ≤ K − 2 have the orders of any longer
+        student (order ≤ 2: only the last step is lowered), so one engine serves every K ≤ its own."""
+        if nfe not in self.final:
+            orders = student_spec(self.solver, self.lower_order_final).step_orders(nfe)
+            if nfe > self.K or orders[:nfe - 1] != self.orders[:nfe - 1]:
+                raise RuntimeError(f"internal: a {nfe}-step student does not share the steps of a {self.K}-step one")
+            self.final[nfe] = orders[nfe - 1]
+        return self.final[nfe]
+
     def structural_order2(self, s: int) -> bool:
         """Step s runs at order 2 where its stencil is finite (the student's ``step_orders``)."""
         return self.orders[s] == 2
 
-    def order(self, s: int, p: int, i: int, j: int) -> int:
-        if not self.structural_order2(s):
+    def order(self, s: int, p: int, i: int, j: int, nfe: int | None = None) -> int:
+        """The order of step s (of a ``nfe``-step student if it is its last step; default: the engine's K)."""
+        structural = self.final_order(nfe) if nfe is not None and s == nfe - 1 else self.orders[s]
+        if structural != 2:
             return 1
         return 2 if all(math.isfinite(self.la[q]) for q in (p, i, j)) else 1
 
-    def step(self, s, p, i, j, x, m, mp):
+    def step(self, s, p, i, j, x, m, mp, nfe: int | None = None):
         """The sampler's step s from node i (predecessor p) to teacher index j, via the library's functions."""
-        o = self.order(s, p, i, j)
+        o = self.order(s, p, i, j, nfe)
         al, si, la = self.al, self.si, self.la
         if self.solver == "unipc":
             lam = [la[i]] + ([la[p]] if o == 2 else []) + [la[j]]
@@ -256,15 +269,16 @@ class Engine:
                 node.cxp, node.cmpp = tracked["cxp"], tracked["cmpp"]
         return node
 
-    def final_errors(self, ev: Evaluated, s: int, x_end: torch.Tensor) -> torch.Tensor:
-        """Exact per-sample squared-error sums [n, S] of the last step from every node to N."""
+    def final_errors(self, ev: Evaluated, s: int, x_end: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
+        """Exact per-sample squared-error sums [n, S] of the last step (s = K − 1 of a K = ``nfe``-step student)
+        from every node to N."""
         n, S = ev.x.shape[:2]
         out = torch.empty(n, S, dtype=F64)
         for a in range(n):
             i = int(ev.idx[a])
             for (p,), sel in _combos(ev.pred[a]):
                 mp = ev.m_p[a, sel] if ev.m_p is not None else None
-                y, _ = self.step(s, p, i, self.N, ev.x[a, sel], ev.m[a, sel], mp)
+                y, _ = self.step(s, p, i, self.N, ev.x[a, sel], ev.m[a, sel], mp, nfe or self.K)
                 out[a, sel] = (y.to(F64) - x_end[sel].to(F64)).reshape(y.shape[0], -1).pow(2).sum(1)
         return out
 

@@ -82,7 +82,7 @@ def main(argv=None):
                 for _ in range(args.repeats):
                     t_ref.append(time_evals(k))
                     t0 = time.perf_counter()
-                    res = oss.oss_search(t, states, den, ns, k, solver=solver, refine=False, eval_batch_size=ebs)
+                    res = oss.oss_search(t, states, den, ns, k, solver, oss.OSSOptions(refine=False), eval_batch_size=ebs)
                     t_dp.append(time.perf_counter() - t0)
                     pair.append(t_dp[-1] / t_ref[-1])
                 pair.sort()

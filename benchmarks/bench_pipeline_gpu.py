@@ -144,7 +144,7 @@ def main(argv=None):
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline import layout
     from optsteps.models import load_model
-    from optsteps.optimizers.oss import oss_search
+    from optsteps.optimizers.oss import OSSOptions, oss_search
     from optsteps.pipeline.config import params_from_dict
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
@@ -231,7 +231,7 @@ def main(argv=None):
     t, states, labels = load_teacher(q.teacher, model, layout.trajectories_dir(q, "sd15"), samples)
     den = LabelledDenoiser(model, labels, q.teacher.guidance)
     t0 = time.perf_counter()
-    res = oss_search(t, states, den, model.noise_schedule, nfe, solver="unipc", refine=False, eval_batch_size=samples,
+    res = oss_search(t, states, den, model.noise_schedule, nfe, "unipc", OSSOptions(refine=False), eval_batch_size=samples,
                      model="sd15")
     dp_s = time.perf_counter() - t0
     kn_forward_s = nfe * steps * samples * cfg_rows / bare_dp

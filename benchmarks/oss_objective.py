@@ -19,7 +19,7 @@ from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
-from optsteps.optimizers.oss import oss_search, student_spec
+from optsteps.optimizers.oss import OSSOptions, oss_search, student_spec
 from optsteps.pipeline.config import load_params
 
 ap = argparse.ArgumentParser()
@@ -51,8 +51,8 @@ for solver in a.solvers or p.oss.solvers:
         out = {}
         for objective in ("mse", "l2"):
             t0 = time.perf_counter()
-            r = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, refine_radius=p.oss.refine_radius,
-                           eval_batch_size=S, model=a.model, start_window=p.oss.start_window, objective=objective)
+            options = OSSOptions(refine_radius=p.oss.refine_radius, start_window=p.oss.start_window, objective=objective)
+            r = oss_search(t, states, den, m.noise_schedule, nfe, solver, options, eval_batch_size=S, model=a.model)
             secs = time.perf_counter() - t0
             x = generate(m, r.schedule, student_spec(solver), a.n, a.seed, guidance=p.teacher.guidance)
             dist_l2 = r.objective_value if objective == "l2" else None

@@ -30,7 +30,7 @@ from optsteps.core.baselines import baseline
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
-from optsteps.optimizers.oss import oss_search, start_candidates, student_spec
+from optsteps.optimizers.oss import OSSOptions, oss_search, start_candidates, student_spec
 from optsteps.pipeline.config import load_params
 from optsteps.teacher.load import LabelledDenoiser
 from optsteps.teacher.trajectories import run_teacher
@@ -98,8 +98,8 @@ for name in a.models:
     for nfe in a.nfe:
         res = {}
         for w in (0, window):
-            r = oss_search(t, states, den, ns, nfe, solver=a.solver, refine_radius=p.oss.refine_radius,
-                           eval_batch_size=a.distill, model=name, start_window=w, objective=a.objective)
+            options = OSSOptions(refine_radius=p.oss.refine_radius, start_window=w, objective=a.objective)
+            r = oss_search(t, states, den, ns, nfe, a.solver, options, eval_batch_size=a.distill, model=name)
             res[w] = r
         oss0, ossw = (res[w].schedule for w in (0, window))
         h0, hw = heldout(oss0), heldout(ossw)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import optsteps.optimizers.oss as oss
-from optsteps.optimizers.oss.costs import _x0_cost_sums
-from optsteps.optimizers.oss.dp import _layer_costs, _layer_nodes
-from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import _Shards
-from optsteps.optimizers.oss.refine import _TrueError
+from optsteps.optimizers.oss.costs import x0_cost_sums
+from optsteps.optimizers.oss.dp import layer_costs, layer_nodes
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.shards import Shards
+from optsteps.optimizers.oss.refine import TrueError
 from optsteps.core.denoisers import CountingDenoiser, PredictionDenoiser
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
@@ -27,6 +27,11 @@ SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+def opts(**kw):
+    """The search's options; refinement moves unbounded (a radius ≥ N) unless the test gives one."""
+    return oss.OSSOptions(**{"refine_radius": 10**6, **kw})
 
 
 def _bcast(v, x):
@@ -88,7 +93,7 @@ def test_gits_dp_equals_brute_force(family):
         best = min(brute, key=brute.get)
         assert value == pytest.approx(brute[best], rel=1e-12)
         assert tuple(path) == best
-        res = oss.gits_search(t, states, den, ns, k, solver="dpmpp2m")
+        res = oss.gits_search(t, states, den, ns, k, "dpmpp2m", opts())
         assert res.path == path and res.schedule.method == "gits"
         assert res.schedule.extra["distill_mse"] == pytest.approx(path_error(den, t, states, path, ns, "dpmpp2m"))
 
@@ -115,7 +120,7 @@ def test_gits_over_shards_equals_one_batch():
 def test_oss_reported_cost_equals_traced_path_error(family, solver):
     ns, den, t, states = setup(family, n=12, s=5)
     for k in (1, 2, 4, 6):
-        res = oss.oss_search(t, states, den, ns, k, solver=solver, refine=False)
+        res = oss.oss_search(t, states, den, ns, k, solver, opts(refine=False))
         p = res.path
         assert len(p) == k + 1 and p[0] == 0 and p[-1] == 12 and all(a < b for a, b in zip(p, p[1:]))
         true = path_error(den, t, states, p, ns, solver)
@@ -138,15 +143,15 @@ def test_gram_costs_equal_direct_candidate_errors(tracked):
             continue
         ns, den, t, states = setup(family, n=9, s=4)
         nfe = 5
-        eng = _Engine(den, ns, t, nfe, solver, True, None, None)
+        eng = Engine(den, ns, t, nfe, solver, True, None, None)
         if tracked:
             eng.xall = states.reshape(10, -1)
             eng.xall_sq = eng.xall.pow(2).sum(1)
         nodes = eng.root(states[0])
         for s in range(nfe - 1):
             ev = eng.process(nodes)
-            targets = _layer_nodes(s + 1, 9, nfe)
-            sums = _layer_costs(eng, ev, s, targets, states, "state", per_sample, {})
+            targets = layer_nodes(s + 1, 9, nfe)
+            sums = layer_costs(eng, ev, s, targets, states, "state", per_sample, {})
             assert (ev.cx is not None) == tracked
             for a in range(len(ev.idx)):
                 for jj, j in enumerate(targets.tolist()):
@@ -186,7 +191,7 @@ def test_refinement_reaches_brute_force_optimum():
             return cache[key]
 
         brute = min(err(p) for p in oss.all_paths(n, k))
-        res = oss.oss_search(t, states, den, ns, k, solver=solver)
+        res = oss.oss_search(t, states, den, ns, k, solver, opts())
         assert res.cost == pytest.approx(err(res.path), rel=1e-10)
         assert res.cost <= res.dp_cost
         tol = brute * (1 + 1e-9) + 1e-300
@@ -214,7 +219,7 @@ def test_model_evaluations_equal_reachable_nodes(solver):
     for k in (1, 2, 5, 10):
         counter = CountingDenoiser(recording)
         seen_t.clear()
-        res = oss.oss_search(t, states, counter, ns, k, solver=solver, refine=False)
+        res = oss.oss_search(t, states, counter, ns, k, solver, opts(refine=False))
         nodes = 1 + (k - 1) * (20 - k + 1)
         assert counter.samples == nodes * S
         assert res.model_evals == nodes <= k * 20
@@ -222,7 +227,7 @@ def test_model_evaluations_equal_reachable_nodes(solver):
         if k > 1:
             assert (nodes - 1) // (k - 1) * S in [shape[0] for shape in seen_t if shape]  # per-sample t
     chunked = CountingDenoiser(den)
-    oss.oss_search(t, states, chunked, ns, 5, solver=solver, refine=False, eval_batch_size=S)
+    oss.oss_search(t, states, chunked, ns, 5, solver, opts(refine=False), eval_batch_size=S)
     assert chunked.samples == (1 + 4 * 16) * S and chunked.calls == 1 + 4 * 16
 
 
@@ -235,7 +240,7 @@ def test_refinement_prefix_reuse_changes_nothing_but_the_cost(solver):
     out = {}
     for reuse in (False, True):
         counter = CountingDenoiser(den)
-        err = _TrueError(counter, _Shards(shards, len(t)), t, ns, solver, None, True, reuse_prefixes=reuse)
+        err = TrueError(counter, Shards(shards, len(t)), t, ns, solver, None, True, reuse_prefixes=reuse)
         start = [0, 3, 9, 14, 22, 30]  # far from optimal: many accepted moves
         path, e = oss.refine_path(start, err, radius=4)
         assert err.evals * 5 == counter.samples
@@ -257,7 +262,7 @@ def test_oss_beats_uniform_baselines(family, solver):
     ns, den, t, states = setup(family, n=40, s=8, dim=4, comps=4, seed=3)
     lam = ns.lambda_(t)
     for k in (3, 5):
-        res = oss.oss_search(t, states, den, ns, k, solver=solver)
+        res = oss.oss_search(t, states, den, ns, k, solver, opts())
         uniform_t = nearest_path(t, torch.linspace(t[0].item(), t[-1].item(), k + 1, dtype=torch.float64))
         lo = lam[1].item() if not torch.isfinite(lam[0]) else lam[0].item()
         hi = lam[-2].item() if not torch.isfinite(lam[-1]) else lam[-1].item()
@@ -282,13 +287,13 @@ def test_median_path():
 def test_per_sample_mode():
     ns, den, t, states = setup("flow", n=12, s=5)
     one = states[:, :1]
-    a = oss.oss_search(t, one, den, ns, 3, mode="per_sample", refine=False)
-    b = oss.oss_search(t, one, den, ns, 3, mode="batch", refine=False)
+    a = oss.oss_search(t, one, den, ns, 3, "ddim", opts(mode="per_sample", refine=False))
+    b = oss.oss_search(t, one, den, ns, 3, "ddim", opts(mode="batch", refine=False))
     assert a.path == b.path and a.cost == pytest.approx(b.cost, rel=1e-12)  # one sample: the same DP
     paths = []
     for s in range(5):
-        paths.append(oss.oss_search(t, states[:, s:s + 1], den, ns, 3, mode="per_sample", refine=False).path)
-    res = oss.oss_search(t, [states[:, :2], states[:, 2:]], den, ns, 3, mode="per_sample", refine=False)
+        paths.append(oss.oss_search(t, states[:, s:s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False)).path)
+    res = oss.oss_search(t, [states[:, :2], states[:, 2:]], den, ns, 3, "ddim", opts(mode="per_sample", refine=False))
     assert res.dp_path == oss.median_path(paths)
     assert res.cost == pytest.approx(path_error(den, t, states, res.path, ns, "ddim"), rel=1e-10)
     assert res.model_evals == 1 + 2 * 10
@@ -297,32 +302,32 @@ def test_per_sample_mode():
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_batch_mode_over_shards_equals_one_batch(solver):
     ns, den, t, states = setup("vp", n=14, s=6)
-    whole = oss.oss_search(t, states, den, ns, 4, solver=solver, refine=False)
+    whole = oss.oss_search(t, states, den, ns, 4, solver, opts(refine=False))
     shards = [states[:, :2], states[:, 2:3], states[:, 3:]]
-    listed = oss.oss_search(t, shards, den, ns, 4, solver=solver, refine=False)
-    lazy = oss.oss_search(t, lambda: iter(shards), den, ns, 4, solver=solver, refine=False)
+    listed = oss.oss_search(t, shards, den, ns, 4, solver, opts(refine=False))
+    lazy = oss.oss_search(t, lambda: iter(shards), den, ns, 4, solver, opts(refine=False))
     for r in (listed, lazy):
         assert r.path == whole.path
         assert r.cost == pytest.approx(whole.cost, rel=1e-9)
         assert r.model_evals > whole.model_evals  # layers are re-run per shard
-    refined = oss.oss_search(t, shards, den, ns, 4, solver=solver)
-    assert refined.cost == pytest.approx(oss.oss_search(t, states, den, ns, 4, solver=solver).cost, rel=1e-9)
+    refined = oss.oss_search(t, shards, den, ns, 4, solver, opts())
+    assert refined.cost == pytest.approx(oss.oss_search(t, states, den, ns, 4, solver, opts()).cost, rel=1e-9)
 
 
 def test_x0_distance():
     ns, den, t, states = setup("vp", n=10, s=4)
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, states, counter, ns, 3, solver="dpmpp2m", distance="x0", refine=False)
+    res = oss.oss_search(t, states, counter, ns, 3, "dpmpp2m", opts(distance="x0", refine=False))
     assert res.cost == pytest.approx(path_error(den, t, states, res.path, ns, "dpmpp2m"), rel=1e-10)
     nodes = 1 + 2 * 8
     pairs = 8 + sum(10 - 1 - i for i in range(1, 9))  # candidates of layers 1 and 2 (j ≤ 9, j > i)
     assert res.model_evals == nodes + pairs + 9  # + teacher x̂_0 at indices 1..9
     # the x0 costs of layer 1 are the x̂_0 errors of the one-step candidates from the noise
-    eng = _Engine(den, ns, t, 3, "ddim", True, None, None)
+    eng = Engine(den, ns, t, 3, "ddim", True, None, None)
     ev = eng.process(eng.root(states[0]))
-    targets = _layer_nodes(1, 10, 3)
+    targets = layer_nodes(1, 10, 3)
     x0_tgt = torch.stack([den(states[j], t[j]) for j in targets.tolist()])
-    sums = _x0_cost_sums(eng, ev, 0, targets, x0_tgt, False)
+    sums = x0_cost_sums(eng, ev, 0, targets, x0_tgt, False)
     for jj, j in enumerate(targets.tolist()):
         y = sample(den, states[0], Schedule(t[[0, j]], ns), "ddim")
         assert sums[0, jj, 0].item() == pytest.approx(((den(y, t[j]) - x0_tgt[jj]) ** 2).sum().item(), rel=1e-9)
@@ -341,7 +346,7 @@ def test_amplitude_calibration():
     q = torch.quantile(mapped, torch.tensor([0.05, 0.95], dtype=torch.float64), dim=1)
     assert torch.allclose(q[0], cal.low[[0, 4, 11]]) and torch.allclose(q[1], cal.high[[0, 4, 11]])
     for solver in SOLVERS:
-        res = oss.oss_search(t, states, den, ns, 3, solver=solver, calibration=True, refine=False)
+        res = oss.oss_search(t, states, den, ns, 3, solver, opts(calibration=True, refine=False))
         out = oss.run_student(den, states[0], t, res.path, ns, solver, calibration=cal)
         assert res.cost == pytest.approx(((out - states[-1]) ** 2).mean().item(), rel=1e-10)
         assert res.schedule.extra["calibrated"] is True
@@ -353,28 +358,28 @@ def test_amplitude_calibration():
 def test_bad_input():
     ns, den, t, states = setup("vp", n=8, s=3)
     with pytest.raises(OptstepsError, match="nfe"):
-        oss.oss_search(t, states, den, ns, 8)
+        oss.oss_search(t, states, den, ns, 8, "ddim", opts())
     with pytest.raises(OptstepsError, match="nfe"):
-        oss.oss_search(t, states, den, ns, 12)
+        oss.oss_search(t, states, den, ns, 12, "ddim", opts())
     with pytest.raises(OptstepsError, match="at least 1 step"):
-        oss.oss_search(t, states, den, ns, 0)
+        oss.oss_search(t, states, den, ns, 0, "ddim", opts())
     with pytest.raises(OptstepsError, match="N \\+ 1"):
-        oss.oss_search(t, states[:-1], den, ns, 3)
+        oss.oss_search(t, states[:-1], den, ns, 3, "ddim", opts())
     with pytest.raises(OptstepsError, match="N \\+ 1"):
-        oss.oss_search(t[:-1], states, den, ns, 3)
+        oss.oss_search(t[:-1], states, den, ns, 3, "ddim", opts())
     with pytest.raises(OptstepsError, match="descending"):
-        oss.oss_search(t.flip(0), states, den, ns, 3)
+        oss.oss_search(t.flip(0), states, den, ns, 3, "ddim", opts())
     with pytest.raises(OptstepsError, match="solver"):
-        oss.oss_search(t, states, den, ns, 3, solver="euler")
+        oss.oss_search(t, states, den, ns, 3, "euler", opts())
     with pytest.raises(OptstepsError, match="distance"):
-        oss.oss_search(t, states, den, ns, 3, distance="lpips")
+        oss.oss_search(t, states, den, ns, 3, "ddim", opts(distance="lpips"))
     with pytest.raises(OptstepsError, match="mode"):
-        oss.oss_search(t, states, den, ns, 3, mode="mean")
+        oss.oss_search(t, states, den, ns, 3, "ddim", opts(mode="mean"))
     with pytest.raises(OptstepsError, match="one-shot iterator"):
-        oss.oss_search(t, iter([states]), den, ns, 3)
+        oss.oss_search(t, iter([states]), den, ns, 3, "ddim", opts())
     with pytest.raises(OptstepsError, match="sample shape"):
-        oss.oss_search(t, [states, states[..., :2]], den, ns, 3)
+        oss.oss_search(t, [states, states[..., :2]], den, ns, 3, "ddim", opts())
     with pytest.raises(OptstepsError, match="nfe"):
-        oss.gits_search(t, states, den, ns, 8)
+        oss.gits_search(t, states, den, ns, 8, "ddim", opts())
     with pytest.raises(OptstepsError, match="domain"):
-        oss.oss_search(t + 1, states, den, ns, 3)
+        oss.oss_search(t + 1, states, den, ns, 3, "ddim", opts())

@@ -16,14 +16,19 @@ from optsteps.core.schedule import Schedule, initial_state
 from optsteps.core.solvers import sample
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.optimizers.oss.dp import _layer_costs, _layer_nodes
-from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import start_factor
+from optsteps.optimizers.oss.dp import layer_costs, layer_nodes
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.starts import start_factor
 
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+def opts(**kw):
+    """The search's options; refinement moves unbounded (a radius ≥ N) unless the test gives one."""
+    return oss.OSSOptions(**{"refine_radius": 10**6, **kw})
 
 
 def make_teacher(den, ns, n, s, dim, seed=0):
@@ -110,7 +115,7 @@ def test_dp_evaluations_with_a_start_window(solver):
     S = states.shape[1]
     for k, w in ((1, 3), (3, 2), (5, 4), (4, 30)):
         counter = CountingDenoiser(den)
-        res = oss.oss_search(t, states, counter, ns, k, solver=solver, refine=False, start_window=w)
+        res = oss.oss_search(t, states, counter, ns, k, solver, opts(refine=False, start_window=w))
         wk = min(w, 20 - k)
         nodes = 1 + 2 * wk + (k - 1) * (20 - k + 1)
         assert res.model_evals == nodes and counter.samples == nodes * S and counter.calls == k
@@ -124,8 +129,7 @@ def test_reported_cost_equals_the_traced_start_and_path(family, solver):
     ns, den, t, states = setup(family, n=12, s=5, seed=2)
     for k in (1, 2, 4):
         for objective in ("mse", "l2"):
-            res = oss.oss_search(t, states, den, ns, k, solver=solver, refine=False, start_window=4,
-                                 objective=objective)
+            res = oss.oss_search(t, states, den, ns, k, solver, opts(refine=False, start_window=4, objective=objective))
             p, rule = res.path, res.start_state
             out = final(den, t, states, p, ns, solver, rule)
             assert res.cost == pytest.approx(distance(out, states[-1], "mse"), rel=1e-10)
@@ -144,13 +148,13 @@ def test_layer_costs_with_repeated_start_indices():
     starts = oss.start_candidates(ns, t, 2)
     for tracked in (False, True):
         for solver in SOLVERS:
-            eng = _Engine(den, ns, t, 4, solver, True, None, None)
+            eng = Engine(den, ns, t, 4, solver, True, None, None)
             if tracked:
                 eng.xall = states.reshape(10, -1)
                 eng.xall_sq = eng.xall.pow(2).sum(1)
             ev = eng.process(eng.root(states[0], starts))
-            targets = _layer_nodes(1, 9, 4)
-            sums = _layer_costs(eng, ev, 0, targets, states, "state", False, {})
+            targets = layer_nodes(1, 9, 4)
+            sums = layer_costs(eng, ev, 0, targets, states, "state", False, {})
             for a, st in enumerate(starts):
                 y0 = states[0] * st.factor
                 for jj, j in enumerate(targets.tolist()):
@@ -180,7 +184,7 @@ def test_extended_dp_and_refinement_reach_the_brute_force_optimum():
         den = GMMDenoiser(gmm, ns)
         t, states = make_teacher(den, ns, n, 5, gmm.dim, seed=c)
         brute, _, _ = brute_force(den, t, states, ns, solver, k, w, objective)
-        res = oss.oss_search(t, states, den, ns, k, solver=solver, start_window=w, objective=objective)
+        res = oss.oss_search(t, states, den, ns, k, solver, opts(start_window=w, objective=objective))
         got = distance(final(den, t, states, res.path, ns, solver, res.start_state), states[-1], objective)
         assert res.objective_value == pytest.approx(got, rel=1e-10)
         dp = res.dp_cost if objective == "mse" else res.schedule.extra["dp_distill_l2"]
@@ -196,18 +200,17 @@ def test_extended_dp_and_refinement_reach_the_brute_force_optimum():
 
 def test_per_sample_and_shards_with_a_start_window():
     ns, den, t, states = setup("flow", n=14, s=6, seed=4)
-    whole = oss.oss_search(t, states, den, ns, 4, solver="unipc", refine=False, start_window=3)
+    whole = oss.oss_search(t, states, den, ns, 4, "unipc", opts(refine=False, start_window=3))
     shards = [states[:, :2], states[:, 2:3], states[:, 3:]]
-    listed = oss.oss_search(t, shards, den, ns, 4, solver="unipc", refine=False, start_window=3)
+    listed = oss.oss_search(t, shards, den, ns, 4, "unipc", opts(refine=False, start_window=3))
     assert listed.path == whole.path and listed.start_state == whole.start_state
     assert listed.cost == pytest.approx(whole.cost, rel=1e-9)
     for objective in ("mse", "l2"):
-        a = oss.oss_search(t, states, den, ns, 4, solver="dpmpp2m", refine=False, start_window=3, objective=objective)
-        b = oss.oss_search(t, shards, den, ns, 4, solver="dpmpp2m", refine=False, start_window=3, objective=objective)
+        a = oss.oss_search(t, states, den, ns, 4, "dpmpp2m", opts(refine=False, start_window=3, objective=objective))
+        b = oss.oss_search(t, shards, den, ns, 4, "dpmpp2m", opts(refine=False, start_window=3, objective=objective))
         assert a.path == b.path and a.objective_value == pytest.approx(b.objective_value, rel=1e-9)
-    per = oss.oss_search(t, shards, den, ns, 3, mode="per_sample", refine=False, start_window=3)
-    paths = [oss.oss_search(t, states[:, s:s + 1], den, ns, 3, mode="per_sample", refine=False,
-                            start_window=3).path for s in range(6)]
+    per = oss.oss_search(t, shards, den, ns, 3, "ddim", opts(mode="per_sample", refine=False, start_window=3))
+    paths = [oss.oss_search(t, states[:, s:s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False, start_window=3)).path for s in range(6)]
     assert per.dp_path == oss.median_path(paths)
     out = final(den, t, states, per.path, ns, "ddim", per.start_state)
     assert per.cost == pytest.approx(distance(out, states[-1], "mse"), rel=1e-10)
@@ -216,7 +219,7 @@ def test_per_sample_and_shards_with_a_start_window():
 def test_calibrated_search_with_a_start_window():
     ns, den, t, states = setup("vp", n=12, s=6, dim=8)
     cal = oss.AmplitudeCalibration.from_teacher(states)
-    res = oss.oss_search(t, states, den, ns, 3, solver="unipc", calibration=True, refine=False, start_window=3)
+    res = oss.oss_search(t, states, den, ns, 3, "unipc", opts(calibration=True, refine=False, start_window=3))
     out = oss.run_student(den, states[0], t, res.path, ns, "unipc", calibration=cal, start_state=res.start_state)
     assert res.cost == pytest.approx(((out - states[-1]) ** 2).mean().item(), rel=1e-10)
 
@@ -227,8 +230,8 @@ def test_l2_objective_minimises_the_mean_l2_norm():
     ns, den, t, states = setup("vp", n=25, s=8, dim=4, comps=4, seed=6)
     for solver in SOLVERS:
         for k in (3, 4):
-            a = oss.oss_search(t, states, den, ns, k, solver=solver, objective="mse")
-            b = oss.oss_search(t, states, den, ns, k, solver=solver, objective="l2")
+            a = oss.oss_search(t, states, den, ns, k, solver, opts(objective="mse"))
+            b = oss.oss_search(t, states, den, ns, k, solver, opts(objective="l2"))
             l2 = lambda r: distance(final(den, t, states, r.path, ns, solver, r.start_state), states[-1], "l2")  # noqa: E731
             assert b.objective_value == pytest.approx(l2(b), rel=1e-10)
             assert b.schedule.extra["distill_l2"] == b.objective_value
@@ -256,7 +259,7 @@ def test_gits_with_starts_equals_brute_force(family):
             for r, st in enumerate(starts) for p in ([st.index] + [v + st.index for v in q[1:]]
                                                      for q in oss.all_paths(10 - st.index, k)))
         assert value == pytest.approx(brute[0], rel=1e-12) and (row, tuple(path)) == brute[1:]
-        res = oss.gits_search(t, states, den, ns, k, solver="unipc", start_window=3, costs=(cost, evals))
+        res = oss.gits_search(t, states, den, ns, k, "unipc", opts(start_window=3), costs=(cost, evals))
         assert res.path == path and res.start_state == starts[row].rule
         assert res.model_evals == evals + more
         out = final(den, t, states, path, ns, "unipc", res.start_state)
@@ -266,8 +269,8 @@ def test_gits_with_starts_equals_brute_force(family):
 def test_bad_start_window_and_objective():
     ns, den, t, states = setup("vp", n=8, s=3)
     with pytest.raises(OptstepsError, match="start_window"):
-        oss.oss_search(t, states, den, ns, 3, start_window=-1)
+        oss.oss_search(t, states, den, ns, 3, "ddim", opts(start_window=-1))
     with pytest.raises(OptstepsError, match="start_window"):
-        oss.gits_search(t, states, den, ns, 3, start_window=1.5)
+        oss.gits_search(t, states, den, ns, 3, "ddim", opts(start_window=1.5))
     with pytest.raises(OptstepsError, match="objective"):
-        oss.oss_search(t, states, den, ns, 3, objective="lpips")
+        oss.oss_search(t, states, den, ns, 3, "ddim", opts(objective="lpips"))

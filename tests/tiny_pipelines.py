@@ -258,7 +258,7 @@ class TimestepRecorder:
 def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     """Teacher trajectories (shards) → OSS (ddim student) and λ-opt (dpmpp2m) schedules for ``model``."""
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
-    from optsteps.optimizers.oss import oss_search
+    from optsteps.optimizers.oss import OSSOptions, oss_search
     from optsteps.pipeline.config import TeacherConfig
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
     from optsteps.teacher.trajectories import generate_trajectories
@@ -270,7 +270,7 @@ def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     assert states.shape == (teacher_steps + 1, samples) + tuple(model.sample_shape)
     assert torch.isfinite(states).all()
     den = LabelledDenoiser(model, labels, guidance)
-    res = oss_search(t, states, den, model.noise_schedule, nfe, solver="ddim", eval_batch_size=samples,
+    res = oss_search(t, states, den, model.noise_schedule, nfe, "ddim", OSSOptions(), eval_batch_size=samples,
                      model=model.name)
     lam = lambda_opt_schedule(model.noise_schedule, nfe, model=model.name, solver="dpmpp2m")
     assert res.schedule.nfe == nfe and lam.nfe == nfe

@@ -50,9 +50,9 @@ def oss_all(p: Params, model) -> list[Path]:
     methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
         schedules_dir(q, e, method).mkdir(parents=True, exist_ok=True)
-    return [schedule_path(q, e, method, solver, nfe)
-            for method in methods for solver in q.oss.solvers for nfe in q.oss.nfe
-            if oss(q, e, solver, nfe, method=method) is not None]
+    return [schedule_path(q, e, method, solver, nfe)  # one DP per solver for every K (oss_nfes)
+            for method in methods for solver in q.oss.solvers
+            for nfe in oss_nfes(q, e, solver, q.oss.nfe, method=method)]
 
 
 def identity(p: Params, model) -> dict:
@@ -196,19 +196,38 @@ def with_manifest_teacher(p: Params, traj_dir) -> Params:
     return dataclasses.replace(p, teacher=manifest_teacher(traj_dir, p.teacher))
 
 
+def oss_options(p: Params):
+    """The ``OSSOptions`` of params' ``oss`` section (the same fields)."""
+    from optsteps.optimizers.oss import OSSOptions
+
+    return p.oss if isinstance(p.oss, OSSOptions) else OSSOptions(**dataclasses.asdict(p.oss))
+
+
 def oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
-    """OSS (or GITS) on the model's teacher shards (``compute_oss``); the schedule is written to ``schedule_path``."""
+    """OSS (or GITS) on the model's teacher shards; the schedule is written to ``schedule_path``."""
+    return oss_nfes(p, model, solver, [nfe], method, traj_dir)[nfe]
+
+
+def oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", traj_dir=None) -> dict:
+    """OSS (or GITS) for every K of ``nfes`` (``compute_oss_nfes``: one DP for all K); each schedule is written to
+    ``schedule_path``. Returns {K: Schedule}."""
     q, e = resolve(p, model)
     for folder in ("oss", "gits"):  # both outputs of the DVC stage oss@<model> exist, whichever runs
         schedules_dir(q, e, folder).mkdir(parents=True, exist_ok=True)
-    sched = compute_oss(p, model, solver, nfe, method=method, traj_dir=traj_dir)
-    sched.save(schedule_path(q, e, method, solver, nfe))
-    return sched
+    found = compute_oss_nfes(p, model, solver, nfes, method=method, traj_dir=traj_dir)
+    for nfe, sched in found.items():
+        sched.save(schedule_path(q, e, method, solver, nfe))
+    return found
 
 
 def compute_oss(p: Params, model, solver: str, nfe: int, method: str = "oss", traj_dir=None) -> Schedule:
     """OSS (or GITS) on the model's teacher shards (``traj_dir``, default the pipeline's); nothing is written."""
-    from optsteps.optimizers.oss import gits_search, oss_search
+    return compute_oss_nfes(p, model, solver, [nfe], method=method, traj_dir=traj_dir)[nfe]
+
+
+def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", traj_dir=None) -> dict:
+    """OSS (or GITS) for every K of ``nfes``, one DP for all K (``oss_search_all``); nothing is written."""
+    from optsteps.optimizers.oss import gits_search, oss_search_all
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     p, e = resolve(p, model)
@@ -223,17 +242,19 @@ def compute_oss(p: Params, model, solver: str, nfe: int, method: str = "oss", tr
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
+    options = oss_options(p)
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        res = gits_search(t, states, den, m.noise_schedule, nfe, solver=solver, eval_batch_size=s, model=e.name,
-                          costs=costs, start_window=p.oss.start_window)
+        found = {nfe: gits_search(t, states, den, m.noise_schedule, nfe, solver, options, costs=costs,
+                                  eval_batch_size=s, model=e.name) for nfe in nfes}
     elif method == "oss":
-        res = oss_search(t, states, den, m.noise_schedule, nfe, solver=solver, distance=p.oss.distance,
-                         mode=p.oss.mode, refine=p.oss.refine, refine_radius=p.oss.refine_radius, calibration=p.oss.calibration or None,
-                         eval_batch_size=s, model=e.name, start_window=p.oss.start_window, objective=p.oss.objective)
+        found = oss_search_all(t, states, den, m.noise_schedule, nfes, solver, options, eval_batch_size=s,
+                               model=e.name)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
-    return res.schedule.with_meta(extra={"wall_time_s": round(time.perf_counter() - t0, 3), "teacher_samples": s})
+    wall = round(time.perf_counter() - t0, 3)  # of the whole call (the K share one DP)
+    return {nfe: res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s})
+            for nfe, res in found.items()}
 
 
 def lambda_opt(params: Params, model, solver: str, nfe: int, **options) -> Schedule:

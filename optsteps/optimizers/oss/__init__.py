@@ -11,7 +11,7 @@ The DP ("our formulation").
 - A node (k, j) is "the student has taken exactly k steps and stands at teacher index j". Layer 0 holds the
   start candidates: with ``start_window`` w = 0 (the default) the single node (0, 0) holding the noise; with
   w ≥ 1 also (j, scaled) and (j, raw) for j = 1 … min(w, N − K), holding the noise scaled to σ_{t_j} or
-  unscaled (σ_{t_max} ε; ``core.schedule`` start-state rules, ``inputs.start_candidates``). Layer k
+  unscaled (σ_{t_max} ε; ``core.schedule`` start-state rules, ``starts.start_candidates``). Layer k
   (1 ≤ k ≤ K − 1) holds j = k … N − K + k (room is left for the remaining steps); layer K is the single node
   (K, N). The traced path's start index and rule are the schedule's t_0 and ``"start_state"``.
 - Every node of a layer k ≤ K − 1 costs exactly one model evaluation at its stored student state; all
@@ -28,6 +28,12 @@ The DP ("our formulation").
   only are materialised. In batch mode without calibration the inner products of node states with every
   teacher state are carried from layer to layer (a node state is a known linear combination of earlier
   vectors), so each layer's matrix product involves only its new model outputs.
+- One DP for every K (``oss_search_all``): layers 0 … K − 2 of a K-step student are those of every longer one
+  (a decision at target j compares the same predecessors; only the last step's order and target N depend on
+  K), so one pass to max K, whose layer k holds j = k … N − K_k + k (K_k the smallest K above k), serves all:
+  K's last step goes from layer K − 1 to N. R + Σ_k (N − K_k + 1) evaluations per sample instead of
+  Σ_K [R + (K − 1)(N − K + 1)] (``counts.dp_evaluations_all``: 851 instead of 2625 at N = 100, K = 4, 5, 6, 8,
+  10); the schedules are those of one DP per K, bit for bit (tests/test_oss_all_k.py).
 - The last layer ends at N, where the cost is the final error itself: the reported cost is the
   batch-mean squared error (per element) of the student along the traced path against x̄_N, exactly.
 - ``objective``: "mse" (default) minimises that MSE; "l2" the mean per-sample L2 norm ‖x_K − x̄_N‖₂ (what the
@@ -71,12 +77,13 @@ from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.dp import all_paths, median_path
 from optsteps.optimizers.oss.gits import (GITS_GAMMA, gits_costs, gits_dp, gits_dp_starts, gits_objective, gits_search,
                                           gits_start_costs)
-from optsteps.optimizers.oss.inputs import (DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, STUDENT_MAX_ORDER, Start,
-                                            start_candidates, student_spec)
+from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, OSSOptions
+from optsteps.optimizers.oss.problem import STUDENT_MAX_ORDER, student_spec
+from optsteps.optimizers.oss.starts import Start, start_candidates
 from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
-from optsteps.optimizers.oss.search import OSSResult, oss_search
+from optsteps.optimizers.oss.search import OSSResult, oss_search, oss_search_all
 
-__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSResult", "OSS_SOLVERS",
+__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSOptions", "OSSResult", "OSS_SOLVERS",
            "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
-           "gits_search", "gits_start_costs", "median_path", "oss_search", "refine_path", "refine_start",
+           "gits_search", "gits_start_costs", "median_path", "oss_search", "oss_search_all", "refine_path", "refine_start",
            "run_student", "start_candidates", "student_spec"]

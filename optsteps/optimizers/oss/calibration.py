@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.oss.inputs import F64, _Shards
+from optsteps.optimizers.oss.problem import F64
+from optsteps.optimizers.oss.shards import Shards
 
 
 @dataclass
@@ -26,7 +27,7 @@ class AmplitudeCalibration:
             raise OptstepsError(f"calibration quantiles {q} must satisfy 0 ≤ low < high ≤ 1.")
         if isinstance(teacher, torch.Tensor):
             shards = [teacher]
-        elif isinstance(teacher, (list, tuple, _Shards)):
+        elif isinstance(teacher, (list, tuple, Shards)):
             shards = teacher
         elif callable(teacher):
             shards = teacher()

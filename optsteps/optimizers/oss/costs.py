@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from optsteps.optimizers.oss.engine import _Engine, _Evaluated, _lam_prev
-from optsteps.optimizers.oss.inputs import F64
+from optsteps.optimizers.oss.engine import Engine, Evaluated, previous_lambdas
+from optsteps.optimizers.oss.problem import F64
 
 
-def _state_cost_sums(engine: _Engine, ev: _Evaluated, s: int, targets: torch.Tensor, x_tgt: torch.Tensor,
+def state_cost_sums(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x_tgt: torch.Tensor,
                      per_sample: bool) -> torch.Tensor:
     """Σ squared error [n, J, G] of every candidate (node i → target j), from inner products:
     |a x + b m + c p − x̄_j|² = Σ c_u c_v <v_u, v_v> − 2 Σ c_u <v_u, x̄_j> + |x̄_j|².
@@ -22,7 +22,7 @@ def _state_cost_sums(engine: _Engine, ev: _Evaluated, s: int, targets: torch.Ten
     nv = len(vecs)
     xt = x_tgt.reshape(J, S, -1).to(F64)
     f = xt.shape[2]
-    lam_p = _lam_prev(engine, ev, per_sample)
+    lam_p = previous_lambdas(engine, ev, per_sample)
     out = torch.full((n, J, G), float("inf"), dtype=F64)
     if per_sample:
         chunk = max(1, min(n, (1 << 22) // max(1, J * G * nv * nv), (1 << 25) // max(1, nv * S * f)))
@@ -61,8 +61,8 @@ def _state_cost_sums(engine: _Engine, ev: _Evaluated, s: int, targets: torch.Ten
     return out
 
 
-def _state_cost_sums_tracked(engine: _Engine, ev: _Evaluated, s: int, targets: torch.Tensor) -> torch.Tensor:
-    """Batch-mode ``_state_cost_sums`` with inner products carried from layer to layer (``_Engine.xall``):
+def state_cost_sums_tracked(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor) -> torch.Tensor:
+    """Batch-mode ``state_cost_sums`` with inner products carried from layer to layer (``Engine.xall``):
     one matrix product per layer, for the new model outputs only; also fills ev.cm and ev.cx."""
     xall = engine.xall
     n = len(ev.idx)
@@ -87,7 +87,7 @@ def _state_cost_sums_tracked(engine: _Engine, ev: _Evaluated, s: int, targets: t
     for u in range(nv):
         for w in range(u, nv):
             gram[:, u, w] = gram[:, w, u] = torch.einsum("nk,nk->n", vecs[u], vecs[w])
-    coef = torch.stack(engine.coefficients(s, ev.idx, _lam_prev(engine, ev, False), targets)[:nv], -1)  # [n, J, 1, nv]
+    coef = torch.stack(engine.coefficients(s, ev.idx, previous_lambdas(engine, ev, False), targets)[:nv], -1)  # [n, J, 1, nv]
     cross = torch.stack([cr[:, targets] for cr in crosses], -1)[:, :, None, :]  # [n, J, 1, nv]
     tsq = engine.xall_sq[targets][None, :, None]
     cost = torch.einsum("njgu,nuv,njgv->njg", coef, gram, coef) - 2 * (coef * cross).sum(-1) + tsq
@@ -95,13 +95,13 @@ def _state_cost_sums_tracked(engine: _Engine, ev: _Evaluated, s: int, targets: t
     return torch.where(valid, cost.clamp(min=0), torch.full_like(cost, float("inf")))
 
 
-def _x0_cost_sums(engine: _Engine, ev: _Evaluated, s: int, targets: torch.Tensor, x0_tgt: torch.Tensor,
+def x0_cost_sums(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x0_tgt: torch.Tensor,
                   per_sample: bool) -> torch.Tensor:
     """Σ squared error [n, J, G] of the candidates' data predictions x̂_0(y, t_j) against the teacher's."""
     n, S = ev.x.shape[:2]
     J = len(targets)
     feat = ev.x.shape[2:]
-    lam_p = _lam_prev(engine, ev, per_sample)
+    lam_p = previous_lambdas(engine, ev, per_sample)
     out = torch.full((n, J, S if per_sample else 1), float("inf"), dtype=F64)
     bshape = (-1, S if per_sample else 1) + (1,) * len(feat)
     for a in range(n):

@@ -21,11 +21,11 @@ from optsteps.core.solvers.updates import (
 )
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
-from optsteps.optimizers.oss.inputs import F64, student_spec
+from optsteps.optimizers.oss.problem import F64, student_spec
 
 
 @dataclass
-class _Nodes:
+class Nodes:
     """Student states of one DP layer before their model evaluation (n nodes × S samples)."""
 
     step: int  # steps taken to reach these nodes
@@ -37,7 +37,7 @@ class _Nodes:
     m_pp: torch.Tensor | None = None  # x̂_0 at the predecessor's predecessor (UniPC order-2 corrector)
     pp: torch.Tensor | None = None  # [n, S]
     po: torch.Tensor | None = None  # [n, S] order of the step into the node
-    # batch mode: inner products with every teacher state x̄_l, [n, N + 1] (see _Engine.xall)
+    # batch mode: inner products with every teacher state x̄_l, [n, N + 1] (see Engine.xall)
     cy: torch.Tensor | None = None  # <y, x̄_l>
     cxp: torch.Tensor | None = None  # <x_p, x̄_l>
     cmp: torch.Tensor | None = None  # <m_p, x̄_l>
@@ -45,13 +45,13 @@ class _Nodes:
 
 
 @dataclass
-class _Evaluated:
+class Evaluated:
     idx: torch.Tensor  # [n]
     x: torch.Tensor  # [n, S, ...] state the next step starts from
     m: torch.Tensor  # [n, S, ...] x̂_0 at the node
     m_p: torch.Tensor | None  # [n, S, ...] x̂_0 at the predecessor (multistep)
     pred: torch.Tensor  # [n, S]
-    nodes: _Nodes | None = None  # the layer it came from (its inner products)
+    nodes: Nodes | None = None  # the layer it came from (its inner products)
     x_coef: torch.Tensor | None = None  # [n, 5]: x = Σ coef · (y, x_p, m_p, m_pp, m) (UniPC corrector)
     cx: torch.Tensor | None = None  # <x, x̄_l> [n, N + 1]
     cm: torch.Tensor | None = None  # <m, x̄_l>
@@ -71,14 +71,15 @@ def _combos(*rows: torch.Tensor):
     return out
 
 
-class _Engine:
+class Engine:
     def __init__(self, denoiser, noise_schedule, t: torch.Tensor, nfe: int, solver: str, lower_order_final: bool,
                  calibration: AmplitudeCalibration | None, eval_batch_size: int | None):
-        self.den, self.ns, self.t = denoiser, noise_schedule, t
+        self.denoiser, self.noise_schedule, self.t = denoiser, noise_schedule, t
         self.N, self.K = len(t) - 1, nfe
-        self.solver, self.lof = solver, bool(lower_order_final)
+        self.solver, self.lower_order_final = solver, bool(lower_order_final)
         self.orders = student_spec(solver, lower_order_final).step_orders(nfe)
-        self.cal, self.ebs = calibration, eval_batch_size
+        self.final = {nfe: self.orders[nfe - 1]}  # order of the last step of a K-step student (``final_order``)
+        self.calibration, self.eval_batch_size = calibration, eval_batch_size
         self.al, self.si, self.la = node_coefficients(noise_schedule, t)
         self.al_t, self.si_t, self.la_t = (torch.tensor(v, dtype=F64) for v in (self.al, self.si, self.la))
         self.evaluated = 0  # samples pushed through the model
@@ -94,18 +95,30 @@ class _Engine:
             )
 
     # ---- the samplers' order rules -------------------------------------------------------------------
+    def final_order(self, nfe: int) -> int:
+        """Order of the last step s = K − 1 of a K-step student. Steps s ≤ K − 2 have the orders of any longer
+        student (order ≤ 2: only the last step is lowered), so one engine serves every K ≤ its own."""
+        if nfe not in self.final:
+            orders = student_spec(self.solver, self.lower_order_final).step_orders(nfe)
+            if nfe > self.K or orders[:nfe - 1] != self.orders[:nfe - 1]:
+                raise RuntimeError(f"internal: a {nfe}-step student does not share the steps of a {self.K}-step one")
+            self.final[nfe] = orders[nfe - 1]
+        return self.final[nfe]
+
     def structural_order2(self, s: int) -> bool:
         """Step s runs at order 2 where its stencil is finite (the student's ``step_orders``)."""
         return self.orders[s] == 2
 
-    def order(self, s: int, p: int, i: int, j: int) -> int:
-        if not self.structural_order2(s):
+    def order(self, s: int, p: int, i: int, j: int, nfe: int | None = None) -> int:
+        """The order of step s (of a ``nfe``-step student if it is its last step; default: the engine's K)."""
+        structural = self.final_order(nfe) if nfe is not None and s == nfe - 1 else self.orders[s]
+        if structural != 2:
             return 1
         return 2 if all(math.isfinite(self.la[q]) for q in (p, i, j)) else 1
 
-    def step(self, s, p, i, j, x, m, mp):
+    def step(self, s, p, i, j, x, m, mp, nfe: int | None = None):
         """The sampler's step s from node i (predecessor p) to teacher index j, via the library's functions."""
-        o = self.order(s, p, i, j)
+        o = self.order(s, p, i, j, nfe)
         al, si, la = self.al, self.si, self.la
         if self.solver == "unipc":
             lam = [la[i]] + ([la[p]] if o == 2 else []) + [la[j]]
@@ -142,24 +155,24 @@ class _Engine:
         """x̂_0 for rows x [B, ...] at teacher indices rows_idx [B]: batched, per-sample t (a scalar t where a
         chunk has one time, as the samplers pass it)."""
         b = x.shape[0]
-        chunk = self.ebs or b
+        chunk = self.eval_batch_size or b
         outs = []
         for a in range(0, b, chunk):
             ii = rows_idx[a:a + chunk]
             tt = self.t[ii[0]] if bool((ii == ii[0]).all()) else self.t[ii]
-            outs.append(self.den(x[a:a + chunk], tt))
+            outs.append(self.denoiser(x[a:a + chunk], tt))
         self.evaluated += b
         return torch.cat(outs)
 
     def calibrate(self, y: torch.Tensor, rows_idx: torch.Tensor) -> torch.Tensor:
-        return y if self.cal is None else self.cal.apply(y, rows_idx)
+        return y if self.calibration is None else self.calibration.apply(y, rows_idx)
 
-    def root(self, noise: torch.Tensor, starts=None) -> _Nodes:
-        """Layer 0: the start candidates (``inputs.Start``, ascending by index; None: (0, scaled)), each holding
+    def root(self, noise: torch.Tensor, starts=None) -> Nodes:
+        """Layer 0: the start candidates (``starts.Start``, ascending by index; None: (0, scaled)), each holding
         f·x̄_0 for the teacher's first state x̄_0 = ``noise``. Indices may repeat (two rules at one index)."""
         s = noise.shape[0]
         if starts is None or (len(starts) == 1 and starts[0].index == 0 and starts[0].factor == 1.0):
-            node = _Nodes(0, torch.zeros(1, dtype=torch.long), noise[None], torch.full((1, s), -1, dtype=torch.long))
+            node = Nodes(0, torch.zeros(1, dtype=torch.long), noise[None], torch.full((1, s), -1, dtype=torch.long))
             if self.xall is not None:
                 node.cy = (self.xall @ noise.reshape(-1).to(F64))[None]
             return node
@@ -167,12 +180,12 @@ class _Engine:
         if bool((idx[1:] < idx[:-1]).any()):
             raise RuntimeError("internal: start candidates must be ascending by index")
         y = torch.stack([noise if st.factor == 1.0 else noise * st.factor for st in starts])
-        node = _Nodes(0, idx, y, torch.full((len(starts), s), -1, dtype=torch.long))
+        node = Nodes(0, idx, y, torch.full((len(starts), s), -1, dtype=torch.long))
         if self.xall is not None:
             node.cy = torch.stack([self.xall @ v.reshape(-1).to(F64) for v in y])
         return node
 
-    def process(self, nodes: _Nodes) -> _Evaluated:
+    def process(self, nodes: Nodes) -> Evaluated:
         """One model evaluation per node (all nodes in one batch), then the UniPC corrector where it applies."""
         n, s = nodes.y.shape[:2]
         feat = nodes.y.shape[2:]
@@ -198,10 +211,10 @@ class _Engine:
                     x[a, sel] = unipc_update(nodes.x_p[a, sel], hist, lam, al[i], si[p], si[i], rhos, x0_new=m[a, sel])
                     # the same update as coefficients on (y, x_p, m_p, m_pp, m)
                     x_coef[a] = torch.tensor(unipc_corrector_coefficients(al[i], si[p], si[i], h, rks, rhos), dtype=F64)
-        return _Evaluated(nodes.idx, x, m, nodes.m_p if self.solver != "ddim" else None, nodes.pred, nodes, x_coef)
+        return Evaluated(nodes.idx, x, m, nodes.m_p if self.solver != "ddim" else None, nodes.pred, nodes, x_coef)
 
-    def materialize(self, ev: _Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor,
-                    rows: torch.Tensor | None = None) -> _Nodes:
+    def materialize(self, ev: Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> Nodes:
         """States of the nodes ``targets`` [J] reached by step s from the chosen predecessors ``pred`` [J, S]
         (teacher indices); ``rows`` [J, S]: the predecessors' rows in ``ev`` where indices repeat (layer 0)."""
         if rows is None:
@@ -227,7 +240,7 @@ class _Engine:
             mp_src = ev.m_p.index_select(0, p0) if self.solver == "unipc" and ev.m_p is not None else None
             pp = ev.pred.index_select(0, p0)
             if ev.cx is not None:
-                lam_p = _lam_prev(self, ev, False).index_select(0, p0)  # [J, 1]
+                lam_p = previous_lambdas(self, ev, False).index_select(0, p0)  # [J, 1]
                 ca, cb, cc = (torch.diagonal(c[..., 0]) for c in self.coefficients(s, ev.idx[p0], lam_p, targets))
                 cmp_src = ev.nodes.cmp.index_select(0, p0) if ev.nodes.cmp is not None else None
                 cy = ca[:, None] * ev.cx[p0] + cb[:, None] * ev.cm[p0]
@@ -245,7 +258,7 @@ class _Engine:
                 for (i, p), sel in _combos(pred[jj], pp[jj]):
                     y[jj, sel], po[jj, sel] = self.step(s, p, i, j, x_src[jj, sel], m_src[jj, sel],
                                                         mp_src[jj, sel] if mp_src is not None else None)
-        node = _Nodes(s + 1, targets.clone(), y, pred.clone())
+        node = Nodes(s + 1, targets.clone(), y, pred.clone())
         if self.solver != "ddim":
             node.m_p = m_src
         if self.solver == "unipc":
@@ -256,20 +269,21 @@ class _Engine:
                 node.cxp, node.cmpp = tracked["cxp"], tracked["cmpp"]
         return node
 
-    def final_errors(self, ev: _Evaluated, s: int, x_end: torch.Tensor) -> torch.Tensor:
-        """Exact per-sample squared-error sums [n, S] of the last step from every node to N."""
+    def final_errors(self, ev: Evaluated, s: int, x_end: torch.Tensor, nfe: int | None = None) -> torch.Tensor:
+        """Exact per-sample squared-error sums [n, S] of the last step (s = K − 1 of a K = ``nfe``-step student)
+        from every node to N."""
         n, S = ev.x.shape[:2]
         out = torch.empty(n, S, dtype=F64)
         for a in range(n):
             i = int(ev.idx[a])
             for (p,), sel in _combos(ev.pred[a]):
                 mp = ev.m_p[a, sel] if ev.m_p is not None else None
-                y, _ = self.step(s, p, i, self.N, ev.x[a, sel], ev.m[a, sel], mp)
+                y, _ = self.step(s, p, i, self.N, ev.x[a, sel], ev.m[a, sel], mp, nfe or self.K)
                 out[a, sel] = (y.to(F64) - x_end[sel].to(F64)).reshape(y.shape[0], -1).pow(2).sum(1)
         return out
 
 
-def _lam_prev(engine: _Engine, ev: _Evaluated, per_sample: bool) -> torch.Tensor:
+def previous_lambdas(engine: Engine, ev: Evaluated, per_sample: bool) -> torch.Tensor:
     pred = ev.pred if per_sample else ev.pred[:, :1]
     lam = engine.la_t[pred.clamp(min=0)]
     return torch.where(pred >= 0, lam, torch.full_like(lam, float("nan")))

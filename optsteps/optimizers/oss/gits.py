@@ -2,7 +2,7 @@
 against x̄_j, and V(j, k) = min_i [c(j → i) + γ·V(i, k − 1)], γ = 1.15 — additive, hence exact.
 
 With a start window (``start_window`` w): every start candidate r (index i_r ≤ w, state f_r·x̄_0 scaled or
-raw, ``inputs.start_candidates``) gets its own first-jump costs c_r(→ j) from its own state (one evaluation per
+raw, ``starts.start_candidates``) gets its own first-jump costs c_r(→ j) from its own state (one evaluation per
 candidate other than (0, scaled), whose row is c(0 → ·)), and the value is min_r min_j [c_r(→ j) + γ·V(j, K − 1)]:
 still additive, still exact over (start, path)."""
 from __future__ import annotations
@@ -15,20 +15,12 @@ from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers.updates import ddim_step
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import (
-    F64,
-    OSS_SOLVERS,
-    _check_choice,
-    _check_grid,
-    _check_nfe,
-    _numel,
-    _Shards,
-    check_start_window,
-    start_candidates,
-    student_spec,
-)
-from optsteps.optimizers.oss.refine import _TrueError
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.options import OSS_SOLVERS, OSSOptions
+from optsteps.optimizers.oss.problem import F64, check_choice, check_grid, check_nfe, student_spec
+from optsteps.optimizers.oss.shards import Shards, numel
+from optsteps.optimizers.oss.starts import check_start_window, start_candidates
+from optsteps.optimizers.oss.refine import TrueError
 from optsteps.optimizers.oss.search import OSSResult
 
 GITS_GAMMA = 1.15
@@ -38,10 +30,10 @@ def gits_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule,
                eval_batch_size: int | None = None) -> tuple[torch.Tensor, int]:
     """One-jump costs C [N + 1, N + 1]: C[i, j] = batch-mean squared error (per element) of the first-order
     step from the teacher state x̄_i to t_j against x̄_j (inf where j ≤ i), and the evaluations per sample (N)."""
-    t = _check_grid(teacher_t, noise_schedule)
+    t = check_grid(teacher_t, noise_schedule)
     n = len(t) - 1
-    shards = _Shards(teacher, n + 1)
-    engine = _Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
+    shards = Shards(teacher, n + 1)
+    engine = Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
     sums = torch.zeros(n + 1, n + 1, dtype=F64)
     for shard in shards:
         S = shard.shape[1]
@@ -54,7 +46,7 @@ def gits_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule,
             y = ddim_step(shard[i].to(F64), m[i].to(F64), engine.al_t[i], engine.si_t[i],
                           engine.al_t[j].reshape(shape), engine.si_t[j].reshape(shape))
             sums[i, i + 1:] += (y - shard[i + 1:].to(F64)).reshape(len(j), -1).pow(2).sum(1)
-    cost = sums / (shards.total * _numel(shards.feature_shape))
+    cost = sums / (shards.total * numel(shards.feature_shape))
     cost[torch.ones(n + 1, n + 1, dtype=torch.bool).tril()] = float("inf")
     return cost, engine.evaluated // shards.total
 
@@ -64,10 +56,10 @@ def gits_start_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule
     """First-jump costs [R, N + 1] of the start candidates ``starts``: the first-order step from f_r·x̄_0 at
     t[i_r] to t_j against x̄_j (inf where j ≤ i_r); the row of (0, scaled) is ``cost``'s row 0. Returns the costs
     and the evaluations per sample they took (one per other candidate)."""
-    t = _check_grid(teacher_t, noise_schedule)
+    t = check_grid(teacher_t, noise_schedule)
     n = len(t) - 1
-    shards = _Shards(teacher, n + 1)
-    engine = _Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
+    shards = Shards(teacher, n + 1)
+    engine = Engine(denoiser, noise_schedule, t, 1, "ddim", True, None, eval_batch_size)
     out = torch.full((len(starts), n + 1), float("inf"), dtype=F64)
     own = [r for r, st in enumerate(starts) if not (st.index == 0 and st.factor == 1.0)]
     for r, st in enumerate(starts):
@@ -89,7 +81,7 @@ def gits_start_costs(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule
             z = ddim_step(y[a].to(F64), m[a].to(F64), engine.al_t[i], engine.si_t[i],
                           engine.al_t[j].reshape(shape), engine.si_t[j].reshape(shape))
             sums[a, i + 1:] += (z - shard[i + 1:].to(F64)).reshape(len(j), -1).pow(2).sum(1)
-    part = sums / (shards.total * _numel(shards.feature_shape))
+    part = sums / (shards.total * numel(shards.feature_shape))
     for a, r in enumerate(own):
         out[r, starts[r].index + 1:] = part[a, starts[r].index + 1:]
     return out, engine.evaluated // shards.total
@@ -100,7 +92,7 @@ def gits_dp_starts(cost: torch.Tensor, start_costs: torch.Tensor, start_index, n
     """min over start rows r of min_j [c_r(→ j) + γ·V(j, K − 1)] (V as in ``gits_dp``): (value, index path from
     the start's index, the winning row r)."""
     n = cost.shape[0] - 1
-    nfe = _check_nfe(nfe, n)
+    nfe = check_nfe(nfe, n)
     c = cost.to(F64)
     value = torch.full((nfe, n + 1), float("inf"), dtype=F64)
     choice = torch.full((nfe, n + 1), -1, dtype=torch.long)
@@ -121,7 +113,7 @@ def gits_dp_starts(cost: torch.Tensor, start_costs: torch.Tensor, start_index, n
 def gits_dp(cost: torch.Tensor, nfe: int, gamma: float = GITS_GAMMA) -> tuple[float, list[int]]:
     """V(j, k) = min_{i > j} [c(j → i) + γ·V(i, k − 1)], V(N, 0) = 0; returns (V(0, K), its index path)."""
     n = cost.shape[0] - 1
-    nfe = _check_nfe(nfe, n)
+    nfe = check_nfe(nfe, n)
     c = cost.to(F64)
     inf = float("inf")
     value = torch.full((nfe + 1, n + 1), inf, dtype=F64)
@@ -144,24 +136,26 @@ def gits_objective(cost: torch.Tensor, path, gamma: float = GITS_GAMMA) -> float
     return float(sum(gamma ** m * float(cost[path[m], path[m + 1]]) for m in range(len(path) - 1)))
 
 
-def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str = "ddim",
-                gamma: float = GITS_GAMMA, eval_batch_size: int | None = None, measure: bool = True,
-                model: str = "", costs: tuple[torch.Tensor, int] | None = None, start_window: int = 0) -> OSSResult:
+def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str,
+                options: OSSOptions, *, costs: tuple[torch.Tensor, int] | None = None,
+                eval_batch_size: int | None = None, model: str = "", gamma: float = GITS_GAMMA,
+                measure: bool = True) -> OSSResult:
     """GITS-type schedule from the teacher's one-jump costs; ``measure`` also runs the student along the path
     to record its true final error on the distillation samples (``distill_mse``, the batch-mean squared error
     per element at N). ``costs``: the (C, evaluations) that ``gits_costs``
     returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither).
-    ``start_window``: as in ``oss_search`` (the start index and rule searched exactly by ``gits_dp_starts``)."""
-    _check_choice(solver, OSS_SOLVERS, "student solver")
-    t = _check_grid(teacher_t, noise_schedule)
-    nfe = _check_nfe(nfe, len(t) - 1)
+    ``options.start_window``: as in ``oss_search`` (the start index and rule searched exactly by
+    ``gits_dp_starts``); the other options are OSS's."""
+    check_choice(solver, OSS_SOLVERS, "student solver")
+    t = check_grid(teacher_t, noise_schedule)
+    nfe = check_nfe(nfe, len(t) - 1)
     if not gamma > 0:
         raise OptstepsError(f"gamma = {gamma}; the GITS discount must be positive (default {GITS_GAMMA}).")
     cost, evals = costs if costs is not None else gits_costs(t, teacher, denoiser, noise_schedule, eval_batch_size)
     if cost.shape != (len(t), len(t)):
         raise OptstepsError(f"the GITS cost matrix is {tuple(cost.shape)} but the teacher grid has {len(t)} times; "
                             "compute it with gits_costs on this teacher.")
-    window = check_start_window(start_window, len(t) - 1, nfe)
+    window = check_start_window(options.start_window, len(t) - 1, nfe)
     rule = "scaled"
     if window == 0:
         value, path = gits_dp(cost, nfe, gamma)
@@ -176,7 +170,7 @@ def gits_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe
              **({"start_state": "raw"} if rule == "raw" else {})}
     runs = 0
     if measure:
-        err = _TrueError(denoiser, _Shards(teacher, len(t)), t, noise_schedule, solver, None, True)
+        err = TrueError(denoiser, Shards(teacher, len(t)), t, noise_schedule, solver, None, True)
         extra["distill_mse"] = err(path, rule)
         runs = err.runs
     sched = Schedule(t[path], noise_schedule, model=model, method="gits", solver=solver, extra=extra)

@@ -4,14 +4,18 @@ single and paired index moves — and, with a start window, moves of the start i
 judged by that error (the search's objective)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
-from optsteps.optimizers.oss.engine import _Engine
-from optsteps.optimizers.oss.inputs import F64, OSS_SOLVERS, Start, _check_choice, start_factor, start_rule, student_spec
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.options import OSS_SOLVERS
+from optsteps.optimizers.oss.problem import F64, check_choice, student_spec
+from optsteps.optimizers.oss.starts import Start, start_factor, start_rule
 
 
 def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: NoiseSchedule, solver: str = "ddim",
@@ -19,16 +23,16 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
                 start_state: str = "scaled") -> torch.Tensor:
     """The student's final state along teacher indices ``path`` (``solvers.sample``; UniPC is order 2 with
     corrector), started at t[path[0]] from f·``noise`` (``noise`` = the teacher's first state x̄_0 = σ_{t_0} ε;
-    f = ``inputs.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
+    f = ``starts.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
     With ``calibration`` the same steps with amplitude calibration before every evaluation."""
-    _check_choice(solver, OSS_SOLVERS, "student solver")
+    check_choice(solver, OSS_SOLVERS, "student solver")
     t = torch.as_tensor(teacher_t, dtype=F64)
     path = [int(v) for v in path]
     f = start_factor(noise_schedule, t, path[0], start_rule(noise_schedule, t, path[0], start_state))
     if calibration is None:
         sched = Schedule(t[path], noise_schedule)
         return sample(denoiser, noise if f == 1.0 else noise * f, sched, student_spec(solver, lower_order_final))
-    engine = _Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
+    engine = Engine(denoiser, noise_schedule, t, len(path) - 1, solver, lower_order_final, calibration, None)
     S = noise.shape[0]
     nodes = engine.root(noise, [Start(path[0], start_state, f)])
     for s in range(len(path) - 1):
@@ -37,35 +41,42 @@ def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: 
     return nodes.y[0]
 
 
-class _TrueError:
+class TrueError:
     """The true final error at N of the student along a path from a start rule, over all shards; cached per
     (rule, path). One run gives both distances: "mse" (batch-mean squared error per element) and "l2" (mean
     over samples of ‖x_K − x̄_N‖₂); ``error(path, rule)`` returns the ``objective``'s.
 
-    Prefix reuse: the student's i-th model input depends only on the start rule and path[: i + 1] (the state
-    there is the solver's deterministic function of the earlier outputs), so a run that shares its rule and
-    first indices with the anchor (the refinement's current best) or with the previous run takes those model
-    outputs from memory instead of re-evaluating them; an entry is used only when the stored input equals the
-    new one exactly. ``evals`` counts the evaluations actually spent (per sample)."""
+    Prefix cache: the student's i-th model input depends only on the start rule and path[: i + 1] (the state
+    there is the solver's deterministic function of the earlier outputs; steps before the last have the same
+    order for every K), so the model output of every (shard, rule, index prefix) already run is kept and any
+    later run — another move, another K — takes it from memory; an entry is used only when the stored input
+    equals the new one exactly. The cache holds at most ``cache_bytes`` of inputs and outputs (least recently
+    used first out, never the prefixes of the anchor, the refinement's current best). ``evals`` counts the
+    evaluations actually spent (per sample), ``reused`` those taken from the cache."""
 
-    def __init__(self, denoiser, shards, t, ns, solver, calibration, lower_order_final, reuse_prefixes: bool = True,
-                 objective: str = "mse"):
-        self.args = (denoiser, t, ns, solver, calibration, lower_order_final)
-        self.shards, self.cache, self.runs, self.rows = shards, {}, 0, 0
-        self.reuse, self.memo, self.anchor = reuse_prefixes, {}, ("scaled", ())
+    def __init__(self, denoiser, shards, t, noise_schedule, solver, calibration, lower_order_final,
+                 reuse_prefixes: bool = True, objective: str = "mse", cache_bytes: int = 2 << 30):
+        self.denoiser, self.t, self.noise_schedule = denoiser, t, noise_schedule
+        self.solver, self.calibration, self.lower_order_final = solver, calibration, lower_order_final
+        self.shards, self.cache, self.runs, self.rows, self.reused_rows = shards, {}, 0, 0, 0
+        self.reuse, self.memo, self.anchor = reuse_prefixes, OrderedDict(), ("scaled", ())
+        self.memo_bytes, self.cache_bytes = 0, cache_bytes
         self.objective = objective
 
     @property
     def evals(self) -> int:
         return self.rows // max(self.shards.total, 1)
 
+    @property
+    def reused(self) -> int:
+        return self.reused_rows // max(self.shards.total, 1)
+
     def _key(self, path, rule):
         key = tuple(int(v) for v in path)
-        _, t, ns = self.args[:3]
-        return start_rule(ns, t, key[0], rule), key
+        return start_rule(self.noise_schedule, self.t, key[0], rule), key
 
     def set_anchor(self, path, rule: str = "scaled") -> None:
-        """Keep the model outputs along ``path``'s prefixes (the path most later runs branch from)."""
+        """The path most later runs branch from: its prefixes stay in the cache."""
         self.anchor = self._key(path, rule)
 
     def record(self, path, rule: str = "scaled", **values) -> None:
@@ -73,7 +84,6 @@ class _TrueError:
         self.cache.setdefault(self._key(path, rule), {}).update(values)
 
     def _denoiser(self, number: int, rule: str, key: tuple):
-        den = self.args[0]
         calls = 0
 
         def memo_denoiser(x, t):
@@ -82,13 +92,27 @@ class _TrueError:
             slot = (number, rule, key[:calls])
             hit = self.memo.get(slot) if self.reuse else None
             if hit is not None and torch.equal(hit[0], x):  # False for another shape too
+                self.memo.move_to_end(slot)
+                self.reused_rows += x.shape[0]
                 return hit[1]
-            out = den(x, t)
+            out = self.denoiser(x, t)
             self.rows += x.shape[0]
             if self.reuse:
+                if hit is not None:
+                    self.memo_bytes -= _nbytes(hit)
                 self.memo[slot] = (x, out)
+                self.memo_bytes += _nbytes(self.memo[slot])
             return out
         return memo_denoiser
+
+    def _evict(self) -> None:
+        a_rule, a_key = self.anchor
+        keep = {(a_rule, a_key[:i]) for i in range(1, len(a_key) + 1)}
+        for slot in list(self.memo):
+            if self.memo_bytes <= self.cache_bytes:
+                break
+            if slot[1:] not in keep:
+                self.memo_bytes -= _nbytes(self.memo.pop(slot))
 
     def value(self, path, rule: str = "scaled", kind: str | None = None) -> float:
         """The distance ``kind`` ("mse" | "l2"; None: the objective) of the student along ``path`` from ``rule``."""
@@ -96,10 +120,10 @@ class _TrueError:
         rule, key = self._key(path, rule)
         got = self.cache.get((rule, key), {})
         if kind not in got:
-            _, t, ns, solver, cal, lof = self.args
             tot, count, norms, samples = 0.0, 0, 0.0, 0
             for number, shard in enumerate(self.shards):
-                out = run_student(self._denoiser(number, rule, key), shard[0], t, key, ns, solver, cal, lof, rule)
+                out = run_student(self._denoiser(number, rule, key), shard[0], self.t, key, self.noise_schedule,
+                                  self.solver, self.calibration, self.lower_order_final, rule)
                 diff = out.to(F64) - shard[-1].to(F64)
                 tot += float(diff.pow(2).sum())
                 count += out.numel()
@@ -108,10 +132,7 @@ class _TrueError:
             got = dict(got, mse=tot / count, l2=norms / samples)
             self.cache[(rule, key)] = got
             self.runs += 1
-            a_rule, a_key = self.anchor
-            keep = ({(a_rule, a_key[:i]) for i in range(1, len(a_key) + 1)}
-                    | {(rule, key[:i]) for i in range(1, len(key) + 1)})
-            self.memo = {slot: v for slot, v in self.memo.items() if slot[1:] in keep}
+            self._evict()
         return got[kind]
 
     def __call__(self, path, rule: str = "scaled") -> float:
@@ -200,3 +221,7 @@ def refine_start(path, rule: str, error, window: int, rules=("scaled", "raw"), r
         if not improved:
             break
     return best, best_err, cur
+
+
+def _nbytes(entry) -> int:
+    return sum(v.numel() * v.element_size() for v in entry)

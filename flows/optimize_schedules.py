@@ -55,6 +55,8 @@ TRAINED = cached_while_present(lambda a: [model_record(_params(a).artifacts, a["
 SHARDS = cached_while_present(lambda a: [layout.trajectories_dir(_params(a), a["model"]) / MANIFEST])
 SCHEDULE = cached_while_present(lambda a: [layout.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"),
                                                                 a["solver"], a["nfe"])])
+DISTILLED = cached_while_present(lambda a: [layout.schedule_path(_params(a), a["model"], a["method"], a["solver"], nfe)
+                                            for nfe in a["nfes"]])
 EVALUATED = cached_while_present(lambda a: [layout.eval_path(_params(a), a["model"])])
 
 
@@ -91,11 +93,13 @@ def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe:
     return str(layout.schedule_path(p, model, "lambda-opt", solver, nfe))
 
 
-@task(cache_policy=SCHEDULE, persist_result=True)
-def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfe: int, shards: list[str]) -> str:
+@task(cache_policy=DISTILLED, persist_result=True)
+def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfes: list[int],
+             shards: list[str]) -> list[str]:
+    """OSS or GITS for every K of ``nfes`` of one solver: one DP for all K (``stages.oss_nfes``)."""
     p = load_params(params_path)
-    stages.oss(p, model, solver, nfe, method=method)
-    return str(layout.schedule_path(p, model, method, solver, nfe))
+    stages.oss_nfes(p, model, solver, nfes, method=method)
+    return [str(layout.schedule_path(p, model, method, solver, nfe)) for nfe in nfes]
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=EVALUATED, persist_result=True)
@@ -129,6 +133,15 @@ def register_task(params_path: str, evaluations: list[str]) -> str:
     return str(stages.register(load_params(params_path)))
 
 
+def _paths(futures) -> list[str]:
+    """The schedule paths of finished lambda-opt tasks (one path) and OSS/GITS tasks (one per K)."""
+    out = []
+    for f in futures:
+        r = f.result()
+        out.extend(r if isinstance(r, list) else [r])
+    return out
+
+
 @flow(name="optimize_schedules", log_prints=True)
 def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     p = load_params(params_path)
@@ -152,16 +165,14 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
                 futures.append(lambda_opt_task.submit(params_path, digest, m, solver, nfe, identity[m]))
         for method in ["oss"] + (["gits"] if q.oss.gits else []):
             for solver in q.oss.solvers:
-                for nfe in q.oss.nfe:
-                    futures.append(oss_task.submit(params_path, digest, m, method, solver, nfe, shards[m]))
+                futures.append(oss_task.submit(params_path, digest, m, method, solver, list(q.oss.nfe), shards[m]))
         per_model[m] = futures[first:]
     wait(futures)
-    evaluations = [evaluate_task(params_path, digest, m, identity[m], [f.result() for f in per_model[m]])
-                   for m in models]
+    evaluations = [evaluate_task(params_path, digest, m, identity[m], _paths(per_model[m])) for m in models]
     record_task(list(DVC_STAGES), evaluations)  # before register: versions carry the real DVC data hash
     registered = register_task(params_path, evaluations)
     record_task(["register"], registered)
-    paths = [f.result() for f in futures]
+    paths = _paths(futures)
     print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "
           f"registry {registered}")
     return paths

@@ -6,6 +6,7 @@ commit that precedes the start search (see ``git log -- tests/data/oss_window0.j
 Cases: the analytic Gaussian mixture (VP-ε and rectified flow; the three students; batch, per-sample, shards,
 x0 distance, calibration; GITS) and a briefly trained digits UNet of each family (float32 network)."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -107,20 +108,33 @@ def run_case(name, tmp, **extra):
             "schedule": res.schedule.to_dict()}
 
 
-def _compare(got, want):
+def _same_cost(a, b, exact: bool) -> bool:
+    if a != a and b != b:  # NaN: GITS without a measured DP cost
+        return True
+    return a == b if exact else math.isclose(a, b, rel_tol=1e-4)
+
+
+def _compare(got, want, exact: bool = True):
+    """``exact``: costs bit for bit (the float64 Gaussian-mixture cases). The digits cases train a float32 UNet in
+    the test, whose weights and costs differ in the last bits between CPU kernels (AVX2 vs AVX-512, Intel vs
+    AMD): their paths, times and counts are compared exactly, their costs to a relative 1e-4."""
     for key in ("path", "dp_path", "model_evals", "refine_runs"):
         assert got[key] == want[key], key
     # the refinement's prefix cache keeps every prefix now (issue 25): never more evaluations than then
     assert got["refine_evals"] <= want["refine_evals"]
-    for key in ("cost", "dp_cost"):  # bit for bit (NaN: GITS without a measured DP cost)
-        assert got[key] == want[key] or (got[key] != got[key] and want[key] != want[key]), key
+    for key in ("cost", "dp_cost"):
+        assert _same_cost(got[key], want[key], exact), key
     gs, ws = got["schedule"], want["schedule"]
     for key, value in ws.items():
         if key == "refine_model_evals":
             assert gs[key] <= value
             continue
+        if key == "gits_objective":
+            assert _same_cost(gs[key], value, exact), key
+            continue
         if key in COST_KEYS:
-            assert value in (got["cost"], got["dp_cost"], gs.get("gits_objective")), key
+            assert any(_same_cost(value, c, exact) for c in (got["cost"], got["dp_cost"], gs.get("gits_objective"))
+                       if c is not None), key
             continue
         assert key in gs and gs[key] == value, (key, gs.get(key), value)
     new = set(gs) - set(ws) - set(COST_KEYS)
@@ -138,7 +152,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 @pytest.mark.parametrize("name", list(GMM_CASES) + list(DIGITS_CASES))
 def test_default_search_reproduces_the_schedules_before_the_start_search(name, golden, tmp_path_factory):
-    _compare(run_case(name, tmp_path_factory.getbasetemp()), golden[name])
+    _compare(run_case(name, tmp_path_factory.getbasetemp()), golden[name], exact=name in GMM_CASES)
 
 
 @pytest.mark.parametrize("name", list(GMM_CASES))

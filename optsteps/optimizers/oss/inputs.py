@@ -12,8 +12,7 @@ from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import START_STATES, start_sigma
 from optsteps.core.solvers import DEFAULT_ORDER, SolverSpec
 from optsteps.errors import OptstepsError
-
-OSS_SOLVERS = ("ddim", "dpmpp2m", "unipc")
+from optsteps.core.solver_spec import SOLVERS as OSS_SOLVERS  # the one list of solver names
 
 
 DISTANCES = ("state", "x0")

@@ -115,7 +115,8 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
 def evaluate(model: str = typer.Option(..., "--model"),
              schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
              nfe: int = typer.Option(5, "--nfe", help="NFE for a baseline KIND"),
-             solver: str = typer.Option("unipc", "--solver"),
+             solver: Optional[str] = typer.Option(None, "--solver", help="default: the schedule file's own solver "
+                                                  "(evaluate.solvers[0] for a baseline KIND)"),
              n: Optional[int] = typer.Option(None, "--n", help="generated samples for the digitsnet metrics "
                                              "(default: evaluate.n)"),
              inception_n: Optional[int] = typer.Option(None, "--inception-n", help="samples for Inception FID/KID "
@@ -150,17 +151,21 @@ def evaluate(model: str = typer.Option(..., "--model"),
     if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
+    from optsteps.pipeline.config import override
+
     p = load_params(params)
     e = p.entry(model)
     p = p.for_model(e)
-    n = p.evaluate.n if n is None else n
-    inception_n = p.evaluate.inception_n if inception_n is None else inception_n
-    seed = p.evaluate.seed if seed is None else seed
+    p = override(p, {"evaluate.n": ("--n", n), "evaluate.inception_n": ("--inception-n", inception_n),
+                     "evaluate.seed": ("--seed", seed), "evaluate.start": ("--start", start),
+                     "evaluate.guidance": ("--guidance", guidance)}, cross=False)  # the params.yaml rules
+    n, inception_n, seed = p.evaluate.n, p.evaluate.inception_n, p.evaluate.seed
     m = load_model(e, p.artifacts)
     if Path(schedule).is_file() or schedule.endswith(".json"):
         s = Schedule.load(schedule)
     else:
         s = baseline(schedule, m.noise_schedule, nfe, model=e.name)
+    solver = solver or s.solver or p.evaluate.solvers[0]  # a file runs its own solver spec unless --solver is given
     s = s.with_meta(solver=solver, model=s.model or e.name)
     g = p.teacher.guidance if guidance is None else guidance
     ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
@@ -178,9 +183,9 @@ def evaluate(model: str = typer.Option(..., "--model"),
         sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
 
     def run():
-        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True,
-                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler,
-                                 teacher_cfg=p.teacher if teacher else None)
+        return evaluate_schedule(m, s, dataclasses.replace(p.evaluate, guidance=g), solver=solver, teacher=t_end,
+                                 evaluator=ev, return_samples=True, geneval_prompts=geneval_prompts,
+                                 prompt_sampler=sampler, teacher_cfg=p.teacher if teacher else None)
 
     def shown(metrics: dict) -> str:
         return json.dumps({k: v for k, v in metrics.items() if k != "resamples"}, indent=2)

@@ -27,7 +27,8 @@ def _params(path):
 
 
 def _override(p, values: dict, cross: bool = True):
-    """``p`` with the flags in ``values`` ("section.key" → (flag, value or None)) applied and checked like params.yaml."""
+    """``p`` with the flags in ``values`` ("section.key" → (flag, value or None)) applied and checked like
+    params.yaml."""
     from optsteps.pipeline.config import override
 
     return override(p, values, cross)
@@ -226,7 +227,8 @@ def trajectories(model: str = typer.Option(..., "--model"),
                  samples: Optional[int] = typer.Option(None, "--samples", help="default: trajectories.samples"),
                  teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
                  out: Optional[str] = typer.Option(None, "--out", help="default: artifacts/trajectories/MODEL"),
-                 shard_size: Optional[int] = typer.Option(None, "--shard-size", help="default: trajectories.shard_size"),
+                 shard_size: Optional[int] = typer.Option(None, "--shard-size",
+                                                          help="default: trajectories.shard_size"),
                  ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="default: ray.enabled"),
                  params: str = ParamsOpt):
     """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
@@ -234,7 +236,8 @@ def trajectories(model: str = typer.Option(..., "--model"),
 
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     # each flag passes its params.yaml rule; ad-hoc shards need not fit the OSS grid (cross rules are the stages')
-    p = _override(p, {"teacher.steps": ("--teacher-steps", teacher_steps), "trajectories.samples": ("--samples", samples),
+    p = _override(p, {"teacher.steps": ("--teacher-steps", teacher_steps),
+                      "trajectories.samples": ("--samples", samples),
                       "trajectories.shard_size": ("--shard-size", shard_size)}, cross=False)
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "

@@ -21,5 +21,6 @@ from optsteps.evaluate.run import (Evaluator, check_heldout, evaluate_grid, eval
 
 __all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",
            "inception", "inception_weights_path", "kid_from_features", "reference_features", "class_adherence",
-           "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "EvaluateOptions", "check_heldout",
+           "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "EvaluateOptions",
+           "check_heldout",
            "evaluate_grid", "evaluate_schedule", "markdown_table", "metric_columns", "teacher_endpoints"]

@@ -10,7 +10,13 @@ into the params; every stage runs on those.
 Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
 ``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
 (``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
-(``optsteps.integrations.ray_pool``). Every dataclass default equals ``params.yaml`` (tests/test_params_defaults.py).
+(``optsteps.integrations.ray_pool``), ``OSSOptions`` (``optsteps.optimizers.oss.options``), ``LambdaOptOptions``
+(``optsteps.optimizers.lambda_opt.options``), ``EvaluateOptions`` (``optsteps.evaluate.options``). Every dataclass
+default equals ``params.yaml`` (tests/test_params_defaults.py).
+
+Validation: each field's own rule lives in its dataclass field metadata and one walker checks them all
+(``check_fields``, conventions in its docstring); the rules that join sections are in ``check_across``; command-line
+flags reach the params through ``override``, which runs the same checks.
 """
 from __future__ import annotations
 

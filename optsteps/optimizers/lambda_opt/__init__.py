@@ -67,7 +67,8 @@ from optsteps.optimizers.lambda_opt.solve import DEFAULT_STARTS, LambdaOptResult
 from optsteps.optimizers.lambda_opt.weights import exp_moments, lagrange_weights, step_weights
 
 __all__ = ["DEFAULT_LAMBDA_CEILING", "DEFAULT_LAMBDA_FLOOR", "DEFAULT_STARTS", "ERROR_MODELS", "EmpiricalEps",
-           "LambdaOptOptions", "LambdaOptResult", "MAX_NFE", "PFit", "analytic_eps", "analytic_eps_dlog", "check_orders", "default_orders",
+           "LambdaOptOptions", "LambdaOptResult", "MAX_NFE",
+           "PFit", "analytic_eps", "analytic_eps_dlog", "check_orders", "default_orders",
            "default_trunc", "empirical_eps", "exp_moments", "fit_p", "lagrange_weights", "lambda_opt_schedule",
            "lambda_window", "objective", "objective_and_grad", "optimize_lambdas", "schedule_lambdas",
            "start_lambdas", "step_weights"]

@@ -52,8 +52,8 @@ def lambda_opt_schedule(noise_schedule, nfe: int, solver: str | SolverSpec, opti
 
     ``solver`` is the student (its step orders are the default order pattern); ``options`` (``LambdaOptOptions``)
     the error model and the optimisation. Endpoints default to the family's default_t_start / default_t_end. The
-    optimisation runs on the λ window of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are ±∞, cosine VP reaches ≈ −10);
-    interior times are t(λ_i) with the schedule's exact inverse, endpoint times are exactly t_start, t_end.
+    optimisation runs on the λ window of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are
+    ±∞, cosine VP reaches ≈ −10); interior times are t(λ_i) with the schedule's exact inverse, endpoint times are exactly t_start, t_end.
     ``error_model``: "analytic" (ε = σ^p/α) or "empirical" (then ``eps_fn`` = ``empirical_eps(...)``).
     Extra fields: objective, objective_uniform_lambda, p, trunc, wall_time_s, orders, lambda_window,
     error_model, best_start.

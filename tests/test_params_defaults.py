@@ -171,3 +171,37 @@ def test_every_command_takes_the_params_file_but_apply():
     for command, c in COMMANDS.items():
         opts = {p.name: p.default for p in c.params if p.param_type_name == "option"}
         assert command == "apply" or opts.get("params") == "params.yaml", command
+
+
+def test_the_field_rule_walker_reads_each_convention():
+    """``check_fields`` on a made-up section: every metadata convention refuses a bad value with one line naming
+    section.key, the value, the flag it came from and the rule."""
+    from dataclasses import dataclass, field, replace
+
+    from optsteps.errors import OptstepsError
+    from optsteps.pipeline.config import check_fields
+
+    @dataclass(frozen=True)
+    class Section:
+        k: int = field(default=2, metadata={"range": (1, 9)})
+        at_least: int = field(default=1, metadata={"range": (1, None)})
+        x: float = field(default=0.5, metadata={"range": (0.0, 1.0), "open": "hi", "hint": "why"})
+        ks: list = field(default_factory=lambda: [3], metadata={"items": {"range": (2, 5)}})
+        pick: str = field(default="a", metadata={"choices": ("a", "b")})
+        picks: list = field(default_factory=lambda: ["a"], metadata={"choices": ("a", "b"), "nonempty": True})
+        folder: str = field(default="f", metadata={"nonempty": "a folder path"})
+        odd: int = field(default=1, metadata={"check": lambda v: None if v % 2 else "use an odd number"})
+
+    check_fields(Section(), "sec")
+    cases = {"k": (0, "sec.k = 0: use an integer in 1 … 9."), "at_least": (0, "use an integer ≥ 1"),
+             "x": (1.0, "sec.x = 1.0: use a finite number with 0 ≤ x < 1; why."), "ks": ([1], "integers in 2 … 5"),
+             "pick": ("c", "use one of a, b"), "picks": ([], "use a non-empty list of a, b"),
+             "folder": (" ", "use a folder path"), "odd": (2, "sec.odd = 2: use an odd number.")}
+    for key, (value, message) in cases.items():
+        with pytest.raises(OptstepsError) as e:
+            check_fields(replace(Section(), **{key: value}), "sec")
+        assert message in str(e.value), (key, str(e.value))
+    with pytest.raises(OptstepsError, match=r"sec.x = nan: use a finite number"):
+        check_fields(replace(Section(), x=float("nan")), "sec")
+    with pytest.raises(OptstepsError, match=r"sec.k = 0 \(given as --k 0\): use an integer in 1 … 9"):
+        check_fields(replace(Section(), k=0), "sec", flags={"sec.k": "--k 0"})

@@ -241,6 +241,8 @@ def _rule_text(f: dataclasses.Field, hint, value) -> str | None:
     """The broken rule of field ``f`` for ``value`` ("use …"), or None when the value keeps every rule."""
     md = f.metadata
     items = value if isinstance(value, list) else None
+    if items is not None and "items" in md:  # the rules of a list's items, written apart
+        md = {**md, **md["items"]}
     if hint is float and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
         return "use a finite number (NaN and infinity are refused)"
     if md.get("nonempty"):
@@ -259,10 +261,12 @@ def _rule_text(f: dataclasses.Field, hint, value) -> str | None:
     if "range" in md and value is not None:
         lo, hi = md["range"]
         opened = md.get("open", "")
-        if items is not None or hint is int or isinstance(lo, int) and isinstance(hi, int):
+        if items is not None or hint is int or isinstance(lo, int) and isinstance(hi, (int, type(None))):
             vals = items if items is not None else [value]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in vals):
-                return f"use {'a list of integers' if items is not None else 'an integer'} in {lo} … {hi:,}"
+            lo_i, hi_i = -math.inf if lo is None else lo, math.inf if hi is None else hi
+            if not all(isinstance(v, int) and not isinstance(v, bool) and lo_i <= v <= hi_i for v in vals):
+                span = f"≥ {lo}" if hi is None else f"≤ {hi:,}" if lo is None else f"in {lo} … {hi:,}"
+                return f"use {'a list of integers' if items is not None else 'an integer'} {span}"
         else:
             low_ok = value > lo if opened in ("lo", "both") else value >= lo
             high_ok = value < hi if opened in ("hi", "both") else value <= hi
@@ -283,7 +287,9 @@ def check_fields(obj, section: str, where: str = "", flags: dict | None = None) 
     Conventions of the metadata (written next to each field, in the dataclass of the layer that uses it):
 
     - ``"range": (lo, hi)``: a number in [lo, hi] — an integer when both bounds are integers or the field is an
-      ``int`` — or, for a list, every item an integer in [lo, hi]; ``None`` values are not checked;
+      ``int`` — or, for a list, every item an integer in [lo, hi]; ``None`` values are not checked; a bound of
+      None: no bound on that side (integers);
+    - ``"items": {…}``: the rules of a list's items, if written apart (same as putting them at the top level);
     - ``"open": "lo" | "hi" | "both"``: those bounds of a float range are strict (hi = ``math.inf``: no upper bound);
     - ``"choices": (…)``: the value, or every item of a list, is one of these strings;
     - ``"nonempty": True | "what it is"``: a list with at least one item, a string that is not blank;

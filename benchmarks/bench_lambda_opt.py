@@ -12,14 +12,14 @@ import argparse
 import os
 import time
 
-from optsteps.optimizers.lambda_opt import default_trunc, lambda_window, optimize_lambdas
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, default_trunc, lambda_window, optimize_lambdas
 from optsteps.core.noise_schedules import VPDiscrete
 
 
 def one(ns, nfe: int, gradient: str, trunc=None):
     lo, hi = lambda_window(ns, ns.default_t_start(), ns.default_t_end())
     t0 = time.perf_counter()
-    res = optimize_lambdas(lo, hi, nfe, p=1, trunc=trunc, noise_schedule=ns, gradient=gradient)
+    res = optimize_lambdas(lo, hi, nfe, LambdaOptOptions(p=1, trunc=trunc, gradient=gradient), noise_schedule=ns)
     return time.perf_counter() - t0, res
 
 

@@ -15,7 +15,7 @@ import optsteps.pipeline.stages as stages
 from optsteps.core.baselines import baseline
 from optsteps.pipeline.config import load_params
 from optsteps.evaluate.run import teacher_endpoints
-from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
 
@@ -46,9 +46,9 @@ print(f"{'NFE':>4s} {'uniform-λ':>10s} {'p=1':>16s} {'p=2':>16s} {'empirical':>
 for nfe in a.nfe:
     base = l2(baseline("uniform-lambda", ns, nfe, model=a.model))
     cells = []
-    for kw in ({"p": 1.0}, {"p": 2.0}, {"error_model": "empirical", "eps_fn": eps_fn}, {"p": 1.0, "trunc": 0},
-               {"p": 1.0, "trunc": 3}):
-        s = lambda_opt_schedule(ns, nfe, model=a.model, solver=a.solver, **kw)
+    for kw in ({"p": 1.0}, {"p": 2.0}, {"error_model": "empirical"}, {"p": 1.0, "trunc": 0}, {"p": 1.0, "trunc": 3}):
+        s = lambda_opt_schedule(ns, nfe, a.solver, LambdaOptOptions(**kw), model=a.model,
+                                eps_fn=eps_fn if kw.get("error_model") == "empirical" else None)
         v = l2(s)
         cells.append(f"{v:.4f} ({v / base:.2f}×)")
     print(f"{nfe:4d} {base:10.4f} " + " ".join(f"{c:>16s}" for c in cells))

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 import torch
 
-from optsteps.optimizers.lambda_opt import lambda_opt_schedule, lambda_window, start_lambdas
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule, lambda_window, start_lambdas
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.core.schedule import Schedule, from_lambdas
@@ -54,7 +54,7 @@ def main():
         l2_u = l2(uniform)
         for p in (1, 2):
             for trunc in ([None] if nfe <= 6 else [None, 0]):  # the default (3) and the paper's K ≥ 7 choice
-                s = lambda_opt_schedule(ns, nfe, p=p, trunc=trunc)
+                s = lambda_opt_schedule(ns, nfe, "unipc", LambdaOptOptions(p=p, trunc=trunc))
                 l2_o = l2(s)
                 gaps = np.diff(s.lambdas.numpy())
                 print(f"{nfe:>4} {p:>3} {s.extra['trunc']:>4} | {l2_u:>13.4e} {l2_o:>13.4e} {l2_o / l2_u:>9.3f} | "

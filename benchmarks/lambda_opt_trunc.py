@@ -34,7 +34,7 @@ from optsteps.core.solver_spec import SolverSpec
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
-from optsteps.optimizers.lambda_opt import lambda_opt_schedule, objective
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule, objective
 from optsteps.optimizers.lambda_opt.schedule import lambda_window
 from optsteps.pipeline.config import load_params
 
@@ -92,16 +92,17 @@ for nfe in a.nfe:
     orders = spec.step_orders(nfe)
     rows = [("uniform-λ", baseline("uniform-lambda", ns, nfe, model=a.model), None)]
     for trunc in (3, 0):
-        rows.append((f"T_c={trunc}", lambda_opt_schedule(ns, nfe, trunc=trunc, solver=spec, model=a.model), trunc))
+        rows.append((f"T_c={trunc}", lambda_opt_schedule(ns, nfe, spec, LambdaOptOptions(trunc=trunc), model=a.model),
+                     trunc))
     lam, nit, msg = local_descent(nfe, 0, orders)
     rows.append((f"T_c=0, local ({nit} BFGS it.)", from_lambdas(lam, ns, ts, te, model=a.model), 0))
     for trunc in (0, 3):
         for f in a.gaps:
-            rows.append((f"T_c={trunc}, h ≥ {f:g}×", lambda_opt_schedule(ns, nfe, trunc=trunc, solver=spec, model=a.model,
-                                                                       min_gap=f * uni), trunc))
+            rows.append((f"T_c={trunc}, h ≥ {f:g}×", lambda_opt_schedule(
+                ns, nfe, spec, LambdaOptOptions(trunc=trunc, min_gap=f * uni), model=a.model), trunc))
         for g in a.max_gaps:
-            rows.append((f"T_c={trunc}, h ≤ {g:g}×", lambda_opt_schedule(ns, nfe, trunc=trunc, solver=spec, model=a.model,
-                                                                       max_gap=g * uni), trunc))
+            rows.append((f"T_c={trunc}, h ≤ {g:g}×", lambda_opt_schedule(
+                ns, nfe, spec, LambdaOptOptions(trunc=trunc, max_gap=g * uni), model=a.model), trunc))
     base = None
     for name, s, trunc in rows:
         lam_s = s.lambdas.numpy().copy()

@@ -126,7 +126,7 @@ def populate(reg, artifacts: Path, n: int) -> None:
 
     from optsteps.core.baselines import baseline
     from optsteps.pipeline.config import TeacherConfig
-    from optsteps.evaluate import Evaluator, evaluate_schedule, teacher_endpoints
+    from optsteps.evaluate import EvaluateOptions, Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.models import gmm_model, load_model, model_dir, model_record
 
     torch.set_num_threads(1)
@@ -140,8 +140,9 @@ def populate(reg, artifacts: Path, n: int) -> None:
     for solver, nfe, kind in itertools.product(("unipc", "dpmpp2m"), (4, 6),
                                                ("uniform-t", "time-quadratic", "uniform-lambda", "karras")):
         s = baseline(kind, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver)
-        res = reg.publish(s, lambda s=s, sv=solver: evaluate_schedule(model, s, sv, n, 1234, teacher=teacher,
-                                                           evaluator=ev, return_samples=True),
+        res = reg.publish(s, lambda s=s, sv=solver: evaluate_schedule(model, s, EvaluateOptions(n=n, seed=1234),
+                                                                      solver=sv, teacher=teacher, evaluator=ev,
+                                                                      return_samples=True),
                           metric=metric, params={"n": n})
         print(f"{res['name']} v{res['version']} {kind} NFE {nfe}: {metric} {res[metric]:.4g}"
               f"{' (champion)' if res['champion'] else ''}", flush=True)

@@ -43,6 +43,7 @@ BAD_PARAMS = {  # params files wrong by value: each is refused at load, before a
     "p_nfe": "oss:\n  nfe: [100]\n",
     "p_baseline": "evaluate:\n  baselines: [karas]\n",
     "p_models_list": "models:\n  - digits\n",
+    "p_empty": "# nothing but a comment\n",
 }
 
 
@@ -75,6 +76,25 @@ CASES = [
     _params_case("p_userinfo", "contains credentials"), _params_case("p_metric", "mlflow.metric = 'fid'"),
     _params_case("p_solver", "oss.solvers = ['euler']"), _params_case("p_nfe", "below teacher.steps"),
     _params_case("p_baseline", "'karas' is not a baseline"), _params_case("p_models_list", "models: must map"),
+    _params_case("p_empty", "p_empty.yaml is empty"),
+    # flags that override params values pass the params.yaml rules (issue 28 §2)
+    (["trajectories", "--model", "digits", "--teacher-steps", "1"], "teacher.steps = 1 (given as --teacher-steps 1)"),
+    (["trajectories", "--model", "digits", "--samples", "0"], "trajectories.samples = 0 (given as --samples 0)"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--p", "1e308"], "lambda_opt.p = 1e+308"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--p", "nan"], "lambda_opt.p = nan"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"], "lambda_opt.nfe = [5000] (given as --nfe 5000)"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--error-model", "magic"], "--error-model magic"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--solver", "heun"], "lambda_opt.solvers = ['heun']"),
+    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--trunc", "-1"], "lambda_opt.trunc = -1"),
+    (["schedule", "oss", "--model", "digits", "--nfe", "100"], "below teacher.steps"),
+    (["schedule", "gits", "--model", "digits", "--nfe", "5", "--solver", "euler"], "oss.solvers = ['euler']"),
+    (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--nfe", "5", "--n", "0", "--no-log"],
+     "evaluate.n = 0 (given as --n 0)"),
+    # --params is read and checked even where the command needs nothing from it
+    (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "p_list.yaml"],
+     "must be a mapping of sections"),
+    (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "p_empty.yaml"], "is empty"),
+    (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "nosuch.yaml"], "not found"),
     (["registry", "list", "--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
     (["registry", "list", "--tracking-uri", "sqlite:///typo/mlruns.db"], "no schedule registry at"),
 ]

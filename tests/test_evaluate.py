@@ -3,6 +3,7 @@ adherence, the cached reference statistics, the GenEval hook and the schedule/gr
 import json
 import logging
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from optsteps.core.baselines import baseline
 from optsteps.pipeline.config import ClassifierConfig, TeacherConfig, TrainConfig
 from optsteps.models.digits_data import digits_images, digits_labels
 from optsteps.errors import OptstepsError
-from optsteps.evaluate import (Evaluator, check_heldout, clean_features, digitsnet, evaluate_grid, evaluate_schedule,
+from optsteps.evaluate import (EvaluateOptions, Evaluator, check_heldout, clean_features, digitsnet, evaluate_grid, evaluate_schedule,
                                fid_from_features, inception, inception_weights_path, kid_from_features,
                                reference_features)
 import optsteps.evaluate.fid as fidmod
@@ -211,7 +212,7 @@ def test_evaluate_grid_has_the_teacher_row_and_is_deterministic(tiny_digits, clf
     scheds = [baseline(k, ns, 3, model="digits").with_meta(solver="ddim") for k in ("uniform-t", "uniform-lambda")]
     tcfg = TeacherConfig(solver="ddim", steps=6, seed=0)
     ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5)
-    rows = evaluate_grid(m, scheds, tcfg, n=40, seed=7, evaluator=ev, progress=False)
+    rows = evaluate_grid(m, scheds, tcfg, EvaluateOptions(n=40, seed=7), evaluator=ev)
     assert [r["method"] for r in rows] == ["teacher", "uniform-t", "uniform-lambda"]
     assert rows[0]["l2_to_teacher"] == 0.0 and rows[0]["nfe"] == 6
     for r in rows:
@@ -224,12 +225,12 @@ def test_evaluate_grid_has_the_teacher_row_and_is_deterministic(tiny_digits, clf
     assert "psnr_to_teacher" not in rows[0] and "fid_teacher_digitsnet" not in rows[0]  # nothing against itself
     assert rows[1]["l2_to_teacher"] > 0
     assert len({r["evaluation_id"] for r in rows}) == 1
-    again = evaluate_grid(m, scheds, tcfg, n=40, seed=7, evaluator=ev, progress=False)
+    again = evaluate_grid(m, scheds, tcfg, EvaluateOptions(n=40, seed=7), evaluator=ev)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
     assert strip(rows) == strip(again)
     assert list(tmp_path.glob("teacher-*.safetensors"))  # the teacher's endpoints are cached by content hash
     with pytest.raises(OptstepsError, match="overlap"):
-        evaluate_grid(m, scheds, tcfg, n=40, seed=0, evaluator=ev, progress=False)
+        evaluate_grid(m, scheds, tcfg, EvaluateOptions(n=40, seed=0), evaluator=ev)
 
 
 def test_evaluate_grid_intervals_and_paired_differences(tiny_digits, clf, tmp_path):
@@ -244,7 +245,7 @@ def test_evaluate_grid_intervals_and_paired_differences(tiny_digits, clf, tmp_pa
     tcfg = TeacherConfig(solver="ddim", steps=6, seed=0)
     ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5, bootstrap=60, bootstrap_seed=3)
     rows, res = evaluate_grid(m, [ut, baseline("uniform-lambda", ns, 3, model="digits").with_meta(solver="ddim"), twin],
-                              tcfg, n=40, seed=7, evaluator=ev, progress=False, return_resamples=True)
+                              tcfg, EvaluateOptions(n=40, seed=7), evaluator=ev, return_resamples=True)
     assert len(res) == len(rows) and all(len(v) == 60 for v in res[1].values())
     for r in rows[1:]:
         for k in ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "l2_to_teacher", "psnr_to_teacher",
@@ -267,14 +268,18 @@ def test_evaluate_grid_intervals_and_paired_differences(tiny_digits, clf, tmp_pa
 def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_path):
     m = tiny_digits
     s = baseline("uniform-lambda", m.noise_schedule, 2, model="digits")
-    out, x = evaluate_schedule(m, s, "ddim", n=12, seed=3, classifier=clf, inception_n=0, kid_subsets=100,
-                               cache_dir=tmp_path, return_samples=True)
+    opts = EvaluateOptions(n=12, seed=3, inception_n=0, kid_subsets=100, cache_dir=str(tmp_path), bootstrap=0)
+    out, x = evaluate_schedule(m, s, opts, solver="ddim", evaluator=Evaluator.from_options(clf, opts),
+                               return_samples=True)
     assert x.shape == (12, 1, 8, 8) and out["n"] == 12 and "l2_to_teacher" not in out
     assert {"fid_digitsnet", "kid_digitsnet", "adherence_digitsnet"} <= set(out)
     with pytest.raises(OptstepsError, match="no solver"):
-        evaluate_schedule(m, s, None, n=4, seed=3, classifier=clf)
-    with pytest.raises(OptstepsError, match="kid_subsets"):  # no evaluator and no Evaluator settings
-        evaluate_schedule(m, s, "ddim", n=4, seed=3, classifier=clf)
+        evaluate_schedule(m, s, replace(opts, n=4))
+    bare = evaluate_schedule(m, s, opts, solver="ddim")  # no evaluator: the options' one, without the classifier
+    assert "fid_digitsnet" not in bare and bare["n"] == 12 and "ci95" not in bare
+    bopts = replace(opts, bootstrap=20)  # the evaluator takes the options' bootstrap
+    boot = evaluate_schedule(m, s, bopts, solver="ddim", evaluator=Evaluator.from_options(clf, bopts))
+    assert len(boot["resamples"]["fid_digitsnet"]) == 20 and "fid_digitsnet" in boot["ci95"]
 
 
 def test_markdown_table_one_table_per_solver_intervals_and_significant_best_only():

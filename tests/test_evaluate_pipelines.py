@@ -13,6 +13,7 @@ import transformers  # noqa: F401,E402 - pinned in requirements.txt: a missing i
 from tiny_pipelines import PROMPTS, build_ddpm, build_sd  # noqa: E402
 
 from optsteps.core.baselines import baseline  # noqa: E402
+from optsteps.evaluate.options import EvaluateOptions  # noqa: E402
 from optsteps.evaluate.run import Evaluator, evaluate_grid, images_of  # noqa: E402
 from optsteps.teacher.config import TeacherConfig  # noqa: E402
 
@@ -30,7 +31,8 @@ def grid(model, ev, solver="ddim"):
     scheds = [baseline(k, ns, k_nfe, model=model.name).with_meta(solver=solver)
               for k, k_nfe in (("uniform-t", 2), ("uniform-lambda", 3))]
     tcfg = TeacherConfig(solver="unipc", steps=6, seed=0, guidance=getattr(model, "guidance", 1.0))
-    return evaluate_grid(model, scheds, tcfg, n=6, seed=5, evaluator=ev, progress=False, return_resamples=True)
+    return evaluate_grid(model, scheds, tcfg, EvaluateOptions(n=6, seed=5, guidance=tcfg.guidance), evaluator=ev,
+                         return_resamples=True)
 
 
 def test_latent_pipeline_gets_teacher_metrics_in_decoded_images(sd, tmp_path):

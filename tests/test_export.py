@@ -45,7 +45,7 @@ def _grid(ns):
     kinds = ["uniform-t", "uniform-lambda", "karras", "time-quadratic"] + (["trailing"] if ns.family == "vp" else [])
     out = [baseline(k, ns, nfe).with_solver(SolverSpec(sv)) for k in kinds for nfe in (4, 6, 10)
            for sv in ("ddim", "dpmpp2m", "unipc")]
-    out += [lambda_opt_schedule(ns, nfe, solver=sv) for nfe in (4, 6) for sv in ("dpmpp2m", "unipc")]
+    out += [lambda_opt_schedule(ns, nfe, sv) for nfe in (4, 6) for sv in ("dpmpp2m", "unipc")]
     return out
 
 

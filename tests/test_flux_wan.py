@@ -55,7 +55,7 @@ def test_flux_dev(folders, tmp_path):
     from optsteps.integrations.diffusers_apply import apply_schedule
     from optsteps.models.diffusers.flux import FluxPipelineModel
     from optsteps.models.diffusers.pipelines import load_pipeline_model
-    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 
     before = fingerprint(folders["flux"])
     model = load_pipeline_model(folders["flux"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu", height=16,
@@ -90,7 +90,7 @@ def test_flux_dev(folders, tmp_path):
     assert seen == pytest.approx(oss.t[:-1], abs=1e-6)
     # UniPC with float flow timesteps = optsteps' UniPC of the schedule's order (FluxPipeline drops sigmas= for a
     # use_flow_sigmas scheduler, so apply pins it), on times that are not multiples of 1/1000
-    lam98 = lambda_opt_schedule(model.noise_schedule, 3, t_start=0.98, solver="dpmpp2m")
+    lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     assert lam98.t[1] * 1000 % 1 > 1e-3
     for sched in (lam, lam98):
         theirs, ours, info, seen = _parity(model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE)
@@ -173,7 +173,7 @@ def test_wan(folders, tmp_path):
     from optsteps.integrations.diffusers_apply import apply_schedule
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.models.diffusers.wan import WanPipelineModel
-    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 
     before = fingerprint(folders["wan"])
     model = load_pipeline_model(folders["wan"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu", height=16,
@@ -206,7 +206,7 @@ def test_wan(folders, tmp_path):
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler" and info["model_calls"] == 2 * oss.nfe
     assert theirs.shape == (1, 4, 3, 8, 8) and torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
     assert seen[::2] == pytest.approx([1000 * v for v in oss.t[:-1]], abs=1e-3)
-    lam98 = lambda_opt_schedule(model.noise_schedule, 3, t_start=0.98, solver="dpmpp2m")
+    lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     for sched in (lam, lam98):
         theirs, ours, info, seen = _parity(model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE, num_frames=5)
         assert info["scheduler"] == "UniPCMultistepScheduler" and info["num_frames"] == 5

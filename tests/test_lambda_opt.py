@@ -7,6 +7,7 @@ import pytest
 
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.lambda_opt import (
+    LambdaOptOptions,
     DEFAULT_LAMBDA_CEILING,
     DEFAULT_LAMBDA_FLOOR,
     analytic_eps,
@@ -185,7 +186,7 @@ def test_gradient_with_a_callable_error_model():
 # ------------------------------------------------------------------------------------------ optimizer
 def test_k2_optimum_is_the_midpoint():
     # F = expm1(λ1 − λ0) + expm1(λ2 − λ1) is convex with its minimum at the midpoint
-    res = optimize_lambdas(-4.0, 3.0, 2, p=1)
+    res = optimize_lambdas(-4.0, 3.0, 2, LambdaOptOptions(p=1))
     assert res.lambdas[1] == pytest.approx(-0.5, abs=1e-5)
     assert res.objective == pytest.approx(2 * math.expm1(3.5), rel=1e-9)
 
@@ -193,7 +194,7 @@ def test_k2_optimum_is_the_midpoint():
 def test_all_starts_reach_the_same_optimum_for_small_nfe():
     ns = FAMILIES["vp-linear"]
     lo, hi = lambda_window(ns, ns.default_t_start(), ns.default_t_end())
-    res = optimize_lambdas(lo, hi, 5, p=1, noise_schedule=ns, probe_iter=200)
+    res = optimize_lambdas(lo, hi, 5, LambdaOptOptions(p=1, probe_iter=200), noise_schedule=ns)
     finals = [r["final"] for r in res.starts.values()]
     assert len(finals) == 3
     assert max(finals) == pytest.approx(min(finals), rel=1e-6)
@@ -222,7 +223,7 @@ def test_bound_not_above_baselines(family):
     ns = FAMILIES[family]
     for nfe in (3, 4, 5, 6, 8, 10, 15, 20):
         for p in ((1, 2) if nfe in (4, 8, 15) else (1,)):
-            sched = lambda_opt_schedule(ns, nfe, p=p, maxiter=40, probe_iter=10)
+            sched = lambda_opt_schedule(ns, nfe, "unipc", LambdaOptOptions(p=p, maxiter=40, probe_iter=10))
             f_opt = objective(schedule_lambdas(sched), p=p)
             assert f_opt == pytest.approx(sched.extra["objective"], rel=1e-8)
             for name, lam in baseline_lambdas(ns, nfe).items():
@@ -235,7 +236,7 @@ def test_bound_not_above_baselines(family):
 @pytest.mark.parametrize("nfe", [2, 50])
 def test_schedule_endpoints_exact_and_descending(family, nfe):
     ns = FAMILIES[family]
-    sched = lambda_opt_schedule(ns, nfe, maxiter=8, probe_iter=4)
+    sched = lambda_opt_schedule(ns, nfe, "unipc", LambdaOptOptions(maxiter=8, probe_iter=4))
     t = np.array(sched.t)
     assert t[0] == ns.default_t_start() and t[-1] == ns.default_t_end()
     assert t.size == nfe + 1 and np.all(np.diff(t) < 0)
@@ -247,7 +248,7 @@ def test_schedule_endpoints_exact_and_descending(family, nfe):
 
 def test_custom_endpoints_and_window():
     ns = FAMILIES["flow"]
-    sched = lambda_opt_schedule(ns, 6, t_start=0.98, t_end=0.01, maxiter=30)
+    sched = lambda_opt_schedule(ns, 6, "unipc", LambdaOptOptions(t_start=0.98, t_end=0.01, maxiter=30))
     assert sched.t[0] == 0.98 and sched.t[-1] == 0.01
     lo, hi = sched.extra["lambda_window"]
     assert lo == pytest.approx(math.log(0.02 / 0.98)) and hi == pytest.approx(math.log(0.99 / 0.01))
@@ -260,7 +261,7 @@ def test_custom_endpoints_and_window():
 
 
 def test_min_gap_is_respected():
-    res = optimize_lambdas(-5.0, 4.6, 10, min_gap=0.3, maxiter=60)
+    res = optimize_lambdas(-5.0, 4.6, 10, LambdaOptOptions(min_gap=0.3, maxiter=60))
     assert np.min(np.diff(res.lambdas)) >= 0.3 * (1 - 1e-9)
 
 
@@ -270,18 +271,18 @@ def test_max_gap_guard():
     largest gap (1.70 uniform steps) is below a bound of 2 uniform steps: the same optimum."""
     lo, hi, k = -5.059, 4.605, 10
     uni = (hi - lo) / k
-    free = optimize_lambdas(lo, hi, k, trunc=0, maxiter=80)
+    free = optimize_lambdas(lo, hi, k, LambdaOptOptions(trunc=0, maxiter=80))
     assert np.diff(free.lambdas).max() > 3 * uni  # the degenerate minimum's huge step
-    guarded = optimize_lambdas(lo, hi, k, trunc=0, max_gap=2 * uni, maxiter=80)
+    guarded = optimize_lambdas(lo, hi, k, LambdaOptOptions(trunc=0, max_gap=2 * uni, maxiter=80))
     h = np.diff(guarded.lambdas)
     assert h.max() <= 2 * uni * (1 + 1e-9) and h.min() > 0 and guarded.lambdas[0] == lo and guarded.lambdas[-1] == hi
     assert guarded.objective > free.objective
     assert guarded.objective <= guarded.objective_uniform_lambda  # uniform-λ is feasible: never worse than it
-    t3 = optimize_lambdas(lo, hi, k, trunc=3, maxiter=80)
-    t3g = optimize_lambdas(lo, hi, k, trunc=3, max_gap=2 * uni, maxiter=80)
+    t3 = optimize_lambdas(lo, hi, k, LambdaOptOptions(trunc=3, maxiter=80))
+    t3g = optimize_lambdas(lo, hi, k, LambdaOptOptions(trunc=3, max_gap=2 * uni, maxiter=80))
     assert t3g.objective == pytest.approx(t3.objective, rel=2e-4)  # both within the iteration budget of 19.232
     with pytest.raises(OptstepsError, match="max_gap .* no room"):
-        optimize_lambdas(lo, hi, k, max_gap=0.9 * uni)
+        optimize_lambdas(lo, hi, k, LambdaOptOptions(max_gap=0.9 * uni))
 
 
 def test_starts():
@@ -321,12 +322,12 @@ def test_fit_p_recovers_exponent():
 def test_optimizer_with_empirical_errors_matches_analytic_model():
     lam_teacher = np.linspace(-6, 6, 400)
     fn = empirical_eps(lam_teacher, 0.5 * analytic_eps(lam_teacher, 2))
-    a = optimize_lambdas(-4.0, 3.0, 5, p=2, probe_iter=200)
-    b = optimize_lambdas(-4.0, 3.0, 5, eps_fn=fn, probe_iter=200)
+    a = optimize_lambdas(-4.0, 3.0, 5, LambdaOptOptions(p=2, probe_iter=200))
+    b = optimize_lambdas(-4.0, 3.0, 5, LambdaOptOptions(probe_iter=200), eps_fn=fn)
     np.testing.assert_allclose(a.lambdas, b.lambdas, atol=2e-3)
     assert b.objective == pytest.approx(0.5 * a.objective, rel=1e-3)
     ns = FAMILIES["vp-linear"]
-    s = lambda_opt_schedule(ns, 4, error_model="empirical", eps_fn=fn, maxiter=40)
+    s = lambda_opt_schedule(ns, 4, "unipc", LambdaOptOptions(error_model="empirical", maxiter=40), eps_fn=fn)
     assert s.extra["error_model"] == "empirical"
 
 
@@ -334,7 +335,7 @@ def test_optimizer_with_empirical_errors_matches_analytic_model():
 @pytest.mark.parametrize("nfe", [1, 0, -3, 2.5, True])
 def test_bad_nfe(nfe):
     with pytest.raises(OptstepsError, match="NFE K ≥ 2"):
-        lambda_opt_schedule(FAMILIES["vp-linear"], nfe)
+        lambda_opt_schedule(FAMILIES["vp-linear"], nfe, "unipc")
     with pytest.raises(OptstepsError, match="NFE K ≥ 2"):
         optimize_lambdas(-1.0, 1.0, nfe)
 
@@ -342,7 +343,7 @@ def test_bad_nfe(nfe):
 @pytest.mark.parametrize("p", [-1, -1e-9, float("nan"), float("inf"), "two"])
 def test_bad_p(p):
     with pytest.raises(OptstepsError, match="p = 1 .*p = 2"):
-        optimize_lambdas(-1.0, 1.0, 4, p=p)
+        optimize_lambdas(-1.0, 1.0, 4, LambdaOptOptions(p=p))
     with pytest.raises(OptstepsError, match="p = 1"):
         objective(np.linspace(-1, 1, 5), p=p)
 
@@ -358,7 +359,7 @@ def test_bad_p(p):
 ])
 def test_bad_orders(orders, match):
     with pytest.raises(OptstepsError, match=match):
-        optimize_lambdas(-1.0, 1.0, 4, orders=orders)
+        optimize_lambdas(-1.0, 1.0, 4, LambdaOptOptions(orders=orders))
     with pytest.raises(OptstepsError, match=match):
         objective(np.linspace(-1, 1, 5), orders=orders)
 
@@ -366,25 +367,25 @@ def test_bad_orders(orders, match):
 def test_bad_error_model_and_window():
     ns = FAMILIES["vp-linear"]
     with pytest.raises(OptstepsError, match="unknown error_model 'magic'.*'analytic'"):
-        lambda_opt_schedule(ns, 4, error_model="magic")
+        lambda_opt_schedule(ns, 4, "unipc", LambdaOptOptions(error_model="magic"))
     with pytest.raises(OptstepsError, match="needs eps_fn.*empirical_eps"):
-        lambda_opt_schedule(ns, 4, error_model="empirical")
+        lambda_opt_schedule(ns, 4, "unipc", LambdaOptOptions(error_model="empirical"))
     with pytest.raises(OptstepsError, match="error_model='empirical'"):
-        lambda_opt_schedule(ns, 4, eps_fn=lambda x: np.exp(-x))
+        lambda_opt_schedule(ns, 4, "unipc", eps_fn=lambda x: np.exp(-x))
     with pytest.raises(OptstepsError, match="not finite after clipping.*lambda_floor"):
-        lambda_opt_schedule(FAMILIES["flow"], 4, lambda_floor=-np.inf)
+        lambda_opt_schedule(FAMILIES["flow"], 4, "unipc", LambdaOptOptions(lambda_floor=-np.inf))
     with pytest.raises(OptstepsError, match="not finite after clipping"):
-        lambda_opt_schedule(FAMILIES["flow"], 4, lambda_ceiling=np.inf)
+        lambda_opt_schedule(FAMILIES["flow"], 4, "unipc", LambdaOptOptions(lambda_ceiling=np.inf))
     with pytest.raises(OptstepsError, match="window .* is empty"):
-        lambda_opt_schedule(ns, 4, lambda_floor=6.0)
+        lambda_opt_schedule(ns, 4, "unipc", LambdaOptOptions(lambda_floor=6.0))
     with pytest.raises(OptstepsError, match="must be greater than t_end.*swap"):
-        lambda_opt_schedule(ns, 4, t_start=0.1, t_end=0.5)
+        lambda_opt_schedule(ns, 4, "unipc", LambdaOptOptions(t_start=0.1, t_end=0.5))
     with pytest.raises(OptstepsError, match="not finite.*clip"):
         optimize_lambdas(-np.inf, 1.0, 4)
     with pytest.raises(OptstepsError, match="must be below lambda_end.*swap"):
         optimize_lambdas(2.0, 1.0, 4)
     with pytest.raises(OptstepsError, match="min_gap .* no room"):
-        optimize_lambdas(0.0, 1.0, 4, min_gap=0.5)
+        optimize_lambdas(0.0, 1.0, 4, LambdaOptOptions(min_gap=0.5))
 
 
 def test_bad_lambdas_and_measurements():

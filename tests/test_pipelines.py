@@ -118,7 +118,7 @@ def test_stable_diffusion_3(folders, tmp_path):
     from optsteps.core.baselines import baseline
     from optsteps.core.denoisers import PredictionDenoiser
     from optsteps.integrations.diffusers_export import configure
-    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.core.schedule import Schedule
     from optsteps.core.solvers import sample
@@ -161,7 +161,7 @@ def test_stable_diffusion_3(folders, tmp_path):
 
     # a start below 1 with times that are not multiples of 1/1000: diffusers' UniPC casts its flow timesteps
     # σ·1000 to int64, i.e. the network would see ⌊1000 σ⌋; apply keeps them float (exact_flow_timesteps)
-    lam98 = lambda_opt_schedule(model.noise_schedule, 3, t_start=0.98, solver="dpmpp2m")
+    lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     assert lam98.t[1] * 1000 % 1 > 1e-3  # the schedule does sit between integer timesteps
     x98 = model.initial_state(model.noise(1, 5, 0), 0.98)
     theirs, info = generate(pipe, lam98, PROMPTS[2], **kw)

@@ -87,7 +87,7 @@ def test_sd35(folders, tmp_path):
     from optsteps.core.solvers import sample
     from optsteps.integrations.diffusers_apply import generate
     from optsteps.models.diffusers.pipelines import load_pipeline_model
-    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 
     before = fingerprint(folders["sd35"])
     model = load_pipeline_model(folders["sd35"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu",
@@ -110,7 +110,7 @@ def test_sd35(folders, tmp_path):
         [1000 * v for v in oss.t[:-1]], abs=1e-3)
     ours = sample(den, x, oss, "ddim")
     _close(theirs, ours)
-    lam98 = lambda_opt_schedule(model.noise_schedule, 3, t_start=0.98, solver="dpmpp2m")
+    lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     # UniPC moves a start t = 1 to 1 − 1e-6 (finite λ): what it runs is the schedule moved there
     for run, ref in ((lam, Schedule((1 - 1e-6,) + lam.t[1:], lam.noise_schedule)), (lam98, lam98)):
         xs = model.initial_state(model.noise(1, 5, 0), ref.t[0])

@@ -135,7 +135,8 @@ def test_oss_reads_the_teacher_from_the_shards_it_is_given(tmp_path):
     stages.trajectories(q, "gmm", out=tmp_path / "shards")
     s = stages.oss(p, "gmm", "ddim", 3, traj_dir=tmp_path / "shards")
     assert s.nfe == 3 and len(s.t) == 4 and s.extra["teacher_samples"] == 4
-    lam = stages.lambda_opt(p, "gmm", "unipc", 3, error_model="empirical", traj_dir=tmp_path / "shards")
+    emp = dataclasses.replace(p, lambda_opt=dataclasses.replace(p.lambda_opt, error_model="empirical"))
+    lam = stages.lambda_opt(emp, "gmm", "unipc", 3, traj_dir=tmp_path / "shards")
     assert lam.nfe == 3
     man = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     man["model_sha256"] = "0" * 64

@@ -272,7 +272,7 @@ def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     den = LabelledDenoiser(model, labels, guidance)
     res = oss_search(t, states, den, model.noise_schedule, nfe, "ddim", OSSOptions(), eval_batch_size=samples,
                      model=model.name)
-    lam = lambda_opt_schedule(model.noise_schedule, nfe, model=model.name, solver="dpmpp2m")
+    lam = lambda_opt_schedule(model.noise_schedule, nfe, "dpmpp2m", model=model.name)
     assert res.schedule.nfe == nfe and lam.nfe == nfe
     assert res.schedule.t[0] == t[0] and res.cost >= 0
     return res.schedule, lam, labels

@@ -26,6 +26,14 @@ def _params(path):
     return load_params(path)
 
 
+def _override(p, values: dict, cross: bool = True):
+    """``p`` with the flags in ``values`` ("section.key" → (flag, value or None)) applied and checked like
+    params.yaml."""
+    from optsteps.pipeline.config import override
+
+    return override(p, values, cross)
+
+
 def _check_int(option: str, value: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise OptstepsError(f"{option} {value} is out of range; pass an integer in {lo} … {hi}.")
@@ -119,14 +127,15 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
     """Print a baseline schedule (JSON with --json)."""
     from optsteps.pipeline.adhoc import baseline_schedule
 
-    s = baseline_schedule(kind, model, nfe, solver, table, params=lambda: _params(params))
+    checked = _params(params) if params != "params.yaml" or Path(params).is_file() else None  # a --params is read
+    s = baseline_schedule(kind, model, nfe, solver, table, params=lambda: checked or _params(params))
     _write_out(s, out, params)  # a bad --out fails before anything is printed
     _emit(s, as_json)
 
 
 @schedule_app.command("lambda-opt")
 def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                        solver: str = typer.Option("unipc", "--solver"),
+                        solver: Optional[str] = typer.Option(None, "--solver", help="default: lambda_opt.solvers[0]"),
                         order: int = typer.Option(3, "--order", help="solver order the step pattern ramps to (1-3)"),
                         p_exp: Optional[float] = typer.Option(None, "--p", help="error model exponent (default lambda_opt.p)"),
                         error_model: Optional[str] = typer.Option(None, "--error-model", help="analytic | empirical"),
@@ -137,25 +146,28 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
     """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
     import optsteps.pipeline.stages as stages
 
-    if solver not in ("ddim", "dpmpp2m", "unipc"):
-        raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
     if not 1 <= order <= 3:
         raise OptstepsError(f"--order {order} is not supported; use 1, 2 or 3.")
     if order > nfe:
         raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
-    s = stages.compute_lambda_opt(_params(params), model, solver, nfe, p_exp=p_exp, error_model=error_model,
-                                  max_order=order, traj_dir=trajectories, trunc=trunc)
+    p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
+    solver = solver or p.lambda_opt.solvers[0]
+    p = _override(p, {"lambda_opt.nfe": ("--nfe", [nfe]), "lambda_opt.solvers": ("--solver", [solver]),
+                      "lambda_opt.p": ("--p", p_exp), "lambda_opt.error_model": ("--error-model", error_model),
+                      "lambda_opt.trunc": ("--trunc", trunc)})
+    s = stages.compute_lambda_opt(p, model, solver, nfe, max_order=order, traj_dir=trajectories)
     _write_out(s, out, params)
     _emit(s, as_json)
 
 
-def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optional[str], as_json: bool,
+def _distill(method: str, model: str, nfe: int, solver: Optional[str], trajectories: Optional[str], as_json: bool,
              out: Optional[str], params: str):
     import optsteps.pipeline.stages as stages
 
-    p = _params(params)
-    if solver not in ("ddim", "dpmpp2m", "unipc"):
-        raise OptstepsError(f"unknown solver {solver!r}; use ddim, dpmpp2m or unipc.")
+    p = _params(params).for_model(model)
+    solver = solver or p.oss.solvers[0]
+    # shards from --trajectories bring their own teacher (steps): the search checks K against those
+    p = _override(p, {"oss.nfe": ("--nfe", [nfe]), "oss.solvers": ("--solver", [solver])}, cross=trajectories is None)
     s = stages.compute_oss(p, model, solver, nfe, method=method, traj_dir=trajectories)
     _write_out(s, out, params)
     _emit(s, as_json)
@@ -163,7 +175,7 @@ def _distill(method: str, model: str, nfe: int, solver: str, trajectories: Optio
 
 @schedule_app.command("oss")
 def schedule_oss(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                 solver: str = typer.Option("ddim", "--solver"),
+                 solver: Optional[str] = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
                  trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
                  as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
                  params: str = ParamsOpt):
@@ -173,7 +185,7 @@ def schedule_oss(model: str = typer.Option(..., "--model"), nfe: int = typer.Opt
 
 @schedule_app.command("gits")
 def schedule_gits(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                  solver: str = typer.Option("ddim", "--solver"),
+                  solver: Optional[str] = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
                   trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
                   as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
                   params: str = ParamsOpt):
@@ -213,22 +225,19 @@ def trajectories(model: str = typer.Option(..., "--model"),
                  samples: Optional[int] = typer.Option(None, "--samples", help="default: trajectories.samples"),
                  teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
                  out: Optional[str] = typer.Option(None, "--out", help="default: artifacts/trajectories/MODEL"),
-                 shard_size: Optional[int] = typer.Option(None, "--shard-size"),
+                 shard_size: Optional[int] = typer.Option(None, "--shard-size",
+                                                          help="default: trajectories.shard_size"),
                  ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="default: ray.enabled"),
                  params: str = ParamsOpt):
     """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
-    import dataclasses
-
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline import layout
 
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
-    if teacher_steps is not None:
-        p.teacher = dataclasses.replace(p.teacher, steps=teacher_steps)
-    if samples is not None:
-        p.trajectories = dataclasses.replace(p.trajectories, samples=samples)
-    if shard_size is not None:
-        p.trajectories = dataclasses.replace(p.trajectories, shard_size=shard_size)
+    # each flag passes its params.yaml rule; ad-hoc shards need not fit the OSS grid (cross rules are the stages')
+    p = _override(p, {"teacher.steps": ("--teacher-steps", teacher_steps),
+                      "trajectories.samples": ("--samples", samples),
+                      "trajectories.shard_size": ("--shard-size", shard_size)}, cross=False)
     man = stages.trajectories(p, model, use_ray=ray, out=out)
     typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
                f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}")

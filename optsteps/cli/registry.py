@@ -115,7 +115,8 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
 def evaluate(model: str = typer.Option(..., "--model"),
              schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
              nfe: int = typer.Option(5, "--nfe", help="NFE for a baseline KIND"),
-             solver: str = typer.Option("unipc", "--solver"),
+             solver: Optional[str] = typer.Option(None, "--solver", help="default: the schedule file's own solver "
+                                                  "(evaluate.solvers[0] for a baseline KIND)"),
              n: Optional[int] = typer.Option(None, "--n", help="generated samples for the digitsnet metrics "
                                              "(default: evaluate.n)"),
              inception_n: Optional[int] = typer.Option(None, "--inception-n", help="samples for Inception FID/KID "
@@ -143,6 +144,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
     res = evaluate_one(load_params(params), model, schedule, nfe=nfe, solver=solver, n=n, inception_n=inception_n,
                        seed=seed, start=start, guidance=guidance, teacher=teacher, log=log, register=register,
                        tracking_uri=tracking_uri, geneval_prompts=geneval_prompts)
+    typer.echo(f"solver: {res.solver}", err=True)
     typer.echo(json.dumps({k: v for k, v in res.metrics.items() if k != "resamples"}, indent=2))
     if res.run_id is not None:
         typer.echo(f"logged MLflow run {res.run_id} at {res.tracking_uri}")

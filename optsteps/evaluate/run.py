@@ -40,6 +40,7 @@ from optsteps.core.solver_spec import SolverSpec
 from optsteps.evaluate import bootstrap as bs
 from optsteps.core.metric_names import METRICS
 from optsteps.evaluate.adherence import CONFIDENCE, K_NEAREST, adherence_masks, geneval_metrics, knn_radii
+from optsteps.evaluate.options import EvaluateOptions
 from optsteps.evaluate.fid import (clean_features, default_real_images, digitsnet, fid_from_features, folder_features,
                                    folder_key, inception, kid_from_features, reference_features, reference_key)
 
@@ -105,6 +106,17 @@ class Evaluator:
         self._idx: dict = {}
         self._teacher = None
         self._teacher_images = None
+
+    @classmethod
+    def from_options(cls, classifier, options: EvaluateOptions, *, teacher_inception_n: int | None = None,
+                     progress: bool | None = None) -> "Evaluator":
+        """The evaluator of ``options`` (``EvaluateOptions``: cache_dir, inception_n, kid_subsets, reference_images,
+        bootstrap and its seed, progress); ``teacher_inception_n`` defaults to ``options.teacher_inception_n``."""
+        o = options
+        return cls(classifier, o.cache_dir, o.inception_n, o.kid_subsets,
+                   progress=o.progress if progress is None else progress,
+                   teacher_inception_n=o.teacher_inception_n if teacher_inception_n is None else teacher_inception_n,
+                   reference_images=o.reference_images or None, bootstrap=o.bootstrap, bootstrap_seed=o.bootstrap_seed)
 
     # -- references ---------------------------------------------------------------------------------
     def _reference(self, net):
@@ -284,13 +296,9 @@ def evaluation_id(model: DiffusionModel, teacher_cfg, n: int, seed: int, start: 
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress) -> Evaluator:
-    if evaluator is not None:
-        return evaluator
-    if inception_n is None or kid_subsets is None:
-        raise OptstepsError("pass evaluator= or inception_n= and kid_subsets= (params.yaml evaluate.inception_n, "
-                            "evaluate.kid_subsets).")
-    return Evaluator(classifier, cache_dir, inception_n, kid_subsets, progress=progress)
+def _evaluator(evaluator: Evaluator | None, options: EvaluateOptions) -> Evaluator:
+    """``evaluator`` or, when None, the evaluator of ``options`` without a classifier (no digitsnet metrics)."""
+    return evaluator if evaluator is not None else Evaluator.from_options(None, options)
 
 
 def run_spec(schedule: Schedule, solver: str) -> SolverSpec:
@@ -313,15 +321,13 @@ def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, sta
                                                                   batch_size))
 
 
-def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | None, n: int, seed: int,
-                      start: int = 0, guidance: float = 1.0, classifier=None, teacher: torch.Tensor | None = None,
-                      inception_n: int | None = None, kid_subsets: int | None = None, cache_dir=None,
-                      evaluator: Evaluator | None = None, batch_size: int = 500, geneval_prompts=None,
-                      prompt_sampler=None, progress: bool = False, return_samples: bool = False,
-                      teacher_cfg=None):
-    """Sample ``n`` seeded samples along ``schedule`` with ``solver`` (None: the schedule's) and return a dict
-    of metrics. Pass an ``evaluator`` or the ``Evaluator`` settings (``classifier``, ``cache_dir``,
-    ``inception_n``, ``kid_subsets``).
+def evaluate_schedule(model: DiffusionModel, schedule: Schedule, options: EvaluateOptions | None = None, *,
+                      solver: str | None = None, evaluator: Evaluator | None = None,
+                      teacher: torch.Tensor | None = None, teacher_cfg=None, geneval_prompts=None,
+                      prompt_sampler=None, return_samples: bool = False):
+    """Sample ``options.n`` seeded samples (``options``: ``EvaluateOptions``, its n, seed, start, guidance and
+    batch_size) along ``schedule`` with ``solver`` (None: the schedule's) and return a dict of metrics, measured by
+    ``evaluator`` (None: ``Evaluator.from_options(None, options)``, without the digits classifier).
 
     ``teacher``: the teacher's endpoints for the same (seed, start, n) (see ``teacher_endpoints``) to get the
     teacher metrics (``l2_to_teacher``, ``psnr_to_teacher``, ``fid_teacher_*``). With a bootstrap evaluator the
@@ -331,13 +337,15 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
     """
     from optsteps.models.sampling import generate
 
+    o = EvaluateOptions() if options is None else options
+    n, seed, start, guidance, batch_size = o.n, o.seed, o.start, o.guidance, o.batch_size
     solver = solver or schedule.solver
     if not solver:
         raise OptstepsError("no solver given and the schedule names none; pass solver= (ddim, dpmpp2m, unipc).")
     if n < 2:
         raise OptstepsError(f"need n ≥ 2 samples to evaluate, got {n}.")
     check_noise_schedule(schedule, model.noise_schedule, f"model {model.name!r}", "compute a schedule for this model")
-    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress)
+    ev = _evaluator(evaluator, o)
     ev.set_teacher(teacher, images_of(model, teacher) if teacher is not None else None)
     t0 = time.perf_counter()
     x = generate(model, schedule, run_spec(schedule, solver), n, seed, start, guidance, batch_size)
@@ -353,15 +361,15 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, solver: str | N
     return (out, x) if return_samples else out
 
 
-def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg, n: int, seed: int, start: int = 0,
-                  guidance: float | None = None, solver: str | None = None, classifier=None,
-                  inception_n: int | None = None, kid_subsets: int | None = None, cache_dir=None,
-                  evaluator: Evaluator | None = None, distill_samples: int | None = None, batch_size: int = 500,
-                  progress: bool = True, return_resamples: bool = False, on_images=None):
+def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg, options: EvaluateOptions | None = None,
+                  *, solver: str | None = None, evaluator: Evaluator | None = None, distill_samples: int | None = None,
+                  return_resamples: bool = False, on_images=None):
     """Evaluate every schedule on the same held-out seeds; the first row is the teacher itself (the reference,
     ``l2_to_teacher`` = 0). Each row: model, method, solver, nfe, the metrics and timings, the
     ``evaluation_id``; with a bootstrap evaluator also ``ci95`` and, for every row that is not a baseline,
-    ``vs_best_baseline`` (``compare_to_baselines``).
+    ``vs_best_baseline`` (``compare_to_baselines``). ``options`` (``EvaluateOptions``): n, seed, start, guidance,
+    batch_size, progress, and the evaluator's settings when ``evaluator`` is None (then without a classifier).
+    ``solver``: for schedules that name none.
 
     ``teacher_cfg.seed`` is the distillation seed: the evaluation seeds must not overlap it
     (``distill_samples`` bounds the distillation indices; None: the whole seed is reserved).
@@ -371,9 +379,10 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
     """
     from optsteps.models.sampling import generate
 
+    o = EvaluateOptions() if options is None else options
+    n, seed, start, g, batch_size, progress = o.n, o.seed, o.start, o.guidance, o.batch_size, o.progress
     check_heldout(seed, start, n, teacher_cfg.seed, distill_samples)
-    g = teacher_cfg.guidance if guidance is None else guidance
-    ev = _evaluator(evaluator, classifier, cache_dir, inception_n, kid_subsets, progress)
+    ev = _evaluator(evaluator, o)
     labels = model.labels(n, start)
     t0 = time.perf_counter()
     tsched, teacher = teacher_endpoints(model, teacher_cfg, n, seed, start, g, batch_size, cache_dir=ev.cache_dir)

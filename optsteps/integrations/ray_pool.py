@@ -14,8 +14,9 @@ GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
+from optsteps.core.limits import MAX_SAMPLES
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -24,12 +25,13 @@ class RayConfig:
     """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
     enabled: bool = False
     address: str = ""
-    actors: int = 2
-    num_cpus: int = 2  # local instance only
-    num_gpus_per_actor: float = 1.0  # requested only where the cluster has GPUs
-    max_restarts: int = 2
-    object_store_mb: int = 512
-    task_timeout_s: float = 1800.0
+    actors: int = field(default=2, metadata={"range": (1, MAX_SAMPLES)})
+    num_cpus: int = field(default=2, metadata={"range": (1, MAX_SAMPLES)})  # local instance only
+    # requested only where the cluster has GPUs
+    num_gpus_per_actor: float = field(default=1.0, metadata={"range": (0.0, 1024.0)})
+    max_restarts: int = field(default=2, metadata={"range": (0, MAX_SAMPLES)})
+    object_store_mb: int = field(default=512, metadata={"range": (64, MAX_SAMPLES)})
+    task_timeout_s: float = field(default=1800.0, metadata={"range": (0.0, 1e7), "open": "both"})
 
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_SCHEDULER_EVENTS": "0"}

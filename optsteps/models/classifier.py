@@ -10,25 +10,26 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
+from optsteps.core.limits import MAX_SAMPLES
 from optsteps.errors import OptstepsError
 from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 
 
 @dataclass
 class ClassifierConfig:
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 3e-3
-    holdout_fraction: float = 0.2
+    epochs: int = field(default=60, metadata={"range": (1, MAX_SAMPLES)})
+    batch_size: int = field(default=128, metadata={"range": (1, MAX_SAMPLES)})
+    lr: float = field(default=3e-3, metadata={"range": (0.0, 10.0), "open": "both"})
+    holdout_fraction: float = field(default=0.2, metadata={"range": (0.0, 1.0), "open": "both"})
     seed: int = 0
-    threads: int = 1
+    threads: int = field(default=1, metadata={"range": (1, MAX_SAMPLES)})
 
 
 class DigitsCNN(nn.Module):

@@ -19,7 +19,7 @@ import math
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ import torch
 from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.errors import OptstepsError
 from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
+from optsteps.core.limits import MAX_SAMPLES
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
 from optsteps.models.base import DiffusionModel, ModelCard
 
@@ -34,16 +35,16 @@ from optsteps.models.base import DiffusionModel, ModelCard
 @dataclass
 class TrainConfig:
     """Diffusion-model training (docs/offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    decay_fraction: float = 0.3  # cosine decay over the last 30 % of steps
-    ema: float = 0.999
-    label_dropout: float = 0.15  # share of null labels, for classifier-free guidance
-    grad_clip: float = 1.0
+    steps: int = field(default=1500, metadata={"range": (1, MAX_SAMPLES)})
+    batch_size: int = field(default=128, metadata={"range": (1, MAX_SAMPLES)})
+    lr: float = field(default=2e-3, metadata={"range": (0.0, math.inf), "open": "lo"})
+    warmup_steps: int = field(default=100, metadata={"range": (0, MAX_SAMPLES)})
+    decay_fraction: float = field(default=0.3, metadata={"range": (0.0, 1.0)})  # cosine decay over the last 30 %
+    ema: float = field(default=0.999, metadata={"range": (0.0, 1.0), "open": "hi"})
+    label_dropout: float = field(default=0.15, metadata={"range": (0.0, 1.0), "open": "hi"})  # null labels (CFG)
+    grad_clip: float = field(default=1.0, metadata={"range": (0.0, math.inf), "open": "lo"})
     seed: int = 0
-    threads: int = 2
+    threads: int = field(default=2, metadata={"range": (1, MAX_SAMPLES)})
 
 
 KINDS = {"digits": "epsilon", "digits-flow": "flow"}

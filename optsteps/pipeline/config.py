@@ -10,10 +10,17 @@ into the params; every stage runs on those.
 Sections that a lower layer consumes are defined next to that code and only assembled here (so nothing below
 ``optsteps.pipeline`` imports it): ``TrainConfig`` (``optsteps.models.digits``), ``ClassifierConfig``
 (``optsteps.models.classifier``), ``TeacherConfig`` (``optsteps.teacher.config``), ``RayConfig``
-(``optsteps.integrations.ray_pool``). Every dataclass default equals ``params.yaml`` (tests/test_params_defaults.py).
+(``optsteps.integrations.ray_pool``), ``OSSOptions`` (``optsteps.optimizers.oss.options``), ``LambdaOptOptions``
+(``optsteps.optimizers.lambda_opt.options``), ``EvaluateOptions`` (``optsteps.evaluate.options``). Every dataclass
+default equals ``params.yaml`` (tests/test_params_defaults.py).
+
+Validation: each field's own rule lives in its dataclass field metadata and one walker checks them all
+(``check_fields``, conventions in its docstring); the rules that join sections are in ``check_across``; command-line
+flags reach the params through ``override``, which runs the same checks.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -23,81 +30,48 @@ from pathlib import Path
 
 import yaml
 
+from optsteps.core.limits import MAX_SAMPLES, MAX_STEPS
 from optsteps.errors import OptstepsError
+from optsteps.evaluate.options import EvaluateOptions
 from optsteps.integrations.ray_pool import RayConfig
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
 from optsteps.models.entries import ModelEntry, entry_for, parse_entry
+from optsteps.optimizers.lambda_opt.options import LambdaOptOptions
+from optsteps.optimizers.oss.options import OSSOptions
 from optsteps.teacher.config import TeacherConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrajectoriesConfig:
-    samples: int = 256
-    shard_size: int = 128
+    samples: int = field(default=256, metadata={"range": (1, MAX_SAMPLES)})
+    shard_size: int = field(default=128, metadata={"range": (1, MAX_SAMPLES)})
 
 
-@dataclass
-class OSSConfig:
-    """OSS/GITS distillation over the teacher shards (docs/algorithms.md §3)."""
-    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
-    samples: int = 64  # teacher samples the DP reads (the first S of the shards)
-    distance: str = "state"  # state | x0
-    mode: str = "batch"  # batch | per_sample
-    refine: bool = True
-    refine_radius: int = 4  # single moves of ±1…±radius teacher indices (0 = only pair moves; None-like: N)
-    calibration: bool = False
-    gits: bool = True
-    start_window: int = 0  # teacher indices below t_max where the student may start (raw or scaled noise); 0 = t_max
-    objective: str = "mse"  # mse | l2 (mean per-sample L2 norm): what the DP and the refinement minimise
+def _metric_rule(name) -> str | None:
+    from optsteps.core.metric_names import METRICS
+
+    if name in METRICS or str(name).startswith("geneval_"):
+        return None
+    return f"champions rank by a metric the evaluation writes: {', '.join(METRICS)}"
 
 
-@dataclass
-class LambdaOptConfig:
-    """The λ-optimizer (Xue et al. 2024; docs/algorithms.md §2)."""
-    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
-    p: float = 1.0
-    error_model: str = "analytic"  # analytic | empirical
-
-
-@dataclass
-class EvaluateConfig:
-    """Evaluation grid: every method (baselines + optimized) × solver × NFE on held-out seeds (docs/algorithms.md §7)."""
-    baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"])
-    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"])
-    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10])
-    baseline_nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10, 12, 15, 20])  # baselines also here (speedup)
-    n: int = 1000  # generated samples per row (digitsnet FID/KID, adherence, L2 and PSNR to the teacher)
-    inception_n: int = 0  # samples for fid_inception against reference_images (or the real digits); 0 = off
-    teacher_inception_n: int = 0  # samples for fid_teacher_inception, built-in models (digits): off (~2-8 img/s on CPU)
-    pipeline_teacher_inception_n: int = 64  # the same for diffusers pipeline models
-    reference_images: str = ""  # a folder of real images for fid_inception ("" = none; digits: the real digits)
-    seed: int = 1234  # held-out seed: must differ from teacher.seed (the distillation seed)
-    guidance: float = 1.0
-    kid_subsets: int = 10
-    bootstrap: int = 200  # paired bootstrap resamples of the sample indices for the intervals; 0 = no intervals
-    bootstrap_seed: int = 0
-    cache_dir: str = "artifacts/cache/fid"
-    threads: int = 2  # torch threads while evaluating (the stage runs alone at the end of the pipeline)
-    grid_samples: int = 64  # samples in each row's grid PNG (results/eval/<model>-grids/, logged per run); 0 = none
-
-
-@dataclass
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<repo>/mlruns.db with artifacts in <repo>/mlartifacts
-    metric: str = "fid_teacher_digitsnet"  # what champion-nfe{K} aliases rank by, built-in models (digits)
-    pipeline_metric: str = "fid_teacher_inception"  # the same for diffusers pipeline models
-    timeout_s: float = 10.0  # an http(s) tracking server must answer /health within this (else one clear error)
+    # what champion-nfe{K} aliases rank by, built-in models (digits); and the same for diffusers pipeline models
+    metric: str = field(default="fid_teacher_digitsnet", metadata={"check": _metric_rule})
+    pipeline_metric: str = field(default="fid_teacher_inception", metadata={"check": _metric_rule})
+    # an http(s) tracking server must answer /health within this (else one clear error)
+    timeout_s: float = field(default=10.0, metadata={"range": (0.0, 3600.0), "open": "lo"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlowConfig:
     """The Prefect flow. ``task_workers``: tasks run at once (threads; each task's torch uses one thread under
     ``make run``), 0 = Prefect's default pool. On a small CPU machine, as many as cores: more only adds
     GIL and cache contention."""
-    task_workers: int = 2
+    task_workers: int = field(default=2, metadata={"range": (0, MAX_SAMPLES)})
 
 
 @dataclass
@@ -109,10 +83,10 @@ class Params:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    oss: OSSConfig = field(default_factory=OSSConfig)
-    lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
+    oss: OSSOptions = field(default_factory=OSSOptions)
+    lambda_opt: LambdaOptOptions = field(default_factory=LambdaOptOptions)
     models: dict = field(default_factory=lambda: {"digits": ModelEntry("digits")})  # name → ModelEntry
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
 
@@ -140,11 +114,16 @@ class Params:
         return self.train[model]
 
 
+def param_fields(cls) -> list:
+    """The fields of an options dataclass that params.yaml carries (all but those marked ``param: False``)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("param", True)]
+
+
 def _build(cls, data, where: str):
     if not isinstance(data, dict):
         raise OptstepsError(f"{where} must be a mapping, got {type(data).__name__}.")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in param_fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise OptstepsError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(names)}.")
@@ -172,7 +151,7 @@ def _build(cls, data, where: str):
 
 
 SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
-            "ray": RayConfig, "oss": OSSConfig, "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
+            "ray": RayConfig, "oss": OSSOptions, "lambda_opt": LambdaOptOptions, "evaluate": EvaluateOptions,
             "mlflow": MlflowConfig, "flow": FlowConfig}  # params.yaml section → its typed config (each built the same way)
 
 
@@ -207,9 +186,9 @@ def params_from_dict(d: dict) -> Params:
             setattr(p, key, _build(cls, d[key], key))
     if "models" in d:
         p.models = _models(d["models"])
-    _check(p, "")
+    check_params(p)
     for name in p.models:  # every model's merged settings pass the same checks, before any work starts
-        _check(p.for_model(name), f" (models.{name} with its overrides)")
+        check_params(p.for_model(name), f" (models.{name} with its overrides)")
     for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
         if has_credentials(uri):  # params.yaml is committed: credentials come only from the environment
             raise OptstepsError(f"{key} contains credentials (user[:password]@host or a token/password query "
@@ -218,8 +197,8 @@ def params_from_dict(d: dict) -> Params:
     return p
 
 
-OVERRIDABLE = {"teacher": TeacherConfig, "trajectories": TrajectoriesConfig, "oss": OSSConfig,
-               "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
+OVERRIDABLE = {"teacher": TeacherConfig, "trajectories": TrajectoriesConfig, "oss": OSSOptions,
+               "lambda_opt": LambdaOptOptions, "evaluate": EvaluateOptions,
                "mlflow": MlflowConfig}  # per-model ``overrides`` sections (mlflow: only what the champions rank by)
 _MODEL_MLFLOW_KEYS = ("metric", "pipeline_metric")
 
@@ -249,7 +228,8 @@ def _models(raw) -> dict:
 def _merged(p: Params, e: ModelEntry) -> Params:
     sections = {}
     for key, cls in OVERRIDABLE.items():
-        base = dataclasses.asdict(getattr(p, key))
+        sec = getattr(p, key)
+        base = {f.name: copy.deepcopy(getattr(sec, f.name)) for f in param_fields(cls)}
         if e.guidance is not None and key in ("teacher", "evaluate"):
             base["guidance"] = e.guidance
         base.update(e.overrides.get(key, {}))
@@ -257,119 +237,127 @@ def _merged(p: Params, e: ModelEntry) -> Params:
     return dataclasses.replace(p, **sections)
 
 
-def _need(ok: bool, key: str, value, rule: str, where: str) -> None:
-    if not ok:
-        raise OptstepsError(f"{key} = {value!r}{where}: {rule}.")
+def _rule_text(f: dataclasses.Field, hint, value) -> str | None:
+    """The broken rule of field ``f`` for ``value`` ("use …"), or None when the value keeps every rule."""
+    md = f.metadata
+    items = value if isinstance(value, list) else None
+    if items is not None and "items" in md:  # the rules of a list's items, written apart
+        md = {**md, **md["items"]}
+    if hint is float and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return "use a finite number (NaN and infinity are refused)"
+    if md.get("nonempty"):
+        what = md["nonempty"] if isinstance(md["nonempty"], str) else "a non-empty value"
+        if items is not None and not items and "choices" not in md:
+            return f"use {what}"
+        if isinstance(value, str) and not value.strip():
+            return f"use {what} (a non-empty string)" if isinstance(md["nonempty"], str) else f"use {what}"
+    if "choices" in md:
+        choices = md["choices"]
+        if items is not None:
+            if not all(isinstance(v, str) and v in choices for v in items) or (md.get("nonempty") and not items):
+                return f"use a {'non-empty ' if md.get('nonempty') else ''}list of {', '.join(choices)}"
+        elif not (isinstance(value, str) and value in choices):
+            return f"use one of {', '.join(choices)}"
+    if "range" in md and value is not None:
+        lo, hi = md["range"]
+        opened = md.get("open", "")
+        if items is not None or hint is int or isinstance(lo, int) and isinstance(hi, (int, type(None))):
+            vals = items if items is not None else [value]
+            lo_i, hi_i = -math.inf if lo is None else lo, math.inf if hi is None else hi
+            if not all(isinstance(v, int) and not isinstance(v, bool) and lo_i <= v <= hi_i for v in vals):
+                span = f"≥ {lo}" if hi is None else f"≤ {hi:,}" if lo is None else f"in {lo} … {hi:,}"
+                return f"use {'a list of integers' if items is not None else 'an integer'} {span}"
+        else:
+            low_ok = value > lo if opened in ("lo", "both") else value >= lo
+            high_ok = value < hi if opened in ("hi", "both") else value <= hi
+            if not (math.isfinite(value) and low_ok and high_ok):
+                left = f"{lo:g} {'<' if opened in ('lo', 'both') else '≤'} {f.name}"
+                right = "" if hi == math.inf else f" {'<' if opened in ('hi', 'both') else '≤'} {hi:g}"
+                return f"use a finite number with {left}{right}"
+    if "check" in md:
+        return md["check"](value)
+    return None
 
 
-def _count(p, key: str, lo: int, hi: int, where: str) -> None:
-    v = _get(p, key)
-    _need(lo <= v <= hi, key, v, f"use an integer in {lo} … {hi:,}", where)
+def check_fields(obj, section: str, where: str = "", flags: dict | None = None) -> None:
+    """Check every field of the options dataclass ``obj`` (params.yaml section ``section``) against the rules in its
+    field metadata — the one table of field-level rules — and raise one ``OptstepsError`` naming ``section.key``, the
+    value, where it came from (``where``, or the CLI flag ``flags[section.key]``), the rule and the fix.
+
+    Conventions of the metadata (written next to each field, in the dataclass of the layer that uses it):
+
+    - ``"range": (lo, hi)``: a number in [lo, hi] — an integer when both bounds are integers or the field is an
+      ``int`` — or, for a list, every item an integer in [lo, hi]; ``None`` values are not checked; a bound of
+      None: no bound on that side (integers);
+    - ``"items": {…}``: the rules of a list's items, if written apart (same as putting them at the top level);
+    - ``"open": "lo" | "hi" | "both"``: those bounds of a float range are strict (hi = ``math.inf``: no upper bound);
+    - ``"choices": (…)``: the value, or every item of a list, is one of these strings;
+    - ``"nonempty": True | "what it is"``: a list with at least one item, a string that is not blank;
+    - ``"check": fn``: any other single-value rule; ``fn(value)`` returns the broken rule ("use …") or None;
+    - ``"hint": "…"``: appended to the rule (why the bound exists, how to go beyond it);
+    - ``"param": False``: a library option that params.yaml does not carry (its default stays unless a caller
+      replaces it); still checked here.
+
+    Every ``float`` field must be finite. Rules that join several fields are in ``check_across``."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        rule = _rule_text(f, hints.get(f.name), value)
+        if rule is not None:
+            key = f"{section}.{f.name}"
+            hint = f.metadata.get("hint")
+            raise OptstepsError(f"{key} = {value!r}{_origin(key, where, flags)}: {rule}{f'; {hint}' if hint else ''}.")
 
 
-def _get(p, key: str):
-    v = p
-    for part in key.split("."):
-        v = getattr(v, part)
-    return v
+def _origin(key: str, where: str, flags: dict | None) -> str:
+    flag = (flags or {}).get(key)
+    return f" (given as {flag}){where}" if flag else where
 
 
-MAX_SAMPLES = 10_000_000
-MAX_STEPS = 100_000  # teacher steps and NFE: more than any sampler takes (typos must not allocate terabytes)
+def check_across(p: "Params", where: str = "", flags: dict | None = None) -> None:
+    """The rules that join fields of several sections (each field's own rules are in its metadata, ``check_fields``)."""
+    def need(ok: bool, key: str, value, rule: str) -> None:
+        if not ok:
+            raise OptstepsError(f"{key} = {value!r}{_origin(key, where, flags)}: {rule}.")
+
+    steps = p.teacher.steps
+    bad = [k for k in p.oss.nfe if k >= steps]
+    need(not bad, "oss.nfe", p.oss.nfe, f"OSS picks K of the teacher's {steps} steps, so every K must be below "
+         f"teacher.steps; drop {bad} or raise teacher.steps")
+    need(p.oss.start_window < steps, "oss.start_window", p.oss.start_window,
+         f"the start window must stay below the teacher's {steps} steps (a few % of them)")
+    need(p.evaluate.seed != p.teacher.seed, "evaluate.seed", p.evaluate.seed,
+         f"equals teacher.seed; evaluation must use held-out seeds: pick another evaluate.seed")
+    need(not (p.evaluate.reference_images and not p.evaluate.inception_n), "evaluate.reference_images",
+         p.evaluate.reference_images, "needs evaluate.inception_n > 0 (how many samples are compared with the folder "
+         "through Inception)")
 
 
-def _check_values(p: Params, where: str) -> None:
-    """Ranges and enums of every value (docs: README "Configuration"); one line naming the key and the fix."""
-    from optsteps.core.baselines import BASELINES, parse_kind
-    from optsteps.core.solver_spec import SOLVERS
-    from optsteps.core.metric_names import METRICS
-
-    for key, lo in (("trajectories.samples", 1), ("trajectories.shard_size", 1), ("oss.samples", 1),
-                    ("oss.refine_radius", 0), ("oss.start_window", 0), ("evaluate.n", 1), ("evaluate.kid_subsets", 1),
-                    ("evaluate.threads", 1), ("evaluate.grid_samples", 0), ("ray.actors", 1), ("ray.num_cpus", 1), ("ray.max_restarts", 0),
-                    ("ray.object_store_mb", 64), ("classifier.epochs", 1), ("classifier.batch_size", 1),
-                    ("classifier.threads", 1), ("flow.task_workers", 0)):
-        _count(p, key, lo, MAX_SAMPLES, where)
-    _count(p, "teacher.steps", 2, MAX_STEPS, where)
-    _need(p.oss.start_window < p.teacher.steps, "oss.start_window", p.oss.start_window,
-          f"the start window must stay below the teacher's {p.teacher.steps} steps (a few % of them)", where)
-    for key in ("teacher.solver",):
-        _need(_get(p, key) in SOLVERS, key, _get(p, key), f"use one of {', '.join(SOLVERS)}", where)
-    for key in ("oss.solvers", "lambda_opt.solvers", "evaluate.solvers"):
-        v = _get(p, key)
-        _need(bool(v) and all(s in SOLVERS for s in v), key, v,
-              f"use a non-empty list of {', '.join(SOLVERS)}", where)
-    for key in ("oss.nfe", "lambda_opt.nfe", "evaluate.nfe", "evaluate.baseline_nfe"):
-        v = _get(p, key)
-        _need(all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_STEPS for k in v), key, v,
-              f"use a list of integers in 1 … {MAX_STEPS:,}", where)
-    bad = [k for k in p.oss.nfe if k >= p.teacher.steps]
-    _need(not bad, "oss.nfe", p.oss.nfe, f"OSS picks K of the teacher's {p.teacher.steps} steps, so every K must be "
-          f"below teacher.steps; drop {bad} or raise teacher.steps", where)
-    for kind in p.evaluate.baselines:
-        if not isinstance(kind, str) or parse_kind(kind)[0] not in BASELINES:
-            raise OptstepsError(f"evaluate.baselines: {kind!r}{where} is not a baseline; use "
-                                f"{', '.join(BASELINES)} (optionally KIND@start=T,state=raw).")
-    if not isinstance(p.teacher.schedule, str) or parse_kind(p.teacher.schedule)[0] not in BASELINES:
-        raise OptstepsError(f"teacher.schedule = {p.teacher.schedule!r}{where}: use a baseline kind "
-                            f"({', '.join(BASELINES)}).")
-    for key in ("mlflow.metric", "mlflow.pipeline_metric"):
-        v = _get(p, key)
-        _need(v in METRICS or str(v).startswith("geneval_"), key, v,
-              f"champions rank by a metric the evaluation writes: {', '.join(METRICS)}", where)
-    for key, lo, hi, closed in (("teacher.guidance", 0.0, 1e4, True), ("evaluate.guidance", 0.0, 1e4, True),
-                                ("lambda_opt.p", 0.0, 100.0, False), ("classifier.lr", 0.0, 10.0, False),
-                                ("classifier.holdout_fraction", 0.0, 1.0, False),
-                                ("ray.num_gpus_per_actor", 0.0, 1024.0, True), ("ray.task_timeout_s", 0.0, 1e7, False),
-                                ("mlflow.timeout_s", 0.0, 3600.0, False)):
-        v = _get(p, key)
-        ok = math.isfinite(v) and (lo <= v <= hi if closed else lo < v < hi or (key == "lambda_opt.p" and v == hi))
-        _need(ok, key, v, f"use a finite number in {'[' if closed else '('}{lo:g}, {hi:g}{']' if closed else ')'}",
-              where)
-    for key in ("evaluate.cache_dir",):
-        v = _get(p, key)
-        _need(isinstance(v, str) and bool(v.strip()), key, v, "use a folder path (a non-empty string)", where)
+def check_params(p: "Params", where: str = "", flags: dict | None = None) -> None:
+    """Every section's fields (``check_fields``), then the rules across sections (``check_across``)."""
+    for key in SECTIONS:
+        check_fields(getattr(p, key), key, where, flags)
     for name, tc in p.train.items():
-        for k, lo in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("threads", 1)):
-            v = getattr(tc, k)
-            _need(lo <= v <= MAX_SAMPLES, f"train.{name}.{k}", v, f"use an integer in {lo} … {MAX_SAMPLES:,}", where)
-        for k in ("lr", "grad_clip"):
-            v = getattr(tc, k)
-            _need(math.isfinite(v) and v > 0, f"train.{name}.{k}", v, "use a finite number > 0", where)
-        v = tc.decay_fraction
-        _need(0 <= v <= 1, f"train.{name}.decay_fraction", v, "use a number in [0, 1]", where)
+        check_fields(tc, f"train.{name}", where, flags)
+    check_across(p, where, flags)
 
 
-def _check(p: Params, where: str) -> None:
-    _check_values(p, where)
-    if p.evaluate.seed == p.teacher.seed:
-        raise OptstepsError(f"evaluate.seed = teacher.seed = {p.teacher.seed}{where}: evaluation must use held-out "
-                            "seeds; pick another evaluate.seed.")
-    if p.oss.distance not in ("state", "x0") or p.oss.mode not in ("batch", "per_sample"):
-        raise OptstepsError("oss.distance must be 'state' or 'x0' and oss.mode 'batch' or 'per_sample'.")
-    if p.oss.objective not in ("mse", "l2") or p.oss.start_window < 0:
-        raise OptstepsError("oss.objective must be 'mse' or 'l2' and oss.start_window an integer ≥ 0.")
-    if p.lambda_opt.error_model not in ("analytic", "empirical"):
-        raise OptstepsError("lambda_opt.error_model must be 'analytic' or 'empirical'.")
-    for sec in (p.oss, p.lambda_opt):
-        if any((not isinstance(k, int)) or k < 1 for k in sec.nfe):
-            raise OptstepsError("oss.nfe and lambda_opt.nfe must be lists of integers ≥ 1.")
-    if p.teacher.steps < 2 or p.trajectories.samples < 1 or p.trajectories.shard_size < 1:
-        raise OptstepsError("teacher.steps must be ≥ 2, trajectories.samples and trajectories.shard_size ≥ 1.")
-    for name, tc in p.train.items():
-        if tc.steps < 1 or tc.batch_size < 1 or not 0 <= tc.label_dropout < 1 or not 0 <= tc.ema < 1:
-            raise OptstepsError(f"train.{name}: need steps ≥ 1, batch_size ≥ 1, 0 ≤ label_dropout < 1, 0 ≤ ema < 1.")
-    if p.flow.task_workers < 0:
-        raise OptstepsError(f"flow.task_workers = {p.flow.task_workers}; use a positive count or 0 for Prefect's default.")
-    ev = p.evaluate
-    if ev.n < 1 or any((not isinstance(k, int)) or k < 1 for k in ev.nfe + ev.baseline_nfe):
-        raise OptstepsError("evaluate: need n ≥ 1 and every nfe and baseline_nfe an integer ≥ 1.")
-    for key in ("inception_n", "teacher_inception_n", "pipeline_teacher_inception_n", "bootstrap"):
-        if getattr(ev, key) < 0:
-            raise OptstepsError(f"evaluate.{key} = {getattr(ev, key)}; use a count ≥ 0 (0 turns it off).")
-    if ev.reference_images and not ev.inception_n:
-        raise OptstepsError(f"evaluate.reference_images = {ev.reference_images!r} needs evaluate.inception_n > 0 "
-                            "(how many samples are compared with the folder through Inception).")
+def override(p: "Params", values: dict, cross: bool = True) -> "Params":
+    """These params with command-line flags applied: ``values`` maps ``"section.key"`` to ``(flag, value)``; a value
+    of None means the flag was not given (params.yaml's value stands). The result passes the same checks as
+    params.yaml (an error names the flag); ``cross=False`` skips the rules across sections (e.g. when the teacher
+    comes from another manifest). Merged model settings (``for_model``) are kept."""
+    q = copy.copy(p)  # keeps the model merge markers of for_model
+    given = {k: v for k, v in values.items() if v[1] is not None}
+    for key, (_, value) in given.items():
+        section, name = key.split(".")
+        setattr(q, section, dataclasses.replace(getattr(q, section), **{name: value}))
+    flags = {k: f"{flag} {value if not isinstance(value, list) else value[0]}" for k, (flag, value) in given.items()}
+    for key in {k.split(".")[0] for k in given}:
+        check_fields(getattr(q, key), key, "", flags)
+    if cross:
+        check_across(q, "", flags)
+    return q
 
 
 _USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@:\s]*:?[^/?#@\s]*@")  # (scheme://)user[:pw]@host
@@ -406,4 +394,7 @@ def load_params(path="params.yaml") -> Params:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise OptstepsError(f"{path} is not valid YAML: {e}") from None
+    if data is None or data == {}:
+        raise OptstepsError(f"{path} is empty: it has no sections, so nothing would say which models to optimize; "
+                            "copy the repository's params.yaml and edit it, or pass --params PATH to another file.")
     return params_from_dict(data)

@@ -19,11 +19,12 @@ class OneEvaluation:
     run_id: str | None = None
     tracking_uri: str | None = None
     registration: dict | None = None
+    solver: str = ""  # the solver that ran (the schedule file's own unless one was given)
 
 
-def load_one_schedule(schedule: str, model, nfe: int, solver: str):
+def load_one_schedule(schedule: str, model, nfe: int, solver: str | None, default_solver: str):
     """A schedule JSON file as it is, or the baseline ``schedule`` (a kind) at ``nfe`` steps for the loaded
-    ``model``; run with ``solver``."""
+    ``model``; run with ``solver``, else the file's own solver spec, else ``default_solver``."""
     from optsteps.core.baselines import baseline
     from optsteps.core.schedule import Schedule
 
@@ -31,11 +32,12 @@ def load_one_schedule(schedule: str, model, nfe: int, solver: str):
         s = Schedule.load(schedule)
     else:
         s = baseline(schedule, model.noise_schedule, nfe, model=model.name)
+    solver = solver or s.solver or default_solver  # a file runs its own solver spec unless --solver is given
     return s.with_meta(solver=solver, model=s.model or model.name)
 
 
-def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: str = "unipc", n: int | None = None,
-                 inception_n: int | None = None, seed: int | None = None, start: int = 0,
+def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: str | None = None, n: int | None = None,
+                 inception_n: int | None = None, seed: int | None = None, start: int | None = None,
                  guidance: float | None = None, teacher: bool = True, log: bool = True, register: bool = False,
                  tracking_uri: str | None = None, geneval_prompts: str | None = None) -> OneEvaluation:
     """Evaluate one schedule on ``model`` (``n``, ``inception_n``, ``seed``: default the params' ``evaluate``
@@ -49,14 +51,18 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
     from optsteps.models import load_model
     from optsteps.pipeline.stages import champion_metric, evaluator_for
 
+    from optsteps.pipeline.config import override
+
     torch.set_num_threads(1)
     e = p.entry(model)
     p = p.for_model(e)
-    n = p.evaluate.n if n is None else n
-    inception_n = p.evaluate.inception_n if inception_n is None else inception_n
-    seed = p.evaluate.seed if seed is None else seed
+    p = override(p, {"evaluate.n": ("--n", n), "evaluate.inception_n": ("--inception-n", inception_n),
+                     "evaluate.seed": ("--seed", seed), "evaluate.start": ("--start", start),
+                     "evaluate.guidance": ("--guidance", guidance)}, cross=False)  # the params.yaml rules
+    n, inception_n, seed, start = p.evaluate.n, p.evaluate.inception_n, p.evaluate.seed, p.evaluate.start
     m = load_model(e, p.artifacts)
-    s = load_one_schedule(schedule, m, nfe, solver)
+    s = load_one_schedule(schedule, m, nfe, solver, p.evaluate.solvers[0])
+    solver = s.solver
     g = p.teacher.guidance if guidance is None else guidance
     ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
     t_end = None
@@ -73,13 +79,13 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
         sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
 
     def run():
-        return evaluate_schedule(m, s, solver, n, seed, start, g, teacher=t_end, evaluator=ev, return_samples=True,
-                                 geneval_prompts=geneval_prompts, prompt_sampler=sampler,
-                                 teacher_cfg=p.teacher if teacher else None)
+        return evaluate_schedule(m, s, dataclasses.replace(p.evaluate, guidance=g), solver=solver, teacher=t_end,
+                                 evaluator=ev, return_samples=True, geneval_prompts=geneval_prompts,
+                                 prompt_sampler=sampler, teacher_cfg=p.teacher if teacher else None)
 
     if not (log or register):
         metrics, _ = run()
-        return OneEvaluation(metrics)
+        return OneEvaluation(metrics, solver=solver)
     from optsteps.integrations.mlflow_registry import Registry
     from optsteps.io.provenance import params_hash
 
@@ -97,4 +103,4 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
     res = None
     if register:
         res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
-    return OneEvaluation(out, rid, reg.tracking_uri, res)
+    return OneEvaluation(out, rid, reg.tracking_uri, res, solver=solver)

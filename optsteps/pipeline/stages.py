@@ -257,28 +257,24 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
             for nfe, res in found.items()}
 
 
-def lambda_opt(params: Params, model, solver: str, nfe: int, **options) -> Schedule:
+def lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:
     """The λ-optimized schedule (``compute_lambda_opt``), written to ``schedule_path``."""
-    q, e = resolve(params, model)
-    sched = compute_lambda_opt(params, model, solver, nfe, **options)
+    q, e = resolve(p, model)
+    sched = compute_lambda_opt(p, model, solver, nfe, max_order=max_order, traj_dir=traj_dir)
     sched.save(schedule_path(q, e, "lambda-opt", solver, nfe))
     return sched
 
 
-def compute_lambda_opt(params: Params, model, solver: str, nfe: int, p_exp: float | None = None,
-                       error_model: str | None = None, max_order: int = 3, traj_dir=None,
-                       trunc: int | None = None) -> Schedule:
-    """The λ-optimizer's schedule (``p_exp``: the error model's exponent p, default ``lambda_opt.p``); nothing is
-    written."""
+def compute_lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:
+    """The λ-optimized schedule of ``model`` for ``solver`` (at order ≤ ``max_order``) and NFE, with the options
+    ``p.lambda_opt`` (command-line flags arrive there through ``config.override``); nothing is written."""
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
-    q, e = resolve(params, model)
-    ns = noise_schedule_for(e, q.artifacts)
-    em = error_model or q.lambda_opt.error_model
-    eps_fn = empirical_eps_for(q, e, traj_dir) if em == "empirical" else None
+    p, e = resolve(p, model)
+    ns = noise_schedule_for(e, p.artifacts)
+    eps_fn = empirical_eps_for(p, e, traj_dir) if p.lambda_opt.error_model == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    return lambda_opt_schedule(ns, nfe, p=q.lambda_opt.p if p_exp is None else p_exp, model=e.name, solver=spec,
-                               error_model=em, eps_fn=eps_fn, trunc=trunc)
+    return lambda_opt_schedule(ns, nfe, spec, p.lambda_opt, eps_fn=eps_fn, model=e.name)
 
 
 def empirical_eps_for(p: Params, model, traj_dir=None):
@@ -355,10 +351,9 @@ def evaluator_for(p: Params, model, progress: bool = False, inception_n: int | N
         if not classifier_record_path(p).is_file():
             raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
         classifier = load_classifier(clf_dir)
-    return Evaluator(classifier, ev.cache_dir, inception_n=ev.inception_n if inception_n is None else inception_n,
-                     kid_subsets=ev.kid_subsets,
-                     teacher_inception_n=teacher_inception_n(p, e), reference_images=ev.reference_images or None,
-                     bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed, progress=progress)
+    if inception_n is not None:
+        ev = dataclasses.replace(ev, inception_n=inception_n)
+    return Evaluator.from_options(classifier, ev, teacher_inception_n=teacher_inception_n(p, e), progress=progress)
 
 
 def evaluate(p: Params, model) -> Path:
@@ -396,10 +391,9 @@ def evaluate(p: Params, model) -> Path:
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
-    rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
-                                    guidance=p.evaluate.guidance, evaluator=evaluator,
-                                    distill_samples=p.trajectories.samples, return_resamples=True,
-                                    on_images=save_grid_of)
+    rows, resamples = evaluate_grid(m, schedules, p.teacher, dataclasses.replace(p.evaluate, progress=True),
+                                    evaluator=evaluator, distill_samples=p.trajectories.samples,
+                                    return_resamples=True, on_images=save_grid_of)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)

@@ -13,6 +13,7 @@ Pieces (all pure functions on floats / numpy arrays):
 - ``default_orders``: k_s = 1, 2, 3, …, 3, 2, 1                               (§2.3)
 - ``analytic_eps``: ε_n = σ_n^p/α_n with VP-equivalent α, σ of λ              (§2.2)
 - ``objective`` / ``objective_and_grad``: F(λ) and its exact gradient          (§2.5)
+- ``LambdaOptOptions``: the options (params.yaml ``lambda_opt`` and the solver's knobs)
 - ``optimize_lambdas``: trust-constr with one LinearConstraint, multi-start    (§2.6, §2.7)
 - ``lambda_opt_schedule``: the ``Schedule`` for a noise schedule               (§2.8, §2.9)
 - ``empirical_eps`` / ``fit_p``: a measured error model instead of σ^p/α.
@@ -45,6 +46,7 @@ from optsteps.optimizers.lambda_opt.error_models import (
                                                        fit_p,
 )
 from optsteps.optimizers.lambda_opt.objective import objective, objective_and_grad
+from optsteps.optimizers.lambda_opt.options import MAX_NFE, LambdaOptOptions
 from optsteps.optimizers.lambda_opt.orders import check_orders, default_orders, default_trunc
 from optsteps.optimizers.lambda_opt.schedule import (
                                                        DEFAULT_LAMBDA_CEILING,
@@ -57,7 +59,8 @@ from optsteps.optimizers.lambda_opt.solve import DEFAULT_STARTS, LambdaOptResult
 from optsteps.optimizers.lambda_opt.weights import exp_moments, lagrange_weights, step_weights
 
 __all__ = ["DEFAULT_LAMBDA_CEILING", "DEFAULT_LAMBDA_FLOOR", "DEFAULT_STARTS", "ERROR_MODELS", "EmpiricalEps",
-           "LambdaOptResult", "PFit", "analytic_eps", "analytic_eps_dlog", "check_orders", "default_orders",
+           "LambdaOptOptions", "LambdaOptResult", "MAX_NFE",
+           "PFit", "analytic_eps", "analytic_eps_dlog", "check_orders", "default_orders",
            "default_trunc", "empirical_eps", "exp_moments", "fit_p", "lagrange_weights", "lambda_opt_schedule",
            "lambda_window", "objective", "objective_and_grad", "optimize_lambdas", "schedule_lambdas",
            "start_lambdas", "step_weights"]

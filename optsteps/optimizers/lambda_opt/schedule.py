@@ -2,21 +2,18 @@
 the optimisation, and the map back to times t(λ_i) (docs/algorithms.md §2.8, §2.9)."""
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.lambda_opt.error_models import ERROR_MODELS
+from optsteps.optimizers.lambda_opt.options import DEFAULT_LAMBDA_CEILING, DEFAULT_LAMBDA_FLOOR, LambdaOptOptions
 from optsteps.optimizers.lambda_opt.orders import check_nfe
-from optsteps.optimizers.lambda_opt.solve import DEFAULT_STARTS, optimize_lambdas
-
-DEFAULT_LAMBDA_FLOOR = -7.0
-
-
-DEFAULT_LAMBDA_CEILING = 7.0
+from optsteps.optimizers.lambda_opt.solve import optimize_lambdas
 
 
 def lambda_window(noise_schedule, t_start: float, t_end: float, lambda_floor: float | None = None,
@@ -49,23 +46,22 @@ def schedule_lambdas(schedule, lambda_floor: float | None = None, lambda_ceiling
     return lam
 
 
-def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | None = None, orders=None,
-                        t_start: float | None = None, t_end: float | None = None, lambda_floor: float | None = None,
-                        error_model: str = "analytic", eps_fn: Callable | None = None,
-                        lambda_ceiling: float | None = None, starts: Sequence = DEFAULT_STARTS,
-                        model: str = "", solver: str | SolverSpec = "unipc", min_gap: float | None = None,
-                        maxiter: int = 200, probe_iter: int = 30, max_gap: float | None = None):
+def lambda_opt_schedule(noise_schedule, nfe: int, solver: str | SolverSpec, options: LambdaOptOptions | None = None, *,
+                        eps_fn: Callable | None = None, model: str = ""):
     """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (docs/algorithms.md §2).
 
-    Endpoints default to the family's default_t_start / default_t_end. The optimisation runs on the λ window
-    of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are ±∞, cosine VP reaches ≈ −10);
-    interior times are t(λ_i) with the schedule's exact inverse, endpoint times are exactly t_start, t_end.
+    ``solver`` is the student (its step orders are the default order pattern); ``options`` (``LambdaOptOptions``)
+    the error model and the optimisation. Endpoints default to the family's default_t_start / default_t_end. The
+    optimisation runs on the λ window of ``lambda_window`` (floor −7, ceiling +7 by default: flow endpoints are
+    ±∞, cosine VP reaches ≈ −10); interior times are t(λ_i) with the schedule's exact inverse, endpoint times are exactly t_start, t_end.
     ``error_model``: "analytic" (ε = σ^p/α) or "empirical" (then ``eps_fn`` = ``empirical_eps(...)``).
     Extra fields: objective, objective_uniform_lambda, p, trunc, wall_time_s, orders, lambda_window,
     error_model, best_start.
     """
     from optsteps.core.schedule import from_lambdas
 
+    o = LambdaOptOptions() if options is None else options
+    error_model, orders = o.error_model, o.orders
     nfe = check_nfe(nfe)
     spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver)
     if orders is None:
@@ -76,15 +72,14 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
         raise OptstepsError("error_model='empirical' needs eps_fn; build it with empirical_eps(teacher_lambdas, errors).")
     if error_model == "analytic" and eps_fn is not None:
         raise OptstepsError("eps_fn was given with error_model='analytic'; pass error_model='empirical' to use it.")
-    ts = noise_schedule.default_t_start() if t_start is None else float(t_start)
-    te = noise_schedule.default_t_end() if t_end is None else float(t_end)
+    ts = noise_schedule.default_t_start() if o.t_start is None else float(o.t_start)
+    te = noise_schedule.default_t_end() if o.t_end is None else float(o.t_end)
     noise_schedule.check_t([ts, te], "t_start/t_end")
     if not ts > te:
         raise OptstepsError(f"t_start = {ts:.6g} must be greater than t_end = {te:.6g} (sampling runs noise → data); swap them.")
-    lo, hi = lambda_window(noise_schedule, ts, te, lambda_floor, lambda_ceiling)
-    res = optimize_lambdas(lo, hi, nfe, p=p, trunc=trunc, orders=orders, starts=starts, eps_fn=eps_fn,
-                           noise_schedule=noise_schedule, t_start=ts, t_end=te, min_gap=min_gap,
-                           maxiter=maxiter, probe_iter=probe_iter, max_gap=max_gap)
+    lo, hi = lambda_window(noise_schedule, ts, te, o.lambda_floor, o.lambda_ceiling)
+    res = optimize_lambdas(lo, hi, nfe, dataclasses.replace(o, orders=orders, t_start=ts, t_end=te), eps_fn=eps_fn,
+                           noise_schedule=noise_schedule)
     extra = {
         "objective": res.objective,
         "objective_uniform_lambda": res.objective_uniform_lambda,
@@ -95,7 +90,7 @@ def lambda_opt_schedule(noise_schedule, nfe: int, p: float = 1.0, trunc: int | N
         "lambda_window": [lo, hi],
         "error_model": error_model,
         "best_start": res.best_start,
-        **({"max_gap": float(max_gap)} if max_gap is not None else {}),
+        **({"max_gap": float(o.max_gap)} if o.max_gap is not None else {}),
     }
     extra.update(spec.json_fields())
     return from_lambdas(res.lambdas, noise_schedule, ts, te, model=model, method="lambda-opt", solver=spec.name,

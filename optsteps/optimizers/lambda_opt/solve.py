@@ -10,10 +10,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from optsteps.errors import OptstepsError
-from optsteps.optimizers.lambda_opt.objective import objective_core, ObjectivePlan, objective_terms
-from optsteps.optimizers.lambda_opt.orders import check_nfe, check_p, check_trunc, check_orders
-
-DEFAULT_STARTS = ("uniform_lambda", "uniform_t", "karras")
+from optsteps.optimizers.lambda_opt.objective import ObjectivePlan, objective_core, objective_terms
+from optsteps.optimizers.lambda_opt.options import DEFAULT_STARTS, LambdaOptOptions
+from optsteps.optimizers.lambda_opt.orders import check_nfe, check_orders, check_p, check_trunc
 
 
 def _bound_gaps(h: np.ndarray, lo_g: float, hi_g: float, total: float) -> np.ndarray:
@@ -198,19 +197,17 @@ def _single_thread_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float = 1.0, trunc: int | None = None,
-                     orders=None, starts: Sequence = DEFAULT_STARTS, eps_fn: Callable | None = None,
-                     noise_schedule=None, t_start: float | None = None, t_end: float | None = None,
-                     min_gap: float | None = None, maxiter: int = 200, probe_iter: int = 30,
-                     gtol: float = 1e-8, xtol: float = 1e-10, gradient: str = "analytic",
-                     max_gap: float | None = None) -> LambdaOptResult:
+def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: LambdaOptOptions | None = None, *,
+                     eps_fn: Callable | None = None, noise_schedule=None) -> LambdaOptResult:
     """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
     ``scipy.optimize.minimize(method="trust-constr")`` with the analytic gradient (``objective_and_grad``)
     on the smooth epigraph form of F (``_EpigraphProblem``) and one ``LinearConstraint``
-    λ_{i+1} − λ_i ≥ δ (i = 0 … K−1), δ = ``min_gap`` (default 10⁻³ of the uniform spacing), so the
-    order-2/3 weights never divide by zero (§2.6, §2.7). ``max_gap`` (default None: no bound) adds
+    λ_{i+1} − λ_i ≥ δ (i = 0 … K−1), δ = ``options.min_gap`` (default 10⁻³ of the uniform spacing), so the
+    order-2/3 weights never divide by zero (§2.6, §2.7). ``options.max_gap`` (default None: no bound) adds
     λ_{i+1} − λ_i ≤ max_gap to the same constraint (a guard against the T_c = 0 minimum's huge step, §2.5).
+    ``options`` (``LambdaOptOptions``) also holds p, trunc, orders, the starts and the budget; its t_start /
+    t_end place the "uniform_t" start.
 
     Multi-start from each entry of ``starts``: "uniform_lambda", "uniform_t" (skipped without
     ``noise_schedule``), "karras" (``start_lambdas``), or arrays of K + 1 λ. Budget: every start runs
@@ -224,6 +221,10 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, p: float 
     degenerate region (a collapsed first gap, then one huge step) that this optimiser reaches and a weaker one
     misses; the schedule there is bad (docs/algorithms.md §2.5). ``max_gap`` keeps the solution out of it.
     """
+    o = LambdaOptOptions() if options is None else options
+    p, trunc, orders, starts, t_start, t_end = o.p, o.trunc, o.orders, o.starts, o.t_start, o.t_end
+    min_gap, maxiter, probe_iter, gtol, xtol, gradient, max_gap = (o.min_gap, o.maxiter, o.probe_iter, o.gtol, o.xtol,
+                                                                   o.gradient, o.max_gap)
     if gradient not in ("analytic", "2-point"):
         raise OptstepsError(f"unknown gradient {gradient!r}; use 'analytic' or '2-point'.")
     t0 = time.perf_counter()

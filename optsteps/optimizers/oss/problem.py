@@ -14,9 +14,9 @@ F64 = torch.float64
 STUDENT_MAX_ORDER = 2  # a DP node carries one previous model output, so students run at order ≤ 2
 
 
-def check_choice(value, options, what):
-    if value not in options:
-        raise OptstepsError(f"unknown {what} {value!r}; use one of {', '.join(options)}.")
+def check_choice(value, choices, what):
+    if value not in choices:
+        raise OptstepsError(f"unknown {what} {value!r}; use one of {', '.join(choices)}.")
 
 
 def student_spec(solver: str, lower_order_final: bool = True) -> SolverSpec:

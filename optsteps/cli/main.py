@@ -297,8 +297,15 @@ def _mount_apply():
     app.command("apply")(apply_command)
 
 
+def _mount_plan():
+    from optsteps.cli.plan import plan_command
+
+    app.command("plan")(plan_command)
+
+
 _mount_registry()
 _mount_apply()
+_mount_plan()
 
 
 def main():

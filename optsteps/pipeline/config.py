@@ -27,7 +27,7 @@ from optsteps.errors import OptstepsError
 from optsteps.integrations.ray_pool import RayConfig
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
-from optsteps.models.entries import ModelEntry, entry_for, parse_entry
+from optsteps.models.entries import ModelEntry, entry_for, parse_budget, parse_entry
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -100,6 +100,14 @@ class FlowConfig:
     task_workers: int = 2
 
 
+PIPELINE_DEFAULTS = {  # = params.yaml pipeline_defaults (chosen from benchmarks/cost_quality.py: docs/costs.md)
+    "teacher": {"steps": 50},
+    "trajectories": {"samples": 16, "shard_size": 16},
+    "oss": {"samples": 16},
+    "evaluate": {"baseline_nfe": [], "n": 32},
+}
+
+
 @dataclass
 class Params:
     artifacts: str = "artifacts"
@@ -115,6 +123,8 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    budget: dict = field(default_factory=dict)  # every model's budget unless its entry has one (pipeline/plan.py)
+    pipeline_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in PIPELINE_DEFAULTS.items()})
 
     def entry(self, model) -> ModelEntry:
         """The ``ModelEntry`` a ``--model`` argument means (an entry's name, a built-in name, or a pipeline
@@ -205,6 +215,15 @@ def params_from_dict(d: dict) -> Params:
     for key, cls in SECTIONS.items():
         if key in d:
             setattr(p, key, _build(cls, d[key], key))
+    if "budget" in d:
+        p.budget = parse_budget(d["budget"], "params.yaml budget")
+    if "pipeline_defaults" in d:
+        raw = d["pipeline_defaults"] or {}
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()) \
+                or set(raw) - set(OVERRIDABLE):
+            raise OptstepsError(f"params.yaml pipeline_defaults must map sections of {sorted(OVERRIDABLE)} to "
+                                f"settings (what every pipeline entry gets before its own overrides), got {raw!r}.")
+        p.pipeline_defaults = raw
     if "models" in d:
         p.models = _models(d["models"])
     _check(p, "")
@@ -247,14 +266,24 @@ def _models(raw) -> dict:
 
 
 def _merged(p: Params, e: ModelEntry) -> Params:
+    """A pipeline entry gets ``pipeline_defaults`` first, then every entry its guidance and ``overrides``; a
+    budget (the entry's, else the top-level one) then scales the settings to fit (``plan.fit_budget``)."""
     sections = {}
     for key, cls in OVERRIDABLE.items():
         base = dataclasses.asdict(getattr(p, key))
+        if e.is_pipeline:
+            base.update(p.pipeline_defaults.get(key, {}))
         if e.guidance is not None and key in ("teacher", "evaluate"):
             base["guidance"] = e.guidance
         base.update(e.overrides.get(key, {}))
         sections[key] = _build(cls, base, f"models.{e.name}.overrides.{key}")
-    return dataclasses.replace(p, **sections)
+    q = dataclasses.replace(p, **sections)
+    budget = e.budget or p.budget
+    if budget:
+        from optsteps.pipeline.plan import fit_budget
+
+        q = fit_budget(q, e, budget)
+    return q
 
 
 def _need(ok: bool, key: str, value, rule: str, where: str) -> None:

@@ -191,6 +191,12 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
         m = load_model(e, q.artifacts)
     if own:
         _drop_stale_shards(out, m, q.teacher)
+    from optsteps.pipeline.plan import batching, teacher_cost
+    from optsteps.teacher.trajectories import shard_ranges
+
+    c = teacher_cost(q.teacher.steps, shard_ranges(q.trajectories.samples, q.trajectories.shard_size),
+                     batching(m, e, q.teacher.guidance))
+    log.info("teacher %s: %d forwards in %d network calls (existing shards are skipped)", e.name, c.forwards, c.calls)
     return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
 
 
@@ -382,22 +388,22 @@ def teacher_inception_n(p: Params, model) -> int:
 
 
 def evaluation_schedules(p: Params, model) -> list[Schedule]:
-    """The evaluation grid of ``model``: baselines × solvers × (``evaluate.nfe`` ∪ ``evaluate.baseline_nfe``) plus
-    every optimized schedule on disk whose solver and NFE are in ``evaluate.nfe``."""
+    """The evaluation grid of ``model`` (``plan.evaluation_rows``: baselines × solvers × (``evaluate.nfe`` ∪
+    ``evaluate.baseline_nfe``) plus every optimized schedule its stage makes for an evaluated solver and NFE),
+    the optimized ones read from disk where they exist."""
     from optsteps.core.baselines import baseline
+    from optsteps.pipeline.plan import evaluation_rows
 
     p, e = resolve(p, model)
     ns = noise_schedule_for(e, p.artifacts)
-    ev = p.evaluate
-    base_nfe = sorted(set(ev.nfe) | set(ev.baseline_nfe))
-    out = [baseline(kind, ns, nfe, model=e.name).with_meta(solver=solver)
-           for solver in ev.solvers for kind in ev.baselines for nfe in base_nfe]
-    for method in METHOD_DIRS:
-        for solver in ev.solvers:
-            for nfe in ev.nfe:
-                path = schedule_path(p, e, method, solver, nfe)
-                if path.is_file():
-                    out.append(Schedule.load(path))
+    out = []
+    for method, solver, nfe in evaluation_rows(p, e):
+        if method in METHOD_DIRS:
+            path = schedule_path(p, e, method, solver, nfe)
+            if path.is_file():
+                out.append(Schedule.load(path))
+        else:
+            out.append(baseline(method, ns, nfe, model=e.name).with_meta(solver=solver))
     return out
 
 

@@ -65,21 +65,23 @@ def test_budget_scales_down_the_ladder_and_says_what_it_chose(tmp_path):
     need = planmod.planned_forwards(free.for_model("digits"))
     same = params_from_dict(small(tmp_path, budget={"forwards": need},
                                   oss={"nfe": [2, 3], "solvers": ["ddim"], "samples": 5, "refine": False}))
-    q = same.for_model("digits")
+    q = planmod.budgeted(same, "digits")
     assert (q.oss.samples, q.teacher.steps, q.evaluate.n) == (5, 10, 6) and "≤ budget" in q._budget_choice
     big = params_from_dict({"budget": {"forwards": 60_000}})  # the default digits run plans ≈ 1.3 M
-    q = big.for_model("digits")
+    q = planmod.budgeted(big, "digits")
     f = planmod.planned_forwards(q)
     assert f <= 60_000 and q.oss.samples < 64 and not q.oss.refine
     assert plan(big, "digits", measure=False).total("digits") == f
     assert "digits" in plan(big, "digits", measure=False).budget
     hours = params_from_dict({"budget": {"gpu_hours": 1.0, "forward_ms": 100.0}})  # 36,000 forwards
-    assert planmod.planned_forwards(hours.for_model("digits")) <= 36_000
+    assert planmod.planned_forwards(planmod.budgeted(hours, "digits")) <= 36_000
+    assert stages.resolve(big, "digits")[0].oss.samples == q.oss.samples  # the stages run the budgeted settings
+    assert stages.resolve(big, "digits")[0].for_model("digits") is stages.resolve(big, "digits")[0].for_model("digits")
 
 
 def test_a_budget_below_the_cheapest_plan_is_refused_with_one_line():
     with pytest.raises(OptstepsError, match="even the cheapest useful plan needs"):
-        params_from_dict({"budget": {"forwards": 1000}})
+        planmod.budgeted(params_from_dict({"budget": {"forwards": 1000}}), "digits")
     with pytest.raises(OptstepsError, match="budget must be"):
         params_from_dict({"budget": {"hours": 1}})
     with pytest.raises(OptstepsError, match="gpu_hours must be a positive"):

@@ -123,7 +123,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    budget: dict = field(default_factory=dict)  # every model's budget unless its entry has one (pipeline/plan.py)
+    budget: dict = field(default_factory=dict)  # every model's budget unless its entry has one (plan.budgeted)
     pipeline_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in PIPELINE_DEFAULTS.items()})
 
     def entry(self, model) -> ModelEntry:
@@ -266,8 +266,8 @@ def _models(raw) -> dict:
 
 
 def _merged(p: Params, e: ModelEntry) -> Params:
-    """A pipeline entry gets ``pipeline_defaults`` first, then every entry its guidance and ``overrides``; a
-    budget (the entry's, else the top-level one) then scales the settings to fit (``plan.fit_budget``)."""
+    """A pipeline entry gets ``pipeline_defaults`` first, then every entry its guidance and ``overrides`` (a budget
+    is applied by the stages on top: ``pipeline.plan.budgeted``)."""
     sections = {}
     for key, cls in OVERRIDABLE.items():
         base = dataclasses.asdict(getattr(p, key))
@@ -277,13 +277,7 @@ def _merged(p: Params, e: ModelEntry) -> Params:
             base["guidance"] = e.guidance
         base.update(e.overrides.get(key, {}))
         sections[key] = _build(cls, base, f"models.{e.name}.overrides.{key}")
-    q = dataclasses.replace(p, **sections)
-    budget = e.budget or p.budget
-    if budget:
-        from optsteps.pipeline.plan import fit_budget
-
-        q = fit_budget(q, e, budget)
-    return q
+    return dataclasses.replace(p, **sections)
 
 
 def _need(ok: bool, key: str, value, rule: str, where: str) -> None:

@@ -119,17 +119,13 @@ def evaluation_rows(p: Params, e) -> list[tuple[str, str, int]]:
     return rows
 
 
-def evaluation_batch_size() -> int:
-    """Samples per ``generate`` batch of the evaluation (``evaluate_grid``'s own default)."""
-    from optsteps.evaluate.run import evaluate_grid
-
-    return inspect.signature(evaluate_grid).parameters["batch_size"].default
+EVAL_BATCH = 500  # samples per ``generate`` batch of the evaluate stage (it passes this to ``evaluate_grid``)
 
 
 def evaluation_cost(rows, n: int, teacher_steps: int, batch: Batching, teacher_cached: bool = False) -> Cost:
     """The evaluation: the teacher reference row (``teacher_steps`` × n, none when its endpoints are cached) and
     Σ nfe × n over the rows, in batches of ``evaluation_batch_size``."""
-    size = evaluation_batch_size()
+    size = EVAL_BATCH
     out = Cost(samples=n, batch=min(size, n))
     if not teacher_cached:
         out += run_cost(teacher_steps, n, batch, size)
@@ -304,7 +300,7 @@ def model_plan(p: Params, model, forward_ms: float | None = None, measure: bool 
     """The stages of one model (``p``: the params; the model's own settings are merged in here)."""
     from optsteps.teacher.trajectories import shard_ranges
 
-    q = p.for_model(model)
+    q = budgeted(p, model)
     e = q.entry(model)
     card = _card(e, q)
     teach, ev = batching(card, e, q.teacher.guidance), batching(card, e, q.evaluate.guidance)
@@ -373,7 +369,7 @@ def plan(params: Params, model=None, forward_ms: float | None = None, measure: b
         raise OptstepsError(f"--forward-ms {forward_ms}: give the milliseconds of one per-sample forward (> 0).")
     out = Plan()
     for name in ([model] if model is not None else list(params.models)):
-        q = params.for_model(name)
+        q = budgeted(params, name)
         out.stages += model_plan(params, name, forward_ms, measure)
         if getattr(q, "_budget_choice", None):
             out.budget[q.entry(name).name] = q._budget_choice
@@ -419,6 +415,14 @@ def _rung(q: Params, s: int, n: int, refine: bool, n_eval: int) -> Params:
         evaluate=dataclasses.replace(q.evaluate, n=min(n_eval, q.evaluate.n)))
 
 
+def budgeted(p: Params, model) -> Params:
+    """``p.for_model(model)`` scaled to the model's budget (its entry's, else the top-level one; none: as is)."""
+    q = p.for_model(model)
+    e = q.entry(model)
+    budget = e.budget or q.budget
+    return fit_budget(q, e, budget) if budget else q
+
+
 def fit_budget(q: Params, e, budget: dict) -> Params:
     """``q`` scaled down the ``BUDGET_LADDER`` to the first rung (the settings as configured first) whose planned
     forwards fit ``budget``; the choice is kept as ``q._budget_choice`` (``optsteps plan`` prints it). Refuses
@@ -431,6 +435,9 @@ def fit_budget(q: Params, e, budget: dict) -> Params:
         f = planned_forwards(c)
         tried.append(f)
         if f is not None and f <= limit:
+            for k in ("_for_model", "_base"):  # still merged for this model (for_model returns it as is)
+                if hasattr(q, k):
+                    setattr(c, k, getattr(q, k))
             c._budget_choice = (f"{f:,} forwards ≤ budget {limit:,}: oss.samples {c.oss.samples}, teacher.steps "
                                 f"{c.teacher.steps}, oss.refine {c.oss.refine}, evaluate.n {c.evaluate.n}, "
                                 f"trajectories.samples {c.trajectories.samples}")

@@ -35,9 +35,11 @@ log = logging.getLogger("optsteps.pipeline")
 
 
 def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
-    """(the params with the model's own settings merged in, its entry)."""
+    """(the params with the model's own settings merged in and scaled to its budget, if any; its entry)."""
+    from optsteps.pipeline.plan import budgeted
+
     e = p.entry(model)
-    return p.for_model(e), e
+    return budgeted(p, e), e
 
 
 def model_name(p: Params, model) -> str:
@@ -467,7 +469,10 @@ def evaluate(p: Params, model) -> Path:
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
+    from optsteps.pipeline.plan import EVAL_BATCH
+
     rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
+                                    batch_size=EVAL_BATCH,
                                     guidance=p.evaluate.guidance, evaluator=evaluator,
                                     distill_samples=p.trajectories.samples, return_resamples=True,
                                     on_images=save_grid_of)

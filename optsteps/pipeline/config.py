@@ -103,7 +103,7 @@ class FlowConfig:
 PIPELINE_DEFAULTS = {  # = params.yaml pipeline_defaults (chosen from benchmarks/cost_quality.py: docs/costs.md)
     "teacher": {"steps": 50},
     "trajectories": {"samples": 16, "shard_size": 16},
-    "oss": {"samples": 16},
+    "oss": {"samples": 16, "refine_radius": 1},
     "evaluate": {"baseline_nfe": [], "n": 32},
 }
 

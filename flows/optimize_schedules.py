@@ -146,6 +146,9 @@ def _paths(futures) -> list[str]:
 def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     p = load_params(params_path)
     digest = params_digest(params_path)
+    from optsteps.pipeline.plan import plan  # the bill before the work (counts; `optsteps plan` adds an ETA)
+
+    print(plan(p, measure=False).table())
     if p.ray.enabled:  # ray.init belongs in the main thread (the flow body), not in a task's worker thread
         from optsteps.integrations.ray_pool import init_ray
 

@@ -24,7 +24,7 @@ from optsteps.pipeline.config import SECTIONS, Params, load_params, param_fields
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 DEFAULT = Params()
-SCALARS = ("artifacts", "results", "models")  # the top-level keys that are values, not sections
+SCALARS = ("artifacts", "results", "models", "budget", "pipeline_defaults")  # the top-level keys that are values, not sections
 
 
 def names(cls) -> set:

@@ -248,7 +248,11 @@ def stage_identify(model: str = typer.Option(..., "--model"), params: str = Para
     """Write the model's content identity to artifacts/identity/MODEL.json (changes only with the model)."""
     import optsteps.pipeline.stages as stages
 
-    typer.echo(f"wrote {stages.identify(_params(params), model)}")
+    from optsteps.pipeline.plan import plan
+
+    p = _params(params)
+    typer.echo(f"wrote {stages.identify(p, model)}")
+    typer.echo(plan(p, model, measure=False).table())  # what `dvc repro` shows before the work
 
 
 @stage_app.command("model")
@@ -306,8 +310,15 @@ def _mount_apply():
     app.command("apply")(apply_command)
 
 
+def _mount_plan():
+    from optsteps.cli.plan import plan_command
+
+    app.command("plan")(plan_command)
+
+
 _mount_registry()
 _mount_apply()
+_mount_plan()
 
 
 def main():

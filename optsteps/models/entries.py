@@ -36,7 +36,8 @@ from optsteps.models.names import BUILTIN, CLASSIFIER, EMBEDDED, RESERVED, is_sl
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 PIPELINE_KEYS = ("pipeline", "prompts", "height", "width", "dtype", "device", "max_batch", "options")
-KEYS = PIPELINE_KEYS + ("guidance", "overrides")
+KEYS = PIPELINE_KEYS + ("guidance", "overrides", "budget")
+BUDGET_KEYS = ("forwards", "gpu_hours", "forward_ms")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ModelEntry:
     max_batch: int = 16  # rows per network call (text pipelines)
     overrides: dict = field(default_factory=dict, hash=False)  # {section: {key: value}}, checked by the pipeline layer
     options: dict = field(default_factory=dict, hash=False)  # the pipeline's own options (``PIPELINE_OPTIONS``)
+    budget: dict = field(default_factory=dict, hash=False)  # {forwards: N} | {gpu_hours: H, forward_ms: X} (plan)
 
     @property
     def is_pipeline(self) -> bool:
@@ -95,7 +97,8 @@ def parse_entry(name, raw) -> ModelEntry:
         if extra:
             raise OptstepsError(f"{_where(name)}: {extra} apply to diffusers pipelines only; {name!r} is embedded "
                                 "(remove them, or add `pipeline:` under another name).")
-        return ModelEntry(name, guidance=_number(name, raw, "guidance"), overrides=_overrides(name, raw))
+        return ModelEntry(name, guidance=_number(name, raw, "guidance"), overrides=_overrides(name, raw),
+                          budget=parse_budget(raw.get("budget"), _where(name, "budget")))
     if name in RESERVED:
         raise OptstepsError(f"{_where(name)}: {name!r} is the name of a built-in model; give your pipeline "
                             "another name (e.g. its folder's name).")
@@ -107,7 +110,7 @@ def parse_entry(name, raw) -> ModelEntry:
         height=_positive(name, raw, "height"), width=_positive(name, raw, "width"),
         dtype=_choice(name, raw, "dtype", DTYPES), device=_device(name, raw),
         max_batch=_positive(name, raw, "max_batch") or 16, overrides=_overrides(name, raw),
-        options=_options(name, raw))
+        options=_options(name, raw), budget=parse_budget(raw.get("budget"), _where(name, "budget")))
     check_pipeline_entry(entry)
     return entry
 
@@ -212,6 +215,22 @@ def _options(name, raw) -> dict:
         if k == "negative_prompt" and not isinstance(x, str):
             raise OptstepsError(f"{_where(name, 'options.negative_prompt')} must be a string, got {x!r}.")
     return dict(v)
+
+
+def parse_budget(raw, where: str) -> dict:
+    """A checked budget: ``{}`` (none), ``{forwards: N}`` (per-sample model forwards of the model's stages) or
+    ``{gpu_hours: H, forward_ms: X}`` (X: ms of one per-sample forward; ``optsteps plan`` measures it)."""
+    if raw is None or raw == {}:
+        return {}
+    if not isinstance(raw, dict) or sorted(raw) not in (["forwards"], ["forward_ms", "gpu_hours"]):
+        raise OptstepsError(f"{where} must be {{forwards: N}} or {{gpu_hours: H, forward_ms: X}} (X: ms per "
+                            f"per-sample forward, e.g. from `optsteps plan`), got {raw!r}.")
+    for k, v in raw.items():
+        ok = not isinstance(v, bool) and (isinstance(v, int) if k == "forwards" else isinstance(v, (int, float)))
+        if not ok or not 0 < v < float("inf"):
+            raise OptstepsError(f"{where}.{k} must be a positive {'integer' if k == 'forwards' else 'number'}, "
+                                f"got {v!r}.")
+    return dict(raw)
 
 
 def _overrides(name, raw) -> dict:

@@ -36,7 +36,7 @@ from optsteps.evaluate.options import EvaluateOptions
 from optsteps.integrations.ray_pool import RayConfig
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
-from optsteps.models.entries import ModelEntry, entry_for, parse_entry
+from optsteps.models.entries import ModelEntry, entry_for, parse_budget, parse_entry
 from optsteps.optimizers.lambda_opt.options import LambdaOptOptions
 from optsteps.optimizers.oss.options import OSSOptions
 from optsteps.teacher.config import TeacherConfig
@@ -74,6 +74,14 @@ class FlowConfig:
     task_workers: int = field(default=2, metadata={"range": (0, MAX_SAMPLES)})
 
 
+PIPELINE_DEFAULTS = {  # = params.yaml pipeline_defaults (chosen from benchmarks/cost_quality.py: docs/costs.md)
+    "teacher": {"steps": 50},
+    "trajectories": {"samples": 16, "shard_size": 16},
+    "oss": {"samples": 16, "refine_radius": 1},
+    "evaluate": {"baseline_nfe": [], "n": 32},
+}
+
+
 @dataclass
 class Params:
     artifacts: str = "artifacts"
@@ -89,6 +97,8 @@ class Params:
     evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    budget: dict = field(default_factory=dict)  # every model's budget unless its entry has one (plan.budgeted)
+    pipeline_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in PIPELINE_DEFAULTS.items()})
 
     def entry(self, model) -> ModelEntry:
         """The ``ModelEntry`` a ``--model`` argument means (an entry's name, a built-in name, or a pipeline
@@ -184,6 +194,15 @@ def params_from_dict(d: dict) -> Params:
     for key, cls in SECTIONS.items():
         if key in d:
             setattr(p, key, _build(cls, d[key], key))
+    if "budget" in d:
+        p.budget = parse_budget(d["budget"], "params.yaml budget")
+    if "pipeline_defaults" in d:
+        raw = d["pipeline_defaults"] or {}
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()) \
+                or set(raw) - set(OVERRIDABLE):
+            raise OptstepsError(f"params.yaml pipeline_defaults must map sections of {sorted(OVERRIDABLE)} to "
+                                f"settings (what every pipeline entry gets before its own overrides), got {raw!r}.")
+        p.pipeline_defaults = raw
     if "models" in d:
         p.models = _models(d["models"])
     check_params(p)
@@ -226,10 +245,14 @@ def _models(raw) -> dict:
 
 
 def _merged(p: Params, e: ModelEntry) -> Params:
+    """A pipeline entry gets ``pipeline_defaults`` first, then every entry its guidance and ``overrides`` (a budget
+    is applied by the stages on top: ``pipeline.plan.budgeted``)."""
     sections = {}
     for key, cls in OVERRIDABLE.items():
         sec = getattr(p, key)
         base = {f.name: copy.deepcopy(getattr(sec, f.name)) for f in param_fields(cls)}
+        if e.is_pipeline:
+            base.update(copy.deepcopy(p.pipeline_defaults.get(key, {})))
         if e.guidance is not None and key in ("teacher", "evaluate"):
             base["guidance"] = e.guidance
         base.update(e.overrides.get(key, {}))

@@ -31,9 +31,11 @@ log = logging.getLogger("optsteps.pipeline")
 
 
 def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
-    """(the params with the model's own settings merged in, its entry)."""
+    """(the params with the model's own settings merged in and scaled to its budget, if any; its entry)."""
+    from optsteps.pipeline.plan import budgeted
+
     e = p.entry(model)
-    return p.for_model(e), e
+    return budgeted(p, e), e
 
 
 def lambda_opt_all(p: Params, model) -> list[Path]:
@@ -166,6 +168,12 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
         m = load_model(e, q.artifacts)
     if own:
         drop_stale_shards(out, m, q.teacher)
+    from optsteps.pipeline.plan import batching, teacher_cost
+    from optsteps.teacher.trajectories import shard_ranges
+
+    c = teacher_cost(q.teacher.steps, shard_ranges(q.trajectories.samples, q.trajectories.shard_size),
+                     batching(m, e, q.teacher.guidance))
+    log.info("teacher %s: %d forwards in %d network calls (existing shards are skipped)", e.name, c.forwards, c.calls)
     return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
 
 
@@ -317,22 +325,22 @@ def teacher_inception_n(p: Params, model) -> int:
 
 
 def evaluation_schedules(p: Params, model) -> list[Schedule]:
-    """The evaluation grid of ``model``: baselines × solvers × (``evaluate.nfe`` ∪ ``evaluate.baseline_nfe``) plus
-    every optimized schedule on disk whose solver and NFE are in ``evaluate.nfe``."""
+    """The evaluation grid of ``model`` (``plan.evaluation_rows``: baselines × solvers × (``evaluate.nfe`` ∪
+    ``evaluate.baseline_nfe``) plus every optimized schedule its stage makes for an evaluated solver and NFE),
+    the optimized ones read from disk where they exist."""
     from optsteps.core.baselines import baseline
+    from optsteps.pipeline.plan import evaluation_rows
 
     p, e = resolve(p, model)
     ns = noise_schedule_for(e, p.artifacts)
-    ev = p.evaluate
-    base_nfe = sorted(set(ev.nfe) | set(ev.baseline_nfe))
-    out = [baseline(kind, ns, nfe, model=e.name).with_meta(solver=solver)
-           for solver in ev.solvers for kind in ev.baselines for nfe in base_nfe]
-    for method in METHOD_DIRS:
-        for solver in ev.solvers:
-            for nfe in ev.nfe:
-                path = schedule_path(p, e, method, solver, nfe)
-                if path.is_file():
-                    out.append(Schedule.load(path))
+    out = []
+    for method, solver, nfe in evaluation_rows(p, e):
+        if method in METHOD_DIRS:
+            path = schedule_path(p, e, method, solver, nfe)
+            if path.is_file():
+                out.append(Schedule.load(path))
+        else:
+            out.append(baseline(method, ns, nfe, model=e.name).with_meta(solver=solver))
     return out
 
 
@@ -391,9 +399,13 @@ def evaluate(p: Params, model) -> Path:
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
-    rows, resamples = evaluate_grid(m, schedules, p.teacher, dataclasses.replace(p.evaluate, progress=True),
-                                    evaluator=evaluator, distill_samples=p.trajectories.samples,
-                                    return_resamples=True, on_images=save_grid_of)
+    from optsteps.pipeline.plan import EVAL_BATCH
+
+    rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
+                                    batch_size=EVAL_BATCH,
+                                    guidance=p.evaluate.guidance, evaluator=evaluator,
+                                    distill_samples=p.trajectories.samples, return_resamples=True,
+                                    on_images=save_grid_of)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)

@@ -401,11 +401,10 @@ def evaluate(p: Params, model) -> Path:
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
     from optsteps.pipeline.plan import EVAL_BATCH
 
-    rows, resamples = evaluate_grid(m, schedules, p.teacher, n=p.evaluate.n, seed=p.evaluate.seed,
-                                    batch_size=EVAL_BATCH,
-                                    guidance=p.evaluate.guidance, evaluator=evaluator,
-                                    distill_samples=p.trajectories.samples, return_resamples=True,
-                                    on_images=save_grid_of)
+    rows, resamples = evaluate_grid(m, schedules, p.teacher,
+                                    dataclasses.replace(p.evaluate, progress=True, batch_size=EVAL_BATCH),
+                                    evaluator=evaluator, distill_samples=p.trajectories.samples,
+                                    return_resamples=True, on_images=save_grid_of)
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)

@@ -28,6 +28,7 @@ from optsteps.integrations.ray_pool import RayConfig
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
 from optsteps.models.entries import ModelEntry, entry_for, parse_entry
+from optsteps.optimizers.polish.options import PolishOptions
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -111,6 +112,7 @@ class Params:
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSConfig = field(default_factory=OSSConfig)
     lambda_opt: LambdaOptConfig = field(default_factory=LambdaOptConfig)
+    polish: PolishOptions = field(default_factory=PolishOptions)
     models: dict = field(default_factory=lambda: {"digits": ModelEntry("digits")})  # name → ModelEntry
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -172,7 +174,8 @@ def _build(cls, data, where: str):
 
 
 SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
-            "ray": RayConfig, "oss": OSSConfig, "lambda_opt": LambdaOptConfig, "evaluate": EvaluateConfig,
+            "ray": RayConfig, "oss": OSSConfig, "lambda_opt": LambdaOptConfig, "polish": PolishOptions,
+            "evaluate": EvaluateConfig,
             "mlflow": MlflowConfig, "flow": FlowConfig}  # params.yaml section → its typed config (each built the same way)
 
 

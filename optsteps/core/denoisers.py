@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable
 
 import torch
@@ -15,6 +17,27 @@ from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
+
+_NETWORK_GRAD = threading.local()  # per thread, like torch's own grad mode
+
+
+@contextlib.contextmanager
+def differentiable_networks():
+    """Inside this block the model networks (digits UNet, pipeline backbones) build autograd graphs, so that a
+    sampler's output can be differentiated with respect to its inputs and times (the polish,
+    docs/algorithms.md §8). Outside it they run under ``torch.no_grad()`` whatever the caller's grad mode."""
+    old = getattr(_NETWORK_GRAD, "on", False)
+    _NETWORK_GRAD.on = True
+    try:
+        yield
+    finally:
+        _NETWORK_GRAD.on = old
+
+
+def network_grad_context():
+    """The context a network's forward runs in: ``torch.no_grad()``, or the caller's own grad mode inside
+    ``differentiable_networks()``."""
+    return contextlib.nullcontext() if getattr(_NETWORK_GRAD, "on", False) else torch.no_grad()
 
 
 def x0_from_eps(eps, x, alpha, sigma):

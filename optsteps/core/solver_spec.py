@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from optsteps.errors import OptstepsError
 
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
@@ -82,8 +84,13 @@ def step_orders(spec: SolverSpec, nfe: int) -> list[int]:
     return [min(p, s + 1, nfe - s if lof else p) for s in range(nfe)]
 
 
+def finite(v) -> bool:
+    """v is finite: a float or a 0-dim tensor (read without touching its autograd graph)."""
+    return math.isfinite(v) if isinstance(v, float) else bool(torch.isfinite(torch.as_tensor(v)))
+
+
 def finite_order(order: int, lambdas, i: int) -> int:
     """Largest order ≤ ``order`` whose stencil λ_{i−order+1} … λ_{i+1} is finite (α = 0 or σ = 0 at an end)."""
-    while order > 1 and not all(math.isfinite(v) for v in lambdas[i - order + 1 : i + 2]):
+    while order > 1 and not all(finite(v) for v in lambdas[i - order + 1 : i + 2]):
         order -= 1
     return order

@@ -28,6 +28,7 @@ from optsteps.models.digits_data import digits_images, digits_labels, digits_sha
 from optsteps.errors import OptstepsError
 from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 from optsteps.core.limits import MAX_SAMPLES
+from optsteps.core.denoisers import network_grad_context
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
 from optsteps.models.base import DiffusionModel, ModelCard
 
@@ -214,7 +215,7 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
         tt = ns.timestep(t).float()
         tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
         labels = cond if cond is not None else torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long)
-        with torch.no_grad():
+        with network_grad_context():  # no graph unless inside core.denoisers.differentiable_networks()
             out = unet(x.contiguous(memory_format=torch.channels_last), tt, class_labels=labels).sample
         return out.contiguous()
 

@@ -39,6 +39,7 @@ from optsteps.models.digits import TrainConfig
 from optsteps.models.entries import ModelEntry, entry_for, parse_budget, parse_entry
 from optsteps.optimizers.lambda_opt.options import LambdaOptOptions
 from optsteps.optimizers.oss.options import OSSOptions
+from optsteps.optimizers.polish.options import PolishOptions
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -93,6 +94,7 @@ class Params:
     ray: RayConfig = field(default_factory=RayConfig)
     oss: OSSOptions = field(default_factory=OSSOptions)
     lambda_opt: LambdaOptOptions = field(default_factory=LambdaOptOptions)
+    polish: PolishOptions = field(default_factory=PolishOptions)
     models: dict = field(default_factory=lambda: {"digits": ModelEntry("digits")})  # name → ModelEntry
     evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -161,7 +163,8 @@ def _build(cls, data, where: str):
 
 
 SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
-            "ray": RayConfig, "oss": OSSOptions, "lambda_opt": LambdaOptOptions, "evaluate": EvaluateOptions,
+            "ray": RayConfig, "oss": OSSOptions, "lambda_opt": LambdaOptOptions, "polish": PolishOptions,
+            "evaluate": EvaluateOptions,
             "mlflow": MlflowConfig, "flow": FlowConfig}  # params.yaml section → its typed config (each built the same way)
 
 

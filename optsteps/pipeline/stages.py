@@ -261,7 +261,8 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
     wall = round(time.perf_counter() - t0, 3)  # of the whole call (the K share one DP)
-    return {nfe: res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s})
+    return {nfe: polish_stage_schedule(p, m, res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s}),
+                                       traj_dir)
             for nfe, res in found.items()}
 
 
@@ -282,7 +283,39 @@ def compute_lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int =
     ns = noise_schedule_for(e, p.artifacts)
     eps_fn = empirical_eps_for(p, e, traj_dir) if p.lambda_opt.error_model == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    return lambda_opt_schedule(ns, nfe, spec, p.lambda_opt, eps_fn=eps_fn, model=e.name)
+    sched = lambda_opt_schedule(ns, nfe, spec, p.lambda_opt, eps_fn=eps_fn, model=e.name)
+    if p.polish.enabled:
+        sched = polish_stage_schedule(p, load_model(e, p.artifacts), sched, traj_dir or trajectories_dir(p, e))
+    return sched
+
+
+POLISH_HELDOUT = 64  # held-out samples when oss.heldout_samples does not exist (yet)
+
+
+def polish_stage_schedule(p: Params, m, sched: Schedule, traj_dir) -> Schedule:
+    """``sched`` polished (docs/algorithms.md §8) when ``polish.enabled``, else unchanged. Distillation split: the
+    shards' samples [0, S) (S = oss.samples), held-out split: [S, S + H) (H = oss.heldout_samples); the polished
+    times replace the schedule's only if its held-out MSE falls, and its JSON records ``polish`` (steps, forwards
+    and backwards in rows, distillation/held-out MSE before and after) either way."""
+    from optsteps.optimizers.polish import Split, polish_schedule
+    from optsteps.teacher.load import LabelledDenoiser, load_teacher
+
+    if not p.polish.enabled:
+        return sched
+    s, h = p.oss.samples, getattr(p.oss, "heldout_samples", POLISH_HELDOUT)
+    t, states, labels = load_teacher(p.teacher, m, traj_dir, s + h)
+    if states.shape[1] <= s:
+        raise OptstepsError(f"{traj_dir} holds {states.shape[1]} teacher samples, none left for the polish's held-out "
+                            f"split after oss.samples = {s}; raise trajectories.samples to at least {s + h}.")
+    eps = states[0] / float(m.noise_schedule.sigma(float(t[0])))  # the teacher starts from σ_{t_0} ε (scaled)
+
+    def split(a, b):
+        return Split(eps[a:b], states[-1, a:b], None if labels is None else labels[a:b])
+
+    res = polish_schedule(sched, lambda lab: LabelledDenoiser(m, lab, p.teacher.guidance), m.noise_schedule,
+                          split(0, s), split(s, s + h), p.polish)
+    return res.schedule.with_meta(extra={"polish": {**res.info(), "distill_samples": s,
+                                                     "heldout_samples": states.shape[1] - s}})
 
 
 def empirical_eps_for(p: Params, model, traj_dir=None):

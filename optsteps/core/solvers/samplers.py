@@ -14,15 +14,14 @@ of a flow model, σ = 0 at a clean end), the steps touching it drop to order 1, 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor
 from optsteps.core.schedule import Schedule
-from optsteps.errors import NonFiniteError
-from optsteps.core.solver_spec import SolverSpec, finite_order, step_orders
+from optsteps.errors import NonFiniteError, OptstepsError
+from optsteps.core.solver_spec import SolverSpec, finite, finite_order, step_orders
 from optsteps.core.solvers.updates import ddim_step, dpmpp2m_step, unipc_rhos, unipc_update
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,9 +46,18 @@ def check_finite(x: torch.Tensor, i: int, schedule: Schedule, what: str = "the m
         "was written from this batch.")
 
 
-def _prepare(schedule: Schedule, denoiser: Denoiser):
-    alphas, sigmas, lambdas = node_coefficients(schedule.noise_schedule, schedule.t)
-    ts = schedule.timesteps_t
+def _prepare(schedule: Schedule, denoiser: Denoiser, times=None):
+    """(α, σ, λ per node, the counted model). ``times``: the K + 1 times as 0-dim float64 tensors that may carry
+    gradients (the polish, docs/algorithms.md §8); the coefficients are then tensors on the autograd graph."""
+    if times is None:
+        alphas, sigmas, lambdas = node_coefficients(schedule.noise_schedule, schedule.t)
+        ts = schedule.timesteps_t
+    else:
+        ts = [torch.as_tensor(v, dtype=torch.float64) for v in times]
+        if len(ts) != schedule.nfe + 1:
+            raise OptstepsError(f"times has {len(ts)} entries but the schedule has {schedule.nfe + 1}; pass one per node.")
+        ns = schedule.noise_schedule
+        alphas, sigmas, lambdas = ([f(v) for v in ts] for f in (ns.alpha, ns.sigma, ns.lambda_))
 
     def model(x, i):
         x0 = denoiser(x, ts[i])
@@ -59,9 +67,9 @@ def _prepare(schedule: Schedule, denoiser: Denoiser):
     return alphas, sigmas, lambdas, model
 
 
-def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callback=None) -> torch.Tensor:
+def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callback=None, times=None) -> torch.Tensor:
     """DDIM / Euler: K first-order steps, K evaluations."""
-    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser)
+    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
     for i in range(schedule.nfe):
         x0 = model(x, i)
         if callback is not None:
@@ -71,10 +79,10 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callbac
 
 
 def sample_dpmpp2m(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, lower_order_final: bool = True,
-                   callback=None) -> torch.Tensor:
+                   callback=None, times=None) -> torch.Tensor:
     """DPM-Solver++(2M). First step order 1; the last step is order 1 when ``lower_order_final`` and K < 15
     (diffusers' rule) or when the schedule ends at σ = 0 (``step_orders``, ``finite_order``)."""
-    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser)
+    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
     orders = step_orders(SolverSpec("dpmpp2m", lower_order_final=lower_order_final), schedule.nfe)
     x0_prev = None
     for i in range(schedule.nfe):
@@ -92,7 +100,7 @@ def sample_dpmpp2m(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, lowe
 
 
 def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order: int = 3,
-                 lower_order_final: bool = True, corrector: bool = True, callback=None) -> torch.Tensor:
+                 lower_order_final: bool = True, corrector: bool = True, callback=None, times=None) -> torch.Tensor:
     """UniPC-p with the UniC corrector (bh2, data prediction), exactly K evaluations.
 
     Step i uses order min(order, i + 1) (warm-up) and, with ``lower_order_final``, min(·, K − i)
@@ -100,7 +108,7 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order:
     its predictor.
     """
     orders = step_orders(SolverSpec("unipc", order, lower_order_final, corrector), schedule.nfe)
-    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser)
+    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
     k = schedule.nfe
     history: list[torch.Tensor] = []  # x̂_0 at nodes i, i−1, …
     x_prev = None
@@ -112,7 +120,7 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order:
         if corrector and x_prev is not None:
             po = prev_order
             lam = [lambdas[i - 1 - j] for j in range(po)] + [lambdas[i]]
-            if all(math.isfinite(v) for v in lam):
+            if all(finite(v) for v in lam):
                 rhos = unipc_rhos(lam[-1] - lam[0], [(lam[j] - lam[0]) / (lam[-1] - lam[0]) for j in range(1, po)], po, True)
                 x = unipc_update(x_prev, history[:po], lam, alphas[i], sigmas[i - 1], sigmas[i], rhos, x0_new=x0)
         history = [x0] + history[: order - 1]
@@ -127,7 +135,7 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order:
 
 
 def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str | SolverSpec = "unipc",
-           order: int | None = None, lower_order_final: bool = True, callback=None) -> torch.Tensor:
+           order: int | None = None, lower_order_final: bool = True, callback=None, times=None) -> torch.Tensor:
     """Integrate from t_0 to t_K; exactly K model evaluations.
 
     Args:
@@ -137,15 +145,18 @@ def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str 
         solver: a ``SolverSpec``, or a solver name ∈ {ddim, dpmpp2m, unipc} completed by ``order`` and
             ``lower_order_final`` (order ``None``: the solver's default).
         callback: ``callback(i, x_i, x̂_0_i)`` after each model evaluation.
+        times: None, or the K + 1 times as 0-dim float64 tensors (equal in value to ``schedule.t``, or moved off
+            it) that may require gradients: the run is then differentiable in them (the polish).
     """
     spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver, order, lower_order_final)
     check_finite(x, 0, schedule, "the initial state")
     if spec.name == "ddim":
-        out = sample_ddim(denoiser, x, schedule, callback=callback)
+        out = sample_ddim(denoiser, x, schedule, callback=callback, times=times)
     elif spec.name == "dpmpp2m":
-        out = sample_dpmpp2m(denoiser, x, schedule, lower_order_final=spec.lower_order_final, callback=callback)
+        out = sample_dpmpp2m(denoiser, x, schedule, lower_order_final=spec.lower_order_final, callback=callback,
+                             times=times)
     else:
         out = sample_unipc(denoiser, x, schedule, order=spec.order, lower_order_final=spec.lower_order_final,
-                           corrector=spec.corrector, callback=callback)
+                           corrector=spec.corrector, callback=callback, times=times)
     check_finite(out, schedule.nfe, schedule, "the final state")
     return out

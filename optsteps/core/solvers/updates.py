@@ -16,6 +16,22 @@ import math
 import torch
 
 
+def _expm1(x):
+    """e^x − 1 of a float (math) or of a tensor (torch, keeps the autograd graph: the polish differentiates the
+    samplers with respect to their times)."""
+    return torch.expm1(x) if isinstance(x, torch.Tensor) else math.expm1(x)
+
+
+def _vector(values) -> torch.Tensor:
+    """A float64 vector of floats or 0-dim tensors (stacked, so that gradients flow through tensor entries)."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+
+
+def _coefficient(v):
+    """A solved coefficient as a float, or as a tensor where it carries a gradient."""
+    return v if isinstance(v, torch.Tensor) and v.requires_grad else float(v)
+
+
 # ---- order 1: DDIM / Euler ---------------------------------------------------------------------------
 def ddim_step(x, x0, alpha_s, sigma_s, alpha_t, sigma_t):
     """x_t = (σ_t/σ_s) x_s + (α_t − α_s σ_t/σ_s) x̂_0 — the order-1 step, finite even where λ = ±∞."""
@@ -32,7 +48,7 @@ def dpmpp2m_step(x, x0, x0_prev, alpha_t, sigma_s, sigma_t, h, h_prev):
     """DPM-Solver++(2M): r = h_prev/h, D = (1 + 1/(2r)) x̂_0 − 1/(2r) x̂_0^{prev}, x_t = (σ_t/σ_s) x − α_t(e^{−h} − 1) D."""
     r = h_prev / h
     d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-    return (sigma_t / sigma_s) * x - alpha_t * math.expm1(-h) * d
+    return (sigma_t / sigma_s) * x - alpha_t * _expm1(-h) * d
 
 
 def dpmpp2m_coefficients(alpha_t, lam_prev, lam_s, lam_t):
@@ -51,7 +67,7 @@ def unipc_b(h: float, order: int) -> list[float]:
     With hh = −h: φ̃_1 = e^{hh} − 1, φ̃_{k+1} = φ̃_k/hh − 1/(k+1)!  (starting from φ̃_1/hh − 1), b_k = k! φ̃_{k+1}/B.
     """
     hh = -h
-    phi1 = math.expm1(hh)
+    phi1 = _expm1(hh)
     b_h = phi1
     phik = phi1 / hh - 1
     fact = 1
@@ -68,8 +84,8 @@ def unipc_rhos(h: float, rks: list[float], order: int, corrector: bool) -> torch
 
     R_{k,j} = r_j^{k−1} with r the ratios (λ_{i−j} − λ_i)/h of the step's history, and r = 1 for the new point.
     """
-    b = torch.tensor(unipc_b(h, order), dtype=torch.float64)
-    r = torch.tensor(list(rks) + [1.0], dtype=torch.float64)
+    b = _vector(unipc_b(h, order))
+    r = _vector(list(rks) + [1.0])
     big_r = torch.stack([r ** (k - 1) for k in range(1, order + 1)])
     if corrector:
         return torch.tensor([0.5], dtype=torch.float64) if order == 1 else torch.linalg.solve(big_r, b)
@@ -86,14 +102,14 @@ def unipc_update(x, history, lam, alpha_t, sigma_s, sigma_t, rhos, x0_new=None):
     """
     h = lam[-1] - lam[0]
     m0 = history[0]
-    phi1 = math.expm1(-h)
+    phi1 = _expm1(-h)
     out = (sigma_t / sigma_s) * x - alpha_t * phi1 * m0
     res = 0
     for k in range(1, len(history)):
         r_k = (lam[k] - lam[0]) / h
-        res = res + float(rhos[k - 1]) * (history[k] - m0) / r_k
+        res = res + _coefficient(rhos[k - 1]) * (history[k] - m0) / r_k
     if x0_new is not None:
-        res = res + float(rhos[-1]) * (x0_new - m0)
+        res = res + _coefficient(rhos[-1]) * (x0_new - m0)
     if isinstance(res, torch.Tensor):
         out = out - alpha_t * phi1 * res
     return out

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from optsteps.core.denoisers import network_grad_context
+
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
@@ -269,13 +271,14 @@ class PromptConditioner:
 def batched_net(forward, null_index: int, max_batch: int, timestep=lambda t: t):
     """``net(x, t, labels)`` of a pipeline backbone: t (float64, [] or [B]) mapped by ``timestep`` and broadcast to
     the batch, missing labels = the null prompt ``null_index``, and ``forward(x_rows, t_rows, label_rows)`` called
-    on at most ``max_batch`` rows at a time without gradients; outputs come back on x's device in x's dtype."""
+    on at most ``max_batch`` rows at a time without gradients (with them inside
+    ``core.denoisers.differentiable_networks()``); outputs come back on x's device in x's dtype."""
     def net(x, t, labels):
         b = x.shape[0]
         tt = timestep(torch.as_tensor(t, dtype=torch.float64))
         tt = tt.expand(b) if tt.dim() == 0 else tt
         labels = torch.full((b,), null_index, dtype=torch.long) if labels is None else labels
-        with torch.no_grad():
+        with network_grad_context():  # no gradients unless inside core.denoisers.differentiable_networks()
             return torch.cat([forward(x[i:i + max_batch], tt[i:i + max_batch], labels[i:i + max_batch])
                               .to(x.device, x.dtype) for i in range(0, b, max_batch)])
     return net

@@ -12,6 +12,7 @@ import json
 import torch
 
 from optsteps.errors import OptstepsError
+from optsteps.core.denoisers import network_grad_context
 from optsteps.core.noise_schedules import noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel, ModelCard
 from optsteps.io.hashing import file_digest
@@ -69,7 +70,7 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dt
         tt = ns.timestep(torch.as_tensor(t, dtype=torch.float64)).float()
         tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
         cond = None if cond is None else cond.to(device)
-        with torch.no_grad():
+        with network_grad_context():  # no graph unless inside core.denoisers.differentiable_networks()
             out = unet(x.to(device, torch_dtype), tt.to(device), class_labels=cond).sample
         return out.to(x.device, x.dtype)
 

@@ -1,0 +1,125 @@
+"""The quality front of issue 26 §4: held-out L2 to the teacher of the standard baselines, today's OSS (start window
+0), OSS + polish, λ-opt + polish, and the per-sample oracle (each held-out sample's own best DP path on the teacher
+grid), on trained digits models, per solver and NFE, with paired bootstrap intervals against the best baseline, all
+measured in one run.
+
+    PYTHONPATH=. python benchmarks/quality_front.py --models digits --nfe 5,8 --solvers unipc --samples 64
+
+The teacher (params.yaml ``teacher``: UniPC on 100 uniform-λ steps) runs here on S + H fresh seeded samples: the
+first S distil (OSS, polish), the next H are held out (every number printed); the oracle runs on the first
+``--oracle`` held-out samples. Ratios: L2 / the best baseline's L2 at the same K (paired intervals from
+``optsteps.evaluate.bootstrap``); polish cost in forwards and backwards per distillation sample and step.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from optsteps.core.baselines import baseline
+from optsteps.core.schedule import Schedule, initial_state
+from optsteps.core.solvers import sample
+from optsteps.evaluate.bootstrap import paired_difference, resample_indices, resample_means
+from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+from optsteps.optimizers.oss import oss_search, student_spec
+from optsteps.optimizers.polish import PolishOptions, Split, polish_schedule
+from optsteps.pipeline.config import load_params
+from optsteps.pipeline.stages import LabelledDenoiser
+from optsteps.models import load_model
+
+BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
+
+
+def teacher_run(m, tcfg, n, seed):
+    """(teacher grid t, states [N + 1, n, ...], unit noise ε, labels) from ``n`` seeded samples."""
+    eps, labels = m.noise(n, seed), m.labels(n)
+    sched = baseline(tcfg.schedule, m.noise_schedule, tcfg.steps)
+    states = []
+    den = LabelledDenoiser(m, labels, tcfg.guidance)
+    with torch.no_grad():
+        out = sample(den, initial_state(eps, sched), sched, tcfg.solver, callback=lambda i, x, x0: states.append(x))
+    return torch.tensor(sched.t, dtype=torch.float64), torch.stack(states + [out]), eps, labels
+
+
+def l2(m, sched, eps, target, labels, guidance):
+    with torch.no_grad():
+        out = sample(LabelledDenoiser(m, labels, guidance), initial_state(eps, sched), sched, sched.solver_spec)
+    return (out - target).flatten(1).norm(dim=1).double().numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="digits,digits-flow")
+    ap.add_argument("--nfe", default="4,5,6,8,10")
+    ap.add_argument("--solvers", default="unipc,dpmpp2m")
+    ap.add_argument("--samples", type=int, default=64, help="distillation samples S")
+    ap.add_argument("--heldout", type=int, default=64, help="held-out samples H")
+    ap.add_argument("--oracle", type=int, default=8, help="held-out samples for the per-sample oracle (0 = off)")
+    ap.add_argument("--iterations", type=int, default=None, help="polish steps (default params.yaml polish)")
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--bootstrap", type=int, default=500)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    p = load_params()
+    popt = p.polish if a.iterations is None else PolishOptions(**{**p.polish.__dict__, "iterations": a.iterations})
+    s, h = a.samples, a.heldout
+    print(f"S = {s} distillation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
+    for name in a.models.split(","):
+        m = load_model(name, a.artifacts)
+        g = p.teacher.guidance
+        t, states, eps, labels = teacher_run(m, p.teacher, s + h, p.teacher.seed)
+        lab = (lambda lo, hi: None if labels is None else labels[lo:hi])
+        dist, held = (eps[:s], states[-1, :s], lab(0, s)), (eps[s:], states[-1, s:], lab(s, s + h))
+        idx = resample_indices(h, a.bootstrap, 0)
+        den_d = LabelledDenoiser(m, lab(0, s), g)
+        for solver in a.solvers.split(","):
+            spec = student_spec(solver)
+            print(f"\n{name}, {solver} (order {spec.order}): held-out mean L2 to the teacher; ratio to the best baseline "
+                  "[paired 95% interval of the difference / best]")
+            for k in [int(v) for v in a.nfe.split(",")]:
+                rows = {}
+                for kind in BASELINES:
+                    rows[kind] = l2(m, baseline(kind, m.noise_schedule, k).with_solver(spec), *held, g)
+                best = min(BASELINES, key=lambda r: rows[r].mean())
+                t0 = time.perf_counter()
+                res = oss_search(t, states[:, :s], den_d, m.noise_schedule, k, solver=solver, start_window=0,
+                                 eval_batch_size=s)
+                rows["oss"] = l2(m, res.schedule, *held, g)
+                cost = {}
+                for label, start in (("oss", res.schedule),
+                                     ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, p=p.lambda_opt.p,
+                                                                        solver=spec))):
+                    if label == "lambda-opt":
+                        rows["lambda-opt"] = l2(m, start, *held, g)
+                    pr = polish_schedule(start, lambda lb: LabelledDenoiser(m, lb, g), m.noise_schedule, Split(*dist),
+                                         Split(*held), popt)
+                    rows[f"{label}+polish"] = l2(m, pr.schedule, *held, g)
+                    cost[label] = (pr.iterations, pr.forwards / (s + h), pr.backwards / s, pr.heldout_before,
+                                   pr.heldout_after)
+                if a.oracle:  # each sample's own best DP path (batch DP on that one sample, refined)
+                    own = [l2(m, oss_search(t, states[:, s + i:s + i + 1], LabelledDenoiser(m, lab(s + i, s + i + 1), g),
+                                            m.noise_schedule, k, solver=solver).schedule,
+                              eps[s + i:s + i + 1], states[-1, s + i:s + i + 1], lab(s + i, s + i + 1), g)[0]
+                           for i in range(min(a.oracle, h))]
+                    rows["oracle(subset)"] = np.asarray(own)
+                secs = time.perf_counter() - t0
+                ref = rows[best]
+                rb = resample_means(ref, idx)
+                print(f"  K={k}  best baseline {best}: L2 {ref.mean():.4f}   ({secs:.0f} s for OSS, polish, oracle)")
+                for key, v in rows.items():
+                    if key == "oracle(subset)":
+                        n = len(v)
+                        print(f"    {key:<20} {v.mean():.4f}  ratio {v.mean() / ref[:n].mean():.3f} (same {n} samples)")
+                        continue
+                    d, (lo, hi) = paired_difference(v.mean(), resample_means(v, idx), ref.mean(), rb)
+                    print(f"    {key:<20} {v.mean():.4f}  ratio {v.mean() / ref.mean():.3f} "
+                          f"[{1 + lo / ref.mean():.3f}, {1 + hi / ref.mean():.3f}]")
+                for label, (it, f, b, hb, ha) in cost.items():
+                    print(f"    polish of {label}: {it} steps, held-out MSE {hb:.5f} → {ha:.5f} "
+                          f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + H), {b:.0f} backwards per distillation sample")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from optsteps.evaluate.options import EvaluateOptions
 from optsteps.models.digits import TrainConfig
 from optsteps.optimizers.lambda_opt.options import LambdaOptOptions
 from optsteps.optimizers.oss.options import OSSOptions
+from optsteps.optimizers.polish.options import PolishOptions
 from optsteps.pipeline.config import SECTIONS, Params, load_params, param_fields
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,8 @@ def _entry_functions():
 
 ENTRIES = _entry_functions()
 GRID = {"nfe"}  # the one K of a call (required), where the options' nfe is the pipeline's grid of K
-OPTIONS = {"LambdaOptOptions": LambdaOptOptions, "EvaluateOptions": EvaluateOptions, "OSSOptions": OSSOptions}
+OPTIONS = {"LambdaOptOptions": LambdaOptOptions, "EvaluateOptions": EvaluateOptions, "OSSOptions": OSSOptions,
+           "PolishOptions": PolishOptions}
 
 
 def test_the_algorithms_take_options_objects():

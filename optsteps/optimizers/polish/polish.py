@@ -111,7 +111,7 @@ def evaluations(schedule: Schedule, samples: int, grad: bool = False, grad_check
 
 
 def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedule: NoiseSchedule, distill, heldout,
-                    options: PolishOptions = PolishOptions()) -> PolishResult:
+                    options: PolishOptions | None = None) -> PolishResult:
     """Polish ``schedule``'s interior times (docs/algorithms.md §8): Adam on the log-gap logits θ
     (``times.times_of_logits``; t_0, t_K and the start-state rule stay), loss = MSE per element of the student's
     final state to the teacher endpoints of ``distill``, the held-out MSE on ``heldout`` measured after every step
@@ -126,7 +126,7 @@ def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedul
     if not schedule.solver:
         raise OptstepsError("polish needs the schedule's solver (its \"solver\" field) to run the student.")
     distill, heldout = Split.of(distill), Split.of(heldout)
-    opt = options
+    opt = PolishOptions() if options is None else options
     k = schedule.nfe
     n_el_d, n_el_h = distill.target.numel(), heldout.target.numel()
     fwd = bwd = 0

@@ -8,7 +8,7 @@ from scipy import linalg
 
 from optsteps.errors import OptstepsError
 from optsteps.evaluate import bootstrap as bs
-from optsteps.evaluate.champion import decide
+from optsteps.evaluate.champion import Entry, Standing, standings
 from optsteps.evaluate.fid import fid_from_features, kid_from_features
 from optsteps.evaluate.speedup import best_baseline, equivalent_nfe, speedup_table
 
@@ -134,35 +134,42 @@ def test_frechet_reference_root_squares_to_the_covariance():
     np.testing.assert_allclose(r.sqrt_cov, linalg.sqrtm(np.cov(f, rowvar=False)).real, atol=1e-8)
 
 
-# ---- the champion gate ---------------------------------------------------------------------------------
+# ---- champions: the standings of one evaluation --------------------------------------------------------
 
-def test_the_champion_does_not_move_for_a_tie_and_moves_for_a_real_gain():
+def test_the_best_value_is_champion_and_its_lead_is_paired():
     g = np.random.default_rng(5)
-    champ = 5.0 + g.normal(0, 0.2, 200)
-    tie = decide("fid_digitsnet", 5.0, "e1", champ.copy(), 5.0, "e1", champ)
-    assert not tie.move and tie.reason == "not_significant" and tie.diff == 0.0 and tie.ci95 == (0.0, 0.0)
-    gain = decide("fid_digitsnet", 4.0, "e1", champ - 1.0 + g.normal(0, 0.05, 200), 5.0, "e1", champ)
-    assert gain.move and gain.reason == "significant" and gain.ci95[1] < 0
-    noisy = decide("fid_digitsnet", 4.9, "e1", champ + g.normal(0, 1.0, 200), 5.0, "e1", champ)
-    assert not noisy.move and noisy.reason == "not_significant" and noisy.ci95[0] < 0 < noisy.ci95[1]
-    worse = decide("fid_digitsnet", 6.0, "e1", champ + 1.0, 5.0, "e1", champ)
-    assert not worse.move and worse.reason == "not_better"
+    base = 5.0 + g.normal(0, 0.2, 200)
+    entries = [Entry("a", 5.0, base), Entry("b", 4.0, base - 1.0 + g.normal(0, 0.05, 200)),
+               Entry("c", 4.9, base - 0.1 + g.normal(0, 0.05, 200))]
+    st = standings("fid_digitsnet", entries)
+    assert [s.key for s in st] == ["b", "c", "a"] and st[0].champion and (st[0].rank, st[0].of) == (1, 3)
+    lead = st[0]  # champion − runner-up, a significant lead
+    assert lead.compared_with == "c" and lead.diff == pytest.approx(-0.9) and lead.ci95[1] < 0
+    assert lead.significance == "significant"
+    assert st[1].compared_with == "b" and st[1].diff == pytest.approx(0.9) and st[1].ci95[0] > 0
+    for perm in ([2, 0, 1], [1, 2, 0], [0, 2, 1]):  # the order the versions come in does not matter
+        assert standings("fid_digitsnet", [entries[i] for i in perm]) == st
+    noisy = standings("fid_digitsnet", [Entry("a", 5.0, base), Entry("n", 4.9, base - 0.1 + g.normal(0, 1.0, 200))])
+    assert noisy[0].key == "n" and noisy[0].ci95[0] < 0 < noisy[0].ci95[1]  # best, but its lead is within the noise
+    assert noisy[0].significance == noisy[1].significance == "not_significant"
 
 
-def test_the_champion_gate_across_evaluations_and_directions():
-    r = np.zeros(10)
-    assert decide("l2_to_teacher", 9.0, "e2", r, 1.0, None, None, has_champion=False).reason == "first"
-    new = decide("l2_to_teacher", 9.0, "e2", r, 1.0, "e1", r)
-    assert new.move and new.reason == "new_evaluation"  # another evaluation: not comparable, the new one decides
-    hand = decide("l2_to_teacher", 0.1, None, None, 1.0, "e1", r)
-    assert not hand.move and hand.reason == "not_comparable"
-    legacy = decide("l2_to_teacher", 0.9, None, None, 1.0, None, None)
-    assert legacy.move and legacy.reason == "point_only"
-    assert not decide("l2_to_teacher", 1.0, None, None, 1.0, None, None).move  # strictly better only
+def test_a_tie_is_not_significant_and_ties_break_by_key():
+    r = np.linspace(4, 6, 50)
+    st = standings("fid_digitsnet", [Entry("z", 5.0, r), Entry("y", 5.0, r.copy())])
+    assert [s.key for s in st] == ["y", "z"] and st[0].diff == 0.0 and st[0].ci95 == (0.0, 0.0)
+    assert st[0].significance == st[1].significance == "not_significant"
+
+
+def test_standings_without_resamples_alone_and_higher_is_better():
+    assert standings("l2_to_teacher", [Entry("a", 1.0)]) == [Standing("a", 1, 1)]
+    assert standings("l2_to_teacher", [Entry("a", 1.0)])[0].significance == "alone"
+    st = standings("l2_to_teacher", [Entry("a", 1.0), Entry("b", 0.9)])
+    assert st[0].key == "b" and st[0].significance == "point_only" and st[0].diff == pytest.approx(-0.1)
     champ = np.full(50, 30.0) + np.linspace(-1, 1, 50)
-    up = decide("psnr_to_teacher", 32.0, "e1", champ + 2.0, 30.0, "e1", champ)  # higher is better
-    assert up.move and up.diff == 2.0
-    assert not decide("psnr_to_teacher", 28.0, "e1", champ - 2.0, 30.0, "e1", champ).move
+    up = standings("psnr_to_teacher", [Entry("a", 30.0, champ), Entry("b", 32.0, champ + 2.0)])
+    assert up[0].key == "b" and up[0].diff == 2.0 and up[0].significance == "significant"
+    assert standings("fid_digitsnet", []) == []
 
 
 # ---- the speedup interpolation --------------------------------------------------------------------------

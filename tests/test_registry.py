@@ -344,3 +344,60 @@ def test_registering_the_same_schedule_twice_adds_nothing(reg):
     assert other["version"] != first["version"]
     # listed best first by the champion metric within (name, NFE): 2.5 before 3.0
     assert [r["version"] for r in reg.list_schedules(model="idem")] == [first["version"], other["version"]]
+
+
+def test_the_readme_python_path_writes_nothing_into_a_read_only_registry(reg, tmp_path):
+    """README's snippet (``mlflow.pyfunc.load_model`` of ``models:/…@champion-nfeK`` with ``dst_path``) on a
+    read-only copy of a registry (chmod a-w): it loads the schedule and no file of the store changes. Without
+    ``dst_path`` MLflow returns the version's folder inside a local artifact store and writes its
+    ``registered_model_meta`` file there."""
+    import hashlib
+    import shutil
+    import stat
+    import tempfile
+
+    import mlflow
+
+    s = odd_schedule("ro", 5)
+    reg.register_schedule(log(reg, s, 1.5), **REG)
+    root = tmp_path / "copy"
+    src = reg.tracking_uri[len("sqlite:///"):]
+    shutil.copytree(os.path.dirname(src), root)
+    db = root / os.path.basename(src)
+
+    def snapshot():
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+                if p.is_file()}
+
+    # the copied artifact locations point at the original folder: re-point the copy's experiments to itself
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    old = reg.artifact_location
+    con.execute("update experiments set artifact_location = replace(artifact_location, ?, ?)",
+                (old, (root / "mlartifacts").as_uri()))
+    con.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?)", (old, (root / "mlartifacts").as_uri()))
+    con.execute("update model_versions set source = replace(source, ?, ?), storage_location = "
+                "replace(storage_location, ?, ?)", (old, (root / "mlartifacts").as_uri(), old,
+                                                     (root / "mlartifacts").as_uri()))
+    con.commit()
+    con.close()
+    before = snapshot()
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    prev = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{db}")
+        m = mlflow.pyfunc.load_model("models:/ro-unipc-schedules@champion-nfe5", dst_path=tempfile.mkdtemp())
+        assert m.predict(None) == json.loads(s.to_json())
+        assert snapshot() == before
+        try:  # without dst_path MLflow writes registered_model_meta into the store: refused, or (root) it appears
+            mlflow.pyfunc.load_model("models:/ro-unipc-schedules@champion-nfe5")
+            wrote = set(snapshot()) - set(before)
+            assert [os.path.basename(f) for f in wrote] == ["registered_model_meta"], wrote
+        except OSError:
+            assert snapshot() == before
+    finally:
+        mlflow.set_tracking_uri(prev)
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)

@@ -9,7 +9,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
 from optsteps.core.solver_spec import SolverSpec
-from optsteps.integrations.diffusers_export import (configure, diffusers_export, to_ays_pair, to_comfyui,
+from optsteps.integrations.diffusers.export import (configure, diffusers_export, to_ays_pair, to_comfyui,
                                                     to_comfyui_text, to_diffusers)
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
@@ -151,8 +151,8 @@ def test_exported_schedule_samples_like_our_ddim():
 
 
 def test_the_start_state_travels_with_the_export():
-    from optsteps.integrations.diffusers_export import start_latents
-    from optsteps.integrations.diffusers_export import diffusers_export
+    from optsteps.integrations.diffusers.export import start_latents
+    from optsteps.integrations.diffusers.export import diffusers_export
 
     flow = RectifiedFlow()
     scaled = baseline("uniform-t@start=0.98", flow, 4).with_meta(solver="ddim")

@@ -13,7 +13,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 from optsteps.core.baselines import baseline  # noqa: E402
 from optsteps.errors import OptstepsError  # noqa: E402
-from optsteps.integrations.diffusers_export import to_comfyui, to_diffusers  # noqa: E402
+from optsteps.integrations.diffusers.export import to_comfyui, to_diffusers  # noqa: E402
 from optsteps.models.digits import noise_schedule_for  # noqa: E402
 from optsteps.integrations.mlflow_registry import Registry, registered_name  # noqa: E402
 from optsteps.core.schedule import Schedule  # noqa: E402

@@ -1,7 +1,7 @@
 """``optsteps apply``: one image from the user's own diffusers pipeline on an optsteps schedule.
 
 Mounted by ``optsteps.cli.main`` with ``app.command("apply")(apply_command)``; the work is done by
-``optsteps.integrations.diffusers_apply.apply_schedule``.
+``optsteps.integrations.diffusers.apply_schedule``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def apply_command(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
 ):
     """Generate one image with your own diffusers pipeline on an optsteps schedule."""
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.integrations.schedule_refs import resolve_schedule
 
     s = resolve_schedule(schedule, tracking_uri)

@@ -171,7 +171,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     sampler = None
     if geneval_prompts is not None:
-        from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+        from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
         from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
         pipe, _, _ = load_diffusers_pipeline(model)

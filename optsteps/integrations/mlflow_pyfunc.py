@@ -47,19 +47,19 @@ class SchedulePyfunc:
         return json.loads(self.text)
 
     def comfyui_sigmas(self) -> list:
-        from optsteps.integrations.diffusers_export import to_comfyui
+        from optsteps.integrations.diffusers.export import to_comfyui
 
         return to_comfyui(self.schedule)
 
     def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
-        from optsteps.integrations.diffusers_export import diffusers_export
+        from optsteps.integrations.diffusers.export import diffusers_export
 
         return diffusers_export(self.schedule, scheduler)
 
     def export(self, fmt: str, scheduler: str | None = None):
         """``json`` (the schedule dict), ``diffusers`` (scheduler, kwargs, config, snapped move), ``comfyui``
         (the sigma list), ``comfyui-text`` (the same, comma-separated) or ``ays`` (timesteps + sigmas ending in 0)."""
-        from optsteps.integrations.diffusers_export import to_ays_pair, to_comfyui_text
+        from optsteps.integrations.diffusers.export import to_ays_pair, to_comfyui_text
 
         if fmt == "json":
             return self.schedule_dict()

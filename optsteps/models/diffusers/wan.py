@@ -90,7 +90,7 @@ def preload_components(root, torch_dtype) -> dict:
     return out
 
 
-# ---- video layout (also used by integrations.diffusers_apply) ---------------------------------------------------
+# ---- video layout (also used by integrations.diffusers.apply) ---------------------------------------------------
 
 def wan_geometry(pipe_or_root) -> tuple:
     """(temporal VAE factor, spatial VAE factor, patch size (t, h, w), transformer in_channels) of a loaded

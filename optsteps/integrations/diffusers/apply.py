@@ -4,7 +4,7 @@
 hub id in the local cache), refuses a schedule made for another noise schedule, puts a scheduler on it that
 takes the schedule, runs the pipeline's own ``__call__`` and writes the image.
 
-The scheduler that takes the schedule is chosen by ``diffusers_scheduler_plan.plan_scheduler`` (its module
+The scheduler that takes the schedule is chosen by ``plan.plan_scheduler`` (its module
 docstring lists the choices and the diffusers pitfalls).
 
 The initial latents are optsteps' own seeded noise (``DiffusionModel.noise``: sample i of seed s), turned into
@@ -31,7 +31,7 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule, initial_state
 from optsteps.io.atomic import save_png_atomic
-from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, passes_schedule, pin_timesteps,
+from optsteps.integrations.diffusers.plan import (Plan, call_params, passes_schedule, pin_timesteps,
                                                              plan_scheduler)
 
 

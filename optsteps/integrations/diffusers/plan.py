@@ -28,9 +28,9 @@ import logging
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
-from optsteps.integrations.diffusers_export import snap_to_training_timesteps
+from optsteps.integrations.diffusers.export import snap_to_training_timesteps
 
-log = logging.getLogger("optsteps.integrations.diffusers_apply")  # warnings of `optsteps apply`: its logger
+log = logging.getLogger("optsteps.integrations.diffusers.apply")  # warnings of `optsteps apply`: its logger
 
 SCHEDULER_CHOICES = ("auto", "dpmsolver", "euler", "flowmatch", "unipc", "native")
 EULER_LIKE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
@@ -92,7 +92,7 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     """Pick and build the scheduler that runs ``schedule`` on ``pipe`` (see the module docstring)."""
     import diffusers
 
-    from optsteps.integrations.diffusers_export import to_diffusers
+    from optsteps.integrations.diffusers.export import to_diffusers
 
     if scheduler not in SCHEDULER_CHOICES:
         raise OptstepsError(f"unknown scheduler choice {scheduler!r}; use one of {', '.join(SCHEDULER_CHOICES)}.")

@@ -35,7 +35,7 @@ import torch
 from optsteps.core.schedule import Schedule, start_sigma
 from optsteps.errors import OptstepsError
 
-log = logging.getLogger("optsteps.integrations.diffusers_export")
+log = logging.getLogger("optsteps.integrations.diffusers.export")
 
 TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
 

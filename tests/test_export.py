@@ -28,9 +28,10 @@ def test_dpmsolver_takes_integer_timesteps_and_the_right_final_sigma():
 
 def test_non_integer_timesteps_are_snapped_and_the_move_reported():
     s = baseline("uniform-lambda", VP, 5)
-    out = diffusers_export(s.with_solver(SolverSpec("dpmpp2m")))
+    out = diffusers_export(s.with_solver(SolverSpec("dpmpp2m")), "DPMSolverMultistepScheduler")
     assert out["scheduler"] == "DPMSolverMultistepScheduler" and out["config"]["solver_order"] == 2
     assert 0 < out["snapped_max_shift"] <= 0.5
+    assert f"largest move {out['snapped_max_shift']:.3g}" in out["changes"] and "not the measured run" in out["changes"]
     exact = VP.timestep(s.timesteps_t[:-1])
     assert np.allclose(out["set_timesteps"]["timesteps"], exact.numpy(), atol=0.5)
     crowded = Schedule([1.0, 0.5, 0.5 - 0.2 / 1000, 0.001], VP)  # two times within one training timestep
@@ -57,11 +58,13 @@ README_SCHEDULERS = {"vp": ["DPMSolverMultistepScheduler", "DDPMScheduler", "Eul
 def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
     import diffusers
 
+    from optsteps.integrations.diffusers import OptstepsScheduler
+
     ns = VP if family == "vp" else RectifiedFlow()
     base = (diffusers.DDPMScheduler(beta_schedule="linear") if family == "vp"
             else diffusers.FlowMatchEulerDiscreteScheduler()).config
     for s in _grid(ns):
-        for name in [None] + README_SCHEDULERS[family]:
+        for name in README_SCHEDULERS[family]:
             out = diffusers_export(s, name)
             json.dumps(out)  # JSON-ready
             cls = getattr(diffusers, out["scheduler"])
@@ -76,9 +79,11 @@ def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
             else:
                 want = s.sigmas[:-1].numpy()
                 assert np.allclose(sch.sigmas.numpy()[: s.nfe], want, rtol=1e-4, atol=1e-5), (s.method, out["scheduler"])
-        assert diffusers_export(s)["scheduler"] == (
-            "DPMSolverMultistepScheduler" if family == "vp"
-            else "FlowMatchEulerDiscreteScheduler" if s.solver == "ddim" else "UniPCMultistepScheduler")
+        default = diffusers_export(s)  # the measured solver at the exact times
+        json.dumps(default)
+        sch = OptstepsScheduler.from_config(default["config"], prediction_type="epsilon")
+        assert default["scheduler"] == "OptstepsScheduler" and sch.spec == s.solver_spec
+        assert sch.timesteps.tolist() == pytest.approx(ns.timestep(s.timesteps_t[:-1]).float().tolist())
 
 
 def test_comfyui_text_and_ays_pair():
@@ -161,6 +166,8 @@ def test_the_start_state_travels_with_the_export():
     assert start_latents(raw) == {"start_state": "raw", "sigma": 1.0}
     d = diffusers_export(raw)
     assert d["latents"] == {"start_state": "raw", "sigma": 1.0}
+    assert d["config"]["t"][0] == pytest.approx(0.98) and d["config"]["start_state"] == "raw"
+    d = diffusers_export(raw, "FlowMatchEulerDiscreteScheduler")
     assert d["set_timesteps"]["sigmas"][0] == pytest.approx(0.98)  # the first σ is the schedule's
     assert to_comfyui(scaled)[0] == pytest.approx(0.98)
     with pytest.raises(OptstepsError, match="unscaled noise"):

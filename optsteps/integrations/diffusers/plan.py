@@ -23,6 +23,7 @@ import inspect
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.integrations.diffusers.export import describe_change as _describe_change
 from optsteps.integrations.diffusers.export import snap_to_training_timesteps
 
 
@@ -164,35 +165,9 @@ def pipeline_prediction(pipe, family: str) -> str:
     return pred
 
 
-STOCK_SOLVER = {"FlowMatchEulerDiscreteScheduler": ("ddim", 1), "EulerDiscreteScheduler": ("ddim", 1)}
-
-
 def describe_change(plan: Plan, schedule: Schedule) -> str | None:
-    """One line saying what a requested stock scheduler changes against the measured run (solver and order,
-    snapping and its largest move); None for ``OptstepsScheduler`` (nothing changes)."""
-    name = plan.name
-    if name == "OptstepsScheduler":
-        return None
-    spec = schedule.solver_spec
-    measured = "no solver (first order)" if spec is None else f"{spec.name} order {spec.order}"
-    cfg = plan.scheduler.config
-    if name in STOCK_SOLVER:
-        runs = "ddim order 1 (Euler)"
-    elif name == "DPMSolverMultistepScheduler":
-        o = int(cfg.get("solver_order", 2))
-        runs = "ddim order 1" if o == 1 else f"DPM-Solver++ ({cfg.get('algorithm_type')}) order {o}"
-    elif name == "UniPCMultistepScheduler":
-        runs = f"unipc order {int(cfg.get('solver_order', 2))} (diffusers' step-order rules)"
-    else:
-        runs = f"{name}'s own solver"
-    shift = plan.notes.get("snapped_max_shift")
-    times = (f"times snapped to integer training timesteps (largest move {shift:.3g} timesteps)" if shift
-             else "exact times" if name in STOCK_SOLVER or name == "UniPCMultistepScheduler" or shift == 0
-             else "times as that scheduler rounds them")
-    same = spec is not None and runs.startswith(f"{spec.name} order {spec.order}") and not shift
-    verdict = "the measured run" if same else "not the measured run"
-    return (f"scheduler {name} runs {runs} on {times}; the schedule was measured with {measured} at exact times: "
-            f"{verdict} (default --scheduler auto runs it exactly with OptstepsScheduler).")
+    """One line on what the plan's stock scheduler changes against the measured run (``export.describe_change``)."""
+    return _describe_change(plan.name, plan.scheduler.config, schedule, plan.notes.get("snapped_max_shift"))
 
 
 def passes_schedule(pipe, plan: Plan) -> bool:

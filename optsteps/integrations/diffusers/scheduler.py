@@ -26,6 +26,7 @@ from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.core.noise_schedules import noise_schedule_from_dict
 from optsteps.core.schedule import Schedule, start_sigma
 from optsteps.core.solvers import SolverRun, SolverSpec
+from optsteps.integrations.diffusers.export import scheduler_config
 
 PREDICTION = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow": "flow",
               "flow_prediction": "flow"}  # diffusers' names → optsteps' (core.denoisers.PREDICTION_TYPES)
@@ -63,12 +64,7 @@ class OptstepsScheduler(SchedulerMixin, ConfigMixin):
     def from_schedule(cls, schedule: Schedule, prediction_type: str, scale_first_sample: bool = False):
         """The scheduler for ``schedule`` (its own solver spec; first order where it names none) and a network
         predicting ``prediction_type`` (diffusers' or optsteps' name)."""
-        spec = schedule.solver_spec or SolverSpec("ddim")
-        ns = schedule.noise_schedule
-        return cls(t=[float(v) for v in schedule.t], noise_schedule=ns.to_dict(), solver=spec.name,
-                   order=spec.order, lower_order_final=spec.lower_order_final, corrector=spec.corrector,
-                   prediction_type=prediction_type, start_state=schedule.start_state,
-                   scale_first_sample=scale_first_sample, num_train_timesteps=int(ns.num_train_timesteps))
+        return cls(**scheduler_config(schedule, prediction_type, scale_first_sample))
 
     @property
     def step_index(self):

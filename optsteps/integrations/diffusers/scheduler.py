@@ -78,6 +78,17 @@ class OptstepsScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = 0
         self._run = SolverRun(self.schedule, self.spec)
 
+    def set_begin_index(self, begin_index: int = 0):
+        """Pipelines that start mid-schedule (img2img) call this; the schedule's own start is step 0."""
+        if begin_index != 0:
+            raise ValueError("OptstepsScheduler runs its whole schedule from its first time; to start later, "
+                             "compute a schedule that starts there.")
+        self._step_index = 0
+
+    @property
+    def begin_index(self):
+        return 0
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample  # the state is x_t itself (VP: α x_0 + σ ε; flow: (1 − t) x_0 + t ε)
 

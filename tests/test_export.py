@@ -176,3 +176,38 @@ def test_the_start_state_travels_with_the_export():
     assert to_comfyui(top) == to_comfyui(baseline("uniform-t", flow, 4))
     vp = baseline("uniform-lambda@start=0.9,state=raw", VP, 4)
     assert start_latents(vp)["sigma"] == pytest.approx(float(VP.sigma(1.0)))
+
+
+def test_tool_exports_comfyui_kjnodes_a1111_and_interpolated_steps():
+    """ComfyUI SamplerCustom sigmas, KJNodes CustomSigmas text, A1111 ExtraSchedulers "custom" list; ``steps``:
+    the AYS log-linear recipe (log σ linear in the normalised index), labelled interpolated; raw starts refused."""
+    from optsteps.integrations.diffusers.export import interpolate_sigmas, tool_export
+
+    s = baseline("uniform-lambda", VP, 5)
+    sig = to_comfyui(s)
+    assert tool_export(s, "comfyui") == sig and len(sig) == 6 and sig[-1] == 0.0
+    assert [float(v) for v in tool_export(s, "comfyui-text").split(",")] == pytest.approx(sig, rel=1e-5)
+    a = tool_export(s, "a1111")
+    assert a.startswith("[") and a.endswith("]") and json.loads(a) == pytest.approx(sig, rel=1e-5)
+    # steps = K reproduces the measured sigmas; log σ of 2K−1 steps: the measured points plus midpoints in log σ
+    assert interpolate_sigmas(s, 5) == pytest.approx(sig, rel=1e-12)
+    fine = interpolate_sigmas(s, 10)  # the 6 positive sigmas (σ_K = σ_min > 0) at every other point, then 0
+    assert len(fine) == 11 and fine[-1] == 0.0 and fine[0:10:2] == pytest.approx(sig[:5], rel=1e-12)
+    assert np.log(fine[1]) == pytest.approx((np.log(sig[0]) + np.log(sig[1])) / 2, rel=1e-12)
+    j = tool_export(s, "comfyui", steps=10)
+    assert j["interpolated"] is True and j["sigmas"] == fine and "not measured" in j["note"] and j["measured_nfe"] == 5
+    for fmt in ("comfyui-text", "a1111"):
+        head, body = tool_export(s, fmt, steps=10).split("\n")
+        assert head.startswith("# interpolated to 10 steps") and "not measured" in head
+        assert [float(v) for v in body.strip("[]").split(",")] == pytest.approx(fine, rel=1e-5)
+    flow = baseline("uniform-t", RectifiedFlow(), 4)  # flow σ = t, ending at 0: interpolated over the positive ones
+    f = interpolate_sigmas(flow, 7)
+    assert f[0] == pytest.approx(1.0) and f[-1] == 0.0 and all(a > b for a, b in zip(f, f[1:]))
+    raw = baseline("uniform-lambda@start=0.9,state=raw", VP, 4)
+    for fmt in ("comfyui", "comfyui-text", "a1111"):
+        with pytest.raises(OptstepsError, match="unscaled noise"):
+            tool_export(raw, fmt)
+        with pytest.raises(OptstepsError, match="unscaled noise"):
+            tool_export(raw, fmt, steps=8)
+    with pytest.raises(OptstepsError, match="whole number of steps"):
+        interpolate_sigmas(s, 0)

@@ -713,7 +713,7 @@ class Registry:
         row.update(tags=dict(mv.tags), source=mv.source, schedule=json.loads(self.schedule_text(mv)))
         return row
 
-    def export(self, ref: str, fmt: str = "json", scheduler: str | None = None) -> str:
+    def export(self, ref: str, fmt: str = "json", scheduler: str | None = None, steps: int | None = None) -> str:
         """The schedule as text: ``json`` (the registered file, byte for byte), ``diffusers`` (scheduler, kwargs,
         config overrides and the snapped move, JSON), ``comfyui`` (the sigma list, JSON), ``comfyui-text`` (the
         sigmas comma-separated) or ``ays`` (timesteps + sigmas ending in 0, JSON)."""
@@ -722,7 +722,10 @@ class Registry:
         text = self.schedule_text(self.parse_ref(ref))
         if fmt == "json":
             return text
-        out = SchedulePyfunc(text).export(fmt, scheduler)
+        if steps is not None and fmt not in ("comfyui", "comfyui-text", "a1111"):
+            raise OptstepsError(f"--steps interpolates sigma lists (comfyui, comfyui-text, a1111), not {fmt}; "
+                                "drop --steps to export the measured schedule.")
+        out = SchedulePyfunc(text).export(fmt, scheduler, steps)
         return out if isinstance(out, str) else json.dumps(out, indent=2 if fmt in ("diffusers", "ays") else None)
 
 

@@ -169,6 +169,46 @@ def to_comfyui_text(schedule: Schedule) -> str:
     return ", ".join(f"{v:.6g}" for v in to_comfyui(schedule))
 
 
+def interpolate_sigmas(schedule: Schedule, steps: int) -> list[float]:
+    """``steps`` + 1 sigmas ending in 0 by the Align-Your-Steps log-linear recipe: log σ interpolated linearly over
+    the normalised step index (i/(M−1) ↦ log σ_i of the M positive sigmas) at ``steps`` (+1 where σ_K > 0) points.
+    INTERPOLATED, not measured: only the schedule's own NFE was evaluated."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
+        raise OptstepsError(f"--steps {steps!r}: use a whole number of steps from 1 to 10000.")
+    to_comfyui(schedule)  # the same refusal of a raw start
+    sig = np.asarray(schedule.sigmas.tolist(), dtype=np.float64)
+    pos = sig[sig > 0]
+    m = steps if sig[-1] == 0 else steps + 1
+    log_new = np.interp(np.linspace(0, 1, m), np.linspace(0, 1, len(pos)), np.log(pos))
+    out = np.exp(log_new).tolist()
+    return (out + [0.0]) if sig[-1] == 0 else out[:-1] + [0.0]
+
+
+def interpolated_label(schedule: Schedule, steps: int) -> str:
+    return (f"interpolated to {steps} steps from the measured NFE-{schedule.nfe} schedule by the AYS log-linear "
+            "recipe: not measured")
+
+
+def to_a1111(schedule: Schedule, steps: int | None = None) -> str:
+    """The A1111/Forge webUI_ExtraSchedulers "custom" scheduler's sigma list, ``[σ_0, …, 0]`` (as ``to_comfyui``)."""
+    sig = to_comfyui(schedule) if steps is None else interpolate_sigmas(schedule, steps)
+    return "[" + ", ".join(f"{v:.6g}" for v in sig) + "]"
+
+
+def tool_export(schedule: Schedule, fmt: str, steps: int | None = None):
+    """ComfyUI (``comfyui``: the SamplerCustom SIGMAS list; ``comfyui-text``: KJNodes CustomSigmas text) and A1111
+    (``a1111``) exports; ``steps``: any step count by ``interpolate_sigmas``, labelled as interpolated (JSON: an
+    object with "interpolated": true and a note; text: a first ``#`` line)."""
+    if steps is None:
+        return {"comfyui": to_comfyui, "comfyui-text": to_comfyui_text, "a1111": to_a1111}[fmt](schedule)
+    label = interpolated_label(schedule, steps)
+    sig = interpolate_sigmas(schedule, steps)
+    if fmt == "comfyui":
+        return {"sigmas": sig, "steps": steps, "interpolated": True, "measured_nfe": schedule.nfe, "note": label}
+    text = to_a1111(schedule, steps) if fmt == "a1111" else ", ".join(f"{v:.6g}" for v in sig)
+    return f"# {label}\n{text}"
+
+
 def to_ays_pair(schedule: Schedule) -> dict:
     """The Align-Your-Steps style pair: ``timesteps`` (the K network timesteps: integers for VP, σ·N for flow)
     and ``sigmas`` (K + 1 values ending in 0, as ``to_comfyui``)."""

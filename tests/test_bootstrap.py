@@ -8,7 +8,7 @@ from scipy import linalg
 
 from optsteps.errors import OptstepsError
 from optsteps.evaluate import bootstrap as bs
-from optsteps.evaluate.champion import decide
+from optsteps.evaluate.champion import Entry, Standing, standings
 from optsteps.evaluate.fid import fid_from_features, kid_from_features
 from optsteps.evaluate.speedup import best_baseline, equivalent_nfe, speedup_table
 
@@ -134,35 +134,42 @@ def test_frechet_reference_root_squares_to_the_covariance():
     np.testing.assert_allclose(r.sqrt_cov, linalg.sqrtm(np.cov(f, rowvar=False)).real, atol=1e-8)
 
 
-# ---- the champion gate ---------------------------------------------------------------------------------
+# ---- champions: the standings of one evaluation --------------------------------------------------------
 
-def test_the_champion_does_not_move_for_a_tie_and_moves_for_a_real_gain():
+def test_the_best_value_is_champion_and_its_lead_is_paired():
     g = np.random.default_rng(5)
-    champ = 5.0 + g.normal(0, 0.2, 200)
-    tie = decide("fid_digitsnet", 5.0, "e1", champ.copy(), 5.0, "e1", champ)
-    assert not tie.move and tie.reason == "not_significant" and tie.diff == 0.0 and tie.ci95 == (0.0, 0.0)
-    gain = decide("fid_digitsnet", 4.0, "e1", champ - 1.0 + g.normal(0, 0.05, 200), 5.0, "e1", champ)
-    assert gain.move and gain.reason == "significant" and gain.ci95[1] < 0
-    noisy = decide("fid_digitsnet", 4.9, "e1", champ + g.normal(0, 1.0, 200), 5.0, "e1", champ)
-    assert not noisy.move and noisy.reason == "not_significant" and noisy.ci95[0] < 0 < noisy.ci95[1]
-    worse = decide("fid_digitsnet", 6.0, "e1", champ + 1.0, 5.0, "e1", champ)
-    assert not worse.move and worse.reason == "not_better"
+    base = 5.0 + g.normal(0, 0.2, 200)
+    entries = [Entry("a", 5.0, base), Entry("b", 4.0, base - 1.0 + g.normal(0, 0.05, 200)),
+               Entry("c", 4.9, base - 0.1 + g.normal(0, 0.05, 200))]
+    st = standings("fid_digitsnet", entries)
+    assert [s.key for s in st] == ["b", "c", "a"] and st[0].champion and (st[0].rank, st[0].of) == (1, 3)
+    lead = st[0]  # champion − runner-up, a significant lead
+    assert lead.compared_with == "c" and lead.diff == pytest.approx(-0.9) and lead.ci95[1] < 0
+    assert lead.significance == "significant"
+    assert st[1].compared_with == "b" and st[1].diff == pytest.approx(0.9) and st[1].ci95[0] > 0
+    for perm in ([2, 0, 1], [1, 2, 0], [0, 2, 1]):  # the order the versions come in does not matter
+        assert standings("fid_digitsnet", [entries[i] for i in perm]) == st
+    noisy = standings("fid_digitsnet", [Entry("a", 5.0, base), Entry("n", 4.9, base - 0.1 + g.normal(0, 1.0, 200))])
+    assert noisy[0].key == "n" and noisy[0].ci95[0] < 0 < noisy[0].ci95[1]  # best, but its lead is within the noise
+    assert noisy[0].significance == noisy[1].significance == "not_significant"
 
 
-def test_the_champion_gate_across_evaluations_and_directions():
-    r = np.zeros(10)
-    assert decide("l2_to_teacher", 9.0, "e2", r, 1.0, None, None, has_champion=False).reason == "first"
-    new = decide("l2_to_teacher", 9.0, "e2", r, 1.0, "e1", r)
-    assert new.move and new.reason == "new_evaluation"  # another evaluation: not comparable, the new one decides
-    hand = decide("l2_to_teacher", 0.1, None, None, 1.0, "e1", r)
-    assert not hand.move and hand.reason == "not_comparable"
-    legacy = decide("l2_to_teacher", 0.9, None, None, 1.0, None, None)
-    assert legacy.move and legacy.reason == "point_only"
-    assert not decide("l2_to_teacher", 1.0, None, None, 1.0, None, None).move  # strictly better only
+def test_a_tie_is_not_significant_and_ties_break_by_key():
+    r = np.linspace(4, 6, 50)
+    st = standings("fid_digitsnet", [Entry("z", 5.0, r), Entry("y", 5.0, r.copy())])
+    assert [s.key for s in st] == ["y", "z"] and st[0].diff == 0.0 and st[0].ci95 == (0.0, 0.0)
+    assert st[0].significance == st[1].significance == "not_significant"
+
+
+def test_standings_without_resamples_alone_and_higher_is_better():
+    assert standings("l2_to_teacher", [Entry("a", 1.0)]) == [Standing("a", 1, 1)]
+    assert standings("l2_to_teacher", [Entry("a", 1.0)])[0].significance == "alone"
+    st = standings("l2_to_teacher", [Entry("a", 1.0), Entry("b", 0.9)])
+    assert st[0].key == "b" and st[0].significance == "point_only" and st[0].diff == pytest.approx(-0.1)
     champ = np.full(50, 30.0) + np.linspace(-1, 1, 50)
-    up = decide("psnr_to_teacher", 32.0, "e1", champ + 2.0, 30.0, "e1", champ)  # higher is better
-    assert up.move and up.diff == 2.0
-    assert not decide("psnr_to_teacher", 28.0, "e1", champ - 2.0, 30.0, "e1", champ).move
+    up = standings("psnr_to_teacher", [Entry("a", 30.0, champ), Entry("b", 32.0, champ + 2.0)])
+    assert up[0].key == "b" and up[0].diff == 2.0 and up[0].significance == "significant"
+    assert standings("fid_digitsnet", []) == []
 
 
 # ---- the speedup interpolation --------------------------------------------------------------------------
@@ -204,3 +211,61 @@ def test_speedup_table_on_synthetic_rows():
     (best,) = best_baseline(entries)
     assert best["baseline"] == "karras"
     assert set(best) >= {"method", "solver", "nfe", "metric", "baseline", "baseline_nfe", "speedup"}
+
+
+# ---- paired (teacher-referenced) FID and KID ----------------------------------------------------------------
+
+def test_paired_kid_is_the_u_statistic_over_distinct_pairs():
+    g = np.random.default_rng(7)
+    x = g.normal(size=(30, 5))
+    y = x + 0.1 * g.normal(size=(30, 5))
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3  # noqa: E731
+    n = len(x)
+    brute = sum(k(x[i:i + 1], x[j:j + 1])[0, 0] + k(y[i:i + 1], y[j:j + 1])[0, 0] - k(x[i:i + 1], y[j:j + 1])[0, 0]
+                - k(x[j:j + 1], y[i:i + 1])[0, 0] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    assert bs.paired_kid(x, y) == pytest.approx(brute, rel=1e-10)
+    assert bs.paired_kid(x, x) == 0.0
+    idx = bs.resample_indices(n, 5, 2)
+    for b, rows in enumerate(idx):  # on a resample: the pairs of distinct original indices, with multiplicity
+        w = np.bincount(rows, minlength=n).astype(float)
+        num = sum(w[i] * w[j] * (k(x[[i]], x[[j]]) + k(y[[i]], y[[j]]) - k(x[[i]], y[[j]]) - k(x[[j]], y[[i]]))[0, 0]
+                  for i in range(n) for j in range(n) if i != j)
+        den = sum(w[i] * w[j] for i in range(n) for j in range(n) if i != j)
+        assert bs.paired_kid_resamples(x, y, idx)[b] == pytest.approx(num / den, rel=1e-9)
+    # the estimator with the paired diagonal (y as an "independent" reference) is biased far below 0 for a student
+    # close to the teacher (true MMD² ≈ 0): over 200 draws its mean is −0.6 ± 0.01; without the diagonal it is
+    # 0 within its standard error
+    old, new = [], []
+    for _ in range(200):
+        a = g.normal(size=(30, 5))
+        b = a + 0.1 * g.normal(size=(30, 5))
+        old.append(bs.kid_full(a, bs.kernel_reference(b)))
+        new.append(bs.paired_kid(a, b))
+    assert np.mean(old) < -20 * np.std(old) / np.sqrt(200)
+    assert abs(np.mean(new)) < 3 * np.std(new) / np.sqrt(200) + 1e-4
+
+
+def test_paired_frechet_equals_clean_fid_and_both_factorisations_agree():
+    g = np.random.default_rng(8)
+    x = g.normal(size=(40, 6)) @ g.normal(size=(6, 6))
+    y = x + 0.3 * g.normal(size=(40, 6))
+    assert bs.paired_frechet(x, y) == pytest.approx(fid_from_features(x, y), rel=1e-7)
+    assert bs.paired_frechet(x, x) == pytest.approx(0.0, abs=1e-9)
+    wide_x, wide_y = g.normal(size=(12, 20)), g.normal(size=(12, 20))  # n < D: the n×n factorisation
+    assert bs.paired_frechet(wide_x, wide_y) == pytest.approx(fid_from_features(wide_x, wide_y), rel=1e-6)
+    idx = bs.resample_indices(40, 6, 1)
+    got = bs.paired_frechet_resamples(x, y, idx)
+    for b, rows in enumerate(idx):
+        assert got[b] == pytest.approx(fid_from_features(x[rows], y[rows]), rel=1e-6)
+
+
+def test_reported_intervals_stay_in_the_metrics_range():
+    g = np.random.default_rng(9)
+    r = 0.05 + 0.2 * g.normal(size=200)  # a small FID with a wide spread: the centred interval would reach below 0
+    assert bs.centred_interval(0.05, r)[0] < 0
+    lo, hi = bs.metric_interval("fid_digitsnet", 0.05, r)
+    assert lo == 0.0 < hi
+    assert bs.metric_interval("kid_teacher_digitsnet", 0.0, np.zeros(10)) == (0.0, 0.0)
+    assert bs.metric_interval("adherence_digitsnet", 0.99, 0.99 + 0.02 * g.normal(size=200))[1] <= 1.0
+    p = 30 + g.normal(size=50)
+    assert bs.metric_interval("psnr_to_teacher", 30.0, p) == bs.centred_interval(30.0, p)  # unbounded: unchanged

@@ -354,3 +354,24 @@ def test_reference_folder_features_go_through_clean_fid_and_are_cached(tmp_path,
     assert len(list((tmp_path / "cache").glob("digitsnet-*.npz"))) == 2
     with pytest.raises(OptstepsError, match="not a folder"):
         folder_features(net, tmp_path / "missing")
+
+
+def test_a_student_equal_to_the_teacher_scores_zero_with_an_interval_covering_zero(clf, tmp_path):
+    """Teacher-referenced FID/KID compare paired sets (shared seeds): a student that reproduces the teacher's
+    samples gets 0 with [0, 0], not a negative KID (the paired diagonal k(x_i, y_i) is left out, §7.2); a student
+    close to the teacher gets a KID whose interval stays in [0, ∞) and covers its value, and no FID bound is < 0."""
+    g = torch.Generator().manual_seed(0)
+    imgs = digits_images()[:120]
+    labels = torch.as_tensor(digits_labels()[:120])
+    ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5, bootstrap=80, bootstrap_seed=3)
+    ev.set_teacher(imgs, imgs)
+    out, res = ev.measure(imgs.clone(), labels)
+    assert out["kid_teacher_digitsnet"] == 0.0 and out["fid_teacher_digitsnet"] == pytest.approx(0.0, abs=1e-9)
+    assert out["ci95"]["kid_teacher_digitsnet"] == [0.0, 0.0]
+    assert out["ci95"]["fid_teacher_digitsnet"] == pytest.approx([0.0, 0.0], abs=1e-9)  # rounding of the eigenvalues
+    near = (imgs + 0.15 * torch.randn(imgs.shape, generator=g)).clamp(-1, 1)
+    out, res = ev.measure(near, labels)
+    for k in ("kid_teacher_digitsnet", "fid_teacher_digitsnet", "fid_digitsnet"):
+        lo, hi = out["ci95"][k]
+        assert 0.0 <= lo <= hi, (k, lo, hi)
+    assert out["kid_teacher_digitsnet"] > 0 and out["fid_teacher_digitsnet"] > 0

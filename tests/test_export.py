@@ -9,7 +9,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
 from optsteps.core.solver_spec import SolverSpec
-from optsteps.integrations.diffusers_export import (configure, diffusers_export, to_ays_pair, to_comfyui,
+from optsteps.integrations.diffusers.export import (configure, diffusers_export, to_ays_pair, to_comfyui,
                                                     to_comfyui_text, to_diffusers)
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
@@ -28,9 +28,10 @@ def test_dpmsolver_takes_integer_timesteps_and_the_right_final_sigma():
 
 def test_non_integer_timesteps_are_snapped_and_the_move_reported():
     s = baseline("uniform-lambda", VP, 5)
-    out = diffusers_export(s.with_solver(SolverSpec("dpmpp2m")))
+    out = diffusers_export(s.with_solver(SolverSpec("dpmpp2m")), "DPMSolverMultistepScheduler")
     assert out["scheduler"] == "DPMSolverMultistepScheduler" and out["config"]["solver_order"] == 2
     assert 0 < out["snapped_max_shift"] <= 0.5
+    assert f"largest move {out['snapped_max_shift']:.3g}" in out["changes"] and "not the measured run" in out["changes"]
     exact = VP.timestep(s.timesteps_t[:-1])
     assert np.allclose(out["set_timesteps"]["timesteps"], exact.numpy(), atol=0.5)
     crowded = Schedule([1.0, 0.5, 0.5 - 0.2 / 1000, 0.001], VP)  # two times within one training timestep
@@ -57,11 +58,13 @@ README_SCHEDULERS = {"vp": ["DPMSolverMultistepScheduler", "DDPMScheduler", "Eul
 def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
     import diffusers
 
+    from optsteps.integrations.diffusers import OptstepsScheduler
+
     ns = VP if family == "vp" else RectifiedFlow()
     base = (diffusers.DDPMScheduler(beta_schedule="linear") if family == "vp"
             else diffusers.FlowMatchEulerDiscreteScheduler()).config
     for s in _grid(ns):
-        for name in [None] + README_SCHEDULERS[family]:
+        for name in README_SCHEDULERS[family]:
             out = diffusers_export(s, name)
             json.dumps(out)  # JSON-ready
             cls = getattr(diffusers, out["scheduler"])
@@ -76,9 +79,11 @@ def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
             else:
                 want = s.sigmas[:-1].numpy()
                 assert np.allclose(sch.sigmas.numpy()[: s.nfe], want, rtol=1e-4, atol=1e-5), (s.method, out["scheduler"])
-        assert diffusers_export(s)["scheduler"] == (
-            "DPMSolverMultistepScheduler" if family == "vp"
-            else "FlowMatchEulerDiscreteScheduler" if s.solver == "ddim" else "UniPCMultistepScheduler")
+        default = diffusers_export(s)  # the measured solver at the exact times
+        json.dumps(default)
+        sch = OptstepsScheduler.from_config(default["config"], prediction_type="epsilon")
+        assert default["scheduler"] == "OptstepsScheduler" and sch.spec == s.solver_spec
+        assert sch.timesteps.tolist() == pytest.approx(ns.timestep(s.timesteps_t[:-1]).float().tolist())
 
 
 def test_comfyui_text_and_ays_pair():
@@ -151,8 +156,8 @@ def test_exported_schedule_samples_like_our_ddim():
 
 
 def test_the_start_state_travels_with_the_export():
-    from optsteps.integrations.diffusers_export import start_latents
-    from optsteps.integrations.diffusers_export import diffusers_export
+    from optsteps.integrations.diffusers.export import start_latents
+    from optsteps.integrations.diffusers.export import diffusers_export
 
     flow = RectifiedFlow()
     scaled = baseline("uniform-t@start=0.98", flow, 4).with_meta(solver="ddim")
@@ -161,6 +166,8 @@ def test_the_start_state_travels_with_the_export():
     assert start_latents(raw) == {"start_state": "raw", "sigma": 1.0}
     d = diffusers_export(raw)
     assert d["latents"] == {"start_state": "raw", "sigma": 1.0}
+    assert d["config"]["t"][0] == pytest.approx(0.98) and d["config"]["start_state"] == "raw"
+    d = diffusers_export(raw, "FlowMatchEulerDiscreteScheduler")
     assert d["set_timesteps"]["sigmas"][0] == pytest.approx(0.98)  # the first σ is the schedule's
     assert to_comfyui(scaled)[0] == pytest.approx(0.98)
     with pytest.raises(OptstepsError, match="unscaled noise"):
@@ -169,3 +176,38 @@ def test_the_start_state_travels_with_the_export():
     assert to_comfyui(top) == to_comfyui(baseline("uniform-t", flow, 4))
     vp = baseline("uniform-lambda@start=0.9,state=raw", VP, 4)
     assert start_latents(vp)["sigma"] == pytest.approx(float(VP.sigma(1.0)))
+
+
+def test_tool_exports_comfyui_kjnodes_a1111_and_interpolated_steps():
+    """ComfyUI SamplerCustom sigmas, KJNodes CustomSigmas text, A1111 ExtraSchedulers "custom" list; ``steps``:
+    the AYS log-linear recipe (log σ linear in the normalised index), labelled interpolated; raw starts refused."""
+    from optsteps.integrations.diffusers.export import interpolate_sigmas, tool_export
+
+    s = baseline("uniform-lambda", VP, 5)
+    sig = to_comfyui(s)
+    assert tool_export(s, "comfyui") == sig and len(sig) == 6 and sig[-1] == 0.0
+    assert [float(v) for v in tool_export(s, "comfyui-text").split(",")] == pytest.approx(sig, rel=1e-5)
+    a = tool_export(s, "a1111")
+    assert a.startswith("[") and a.endswith("]") and json.loads(a) == pytest.approx(sig, rel=1e-5)
+    # steps = K reproduces the measured sigmas; log σ of 2K−1 steps: the measured points plus midpoints in log σ
+    assert interpolate_sigmas(s, 5) == pytest.approx(sig, rel=1e-12)
+    fine = interpolate_sigmas(s, 10)  # the 6 positive sigmas (σ_K = σ_min > 0) at every other point, then 0
+    assert len(fine) == 11 and fine[-1] == 0.0 and fine[0:10:2] == pytest.approx(sig[:5], rel=1e-12)
+    assert np.log(fine[1]) == pytest.approx((np.log(sig[0]) + np.log(sig[1])) / 2, rel=1e-12)
+    j = tool_export(s, "comfyui", steps=10)
+    assert j["interpolated"] is True and j["sigmas"] == fine and "not measured" in j["note"] and j["measured_nfe"] == 5
+    for fmt in ("comfyui-text", "a1111"):
+        head, body = tool_export(s, fmt, steps=10).split("\n")
+        assert head.startswith("# interpolated to 10 steps") and "not measured" in head
+        assert [float(v) for v in body.strip("[]").split(",")] == pytest.approx(fine, rel=1e-5)
+    flow = baseline("uniform-t", RectifiedFlow(), 4)  # flow σ = t, ending at 0: interpolated over the positive ones
+    f = interpolate_sigmas(flow, 7)
+    assert f[0] == pytest.approx(1.0) and f[-1] == 0.0 and all(a > b for a, b in zip(f, f[1:]))
+    raw = baseline("uniform-lambda@start=0.9,state=raw", VP, 4)
+    for fmt in ("comfyui", "comfyui-text", "a1111"):
+        with pytest.raises(OptstepsError, match="unscaled noise"):
+            tool_export(raw, fmt)
+        with pytest.raises(OptstepsError, match="unscaled noise"):
+            tool_export(raw, fmt, steps=8)
+    with pytest.raises(OptstepsError, match="whole number of steps"):
+        interpolate_sigmas(s, 0)

@@ -30,7 +30,7 @@ def folders(tmp_path_factory):
 def _parity(model, pipe, sched, label, seed, solver, guidance, **call):
     """(pipeline latents, optsteps' sampler latents, info, times the transformer saw) for one sample."""
     from optsteps.core.solvers import sample
-    from optsteps.integrations.diffusers_apply import generate
+    from optsteps.integrations.diffusers.apply import generate
 
     rec = TimestepRecorder(pipe.transformer)
     try:
@@ -52,7 +52,7 @@ def _moved(sched):
 
 def test_flux_dev(folders, tmp_path):
     from optsteps.core.baselines import baseline_for
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.models.diffusers.flux import FluxPipelineModel
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
@@ -104,7 +104,7 @@ def test_flux_dev(folders, tmp_path):
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4) and seen == pytest.approx(pub.t[:-1], abs=1e-6)
 
     # export to the pipeline's own scheduler (dynamic shifting on): shift 1 and no dynamic shift, times verbatim
-    from optsteps.integrations.diffusers_export import configure, diffusers_export
+    from optsteps.integrations.diffusers.export import configure, diffusers_export
 
     assert pipe.scheduler.config.use_dynamic_shifting
     s, kwargs = configure(pipe.scheduler, oss)
@@ -170,7 +170,7 @@ def test_wan(folders, tmp_path):
     from PIL import Image
 
     from optsteps.core.baselines import baseline, baseline_for
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.models.diffusers.wan import WanPipelineModel
     from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
@@ -227,7 +227,7 @@ def test_wan(folders, tmp_path):
     assert Image.open(tmp_path / "wan.png").size == (80, 16)
 
     # export to the pipeline's own UniPC: the schedule's sigmas (stock UniPC then casts timesteps to int; apply does not)
-    from optsteps.integrations.diffusers_export import configure
+    from optsteps.integrations.diffusers.export import configure
 
     s, _ = configure(pipe.scheduler, _moved(lam))
     assert s.sigmas.double().tolist() == pytest.approx(_moved(lam).t, abs=1e-6)

@@ -38,8 +38,8 @@ def folders(tmp_path_factory):
 def test_pixel_ddpm(folders, tmp_path):
     from diffusers import DDPMPipeline
 
-    from optsteps.integrations.diffusers_apply import apply_schedule
-    from optsteps.integrations.diffusers_export import configure
+    from optsteps.integrations.diffusers.apply import apply_schedule
+    from optsteps.integrations.diffusers.export import configure
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     model = load_pipeline_model(folders["ddpm"], device="cpu")  # dispatches to the UNet2D adapter
@@ -52,7 +52,7 @@ def test_pixel_ddpm(folders, tmp_path):
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
         assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
     # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
-    from optsteps.integrations.diffusers_export import snap_to_training_timesteps
+    from optsteps.integrations.diffusers.export import snap_to_training_timesteps
 
     snapped, _ = snap_to_training_timesteps(oss)
     own = DDPMPipeline.from_pretrained(folders["ddpm"]).scheduler
@@ -64,9 +64,9 @@ def test_pixel_ddpm(folders, tmp_path):
 def test_stable_diffusion(folders, tmp_path):
     from diffusers import EulerDiscreteScheduler
 
-    from optsteps.integrations.diffusers_apply import apply_schedule, generate
-    from optsteps.integrations.diffusers_export import snap_to_training_timesteps
-    from optsteps.integrations.diffusers_export import configure
+    from optsteps.integrations.diffusers.apply import apply_schedule, generate
+    from optsteps.integrations.diffusers.export import snap_to_training_timesteps
+    from optsteps.integrations.diffusers.export import configure
     from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
     from optsteps.core.solvers import sample
 
@@ -113,11 +113,11 @@ def test_stable_diffusion(folders, tmp_path):
 def test_stable_diffusion_3(folders, tmp_path):
     from diffusers import UniPCMultistepScheduler
 
-    from optsteps.integrations.diffusers_apply import apply_schedule, generate
-    from optsteps.integrations.diffusers_scheduler_plan import plan_scheduler
+    from optsteps.integrations.diffusers.apply import apply_schedule, generate
+    from optsteps.integrations.diffusers.plan import plan_scheduler
     from optsteps.core.baselines import baseline
     from optsteps.core.denoisers import PredictionDenoiser
-    from optsteps.integrations.diffusers_export import configure
+    from optsteps.integrations.diffusers.export import configure
     from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.core.schedule import Schedule
@@ -194,7 +194,7 @@ def test_apply_starts_from_the_schedules_start_state(folders):
     optsteps' own sampler from ``initial_state``; the scaled start differs (issue 20)."""
     from optsteps.core.baselines import baseline
     from optsteps.core.solvers import sample
-    from optsteps.integrations.diffusers_apply import generate
+    from optsteps.integrations.diffusers.apply import generate
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
@@ -215,7 +215,7 @@ def test_apply_starts_from_the_schedules_start_state(folders):
 
 
 def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
     from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
@@ -231,7 +231,7 @@ def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
 
 
 def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.core.noise_schedules import RectifiedFlow
@@ -321,7 +321,7 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
 
 
 def test_refusal_message_names_problem_and_fix(folders, tmp_path):
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
     from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
@@ -363,7 +363,7 @@ def test_device_and_dtype_defaults(monkeypatch):
 
 @pytest.mark.gpu  # skipped without CUDA by tests/skip_policy.py
 def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
@@ -386,7 +386,7 @@ GENEVAL_ROWS = [{"tag": "single_object", "include": [{"class": "cup", "count": 1
 
 
 def test_geneval_absent_means_no_metric_and_nothing_generated(folders, tmp_path, monkeypatch, caplog):
-    from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
     from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import geneval_metrics
 
@@ -422,7 +422,7 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
     the pipeline's images are written in GenEval's layout, the evaluator runs, and its results are summarised."""
     from PIL import Image
 
-    from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
     from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import GENEVAL_DETECTOR, GENEVAL_MODULES, geneval_metrics
     from optsteps.models.diffusers.pipelines import load_diffusers_pipeline

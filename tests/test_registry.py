@@ -13,7 +13,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 from optsteps.core.baselines import baseline  # noqa: E402
 from optsteps.errors import OptstepsError  # noqa: E402
-from optsteps.integrations.diffusers_export import to_comfyui, to_diffusers  # noqa: E402
+from optsteps.integrations.diffusers.export import to_comfyui, to_diffusers  # noqa: E402
 from optsteps.models.digits import noise_schedule_for  # noqa: E402
 from optsteps.integrations.mlflow_registry import Registry, registered_name  # noqa: E402
 from optsteps.core.schedule import Schedule  # noqa: E402
@@ -62,59 +62,94 @@ def test_round_trip_is_bit_exact_and_runs_have_plots(reg):
     assert reg.artifact_location.startswith("file:///") and reg.artifact_location.endswith("/mlartifacts")
 
 
-def test_champion_moves_only_to_a_strictly_better_fid(reg):
+def test_without_evaluation_ids_the_best_point_value_is_champion(reg):
     name = registered_name("champ", "unipc")
-    seq = [(5.0, True), (6.0, False), (5.0, False), (4.0, True), (4.5, False)]
+    seq = [(5.0, True), (6.0, False), (5.5, False), (4.0, True), (4.5, False)]
     versions = []
-    for i, (fid, moves) in enumerate(seq):
+    for i, (fid, holds) in enumerate(seq):
         res = reg.register_schedule(log(reg, odd_schedule("champ", 4, 0.01 * (i + 1)), fid), **REG)
-        assert res["champion"] is moves, (fid, res)
+        assert res["champion"] is holds, (fid, res)
         versions.append(res["version"])
     assert versions == [1, 2, 3, 4, 5]
     champ = reg.client.get_model_version_by_alias(name, "champion-nfe4")
     assert str(champ.version) == "4" and float(champ.tags["fid_digitsnet"]) == 4.0
     assert len(reg.client.search_model_versions(f"name = '{name}'")) == 5  # nothing overwritten or deleted
     rows = reg.list_schedules(model="champ", nfe=4)
-    assert [r["version"] for r in rows] == [5, 4, 3, 2, 1] and rows[1]["aliases"] == ["champion-nfe4"]
+    assert {r["version"] for r in rows} == {1, 2, 3, 4, 5} and rows[0]["version"] == 4
+    assert rows[0]["aliases"] == ["champion-nfe4"]
     assert reg.list_schedules(model="champ", nfe=7) == []
-    assert [r["decision"] for r in rows] == ["point_only", "point_only", "point_only", "point_only", "first"]
+    # the tags describe the present: one best, the others behind it (point values, no resamples)
+    tags = {int(mv.version): mv.tags for mv in reg.client.search_model_versions(f"name = '{name}'")}
+    assert [tags[v]["champion_decision"] for v in versions] == ["behind", "behind", "behind", "best", "behind"]
+    assert {tags[v]["champion_significance"] for v in versions} == {"point_only"}
+    assert tags[4]["compared_with"] == f"{name}/5" and tags[4]["rank"] == "1/5" and tags[2]["rank"] == "5/5"
 
 
-def test_champion_gate_within_one_evaluation(reg):
-    """A deliberately tied pair (the same resamples) leaves the champion and tags the version not_significant; a
-    real paired gain moves it; a better point value inside the noise does not; another evaluation starts over."""
+def _standings_by_method(reg, name):
+    """Each version's present tags, keyed by method, with version references replaced by methods (version numbers
+    depend on the registration order, the schedules do not)."""
+    mvs = reg.client.search_model_versions(f"name = '{name}'")
+    method = {str(mv.version): mv.tags["method"] for mv in mvs}
+    keep = ("champion_decision", "champion_significance", "rank", "compared_with", "paired_diff", "paired_ci95",
+            "not_significant")
+    out = {}
+    for mv in mvs:
+        t = {k: mv.tags.get(k) for k in keep}
+        if t["compared_with"]:
+            t["compared_with"] = method[t["compared_with"].rsplit("/", 1)[1]]
+        out[mv.tags["method"]] = t
+    champ = reg.client.get_model_version_by_alias(name, "champion-nfe4")
+    return out, champ.tags["method"]
+
+
+def test_champion_is_the_best_of_its_evaluation_whatever_the_registration_order(tmp_path):
+    """The same evaluation's rows registered in three orders: the same champion and the same tags. The best point
+    value holds the alias even when its lead over the runner-up is inside the noise (tagged not_significant); losers'
+    tags follow the present; a new evaluation's best takes over and the old versions say so; a version without an
+    evaluation id never displaces one with an id; a settle heals an alias a crash left behind."""
     import numpy as np
 
-    name = registered_name("gate", "unipc")
     g = np.random.default_rng(0)
     base = 5.0 + g.normal(0, 0.3, 100)
-
-    def reg_one(i, fid, res, eid="eval-1"):
-        rid = reg.log_schedule_run(odd_schedule("gate", 4, 0.01 * (i + 1)), {"fid_digitsnet": fid,
-                                   "ci95": {"fid_digitsnet": [fid - 0.5, fid + 0.5]}},
-                                   resamples={"fid_digitsnet": res}, evaluation_id=eid)
-        return reg.register_schedule(rid, **REG)
-
-    first = reg_one(0, 5.0, base)
-    assert first["champion"] and first["decision"] == "first"
-    tie = reg_one(1, 5.0, base.copy())
-    assert not tie["champion"] and tie["decision"] == "not_significant" and tie["paired_diff"] == 0.0
-    mv = reg.client.get_model_version(name, tie["version"])
-    assert mv.tags["not_significant"] == "true" and json.loads(mv.tags["paired_ci95"]) == [0.0, 0.0]
-    assert mv.tags["compared_with"] == f"{name}/{first['version']}" and mv.tags["evaluation_id"] == "eval-1"
-    noisy = reg_one(2, 4.9, base - 0.1 + g.normal(0, 1.0, 100))
-    assert not noisy["champion"] and noisy["decision"] == "not_significant"
-    gain = reg_one(3, 4.0, base - 1.0 + g.normal(0, 0.05, 100))
-    assert gain["champion"] and gain["decision"] == "significant" and gain["paired_ci95_hi"] < 0
-    assert reg.client.get_model_version(name, gain["version"]).tags["not_significant"] == "false"
-    assert str(reg.client.get_model_version_by_alias(name, "champion-nfe4").version) == str(gain["version"])
-    # the resamples travel with the run: registering without passing them reads them back
-    assert reg.run_resamples(reg.client.get_model_version(name, gain["version"]).run_id)["fid_digitsnet"][:3] == \
-        pytest.approx(list(base[:3] - 1.0), abs=0.3)
-    other = reg_one(4, 9.0, base + 4.0, eid="eval-2")  # another evaluation: not comparable, it takes over
-    assert other["champion"] and other["decision"] == "new_evaluation"
-    hand = reg.register_schedule(reg.log_schedule_run(odd_schedule("gate", 4, 0.07), {"fid_digitsnet": 1.0}), **REG)
+    rows = {"uniform-t": (5.0, base), "karras": (4.9, base - 0.1 + g.normal(0, 1.0, 100)),
+            "lambda-opt": (3.0, base - 2.0 + g.normal(0, 0.05, 100)), "oss": (2.95, base - 2.05 + g.normal(0, 1, 100)),
+            "tq": (6.0, base + 1.0)}
+    methods = list(rows)
+    seen = []
+    for k, order in enumerate((methods, methods[::-1], [methods[i] for i in (2, 0, 4, 1, 3)])):
+        r = Registry(f"sqlite:///{tmp_path}/order{k}/mlruns.db")
+        for m in order:
+            fid, res = rows[m]
+            s = odd_schedule("ord", 4, 0.01 * (methods.index(m) + 1)).with_meta(method=m)
+            rid = r.log_schedule_run(s, {"fid_digitsnet": fid, "ci95": {"fid_digitsnet": [fid - 0.5, fid + 0.5]}},
+                                     resamples={"fid_digitsnet": res}, evaluation_id="eval-1")
+            r.register_schedule(rid, **REG)
+        seen.append(_standings_by_method(r, registered_name("ord", "unipc")))
+    assert seen[0] == seen[1] == seen[2]
+    tags, champ = seen[0]
+    assert champ == "oss" and tags["oss"]["champion_decision"] == "best"
+    assert tags["oss"]["compared_with"] == "lambda-opt" and tags["oss"]["champion_significance"] == "not_significant"
+    assert tags["oss"]["not_significant"] == "true" and float(tags["oss"]["paired_diff"]) == pytest.approx(-0.05)
+    assert tags["tq"]["champion_decision"] == "behind" and tags["tq"]["champion_significance"] == "significant"
+    assert tags["tq"]["compared_with"] == "oss" and tags["tq"]["rank"] == "5/5"
+    assert [t["champion_decision"] for t in tags.values()].count("best") == 1
+    # a new evaluation's best takes over; the previous evaluation's versions say so
+    r = Registry(f"sqlite:///{tmp_path}/order0/mlruns.db")
+    name = registered_name("ord", "unipc")
+    new = r.register_schedule(r.log_schedule_run(odd_schedule("ord", 4, 0.3).with_meta(method="gits"),
+                                                 {"fid_digitsnet": 9.0}, resamples={"fid_digitsnet": base + 4},
+                                                 evaluation_id="eval-2"), **REG)
+    assert new["champion"] and new["decision"] == "best" and new["champion_significance"] == "alone"
+    after, champ = _standings_by_method(r, name)
+    assert champ == "gits" and {after[m]["champion_decision"] for m in methods} == {"older_evaluation"}
+    assert after["oss"]["paired_diff"] is None and after["oss"]["compared_with"] is None
+    hand = r.register_schedule(r.log_schedule_run(odd_schedule("ord", 4, 0.07).with_meta(method="hand"),
+                                                  {"fid_digitsnet": 1.0}), **REG)
     assert not hand["champion"] and hand["decision"] == "not_comparable"  # no evaluation id: no displacing
+    # a crash between the version and the alias: the next settle heals it
+    r.client.set_registered_model_alias(name, "champion-nfe4", str(new["version"] - 1))
+    r.settle(name, 4, "fid_digitsnet", "eval-2")
+    assert str(r.client.get_model_version_by_alias(name, "champion-nfe4").version) == str(new["version"])
 
 
 def test_failed_evaluation_leaves_no_registered_version(reg):
@@ -307,4 +342,62 @@ def test_registering_the_same_schedule_twice_adds_nothing(reg):
     assert float(reg.client.get_model_version(name, first["version"]).tags["fid_digitsnet"]) == 2.5
     other = reg.register_schedule(reg.log_schedule_run(s, m, evaluation_id="e1", model_sha="f" * 64), **REG)
     assert other["version"] != first["version"]
-    assert [r["version"] for r in reg.list_schedules(model="idem")] == [other["version"], first["version"]]
+    # listed best first by the champion metric within (name, NFE): 2.5 before 3.0
+    assert [r["version"] for r in reg.list_schedules(model="idem")] == [first["version"], other["version"]]
+
+
+def test_the_readme_python_path_writes_nothing_into_a_read_only_registry(reg, tmp_path):
+    """README's snippet (``mlflow.pyfunc.load_model`` of ``models:/…@champion-nfeK`` with ``dst_path``) on a
+    read-only copy of a registry (chmod a-w): it loads the schedule and no file of the store changes. Without
+    ``dst_path`` MLflow returns the version's folder inside a local artifact store and writes its
+    ``registered_model_meta`` file there."""
+    import hashlib
+    import shutil
+    import stat
+    import tempfile
+
+    import mlflow
+
+    s = odd_schedule("ro", 5)
+    reg.register_schedule(log(reg, s, 1.5), **REG)
+    root = tmp_path / "copy"
+    src = reg.tracking_uri[len("sqlite:///"):]
+    shutil.copytree(os.path.dirname(src), root)
+    db = root / os.path.basename(src)
+
+    def snapshot():
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+                if p.is_file()}
+
+    # the copied artifact locations point at the original folder: re-point the copy's experiments to itself
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    old = reg.artifact_location
+    con.execute("update experiments set artifact_location = replace(artifact_location, ?, ?)",
+                (old, (root / "mlartifacts").as_uri()))
+    con.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?)", (old, (root / "mlartifacts").as_uri()))
+    con.execute("update model_versions set source = replace(source, ?, ?), storage_location = "
+                "replace(storage_location, ?, ?)", (old, (root / "mlartifacts").as_uri(), old,
+                                                     (root / "mlartifacts").as_uri()))
+    con.commit()
+    con.close()
+    before = snapshot()
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    prev = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{db}")
+        m = mlflow.pyfunc.load_model("models:/ro-unipc-schedules@champion-nfe5", dst_path=tempfile.mkdtemp())
+        assert m.predict(None) == json.loads(s.to_json())
+        assert snapshot() == before
+        try:  # without dst_path MLflow writes registered_model_meta into the store: refused, or (root) it appears
+            mlflow.pyfunc.load_model("models:/ro-unipc-schedules@champion-nfe5")
+            wrote = set(snapshot()) - set(before)
+            assert [os.path.basename(f) for f in wrote] == ["registered_model_meta"], wrote
+        except OSError:
+            assert snapshot() == before
+    finally:
+        mlflow.set_tracking_uri(prev)
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)

@@ -33,8 +33,8 @@ def test_sdxl(folders, tmp_path):
     from optsteps.core.baselines import baseline_for
     from optsteps.core.solvers import sample
     from optsteps.errors import OptstepsError
-    from optsteps.integrations.diffusers_apply import apply_schedule, generate
-    from optsteps.integrations.diffusers_export import snap_to_training_timesteps
+    from optsteps.integrations.diffusers.apply import apply_schedule, generate
+    from optsteps.integrations.diffusers.export import snap_to_training_timesteps
     from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
 
     before = fingerprint(folders["sdxl"])
@@ -85,7 +85,7 @@ def test_sd35(folders, tmp_path):
 
     from optsteps.core.schedule import Schedule
     from optsteps.core.solvers import sample
-    from optsteps.integrations.diffusers_apply import generate
+    from optsteps.integrations.diffusers.apply import generate
     from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 

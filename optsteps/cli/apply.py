@@ -1,7 +1,7 @@
 """``optsteps apply``: one image from the user's own diffusers pipeline on an optsteps schedule.
 
 Mounted by ``optsteps.cli.main`` with ``app.command("apply")(apply_command)``; the work is done by
-``optsteps.integrations.diffusers_apply.apply_schedule``.
+``optsteps.integrations.diffusers.apply_schedule``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def apply_command(
     out: str = typer.Option("img.png", "--out", help="output PNG"),
     seed: int = typer.Option(0, "--seed", help="optsteps noise seed (sample 0 of this seed)"),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="CFG scale (default: the pipeline's own)"),
-    scheduler: str = typer.Option("auto", "--scheduler", help="auto | dpmsolver | euler | flowmatch | unipc | native"),
+    scheduler: str = typer.Option("auto", "--scheduler", help="auto (= optsteps: the measured solver, exact times) | dpmsolver | euler | flowmatch | unipc | native"),
     device: Optional[str] = typer.Option(None, "--device", help="default: cuda if available, else cpu"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float16 | bfloat16 (default by device)"),
     height: Optional[int] = typer.Option(None, "--height"),
@@ -27,11 +27,13 @@ def apply_command(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
 ):
     """Generate one image with your own diffusers pipeline on an optsteps schedule."""
-    from optsteps.integrations.diffusers_apply import apply_schedule
+    from optsteps.integrations.diffusers import apply_schedule
     from optsteps.integrations.schedule_refs import resolve_schedule
 
     s = resolve_schedule(schedule, tracking_uri)
     extra = {"num_frames": num_frames} if num_frames else {}
     info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width, **extra)
+    if info.get("changes"):
+        typer.echo(f"note: {info['changes']}")
     typer.echo(f"wrote {info['out']} ({info['size'][0]}×{info['size'][1]}, {info['scheduler']}, NFE {info['nfe']}, "
                f"{info['model_calls']} model calls, first timestep {info['timesteps'][0]:.6g})")

@@ -96,13 +96,15 @@ def show_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS (e.g. digits-unipc-
 
 @registry_app.command("export")
 def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION"),
-               fmt: str = typer.Option("json", "--format", help="json | diffusers | comfyui | comfyui-text | ays"),
+               fmt: str = typer.Option("json", "--format", help="json | diffusers | comfyui | comfyui-text | a1111 | ays"),
+               steps: Optional[int] = typer.Option(None, "--steps", help="comfyui/a1111: interpolate to N steps "
+                                                   "(AYS log-linear; labelled interpolated, not measured)"),
                scheduler: Optional[str] = typer.Option(None, "--scheduler",
                                                        help="diffusers scheduler class (default by model family)"),
                out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of stdout"),
                tracking_uri: Optional[str] = TrackingOpt, params: str = ParamsOpt):
     """Export a registered schedule (the JSON byte for byte, diffusers kwargs, or ComfyUI sigmas)."""
-    text = _registry(tracking_uri, params).export(ref, fmt, scheduler)
+    text = _registry(tracking_uri, params).export(ref, fmt, scheduler, steps)
     if out:
         from optsteps.io.atomic import write_text_atomic
 

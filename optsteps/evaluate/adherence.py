@@ -220,7 +220,7 @@ def geneval_metrics(prompt_file, prompt_sampler: Callable | None, schedule=None,
     """GenEval scores for a text-to-image sampler, or {} (one log line) when GenEval is not installed.
 
     ``prompt_sampler(prompt, n, seed, schedule)`` returns n PIL images or an [n, C, H, W] tensor in [−1, 1]
-    (``optsteps.integrations.diffusers_apply.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
+    (``optsteps.integrations.diffusers.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
     GenEval's layout (``write_geneval_images``; under ``workdir``, else a temporary folder removed afterwards),
     then GenEval's own ``evaluation/evaluate_images.py`` scores them. ``limit``: only the first prompts.
     Nothing is generated when GenEval is absent.

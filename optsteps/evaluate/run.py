@@ -187,6 +187,13 @@ class Evaluator:
 
     # -- metrics ------------------------------------------------------------------------------------
     def _fid_kid(self, out, res, name, feats, ref_feats, tag, idx):
+        if tag[0] == "teacher":  # paired sets (shared seeds): pairs resampled jointly, no paired diagonal (§7.2)
+            out[f"fid_{name}"] = bs.paired_frechet(feats, ref_feats)
+            out[f"kid_{name}"] = bs.paired_kid(feats, ref_feats)
+            if idx is not None:
+                res[f"fid_{name}"] = bs.paired_frechet_resamples(feats, ref_feats, idx)
+                res[f"kid_{name}"] = bs.paired_kid_resamples(feats, ref_feats, idx)
+            return
         out[f"fid_{name}"] = fid_from_features(feats, ref_feats)
         out[f"kid_{name}"] = kid_from_features(feats, ref_feats, self.kid_seed, self.kid_subsets)
         if idx is not None:
@@ -252,7 +259,7 @@ class Evaluator:
                 if idx is not None:
                     res["psnr_to_teacher"] = bs.resample_means(psnr, idx)
         if idx is not None:
-            out["ci95"] = {k: list(bs.centred_interval(out[k], r)) for k, r in res.items()}
+            out["ci95"] = {k: list(bs.metric_interval(k, out[k], r)) for k, r in res.items()}
         return out, res
 
     def metrics(self, x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None = None,

@@ -18,7 +18,7 @@ from optsteps.core.schedule import Schedule
 
 LOADER_MODULE = "optsteps.integrations.mlflow_pyfunc"  # recorded in every logged model's MLmodel: keep it importable
 SCHEDULE_FILE = "schedule.json"
-FORMATS = ("json", "diffusers", "comfyui", "comfyui-text", "ays")
+FORMATS = ("json", "diffusers", "comfyui", "comfyui-text", "a1111", "ays")
 
 
 def save_schedule_model(schedule: Schedule, path) -> Path:
@@ -47,26 +47,27 @@ class SchedulePyfunc:
         return json.loads(self.text)
 
     def comfyui_sigmas(self) -> list:
-        from optsteps.integrations.diffusers_export import to_comfyui
+        from optsteps.integrations.diffusers.export import to_comfyui
 
         return to_comfyui(self.schedule)
 
     def diffusers_kwargs(self, scheduler: str | None = None) -> dict:
-        from optsteps.integrations.diffusers_export import diffusers_export
+        from optsteps.integrations.diffusers.export import diffusers_export
 
         return diffusers_export(self.schedule, scheduler)
 
-    def export(self, fmt: str, scheduler: str | None = None):
+    def export(self, fmt: str, scheduler: str | None = None, steps: int | None = None):
         """``json`` (the schedule dict), ``diffusers`` (scheduler, kwargs, config, snapped move), ``comfyui``
-        (the sigma list), ``comfyui-text`` (the same, comma-separated) or ``ays`` (timesteps + sigmas ending in 0)."""
-        from optsteps.integrations.diffusers_export import to_ays_pair, to_comfyui_text
+        (the sigma list), ``comfyui-text`` (the same, comma-separated), ``a1111`` (the ExtraSchedulers custom list;
+        ``steps``: interpolated to any step count, labelled) or ``ays`` (timesteps + sigmas ending in 0)."""
+        from optsteps.integrations.diffusers.export import to_ays_pair
 
         if fmt == "json":
             return self.schedule_dict()
-        if fmt == "comfyui":
-            return self.comfyui_sigmas()
-        if fmt == "comfyui-text":
-            return to_comfyui_text(self.schedule)
+        if fmt in ("comfyui", "comfyui-text", "a1111"):
+            from optsteps.integrations.diffusers.export import tool_export
+
+            return tool_export(self.schedule, fmt, steps)
         if fmt == "ays":
             return to_ays_pair(self.schedule)
         return self.diffusers_kwargs(scheduler)

@@ -43,6 +43,8 @@ KIND_TAG = "optsteps_kind"
 RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
+REGISTERED_METRICS = ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
+                      "fid_teacher_digitsnet", "kid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet")
 RUN_PARAMS = ("n", "guidance", "n_inception", "n_teacher_inception", "seed", "start")  # row settings, not metrics
 
 
@@ -181,6 +183,28 @@ def _tag_float(tags: dict, key: str):
         return float(tags[key])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _date(ms) -> str:
+    """An MLflow timestamp (epoch milliseconds) as a local ``YYYY-MM-DD HH:MM``."""
+    if ms is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(int(ms) / 1000))
+
+
+def _list_order(row: dict):
+    """(name, NFE), then the champion metric's value (best first; rows without it last), then the newest version."""
+    from optsteps.evaluate.bootstrap import higher_is_better
+
+    metric = row.get("metric") or ""
+    v = row.get(metric)
+    key = (1, 0.0) if v is None else (0, -v if higher_is_better(metric) else v)
+    return (row["name"], row["nfe"] or 0, *key, -row["version"])
+
+
+def _order(sched: Schedule, solver: str) -> str:
+    spec = sched.with_meta(solver=solver).solver_spec
+    return str(spec.order) if spec is not None else ""
 
 
 class Registry:
@@ -380,19 +404,16 @@ class Registry:
     def register_schedule(self, run_id: str, metric: str, git: str | None = None,
                           params_digest: str | None = None, dvc_hash: str | None = None,
                           description: str | None = None, resamples=None) -> dict:
-        """Register the run's schedule as a new version of ``<model>-<solver>-schedules`` and move
-        ``champion-nfe{K}`` to it only on a significant paired gain in ``metric`` (params.yaml ``mlflow.metric``)
-        over the champion of the same evaluation (``optsteps.evaluate.champion.decide``: first version, new
-        evaluation, significant / not_significant / not_better, or point_only without resamples).
+        """Register the run's schedule as a version of ``<model>-<solver>-schedules`` (one version per content key)
+        and settle ``champion-nfe{K}`` (``settle``): within the evaluation being registered the alias goes to the
+        best version by ``metric`` (params.yaml ``mlflow.metric``), whatever the registration order, and every
+        version's tags describe where it stands now (``optsteps.evaluate.champion.standings``).
 
         ``resamples``: the run's resampled values of ``metric`` (default: read from its ``bootstrap/`` artifact).
-        Every check (run finished, metric present and finite, schedule artifact readable) comes first;
-        creating the version, tagged with the decision (``champion_decision``, ``not_significant``,
-        ``paired_diff``, ``paired_ci95``, ``compared_with``), is the last registry write before the alias.
-        Returns name, version, alias, whether it became champion, the decision and the metric.
+        Every check (run finished, metric present and finite, schedule artifact readable) comes first; creating the
+        version is the last write before settling. Returns name, version, alias, whether it is champion now, its
+        decision (``unchanged`` when nothing about it changed) and the metric.
         """
-        from optsteps.evaluate.champion import decide
-
         c = self.client
         run = c.get_run(run_id)
         if run.info.status != "FINISHED":
@@ -413,63 +434,140 @@ class Registry:
         name = registered_name(sched.model, solver)
         key = run.data.tags.get(KEY_TAG) or schedule_key(sched, solver)
         eid = run.data.tags.get(EVALUATION_TAG)
-        if resamples is None:
-            resamples = self.run_resamples(run_id).get(metric)
+        if resamples is not None:
+            self._resamples.setdefault(run_id, {})[metric] = resamples
         alias = champion_alias(sched.nfe)
-        cur = self._champion(name, alias)
         existing = self.version_by_key(name, key)
-        measured = {metric: repr(float(value)), "metric": metric}
-        for k in ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
-                  "fid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet"):
+        measured = {metric: repr(float(value)), "metric": metric, **({EVALUATION_TAG: eid} if eid else {})}
+        for k in REGISTERED_METRICS:
             if k in run.data.metrics and k != metric:
                 measured[k] = repr(float(run.data.metrics[k]))
-        if eid:
-            measured[EVALUATION_TAG] = eid
-        if existing is not None and existing.run_id == run_id and all(
-                existing.tags.get(k) == v for k, v in measured.items()):  # the same schedule, the same evaluation
-            return self._info(existing, alias, cur, metric, float(value), run_id, "unchanged")
-        if existing is not None and cur is not None and existing.version == cur.version:
-            for k, v in {**measured, "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
-                         "dvc_data_hash": dvc_hash or dvc_data_hash()}.items():  # the champion itself, re-measured
-                if existing.tags.get(k) != v:
-                    c.set_model_version_tag(name, existing.version, k, v)
-            return self._info(existing, alias, cur, metric, float(value), run_id, "updated")
-        cur_value = cur_eid = cur_res = None
-        if cur is not None:
-            cur_value = _tag_float(cur.tags, metric)
-            cur_run = self.client.get_run(cur.run_id) if cur.run_id else None
-            if cur_value is None and cur_run is not None:
-                cur_value = cur_run.data.metrics.get(metric)
-            cur_eid = cur.tags.get(EVALUATION_TAG) or (cur_run.data.tags.get(EVALUATION_TAG) if cur_run else None)
-            if cur_eid and cur_eid == eid and cur.run_id:
-                cur_res = self.run_resamples(cur.run_id).get(metric)
-        dec = decide(metric, float(value), eid, resamples, cur_value, cur_eid, cur_res, has_champion=cur is not None)
+        for k in (metric, *REGISTERED_METRICS):
+            lo, hi = run.data.metrics.get(f"{k}_ci95_lo"), run.data.metrics.get(f"{k}_ci95_hi")
+            if lo is not None and hi is not None:
+                measured[f"{k}_ci95"] = json.dumps([float(lo), float(hi)])
         tags = {KIND_TAG: "schedule", KEY_TAG: key, "model": sched.model, "method": sched.method, "solver": solver,
-                "nfe": str(sched.nfe), "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
-                "dvc_data_hash": dvc_hash or dvc_data_hash(), "champion_decision": dec.reason, **measured}
-        if cur is not None:
-            tags["compared_with"] = f"{name}/{cur.version}"
-        if dec.diff is not None:
-            tags["paired_diff"] = repr(dec.diff)
-        if dec.ci95 is not None:
-            tags["paired_ci95"] = json.dumps([float(v) for v in dec.ci95])
-            tags["not_significant"] = str(not dec.significant).lower()
+                "nfe": str(sched.nfe), "order": _order(sched, solver),
+                "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
+                "dvc_data_hash": dvc_hash or dvc_data_hash(), **measured}
         self._ensure_registered_model(name)
-        if existing is not None:  # the same schedule re-evaluated: its version's tags follow the new measurement
-            mv = existing
+        if existing is not None and existing.run_id == run_id and all(
+                existing.tags.get(k) == v for k, v in measured.items()) and (existing.tags.get(EVALUATION_TAG) or None) == (
+                eid or None):  # the same schedule, the same evaluation
+            action, mv = "unchanged", existing
+        elif existing is not None:  # the same schedule re-measured: its version's tags follow the new measurement
+            action, mv = "updated", existing
             for k, v in tags.items():
                 if existing.tags.get(k) != v:
                     c.set_model_version_tag(name, existing.version, k, v)
         else:
+            action = "registered"
             mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
                                         tags=tags, description=description or
                                         f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
-        if dec.move:
-            self.client.set_registered_model_alias(name, alias, str(mv.version))
-        return {"name": name, "version": int(mv.version), "alias": alias, "champion": dec.move,
-                "decision": dec.reason, metric: float(value), "run_id": run_id,
-                **({"paired_diff": dec.diff} if dec.diff is not None else {}),
-                **({"paired_ci95_lo": dec.ci95[0], "paired_ci95_hi": dec.ci95[1]} if dec.ci95 is not None else {})}
+        now = self.settle(name, sched.nfe, metric, eid or None)
+        mine = now.get(str(mv.version), {})
+        out = {"name": name, "version": int(mv.version), "alias": alias, "champion": bool(mine.get("champion")),
+               "decision": "unchanged" if action == "unchanged" and not mine.get("changed") else
+               mine.get("champion_decision", ""), "action": action, metric: float(value), "run_id": run_id}
+        for k in ("paired_diff", "compared_with", "champion_significance"):
+            if mine.get(k) is not None:
+                out[k] = mine[k]
+        if mine.get("paired_ci95") is not None:
+            out["paired_ci95_lo"], out["paired_ci95_hi"] = mine["paired_ci95"]
+        return out
+
+    def _versions(self, name: str, nfe: int) -> list:
+        return list(self.client.search_model_versions(f"name = {filter_value(name)} and tag.nfe = '{int(nfe)}'"))
+
+    def _version_value(self, mv, metric: str):
+        v = _tag_float(mv.tags, metric)
+        if v is None and mv.run_id:
+            try:
+                v = self.client.get_run(mv.run_id).data.metrics.get(metric)
+            except Exception:
+                v = None
+        return v if v is not None and math.isfinite(v) else None
+
+    def settle(self, name: str, nfe: int, metric: str, evaluation_id: str | None = None) -> dict:
+        """Move ``champion-nfe{nfe}`` of ``name`` and rewrite the versions' standing tags so they describe the present.
+
+        The evaluation that decides is ``evaluation_id`` (the one being registered: a new evaluation's best takes
+        over); None: the current champion's evaluation (a version without an id never displaces one with an id),
+        or, when no version has an id, the versions without one (point values). Within that evaluation the best
+        version holds the alias (``standings``); the other versions of that NFE are tagged ``older_evaluation`` or
+        ``not_comparable``. Idempotent: a rerun writes nothing when nothing changed (it also finishes a settle
+        interrupted by a crash). Returns version → its present tags (plus ``champion`` and ``changed``)."""
+        from optsteps.evaluate.champion import Entry, standings
+
+        c = self.client
+        alias = champion_alias(nfe)
+        mvs = [mv for mv in self._versions(name, nfe) if mv.tags.get(KIND_TAG, "schedule") == "schedule"]
+        cur = self._champion(name, alias)
+        eid_of = {mv.version: mv.tags.get(EVALUATION_TAG) or None for mv in mvs}
+        if evaluation_id is None and cur is not None:
+            evaluation_id = cur.tags.get(EVALUATION_TAG) or None
+        group = [mv for mv in mvs if eid_of[mv.version] == evaluation_id and self._version_value(mv, metric) is not None]
+        if not group and evaluation_id is not None:
+            return {}
+        by_key = {mv.tags.get(KEY_TAG) or f"v{mv.version}": mv for mv in group}
+        entries = []
+        for k, mv in by_key.items():
+            res = self.run_resamples(mv.run_id).get(metric) if (evaluation_id and mv.run_id) else None
+            entries.append(Entry(k, self._version_value(mv, metric), res))
+        if evaluation_id and any(e.resamples is None for e in entries):  # pair only when every version has them
+            entries = [Entry(e.key, e.value) for e in entries]
+        stand = {s.key: s for s in standings(metric, entries)}
+        present: dict = {}
+        for k, mv in by_key.items():
+            s = stand[k]
+            other = by_key.get(s.compared_with)
+            t = {"champion_decision": "best" if s.champion else "behind", "champion_significance": s.significance,
+                 "rank": f"{s.rank}/{s.of}",
+                 "compared_with": f"{name}/{other.version}" if other is not None else None,
+                 "compared_with_method": other.tags.get("method") if other is not None else None,
+                 "paired_diff": repr(float(s.diff)) if s.diff is not None else None,
+                 "paired_ci95": json.dumps([float(v) for v in s.ci95]) if s.ci95 is not None else None,
+                 "not_significant": (str(s.significance != "significant").lower()
+                                     if s.ci95 is not None else None)}
+            present[str(mv.version)] = t
+        out_of_group = {"champion_decision": None, "champion_significance": None, "rank": None, "compared_with": None,
+                        "compared_with_method": None, "paired_diff": None, "paired_ci95": None, "not_significant": None}
+        for mv in mvs:
+            if str(mv.version) not in present:
+                present[str(mv.version)] = {**out_of_group, "champion_decision":
+                                            "older_evaluation" if eid_of[mv.version] else "not_comparable"}
+        result = {}
+        for mv in mvs:
+            t = present[str(mv.version)]
+            changed = False
+            for k, v in t.items():
+                if v is None and k in mv.tags:
+                    c.delete_model_version_tag(name, mv.version, k)
+                    changed = True
+                elif v is not None and mv.tags.get(k) != v:
+                    c.set_model_version_tag(name, mv.version, k, v)
+                    changed = True
+            result[str(mv.version)] = {**t, "changed": changed}
+        best = next((by_key[k] for k, s in stand.items() if s.champion), None)
+        if best is not None and (cur is None or str(cur.version) != str(best.version)):
+            c.set_registered_model_alias(name, alias, str(best.version))
+            for r in (result.get(str(best.version)), result.get(str(cur.version)) if cur is not None else None):
+                if r is not None:
+                    r["changed"] = True
+        champ = str(best.version) if best is not None else (str(cur.version) if cur is not None else None)
+        for v, r in result.items():
+            r["champion"] = v == champ
+            r["paired_ci95"] = json.loads(r["paired_ci95"]) if r.get("paired_ci95") else None
+            r["paired_diff"] = float(r["paired_diff"]) if r.get("paired_diff") else None
+        return result
+
+    def standing(self, name: str, version: int) -> dict:
+        """Whether a version holds its NFE's alias now and its present ``champion_decision``."""
+        mv = self.client.get_model_version(name, str(version))
+        champ = self._champion(name, champion_alias(int(mv.tags.get("nfe", 0))))
+        return {"champion": champ is not None and str(champ.version) == str(mv.version),
+                "decision": mv.tags.get("champion_decision", "")}
 
     def version_by_key(self, name: str, key: str):
         """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""
@@ -480,12 +578,6 @@ class Registry:
         except MlflowException:
             return None
         return min(mvs, key=lambda mv: int(mv.version)) if mvs else None
-
-    @staticmethod
-    def _info(mv, alias, cur, metric, value, run_id, decision) -> dict:
-        return {"name": mv.name, "version": int(mv.version), "alias": alias,
-                "champion": cur is not None and cur.version == mv.version, "decision": decision, metric: value,
-                "run_id": run_id}
 
     def run_resamples(self, run_id: str) -> dict:
         """metric → resampled values logged with the run (``bootstrap/resamples.json``); {} if none."""
@@ -566,18 +658,24 @@ class Registry:
         row = {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases or []),
                "model": tags.get("model", ""), "method": tags.get("method", ""), "solver": tags.get("solver", ""),
                "nfe": int(tags["nfe"]) if tags.get("nfe", "").isdigit() else None, "run_id": mv.run_id,
-               "created": mv.creation_timestamp, "decision": tags.get("champion_decision", "")}
+               "created": _date(mv.creation_timestamp), "decision": tags.get("champion_decision", ""),
+               "significance": tags.get("champion_significance", ""), "metric": tags.get("metric", "")}
         metrics = {}
         if run_metrics and mv.run_id:
             try:
                 metrics = dict(self.client.get_run(mv.run_id).data.metrics)
             except Exception:
                 metrics = {}
-        for k in ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "adherence_digitsnet", "fid_inception",
-                  "fid_teacher_inception", "l2_to_teacher", "psnr_to_teacher"):
+        for k in REGISTERED_METRICS:
             v = metrics.get(k, _tag_float(tags, k))
             if v is not None:
                 row[k] = v
+            ci = tags.get(f"{k}_ci95")
+            if ci:
+                try:
+                    row[f"{k}_ci95"] = [float(x) for x in json.loads(ci)]
+                except (ValueError, TypeError):
+                    pass
         return row
 
     def list_schedules(self, model: str | None = None, nfe: int | None = None) -> list[dict]:
@@ -607,7 +705,7 @@ class Registry:
                 aliases.setdefault((name, int(version)), []).append(alias)
         for r in rows:
             r["aliases"] = sorted(set(r["aliases"]) | set(aliases.get((r["name"], r["version"]), [])))
-        return sorted(rows, key=lambda r: (r["name"], r["nfe"] or 0, -r["version"]))
+        return sorted(rows, key=_list_order)
 
     def show(self, ref: str) -> dict:
         mv = self.parse_ref(ref)
@@ -615,7 +713,7 @@ class Registry:
         row.update(tags=dict(mv.tags), source=mv.source, schedule=json.loads(self.schedule_text(mv)))
         return row
 
-    def export(self, ref: str, fmt: str = "json", scheduler: str | None = None) -> str:
+    def export(self, ref: str, fmt: str = "json", scheduler: str | None = None, steps: int | None = None) -> str:
         """The schedule as text: ``json`` (the registered file, byte for byte), ``diffusers`` (scheduler, kwargs,
         config overrides and the snapped move, JSON), ``comfyui`` (the sigma list, JSON), ``comfyui-text`` (the
         sigmas comma-separated) or ``ays`` (timesteps + sigmas ending in 0, JSON)."""
@@ -624,5 +722,8 @@ class Registry:
         text = self.schedule_text(self.parse_ref(ref))
         if fmt == "json":
             return text
-        out = SchedulePyfunc(text).export(fmt, scheduler)
+        if steps is not None and fmt not in ("comfyui", "comfyui-text", "a1111"):
+            raise OptstepsError(f"--steps interpolates sigma lists (comfyui, comfyui-text, a1111), not {fmt}; "
+                                "drop --steps to export the measured schedule.")
+        out = SchedulePyfunc(text).export(fmt, scheduler, steps)
         return out if isinstance(out, str) else json.dumps(out, indent=2 if fmt in ("diffusers", "ays") else None)

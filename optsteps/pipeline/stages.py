@@ -549,6 +549,9 @@ def register(p: Params, models: list[str] | None = None) -> Path:
             done.append({"model": name, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
                          "run_id": run_id, "dvc_data_hash": dvc_hash,
                          **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
+        for d in done:  # a later row may have taken the alias: record where each version stands now
+            if d["model"] == name and "version" in d:
+                d.update(reg.standing(d["name"], d["version"]))
         summary = summary_path(p, model)
         reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
                             speedup=json.loads(summary.read_text()) if summary.is_file() else None)

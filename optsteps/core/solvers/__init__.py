@@ -3,6 +3,7 @@ and batched-coefficient form (``updates``), and the K-evaluation samplers (``sam
 from optsteps.core.solver_spec import DEFAULT_ORDER, SOLVERS, SolverSpec, finite_order, step_orders
 from optsteps.core.solvers.samplers import (
            Denoiser,
+           SolverRun,
            node_coefficients,
            sample,
            sample_ddim,
@@ -10,5 +11,5 @@ from optsteps.core.solvers.samplers import (
            sample_unipc,
 )
 
-__all__ = ["DEFAULT_ORDER", "Denoiser", "SOLVERS", "SolverSpec", "finite_order", "node_coefficients", "sample",
+__all__ = ["DEFAULT_ORDER", "Denoiser", "SOLVERS", "SolverRun", "SolverSpec", "finite_order", "node_coefficients", "sample",
            "sample_ddim", "sample_dpmpp2m", "sample_unipc", "step_orders"]

@@ -67,36 +67,81 @@ def _prepare(schedule: Schedule, denoiser: Denoiser, times=None):
     return alphas, sigmas, lambdas, model
 
 
-def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callback=None, times=None) -> torch.Tensor:
-    """DDIM / Euler: K first-order steps, K evaluations."""
+class SolverRun:
+    """One solver's state along a schedule between model evaluations: ``x_{i+1} = run.step(i, x_i, x̂_0(x_i, t_i))``.
+
+    The one loop body of every sampler below and of the diffusers scheduler that runs a schedule in a user's
+    pipeline (``optsteps.integrations.diffusers.scheduler``); steps must come in order i = 0 … K−1.
+    """
+
+    def __init__(self, schedule: Schedule, spec: SolverSpec, coefficients=None):
+        """``coefficients``: (α, σ, λ) per node, default ``node_coefficients`` of the schedule's times (tensors on
+        the autograd graph when the times carry gradients: ``_prepare``)."""
+        self.spec, self.nfe = spec, schedule.nfe
+        self.alphas, self.sigmas, self.lambdas = coefficients or node_coefficients(schedule.noise_schedule, schedule.t)
+        self.orders = step_orders(spec, schedule.nfe)
+        self.history: list[torch.Tensor] = []  # x̂_0 at nodes i, i−1, … (UniPC)
+        self.x0_prev = None  # x̂_0 at node i−1 (DPM-Solver++(2M))
+        self.x_prev = None  # the predictor's input x_{i−1} (UniPC's corrector)
+        self.prev_order = 0
+
+    def step(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        a, s, lam = self.alphas, self.sigmas, self.lambdas
+        if self.spec.name == "ddim":
+            return ddim_step(x, x0, a[i], s[i], a[i + 1], s[i + 1])
+        if self.spec.name == "dpmpp2m":
+            order = finite_order(self.orders[i], lam, i)
+            if order == 1:
+                out = ddim_step(x, x0, a[i], s[i], a[i + 1], s[i + 1])
+            else:
+                out = dpmpp2m_step(x, x0, self.x0_prev, a[i + 1], s[i], s[i + 1], lam[i + 1] - lam[i],
+                                   lam[i] - lam[i - 1])
+            self.x0_prev = x0
+            return out
+        return self._unipc(i, x, x0)
+
+    def _unipc(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """UniPC-p (bh2): the corrector of step i−1 (reusing x̂_0 at t_i, same order as its predictor), then the
+        predictor of step i at order ``finite_order(step_orders[i])``."""
+        a, s, lambdas, order = self.alphas, self.sigmas, self.lambdas, self.spec.order
+        if self.spec.corrector and self.x_prev is not None:
+            po = self.prev_order
+            lam = [lambdas[i - 1 - j] for j in range(po)] + [lambdas[i]]
+            if all(finite(v) for v in lam):
+                rhos = unipc_rhos(lam[-1] - lam[0], [(lam[j] - lam[0]) / (lam[-1] - lam[0]) for j in range(1, po)], po, True)
+                x = unipc_update(self.x_prev, self.history[:po], lam, a[i], s[i - 1], s[i], rhos, x0_new=x0)
+        self.history = [x0] + self.history[: order - 1]
+        this_order = finite_order(self.orders[i], lambdas, i)
+        lam = [lambdas[i - j] for j in range(this_order)] + [lambdas[i + 1]]
+        h = lam[-1] - lam[0]
+        rhos = unipc_rhos(h, [(lam[j] - lam[0]) / h for j in range(1, this_order)], this_order, False) if this_order > 1 else None
+        self.x_prev = x
+        self.prev_order = this_order
+        return unipc_update(x, self.history[:this_order], lam, a[i + 1], s[i], s[i + 1], rhos)
+
+
+def _run(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, spec: SolverSpec, callback=None,
+         times=None) -> torch.Tensor:
     alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
+    run = SolverRun(schedule, spec, (alphas, sigmas, lambdas))
     for i in range(schedule.nfe):
         x0 = model(x, i)
         if callback is not None:
             callback(i, x, x0)
-        x = ddim_step(x, x0, alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1])
+        x = run.step(i, x, x0)
     return x
+
+
+def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callback=None, times=None) -> torch.Tensor:
+    """DDIM / Euler: K first-order steps, K evaluations."""
+    return _run(denoiser, x, schedule, SolverSpec("ddim"), callback, times)
 
 
 def sample_dpmpp2m(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, lower_order_final: bool = True,
                    callback=None, times=None) -> torch.Tensor:
     """DPM-Solver++(2M). First step order 1; the last step is order 1 when ``lower_order_final`` and K < 15
     (diffusers' rule) or when the schedule ends at σ = 0 (``step_orders``, ``finite_order``)."""
-    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
-    orders = step_orders(SolverSpec("dpmpp2m", lower_order_final=lower_order_final), schedule.nfe)
-    x0_prev = None
-    for i in range(schedule.nfe):
-        x0 = model(x, i)
-        if callback is not None:
-            callback(i, x, x0)
-        order = finite_order(orders[i], lambdas, i)
-        if order == 1:
-            x = ddim_step(x, x0, alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1])
-        else:
-            x = dpmpp2m_step(x, x0, x0_prev, alphas[i + 1], sigmas[i], sigmas[i + 1],
-                             lambdas[i + 1] - lambdas[i], lambdas[i] - lambdas[i - 1])
-        x0_prev = x0
-    return x
+    return _run(denoiser, x, schedule, SolverSpec("dpmpp2m", lower_order_final=lower_order_final), callback, times)
 
 
 def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order: int = 3,
@@ -107,31 +152,7 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order:
     (``step_orders``). The corrector of step i runs after the evaluation at t_{i+1} with the same order as
     its predictor.
     """
-    orders = step_orders(SolverSpec("unipc", order, lower_order_final, corrector), schedule.nfe)
-    alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
-    k = schedule.nfe
-    history: list[torch.Tensor] = []  # x̂_0 at nodes i, i−1, …
-    x_prev = None
-    prev_order = 0
-    for i in range(k):
-        x0 = model(x, i)
-        if callback is not None:
-            callback(i, x, x0)
-        if corrector and x_prev is not None:
-            po = prev_order
-            lam = [lambdas[i - 1 - j] for j in range(po)] + [lambdas[i]]
-            if all(finite(v) for v in lam):
-                rhos = unipc_rhos(lam[-1] - lam[0], [(lam[j] - lam[0]) / (lam[-1] - lam[0]) for j in range(1, po)], po, True)
-                x = unipc_update(x_prev, history[:po], lam, alphas[i], sigmas[i - 1], sigmas[i], rhos, x0_new=x0)
-        history = [x0] + history[: order - 1]
-        this_order = finite_order(orders[i], lambdas, i)
-        lam = [lambdas[i - j] for j in range(this_order)] + [lambdas[i + 1]]
-        h = lam[-1] - lam[0]
-        rhos = unipc_rhos(h, [(lam[j] - lam[0]) / h for j in range(1, this_order)], this_order, False) if this_order > 1 else None
-        x_prev = x
-        x = unipc_update(x, history[:this_order], lam, alphas[i + 1], sigmas[i], sigmas[i + 1], rhos)
-        prev_order = this_order
-    return x
+    return _run(denoiser, x, schedule, SolverSpec("unipc", order, lower_order_final, corrector), callback, times)
 
 
 def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str | SolverSpec = "unipc",
@@ -150,13 +171,6 @@ def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str 
     """
     spec = solver if isinstance(solver, SolverSpec) else SolverSpec(solver, order, lower_order_final)
     check_finite(x, 0, schedule, "the initial state")
-    if spec.name == "ddim":
-        out = sample_ddim(denoiser, x, schedule, callback=callback, times=times)
-    elif spec.name == "dpmpp2m":
-        out = sample_dpmpp2m(denoiser, x, schedule, lower_order_final=spec.lower_order_final, callback=callback,
-                             times=times)
-    else:
-        out = sample_unipc(denoiser, x, schedule, order=spec.order, lower_order_final=spec.lower_order_final,
-                           corrector=spec.corrector, callback=callback, times=times)
+    out = _run(denoiser, x, schedule, spec, callback, times)
     check_finite(out, schedule.nfe, schedule, "the final state")
     return out

@@ -37,7 +37,7 @@ FLUX_PIPELINES = ("FluxPipeline",)
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline.__call__'s default
 
 
-# ---- latent layout (also used by integrations.diffusers_apply) --------------------------------------------
+# ---- latent layout (also used by integrations.diffusers.apply) --------------------------------------------
 
 def flux_latent_shape(vsf: int, in_channels: int, height: int, width: int) -> tuple:
     """The unpacked latent [C, H', W'] the pipeline makes for an image of height × width (VAE factor ``vsf``,

@@ -38,7 +38,7 @@ WAN_PIPELINES = ("WanPipeline",)
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__'s default
 
 
-# ---- video layout (also used by integrations.diffusers_apply) ---------------------------------------------------
+# ---- video layout (also used by integrations.diffusers.apply) ---------------------------------------------------
 
 def wan_geometry(pipe_or_root) -> tuple:
     """(temporal VAE factor, spatial VAE factor, patch size (t, h, w), transformer in_channels) of a loaded

@@ -4,7 +4,7 @@
 hub id in the local cache), refuses a schedule made for another noise schedule, puts a scheduler on it that
 takes the schedule, runs the pipeline's own ``__call__`` and writes the image.
 
-The scheduler that takes the schedule is chosen by ``diffusers_scheduler_plan.plan_scheduler`` (its module
+The scheduler that takes the schedule is chosen by ``plan.plan_scheduler`` (its module
 docstring lists the choices and the diffusers pitfalls).
 
 The initial latents are optsteps' own seeded noise (``DiffusionModel.noise``: sample i of seed s), turned into
@@ -31,8 +31,8 @@ import torch
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule, initial_state
 from optsteps.io.atomic import save_png_atomic
-from optsteps.integrations.diffusers_scheduler_plan import (Plan, call_params, passes_schedule, pin_timesteps,
-                                                             plan_scheduler)
+from optsteps.integrations.diffusers.plan import (Plan, call_params, describe_change, passes_schedule,
+                                                 pin_timesteps, plan_scheduler)
 
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
@@ -91,6 +91,21 @@ def _initial_latents(pipe, plan: Plan, n: int, seed: int, start: int, shape: tup
     return x
 
 
+def _scale_first_input(c: float):
+    """A forward pre-hook that multiplies the network's first input by c: the state x_{t_0} = c·ε of the
+    schedule's start rule for a pipeline that feeds its unit noise ε as is (its scheduler scales its first
+    sample the same way, ``OptstepsScheduler(scale_first_sample=True)``)."""
+    seen = [False]
+
+    def hook(module, args):
+        if seen[0]:
+            return None
+        seen[0] = True
+        return (args[0] * c, *args[1:])
+
+    return hook
+
+
 def _default_guidance(pipe) -> float | None:
     p = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
     return None if p is None else float(p.default)
@@ -113,6 +128,9 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
     bb = _backbone(pipe)
     calls = [0]
     hook = bb.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    scale_hook = None
+    if plan.scheduler.config.get("scale_first_sample"):  # a pipeline drawing its own unit noise ε (DDPMPipeline)
+        scale_hook = bb.register_forward_pre_hook(_scale_first_input(plan.scheduler.init_noise_sigma))
     kwargs: dict = {"output_type": output_type}
     frames = None
     try:
@@ -148,6 +166,8 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         used = pipe.scheduler
     finally:
         hook.remove()
+        if scale_hook is not None:
+            scale_hook.remove()
         pipe.scheduler = own
     images = out.images if hasattr(out, "images") else out[0]
     if name in FLUX_PIPELINES and output_type == "latent":
@@ -159,6 +179,9 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         "nfe": plan.schedule.nfe, "model_calls": calls[0], "guidance": g, "height": height, "width": width,
         "seed": seed, "start": start, "start_state": plan.schedule.start_state, **plan.notes,
     }
+    change = describe_change(plan, schedule)
+    if change:
+        info["changes"] = change
     if frames is not None:
         info["num_frames"] = frames
     return images, info

@@ -35,7 +35,7 @@ import torch
 from optsteps.core.schedule import Schedule, start_sigma
 from optsteps.errors import OptstepsError
 
-log = logging.getLogger("optsteps.integrations.diffusers_export")
+log = logging.getLogger("optsteps.integrations.diffusers.export")
 
 TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DDPMScheduler")
 
@@ -169,6 +169,46 @@ def to_comfyui_text(schedule: Schedule) -> str:
     return ", ".join(f"{v:.6g}" for v in to_comfyui(schedule))
 
 
+def interpolate_sigmas(schedule: Schedule, steps: int) -> list[float]:
+    """``steps`` + 1 sigmas ending in 0 by the Align-Your-Steps log-linear recipe: log σ interpolated linearly over
+    the normalised step index (i/(M−1) ↦ log σ_i of the M positive sigmas) at ``steps`` (+1 where σ_K > 0) points.
+    INTERPOLATED, not measured: only the schedule's own NFE was evaluated."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
+        raise OptstepsError(f"--steps {steps!r}: use a whole number of steps from 1 to 10000.")
+    to_comfyui(schedule)  # the same refusal of a raw start
+    sig = np.asarray(schedule.sigmas.tolist(), dtype=np.float64)
+    pos = sig[sig > 0]
+    m = steps if sig[-1] == 0 else steps + 1
+    log_new = np.interp(np.linspace(0, 1, m), np.linspace(0, 1, len(pos)), np.log(pos))
+    out = np.exp(log_new).tolist()
+    return (out + [0.0]) if sig[-1] == 0 else out[:-1] + [0.0]
+
+
+def interpolated_label(schedule: Schedule, steps: int) -> str:
+    return (f"interpolated to {steps} steps from the measured NFE-{schedule.nfe} schedule by the AYS log-linear "
+            "recipe: not measured")
+
+
+def to_a1111(schedule: Schedule, steps: int | None = None) -> str:
+    """The A1111/Forge webUI_ExtraSchedulers "custom" scheduler's sigma list, ``[σ_0, …, 0]`` (as ``to_comfyui``)."""
+    sig = to_comfyui(schedule) if steps is None else interpolate_sigmas(schedule, steps)
+    return "[" + ", ".join(f"{v:.6g}" for v in sig) + "]"
+
+
+def tool_export(schedule: Schedule, fmt: str, steps: int | None = None):
+    """ComfyUI (``comfyui``: the SamplerCustom SIGMAS list; ``comfyui-text``: KJNodes CustomSigmas text) and A1111
+    (``a1111``) exports; ``steps``: any step count by ``interpolate_sigmas``, labelled as interpolated (JSON: an
+    object with "interpolated": true and a note; text: a first ``#`` line)."""
+    if steps is None:
+        return {"comfyui": to_comfyui, "comfyui-text": to_comfyui_text, "a1111": to_a1111}[fmt](schedule)
+    label = interpolated_label(schedule, steps)
+    sig = interpolate_sigmas(schedule, steps)
+    if fmt == "comfyui":
+        return {"sigmas": sig, "steps": steps, "interpolated": True, "measured_nfe": schedule.nfe, "note": label}
+    text = to_a1111(schedule, steps) if fmt == "a1111" else ", ".join(f"{v:.6g}" for v in sig)
+    return f"# {label}\n{text}"
+
+
 def to_ays_pair(schedule: Schedule) -> dict:
     """The Align-Your-Steps style pair: ``timesteps`` (the K network timesteps: integers for VP, σ·N for flow)
     and ``sigmas`` (K + 1 values ending in 0, as ``to_comfyui``)."""
@@ -178,6 +218,48 @@ def to_ays_pair(schedule: Schedule) -> dict:
     else:
         timesteps = [float(v) for v in ns.timestep(schedule.timesteps_t[:-1]).tolist()]
     return {"timesteps": timesteps, "sigmas": to_comfyui(schedule)}
+
+
+def scheduler_config(schedule: Schedule, prediction_type: str | None = None, scale_first_sample: bool = False) -> dict:
+    """``OptstepsScheduler``'s config for ``schedule``: its exact times, noise schedule, solver spec (first order
+    where it names none) and start rule; ``prediction_type`` None: "flow" for flow schedules, else left to the
+    pipeline (``OptstepsScheduler.from_config(config, prediction_type=pipe.scheduler.config.prediction_type)``)."""
+    from optsteps.core.solver_spec import SolverSpec
+
+    spec, ns = schedule.solver_spec or SolverSpec("ddim"), schedule.noise_schedule
+    cfg = {"t": [float(v) for v in schedule.t], "noise_schedule": ns.to_dict(), "solver": spec.name,
+           "order": spec.order, "lower_order_final": spec.lower_order_final, "corrector": spec.corrector,
+           "start_state": schedule.start_state, "scale_first_sample": scale_first_sample,
+           "num_train_timesteps": int(ns.num_train_timesteps)}
+    prediction_type = prediction_type or ("flow" if ns.family == "flow" else None)
+    if prediction_type:
+        cfg["prediction_type"] = prediction_type
+    return cfg
+
+
+def describe_change(name: str, config, schedule: Schedule, shift: float | None) -> str | None:
+    """One line saying what the stock scheduler ``name`` (configured by ``config``) changes against the measured
+    run (solver and order, snapping and its largest move); None for ``OptstepsScheduler`` (nothing changes)."""
+    if name == "OptstepsScheduler":
+        return None
+    spec = schedule.solver_spec
+    measured = "no solver (first order)" if spec is None else f"{spec.name} order {spec.order}"
+    exact = name in ("FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler", "UniPCMultistepScheduler")
+    if name in ("FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler"):
+        runs = "ddim order 1 (Euler)"
+    elif name == "DPMSolverMultistepScheduler":
+        o = int(config.get("solver_order", 2))
+        runs = "ddim order 1" if o == 1 else f"DPM-Solver++ ({config.get('algorithm_type')}) order {o}"
+    elif name == "UniPCMultistepScheduler":
+        runs = f"unipc order {int(config.get('solver_order', 2))} (diffusers' step-order rules)"
+    else:
+        runs = f"{name}'s own solver"
+    times = (f"times snapped to integer training timesteps (largest move {shift:.3g} timesteps)" if shift
+             else "exact times" if exact or shift == 0 else "times as that scheduler rounds them")
+    same = spec is not None and runs.startswith(f"{spec.name} order {spec.order}") and not shift
+    verdict = "the measured run" if same else "not the measured run"
+    return (f"scheduler {name} runs {runs} on {times}; the schedule was measured with {measured} at exact times: "
+            f"{verdict} (the default, OptstepsScheduler, runs it exactly).")
 
 
 def default_scheduler(schedule: Schedule) -> str:
@@ -192,16 +274,30 @@ def default_scheduler(schedule: Schedule) -> str:
 
 
 def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
-    """{"scheduler", "set_timesteps", "config", "snapped_max_shift", "latents"}: the scheduler class (default: the one that
-    runs the schedule's solver, ``default_scheduler``), its ``set_timesteps`` kwargs as JSON lists, the config
-    overrides, how far the times moved to sit on integer training timesteps (0 where they are exact), and the
-    start state x_{t_0} = sigma·ε with its rule (``start_latents``)."""
-    name = scheduler or default_scheduler(schedule)
+    """What a diffusers pipeline needs to run the schedule.
+
+    Default (``scheduler`` None or "OptstepsScheduler"): ``OptstepsScheduler`` — the measured solver at the exact
+    times from the schedule's start state — as {"scheduler", "module", "config", "set_timesteps": {}, "usage",
+    "snapped_max_shift": 0, "latents"}. A stock scheduler name (``to_diffusers``): its ``set_timesteps`` kwargs as
+    JSON lists, config overrides, how far the times moved to integer training timesteps, and "changes", one line
+    saying what differs from the measured run. "latents": the start state x_{t_0} = sigma·ε (``start_latents``)."""
+    if scheduler in (None, "OptstepsScheduler"):
+        cfg = scheduler_config(schedule)
+        pred = "" if "prediction_type" in cfg else ", prediction_type=pipe.scheduler.config.prediction_type"
+        return {"scheduler": "OptstepsScheduler", "module": "optsteps.integrations.diffusers", "config": cfg,
+                "set_timesteps": {}, "snapped_max_shift": 0.0, "latents": start_latents(schedule),
+                "usage": ("from optsteps.integrations.diffusers import OptstepsScheduler; "
+                          f"pipe.scheduler = OptstepsScheduler.from_config(config{pred}); "
+                          f"pipe(prompt, num_inference_steps={schedule.nfe})")}
+    name = scheduler
     kwargs, overrides = to_diffusers(schedule, name)
     shift = integer_timesteps(schedule)[1] if name in TIMESTEP_SCHEDULERS else 0.0
     kwargs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    cfg = dict(overrides)
+    if name == "UniPCMultistepScheduler" and schedule.solver_spec is not None:
+        cfg.setdefault("solver_order", schedule.solver_spec.order)
     return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "snapped_max_shift": shift,
-            "latents": start_latents(schedule)}
+            "latents": start_latents(schedule), "changes": describe_change(name, cfg, schedule, shift)}
 
 
 def first_step(scheduler) -> float:

@@ -1,38 +1,33 @@
 """The diffusers scheduler that runs an optsteps schedule on a pipeline: ``plan_scheduler(pipe, schedule)``.
 
-Scheduler choice (``scheduler="auto"``; pitfalls in docs/dependencies.md §7):
+Scheduler choice (pitfalls in docs/dependencies.md §7):
 
-- Rectified flow: ``FlowMatchEulerDiscreteScheduler`` with ``sigmas=`` and ``shift=1`` (the schedule's times
-  verbatim; no dynamic shift) for DDIM/Euler schedules; for DPM-Solver++/UniPC schedules
-  ``UniPCMultistepScheduler(use_flow_sigmas=True)`` with ``sigmas=`` (the order of the
-  schedule's solver spec: 2 for dpmpp2m and OSS-UniPC, 3 for UniPC). diffusers' UniPC casts its flow timesteps σ·N to int64, so the
-  network would be evaluated at ⌊N σ⌋ instead of N σ (up to one training timestep early, while the step
-  coefficients use the exact σ); ``exact_flow_timesteps`` keeps them float (σ·N, as FlowMatchEuler does), so
-  the pipeline runs the schedule exactly.
-- VP (DDPM β): ``DPMSolverMultistepScheduler`` (DPM-Solver++; order 1 = DDIM, 2 = 2M, 3 = 3M) with integer
-  ``timesteps=``. diffusers truncates float timesteps, so times that are not training timesteps are snapped
-  to the nearest one (``snapped_max_shift`` in the result says by how much); if snapping would merge two
-  steps and the pipeline takes ``sigmas=``, ``EulerDiscreteScheduler`` with exact ``sigmas=`` is used
-  instead (first order; its last σ is 0, the diffusers convention). ``scheduler="euler"`` forces it.
+- ``"auto"`` (= ``"optsteps"``): ``OptstepsScheduler`` (``scheduler.py``) for every pipeline class and solver: the
+  solver the schedule was measured with (its spec: DDIM, DPM-Solver++(2M), UniPC at its order), at the schedule's
+  exact times, from its start state; pinned, so whatever the pipeline passes to ``set_timesteps`` is ignored.
+- The stock diffusers schedulers, on request (each prints what changes, ``describe_change``):
+  ``"flowmatch"`` (FlowMatchEuler, ``sigmas=``, ``shift=1``: first order, exact times), ``"unipc"`` (flow
+  UniPCMultistep, ``sigmas=``, network timesteps kept as float σ·N by ``exact_flow_timesteps``), ``"dpmsolver"``
+  (VP DPMSolverMultistep with integer ``timesteps=``: DPM-Solver++ at the schedule's order, times snapped to the
+  nearest training timestep), ``"euler"`` (VP EulerDiscrete with exact ``sigmas=``: first order) and
+  ``"native"`` (the pipeline's own scheduler class).
 - Pipelines whose ``__call__`` takes neither ``timesteps=`` nor ``sigmas=`` (``DDPMPipeline``, ``WanPipeline``)
-  get a scheduler whose ``set_timesteps`` is pinned to the schedule. So does ``FluxPipeline`` with UniPC: it
-  drops ``sigmas=`` for a scheduler with ``use_flow_sigmas`` (and passes its dynamic-shift ``mu``, which the
-  pinned scheduler ignores, as FlowMatchEuler with ``use_dynamic_shifting=False`` does).
+  get a stock scheduler whose ``set_timesteps`` is pinned to the schedule (``pin_timesteps``); so does
+  ``FluxPipeline`` with UniPC (it drops ``sigmas=`` for a scheduler with ``use_flow_sigmas``).
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 
 
 from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
-from optsteps.integrations.diffusers_export import snap_to_training_timesteps
+from optsteps.integrations.diffusers.export import describe_change as _describe_change
+from optsteps.integrations.diffusers.export import snap_to_training_timesteps
 
-log = logging.getLogger("optsteps.integrations.diffusers_apply")  # warnings of `optsteps apply`: its logger
 
-SCHEDULER_CHOICES = ("auto", "dpmsolver", "euler", "flowmatch", "unipc", "native")
+SCHEDULER_CHOICES = ("auto", "optsteps", "dpmsolver", "euler", "flowmatch", "unipc", "native")
 EULER_LIKE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
               "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
 
@@ -92,7 +87,7 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     """Pick and build the scheduler that runs ``schedule`` on ``pipe`` (see the module docstring)."""
     import diffusers
 
-    from optsteps.integrations.diffusers_export import to_diffusers
+    from optsteps.integrations.diffusers.export import to_diffusers
 
     if scheduler not in SCHEDULER_CHOICES:
         raise OptstepsError(f"unknown scheduler choice {scheduler!r}; use one of {', '.join(SCHEDULER_CHOICES)}.")
@@ -109,6 +104,12 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
         overrides.update(extra or {})
         return cls.from_config(_config_for(cls, own.config), **overrides), kwargs
 
+    if scheduler in ("auto", "optsteps"):
+        from optsteps.integrations.diffusers.scheduler import OptstepsScheduler
+
+        s = OptstepsScheduler.from_schedule(schedule, pipeline_prediction(pipe, fam),
+                                            scale_first_sample="latents" not in params)
+        return Plan(s, {}, schedule, "state", dict(notes, exact=True, solver=s.spec.name))
     if scheduler == "native":
         kwargs, overrides = to_diffusers(schedule, own)
         return Plan(type(own).from_config(own.config, **overrides), kwargs, schedule,
@@ -120,7 +121,7 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
         if scheduler in ("dpmsolver", "euler"):
             raise OptstepsError(f"scheduler {scheduler!r} is for VP pipelines; this is a flow pipeline: use "
                                 "flowmatch or unipc.")
-        if scheduler == "flowmatch" or (scheduler == "auto" and order == 1):
+        if scheduler == "flowmatch":
             s, kw = build("FlowMatchEulerDiscreteScheduler", schedule)
             return Plan(s, kw, schedule, "state", notes)
         s, kw = build("UniPCMultistepScheduler", schedule,
@@ -141,17 +142,9 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
         return Plan(s, kw, schedule, "vp/alpha", notes)
     snapped, shift = snap_to_training_timesteps(schedule)
     if snapped is None:
-        if scheduler == "auto" and euler_ok:
-            log.warning("schedule times round to the same training timestep; running it exactly with "
-                        "EulerDiscreteScheduler(sigmas=) (first order) instead of DPM-Solver++.")
-            s, kw = build("EulerDiscreteScheduler", schedule)
-            return Plan(s, kw, schedule, "vp/alpha", dict(notes, fallback="euler"))
         raise OptstepsError("the schedule's times round to the same integer training timestep, and diffusers' "
                             "DPMSolverMultistepScheduler takes integer timesteps only; use scheduler euler (sigmas=) "
                             "with a pipeline that takes sigmas=, or a schedule with fewer steps near t = 0.")
-    if shift:
-        log.warning("snapped the schedule to integer training timesteps for DPMSolverMultistepScheduler "
-                    "(largest move %.3g timesteps).", shift)
     notes["snapped_max_shift"] = shift
     extra = {"algorithm_type": "dpmsolver++", "solver_order": order, "lower_order_final": True,
              "euler_at_final": False, "thresholding": False, "use_flow_sigmas": False, "solver_type": "midpoint"}
@@ -159,6 +152,22 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     if not takes_custom:
         notes["pinned"] = True
     return Plan(s, kw, snapped, "state", notes)
+
+
+def pipeline_prediction(pipe, family: str) -> str:
+    """What the pipeline's network predicts: ``flow`` for flow pipelines, else its scheduler's ``prediction_type``."""
+    if family == "flow":
+        return "flow"
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if pred not in ("epsilon", "v_prediction", "sample"):
+        raise OptstepsError(f"{type(pipe).__name__}'s scheduler predicts {pred!r}; optsteps runs epsilon, "
+                            "v_prediction or sample networks on VP pipelines.")
+    return pred
+
+
+def describe_change(plan: Plan, schedule: Schedule) -> str | None:
+    """One line on what the plan's stock scheduler changes against the measured run (``export.describe_change``)."""
+    return _describe_change(plan.name, plan.scheduler.config, schedule, plan.notes.get("snapped_max_shift"))
 
 
 def passes_schedule(pipe, plan: Plan) -> bool:

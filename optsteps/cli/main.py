@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from optsteps.cli import checks
 from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
 
@@ -24,18 +24,6 @@ def _params(path):
     from optsteps.pipeline.config import load_params
 
     return load_params(path)
-
-
-def _check_int(option: str, value: int, lo: int, hi: int) -> int:
-    if not lo <= value <= hi:
-        raise OptstepsError(f"{option} {value} is out of range; pass an integer in {lo} … {hi}.")
-    return value
-
-
-def _check_float(option: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise OptstepsError(f"{option} {value} is not a finite number; pass a finite value (e.g. {option} 1.0).")
-    return value
 
 
 def _is_reference(ref: str) -> bool:
@@ -142,6 +130,7 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
         raise OptstepsError(f"--order {order} is not supported; use 1, 2 or 3.")
     if order > nfe:
         raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
+    checks.check_limit("MAX_LAMBDA_OPT_NFE", nfe, "--nfe")
     p = _params(params)
     _emit(stages.lambda_opt(p, model, solver, nfe, p_exp=p_exp, error_model=error_model, max_order=order,
                             traj_dir=trajectories, trunc=trunc), as_json)
@@ -191,11 +180,11 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
     from optsteps.models import EMBEDDED, load_model
     from optsteps.models.sampling import generate
 
-    _check_int("--n", n, 1, 100_000)
-    _check_int("--nfe", nfe, 1, 10_000)
-    _check_float("--guidance", guidance)
-    if Path(out).suffix.lower() != ".png":
-        raise OptstepsError(f"--out {out!r}: the grid is written as PNG; pass a file name ending in .png.")
+    checks.check_int("--n", n, 1, 100_000)
+    checks.check_int("--nfe", nfe, 1, 10_000)
+    checks.check_seed(seed)
+    checks.check_float("--guidance", guidance)
+    checks.check_png("--out", out)
     spec = SolverSpec(solver) if solver else None
     resolved = _resolve_schedule_arg(schedule, params)  # a bad file or reference fails before the model loads
     p = _params(params)
@@ -222,6 +211,8 @@ def trajectories(model: str = typer.Option(..., "--model"),
 
     import optsteps.pipeline.stages as stages
 
+    if samples is not None:
+        checks.check_count("--samples", samples, "MAX_SAMPLES")
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     if teacher_steps is not None:
         p.teacher = dataclasses.replace(p.teacher, steps=teacher_steps)
@@ -302,10 +293,19 @@ _mount_apply()
 
 
 def main():
+    from optsteps.io.atomic import machine_error
+    from optsteps.io.paths import redact
+
     try:
         app()
     except OptstepsError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(e)}", err=True)  # no credential of a tracking URI is ever printed
+        sys.exit(2)
+    except OSError as e:  # a full disk or a read-only folder outside the atomic writers (mkdir, a library's write)
+        err = machine_error(e, e.filename or ".")
+        if err is None:
+            raise
+        typer.echo(f"error: {err}", err=True)
         sys.exit(2)
 
 

@@ -13,6 +13,7 @@ import typer
 
 from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
+from optsteps.io.paths import redact
 
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow registry of step schedules.")
 
@@ -115,7 +116,8 @@ def export_cmd(ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION")
 def evaluate(model: str = typer.Option(..., "--model"),
              schedule: str = typer.Option(..., "--schedule", help="a baseline KIND or a schedule JSON file"),
              nfe: int = typer.Option(5, "--nfe", help="NFE for a baseline KIND"),
-             solver: str = typer.Option("unipc", "--solver"),
+             solver: Optional[str] = typer.Option(None, "--solver", help="ddim | dpmpp2m | unipc; default: a schedule "
+                                                  "file's own solver (unipc for a baseline KIND)"),
              n: Optional[int] = typer.Option(None, "--n", help="generated samples for the digitsnet metrics "
                                              "(default: evaluate.n)"),
              inception_n: Optional[int] = typer.Option(None, "--inception-n", help="samples for Inception FID/KID "
@@ -144,9 +146,13 @@ def evaluate(model: str = typer.Option(..., "--model"),
     from optsteps.evaluate import evaluate_schedule, teacher_endpoints
     from optsteps.evaluate.run import check_heldout
     from optsteps.models import load_model
+    from optsteps.cli import checks
     from optsteps.core.schedule import Schedule
+    from optsteps.core.solver_spec import SolverSpec
+    from optsteps.io.limits import limit
 
     torch.set_num_threads(1)
+    solver_flag = solver is not None
     if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
@@ -156,12 +162,26 @@ def evaluate(model: str = typer.Option(..., "--model"),
     n = p.evaluate.n if n is None else n
     inception_n = p.evaluate.inception_n if inception_n is None else inception_n
     seed = p.evaluate.seed if seed is None else seed
+    checks.check_int("--n", n, 2, limit("MAX_EVAL_SAMPLES"))
+    checks.check_int("--inception-n", inception_n, 0, limit("MAX_EVAL_SAMPLES"))
+    checks.check_seed(seed)
+    checks.check_int("--start", start, 0, limit("MAX_EVAL_SAMPLES"))
+    if guidance is not None:
+        checks.check_float("--guidance", guidance)
+    if solver is not None:
+        SolverSpec(solver)  # a known solver, or one line
+    from_file = Path(schedule).is_file() or schedule.endswith(".json")
+    s = Schedule.load(schedule) if from_file else None  # a bad file fails before the model loads
     m = load_model(e, p.artifacts)
-    if Path(schedule).is_file() or schedule.endswith(".json"):
-        s = Schedule.load(schedule)
-    else:
+    if s is None:
         s = baseline(schedule, m.noise_schedule, nfe, model=e.name)
-    s = s.with_meta(solver=solver, model=s.model or e.name)
+    if solver is not None or not s.solver:
+        s = s.with_solver(SolverSpec(solver or "unipc"))
+    solver = s.solver
+    typer.echo(f"evaluating {s.method or schedule} NFE {s.nfe} with {s.solver_spec.name}-{s.solver_spec.order} "
+               f"({'--solver' if from_file and solver_flag else 'the schedule file' if from_file else 'default'})",
+               err=True)
+    s = s.with_meta(model=s.model or e.name)
     g = p.teacher.guidance if guidance is None else guidance
     ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
     t_end = None
@@ -204,7 +224,7 @@ def evaluate(model: str = typer.Option(..., "--model"),
 
     rid = reg.log_schedule_run(s, solver=solver, params=run_params, evaluate=run_and_keep)
     typer.echo(shown(out))
-    typer.echo(f"logged MLflow run {rid} at {reg.tracking_uri}")
+    typer.echo(f"logged MLflow run {rid} at {redact(reg.tracking_uri)}")
     if register:
         res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
         typer.echo(registration_line(res))

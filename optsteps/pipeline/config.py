@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ import yaml
 
 from optsteps.errors import OptstepsError
 from optsteps.integrations.ray_pool import RayConfig
+from optsteps.io.paths import has_credentials
+from optsteps.io.readers import read_yaml
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
 from optsteps.models.entries import ModelEntry, entry_for, parse_entry
@@ -372,15 +373,6 @@ def _check(p: Params, where: str) -> None:
                             "(how many samples are compared with the folder through Inception).")
 
 
-_USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@:\s]*:?[^/?#@\s]*@")  # (scheme://)user[:pw]@host
-_SECRET_QUERY = re.compile(r"[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
-                           r"signature|auth)=", re.IGNORECASE)
-
-
-def has_credentials(uri: str) -> bool:
-    """A URI with credentials in it: user[:password]@host (with or without a scheme) or a token/password/secret
-    query parameter. params.yaml is committed, so they belong in the environment."""
-    return bool(uri) and bool(_USERINFO.match(uri) or _SECRET_QUERY.search(uri))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -402,8 +394,5 @@ def load_params(path="params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise OptstepsError(f"{path} not found; run from the repository root or pass --params PATH.")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise OptstepsError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml(path, "params file", top=None, loader=_UniqueKeyLoader, fix="fix it, or start from the repository's params.yaml")
     return params_from_dict(data)

@@ -159,6 +159,7 @@ def train(p: Params, model: str, force: bool = False) -> Path:
 def _drop_stale_shards(out: Path, card, teacher) -> None:
     """In a stage's own trajectories folder, shards of another model identity or teacher (new weights, a changed
     teacher) are removed, so that the stage regenerates them (a folder passed with --out is never touched)."""
+    from optsteps.io.paths import inside
     from optsteps.io.shards import read_manifest
     from optsteps.teacher.trajectories import header
 
@@ -169,7 +170,7 @@ def _drop_stale_shards(out: Path, card, teacher) -> None:
     log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
                 str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
     for e in old.get("shards", []):
-        (out / e["file"]).unlink(missing_ok=True)
+        inside(out, e["file"], "manifest shard file").unlink(missing_ok=True)  # never a file outside the folder
     (out / "manifest.json").unlink()
 
 
@@ -455,9 +456,10 @@ def evaluate(p: Params, model) -> Path:
         if not p.evaluate.grid_samples or images is None or images.dim() != 4:
             return
         from optsteps.io.images import save_grid
+        from optsteps.io.paths import inside
 
         name = "teacher" if row["method"] == "teacher" else f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
-        save_grid(images[:p.evaluate.grid_samples], grids / f"{name}.png")
+        save_grid(images[:p.evaluate.grid_samples], inside(grids, f"{name}.png", "evaluation grid"))
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
@@ -493,6 +495,7 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
 
     from optsteps.evaluate.plots import curves_figure
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
+    from optsteps.io.paths import inside
 
     name = model_name(p, model)
     headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
@@ -507,7 +510,7 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     for key, rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["nfe"])
         metrics = {f"nfe{r['nfe']}": {k: r[k] for k in headline if k in r} for r in rs}
-        write_text_atomic(folder / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
+        write_text_atomic(inside(folder, f"{key}.json", "metrics file"), json.dumps(metrics, indent=1) + "\n")
         lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
                             str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
     write_text_atomic(Path(p.results) / "plots" / f"{name}.csv", "\n".join(lines) + "\n")

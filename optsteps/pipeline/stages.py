@@ -386,6 +386,7 @@ def evaluation_schedules(p: Params, model) -> list[Schedule]:
     """The evaluation grid of ``model``: baselines × solvers × (``evaluate.nfe`` ∪ ``evaluate.baseline_nfe``) plus
     every optimized schedule on disk whose solver and NFE are in ``evaluate.nfe``."""
     from optsteps.core.baselines import baseline
+    from optsteps.io.paths import inside
 
     p, e = resolve(p, model)
     ns = noise_schedule_for(e, p.artifacts)
@@ -398,7 +399,9 @@ def evaluation_schedules(p: Params, model) -> list[Schedule]:
             for nfe in ev.nfe:
                 path = schedule_path(p, e, method, solver, nfe)
                 if path.is_file():
-                    out.append(Schedule.load(path))
+                    s = Schedule.load(path)
+                    inside(path.parent, f"{s.method}-{s.solver}.json", f'{path}: "method"')  # it names output files
+                    out.append(s)
     return out
 
 

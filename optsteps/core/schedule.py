@@ -51,6 +51,12 @@ def start_sigma(noise_schedule: NoiseSchedule, t0: float, rule: str = "scaled") 
     return float(noise_schedule.sigma(float(t)))
 
 
+def _subnormal(v: float) -> bool:
+    """v is a subnormal float, read from its bits (comparisons see 0 where the CPU flushes denormals)."""
+    h = v.hex().lstrip("-")
+    return h.startswith("0x0.") and h != "0x0.0p+0"
+
+
 @dataclass(frozen=True)
 class Schedule:
     t: tuple
@@ -76,7 +82,7 @@ class Schedule:
         check_limit("MAX_SCHEDULE_POINTS", len(t), "the number of schedule times")
         if any(math.isnan(v) or math.isinf(v) for v in t):
             raise OptstepsError(f"schedule times contain NaN or inf: {list(t)[:8]}; pass finite times.")
-        tiny = [v for v in t if v != 0.0 and abs(v) < sys.float_info.min]
+        tiny = [v for v in t if _subnormal(v)]
         if tiny:  # subnormal floats: no model resolves them, and steps between them divide by ~0
             raise OptstepsError(f"schedule times contain subnormal numbers ({tiny[0]:.3g}, below {sys.float_info.min:.3g}); "
                                 "pass normal floats within the noise schedule's range.")

@@ -13,8 +13,8 @@ def inside(folder, name, what: str) -> Path:
     manifest's ``"file"`` or a schedule's ``"method"``, must not reach ``..``, an absolute path or a symlink out)."""
     base = Path(folder).resolve()
     name = str(name)
-    target = (base / name).resolve()
-    if "\x00" in name or not name.strip() or target == base or base not in target.parents:
+    target = None if "\x00" in name or not name.strip() else (base / name).resolve()
+    if target is None or target == base or base not in target.parents:
         raise OptstepsError(f"{what} {name!r} points outside {folder}; a name read from a file must be a plain name "
                             "inside its folder: fix or regenerate the file that holds it.")
     return target

@@ -182,7 +182,7 @@ def ws(tmp_path_factory):
                  d / "artifacts" / "models" / "digits", progress=False)
     __import__("torch").set_flush_denormal(False)  # training turns it on for the process; a CLI run never trains here
     (d / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    w = lambda name, data: (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())  # noqa: E731
+    w = lambda name, data: (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
     w("latin1.yaml", b"teacher:\n  solver: caf\xe9\n")
     w("utf16.json", "{}".encode("utf-16"))
     w("binary.json", bytes(range(256)))
@@ -339,3 +339,17 @@ def test_schedule_file_runs_its_own_solver_unless_told(ws, monkeypatch, capsys):
         assert code == 2 and "error: stop" in out.err, out.err
         assert seen["solver"] == (want, want)
         assert f"with {want}-" in out.err and ("--solver" if extra else "the schedule file") in out.err
+
+
+def test_every_output_has_one_file_mode(tmp_path):
+    """Shards (written by safetensors), the manifest and atomic files: 0666 minus the umask; folders 0777 minus it."""
+    import torch
+
+    from optsteps.io.shards import write_manifest, write_shard
+
+    write_shard(tmp_path / "s.safetensors", {"x": torch.zeros(3)}, {"a": 1})
+    write_manifest(tmp_path, {"shards": []})
+    atomic.write_bytes_atomic(tmp_path / "sub" / "g.png", b"x")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {"s.safetensors": atomic.file_mode(), "manifest.json": atomic.file_mode(),
+                     "g.png": atomic.file_mode(), "sub": atomic.file_mode() | ((atomic.file_mode() & 0o444) >> 2)}

@@ -45,6 +45,7 @@ def write_shard(path: Path, data: dict, meta: dict) -> None:
                 if code is None:
                     raise
                 raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+            os.chmod(tmp, file_mode())  # safetensors re-creates the file 0600; every output gets one mode
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -26,6 +26,10 @@ def ws(tmp_path_factory):
     (d / "bad_t.json").write_text('{"noise_schedule": {"family": "edm"}, "t": "10"}')
     for name, text in BAD_PARAMS.items():
         (d / f"{name}.yaml").write_text(text)
+    (d / "latin1.yaml").write_bytes(b"teacher:\n  solver: caf\xe9\n")
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (d / "data" / "digits").mkdir(parents=True)
+    (d / "data" / "digits" / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
     return d
 
 
@@ -97,6 +101,13 @@ CASES = [
     (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "nosuch.yaml"], "not found"),
     (["registry", "list", "--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
     (["registry", "list", "--tracking-uri", "sqlite:///typo/mlruns.db"], "no schedule registry at"),
+    # issue 28 (the full table runs in-process in tests/test_reliability.py): a subprocess subset for no traceback
+    (["stage", "lambda-opt", "--model", "digits", "--params", "latin1.yaml"], "the params file is not UTF-8"),
+    (["sample", "--model", "digits", "--schedule", "deep.json", "--out", "g.png"], "nested too deeply"),
+    (["sample", "--model", "digits", "--schedule", "uniform-t", "--seed", "9223372036854775807", "--out", "g.png"],
+     "--seed 9223372036854775807 is out of range"),
+    (["stage", "model", "--model", "data/digits"], "is a built-in model"),
+    (["registry", "list", "--tracking-uri", "http://alice:s3cret@127.0.0.1:1"], "http://***@127.0.0.1:1 within"),
 ]
 
 

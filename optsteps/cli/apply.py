@@ -27,9 +27,17 @@ def apply_command(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="registry (MLflow) URI for NAME@ALIAS"),
 ):
     """Generate one image with your own diffusers pipeline on an optsteps schedule."""
+    from optsteps.cli import checks
     from optsteps.integrations.diffusers import apply_schedule
     from optsteps.integrations.schedule_refs import resolve_schedule
+    from optsteps.models.diffusers.hub import resolve_pipeline
 
+    checks.check_seed(seed)  # the checks of `sample`, before the pipeline loads
+    checks.check_png("--out", out)
+    if guidance is not None:
+        checks.check_float("--guidance", guidance)
+    checks.check_device(device)
+    checks.check_pipeline_call(resolve_pipeline(pipeline), height, width, num_frames)
     s = resolve_schedule(schedule, tracking_uri)
     extra = {"num_frames": num_frames} if num_frames else {}
     info = apply_schedule(pipeline, s, prompt, out, seed, guidance, scheduler, device, dtype, height, width, **extra)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from optsteps.cli import checks
 from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
 
@@ -32,18 +32,6 @@ def _override(p, values: dict, cross: bool = True):
     from optsteps.pipeline.config import override
 
     return override(p, values, cross)
-
-
-def _check_int(option: str, value: int, lo: int, hi: int) -> int:
-    if not lo <= value <= hi:
-        raise OptstepsError(f"{option} {value} is out of range; pass an integer in {lo} … {hi}.")
-    return value
-
-
-def _check_float(option: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise OptstepsError(f"{option} {value} is not a finite number; pass a finite value (e.g. {option} 1.0).")
-    return value
 
 
 def _is_reference(ref: str) -> bool:
@@ -208,11 +196,11 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
     from optsteps.core.solver_spec import SolverSpec
     from optsteps.pipeline.adhoc import sample_grid
 
-    _check_int("--n", n, 1, 100_000)
-    _check_int("--nfe", nfe, 1, 10_000)
-    _check_float("--guidance", guidance)
-    if Path(out).suffix.lower() != ".png":
-        raise OptstepsError(f"--out {out!r}: the grid is written as PNG; pass a file name ending in .png.")
+    checks.check_int("--n", n, 1, 100_000)
+    checks.check_int("--nfe", nfe, 1, 10_000)
+    checks.check_seed(seed)
+    checks.check_float("--guidance", guidance)
+    checks.check_png("--out", out)
     if solver:
         SolverSpec(solver)  # a bad solver name fails before anything is read
     resolved = _resolve_schedule_arg(schedule, params)  # a bad file or reference fails before the model loads
@@ -233,6 +221,8 @@ def trajectories(model: str = typer.Option(..., "--model"),
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline import layout
 
+    if samples is not None:
+        checks.check_count("--samples", samples, "MAX_SAMPLES")
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     # each flag passes its params.yaml rule; ad-hoc shards need not fit the OSS grid (cross rules are the stages')
     p = _override(p, {"teacher.steps": ("--teacher-steps", teacher_steps),
@@ -322,10 +312,19 @@ _mount_plan()
 
 
 def main():
+    from optsteps.io.atomic import machine_error
+    from optsteps.io.paths import redact
+
     try:
         app()
     except OptstepsError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(e)}", err=True)  # no credential of a tracking URI is ever printed
+        sys.exit(2)
+    except OSError as e:  # a full disk or a read-only folder outside the atomic writers (mkdir, a library's write)
+        err = machine_error(e, e.filename or ".")
+        if err is None:
+            raise
+        typer.echo(f"error: {err}", err=True)
         sys.exit(2)
 
 

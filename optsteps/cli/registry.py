@@ -13,6 +13,7 @@ import typer
 
 from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
+from optsteps.io.paths import redact
 
 registry_app = typer.Typer(no_args_is_help=True, help="The MLflow registry of step schedules.")
 
@@ -143,10 +144,18 @@ def evaluate(model: str = typer.Option(..., "--model"),
     if geneval_prompts is not None and not Path(model).is_dir() and "/" not in model:
         raise OptstepsError(f"--geneval-prompts needs a text-to-image diffusers pipeline as --model (got {model!r}); "
                             "GenEval scores prompts, the embedded digits models take class labels.")
+    from optsteps.cli import checks
+
+    if seed is not None:
+        checks.check_seed(seed)
+    if solver is not None:
+        from optsteps.core.solver_spec import SolverSpec
+
+        SolverSpec(solver)  # a known solver, or one line
     res = evaluate_one(load_params(params), model, schedule, nfe=nfe, solver=solver, n=n, inception_n=inception_n,
                        seed=seed, start=start, guidance=guidance, teacher=teacher, log=log, register=register,
-                       tracking_uri=tracking_uri, geneval_prompts=geneval_prompts)
-    typer.echo(f"solver: {res.solver}", err=True)
+                       tracking_uri=tracking_uri, geneval_prompts=geneval_prompts,
+                       say=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps({k: v for k, v in res.metrics.items() if k != "resamples"}, indent=2))
     if res.run_id is not None:
         typer.echo(f"logged MLflow run {res.run_id} at {res.tracking_uri}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optsteps.errors import OptstepsError
+from optsteps.io.limits import check as check_limit
 
 Tensorish = "float | torch.Tensor"
 
@@ -126,8 +127,11 @@ class VPDiscrete(NoiseSchedule):
 
     def __post_init__(self):
         n = self.num_train_timesteps
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise OptstepsError(f"num_train_timesteps = {n!r}; pass an integer (e.g. 1000).")
         if n < 2:
             raise OptstepsError(f"num_train_timesteps = {n}; a discrete VP schedule needs at least 2 steps.")
+        check_limit("MAX_TRAIN_TIMESTEPS", n, "the noise schedule's num_train_timesteps")  # tables of n + 1 values
         self.betas = _betas(self.beta_schedule, self.beta_start, self.beta_end, n)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
         self.t_nodes = torch.arange(0, n + 1, dtype=torch.float64) / n
@@ -238,6 +242,8 @@ def noise_schedule_from_dict(d: dict) -> NoiseSchedule:
         raise OptstepsError(f"unknown noise schedule family {family!r}; use one of {sorted(kinds)}.")
     try:
         return kinds[family](**d)
+    except OptstepsError:
+        raise
     except (TypeError, ValueError) as e:
         raise OptstepsError(f"bad {family} noise schedule fields {sorted(d)}: {e}") from None
 

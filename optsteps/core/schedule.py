@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,13 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.io.atomic import write_text_atomic
+from optsteps.io.limits import check as check_limit
+from optsteps.io.readers import parse_json, read_json
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
 from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
 
 START_STATES = ("scaled", "raw")
+TIME_RESOLUTION = 2.0 ** -20  # relative gap two times need: 8 float32 ulps, the precision the network sees t in
 
 
 def start_sigma(noise_schedule: NoiseSchedule, t0: float, rule: str = "scaled") -> float:
@@ -45,6 +49,12 @@ def start_sigma(noise_schedule: NoiseSchedule, t0: float, rule: str = "scaled") 
         raise OptstepsError(f"unknown start_state {rule!r}; use one of {', '.join(START_STATES)} (absent = scaled).")
     t = noise_schedule.default_t_start() if rule == "raw" else t0
     return float(noise_schedule.sigma(float(t)))
+
+
+def _subnormal(v: float) -> bool:
+    """v is a subnormal float, read from its bits (comparisons see 0 where the CPU flushes denormals)."""
+    h = v.hex().lstrip("-")
+    return h.startswith("0x0.") and h != "0x0.0p+0"
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,13 @@ class Schedule:
                 f"a schedule needs at least 2 times (t_start and t_end, NFE ≥ 1), got {len(t)}; "
                 "pass nfe + 1 times."
             )
+        check_limit("MAX_SCHEDULE_POINTS", len(t), "the number of schedule times")
         if any(math.isnan(v) or math.isinf(v) for v in t):
-            raise OptstepsError(f"schedule times contain NaN or inf: {list(t)}; pass finite times.")
+            raise OptstepsError(f"schedule times contain NaN or inf: {list(t)[:8]}; pass finite times.")
+        tiny = [v for v in t if _subnormal(v)]
+        if tiny:  # subnormal floats: no model resolves them, and steps between them divide by ~0
+            raise OptstepsError(f"schedule times contain subnormal numbers ({tiny[0]:.3g}, below {sys.float_info.min:.3g}); "
+                                "pass normal floats within the noise schedule's range.")
         bad = [i for i in range(len(t) - 1) if not t[i] > t[i + 1]]
         if bad:
             i = bad[0]
@@ -79,6 +94,12 @@ class Schedule:
                 f"t[{i + 1}] = {t[i + 1]:.6g}; sort them descending and remove duplicates."
             )
         self.noise_schedule.check_t(t, "schedule times")
+        close = [i for i in range(len(t) - 1) if t[i] - t[i + 1] < TIME_RESOLUTION * max(abs(t[i]), abs(t[i + 1]))]
+        if close:  # the network sees its time in float32: closer times are one time, and the step divides by ~0
+            i = close[0]
+            raise OptstepsError(f"schedule times t[{i}] = {t[i]!r} and t[{i + 1}] = {t[i + 1]!r} are closer than the "
+                                f"model's time resolution (relative {TIME_RESOLUTION:.2g}, float32 network time); "
+                                "merge them or space the times further apart.")
         if self.solver:
             SolverSpec.from_fields(self.solver, self.extra)  # a known solver with valid options, or an error
         if self.extra.get("start_state", "scaled") not in START_STATES:
@@ -161,11 +182,8 @@ class Schedule:
         return s
 
     @classmethod
-    def from_json(cls, text: str) -> "Schedule":
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise OptstepsError(f"schedule file is not valid JSON ({e}); regenerate it with `optsteps schedule ... --json`.") from None
+    def from_json(cls, text: str, where: str = "schedule JSON") -> "Schedule":
+        return cls.from_dict(parse_json(text, where, "schedule", top=dict, fix=SCHEDULE_FIX))
 
     def save(self, path) -> Path:
         return write_text_atomic(path, self.to_json() + "\n")
@@ -175,7 +193,14 @@ class Schedule:
         p = Path(path)
         if not p.is_file():
             raise OptstepsError(f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`.")
-        return cls.from_json(p.read_text())
+        data = read_json(p, "schedule", top=dict, fix=SCHEDULE_FIX)
+        try:
+            return cls.from_dict(data)
+        except OptstepsError as e:  # name the file in every message about its content
+            raise type(e)(f"{p}: {e}") from None
+
+
+SCHEDULE_FIX = "regenerate it with `optsteps schedule ... --json`"
 
 
 def initial_state(noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from optsteps.errors import OptstepsError
+from optsteps.io.paths import redact
 from optsteps.core.schedule import Schedule
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
@@ -78,7 +79,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, cre
     answer ``/health``, or (``create`` False) a sqlite file that does not exist."""
     m = re.match(r"^sqlite:///(.+)$", tracking_uri)
     if m and not create and m.group(1) != ":memory:" and not Path(m.group(1)).is_file():
-        raise OptstepsError(f"there is no schedule registry at {tracking_uri} (no such database file); check the "
+        raise OptstepsError(f"there is no schedule registry at {redact(tracking_uri)} (no such database file); check the "
                             "path, pass --tracking-uri, or run `optsteps stage register` (or `make run`) first.")
     if not tracking_uri.startswith(("http://", "https://")):
         return
@@ -93,11 +94,11 @@ def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, cre
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):  # up, but wants credentials: MLflow's own calls will say so
             return
-        raise OptstepsError(f"the MLflow tracking server {tracking_uri} answered /health with HTTP {e.code}; check "
+        raise OptstepsError(f"the MLflow tracking server {redact(tracking_uri)} answered /health with HTTP {e.code}; check "
                             "the URI (mlflow.tracking_uri or --tracking-uri) and the server.") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise OptstepsError(f"cannot reach the MLflow tracking server {tracking_uri} within {timeout_s:g} s "
+        reason = redact(getattr(e, "reason", e))
+        raise OptstepsError(f"cannot reach the MLflow tracking server {redact(tracking_uri)} within {timeout_s:g} s "
                             f"({reason}); start it (`mlflow server …` or `docker compose up -d` in infra/compose), fix "
                             "mlflow.tracking_uri or --tracking-uri, or raise mlflow.timeout_s.") from None
 

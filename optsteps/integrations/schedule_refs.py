@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from optsteps.errors import OptstepsError
+from optsteps.io.paths import redact
 from optsteps.core.schedule import Schedule
 
 
@@ -19,7 +20,7 @@ def resolve_schedule(ref: str, tracking_uri: str | None = None) -> Schedule:
 
         uri = tracking_uri or default_tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise OptstepsError(f"{ref!r} names a registered schedule, but there is no schedule registry at {uri}; "
+            raise OptstepsError(f"{ref!r} names a registered schedule, but there is no schedule registry at {redact(uri)}; "
                                 "run `optsteps stage register` (or `make run`) first, or pass --tracking-uri.")
         try:
             reg = Registry(tracking_uri, create=False)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from optsteps.errors import OptstepsError
-from optsteps.io.atomic import file_mode, write_text_atomic
+from optsteps.io.atomic import file_mode, machine_errors, write_text_atomic
 from optsteps.io.hashing import sha256_file
+from optsteps.io.paths import inside
+from optsteps.io.readers import read_json, require
 
 FORMAT = "optsteps-trajectories/1"
 MANIFEST = "manifest.json"
@@ -25,29 +28,47 @@ def shard_name(start: int, count: int) -> str:
 
 def write_shard(path: Path, data: dict, meta: dict) -> None:
     """Write the tensors ``data`` with ``meta`` (JSON) to ``path`` via a temp file and an atomic rename."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.fchmod(fd, file_mode())
-    os.close(fd)
-    try:
-        # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order
-        save_file({k: v.contiguous() for k, v in data.items()}, tmp, metadata={"optsteps": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with machine_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+        os.fchmod(fd, file_mode())
+        os.close(fd)
+        try:
+            # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order
+            try:
+                save_file({k: v.contiguous() for k, v in data.items()}, tmp,
+                          metadata={"optsteps": json.dumps(meta, sort_keys=True)})
+            except SafetensorError as e:  # an OS error inside safetensors' writer: "… Os { code: 28, … }"
+                code = re.search(r"code: (\d+)", str(e))
+                if code is None:
+                    raise
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+            os.chmod(tmp, file_mode())  # safetensors re-creates the file 0600; every output gets one mode
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+MANIFEST_FIX = ("delete it and rerun `optsteps trajectories`: it rebuilds the manifest from the shards' own metadata "
+                "(each shard is verified, none is recomputed)")
+MANIFEST_SCHEMA = {"model": str, "model_sha256": str, "teacher": dict, "shards": list}
+ENTRY_SCHEMA = {"file": str, "start": int, "count": int, "sha256": str}
 
 
 def read_manifest(out_dir) -> dict | None:
+    """The folder's ``manifest.json`` (None if there is none), checked: a JSON object whose ``shards`` is a list of
+    entries {file, start, count, sha256}, each ``file`` a plain name inside the folder."""
     p = Path(out_dir) / MANIFEST
     if not p.is_file():
         return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise OptstepsError(f"{p} is not valid JSON; delete it and rerun `optsteps trajectories`: it rebuilds the "
-                            "manifest from the shards' own metadata (each shard is verified, none is recomputed).") from None
+    m = require(read_json(p, "shards manifest", fix=MANIFEST_FIX), MANIFEST_SCHEMA, p, fix=MANIFEST_FIX)
+    for i, e in enumerate(m["shards"]):
+        require(e, ENTRY_SCHEMA, p, where=f"shards[{i}].", fix=MANIFEST_FIX)
+        inside(out_dir, e["file"], f"{p}: shards[{i}].file")
+    return m
 
 
 def write_manifest(out_dir, manifest: dict) -> Path:
@@ -59,7 +80,7 @@ def load_shard(out_dir, entry: dict) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    p = Path(out_dir) / entry["file"]
+    p = inside(out_dir, entry["file"], "shard file")
     if not p.is_file():
         raise OptstepsError(f"shard {p} is missing; rerun `optsteps trajectories` to regenerate it.")
     if sha256_file(p) != entry["sha256"]:

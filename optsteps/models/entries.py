@@ -258,7 +258,13 @@ def entry_for(model, entries: dict) -> ModelEntry:
         if e.is_pipeline and _same_pipeline_key(e.pipeline) == target:
             return e
     if "/" in model or Path(model).exists():
-        return ModelEntry(slug_for_pipeline(model), pipeline=model)
+        slug = slug_for_pipeline(model)
+        if slug in RESERVED or slug in entries:  # its outputs would overwrite (or delete) that model's
+            other = "a built-in model" if slug in RESERVED else "another models: entry in params.yaml"
+            raise OptstepsError(f"--model {model}: its name {slug!r} (from the folder's name) is {other}, whose outputs "
+                                f"it would overwrite; add it to params.yaml models: under another name (e.g. "
+                                f"`{slug}-pipeline: {{pipeline: {model}}}`) and pass that name.")
+        return ModelEntry(slug, pipeline=model)
     raise OptstepsError(f"unknown model {model!r}; use a name of params.yaml models: ({', '.join(entries) or 'none'}), "
                         f"one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id in the local cache.")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from optsteps.core.limits import MAX_SAMPLES, MAX_STEPS
 from optsteps.errors import OptstepsError
 from optsteps.evaluate.options import EvaluateOptions
 from optsteps.integrations.ray_pool import RayConfig
+from optsteps.io.paths import has_credentials
+from optsteps.io.readers import read_yaml
 from optsteps.models.classifier import ClassifierConfig
 from optsteps.models.digits import TrainConfig
 from optsteps.models.entries import ModelEntry, entry_for, parse_budget, parse_entry
@@ -386,15 +387,6 @@ def override(p: "Params", values: dict, cross: bool = True) -> "Params":
     return q
 
 
-_USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@:\s]*:?[^/?#@\s]*@")  # (scheme://)user[:pw]@host
-_SECRET_QUERY = re.compile(r"[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
-                           r"signature|auth)=", re.IGNORECASE)
-
-
-def has_credentials(uri: str) -> bool:
-    """A URI with credentials in it: user[:password]@host (with or without a scheme) or a token/password/secret
-    query parameter. params.yaml is committed, so they belong in the environment."""
-    return bool(uri) and bool(_USERINFO.match(uri) or _SECRET_QUERY.search(uri))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -416,10 +408,8 @@ def load_params(path="params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise OptstepsError(f"{path} not found; run from the repository root or pass --params PATH.")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise OptstepsError(f"{path} is not valid YAML: {e}") from None
+    data = read_yaml(path, "params file", top=None, loader=_UniqueKeyLoader,
+                     fix="fix it, or start from the repository's params.yaml")
     if data is None or data == {}:
         raise OptstepsError(f"{path} is empty: it has no sections, so nothing would say which models to optimize; "
                             "copy the repository's params.yaml and edit it, or pass --params PATH to another file.")

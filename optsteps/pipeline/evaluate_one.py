@@ -36,10 +36,15 @@ def load_one_schedule(schedule: str, model, nfe: int, solver: str | None, defaul
     return s.with_meta(solver=solver, model=s.model or model.name)
 
 
+def _is_kind(schedule: str) -> bool:
+    return not (Path(schedule).is_file() or schedule.endswith(".json"))
+
+
 def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: str | None = None, n: int | None = None,
                  inception_n: int | None = None, seed: int | None = None, start: int | None = None,
                  guidance: float | None = None, teacher: bool = True, log: bool = True, register: bool = False,
-                 tracking_uri: str | None = None, geneval_prompts: str | None = None) -> OneEvaluation:
+                 tracking_uri: str | None = None, geneval_prompts: str | None = None,
+                 say=lambda line: None) -> OneEvaluation:
     """Evaluate one schedule on ``model`` (``n``, ``inception_n``, ``seed``: default the params' ``evaluate``
     section; ``guidance``: default ``teacher.guidance``); ``teacher``: L2 to the teacher's endpoints (held-out
     seeds checked); ``log``/``register``: an MLflow run, and a registered version (champion rule of
@@ -62,7 +67,9 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
     n, inception_n, seed, start = p.evaluate.n, p.evaluate.inception_n, p.evaluate.seed, p.evaluate.start
     m = load_model(e, p.artifacts)
     s = load_one_schedule(schedule, m, nfe, solver, p.evaluate.solvers[0])
+    source = "--solver" if solver else "default" if _is_kind(schedule) else "the schedule file"
     solver = s.solver
+    say(f"evaluating {s.method or schedule} NFE {s.nfe} with {s.solver_spec.name}-{s.solver_spec.order} ({source})")
     g = p.teacher.guidance if guidance is None else guidance
     ev = evaluator_for(p, model, progress=True, inception_n=inception_n)  # the evaluate stage's settings
     t_end = None
@@ -72,7 +79,7 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
 
     sampler = None
     if geneval_prompts is not None:
-        from optsteps.integrations.diffusers_apply import pipeline_prompt_sampler
+        from optsteps.integrations.diffusers import pipeline_prompt_sampler
         from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
         pipe, _, _ = load_diffusers_pipeline(model)

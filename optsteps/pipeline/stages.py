@@ -362,6 +362,7 @@ def evaluation_schedules(p: Params, model) -> list[Schedule]:
     ``evaluate.baseline_nfe``) plus every optimized schedule its stage makes for an evaluated solver and NFE),
     the optimized ones read from disk where they exist."""
     from optsteps.core.baselines import baseline
+    from optsteps.io.paths import inside
     from optsteps.pipeline.plan import evaluation_rows
 
     p, e = resolve(p, model)
@@ -371,7 +372,9 @@ def evaluation_schedules(p: Params, model) -> list[Schedule]:
         if method in METHOD_DIRS:
             path = schedule_path(p, e, method, solver, nfe)
             if path.is_file():
-                out.append(Schedule.load(path))
+                s = Schedule.load(path)
+                inside(path.parent, f"{s.method}-{s.solver}.json", f'{path}: "method"')  # it names output files
+                out.append(s)
         else:
             out.append(baseline(method, ns, nfe, model=e.name).with_meta(solver=solver))
     return out
@@ -426,9 +429,10 @@ def evaluate(p: Params, model) -> Path:
         if not p.evaluate.grid_samples or images is None or images.dim() != 4:
             return
         from optsteps.io.images import save_grid
+        from optsteps.io.paths import inside
 
         name = "teacher" if row["method"] == "teacher" else f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
-        save_grid(images[:p.evaluate.grid_samples], grids / f"{name}.png")
+        save_grid(images[:p.evaluate.grid_samples], inside(grids, f"{name}.png", "evaluation grid"))
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
@@ -466,6 +470,7 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
 
     from optsteps.evaluate.plots import curves_figure
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
+    from optsteps.io.paths import inside
 
     headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
                 if any(k in r for r in rows[1:])]
@@ -479,7 +484,7 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     for key, rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r["nfe"])
         metrics = {f"nfe{r['nfe']}": {k: r[k] for k in headline if k in r} for r in rs}
-        write_text_atomic(folder / f"{key}.json", json.dumps(metrics, indent=1) + "\n")
+        write_text_atomic(inside(folder, f"{key}.json", "metrics file"), json.dumps(metrics, indent=1) + "\n")
         lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
                             str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
     write_text_atomic(plots_csv(p, model), "\n".join(lines) + "\n")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from optsteps.errors import OptstepsError
+from optsteps.io.paths import inside
 from optsteps.io.shards import MANIFEST, read_manifest
 from optsteps.teacher.config import TeacherConfig
 from optsteps.teacher.trajectories import header, iter_shards
@@ -92,5 +93,5 @@ def drop_stale_shards(out: Path, card, teacher: TeacherConfig) -> None:
     log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
                 str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
     for e in old.get("shards", []):
-        (out / e["file"]).unlink(missing_ok=True)
+        inside(out, e["file"], "manifest shard file").unlink(missing_ok=True)  # never a file outside the folder
     (out / MANIFEST).unlink()

@@ -16,7 +16,8 @@ from optsteps.core.denoisers import network_grad_context
 from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel
-from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_class_name, resolve_pipeline
+from optsteps.models.diffusers.hub import (check_components, default_device, pick_dtype, pipeline_class_name,
+                                           read_model_index, resolve_pipeline)
 
 UNET2D_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 TEXT_PIPELINES = {
@@ -77,7 +78,8 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
     device = device or default_device()
     kind = TEXT_PIPELINES.get(name, "unet2d")
     torch_dtype = pick_dtype(device, kind, dtype)
-    index = json.loads((root / "model_index.json").read_text())
+    check_components(root)  # weights present, readable, safetensors: one line naming the component otherwise
+    index = read_model_index(root)
     missing = {k: None for k, v in index.items()
                if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None}
     if kind == "wan":  # diffusers 0.42 cannot load WanTransformer3DModel without accelerate
@@ -136,7 +138,7 @@ def preload_components(root, torch_dtype) -> dict:
         return {}
     import diffusers
 
-    index = json.loads((Path(root) / "model_index.json").read_text())
+    index = read_model_index(root)
     out = {}
     for key in ("transformer", "transformer_2"):
         entry = index.get(key)

@@ -6,7 +6,6 @@ clear error. ``pipeline_digest`` identifies a pipeline folder by its config and 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from optsteps.errors import OptstepsError
 from optsteps.io.hashing import file_digest
+from optsteps.io.readers import read_json, require
 
 
 # ---- resolving and identifying a pipeline folder ------------------------------------------------------
@@ -47,11 +47,17 @@ def resolve_pipeline(path_or_id) -> Path:
     return root
 
 
+INDEX_FIX = "re-save the pipeline with `pipe.save_pretrained(folder)`"
+
+
+def read_model_index(root) -> dict:
+    """The pipeline's model_index.json, checked: a UTF-8 JSON object with a string ``_class_name``."""
+    path = Path(root) / "model_index.json"
+    return require(read_json(path, "diffusers model index", fix=INDEX_FIX), {"_class_name": str}, path, fix=INDEX_FIX)
+
+
 def pipeline_class_name(root) -> str:
-    try:
-        return str(json.loads((Path(root) / "model_index.json").read_text())["_class_name"])
-    except (json.JSONDecodeError, KeyError) as e:
-        raise OptstepsError(f"{root}/model_index.json is not a diffusers model index ({e}); re-save the pipeline.") from None
+    return read_model_index(root)["_class_name"]
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -97,3 +103,60 @@ def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
     if on_cpu:
         return torch.float32
     return torch.bfloat16 if kind in ("sd3", "flux", "wan") else torch.float16
+
+
+# ---- checking a pipeline folder before diffusers reads it ---------------------------------------------
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+CONVERT_FIX = ("convert them once, where you trust the file, with `pipe.save_pretrained(folder, "
+               "safe_serialization=True)` (diffusers/transformers write .safetensors)")
+
+
+def _check_safetensors(path: Path, root, component: str) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - any failure to open the header means the file is broken
+        raise OptstepsError(f"{root}: component {component!r}: weights {path.name} cannot be read "
+                            f"({' '.join(str(e).split())[:80]}; truncated or not safetensors); restore the file "
+                            "or re-save the pipeline with `pipe.save_pretrained(folder)`.") from None
+
+
+def check_components(root, components=None) -> None:
+    """Every component of the pipeline folder ``root`` that is a network (its folder has a ``config.json``) has its
+    weights as readable ``.safetensors`` (sharded ones: every file its index lists); pickle weights (``.bin``,
+    ``.pt``, ``.ckpt``) are refused. ``components``: the folder names to check (default: model_index.json's)."""
+    root = Path(root)
+    if components is None:
+        index = read_model_index(root)
+        components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
+                      and v[0] is not None]
+    for comp in components:
+        folder = root / comp
+        if not folder.is_dir():
+            raise OptstepsError(f"{root}: component {comp!r} is listed in model_index.json but its folder is missing; "
+                                "restore it or re-save the pipeline with `pipe.save_pretrained(folder)`.")
+        if not (folder / "config.json").is_file():
+            continue  # a scheduler, tokenizer or feature extractor: configuration only
+        indexes = sorted(folder.glob("*.safetensors.index.json"))
+        weights = sorted(folder.glob("*.safetensors"))
+        if indexes:
+            fix = "restore the shards or re-save the pipeline with `pipe.save_pretrained(folder)`"
+            for ix in indexes:
+                wmap = require(read_json(ix, "safetensors shard index", fix=fix), {"weight_map": dict}, ix, fix=fix)
+                for name in sorted(set(map(str, wmap["weight_map"].values()))):
+                    shard = (folder / name).resolve()
+                    if shard.parent != folder.resolve() or not shard.is_file():
+                        raise OptstepsError(f"{root}: component {comp!r}: shard {name!r} listed in {ix.name} is "
+                                            f"missing; {fix}.")
+        if not weights:
+            pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise OptstepsError(f"{root}: component {comp!r} has only pickle weights ({', '.join(pickles)}), which "
+                                    f"optsteps refuses (loading a pickle can run code); {CONVERT_FIX}.")
+            raise OptstepsError(f"{root}: component {comp!r} has no weights file (.safetensors); restore it or re-save "
+                                "the pipeline with `pipe.save_pretrained(folder)`.")
+        for w in weights:
+            _check_safetensors(w, root, comp)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from optsteps.errors import OptstepsError
+from optsteps.io.readers import read_text
 
 # Used only when no prompt file is configured; recorded in the model identity like any other prompt list.
 DEFAULT_PROMPTS = (
@@ -24,7 +25,7 @@ def load_prompts(path) -> list[str]:
     if not p.is_file():
         raise OptstepsError(f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
                             "prompts/evaluation_metadata.jsonl.")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = read_text(p, "prompt file", fix="write one prompt a line (or GenEval's evaluation_metadata.jsonl)").splitlines()
     prompts = []
     if p.suffix == ".jsonl":
         for i, line in enumerate(lines, 1):
@@ -32,7 +33,7 @@ def load_prompts(path) -> list[str]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise OptstepsError(f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
                                     "(GenEval's format) or rename it to .txt for one plain prompt a line.") from None
             if isinstance(row, str):

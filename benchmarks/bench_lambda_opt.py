@@ -6,14 +6,15 @@ three starts and iteration budget) in this process; only the derivatives differ:
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/bench_lambda_opt.py [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
 
-from optsteps.optimizers.lambda_opt import LambdaOptOptions, default_trunc, lambda_window, optimize_lambdas
 from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, default_trunc, lambda_window, optimize_lambdas
 
 
 def one(ns, nfe: int, gradient: str, trunc=None):
@@ -31,9 +32,14 @@ def main():
     args = ap.parse_args()
     ns = VPDiscrete("linear", 1e-4, 0.02, 1000)
     one(ns, 3, "analytic")  # warm-up: imports, scipy first-call costs
-    print(f"VP linear, λ window {lambda_window(ns, 1.0, 1e-3)}, p = 1, starts uniform-λ/uniform-t/Karras, "
-          f"{os.cpu_count()} CPUs, best of {args.repeat}")
-    head = f"{'NFE':>4} {'T_c':>4} | {'analytic s':>10} {'F':>10} {'iters':>6} | {'2-point s':>10} {'F':>10} {'iters':>6} | {'FD/analytic':>11}"
+    print(
+        f"VP linear, λ window {lambda_window(ns, 1.0, 1e-3)}, p = 1, starts uniform-λ/uniform-t/Karras, "
+        f"{os.cpu_count()} CPUs, best of {args.repeat}"
+    )
+    head = (
+        f"{'NFE':>4} {'T_c':>4} | {'analytic s':>10} {'F':>10} {'iters':>6} | "
+        f"{'2-point s':>10} {'F':>10} {'iters':>6} | {'FD/analytic':>11}"
+    )
     print(head)
     print("-" * len(head))
     for nfe in args.nfe:
@@ -43,7 +49,10 @@ def main():
             row[grad] = (best_t, res.objective, sum(r["nit"] for r in res.starts.values()))
         tc = default_trunc(nfe) if args.trunc is None else args.trunc
         a, f = row["analytic"], row["2-point"]
-        print(f"{nfe:>4} {tc:>4} | {a[0]:>10.3f} {a[1]:>10.4f} {a[2]:>6} | {f[0]:>10.3f} {f[1]:>10.4f} {f[2]:>6} | {f[0] / a[0]:>11.2f}")
+        print(
+            f"{nfe:>4} {tc:>4} | {a[0]:>10.3f} {a[1]:>10.4f} {a[2]:>6} | "
+            f"{f[0]:>10.3f} {f[1]:>10.4f} {f[2]:>6} | {f[0] / a[0]:>11.2f}"
+        )
 
 
 if __name__ == "__main__":

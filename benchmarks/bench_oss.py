@@ -10,6 +10,7 @@ of the denoiser on the [S, ...] batch at teacher times (scalar t, as a sampler c
     PYTHONPATH=. .venv/bin/python benchmarks/bench_oss.py --model digits --samples 64 --teacher-steps 100
     PYTHONPATH=. .venv/bin/python benchmarks/bench_oss.py --nfe 5 --solvers ddim --eval-batch-sizes layer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import time
 import torch
 
 import optsteps.optimizers.oss as oss
-from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
+from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 
 
 def main(argv=None):
@@ -35,9 +36,14 @@ def main(argv=None):
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--solvers", nargs="+", default=["ddim", "dpmpp2m", "unipc"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eval-batch-sizes", nargs="+", default=["samples"], choices=["layer", "samples"],
-                    help="'samples': one model call per DP node (S rows, scalar t); 'layer': one call per DP "
-                         "layer (all nodes, per-sample t; the GMM's per-sample-t path is slow on CPU)")
+    ap.add_argument(
+        "--eval-batch-sizes",
+        nargs="+",
+        default=["samples"],
+        choices=["layer", "samples"],
+        help="'samples': one model call per DP node (S rows, scalar t); 'layer': one call per DP "
+        "layer (all nodes, per-sample t; the GMM's per-sample-t path is slow on CPU)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,8 +60,8 @@ def main(argv=None):
         states = torch.stack(states + [out])
         print(f"gmm: {args.components} components, dim {args.dim}, S = {s}, N = {n}, threads = {args.threads}")
     else:
-        from optsteps.pipeline.config import TeacherConfig
         from optsteps.models import load_model
+        from optsteps.pipeline.config import TeacherConfig
         from optsteps.teacher.load import LabelledDenoiser
         from optsteps.teacher.trajectories import run_teacher
 
@@ -82,14 +88,19 @@ def main(argv=None):
                 for _ in range(args.repeats):
                     t_ref.append(time_evals(k))
                     t0 = time.perf_counter()
-                    res = oss.oss_search(t, states, den, ns, k, solver, oss.OSSOptions(refine=False), eval_batch_size=ebs)
+                    res = oss.oss_search(
+                        t, states, den, ns, k, solver, oss.OSSOptions(refine=False), eval_batch_size=ebs
+                    )
                     t_dp.append(time.perf_counter() - t0)
                     pair.append(t_dp[-1] / t_ref[-1])
                 pair.sort()
-                print(f"K = {k:2d} {solver:8s} eval batch {ebs_name:7s}: DP {min(t_dp):.3f} s, {k * n} evaluations "
-                      f"{min(t_ref):.3f} s, ratio {min(t_dp) / min(t_ref):.3f} (median pairwise {pair[len(pair) // 2]:.3f}); "
-                      f"evaluations/sample {res.model_evals} ≤ K·N = {k * n}; path {res.path}; MSE {res.cost:.3e}",
-                      flush=True)
+                print(
+                    f"K = {k:2d} {solver:8s} eval batch {ebs_name:7s}: DP {min(t_dp):.3f} s, {k * n} evaluations "
+                    f"{min(t_ref):.3f} s, ratio {min(t_dp) / min(t_ref):.3f} "
+                    f"(median pairwise {pair[len(pair) // 2]:.3f}); "
+                    f"evaluations/sample {res.model_evals} ≤ K·N = {k * n}; path {res.path}; MSE {res.cost:.3e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ the first round, so without actor start and pipeline load) against the bare UNet
 OSS DP wall time against K·N batched forwards (goal ≤ 1.2). ``--small`` runs the same code on a tiny SD pipeline
 on the CPU in float32 with 2 CPU actors (the ratios there say little: the tiny UNet is overhead-bound).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,45 +45,95 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_pipelines: the character-level CLIP tokenizer and the tiny SD
 
-PROMPTS = ["a photo of a cat", "a red apple on a wooden table", "a watercolor painting of a lighthouse at sunset",
-           "two dogs playing in the snow", "a bowl of soup", "a city street at night", "a mountain lake",
-           "an astronaut riding a horse"]
+PROMPTS = [
+    "a photo of a cat",
+    "a red apple on a wooden table",
+    "a watercolor painting of a lighthouse at sunset",
+    "two dogs playing in the snow",
+    "a bowl of soup",
+    "a city street at night",
+    "a mountain lake",
+    "an astronaut riding a horse",
+]
 
 # Stable Diffusion 1.5's published component configurations (unet/config.json, vae/config.json,
 # text_encoder/config.json, scheduler/scheduler_config.json of the v1-5 release), as constructor arguments.
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, center_input_sample=False,
-                 flip_sin_to_cos=True, freq_shift=0, block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                 downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
-                 cross_attention_dim=768, attention_head_dim=8)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=512)
-SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                 max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SD15_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    act_fn="silu",
+    norm_num_groups=32,
+    sample_size=512,
+)
+SD15_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+SD15_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 
 
 def build_sd15(folder: Path, device: str, dtype) -> Path:
     """The SD-1.5 architecture with random weights (initialised on ``device``), saved in ``dtype``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from tiny_pipelines import tiny_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     tok = tiny_tokenizer(folder.parent / (folder.name + "-tokenizer"))
     with torch.device(device):
         unet = UNet2DConditionModel(**SD15_UNET)
         vae = AutoencoderKL(**SD15_VAE)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                            **SD15_TEXT)).eval()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
-                                   scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+        text = CLIPTextModel(
+            CLIPTextConfig(vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=1, **SD15_TEXT)
+        ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.to(dtype=dtype).save_pretrained(folder)
     return folder
 
@@ -142,9 +193,9 @@ def main(argv=None):
     import torch
 
     import optsteps.pipeline.stages as stages
-    from optsteps.pipeline import layout
     from optsteps.models import load_model
     from optsteps.optimizers.oss import OSSOptions, oss_search
+    from optsteps.pipeline import layout
     from optsteps.pipeline.config import params_from_dict
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
@@ -169,15 +220,33 @@ def main(argv=None):
     (work / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     shutil.rmtree(work / "artifacts" / "trajectories", ignore_errors=True)
     size = {} if small else {"height": 512, "width": 512}
-    p = params_from_dict({
-        "artifacts": str(work / "artifacts"), "results": str(work / "results"),
-        "models": {"sd15": {"pipeline": str(folder), "prompts": str(work / "prompts.txt"), "guidance": a.guidance,
-                            "dtype": "auto", "device": "cpu" if small else "auto", "max_batch": a.max_batch, **size}},
-        "teacher": {"solver": "unipc", "steps": steps, "schedule": "uniform-lambda", "seed": 0},
-        "trajectories": {"samples": samples, "shard_size": shard},
-        "ray": {"enabled": True, "actors": actors, "num_cpus": max(2, actors), "num_gpus_per_actor": 1.0,
-                "object_store_mb": 2048, "task_timeout_s": 1800},
-    })
+    p = params_from_dict(
+        {
+            "artifacts": str(work / "artifacts"),
+            "results": str(work / "results"),
+            "models": {
+                "sd15": {
+                    "pipeline": str(folder),
+                    "prompts": str(work / "prompts.txt"),
+                    "guidance": a.guidance,
+                    "dtype": "auto",
+                    "device": "cpu" if small else "auto",
+                    "max_batch": a.max_batch,
+                    **size,
+                }
+            },
+            "teacher": {"solver": "unipc", "steps": steps, "schedule": "uniform-lambda", "seed": 0},
+            "trajectories": {"samples": samples, "shard_size": shard},
+            "ray": {
+                "enabled": True,
+                "actors": actors,
+                "num_cpus": max(2, actors),
+                "num_gpus_per_actor": 1.0,
+                "object_store_mb": 2048,
+                "task_timeout_s": 1800,
+            },
+        }
+    )
     q = p.for_model("sd15")
     cfg_rows = 2 if q.teacher.guidance != 1.0 else 1  # CFG: the cond and null rows of each sample, one batch
 
@@ -231,34 +300,62 @@ def main(argv=None):
     t, states, labels = load_teacher(q.teacher, model, layout.trajectories_dir(q, "sd15"), samples)
     den = LabelledDenoiser(model, labels, q.teacher.guidance)
     t0 = time.perf_counter()
-    res = oss_search(t, states, den, model.noise_schedule, nfe, "unipc", OSSOptions(refine=False), eval_batch_size=samples,
-                     model="sd15")
+    res = oss_search(
+        t,
+        states,
+        den,
+        model.noise_schedule,
+        nfe,
+        "unipc",
+        OSSOptions(refine=False),
+        eval_batch_size=samples,
+        model="sd15",
+    )
     dp_s = time.perf_counter() - t0
     kn_forward_s = nfe * steps * samples * cfg_rows / bare_dp
     finite = bool(torch.isfinite(states).all())
 
     out = {
         "mode": "small (CPU, tiny SD)" if small else "SD-1.5 architecture, random weights",
-        "device": device if small else torch.cuda.get_device_name(0), "dtype": str(dtype).replace("torch.", ""),
-        "gpus": gpus, "actors": actors, "gpus_per_actor": gpus_each, "ray_nodes": nodes, "build_s": round(build_s, 1),
-        "latent": list(card.sample_shape), "samples": samples, "shard_size": shard, "teacher_steps": steps,
-        "cfg_rows": cfg_rows, "unet_batch": batch, "shards": len(man["shards"]), "states_finite": finite,
-        "trajectories_stage_s": round(traj_s, 2), "teacher_rows_per_s_end_to_end": round(teacher_e2e, 2),
+        "device": device if small else torch.cuda.get_device_name(0),
+        "dtype": str(dtype).replace("torch.", ""),
+        "gpus": gpus,
+        "actors": actors,
+        "gpus_per_actor": gpus_each,
+        "ray_nodes": nodes,
+        "build_s": round(build_s, 1),
+        "latent": list(card.sample_shape),
+        "samples": samples,
+        "shard_size": shard,
+        "teacher_steps": steps,
+        "cfg_rows": cfg_rows,
+        "unet_batch": batch,
+        "shards": len(man["shards"]),
+        "states_finite": finite,
+        "trajectories_stage_s": round(traj_s, 2),
+        "teacher_rows_per_s_end_to_end": round(teacher_e2e, 2),
         "teacher_rows_per_s_steady": None if steady is None else round(steady, 2),
         "bare_unet_rows_per_s": round(bare, 2),
         "teacher_vs_bare_end_to_end": round(teacher_e2e / bare, 3),
         "teacher_vs_bare_steady": None if steady is None else round(steady / bare, 3),
-        "oss_nfe": nfe, "oss_dp_unet_batch": dp_batch, "bare_unet_rows_per_s_dp_batch": round(bare_dp, 2),
-        "oss_dp_s": round(dp_s, 2), "kn_batched_forward_s": round(kn_forward_s, 2),
+        "oss_nfe": nfe,
+        "oss_dp_unet_batch": dp_batch,
+        "bare_unet_rows_per_s_dp_batch": round(bare_dp, 2),
+        "oss_dp_s": round(dp_s, 2),
+        "kn_batched_forward_s": round(kn_forward_s, 2),
         "oss_dp_vs_kn_forward": round(dp_s / kn_forward_s, 3),
         "oss_model_evals_per_sample": res.schedule.extra.get("model_evals"),
     }
     print(json.dumps(out, indent=1))
-    print(f"\nteacher throughput {out['teacher_rows_per_s_steady'] or teacher_e2e:.1f} UNet rows/s steady "
-          f"({teacher_e2e:.1f} end to end) vs bare UNet {bare:.1f} rows/s at batch {batch} {out['dtype']}: "
-          f"{(steady or teacher_e2e) / bare:.0%} (goal ≥ 70 %)")
-    print(f"OSS DP (K={nfe}, N={steps}, S={samples}) {dp_s:.1f} s vs K·N batched forwards {kn_forward_s:.1f} s: "
-          f"{dp_s / kn_forward_s:.2f}× (goal ≤ 1.2)")
+    print(
+        f"\nteacher throughput {out['teacher_rows_per_s_steady'] or teacher_e2e:.1f} UNet rows/s steady "
+        f"({teacher_e2e:.1f} end to end) vs bare UNet {bare:.1f} rows/s at batch {batch} {out['dtype']}: "
+        f"{(steady or teacher_e2e) / bare:.0%} (goal ≥ 70 %)"
+    )
+    print(
+        f"OSS DP (K={nfe}, N={steps}, S={samples}) {dp_s:.1f} s vs K·N batched forwards {kn_forward_s:.1f} s: "
+        f"{dp_s / kn_forward_s:.2f}× (goal ≤ 1.2)"
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
 

@@ -5,15 +5,16 @@ overhead over bare model calls, as a ratio measured in one run (goal ≤ 1.05).
 
 Uses the trained model if present (the ratio does not depend on the weights), else a freshly built one.
 """
+
 import argparse
 import time
 
 import torch
 
 from optsteps.core.baselines import baseline
+from optsteps.core.solvers import sample
 from optsteps.models.base import DiffusionModel
 from optsteps.models.digits import NULL_LABEL, build_unet, noise_schedule_for
-from optsteps.core.solvers import sample
 
 
 def model_from(artifacts):

@@ -6,6 +6,7 @@ interleaved calls, torch threads ``--threads``) and prints the ratio and the lar
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_unet_layout.py [--batch 500] [--threads 2]
 """
+
 import argparse
 import time
 
@@ -21,13 +22,20 @@ a = ap.parse_args()
 
 torch.set_num_threads(a.threads)
 nchw = UNet2DModel.from_pretrained(f"{a.model_dir}/unet").eval().requires_grad_(False)
-nhwc = UNet2DModel.from_pretrained(f"{a.model_dir}/unet").eval().requires_grad_(False).to(memory_format=torch.channels_last)
+nhwc = (
+    UNet2DModel.from_pretrained(f"{a.model_dir}/unet")
+    .eval()
+    .requires_grad_(False)
+    .to(memory_format=torch.channels_last)
+)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(a.batch, nchw.config.in_channels, nchw.config.sample_size, nchw.config.sample_size, generator=g)
 t = torch.rand(a.batch, generator=g) * 999
 y = torch.randint(0, 10, (a.batch,), generator=g)
-runs = {"nchw": lambda: nchw(x, t, class_labels=y).sample,
-        "channels_last": lambda: nhwc(x.contiguous(memory_format=torch.channels_last), t, class_labels=y).sample}
+runs = {
+    "nchw": lambda: nchw(x, t, class_labels=y).sample,
+    "channels_last": lambda: nhwc(x.contiguous(memory_format=torch.channels_last), t, class_labels=y).sample,
+}
 best = {k: float("inf") for k in runs}
 with torch.inference_mode():
     outs = {k: f() for k, f in runs.items()}  # warm-up

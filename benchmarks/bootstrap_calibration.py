@@ -15,6 +15,7 @@ x_i = y_i + δ + ε_i on the same "seed" i, D = 16) on S seeds: for the teacher-
 whose interval covers the estimator's mean over the seeds (what the interval claims: where the number lands when
 the noises are redrawn), the share with a bound below 0, and sd over seeds against the mean (hi − lo)/3.92.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     p = load_params(args.params)
     m = load_model("digits", p.artifacts)
-    sch = {s.method: s for s in stages.evaluation_schedules(p, "digits")
-           if s.solver == "unipc" and s.nfe == 5 and s.method in ("oss", "time-quadratic")}
+    sch = {
+        s.method: s
+        for s in stages.evaluation_schedules(p, "digits")
+        if s.solver == "unipc" and s.nfe == 5 and s.method in ("oss", "time-quadratic")
+    }
     if set(sch) != {"oss", "time-quadratic"}:
         raise SystemExit("needs results/schedules/digits/oss/unipc-nfe5.json (run `optsteps stage oss --model digits`)")
     ev = stages.evaluator_for(p, "digits")
@@ -64,8 +68,10 @@ def main(argv=None):
             feats[(name, seed)] = clean_features(x, ev.digits)
     print(f"features of {len(feats)} sets × {args.n}: {time.perf_counter() - t0:.0f} s")
     labels = m.labels(args.n, 0).numpy()
-    schemes = {"unstratified": bs.resample_indices(args.n, args.resamples, 0),
-               "stratified": bs.resample_indices(args.n, args.resamples, 0, labels)}
+    schemes = {
+        "unstratified": bs.resample_indices(args.n, args.resamples, 0),
+        "stratified": bs.resample_indices(args.n, args.resamples, 0, labels),
+    }
     refs = {"real digits": ev._reference(ev.digits), "oss on another seed": feats[("oss", args.first_seed + 100)]}
     print(f"sd over {len(seeds)} seeds | bootstrap (hi − lo)/3.92, mean over seeds: " + " | ".join(schemes))
     for refname, ref in refs.items():
@@ -76,8 +82,11 @@ def main(argv=None):
                 got = {}
                 for name in sch:
                     f = feats[(name, seed)]
-                    pt = fid_from_features(f, ref) if stat == "fid" else kid_from_features(f, ref, 0,
-                                                                                            p.evaluate.kid_subsets)
+                    pt = (
+                        fid_from_features(f, ref)
+                        if stat == "fid"
+                        else kid_from_features(f, ref, 0, p.evaluate.kid_subsets)
+                    )
                     pts.setdefault(name, []).append(pt)
                     for sname, idx in schemes.items():
                         res = bs.frechet_resamples(f, fr, idx) if stat == "fid" else bs.kid_resamples(f, kr, idx)
@@ -90,8 +99,11 @@ def main(argv=None):
                     wid.setdefault(("diff", sname), []).append((hi - lo) / 3.92)
             for name in ("oss", "time-quadratic", "diff"):
                 label = "oss − time-quadratic (paired)" if name == "diff" else name
-                print(f"{stat} vs {refname}, {label}: mean {np.mean(pts[name]):.4g}, sd {np.std(pts[name], ddof=1):.3g} | "
-                      + " | ".join(f"{np.mean(wid[(name, s)]):.3g}" for s in schemes))
+                print(
+                    f"{stat} vs {refname}, {label}: mean {np.mean(pts[name]):.4g}, "
+                    f"sd {np.std(pts[name], ddof=1):.3g} | "
+                    + " | ".join(f"{np.mean(wid[(name, s)]):.3g}" for s in schemes)
+                )
 
 
 def synthetic(seeds: int, n: int, resamples: int, dim: int = 16):
@@ -100,15 +112,20 @@ def synthetic(seeds: int, n: int, resamples: int, dim: int = 16):
     g = np.random.default_rng(0)
     a = g.normal(size=(dim, dim)) / np.sqrt(dim)
     idx = bs.resample_indices(n, resamples, 0)
-    for label, shift, noise in (("equal to the teacher", 0.0, 0.0), ("close (δ = 0.05, ε = 0.1)", 0.05, 0.1),
-                                ("far (δ = 0.3, ε = 0.5)", 0.3, 0.5)):
+    for label, shift, noise in (
+        ("equal to the teacher", 0.0, 0.0),
+        ("close (δ = 0.05, ε = 0.1)", 0.05, 0.1),
+        ("far (δ = 0.3, ε = 0.5)", 0.3, 0.5),
+    ):
         pts, ivs = {"fid": [], "kid": []}, {"fid": [], "kid": []}
         for s in range(seeds):
             r = np.random.default_rng(1000 + s)
             y = r.normal(size=(n, dim)) @ a
             x = y + shift + noise * r.normal(size=(n, dim))
-            for stat, point, res in (("fid", bs.paired_frechet, bs.paired_frechet_resamples),
-                                     ("kid", bs.paired_kid, bs.paired_kid_resamples)):
+            for stat, point, res in (
+                ("fid", bs.paired_frechet, bs.paired_frechet_resamples),
+                ("kid", bs.paired_kid, bs.paired_kid_resamples),
+            ):
                 pt = point(x, y)
                 pts[stat].append(pt)
                 ivs[stat].append(bs.metric_interval(f"{stat}_teacher_synthetic", pt, res(x, y, idx)))
@@ -116,9 +133,11 @@ def synthetic(seeds: int, n: int, resamples: int, dim: int = 16):
             mean = float(np.mean(pts[stat]))
             lo, hi = np.array(ivs[stat]).T
             cover = np.mean((lo <= mean + 1e-12) & (mean - 1e-12 <= hi))
-            print(f"paired {stat} to the teacher, student {label}: mean {mean:.4g}, sd over {seeds} seeds "
-                  f"{np.std(pts[stat], ddof=1):.3g} | interval (hi − lo)/3.92 {np.mean((hi - lo) / 3.92):.3g} | "
-                  f"covers the mean in {cover:.1%} | bound < 0 in {np.mean(lo < 0):.0%}")
+            print(
+                f"paired {stat} to the teacher, student {label}: mean {mean:.4g}, sd over {seeds} seeds "
+                f"{np.std(pts[stat], ddof=1):.3g} | interval (hi − lo)/3.92 {np.mean((hi - lo) / 3.92):.3g} | "
+                f"covers the mean in {cover:.1%} | bound < 0 in {np.mean(lo < 0):.0%}"
+            )
 
 
 if __name__ == "__main__":

@@ -5,10 +5,14 @@ model hash and the evaluation rows.
 
     .venv/bin/python benchmarks/compare_runs.py RUN_A RUN_B
 """
-import hashlib, json, sys
+
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 TIMING = {"wall_time_s", "seconds_sampling", "seconds_metrics"}
+
 
 def strip(o):
     if isinstance(o, dict):
@@ -17,15 +21,18 @@ def strip(o):
         return [strip(v) for v in o]
     return o
 
+
 def sha(p):
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
 
 a, b = Path(sys.argv[1]), Path(sys.argv[2])
 ok = True
 sch_a = sorted(p.relative_to(a) for p in (a / "results/schedules").rglob("*.json"))
 sch_b = sorted(p.relative_to(b) for p in (b / "results/schedules").rglob("*.json"))
 if sch_a != sch_b:
-    print("schedule file lists differ:", set(sch_a) ^ set(sch_b)); ok = False
+    print("schedule file lists differ:", set(sch_a) ^ set(sch_b))
+    ok = False
 same_bytes = same_content = 0
 for r in sch_a:
     if r not in sch_b:
@@ -46,7 +53,11 @@ for m in ("results/eval/digits.json",):
         ok &= ra == rb
 ma = json.loads((a / "artifacts/trajectories/digits/manifest.json").read_text())
 mb = json.loads((b / "artifacts/trajectories/digits/manifest.json").read_text())
-print("shards: sha256 equal:", [e["sha256"] for e in ma["shards"]] == [e["sha256"] for e in mb["shards"]],
-      "model_sha256 equal:", ma["model_sha256"] == mb["model_sha256"])
+print(
+    "shards: sha256 equal:",
+    [e["sha256"] for e in ma["shards"]] == [e["sha256"] for e in mb["shards"]],
+    "model_sha256 equal:",
+    ma["model_sha256"] == mb["model_sha256"],
+)
 ok &= [e["sha256"] for e in ma["shards"]] == [e["sha256"] for e in mb["shards"]]
 print("ALL IDENTICAL" if ok else "DIFFERENCES FOUND")

@@ -14,6 +14,7 @@ The full grid of issue 25 is the defaults of every flag (far more than a 2-core 
 prints exactly the grid it ran. ``--pick 0.03`` marks the cheapest (S, N, refine) within 3 % of the best held-out L2
 at every K measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ from optsteps.optimizers.oss import counts, oss_search  # noqa: E402
 from optsteps.pipeline.config import load_params  # noqa: E402
 from optsteps.teacher.trajectories import run_teacher, teacher_schedule  # noqa: E402
 
-REFINE = {"off": dict(refine=False), "budgeted": dict(refine=True, refine_radius=1, pair_moves=False),
-          "full": None}  # full: params.yaml oss.refine_radius with pair moves
+REFINE = {
+    "off": dict(refine=False),
+    "budgeted": dict(refine=True, refine_radius=1, pair_moves=False),
+    "full": None,
+}  # full: params.yaml oss.refine_radius with pair moves
 
 
 def per_sample_l2(x, ref):
@@ -63,23 +67,31 @@ def main(argv=None):
     ap.add_argument("--refine", nargs="+", default=["off", "budgeted", "full"], choices=list(REFINE))
     ap.add_argument("--heldout", type=int, default=500)
     ap.add_argument("--seed", type=int, default=4321)
-    ap.add_argument("--eval-n", nargs="+", type=int, default=[50, 100, 200, 500, 1000],
-                    help="n for the evaluation half-width (paired L2 interval of the full-budget schedule vs the "
-                         "time-quadratic baseline; FID needs the classifier: see bench_evaluate.py)")
+    ap.add_argument(
+        "--eval-n",
+        nargs="+",
+        type=int,
+        default=[50, 100, 200, 500, 1000],
+        help="n for the evaluation half-width (paired L2 interval of the full-budget schedule vs the "
+        "time-quadratic baseline; FID needs the classifier: see bench_evaluate.py)",
+    )
     ap.add_argument("--pick", type=float, default=0.03)
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     p = load_params(a.params)
     out = {"grid": vars(a), "points": [], "eval_halfwidth": []}
-    print(f"grid: models {a.model}, solvers {a.solvers}, K {a.nfe}, S {a.samples}, N {a.steps}, refine {a.refine}, "
-          f"held-out {a.heldout} seeds (seed {a.seed})")
+    print(
+        f"grid: models {a.model}, solvers {a.solvers}, K {a.nfe}, S {a.samples}, N {a.steps}, refine {a.refine}, "
+        f"held-out {a.heldout} seeds (seed {a.seed})"
+    )
     for name in a.model:
         q = p.for_model(name)
         m = load_model(q.entry(name), q.artifacts)
         t0 = time.perf_counter()
-        ref = generate(m, teacher_schedule(m, q.teacher), q.teacher.solver, a.heldout, a.seed,
-                       guidance=q.teacher.guidance)  # the default teacher on held-out seeds
+        ref = generate(
+            m, teacher_schedule(m, q.teacher), q.teacher.solver, a.heldout, a.seed, guidance=q.teacher.guidance
+        )  # the default teacher on held-out seeds
         teachers = {n: run_teacher(m, replace(q.teacher, steps=n), 0, max(a.samples)) for n in a.steps}
         print(f"{name}: teachers ready in {time.perf_counter() - t0:.0f} s")
         pts = []
@@ -92,14 +104,40 @@ def main(argv=None):
                         den = m.denoiser(labels if m.num_classes else None, q.teacher.guidance)
                         for mode in a.refine:
                             opts = REFINE[mode] or dict(refine=q.oss.refine, refine_radius=q.oss.refine_radius)
-                            res = oss_search(tr["t"], states, den, m.noise_schedule, k, solver=solver,
-                                             eval_batch_size=s, objective=q.oss.objective, **opts)
-                            x = generate(m, res.schedule, run_spec(res.schedule, solver), a.heldout, a.seed,
-                                         guidance=q.teacher.guidance)
+                            res = oss_search(
+                                tr["t"],
+                                states,
+                                den,
+                                m.noise_schedule,
+                                k,
+                                solver=solver,
+                                eval_batch_size=s,
+                                objective=q.oss.objective,
+                                **opts,
+                            )
+                            x = generate(
+                                m,
+                                res.schedule,
+                                run_spec(res.schedule, solver),
+                                a.heldout,
+                                a.seed,
+                                guidance=q.teacher.guidance,
+                            )
                             l2 = per_sample_l2(x, ref)
-                            fw = (n * s + counts.dp_evaluations(n, k) * s + res.refine_evals * s)
-                            pts.append({"model": name, "solver": solver, "K": k, "N": n, "S": s, "refine": mode,
-                                        "forwards": fw, "l2": float(l2.mean()), "_l2": l2})
+                            fw = n * s + counts.dp_evaluations(n, k) * s + res.refine_evals * s
+                            pts.append(
+                                {
+                                    "model": name,
+                                    "solver": solver,
+                                    "K": k,
+                                    "N": n,
+                                    "S": s,
+                                    "refine": mode,
+                                    "forwards": fw,
+                                    "l2": float(l2.mean()),
+                                    "_l2": l2,
+                                }
+                            )
         for solver in a.solvers:  # paired intervals against the full-budget schedule of each (solver, K)
             for k in a.nfe:
                 group = [r for r in pts if r["solver"] == solver and r["K"] == k]
@@ -113,19 +151,29 @@ def main(argv=None):
         out["points"] += pts
     # the chosen point: the cheapest (S, N, refine) whose schedules are within --pick of the best at every K measured
     settings = sorted({(r["S"], r["N"], r["refine"]) for r in out["points"]})
-    ok = [st for st in settings if all(r["vs_best"] <= a.pick for r in out["points"] if (r["S"], r["N"], r["refine"]) == st)]
+    ok = [
+        st
+        for st in settings
+        if all(r["vs_best"] <= a.pick for r in out["points"] if (r["S"], r["N"], r["refine"]) == st)
+    ]
     cost = {st: sum(r["forwards"] for r in out["points"] if (r["S"], r["N"], r["refine"]) == st) for st in settings}
     chosen = min(ok, key=lambda st: cost[st]) if ok else None
     out["chosen"] = chosen
-    print(f"\n{'model':<12} {'solver':<8} {'K':>3} {'N':>4} {'S':>4} {'refine':<9} {'forwards':>9} {'L2':>8} "
-          f"{'vs best':>8}  paired Δ vs full [95 %]")
+    print(
+        f"\n{'model':<12} {'solver':<8} {'K':>3} {'N':>4} {'S':>4} {'refine':<9} {'forwards':>9} {'L2':>8} "
+        f"{'vs best':>8}  paired Δ vs full [95 %]"
+    )
     for r in out["points"]:
         mark = " **" if chosen and (r["S"], r["N"], r["refine"]) == chosen else ""
-        print(f"{r['model']:<12} {r['solver']:<8} {r['K']:>3} {r['N']:>4} {r['S']:>4} {r['refine']:<9} "
-              f"{r['forwards']:>9,} {r['l2']:>8.4f} {100 * r['vs_best']:>7.1f}%  {r['diff']:+.4f} "
-              f"[{r['lo']:+.4f}, {r['hi']:+.4f}]{mark}")
-    print(f"\nchosen (cheapest within {100 * a.pick:.0f} % of the best held-out L2 at every K): "
-          + (f"S={chosen[0]}, N={chosen[1]}, refine={chosen[2]}" if chosen else "none"))
+        print(
+            f"{r['model']:<12} {r['solver']:<8} {r['K']:>3} {r['N']:>4} {r['S']:>4} {r['refine']:<9} "
+            f"{r['forwards']:>9,} {r['l2']:>8.4f} {100 * r['vs_best']:>7.1f}%  {r['diff']:+.4f} "
+            f"[{r['lo']:+.4f}, {r['hi']:+.4f}]{mark}"
+        )
+    print(
+        f"\nchosen (cheapest within {100 * a.pick:.0f} % of the best held-out L2 at every K): "
+        + (f"S={chosen[0]}, N={chosen[1]}, refine={chosen[2]}" if chosen else "none")
+    )
     # evaluation: paired L2 half-width vs n (first model, first solver, the largest K; against time-quadratic)
     from optsteps.core.baselines import baseline_for
 

@@ -9,6 +9,7 @@ solver's discretization error, whereas the λ-optimizer's bound models the propa
 
     cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/lambda_opt_l2.py [--samples 2000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,11 @@ import argparse
 import numpy as np
 import torch
 
-from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule, lambda_window, start_lambdas
-from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.core.schedule import Schedule, from_lambdas
 from optsteps.core.solvers import sample
+from optsteps.models.gmm import GaussianMixture, GMMDenoiser
+from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule, lambda_window, start_lambdas
 
 
 def main():
@@ -45,21 +46,25 @@ def main():
     teacher = from_lambdas(start_lambdas("uniform_lambda", lo, hi, 1000), ns, ts, te)
     print(f"single Gaussian, dim 16, VP linear, t {ts} → {te}, λ window [{lo:.3f}, {hi:.3f}], {args.samples} samples")
     print(f"sanity: 1000-step UniPC-3 (uniform λ) vs exact_flow: L2 = {l2(teacher):.3e}")
-    head = (f"{'NFE':>4} {'p':>3} {'T_c':>4} | {'L2 uniform-λ':>13} {'L2 optimized':>13} {'opt/unif':>9} | "
-            f"{'F opt':>9} {'F unif':>9} | λ gaps of the optimized schedule")
+    head = (
+        f"{'NFE':>4} {'p':>3} {'T_c':>4} | {'L2 uniform-λ':>13} {'L2 optimized':>13} {'opt/unif':>9} | "
+        f"{'F opt':>9} {'F unif':>9} | λ gaps of the optimized schedule"
+    )
     print(head)
     print("-" * len(head))
     for nfe in args.nfe:
         uniform = from_lambdas(start_lambdas("uniform_lambda", lo, hi, nfe), ns, ts, te)
         l2_u = l2(uniform)
         for p in (1, 2):
-            for trunc in ([None] if nfe <= 6 else [None, 0]):  # the default (3) and the paper's K ≥ 7 choice
+            for trunc in [None] if nfe <= 6 else [None, 0]:  # the default (3) and the paper's K ≥ 7 choice
                 s = lambda_opt_schedule(ns, nfe, "unipc", LambdaOptOptions(p=p, trunc=trunc))
                 l2_o = l2(s)
                 gaps = np.diff(s.lambdas.numpy())
-                print(f"{nfe:>4} {p:>3} {s.extra['trunc']:>4} | {l2_u:>13.4e} {l2_o:>13.4e} {l2_o / l2_u:>9.3f} | "
-                      f"{s.extra['objective']:>9.3f} {s.extra['objective_uniform_lambda']:>9.3f} | "
-                      + " ".join(f"{g:.3f}" for g in gaps))
+                print(
+                    f"{nfe:>4} {p:>3} {s.extra['trunc']:>4} | {l2_u:>13.4e} {l2_o:>13.4e} {l2_o / l2_u:>9.3f} | "
+                    f"{s.extra['objective']:>9.3f} {s.extra['objective_uniform_lambda']:>9.3f} | "
+                    + " ".join(f"{g:.3f}" for g in gaps)
+                )
 
 
 if __name__ == "__main__":

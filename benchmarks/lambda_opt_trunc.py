@@ -21,6 +21,7 @@ teacher re-run on them), also as a ratio to uniform-λ's.
     PYTHONPATH=. .venv/bin/python benchmarks/lambda_opt_trunc.py [--model digits] [--nfe 8 10] [--n 500]
         [--gaps 0.1 0.25 0.5] [--max-gaps 2 3]
 """
+
 import argparse
 import time
 
@@ -68,6 +69,7 @@ def heldout(s):
 def local_descent(nfe, trunc, orders):
     """One local minimisation of F from uniform-λ: BFGS with finite differences (scipy's defaults) on the gaps
     h = (λ_K − λ_0)·softmax(u), which keeps every iterate ordered; u = 0 is uniform-λ."""
+
     def full(u):
         w = np.exp(u - u.max())
         return lo + np.concatenate([[0.0], np.cumsum(w / w.sum())]) * (hi - lo)
@@ -83,8 +85,10 @@ def local_descent(nfe, trunc, orders):
     return lam, r.nit, r.message
 
 
-print(f"{a.model} ({ns.describe()}), UniPC-3, analytic ε (p = 1), λ window [{lo:.3f}, {hi:.3f}]; held-out L2 on "
-      f"{a.n} samples of seed {a.seed} (teacher {p.teacher.solver}-{p.teacher.steps})\n")
+print(
+    f"{a.model} ({ns.describe()}), UniPC-3, analytic ε (p = 1), λ window [{lo:.3f}, {hi:.3f}]; held-out L2 on "
+    f"{a.n} samples of seed {a.seed} (teacher {p.teacher.solver}-{p.teacher.steps})\n"
+)
 print("| NFE | schedule | F | h_0 / uniform | max h / uniform | held-out L2 | / uniform-λ |")
 print("|---|---|---|---|---|---|---|")
 for nfe in a.nfe:
@@ -92,17 +96,28 @@ for nfe in a.nfe:
     orders = spec.step_orders(nfe)
     rows = [("uniform-λ", baseline("uniform-lambda", ns, nfe, model=a.model), None)]
     for trunc in (3, 0):
-        rows.append((f"T_c={trunc}", lambda_opt_schedule(ns, nfe, spec, LambdaOptOptions(trunc=trunc), model=a.model),
-                     trunc))
+        rows.append(
+            (f"T_c={trunc}", lambda_opt_schedule(ns, nfe, spec, LambdaOptOptions(trunc=trunc), model=a.model), trunc)
+        )
     lam, nit, msg = local_descent(nfe, 0, orders)
     rows.append((f"T_c=0, local ({nit} BFGS it.)", from_lambdas(lam, ns, ts, te, model=a.model), 0))
     for trunc in (0, 3):
         for f in a.gaps:
-            rows.append((f"T_c={trunc}, h ≥ {f:g}×", lambda_opt_schedule(
-                ns, nfe, spec, LambdaOptOptions(trunc=trunc, min_gap=f * uni), model=a.model), trunc))
+            rows.append(
+                (
+                    f"T_c={trunc}, h ≥ {f:g}×",
+                    lambda_opt_schedule(ns, nfe, spec, LambdaOptOptions(trunc=trunc, min_gap=f * uni), model=a.model),
+                    trunc,
+                )
+            )
         for g in a.max_gaps:
-            rows.append((f"T_c={trunc}, h ≤ {g:g}×", lambda_opt_schedule(
-                ns, nfe, spec, LambdaOptOptions(trunc=trunc, max_gap=g * uni), model=a.model), trunc))
+            rows.append(
+                (
+                    f"T_c={trunc}, h ≤ {g:g}×",
+                    lambda_opt_schedule(ns, nfe, spec, LambdaOptOptions(trunc=trunc, max_gap=g * uni), model=a.model),
+                    trunc,
+                )
+            )
     base = None
     for name, s, trunc in rows:
         lam_s = s.lambdas.numpy().copy()
@@ -112,6 +127,8 @@ for nfe in a.nfe:
         v = heldout(s)
         base = v if base is None else base
         tc = f" (T_c={trunc if trunc is not None else 3})" if trunc is None else ""
-        print(f"| {nfe} | {name} | {F:.3f}{tc} | {h[0] / uni:.3f} | {h.max() / uni:.2f} | {v:.4f} | {v / base:.3f} |",
-              flush=True)
+        print(
+            f"| {nfe} | {name} | {F:.3f}{tc} | {h[0] / uni:.3f} | {h.max() / uni:.2f} | {v:.4f} | {v / base:.3f} |",
+            flush=True,
+        )
 print(f"\n({time.perf_counter() - t_all:.0f} s)")

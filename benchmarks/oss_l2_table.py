@@ -11,21 +11,22 @@ bold; the last column says whether OSS is ≤ every other schedule on that row.
 
     PYTHONPATH=. .venv/bin/python benchmarks/oss_l2_table.py --model digits [--n 500] [--nfe 4 5 6 8 10]
 """
+
 import argparse
 import time
 
 import torch
 
-from optsteps.pipeline import layout
-from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import load_params
+from optsteps.core.schedule import Schedule, initial_state
+from optsteps.core.solvers import sample
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
-from optsteps.core.schedule import Schedule, initial_state
-from optsteps.core.solvers import sample
 from optsteps.optimizers.oss import student_spec
+from optsteps.pipeline import layout
+from optsteps.pipeline.config import load_params
+from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="digits")
@@ -62,9 +63,11 @@ def l2_distill(schedule, solver):
 nfes = a.nfe or p.oss.nfe
 solvers = a.solvers or p.oss.solvers
 methods = list(p.evaluate.baselines) + ["lambda-opt", "gits", "oss"]
-print(f"{a.model}: teacher {p.teacher.solver}-{p.teacher.steps} ({p.teacher.schedule}); distill = the first "
-      f"{states.shape[1]} teacher samples, held-out = {a.n} samples of seed {a.seed}; student UniPC order 2 / "
-      "DPM-Solver++(2M); L2 = mean ‖x_K − x_teacher‖₂\n")
+print(
+    f"{a.model}: teacher {p.teacher.solver}-{p.teacher.steps} ({p.teacher.schedule}); distill = the first "
+    f"{states.shape[1]} teacher samples, held-out = {a.n} samples of seed {a.seed}; student UniPC order 2 / "
+    "DPM-Solver++(2M); L2 = mean ‖x_K − x_teacher‖₂\n"
+)
 for solver in solvers:
     for split, fn in (("distill", l2_distill), ("held-out", l2_heldout)):
         print(f"{solver}{'-2' if solver == 'unipc' else ''}, {split}\n")

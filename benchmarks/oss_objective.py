@@ -9,18 +9,19 @@ the teacher re-run on them) with the student OSS searched with. Ratio l2 / mse <
     PYTHONPATH=. .venv/bin/python benchmarks/oss_objective.py [--model digits] [--nfe 4 5 6 8 10]
         [--solvers unipc dpmpp2m] [--n 500]
 """
+
 import argparse
 import time
 
 import torch
 
-from optsteps.pipeline import layout
-from optsteps.teacher.load import LabelledDenoiser, load_teacher
 from optsteps.evaluate.run import teacher_endpoints
 from optsteps.models import load_model
 from optsteps.models.sampling import generate
 from optsteps.optimizers.oss import OSSOptions, oss_search, student_spec
+from optsteps.pipeline import layout
 from optsteps.pipeline.config import load_params
+from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="digits")
@@ -40,18 +41,24 @@ t, states, labels = load_teacher(p.teacher, m, layout.trajectories_dir(p, a.mode
 den = LabelledDenoiser(m, labels, p.teacher.guidance)
 _, x_teacher = teacher_endpoints(m, p.teacher, a.n, a.seed)
 S = states.shape[1]
-print(f"{a.model}: teacher {p.teacher.solver}-{p.teacher.steps} ({p.teacher.schedule}), OSS on {S} teacher samples, "
-      f"refine radius {p.oss.refine_radius}, start window {p.oss.start_window}; held-out L2 on {a.n} samples of "
-      f"seed {a.seed}\n")
-print("| solver | NFE | same path | mse: distill MSE / L2 | l2: distill MSE / L2 | held-out L2 mse | held-out L2 l2 | "
-      "l2 / mse | seconds mse / l2 |")
+print(
+    f"{a.model}: teacher {p.teacher.solver}-{p.teacher.steps} ({p.teacher.schedule}), OSS on {S} teacher samples, "
+    f"refine radius {p.oss.refine_radius}, start window {p.oss.start_window}; held-out L2 on {a.n} samples of "
+    f"seed {a.seed}\n"
+)
+print(
+    "| solver | NFE | same path | mse: distill MSE / L2 | l2: distill MSE / L2 | held-out L2 mse | held-out L2 l2 | "
+    "l2 / mse | seconds mse / l2 |"
+)
 print("|---|---|---|---|---|---|---|---|---|")
 for solver in a.solvers or p.oss.solvers:
     for nfe in a.nfe or p.oss.nfe:
         out = {}
         for objective in ("mse", "l2"):
             t0 = time.perf_counter()
-            options = OSSOptions(refine_radius=p.oss.refine_radius, start_window=p.oss.start_window, objective=objective)
+            options = OSSOptions(
+                refine_radius=p.oss.refine_radius, start_window=p.oss.start_window, objective=objective
+            )
             r = oss_search(t, states, den, m.noise_schedule, nfe, solver, options, eval_batch_size=S, model=a.model)
             secs = time.perf_counter() - t0
             x = generate(m, r.schedule, student_spec(solver), a.n, a.seed, guidance=p.teacher.guidance)
@@ -62,6 +69,9 @@ for solver in a.solvers or p.oss.solvers:
             out[objective] = (r, (x - x_teacher).flatten(1).norm(dim=1).mean().item(), dist_l2, secs)
         (rm, hm, dm, sm), (rl, hl, dl, sl) = out["mse"], out["l2"]
         same = "yes" if (rm.path, rm.start_state) == (rl.path, rl.start_state) else f"no: {rm.path} / {rl.path}"
-        print(f"| {solver} | {nfe} | {same} | {rm.cost:.3e} / {dm:.4f} | {rl.cost:.3e} / {dl:.4f} | {hm:.4f} | "
-              f"{hl:.4f} | {hl / hm:.3f} | {sm:.0f} / {sl:.0f} |", flush=True)
+        print(
+            f"| {solver} | {nfe} | {same} | {rm.cost:.3e} / {dm:.4f} | {rl.cost:.3e} / {dl:.4f} | {hm:.4f} | "
+            f"{hl:.4f} | {hl / hm:.3f} | {sm:.0f} / {sl:.0f} |",
+            flush=True,
+        )
 print(f"\n({time.perf_counter() - t_all:.0f} s)")

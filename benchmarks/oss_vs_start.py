@@ -21,6 +21,7 @@ each baseline / OSS, and each baseline's start variant / the baseline. Ratios < 
     PYTHONPATH=. .venv/bin/python benchmarks/oss_vs_start.py [--models digits digits-flow] [--nfe 4 5 6 8 10]
         [--solver unipc] [--window-frac 0.05 | --window W] [--distill 32] [--n 500] [--seed 4321]
 """
+
 import argparse
 import time
 
@@ -40,9 +41,15 @@ ap.add_argument("--models", nargs="+", default=["digits", "digits-flow"])
 ap.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6, 8, 10])
 ap.add_argument("--solver", default="unipc", choices=["ddim", "dpmpp2m", "unipc"])
 ap.add_argument("--window", type=int, default=None, help="start window in teacher indices (default: --window-frac)")
-ap.add_argument("--window-frac", type=float, default=0.05,
-                help="default window: every teacher index with t_max − t_j ≤ frac·(t_max − t_min)")
-ap.add_argument("--distill", type=int, default=32, help="teacher samples OSS distils on (and baseline starts are chosen on)")
+ap.add_argument(
+    "--window-frac",
+    type=float,
+    default=0.05,
+    help="default window: every teacher index with t_max − t_j ≤ frac·(t_max − t_min)",
+)
+ap.add_argument(
+    "--distill", type=int, default=32, help="teacher samples OSS distils on (and baseline starts are chosen on)"
+)
 ap.add_argument("--n", type=int, default=500, help="held-out samples")
 ap.add_argument("--seed", type=int, default=4321, help="held-out seed")
 ap.add_argument("--objective", default="mse", choices=["mse", "l2"])
@@ -60,12 +67,14 @@ def l2(x, ref):
     return (x - ref).flatten(1).norm(dim=1).mean().item()
 
 
-print(f"student {a.solver}{'-2' if a.solver == 'unipc' else ''}; teacher {p.teacher.solver}-{p.teacher.steps} "
-      f"({p.teacher.schedule}); OSS distils on {a.distill} teacher samples (objective {a.objective}, refine radius "
-      f"{p.oss.refine_radius}); start window "
-      f"{a.window if a.window is not None else f'the teacher indices within {a.window_frac:g} of the time range'}; "
-      f"held-out L2 on {a.n} samples of seed "
-      f"{a.seed}\n")
+print(
+    f"student {a.solver}{'-2' if a.solver == 'unipc' else ''}; teacher {p.teacher.solver}-{p.teacher.steps} "
+    f"({p.teacher.schedule}); OSS distils on {a.distill} teacher samples (objective {a.objective}, refine radius "
+    f"{p.oss.refine_radius}); start window "
+    f"{a.window if a.window is not None else f'the teacher indices within {a.window_frac:g} of the time range'}; "
+    f"held-out L2 on {a.n} samples of seed "
+    f"{a.seed}\n"
+)
 for name in a.models:
     t0 = time.perf_counter()
     m = load_model(name, p.artifacts)
@@ -88,10 +97,15 @@ for name in a.models:
         return l2(generate(m, s, spec, a.distill, p.teacher.seed, guidance=p.teacher.guidance), states[-1])
 
     kinds = list(p.evaluate.baselines)
-    header = (["NFE", "OSS", "OSS+start / OSS", "OSS+start: t_0, state", "OSS distill L2 → +start"]
-              + [f"{k} / OSS" for k in kinds] + [f"{k}@start / {k}" for k in kinds])
-    print(f"### {name} ({ns.describe()}): start window {window} teacher indices, t_0 … t_{window} = "
-          f"{float(t[0]):.5g} … {float(t[window]):.5g}\n")
+    header = (
+        ["NFE", "OSS", "OSS+start / OSS", "OSS+start: t_0, state", "OSS distill L2 → +start"]
+        + [f"{k} / OSS" for k in kinds]
+        + [f"{k}@start / {k}" for k in kinds]
+    )
+    print(
+        f"### {name} ({ns.describe()}): start window {window} teacher indices, t_0 … t_{window} = "
+        f"{float(t[0]):.5g} … {float(t[window]):.5g}\n"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     notes = []
@@ -120,14 +134,23 @@ for name in a.models:
             base_cells.append(f"{hb / h0:.3f}")
             var_cells.append(f"{hv / hb:.3f}")
             if best is not None:
-                notes.append(f"{name} NFE {nfe} {kind}@start: t_0 = {float(t[best[2].index]):.5g} (index "
-                             f"{best[2].index}), {best[2].rule}")
-        cells = [str(nfe), f"{h0:.4f}", f"{hw / h0:.3f}",
-                 f"{ossw.t[0]:.5g} (i = {res[window].path[0]}), {ossw.start_state}", f"{d0:.4f} → {dw:.4f}"]
+                notes.append(
+                    f"{name} NFE {nfe} {kind}@start: t_0 = {float(t[best[2].index]):.5g} (index "
+                    f"{best[2].index}), {best[2].rule}"
+                )
+        cells = [
+            str(nfe),
+            f"{h0:.4f}",
+            f"{hw / h0:.3f}",
+            f"{ossw.t[0]:.5g} (i = {res[window].path[0]}), {ossw.start_state}",
+            f"{d0:.4f} → {dw:.4f}",
+        ]
         print("| " + " | ".join(cells + base_cells + var_cells) + " |", flush=True)
-        notes.append(f"{name} NFE {nfe} OSS path {res[0].path} → +start {res[window].path} "
-                     f"({res[window].start_state}); DP evals {res[0].model_evals} → {res[window].model_evals}, "
-                     f"refinement evals {res[0].refine_evals} → {res[window].refine_evals} per sample")
+        notes.append(
+            f"{name} NFE {nfe} OSS path {res[0].path} → +start {res[window].path} "
+            f"({res[window].start_state}); DP evals {res[0].model_evals} → {res[window].model_evals}, "
+            f"refinement evals {res[0].refine_evals} → {res[window].refine_evals} per sample"
+        )
     print()
     for line in notes:
         print(f"- {line}")

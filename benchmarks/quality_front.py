@@ -10,6 +10,7 @@ first S distil (OSS, polish), the next H are held out (every number printed); th
 ``--oracle`` held-out samples. Ratios: L2 / the best baseline's L2 at the same K (paired intervals from
 ``optsteps.evaluate.bootstrap``); polish cost in forwards and backwards per distillation sample and step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,15 @@ import numpy as np
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.core.schedule import Schedule, initial_state
+from optsteps.core.schedule import initial_state
 from optsteps.core.solvers import sample
 from optsteps.evaluate.bootstrap import paired_difference, resample_indices, resample_means
+from optsteps.models import load_model
 from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.optimizers.oss import oss_search, student_spec
 from optsteps.optimizers.polish import PolishOptions, Split, polish_schedule
 from optsteps.pipeline.config import load_params
 from optsteps.pipeline.stages import LabelledDenoiser
-from optsteps.models import load_model
 
 BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
 
@@ -70,39 +71,63 @@ def main():
         m = load_model(name, a.artifacts)
         g = p.teacher.guidance
         t, states, eps, labels = teacher_run(m, p.teacher, s + h, p.teacher.seed)
-        lab = (lambda lo, hi: None if labels is None else labels[lo:hi])
+        lab = lambda lo, hi: None if labels is None else labels[lo:hi]
         dist, held = (eps[:s], states[-1, :s], lab(0, s)), (eps[s:], states[-1, s:], lab(s, s + h))
         idx = resample_indices(h, a.bootstrap, 0)
         den_d = LabelledDenoiser(m, lab(0, s), g)
         for solver in a.solvers.split(","):
             spec = student_spec(solver)
-            print(f"\n{name}, {solver} (order {spec.order}): held-out mean L2 to the teacher; ratio to the best baseline "
-                  "[paired 95% interval of the difference / best]")
+            print(
+                f"\n{name}, {solver} (order {spec.order}): held-out mean L2 to the teacher; ratio to the best baseline "
+                "[paired 95% interval of the difference / best]"
+            )
             for k in [int(v) for v in a.nfe.split(",")]:
                 rows = {}
                 for kind in BASELINES:
                     rows[kind] = l2(m, baseline(kind, m.noise_schedule, k).with_solver(spec), *held, g)
                 best = min(BASELINES, key=lambda r: rows[r].mean())
                 t0 = time.perf_counter()
-                res = oss_search(t, states[:, :s], den_d, m.noise_schedule, k, solver=solver, start_window=0,
-                                 eval_batch_size=s)
+                res = oss_search(
+                    t, states[:, :s], den_d, m.noise_schedule, k, solver=solver, start_window=0, eval_batch_size=s
+                )
                 rows["oss"] = l2(m, res.schedule, *held, g)
                 cost = {}
-                for label, start in (("oss", res.schedule),
-                                     ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, p=p.lambda_opt.p,
-                                                                        solver=spec))):
+                for label, start in (
+                    ("oss", res.schedule),
+                    ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, p=p.lambda_opt.p, solver=spec)),
+                ):
                     if label == "lambda-opt":
                         rows["lambda-opt"] = l2(m, start, *held, g)
-                    pr = polish_schedule(start, lambda lb: LabelledDenoiser(m, lb, g), m.noise_schedule, Split(*dist),
-                                         Split(*held), popt)
+                    pr = polish_schedule(
+                        start, lambda lb: LabelledDenoiser(m, lb, g), m.noise_schedule, Split(*dist), Split(*held), popt
+                    )
                     rows[f"{label}+polish"] = l2(m, pr.schedule, *held, g)
-                    cost[label] = (pr.iterations, pr.forwards / (s + h), pr.backwards / s, pr.heldout_before,
-                                   pr.heldout_after)
+                    cost[label] = (
+                        pr.iterations,
+                        pr.forwards / (s + h),
+                        pr.backwards / s,
+                        pr.heldout_before,
+                        pr.heldout_after,
+                    )
                 if a.oracle:  # each sample's own best DP path (batch DP on that one sample, refined)
-                    own = [l2(m, oss_search(t, states[:, s + i:s + i + 1], LabelledDenoiser(m, lab(s + i, s + i + 1), g),
-                                            m.noise_schedule, k, solver=solver).schedule,
-                              eps[s + i:s + i + 1], states[-1, s + i:s + i + 1], lab(s + i, s + i + 1), g)[0]
-                           for i in range(min(a.oracle, h))]
+                    own = [
+                        l2(
+                            m,
+                            oss_search(
+                                t,
+                                states[:, s + i : s + i + 1],
+                                LabelledDenoiser(m, lab(s + i, s + i + 1), g),
+                                m.noise_schedule,
+                                k,
+                                solver=solver,
+                            ).schedule,
+                            eps[s + i : s + i + 1],
+                            states[-1, s + i : s + i + 1],
+                            lab(s + i, s + i + 1),
+                            g,
+                        )[0]
+                        for i in range(min(a.oracle, h))
+                    ]
                     rows["oracle(subset)"] = np.asarray(own)
                 secs = time.perf_counter() - t0
                 ref = rows[best]
@@ -114,11 +139,16 @@ def main():
                         print(f"    {key:<20} {v.mean():.4f}  ratio {v.mean() / ref[:n].mean():.3f} (same {n} samples)")
                         continue
                     d, (lo, hi) = paired_difference(v.mean(), resample_means(v, idx), ref.mean(), rb)
-                    print(f"    {key:<20} {v.mean():.4f}  ratio {v.mean() / ref.mean():.3f} "
-                          f"[{1 + lo / ref.mean():.3f}, {1 + hi / ref.mean():.3f}]")
+                    print(
+                        f"    {key:<20} {v.mean():.4f}  ratio {v.mean() / ref.mean():.3f} "
+                        f"[{1 + lo / ref.mean():.3f}, {1 + hi / ref.mean():.3f}]"
+                    )
                 for label, (it, f, b, hb, ha) in cost.items():
-                    print(f"    polish of {label}: {it} steps, held-out MSE {hb:.5f} → {ha:.5f} "
-                          f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + H), {b:.0f} backwards per distillation sample")
+                    print(
+                        f"    polish of {label}: {it} steps, held-out MSE {hb:.5f} → {ha:.5f} "
+                        f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + H), "
+                        f"{b:.0f} backwards per distillation sample"
+                    )
 
 
 if __name__ == "__main__":

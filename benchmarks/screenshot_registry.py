@@ -9,6 +9,7 @@ free localhost port, Debian's headless chromium (``apt-get install -y chromium``
 registered-models page, its first-visit dialogs are closed over the DevTools protocol (falling back to the
 plain ``--screenshot`` flag), the screenshot is written, and the server is stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,12 @@ def cdp_screenshot(browser: str, flags: list, url: str, out: Path, timeout: floa
     from websockets.sync.client import connect
 
     dport = free_port()
-    proc = subprocess.Popen([browser, *flags, f"--remote-debugging-port={dport}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [browser, *flags, f"--remote-debugging-port={dport}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         t0 = time.time()
         while True:
@@ -84,12 +89,12 @@ def cdp_screenshot(browser: str, flags: list, url: str, out: Path, timeout: floa
                 pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{dport}/json/list", timeout=2).read())
                 page = next(p for p in pages if p.get("type") == "page")
                 break
-            except (OSError, StopIteration, ValueError):
+            except (OSError, StopIteration, ValueError) as e:
                 if time.time() - t0 > 30:
-                    raise RuntimeError("chromium DevTools did not answer")
+                    raise RuntimeError("chromium DevTools did not answer") from e
                 time.sleep(0.5)
         with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
-            ids = iter(range(1, 10 ** 6))
+            ids = iter(range(1, 10**6))
 
             def call(method, **params):
                 i = next(ids)
@@ -125,27 +130,37 @@ def populate(reg, artifacts: Path, n: int) -> None:
     import torch
 
     from optsteps.core.baselines import baseline
-    from optsteps.pipeline.config import TeacherConfig
     from optsteps.evaluate import EvaluateOptions, Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.models import gmm_model, load_model, model_dir, model_record
+    from optsteps.pipeline.config import TeacherConfig
 
     torch.set_num_threads(1)
-    digits = model_record(artifacts, "digits").is_file() and \
-        (model_dir(artifacts, "classifier") / "classifier.safetensors").is_file()
+    digits = (
+        model_record(artifacts, "digits").is_file()
+        and (model_dir(artifacts, "classifier") / "classifier.safetensors").is_file()
+    )
     model = load_model("digits", artifacts) if digits else gmm_model()
     ev = Evaluator(model_dir(artifacts, "classifier") if digits else None, None, inception_n=0, kid_subsets=100)
     tcfg = TeacherConfig(solver="unipc", steps=100, seed=0)
     _, teacher = teacher_endpoints(model, tcfg, n, seed=1234)
     metric = "fid_digitsnet" if digits else "l2_to_teacher"
-    for solver, nfe, kind in itertools.product(("unipc", "dpmpp2m"), (4, 6),
-                                               ("uniform-t", "time-quadratic", "uniform-lambda", "karras")):
+    for solver, nfe, kind in itertools.product(
+        ("unipc", "dpmpp2m"), (4, 6), ("uniform-t", "time-quadratic", "uniform-lambda", "karras")
+    ):
         s = baseline(kind, model.noise_schedule, nfe, model=model.name).with_meta(solver=solver)
-        res = reg.publish(s, lambda s=s, sv=solver: evaluate_schedule(model, s, EvaluateOptions(n=n, seed=1234),
-                                                                      solver=sv, teacher=teacher, evaluator=ev,
-                                                                      return_samples=True),
-                          metric=metric, params={"n": n})
-        print(f"{res['name']} v{res['version']} {kind} NFE {nfe}: {metric} {res[metric]:.4g}"
-              f"{' (champion)' if res['champion'] else ''}", flush=True)
+        res = reg.publish(
+            s,
+            lambda s=s, sv=solver: evaluate_schedule(
+                model, s, EvaluateOptions(n=n, seed=1234), solver=sv, teacher=teacher, evaluator=ev, return_samples=True
+            ),
+            metric=metric,
+            params={"n": n},
+        )
+        print(
+            f"{res['name']} v{res['version']} {kind} NFE {nfe}: {metric} {res[metric]:.4g}"
+            f"{' (champion)' if res['champion'] else ''}",
+            flush=True,
+        )
 
 
 def main():
@@ -164,9 +179,26 @@ def main():
     port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--default-artifact-root",
-         reg.artifact_location, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True)
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--default-artifact-root",
+            reg.artifact_location,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(work / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=work,
+        start_new_session=True,
+    )
     try:
         t0 = time.time()
         while True:
@@ -182,15 +214,29 @@ def main():
         out = Path(args.out).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
         url = f"http://127.0.0.1:{port}/#/models"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={work / 'chrome'}", "--window-size=1400,900"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={work / 'chrome'}",
+            "--window-size=1400,900",
+        ]
         try:
             cdp_screenshot(chromium(), flags, url, out)
         except Exception as e:  # no DevTools connection: a plain screenshot (the promo dialog may cover it)
             print(f"DevTools route failed ({e}); plain --screenshot instead", flush=True)
-            subprocess.run([chromium(), *flags, f"--screenshot={out}", f"--virtual-time-budget={args.budget_ms}", url],
-                           check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [chromium(), *flags, f"--screenshot={out}", f"--virtual-time-budget={args.budget_ms}", url],
+                check=True,
+                timeout=180,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         print(f"wrote {out} ({out.stat().st_size} bytes)")
     finally:
         stop_group(server)  # the server's own session: uvicorn worker and the huey job consumers

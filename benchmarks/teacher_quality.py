@@ -3,6 +3,7 @@ judged by the project's classifier (argmax = requested class), on class-balanced
 
     .venv/bin/python benchmarks/teacher_quality.py [--n 1000] [--steps 200]
 """
+
 import argparse
 import time
 
@@ -36,5 +37,7 @@ for name in a.models:
     x = generate(m, baseline("uniform-lambda", m.noise_schedule, a.steps), "unipc", a.n, a.seed)
     acc = class_accuracy(clf, x, m.labels(a.n))
     save_grid(x[:100], f"results/teacher_{name}.png")
-    print(f"{name}: {a.steps}-step UniPC teacher, {a.n} samples: class accuracy {acc:.4f} "
-          f"({time.perf_counter() - t0:.0f} s); grid results/teacher_{name}.png")
+    print(
+        f"{name}: {a.steps}-step UniPC teacher, {a.n} samples: class accuracy {acc:.4f} "
+        f"({time.perf_counter() - t0:.0f} s); grid results/teacher_{name}.png"
+    )

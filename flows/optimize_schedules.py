@@ -12,6 +12,7 @@ Tasks cache on their inputs (the params file's content hash is one of them) and 
 their results — but only while the files they produced are still on disk: a deleted schedule, shard manifest or
 evaluation is recomputed, never answered from the cache. The trajectory and evaluation tasks retry.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,20 +31,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optsteps.pipeline.stages as stages  # noqa: E402
-from optsteps.pipeline import layout  # noqa: E402
-from optsteps.pipeline.config import load_params  # noqa: E402
 from optsteps.io.shards import MANIFEST  # noqa: E402
 from optsteps.models import CLASSIFIER, model_record  # noqa: E402
+from optsteps.pipeline import layout  # noqa: E402
+from optsteps.pipeline.config import load_params  # noqa: E402
 
 
 def cached_while_present(outputs):
     """A cache policy keyed on the task's inputs and source that returns no key (so the task runs) when any
     of ``outputs(parameters)`` is missing on disk."""
+
     def key(ctx, parameters):
         if not all(Path(q).exists() for q in outputs(parameters)):
             return None
         blob = json.dumps(parameters, sort_keys=True, default=str) + inspect.getsource(ctx.task.fn)
         return hashlib.sha256(blob.encode()).hexdigest()
+
     return CachePolicy.from_cache_key_fn(key)
 
 
@@ -53,10 +56,12 @@ def _params(a):
 
 TRAINED = cached_while_present(lambda a: [model_record(_params(a).artifacts, a["model"])])
 SHARDS = cached_while_present(lambda a: [layout.trajectories_dir(_params(a), a["model"]) / MANIFEST])
-SCHEDULE = cached_while_present(lambda a: [layout.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"),
-                                                                a["solver"], a["nfe"])])
-DISTILLED = cached_while_present(lambda a: [layout.schedule_path(_params(a), a["model"], a["method"], a["solver"], nfe)
-                                            for nfe in a["nfes"]])
+SCHEDULE = cached_while_present(
+    lambda a: [layout.schedule_path(_params(a), a["model"], a.get("method", "lambda-opt"), a["solver"], a["nfe"])]
+)
+DISTILLED = cached_while_present(
+    lambda a: [layout.schedule_path(_params(a), a["model"], a["method"], a["solver"], nfe) for nfe in a["nfes"]]
+)
 EVALUATED = cached_while_present(lambda a: [layout.eval_path(_params(a), a["model"])])
 
 
@@ -94,8 +99,9 @@ def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe:
 
 
 @task(cache_policy=DISTILLED, persist_result=True)
-def oss_task(params_path: str, digest: str, model: str, method: str, solver: str, nfes: list[int],
-             shards: list[str]) -> list[str]:
+def oss_task(
+    params_path: str, digest: str, model: str, method: str, solver: str, nfes: list[int], shards: list[str]
+) -> list[str]:
     """OSS or GITS for every K of ``nfes`` of one solver: one DP for all K (``stages.oss_nfes``)."""
     p = load_params(params_path)
     stages.oss_nfes(p, model, solver, nfes, method=method)
@@ -107,7 +113,15 @@ def evaluate_task(params_path: str, digest: str, model: str, identity: str, sche
     return str(stages.evaluate(load_params(params_path), model))
 
 
-DVC_STAGES = ("identify", "model", "classifier", "trajectories", "lambda_opt", "oss", "evaluate")  # dvc.yaml, before register
+DVC_STAGES = (
+    "identify",
+    "model",
+    "classifier",
+    "trajectories",
+    "lambda_opt",
+    "oss",
+    "evaluate",
+)  # dvc.yaml, before register
 
 
 def record_in_dvc(targets) -> bool:
@@ -155,9 +169,10 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
         init_ray(p.ray)
     models = list(p.models)
     train_task(params_path, digest, CLASSIFIER)  # the digits judge (as the DVC stage `classifier`)
-    identity = {m: model_task(params_path, digest, m,
-                              train_task(params_path, digest, m) if p.models[m].is_embedded else None)
-                for m in models}  # only the embedded models are trained
+    identity = {
+        m: model_task(params_path, digest, m, train_task(params_path, digest, m) if p.models[m].is_embedded else None)
+        for m in models
+    }  # only the embedded models are trained
     shards = {m: trajectories_task(params_path, digest, m, identity[m]) for m in models}
     futures, per_model = [], {}
     for m in models:
@@ -176,8 +191,10 @@ def optimize_schedules(params_path: str = "params.yaml") -> list[str]:
     registered = register_task(params_path, evaluations)
     record_task(["register"], registered)
     paths = _paths(futures)
-    print(f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "
-          f"registry {registered}")
+    print(
+        f"{len(paths)} schedules under {Path(p.results) / 'schedules'}; evaluations {evaluations}; "
+        f"registry {registered}"
+    )
     return paths
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 # the skip policy: only tests marked gpu may skip; under CI / OPTSTEPS_STRICT_SKIPS=1 any other skip fails the run
-from skip_policy import (pytest_collection_modifyitems, pytest_configure, pytest_make_collect_report,  # noqa: F401
-                         pytest_runtest_makereport, pytest_sessionfinish, pytest_terminal_summary)
+from skip_policy import (
+    pytest_make_collect_report,  # noqa: F401
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -13,6 +13,7 @@ other skip fails the run:
 A module-level skip is never allowed, even for GPU-only modules: mark the tests ``gpu`` instead. xfail is not
 a skip and is left alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,27 +55,31 @@ def pytest_collection_modifyitems(config, items):
 def pytest_make_collect_report(collector):
     rep = yield
     if rep.skipped and strict_skips():
-        collector.config.stash[_DISALLOWED].append((rep.nodeid or str(collector.path), "collection",
-                                                    _reason(rep.longrepr)))
+        collector.config.stash[_DISALLOWED].append(
+            (rep.nodeid or str(collector.path), "collection", _reason(rep.longrepr))
+        )
     return rep
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     rep = yield
-    if (rep.skipped and not hasattr(rep, "wasxfail") and item.get_closest_marker("gpu") is None
-            and strict_skips()):
+    if rep.skipped and not hasattr(rep, "wasxfail") and item.get_closest_marker("gpu") is None and strict_skips():
         why = _reason(rep.longrepr)
         item.config.stash[_DISALLOWED].append((item.nodeid, rep.when, why))
         rep.outcome = "failed"
-        rep.longrepr = (f"skipped ({why}), but only tests marked gpu may skip "
-                        "(CI / OPTSTEPS_STRICT_SKIPS=1: see tests/skip_policy.py)")
+        rep.longrepr = (
+            f"skipped ({why}), but only tests marked gpu may skip "
+            "(CI / OPTSTEPS_STRICT_SKIPS=1: see tests/skip_policy.py)"
+        )
     return rep
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if session.config.stash.get(_DISALLOWED, None) and exitstatus in (pytest.ExitCode.OK,
-                                                                     pytest.ExitCode.NO_TESTS_COLLECTED):
+    if session.config.stash.get(_DISALLOWED, None) and exitstatus in (
+        pytest.ExitCode.OK,
+        pytest.ExitCode.NO_TESTS_COLLECTED,
+    ):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

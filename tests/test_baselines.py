@@ -3,10 +3,16 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from optsteps.core.baselines import BASELINES, baseline, karras_lambdas
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
+from optsteps.errors import OptstepsError
 
-FAMS = [VPDiscrete(), VPDiscrete("scaled_linear", 0.00085, 0.012), VPDiscrete("squaredcos_cap_v2"), EDM(), RectifiedFlow()]
+FAMS = [
+    VPDiscrete(),
+    VPDiscrete("scaled_linear", 0.00085, 0.012),
+    VPDiscrete("squaredcos_cap_v2"),
+    EDM(),
+    RectifiedFlow(),
+]
 
 
 @pytest.mark.parametrize("ns", FAMS, ids=lambda n: n.describe())
@@ -44,8 +50,9 @@ def test_ays_reproduces_the_published_table_and_refuses_other_models():
 
     ns = VPDiscrete("scaled_linear", 0.00085, 0.012, 1000)
     s = baseline("ays", ns, 10)
-    assert torch.allclose(s.sigmas[:-1], torch.tensor(AysSchedules["StableDiffusionSigmas"][:-1], dtype=torch.float64),
-                          rtol=1e-4)  # 14.615 is σ_max = 14.6146 rounded; t is clamped to 1
+    assert torch.allclose(
+        s.sigmas[:-1], torch.tensor(AysSchedules["StableDiffusionSigmas"][:-1], dtype=torch.float64), rtol=1e-4
+    )  # 14.615 is σ_max = 14.6146 rounded; t is clamped to 1
     assert s.t[-1] == 0.0
     s7 = baseline("ays", ns, 7)
     assert s7.nfe == 7 and abs(s7.sigmas[0].item() - 14.615) < 1e-3
@@ -80,10 +87,16 @@ def test_start_variants_parse_in_one_place():
     assert r.t == s.t and r.start_state == "raw" and r.extra == {"start_state": "raw"}
     v = baseline("uniform-lambda@start=0.9", VPDiscrete(), 5)
     assert v.t[0] == 0.9 and v.t[-1] == VPDiscrete().default_t_end()
-    for bad, match in (("uniform-t@", "nothing after"), ("uniform-t@start=x", "not a number"),
-                       ("uniform-t@state=half", "state="), ("uniform-t@shift=2", "bad option"),
-                       ("uniform-t@start=0.9,start=0.8", "bad option"), ("uniform-t@start=2", "domain"),
-                       ("uniform-t@start=0", "above the end"), ("nope@start=0.9", "unknown baseline")):
+    for bad, match in (
+        ("uniform-t@", "nothing after"),
+        ("uniform-t@start=x", "not a number"),
+        ("uniform-t@state=half", "state="),
+        ("uniform-t@shift=2", "bad option"),
+        ("uniform-t@start=0.9,start=0.8", "bad option"),
+        ("uniform-t@start=2", "domain"),
+        ("uniform-t@start=0", "above the end"),
+        ("nope@start=0.9", "unknown baseline"),
+    ):
         with pytest.raises(OptstepsError, match=match):
             baseline(bad, ns, 4)
     with pytest.raises(OptstepsError, match="names its start"):

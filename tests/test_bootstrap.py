@@ -1,5 +1,6 @@
 """The paired bootstrap (docs/algorithms.md §7): coverage of the interval of a mean, exact zero for a row paired with
 itself, the resampled FID/KID against closed forms and clean-fid, the champion gate, and the speedup interpolation."""
+
 import math
 
 import numpy as np
@@ -61,9 +62,11 @@ def test_a_row_paired_with_itself_differs_by_exactly_zero():
     ref = g.normal(size=(500, 16))
     idx = bs.resample_indices(300, 200, 7)
     fr, kr = bs.frechet_reference(ref), bs.kernel_reference(ref)
-    for point, res in ((fid_from_features(feats, ref), bs.frechet_resamples(feats, fr, idx)),
-                       (kid_from_features(feats, ref, 0, 3), bs.kid_resamples(feats, kr, idx)),
-                       (1.5, bs.resample_means(g.normal(size=300), idx))):
+    for point, res in (
+        (fid_from_features(feats, ref), bs.frechet_resamples(feats, fr, idx)),
+        (kid_from_features(feats, ref, 0, 3), bs.kid_resamples(feats, kr, idx)),
+        (1.5, bs.resample_means(g.normal(size=300), idx)),
+    ):
         diff, (lo, hi) = bs.paired_difference(point, res, point, res.copy())
         assert diff == 0.0 and lo == 0.0 and hi == 0.0
         assert not bs.excludes_zero((lo, hi))
@@ -113,8 +116,9 @@ def test_resampled_kid_is_the_unbiased_mmd_on_the_resample():
     def mmd(a, b):  # the unbiased estimator over index positions (duplicates are distinct positions)
         kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
         n, m = len(a), len(b)
-        return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                - 2 * kxy.mean())
+        return (
+            (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+        )
 
     ref = bs.kernel_reference(y)
     assert bs.kid_full(x, ref) == pytest.approx(mmd(x, y), rel=1e-10)
@@ -136,11 +140,15 @@ def test_frechet_reference_root_squares_to_the_covariance():
 
 # ---- champions: the standings of one evaluation --------------------------------------------------------
 
+
 def test_the_best_value_is_champion_and_its_lead_is_paired():
     g = np.random.default_rng(5)
     base = 5.0 + g.normal(0, 0.2, 200)
-    entries = [Entry("a", 5.0, base), Entry("b", 4.0, base - 1.0 + g.normal(0, 0.05, 200)),
-               Entry("c", 4.9, base - 0.1 + g.normal(0, 0.05, 200))]
+    entries = [
+        Entry("a", 5.0, base),
+        Entry("b", 4.0, base - 1.0 + g.normal(0, 0.05, 200)),
+        Entry("c", 4.9, base - 0.1 + g.normal(0, 0.05, 200)),
+    ]
     st = standings("fid_digitsnet", entries)
     assert [s.key for s in st] == ["b", "c", "a"] and st[0].champion and (st[0].rank, st[0].of) == (1, 3)
     lead = st[0]  # champion − runner-up, a significant lead
@@ -179,9 +187,9 @@ NFES = [4, 5, 6, 8, 10, 12, 15, 20]
 
 @pytest.mark.parametrize("c,p", [(3.0, 1.7), (0.5, 0.6), (12.0, 2.4)])
 def test_equivalent_nfe_is_exact_on_a_power_law(c, p):
-    vals = [c * n ** -p for n in NFES]
+    vals = [c * n**-p for n in NFES]
     for n_true in (4.0, 4.37, 7.3, 11.99, 13.0, 19.5, 20.0):
-        n_star, cens = equivalent_nfe(NFES, vals, c * n_true ** -p)
+        n_star, cens = equivalent_nfe(NFES, vals, c * n_true**-p)
         assert cens is None or (cens == "<=" and n_true == 4.0)
         assert n_star == pytest.approx(n_true, rel=1e-12)
 
@@ -200,8 +208,8 @@ def test_equivalent_nfe_censors_outside_the_range_and_takes_the_first_crossing()
 def test_speedup_table_on_synthetic_rows():
     rows = [{"method": "teacher", "solver": "unipc", "nfe": 100, "l2_to_teacher": 0.0}]
     for b, c in (("uniform-t", 8.0), ("karras", 4.0)):
-        rows += [{"method": b, "solver": "unipc", "nfe": n, "l2_to_teacher": c * n ** -1.5} for n in NFES]
-    rows.append({"method": "oss", "solver": "unipc", "nfe": 5, "l2_to_teacher": 4.0 * 7.5 ** -1.5})
+        rows += [{"method": b, "solver": "unipc", "nfe": n, "l2_to_teacher": c * n**-1.5} for n in NFES]
+    rows.append({"method": "oss", "solver": "unipc", "nfe": 5, "l2_to_teacher": 4.0 * 7.5**-1.5})
     entries = speedup_table(rows, metrics=("l2_to_teacher",))
     assert {e["baseline"] for e in entries} == {"uniform-t", "karras"} and len(entries) == 2
     k = next(e for e in entries if e["baseline"] == "karras")
@@ -215,21 +223,33 @@ def test_speedup_table_on_synthetic_rows():
 
 # ---- paired (teacher-referenced) FID and KID ----------------------------------------------------------------
 
+
 def test_paired_kid_is_the_u_statistic_over_distinct_pairs():
     g = np.random.default_rng(7)
     x = g.normal(size=(30, 5))
     y = x + 0.1 * g.normal(size=(30, 5))
     k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3  # noqa: E731
     n = len(x)
-    brute = sum(k(x[i:i + 1], x[j:j + 1])[0, 0] + k(y[i:i + 1], y[j:j + 1])[0, 0] - k(x[i:i + 1], y[j:j + 1])[0, 0]
-                - k(x[j:j + 1], y[i:i + 1])[0, 0] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    brute = sum(
+        k(x[i : i + 1], x[j : j + 1])[0, 0]
+        + k(y[i : i + 1], y[j : j + 1])[0, 0]
+        - k(x[i : i + 1], y[j : j + 1])[0, 0]
+        - k(x[j : j + 1], y[i : i + 1])[0, 0]
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    ) / (n * (n - 1))
     assert bs.paired_kid(x, y) == pytest.approx(brute, rel=1e-10)
     assert bs.paired_kid(x, x) == 0.0
     idx = bs.resample_indices(n, 5, 2)
     for b, rows in enumerate(idx):  # on a resample: the pairs of distinct original indices, with multiplicity
         w = np.bincount(rows, minlength=n).astype(float)
-        num = sum(w[i] * w[j] * (k(x[[i]], x[[j]]) + k(y[[i]], y[[j]]) - k(x[[i]], y[[j]]) - k(x[[j]], y[[i]]))[0, 0]
-                  for i in range(n) for j in range(n) if i != j)
+        num = sum(
+            w[i] * w[j] * (k(x[[i]], x[[j]]) + k(y[[i]], y[[j]]) - k(x[[i]], y[[j]]) - k(x[[j]], y[[i]]))[0, 0]
+            for i in range(n)
+            for j in range(n)
+            if i != j
+        )
         den = sum(w[i] * w[j] for i in range(n) for j in range(n) if i != j)
         assert bs.paired_kid_resamples(x, y, idx)[b] == pytest.approx(num / den, rel=1e-9)
     # the estimator with the paired diagonal (y as an "independent" reference) is biased far below 0 for a student

@@ -1,5 +1,6 @@
 """Commands that print a result never write the pipeline's outputs: `optsteps schedule baseline|lambda-opt|oss|gits`
 print the schedule and write only the file `--out` names; only `optsteps stage …` writes results/schedules/."""
+
 import hashlib
 import json
 
@@ -30,8 +31,11 @@ lambda_opt:
 
 
 def hashes(root) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run(*args):
@@ -75,7 +79,8 @@ def test_schedule_commands_leave_the_pipelines_schedules_unchanged(ws):
 def test_out_into_the_pipelines_schedules_is_refused(ws):
     target = ws / "results" / "schedules" / "gmm" / "lambda-opt" / "unipc-nfe3.json"
     before = target.read_bytes()
-    r = CliRunner().invoke(app, ["schedule", "lambda-opt", "--model", "gmm", "--nfe", "3", "--p", "2",
-                                 "--out", str(target)])
+    r = CliRunner().invoke(
+        app, ["schedule", "lambda-opt", "--model", "gmm", "--nfe", "3", "--p", "2", "--out", str(target)]
+    )
     assert r.exit_code != 0 and "only `optsteps stage" in str(r.exception)
     assert target.read_bytes() == before and json.loads(before)["method"] == "lambda-opt"

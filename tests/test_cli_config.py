@@ -4,14 +4,15 @@ import sys
 
 import pytest
 
-from optsteps.pipeline.config import load_params, params_from_dict
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
+from optsteps.pipeline.config import load_params, params_from_dict
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "optsteps.cli.main", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "optsteps.cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.integration  # the CLI in a subprocess
@@ -36,17 +37,20 @@ def test_repository_params_parse():
     assert p.train_config("digits").steps >= 1 and p.evaluate.nfe and p.evaluate.seed != p.teacher.seed
 
 
-@pytest.mark.parametrize("d,match", [
-    ({"trian": {}}, "unknown top-level"),
-    ({"train": {"digits": {"stpes": 3}}}, "unknown key"),
-    ({"train": {"digits": {"steps": "many"}}}, "must be an integer"),
-    ({"train": {"digits": {"ema": 1.5}}}, "ema < 1"),
-    ({"evaluate": {"nfe": [0]}}, "evaluate.nfe"),
-    ({"evaluate": {"seed": 0}}, "held-out seeds"),
-    ({"oss": {"distance": "l1"}}, "oss.distance"),
-    ({"flow": {"task_workers": -1}}, "flow.task_workers"),
-    ({"flow": {"workers": 2}}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "d,match",
+    [
+        ({"trian": {}}, "unknown top-level"),
+        ({"train": {"digits": {"stpes": 3}}}, "unknown key"),
+        ({"train": {"digits": {"steps": "many"}}}, "must be an integer"),
+        ({"train": {"digits": {"ema": 1.5}}}, "ema < 1"),
+        ({"evaluate": {"nfe": [0]}}, "evaluate.nfe"),
+        ({"evaluate": {"seed": 0}}, "held-out seeds"),
+        ({"oss": {"distance": "l1"}}, "oss.distance"),
+        ({"flow": {"task_workers": -1}}, "flow.task_workers"),
+        ({"flow": {"workers": 2}}, "unknown key"),
+    ],
+)
 def test_params_errors(d, match):
     with pytest.raises(OptstepsError, match=match):
         params_from_dict(d)
@@ -57,17 +61,43 @@ def test_params_errors(d, match):
 @pytest.mark.integration  # the CLI in a subprocess
 def test_geneval_needs_a_text_to_image_pipeline(tmp_path):
     prompts = tmp_path / "evaluation_metadata.jsonl"
-    prompts.write_text('{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n')
-    r = cli("evaluate", "--model", "gmm", "--schedule", "uniform-lambda", "--nfe", "4", "--n", "8", "--no-teacher",
-            "--no-log", "--geneval-prompts", str(prompts), cwd=tmp_path)
+    prompts.write_text(
+        '{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n'
+    )
+    r = cli(
+        "evaluate",
+        "--model",
+        "gmm",
+        "--schedule",
+        "uniform-lambda",
+        "--nfe",
+        "4",
+        "--n",
+        "8",
+        "--no-teacher",
+        "--no-log",
+        "--geneval-prompts",
+        str(prompts),
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     assert "needs a text-to-image diffusers pipeline" in r.stderr
 
 
 def test_evaluate_options_default_to_params(tmp_path):
     (tmp_path / "params.yaml").write_text("evaluate:\n  n: 6\n  seed: 4321\n")
-    r = cli("evaluate", "--model", "gmm", "--schedule", "uniform-lambda", "--nfe", "4", "--no-teacher", "--no-log",
-            cwd=tmp_path)
+    r = cli(
+        "evaluate",
+        "--model",
+        "gmm",
+        "--schedule",
+        "uniform-lambda",
+        "--nfe",
+        "4",
+        "--no-teacher",
+        "--no-log",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 6  # evaluate.n, not a CLI default
 

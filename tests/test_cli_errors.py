@@ -1,5 +1,6 @@
 """Bad input through the real CLI: one line `error: …` naming the argument and the fix, exit 2, no traceback,
 and no file in the workspace changed (nothing half-written, no registry database created)."""
+
 import hashlib
 import os
 import subprocess
@@ -19,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     d = tmp_path_factory.mktemp("ws")
-    train_digits("digits", TrainConfig(steps=2, batch_size=8, warmup_steps=1, threads=1), d / "artifacts" / "models" / "digits",
-                 progress=False)
+    train_digits(
+        "digits",
+        TrainConfig(steps=2, batch_size=8, warmup_steps=1, threads=1),
+        d / "artifacts" / "models" / "digits",
+        progress=False,
+    )
     (d / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     (d / "bad_ns.json").write_text('{"noise_schedule": "vp", "t": [1.0, 0.5, 0.001]}')
     (d / "bad_t.json").write_text('{"noise_schedule": {"family": "edm"}, "t": "10"}')
@@ -56,8 +61,11 @@ def _params_case(name, key):
 
 
 def snapshot(d: Path) -> dict:
-    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 CASES = [
@@ -73,13 +81,19 @@ CASES = [
     (["sample", "--model", "nosuch", "--schedule", "uniform-t", "--out", "g.png"], "unknown model"),
     (["sample", "--model", "digits", "--schedule", "karras", "--solver", "heun", "--out", "g.png"], "unknown solver"),
     (["schedule", "baseline", "karras", "--model", "digits", "--nfe", "0"], "nfe must be"),
-    _params_case("p_list", "must be a mapping of sections"), _params_case("p_number", "must be a mapping of sections"),
+    _params_case("p_list", "must be a mapping of sections"),
+    _params_case("p_number", "must be a mapping of sections"),
     _params_case("p_artifacts_null", "artifacts must be a folder path"),
-    _params_case("p_oss_samples", "oss.samples = -5"), _params_case("p_threads", "evaluate.threads = 0"),
-    _params_case("p_guidance_nan", "teacher.guidance = nan"), _params_case("p_token", "contains credentials"),
-    _params_case("p_userinfo", "contains credentials"), _params_case("p_metric", "mlflow.metric = 'fid'"),
-    _params_case("p_solver", "oss.solvers = ['euler']"), _params_case("p_nfe", "below teacher.steps"),
-    _params_case("p_baseline", "'karas' is not a baseline"), _params_case("p_models_list", "models: must map"),
+    _params_case("p_oss_samples", "oss.samples = -5"),
+    _params_case("p_threads", "evaluate.threads = 0"),
+    _params_case("p_guidance_nan", "teacher.guidance = nan"),
+    _params_case("p_token", "contains credentials"),
+    _params_case("p_userinfo", "contains credentials"),
+    _params_case("p_metric", "mlflow.metric = 'fid'"),
+    _params_case("p_solver", "oss.solvers = ['euler']"),
+    _params_case("p_nfe", "below teacher.steps"),
+    _params_case("p_baseline", "'karas' is not a baseline"),
+    _params_case("p_models_list", "models: must map"),
     _params_case("p_empty", "p_empty.yaml is empty"),
     # flags that override params values pass the params.yaml rules (issue 28 §2)
     (["trajectories", "--model", "digits", "--teacher-steps", "1"], "teacher.steps = 1 (given as --teacher-steps 1)"),
@@ -88,15 +102,22 @@ CASES = [
     (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--p", "nan"], "lambda_opt.p = nan"),
     (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"], "lambda_opt.nfe = [5000] (given as --nfe 5000)"),
     (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--error-model", "magic"], "--error-model magic"),
-    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--solver", "heun"], "lambda_opt.solvers = ['heun']"),
+    (
+        ["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--solver", "heun"],
+        "lambda_opt.solvers = ['heun']",
+    ),
     (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5", "--trunc", "-1"], "lambda_opt.trunc = -1"),
     (["schedule", "oss", "--model", "digits", "--nfe", "100"], "below teacher.steps"),
     (["schedule", "gits", "--model", "digits", "--nfe", "5", "--solver", "euler"], "oss.solvers = ['euler']"),
-    (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--nfe", "5", "--n", "0", "--no-log"],
-     "evaluate.n = 0 (given as --n 0)"),
+    (
+        ["evaluate", "--model", "digits", "--schedule", "uniform-t", "--nfe", "5", "--n", "0", "--no-log"],
+        "evaluate.n = 0 (given as --n 0)",
+    ),
     # --params is read and checked even where the command needs nothing from it
-    (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "p_list.yaml"],
-     "must be a mapping of sections"),
+    (
+        ["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "p_list.yaml"],
+        "must be a mapping of sections",
+    ),
     (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "p_empty.yaml"], "is empty"),
     (["schedule", "baseline", "uniform-t", "--model", "digits", "--nfe", "5", "--params", "nosuch.yaml"], "not found"),
     (["registry", "list", "--tracking-uri", "http://127.0.0.1:1"], "cannot reach the MLflow tracking server"),
@@ -104,19 +125,24 @@ CASES = [
     # issue 28 (the full table runs in-process in tests/test_reliability.py): a subprocess subset for no traceback
     (["stage", "lambda-opt", "--model", "digits", "--params", "latin1.yaml"], "the params file is not UTF-8"),
     (["sample", "--model", "digits", "--schedule", "deep.json", "--out", "g.png"], "nested too deeply"),
-    (["sample", "--model", "digits", "--schedule", "uniform-t", "--seed", "9223372036854775807", "--out", "g.png"],
-     "--seed 9223372036854775807 is out of range"),
+    (
+        ["sample", "--model", "digits", "--schedule", "uniform-t", "--seed", "9223372036854775807", "--out", "g.png"],
+        "--seed 9223372036854775807 is out of range",
+    ),
     (["stage", "model", "--model", "data/digits"], "is a built-in model"),
     (["registry", "list", "--tracking-uri", "http://alice:s3cret@127.0.0.1:1"], "http://***@127.0.0.1:1 within"),
 ]
 
 
-@pytest.mark.parametrize("args,names", CASES, ids=[" ".join(a[:1] + a[3:6]) if a[0] != "stage" else a[-1] for a, _ in CASES])
+@pytest.mark.parametrize(
+    "args,names", CASES, ids=[" ".join(a[:1] + a[3:6]) if a[0] != "stage" else a[-1] for a, _ in CASES]
+)
 def test_bad_input_is_one_error_line_and_changes_nothing(ws, args, names):
     before = snapshot(ws)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "optsteps.cli.main", *args], cwd=ws, capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "optsteps.cli.main", *args], cwd=ws, capture_output=True, text=True, timeout=300, env=env
+    )
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr

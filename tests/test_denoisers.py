@@ -2,13 +2,15 @@ import pytest
 import torch
 
 from optsteps.core.denoisers import PredictionDenoiser
+from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.errors import OptstepsError
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser
-from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 
 
-@pytest.mark.parametrize("ns,ptype", [(VPDiscrete(), "epsilon"), (VPDiscrete(), "v_prediction"),
-                                      (RectifiedFlow(), "flow"), (VPDiscrete(), "sample")])
+@pytest.mark.parametrize(
+    "ns,ptype",
+    [(VPDiscrete(), "epsilon"), (VPDiscrete(), "v_prediction"), (RectifiedFlow(), "flow"), (VPDiscrete(), "sample")],
+)
 def test_conversions_recover_the_exact_x0(ns, ptype):
     gmm = GaussianMixture.random(3, 5, seed=1)
     exact = GMMDenoiser(gmm, ns)

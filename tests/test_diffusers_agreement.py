@@ -3,14 +3,15 @@
 Same ε-model (the exact Gaussian-mixture denoiser seen as an ε-predictor), same noise, same timesteps,
 both sides configured alike (final sigma = σ at timestep 0, i.e. our t_end = 1/N; same lower-order-final rule).
 """
+
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import VPDiscrete
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
+from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 
 NS = VPDiscrete("linear", 1e-4, 0.02, 1000)
 GMM = GaussianMixture.random(3, 16, seed=3, spread=1.0)
@@ -55,8 +56,13 @@ CUSTOM = [999, 874, 700, 512, 333, 190, 81, 17]
 @pytest.mark.parametrize("order,solver", [(1, "ddim"), (2, "dpmpp2m")])
 @pytest.mark.parametrize("lower_order_final", [True, False])
 def test_dpmsolver_custom_timesteps(order, solver, lower_order_final):
-    sch = DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=order, algorithm_type="dpmsolver++",
-                                      final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
+    sch = DPMSolverMultistepScheduler(
+        beta_schedule="linear",
+        solver_order=order,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type="sigma_min",
+        lower_order_final=lower_order_final,
+    )
     sch.set_timesteps(timesteps=CUSTOM)
     float64_coefficients(sch)
     x = noise()
@@ -69,13 +75,20 @@ def test_dpmsolver_custom_timesteps(order, solver, lower_order_final):
 @pytest.mark.parametrize("lower_order_final", [True, False])
 @pytest.mark.parametrize("nfe", [5, 10])
 def test_unipc_on_its_own_timesteps(order, lower_order_final, nfe):
-    sch = UniPCMultistepScheduler(beta_schedule="linear", solver_order=order, predict_x0=True, solver_type="bh2",
-                                  final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
+    sch = UniPCMultistepScheduler(
+        beta_schedule="linear",
+        solver_order=order,
+        predict_x0=True,
+        solver_type="bh2",
+        final_sigmas_type="sigma_min",
+        lower_order_final=lower_order_final,
+    )
     sch.set_timesteps(nfe)
     float64_coefficients(sch)
     timesteps = [int(v) for v in sch.timesteps]  # diffusers chooses; we read them back
     x = noise()
     ref = run_diffusers(sch, x.clone().double())
-    ours = sample(DEN, x.double(), schedule_from_timesteps(timesteps), "unipc", order=order,
-                  lower_order_final=lower_order_final)
+    ours = sample(
+        DEN, x.double(), schedule_from_timesteps(timesteps), "unipc", order=order, lower_order_final=lower_order_final
+    )
     assert (ours - ref).abs().max().item() <= 1e-4

@@ -15,6 +15,7 @@ A snippet is named by its file and its first line. An unknown language, a bash o
 run nor excluded, and an ``EXCLUDED``/``RUN`` entry that names no snippet each fail the test, so adding a snippet
 means running it or writing down why not.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGS = {"text", "json", "yaml", "python", "bash"}
-COMMANDS = {"optsteps", "python", "python3", "dvc", "make", "pip", "ray", "mlflow", "prefect", "docker", "kubectl",
-            "git", "curl", "export", "cd", "cp", "conda", "mim", "pytest", "$"}
+COMMANDS = {
+    "optsteps",
+    "python",
+    "python3",
+    "dvc",
+    "make",
+    "pip",
+    "ray",
+    "mlflow",
+    "prefect",
+    "docker",
+    "kubectl",
+    "git",
+    "curl",
+    "export",
+    "cd",
+    "cp",
+    "conda",
+    "mim",
+    "pytest",
+    "$",
+}
 
 TRAINED = "needs the trained digits model (minutes of training); the same commands run in tests/test_pipeline_e2e.py"
 REGISTRY = "needs a registry with a registered champion; tests/test_registry.py and test_pipeline_e2e.py cover these"
@@ -38,38 +59,60 @@ PIPELINE = "needs a real diffusers pipeline at that path; apply runs on tiny pip
 
 # (page, start of the snippet's first line) -> why it is not run here; each entry must match exactly one snippet
 EXCLUDED = {
-    ("README.md", "make run    # create .venv"):
-        "the two top-level commands: the full pipeline and the full suite (CI runs `make test` itself)",
+    (
+        "README.md",
+        "make run    # create .venv",
+    ): "the two top-level commands: the full pipeline and the full suite (CI runs `make test` itself)",
     ("README.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
     ("README.md", "optsteps registry list --model digits --nfe 5"): REGISTRY,
     ("docs/cli.md", "optsteps train --model digits"): TRAINED,
     ("docs/cli.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
-    ("docs/cli.md", "optsteps stage identify --model digits"):
-        "the pipeline stages on digits (training included); tests/test_pipeline_e2e.py runs them through dvc repro",
+    (
+        "docs/cli.md",
+        "optsteps stage identify --model digits",
+    ): "the pipeline stages on digits (training included); tests/test_pipeline_e2e.py runs them through dvc repro",
     ("docs/cli.md", "optsteps registry list --model digits --nfe 5"): REGISTRY,
-    ("docs/cli.md", "python flows/optimize_schedules.py --params params.yaml"):
-        "the whole Prefect flow; tests/test_pipeline_e2e.py runs it on a small config",
-    ("docs/pipeline.md", "dvc exp run -S"):
-        "a DVC experiment of the full pipeline; tests/test_pipeline_e2e.py reruns stages after a params change",
-    ("docs/pipeline.md", "dvc remote add -d local"):
-        "commits to the user's repository and pushes the pipeline's outputs",
+    (
+        "docs/cli.md",
+        "python flows/optimize_schedules.py --params params.yaml",
+    ): "the whole Prefect flow; tests/test_pipeline_e2e.py runs it on a small config",
+    (
+        "docs/pipeline.md",
+        "dvc exp run -S",
+    ): "a DVC experiment of the full pipeline; tests/test_pipeline_e2e.py reruns stages after a params change",
+    (
+        "docs/pipeline.md",
+        "dvc remote add -d local",
+    ): "commits to the user's repository and pushes the pipeline's outputs",
     ("docs/evaluation.md", ".venv/bin/mlflow ui"): SERVER,
     ("docs/evaluation.md", "import mlflow"): REGISTRY + " (test_registry.py: the same load_model/predict calls)",
     ("docs/models.md", "optsteps apply --pipeline path/to/pipeline"): PIPELINE,
-    ("docs/models.md", "git clone https://github.com/djghosh13/geneval.git"):
-        "installs GenEval from the network (conda, a CUDA GPU); not part of the project's stack",
-    ("docs/deployment.md", "export RAY_AUTH_MODE=disabled"):
-        "shell environment only; the Makefile sets the same variables for make run and make test",
-    ("docs/deployment.md", "# the head (GCS on 6379)"):
-        "starts a Ray cluster; tests/test_infra.py starts the same two nodes and runs trajectories through it",
+    (
+        "docs/models.md",
+        "git clone https://github.com/djghosh13/geneval.git",
+    ): "installs GenEval from the network (conda, a CUDA GPU); not part of the project's stack",
+    (
+        "docs/deployment.md",
+        "export RAY_AUTH_MODE=disabled",
+    ): "shell environment only; the Makefile sets the same variables for make run and make test",
+    (
+        "docs/deployment.md",
+        "# the head (GCS on 6379)",
+    ): "starts a Ray cluster; tests/test_infra.py starts the same two nodes and runs trajectories through it",
     ("docs/deployment.md", "mlflow server --host 127.0.0.1"): SERVER,
-    ("docs/deployment.md", "prefect server start"):
-        "a long-running server; tests/test_infra.py serves the flow on a real one",
-    ("docs/deployment.md", "cd infra/compose"):
-        "needs Docker; tests/test_infra.py validates the compose file against its schema",
+    (
+        "docs/deployment.md",
+        "prefect server start",
+    ): "a long-running server; tests/test_infra.py serves the flow on a real one",
+    (
+        "docs/deployment.md",
+        "cd infra/compose",
+    ): "needs Docker; tests/test_infra.py validates the compose file against its schema",
     ("docs/deployment.md", "dvc remote add -d minio"): "needs the compose stack's MinIO and pushes to it",
-    ("docs/deployment.md", "kubectl create namespace optsteps"):
-        "needs a Kubernetes cluster; tests/test_infra.py validates the manifests against their schemas",
+    (
+        "docs/deployment.md",
+        "kubectl create namespace optsteps",
+    ): "needs a Kubernetes cluster; tests/test_infra.py validates the manifests against their schemas",
 }
 
 # (page, start of the first line) of bash snippets whose every line runs through the CLI in a temporary workspace
@@ -172,14 +215,16 @@ def _check_cli_line(args: list[str]) -> None:
 
 def test_every_snippet_is_run_or_classified():
     unknown, unclassified = [], []
-    for page, lang, first, text in SNIPPETS:
+    for page, lang, first, _text in SNIPPETS:
         if lang not in LANGS:
             unknown.append(f"{page}: ```{lang} {first!r}")
         elif lang == "bash" and not _in(EXCLUDED, page, first) and not _in(RUN, page, first):
             unclassified.append(f"{page}: {first!r}")
     assert not unknown, f"snippets need a language of {sorted(LANGS)}: {unknown}"
-    assert not unclassified, ("bash snippets neither run (RUN) nor excluded with a reason (EXCLUDED) in "
-                              f"tests/test_doc_snippets.py: {unclassified}")
+    assert not unclassified, (
+        "bash snippets neither run (RUN) nor excluded with a reason (EXCLUDED) in "
+        f"tests/test_doc_snippets.py: {unclassified}"
+    )
     matches = {k: sum(p == k[0] and f.startswith(k[1]) for p, _, f, _ in SNIPPETS) for k in [*EXCLUDED, *RUN]}
     stale = [k for k, n in matches.items() if n != 1]
     assert not stale, f"EXCLUDED/RUN entries that match no snippet or several (edit them): {stale}"
@@ -190,8 +235,9 @@ def test_every_snippet_is_run_or_classified():
 def _check_text(snippet, workspace):
     for line in snippet[3].splitlines():
         word = line.split()[0] if line.strip() else ""
-        assert word not in COMMANDS and not word.startswith(".venv/"), \
+        assert word not in COMMANDS and not word.startswith(".venv/"), (
             f"{snippet[0]}: a command in a text block: {line!r}; make it a bash snippet"
+        )
 
 
 def _check_json(snippet, workspace):
@@ -246,8 +292,10 @@ PY_FIXTURES = {"tiny_ddpm_dir": _tiny_ddpm}
 
 def _real_stack(code: str) -> bool:
     """A snippet that builds a fixture pipeline or imports diffusers runs the real diffusers stack (integration)."""
-    return (any(re.search(rf"\b{name}\b", code) for name in PY_FIXTURES)
-            or re.search(r"^\s*(from|import) diffusers\b", code, re.MULTILINE) is not None)
+    return (
+        any(re.search(rf"\b{name}\b", code) for name in PY_FIXTURES)
+        or re.search(r"^\s*(from|import) diffusers\b", code, re.MULTILINE) is not None
+    )
 
 
 def _exec_python(snippet, workspace):
@@ -274,8 +322,14 @@ def _run_bash(snippet, workspace):
             assert s.nfe == int(c[c.index("--nfe") + 1])
 
 
-ACTIONS = {"text": _check_text, "json": _check_json, "yaml": _check_yaml, "cli-lines": _check_cli_lines,
-           "python": _exec_python, "run": _run_bash}
+ACTIONS = {
+    "text": _check_text,
+    "json": _check_json,
+    "yaml": _check_yaml,
+    "cli-lines": _check_cli_lines,
+    "python": _exec_python,
+    "run": _run_bash,
+}
 
 
 def _cases():
@@ -285,8 +339,10 @@ def _cases():
         page, lang, first, code = s
         if lang not in LANGS:
             continue  # test_every_snippet_is_run_or_classified names it
-        actions = {"bash": ["cli-lines"] + (["run"] if _in(RUN, page, first) else []),
-                   "python": [] if _in(EXCLUDED, page, first) else ["python"]}.get(lang, [lang])
+        actions = {
+            "bash": ["cli-lines"] + (["run"] if _in(RUN, page, first) else []),
+            "python": [] if _in(EXCLUDED, page, first) else ["python"],
+        }.get(lang, [lang])
         for a in actions:
             heavy = a == "run" or (a == "python" and _real_stack(code))
             out.append(pytest.param(a, s, id=f"{a}:{_id(s)}", marks=[pytest.mark.integration] if heavy else []))

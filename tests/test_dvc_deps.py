@@ -10,6 +10,7 @@ registers another command and is not followed.
 The real DVC side (a solver change makes `dvc status` report the stages that run it) is
 test_pipeline_e2e.py::test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,7 @@ CLI = "optsteps.cli.main"
 
 
 # ---- the static import closure -----------------------------------------------------------------------
+
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
     """The source file of module ``name`` under ``root`` (a package's ``__init__.py``), None if not ours."""
@@ -70,12 +72,15 @@ class Module:
                 if isinstance(n, ast.Import):
                     for a in n.names:
                         imported.add(a.name)
-                        bindings[a.asname or a.name.split(".")[0]] = ("mod", a.name if a.asname else a.name.split(".")[0])
+                        bindings[a.asname or a.name.split(".")[0]] = (
+                            "mod",
+                            a.name if a.asname else a.name.split(".")[0],
+                        )
                 elif isinstance(n, ast.ImportFrom):
                     base = n.module or ""
                     if n.level:
                         pkg = self.package.split(".")
-                        base = ".".join(pkg[:len(pkg) - n.level + 1] + ([base] if base else []))
+                        base = ".".join(pkg[: len(pkg) - n.level + 1] + ([base] if base else []))
                     imported.add(base)
                     for a in n.names:
                         sub = f"{base}.{a.name}"
@@ -91,8 +96,12 @@ class Module:
         skip = set()
         for node in nodes:  # app.command("name")(f) registers f as another command: not a call of f
             for n in ast.walk(node):
-                if (isinstance(n, ast.Call) and isinstance(n.func, ast.Call) and isinstance(n.func.func, ast.Attribute)
-                        and n.func.func.attr == "command"):
+                if (
+                    isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Call)
+                    and isinstance(n.func.func, ast.Attribute)
+                    and n.func.func.attr == "command"
+                ):
                     skip.update(id(a) for a in n.args if isinstance(a, ast.Name))
 
         def resolve(e):
@@ -164,14 +173,23 @@ def cli_command(words: list[str], root: Path = ROOT) -> str:
     m = Module(CLI, root)
     apps = {"app": ""}
     for n in ast.walk(m.tree):
-        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "add_typer"
-                and isinstance(n.args[0], ast.Name)):
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "add_typer"
+            and isinstance(n.args[0], ast.Name)
+        ):
             name = next(k.value.value for k in n.keywords if k.arg == "name")
             apps[n.args[0].id] = name
     for f in m.functions.values():
         for d in f.decorator_list:
-            if (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
-                    and isinstance(d.func.value, ast.Name) and d.func.value.id in apps):
+            if (
+                isinstance(d, ast.Call)
+                and isinstance(d.func, ast.Attribute)
+                and d.func.attr == "command"
+                and isinstance(d.func.value, ast.Name)
+                and d.func.value.id in apps
+            ):
                 cmd = d.args[0].value if d.args else f.name.replace("_", "-")
                 prefix = apps[d.func.value.id]
                 if ([prefix] if prefix else []) + [cmd] == words:
@@ -209,6 +227,7 @@ STAGES = stages()
 
 # ---- the fast checks ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_imported_file_is_a_dep_of_the_stage(stage):
     cmd, deps = STAGES[stage]
@@ -231,8 +250,11 @@ def test_every_code_dep_exists_and_is_imported(stage):
 
 def test_the_closure_follows_lazy_imports_and_only_the_stage_command():
     oss = {f.relative_to(ROOT).as_posix() for f in stage_closure(["stage", "oss"])}
-    assert {"optsteps/optimizers/oss/search.py", "optsteps/core/solvers/samplers.py", "optsteps/teacher/trajectories.py"} <= oss
+    assert {
+        "optsteps/optimizers/oss/search.py",
+        "optsteps/core/solvers/samplers.py",
+        "optsteps/teacher/trajectories.py",
+    } <= oss
     assert "optsteps/evaluate/run.py" not in oss and "optsteps/optimizers/lambda_opt.py" not in oss
     train = {f.relative_to(ROOT).as_posix() for f in stage_closure(["train"])}
     assert "optsteps/models/digits.py" in train and "optsteps/optimizers/oss.py" not in train
-

@@ -1,5 +1,6 @@
 """Evaluation metrics: FID/KID through clean-fid (digitsnet and the bundled Inception), gated class
 adherence, the cached reference statistics, the GenEval hook and the schedule/grid runners."""
+
 import json
 import logging
 import sys
@@ -10,19 +11,36 @@ import pytest
 import torch
 from scipy import linalg
 
-from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import ClassifierConfig, TeacherConfig, TrainConfig
-from optsteps.models.digits_data import digits_images, digits_labels
-from optsteps.errors import OptstepsError
-from optsteps.evaluate import (EvaluateOptions, Evaluator, check_heldout, clean_features, digitsnet, evaluate_grid, evaluate_schedule,
-                               fid_from_features, inception, inception_weights_path, kid_from_features,
-                               reference_features)
 import optsteps.evaluate.fid as fidmod
-from optsteps.evaluate.adherence import (adherence_from_logits, geneval_metrics, geneval_status, geneval_summary,
-                                         in_manifold, knn_radii)
+from optsteps.core.baselines import baseline
+from optsteps.errors import OptstepsError
+from optsteps.evaluate import (
+    EvaluateOptions,
+    Evaluator,
+    check_heldout,
+    clean_features,
+    digitsnet,
+    evaluate_grid,
+    evaluate_schedule,
+    fid_from_features,
+    inception,
+    inception_weights_path,
+    kid_from_features,
+    reference_features,
+)
+from optsteps.evaluate.adherence import (
+    adherence_from_logits,
+    geneval_metrics,
+    geneval_status,
+    geneval_summary,
+    in_manifold,
+    knn_radii,
+)
 from optsteps.models import load_model
 from optsteps.models.classifier import load_classifier, train_classifier
 from optsteps.models.digits import train_digits
+from optsteps.models.digits_data import digits_images, digits_labels
+from optsteps.pipeline.config import ClassifierConfig, TeacherConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +59,7 @@ def net(clf):
 def halves():
     x, y = digits_images(), digits_labels()
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    a, b = perm[: len(x) // 2], perm[len(x) // 2:]
+    a, b = perm[: len(x) // 2], perm[len(x) // 2 :]
     return x[a], y[a], x[b], y[b]
 
 
@@ -167,8 +185,10 @@ def test_inception_weights_load_without_importing_the_package():
 def test_geneval_absent_means_no_metric_and_one_log_line(tmp_path, caplog, monkeypatch):
     monkeypatch.delenv("GENEVAL_DIR", raising=False)
     prompts = tmp_path / "evaluation_metadata.jsonl"
-    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}],
-                                   "prompt": "a photo of a cat"}) + "\n")
+    prompts.write_text(
+        json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"})
+        + "\n"
+    )
     with caplog.at_level(logging.WARNING, logger="optsteps.evaluate"):
         assert geneval_metrics(prompts, prompt_sampler=None) == {}
     lines = [r for r in caplog.records if "GenEval" in r.getMessage()]
@@ -201,8 +221,12 @@ def test_heldout_seeds_are_checked():
 @pytest.fixture(scope="module")
 def tiny_digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("arts")
-    train_digits("digits", TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1), root / "models" / "digits",
-                 progress=False)
+    train_digits(
+        "digits",
+        TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1),
+        root / "models" / "digits",
+        progress=False,
+    )
     return load_model("digits", root)
 
 
@@ -244,12 +268,24 @@ def test_evaluate_grid_intervals_and_paired_differences(tiny_digits, clf, tmp_pa
     twin = ut.with_meta(method="my-copy")  # not a baseline: compared with the best baseline
     tcfg = TeacherConfig(solver="ddim", steps=6, seed=0)
     ev = Evaluator(clf, tmp_path, inception_n=0, kid_subsets=5, bootstrap=60, bootstrap_seed=3)
-    rows, res = evaluate_grid(m, [ut, baseline("uniform-lambda", ns, 3, model="digits").with_meta(solver="ddim"), twin],
-                              tcfg, EvaluateOptions(n=40, seed=7), evaluator=ev, return_resamples=True)
+    rows, res = evaluate_grid(
+        m,
+        [ut, baseline("uniform-lambda", ns, 3, model="digits").with_meta(solver="ddim"), twin],
+        tcfg,
+        EvaluateOptions(n=40, seed=7),
+        evaluator=ev,
+        return_resamples=True,
+    )
     assert len(res) == len(rows) and all(len(v) == 60 for v in res[1].values())
     for r in rows[1:]:
-        for k in ("fid_digitsnet", "kid_digitsnet", "fid_teacher_digitsnet", "l2_to_teacher", "psnr_to_teacher",
-                  "adherence_digitsnet"):
+        for k in (
+            "fid_digitsnet",
+            "kid_digitsnet",
+            "fid_teacher_digitsnet",
+            "l2_to_teacher",
+            "psnr_to_teacher",
+            "adherence_digitsnet",
+        ):
             lo, hi = r["ci95"][k]
             assert lo <= r[k] <= hi or k.startswith("kid"), (k, r[k], lo, hi)
     assert rows[0]["ci95"]["l2_to_teacher"] == [0.0, 0.0]
@@ -269,8 +305,9 @@ def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_pat
     m = tiny_digits
     s = baseline("uniform-lambda", m.noise_schedule, 2, model="digits")
     opts = EvaluateOptions(n=12, seed=3, inception_n=0, kid_subsets=100, cache_dir=str(tmp_path), bootstrap=0)
-    out, x = evaluate_schedule(m, s, opts, solver="ddim", evaluator=Evaluator.from_options(clf, opts),
-                               return_samples=True)
+    out, x = evaluate_schedule(
+        m, s, opts, solver="ddim", evaluator=Evaluator.from_options(clf, opts), return_samples=True
+    )
     assert x.shape == (12, 1, 8, 8) and out["n"] == 12 and "l2_to_teacher" not in out
     assert {"fid_digitsnet", "kid_digitsnet", "adherence_digitsnet"} <= set(out)
     with pytest.raises(OptstepsError, match="no solver"):
@@ -285,24 +322,46 @@ def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_pat
 def test_markdown_table_one_table_per_solver_intervals_and_significant_best_only():
     from optsteps.evaluate import markdown_table
 
-    rows = [{"method": "teacher", "solver": "unipc", "nfe": 200, "n": 8, "seed": 1, "fid_digitsnet": 1.5,
-             "adherence_digitsnet": 0.95, "bootstrap": {"resamples": 4, "seed": 0, "level": 0.95}}]
+    rows = [
+        {
+            "method": "teacher",
+            "solver": "unipc",
+            "nfe": 200,
+            "n": 8,
+            "seed": 1,
+            "fid_digitsnet": 1.5,
+            "adherence_digitsnet": 0.95,
+            "bootstrap": {"resamples": 4, "seed": 0, "level": 0.95},
+        }
+    ]
     for solver in ("unipc", "dpmpp2m"):
         for method, fid in (("uniform-t", 9.0), ("oss", 4.0), ("karras", 4.2)):
-            rows.append({"method": method, "solver": solver, "nfe": 5, "fid_digitsnet": fid, "adherence_digitsnet": 0.8,
-                         "ci95": {"fid_digitsnet": [fid - 0.1, fid + 0.1]}})
+            rows.append(
+                {
+                    "method": method,
+                    "solver": solver,
+                    "nfe": 5,
+                    "fid_digitsnet": fid,
+                    "adherence_digitsnet": 0.8,
+                    "ci95": {"fid_digitsnet": [fid - 0.1, fid + 0.1]},
+                }
+            )
     oss = np.array([3.9, 4.0, 4.1, 4.0])
     noisy = {"uniform-t": oss + 5.0, "oss": oss, "karras": np.array([1.2, 4.2, 7.2, 4.2])}  # Δ* = −0.2 ± 3: includes 0
     clear = {"uniform-t": oss + 5.0, "oss": oss, "karras": oss + 0.2}  # Δ* = −0.2 on every resample
     res = [{}] + [{"fid_digitsnet": (noisy if r["solver"] == "unipc" else clear)[r["method"]]} for r in rows[1:]]
     lines = markdown_table(rows, resamples=res).splitlines()
-    assert lines[0].startswith("Values: point estimate [95% paired bootstrap interval] on 8 held-out samples (seed 1), "
-                               "4 resamples")
-    uni, dpm = lines[lines.index("### unipc"):], lines[lines.index("### dpmpp2m"):lines.index("### unipc")]
+    assert lines[0].startswith(
+        "Values: point estimate [95% paired bootstrap interval] on 8 held-out samples (seed 1), 4 resamples"
+    )
+    uni, dpm = lines[lines.index("### unipc") :], lines[lines.index("### dpmpp2m") : lines.index("### unipc")]
     assert uni[2] == "| method | NFE | fid_digitsnet | adherence_digitsnet |"
     assert uni[4] == "| teacher (unipc-200) | 200 | 1.5 | 0.95 |"
-    assert uni[5:8] == ["| karras | 5 | 4.2 [4.1, 4.3] | 0.8 |", "| oss | 5 | 4 [3.9, 4.1] | 0.8 |",
-                        "| uniform-t | 5 | 9 [8.9, 9.1] | 0.8 |"]  # best by 0.2, but not significantly: no bold
+    assert uni[5:8] == [
+        "| karras | 5 | 4.2 [4.1, 4.3] | 0.8 |",
+        "| oss | 5 | 4 [3.9, 4.1] | 0.8 |",
+        "| uniform-t | 5 | 9 [8.9, 9.1] | 0.8 |",
+    ]  # best by 0.2, but not significantly: no bold
     assert "| oss | 5 | **4** [3.9, 4.1] | 0.8 |" in dpm  # the same gain on every resample: bold
     assert not any("**" in ln for ln in markdown_table(rows).splitlines()[1:])  # without resamples: never bold
 

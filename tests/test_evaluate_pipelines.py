@@ -2,6 +2,7 @@
 a latent Stable Diffusion pipeline (images decoded by its VAE) and a pixel DDPM pipeline get FID/KID to the
 teacher in Inception features, PSNR and L2 to the teacher with intervals, and FID against a reference folder;
 no digits metric appears. Inception on CPU is slow, so the counts are tiny."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,6 @@ import torch
 pytestmark = pytest.mark.integration  # real diffusers pipelines and the bundled Inception-v3
 
 import transformers  # noqa: F401,E402 - pinned in requirements.txt: a missing install must fail, not skip
-
 from tiny_pipelines import PROMPTS, build_ddpm, build_sd  # noqa: E402
 
 from optsteps.core.baselines import baseline  # noqa: E402
@@ -28,11 +28,14 @@ def sd(tmp_path_factory):
 
 def grid(model, ev, solver="ddim"):
     ns = model.noise_schedule
-    scheds = [baseline(k, ns, k_nfe, model=model.name).with_meta(solver=solver)
-              for k, k_nfe in (("uniform-t", 2), ("uniform-lambda", 3))]
+    scheds = [
+        baseline(k, ns, k_nfe, model=model.name).with_meta(solver=solver)
+        for k, k_nfe in (("uniform-t", 2), ("uniform-lambda", 3))
+    ]
     tcfg = TeacherConfig(solver="unipc", steps=6, seed=0, guidance=getattr(model, "guidance", 1.0))
-    return evaluate_grid(model, scheds, tcfg, EvaluateOptions(n=6, seed=5, guidance=tcfg.guidance), evaluator=ev,
-                         return_resamples=True)
+    return evaluate_grid(
+        model, scheds, tcfg, EvaluateOptions(n=6, seed=5, guidance=tcfg.guidance), evaluator=ev, return_resamples=True
+    )
 
 
 def test_latent_pipeline_gets_teacher_metrics_in_decoded_images(sd, tmp_path):
@@ -46,14 +49,28 @@ def test_latent_pipeline_gets_teacher_metrics_in_decoded_images(sd, tmp_path):
     refs.mkdir()
     for i, a in enumerate(to_uint8(sd.decode(torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(3))))):
         Image.fromarray(a).save(refs / f"{i}.png")
-    ev = Evaluator(None, tmp_path / "cache", inception_n=4, kid_subsets=2, teacher_inception_n=4,
-                   reference_images=refs, bootstrap=20, bootstrap_seed=1)
+    ev = Evaluator(
+        None,
+        tmp_path / "cache",
+        inception_n=4,
+        kid_subsets=2,
+        teacher_inception_n=4,
+        reference_images=refs,
+        bootstrap=20,
+        bootstrap_seed=1,
+    )
     rows, res = grid(sd, ev)
     assert [r["method"] for r in rows] == ["teacher", "uniform-t", "uniform-lambda"]
     assert not any(k.endswith("_digitsnet") for r in rows for k in r)  # no digits classifier for this model
     for r in rows[1:]:
-        for k in ("fid_teacher_inception", "kid_teacher_inception", "fid_inception", "kid_inception",
-                  "l2_to_teacher", "psnr_to_teacher"):
+        for k in (
+            "fid_teacher_inception",
+            "kid_teacher_inception",
+            "fid_inception",
+            "kid_inception",
+            "l2_to_teacher",
+            "psnr_to_teacher",
+        ):
             assert np.isfinite(r[k]), (k, r)
             assert k in r["ci95"] and len(res[rows.index(r)][k]) == 20
         assert r["n_teacher_inception"] == 4 and r["n_inception"] == 4 and r["fid_teacher_inception"] > 0

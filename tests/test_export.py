@@ -3,16 +3,27 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from optsteps.core.baselines import baseline
-from optsteps.errors import OptstepsError
-from optsteps.core.solver_spec import SolverSpec
-from optsteps.integrations.diffusers.export import (configure, diffusers_export, to_ays_pair, to_comfyui,
-                                                    to_comfyui_text, to_diffusers)
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
+from optsteps.core.solver_spec import SolverSpec
+from optsteps.errors import OptstepsError
+from optsteps.integrations.diffusers.export import (
+    configure,
+    diffusers_export,
+    to_ays_pair,
+    to_comfyui,
+    to_comfyui_text,
+    to_diffusers,
+)
 
 VP = VPDiscrete()
 
@@ -44,14 +55,20 @@ def _grid(ns):
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 
     kinds = ["uniform-t", "uniform-lambda", "karras", "time-quadratic"] + (["trailing"] if ns.family == "vp" else [])
-    out = [baseline(k, ns, nfe).with_solver(SolverSpec(sv)) for k in kinds for nfe in (4, 6, 10)
-           for sv in ("ddim", "dpmpp2m", "unipc")]
+    out = [
+        baseline(k, ns, nfe).with_solver(SolverSpec(sv))
+        for k in kinds
+        for nfe in (4, 6, 10)
+        for sv in ("ddim", "dpmpp2m", "unipc")
+    ]
     out += [lambda_opt_schedule(ns, nfe, sv) for nfe in (4, 6) for sv in ("dpmpp2m", "unipc")]
     return out
 
 
-README_SCHEDULERS = {"vp": ["DPMSolverMultistepScheduler", "DDPMScheduler", "EulerDiscreteScheduler"],
-                     "flow": ["FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler"]}
+README_SCHEDULERS = {
+    "vp": ["DPMSolverMultistepScheduler", "DDPMScheduler", "EulerDiscreteScheduler"],
+    "flow": ["FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler"],
+}
 
 
 @pytest.mark.parametrize("family", ["vp", "flow"])
@@ -61,16 +78,21 @@ def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
     from optsteps.integrations.diffusers import OptstepsScheduler
 
     ns = VP if family == "vp" else RectifiedFlow()
-    base = (diffusers.DDPMScheduler(beta_schedule="linear") if family == "vp"
-            else diffusers.FlowMatchEulerDiscreteScheduler()).config
+    base = (
+        diffusers.DDPMScheduler(beta_schedule="linear")
+        if family == "vp"
+        else diffusers.FlowMatchEulerDiscreteScheduler()
+    ).config
     for s in _grid(ns):
         for name in README_SCHEDULERS[family]:
             out = diffusers_export(s, name)
             json.dumps(out)  # JSON-ready
             cls = getattr(diffusers, out["scheduler"])
             sch = cls.from_config({k: v for k, v in base.items() if not k.startswith("_")}, **out["config"])
-            kwargs = {k: (np.array(v) if k == "sigmas" and out["scheduler"] == "UniPCMultistepScheduler" else v)
-                      for k, v in out["set_timesteps"].items()}
+            kwargs = {
+                k: (np.array(v) if k == "sigmas" and out["scheduler"] == "UniPCMultistepScheduler" else v)
+                for k, v in out["set_timesteps"].items()
+            }
             sch.set_timesteps(**kwargs)
             assert len(sch.timesteps) == s.nfe, (s.method, s.nfe, out["scheduler"])
             if "timesteps" in out["set_timesteps"]:
@@ -78,7 +100,10 @@ def test_every_schedule_of_a_grid_exports_and_runs_in_each_scheduler(family):
                 assert out["snapped_max_shift"] <= 0.5
             else:
                 want = s.sigmas[:-1].numpy()
-                assert np.allclose(sch.sigmas.numpy()[: s.nfe], want, rtol=1e-4, atol=1e-5), (s.method, out["scheduler"])
+                assert np.allclose(sch.sigmas.numpy()[: s.nfe], want, rtol=1e-4, atol=1e-5), (
+                    s.method,
+                    out["scheduler"],
+                )
         default = diffusers_export(s)  # the measured solver at the exact times
         json.dumps(default)
         sch = OptstepsScheduler.from_config(default["config"], prediction_type="epsilon")
@@ -139,8 +164,8 @@ def test_comfyui_sigmas_end_in_zero():
 
 def test_exported_schedule_samples_like_our_ddim():
     """Our DDIM on a trailing schedule = diffusers' DPMSolver(order 1) fed the exported timesteps."""
-    from optsteps.models.gmm import GaussianMixture, GMMDenoiser
     from optsteps.core.solvers import sample
+    from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 
     gmm = GaussianMixture.random(2, 6, seed=4)
     den = GMMDenoiser(gmm, VP)
@@ -156,8 +181,7 @@ def test_exported_schedule_samples_like_our_ddim():
 
 
 def test_the_start_state_travels_with_the_export():
-    from optsteps.integrations.diffusers.export import start_latents
-    from optsteps.integrations.diffusers.export import diffusers_export
+    from optsteps.integrations.diffusers.export import diffusers_export, start_latents
 
     flow = RectifiedFlow()
     scaled = baseline("uniform-t@start=0.98", flow, 4).with_meta(solver="ddim")

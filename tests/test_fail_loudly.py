@@ -1,5 +1,6 @@
 """Non-finite values stop a run with an error naming the step; weights are verified by their hash; a lost
 manifest is rebuilt from the shards' own metadata without recomputing them."""
+
 import json
 
 import pytest
@@ -28,6 +29,7 @@ def test_a_nan_model_output_stops_the_sampler_at_its_step(solver):
         return out * float("nan") if len(calls) == 3 else out
 
     from optsteps.core.solvers import sample
+
     with pytest.raises(NonFiniteError, match=r"step 3 of 5 \(t = "):
         sample(den, torch.ones(4, 2), s, solver)
     assert len(calls) == 3  # nothing after the bad step

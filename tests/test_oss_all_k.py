@@ -7,6 +7,7 @@ evaluations are those of ``counts.dp_evaluations_all`` and of a counting wrapper
 
 Cases: the analytic Gaussian mixture (VP-ε and rectified flow), the three students, several K, start window 0
 and 3, batch and per-sample modes, one shard and three, a model call per layer and per node (``eval_batch_size``)."""
+
 import json
 import sys
 from pathlib import Path
@@ -35,12 +36,24 @@ CASES = {
     "vp-ddim-window": (("vp", 14, 5, 3, 2), "ddim", [2, 4, 5], {"start_window": 3}, 1, False),
     "flow-unipc-window": (("flow", 14, 5, 2, 3), "unipc", [3, 4, 6], {"start_window": 3}, 1, True),
     "flow-dpmpp2m-per-sample": (("flow", 12, 5, 2, 4), "dpmpp2m", [2, 3, 5], {"mode": "per_sample"}, 1, False),
-    "vp-unipc-per-sample-window-shards": (("vp", 12, 6, 3, 5), "unipc", [3, 4],
-                                          {"mode": "per_sample", "start_window": 2}, 3, False),
+    "vp-unipc-per-sample-window-shards": (
+        ("vp", 12, 6, 3, 5),
+        "unipc",
+        [3, 4],
+        {"mode": "per_sample", "start_window": 2},
+        3,
+        False,
+    ),
     "vp-unipc-shards": (("vp", 12, 6, 3, 6), "unipc", [2, 3, 5], {}, 3, False),
     "flow-dpmpp2m-shards-window": (("flow", 12, 6, 2, 7), "dpmpp2m", [3, 4, 5], {"start_window": 2}, 3, True),
-    "vp-unipc-l2-calibrated": (("vp", 12, 5, 4, 8), "unipc", [3, 5], {"objective": "l2", "calibration": True}, 1,
-                               False),
+    "vp-unipc-l2-calibrated": (
+        ("vp", 12, 5, 4, 8),
+        "unipc",
+        [3, 5],
+        {"objective": "l2", "calibration": True},
+        1,
+        False,
+    ),
     "vp-dpmpp2m-x0": (("vp", 9, 4, 3, 9), "dpmpp2m", [2, 3, 4], {"distance": "x0"}, 1, False),
 }
 
@@ -65,16 +78,21 @@ def problem(name):
 
 
 def as_json(res):
-    return {"path": res.path, "dp_path": res.dp_path, "cost": res.cost, "dp_cost": res.dp_cost,
-            "start_state": res.start_state, "objective_value": res.objective_value,
-            "t": [float(v) for v in res.schedule.t]}
+    return {
+        "path": res.path,
+        "dp_path": res.dp_path,
+        "cost": res.cost,
+        "dp_cost": res.dp_cost,
+        "start_state": res.start_state,
+        "objective_value": res.objective_value,
+        "t": [float(v) for v in res.schedule.t],
+    }
 
 
 def per_k(name):
     """The golden's way: one ``oss_search`` per K."""
     ns, den, t, states, teacher, solver, nfes, options, ebs = problem(name)
-    return {str(k): as_json(oss.oss_search(t, teacher, den, ns, k, solver, options, eval_batch_size=ebs))
-            for k in nfes}
+    return {str(k): as_json(oss.oss_search(t, teacher, den, ns, k, solver, options, eval_batch_size=ebs)) for k in nfes}
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +115,7 @@ def test_one_dp_for_every_k_reproduces_the_per_k_schedules(name, golden):
     res = got[nfes[0]]
     shards = CASES[name][4]
     if options.mode == "per_sample" or shards == 1:
-        want = counts.dp_evaluations_all(len(t) - 1, nfes, options.start_window, options.distance, shards,
-                                         options.mode)
+        want = counts.dp_evaluations_all(len(t) - 1, nfes, options.start_window, options.distance, shards, options.mode)
         assert (res.model_evals if options.distance == "state" else sum(got[k].model_evals for k in nfes)) == want
     spent = res.model_evals if options.distance == "state" else sum(got[k].model_evals for k in nfes)
     assert counter.samples == (spent + sum(got[k].refine_evals for k in nfes)) * states.shape[1]

@@ -1,5 +1,6 @@
 """``optimizers.oss.counts`` against the searches: the formulas, the ``model_evals`` the searches report and the
 rows a counting wrapper around the model saw (divided by the samples) are equal, not approximately equal."""
+
 import pytest
 import torch
 
@@ -49,7 +50,9 @@ def test_dp_evaluations_are_exact(case):
     ns, den, t, states = _teacher(family, n, 6)
     teacher = states if shards == 1 else list(states.tensor_split(shards, dim=1))
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, teacher, counter, ns, k, solver, opts(refine=False, start_window=w, distance=distance, mode=mode))
+    res = oss.oss_search(
+        t, teacher, counter, ns, k, solver, opts(refine=False, start_window=w, distance=distance, mode=mode)
+    )
     want = counts.dp_evaluations(n, k, w, distance, shards, mode)
     assert res.model_evals == want
     # per-sample mode runs the median path once per start rule the samples chose (reported as refine_evals)
@@ -63,7 +66,15 @@ def test_several_shards_in_batch_mode_stay_under_the_cap(distance):
     ns, den, t, states = _teacher("vp", 10, 6, seed=2)
     for k, w in ((3, 0), (4, 2)):
         counter = CountingDenoiser(den)
-        res = oss.oss_search(t, [states[:, :2], states[:, 2:4], states[:, 4:]], counter, ns, k, "unipc", opts(refine=False, start_window=w, distance=distance))
+        res = oss.oss_search(
+            t,
+            [states[:, :2], states[:, 2:4], states[:, 4:]],
+            counter,
+            ns,
+            k,
+            "unipc",
+            opts(refine=False, start_window=w, distance=distance),
+        )
         assert counter.samples == res.model_evals * 6
         cap = counts.dp_evaluations_max(10, k, w, distance, 3, "batch")
         assert res.model_evals <= cap
@@ -71,7 +82,9 @@ def test_several_shards_in_batch_mode_stay_under_the_cap(distance):
             counts.dp_evaluations(10, k, w, distance, 3, "batch")
     # the cap is reached when every node of a layer is an ancestor: K = 2 (layer 0 only is replayed)
     counter = CountingDenoiser(den)
-    res = oss.oss_search(t, [states[:, :3], states[:, 3:]], counter, ns, 2, "ddim", opts(refine=False, start_window=1, distance=distance))
+    res = oss.oss_search(
+        t, [states[:, :3], states[:, 3:]], counter, ns, 2, "ddim", opts(refine=False, start_window=1, distance=distance)
+    )
     assert res.model_evals == counts.dp_evaluations_max(10, 2, 1, distance, 2, "batch")
     assert counter.samples == res.model_evals * 6
 

@@ -1,15 +1,16 @@
 """OSS on the real embedded network (a briefly trained digits UNet, VP-ε and rectified flow): at NFE 5 its
 final error to the teacher is at most that of every baseline snapped to the teacher grid, and of the
 λ-optimizer's schedule snapped likewise (issue: OSS ≤ baselines and λ-opt on digits)."""
+
 import pytest
 import torch
 
 import optsteps.optimizers.oss as oss
 from optsteps.core.baselines import baseline
-from optsteps.pipeline.config import TeacherConfig, TrainConfig
-from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.models import load_model
 from optsteps.models.digits import train_digits
+from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+from optsteps.pipeline.config import TeacherConfig, TrainConfig
 from optsteps.teacher.load import LabelledDenoiser
 from optsteps.teacher.trajectories import run_teacher
 

@@ -4,6 +4,7 @@ Gaussian mixture, where brute force over (start index, start-state rule, index p
 The teacher's first state is x̄_0 = σ_{t_0} ε (as the teacher stage writes it); a start candidate (j, rule)
 holds f·x̄_0 with f = σ_{t_j}/σ_{t_0} (scaled) or σ_{t_max}/σ_{t_0} (raw), i.e. the state that
 ``core.schedule.initial_state`` gives the schedule's sampler."""
+
 import random
 
 import pytest
@@ -54,7 +55,7 @@ def final(den, t, states, path, ns, solver, rule):
 
 def distance(out, end, objective):
     d = out - end
-    return (d ** 2).mean().item() if objective == "mse" else d.flatten(1).norm(dim=1).mean().item()
+    return (d**2).mean().item() if objective == "mse" else d.flatten(1).norm(dim=1).mean().item()
 
 
 def brute_force(den, t, states, ns, solver, nfe, window, objective):
@@ -78,8 +79,15 @@ def test_start_candidates_and_factors():
     ns = RectifiedFlow()
     t = torch.linspace(1, 0, 11, dtype=torch.float64)
     c = oss.start_candidates(ns, t, 3)
-    assert [(s.index, s.rule) for s in c] == [(0, "scaled"), (1, "scaled"), (1, "raw"), (2, "scaled"), (2, "raw"),
-                                              (3, "scaled"), (3, "raw")]
+    assert [(s.index, s.rule) for s in c] == [
+        (0, "scaled"),
+        (1, "scaled"),
+        (1, "raw"),
+        (2, "scaled"),
+        (2, "raw"),
+        (3, "scaled"),
+        (3, "raw"),
+    ]
     assert c[0].factor == 1.0 and c[2].factor == 1.0  # flow: σ_{t_max} = 1, the raw noise is x̄_0 itself
     assert c[1].factor == pytest.approx(0.9) and c[5].factor == pytest.approx(0.7)
     assert oss.start_candidates(ns, t, 0) == [oss.Start(0, "scaled", 1.0)]
@@ -193,8 +201,10 @@ def test_extended_dp_and_refinement_reach_the_brute_force_optimum():
         hits += got <= tol
         if got > tol:
             misses.append((c, family, solver, objective, n, k, w, got / brute))
-    print(f"\nextended OSS brute-force hit rate over {n_cases} cases (start window × rule × paths): DP alone "
-          f"{hits_dp}%, DP + refinement {hits}%; misses {misses}")
+    print(
+        f"\nextended OSS brute-force hit rate over {n_cases} cases (start window × rule × paths): DP alone "
+        f"{hits_dp}%, DP + refinement {hits}%; misses {misses}"
+    )
     assert hits >= 95
 
 
@@ -210,7 +220,12 @@ def test_per_sample_and_shards_with_a_start_window():
         b = oss.oss_search(t, shards, den, ns, 4, "dpmpp2m", opts(refine=False, start_window=3, objective=objective))
         assert a.path == b.path and a.objective_value == pytest.approx(b.objective_value, rel=1e-9)
     per = oss.oss_search(t, shards, den, ns, 3, "ddim", opts(mode="per_sample", refine=False, start_window=3))
-    paths = [oss.oss_search(t, states[:, s:s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False, start_window=3)).path for s in range(6)]
+    paths = [
+        oss.oss_search(
+            t, states[:, s : s + 1], den, ns, 3, "ddim", opts(mode="per_sample", refine=False, start_window=3)
+        ).path
+        for s in range(6)
+    ]
     assert per.dp_path == oss.median_path(paths)
     out = final(den, t, states, per.path, ns, "ddim", per.start_state)
     assert per.cost == pytest.approx(distance(out, states[-1], "mse"), rel=1e-10)
@@ -255,9 +270,10 @@ def test_gits_with_starts_equals_brute_force(family):
     for k in (1, 2, 3):
         value, path, row = oss.gits_dp_starts(cost, first, [s.index for s in starts], k)
         brute = min(
-            (float(first[r, p[1]]) + sum(gamma ** m * float(cost[p[m], p[m + 1]]) for m in range(1, k)), r, tuple(p))
-            for r, st in enumerate(starts) for p in ([st.index] + [v + st.index for v in q[1:]]
-                                                     for q in oss.all_paths(10 - st.index, k)))
+            (float(first[r, p[1]]) + sum(gamma**m * float(cost[p[m], p[m + 1]]) for m in range(1, k)), r, tuple(p))
+            for r, st in enumerate(starts)
+            for p in ([st.index] + [v + st.index for v in q[1:]] for q in oss.all_paths(10 - st.index, k))
+        )
         assert value == pytest.approx(brute[0], rel=1e-12) and (row, tuple(path)) == brute[1:]
         res = oss.gits_search(t, states, den, ns, k, "unipc", opts(start_window=3), costs=(cost, evals))
         assert res.path == path and res.start_state == starts[row].rule

@@ -5,6 +5,7 @@ commit that precedes the start search (see ``git log -- tests/data/oss_window0.j
 
 Cases: the analytic Gaussian mixture (VP-ε and rectified flow; the three students; batch, per-sample, shards,
 x0 distance, calibration; GITS) and a briefly trained digits UNet of each family (float32 network)."""
+
 import json
 import math
 import sys
@@ -51,8 +52,9 @@ def _digits_teacher(name, tmp):
         from optsteps.teacher.load import LabelledDenoiser
         from optsteps.teacher.trajectories import run_teacher
 
-        train_digits(name, TrainConfig(steps=8, batch_size=16, warmup_steps=2, threads=1), tmp / "models" / name,
-                     progress=False)
+        train_digits(
+            name, TrainConfig(steps=8, batch_size=16, warmup_steps=2, threads=1), tmp / "models" / name, progress=False
+        )
         m = load_model(name, tmp)
         teacher = run_teacher(m, TeacherConfig(steps=30, seed=0), 0, 6)
         _DIGITS[name] = (m.noise_schedule, LabelledDenoiser(m, teacher["labels"]), teacher["t"], teacher["states"])
@@ -103,9 +105,16 @@ def run_case(name, tmp, **extra):
     else:
         teacher = [states[:, :2], states[:, 2:3], states[:, 3:]] if method == "oss-shards" else states
         res = oss.oss_search(t, teacher, den, ns, nfe, solver, options, **runtime)
-    return {"path": res.path, "dp_path": res.dp_path, "cost": res.cost, "dp_cost": res.dp_cost,
-            "model_evals": res.model_evals, "refine_evals": res.refine_evals, "refine_runs": res.refine_runs,
-            "schedule": res.schedule.to_dict()}
+    return {
+        "path": res.path,
+        "dp_path": res.dp_path,
+        "cost": res.cost,
+        "dp_cost": res.dp_cost,
+        "model_evals": res.model_evals,
+        "refine_evals": res.refine_evals,
+        "refine_runs": res.refine_runs,
+        "schedule": res.schedule.to_dict(),
+    }
 
 
 def _same_cost(a, b, exact: bool) -> bool:
@@ -133,8 +142,11 @@ def _compare(got, want, exact: bool = True):
             assert _same_cost(gs[key], value, exact), key
             continue
         if key in COST_KEYS:
-            assert any(_same_cost(value, c, exact) for c in (got["cost"], got["dp_cost"], gs.get("gits_objective"))
-                       if c is not None), key
+            assert any(
+                _same_cost(value, c, exact)
+                for c in (got["cost"], got["dp_cost"], gs.get("gits_objective"))
+                if c is not None
+            ), key
             continue
         assert key in gs and gs[key] == value, (key, gs.get(key), value)
     new = set(gs) - set(ws) - set(COST_KEYS)

@@ -2,6 +2,7 @@
 every params field appears in params.yaml (and every key of params.yaml is a field); library options (``param:
 False``) are not in params.yaml; no library entry point or CLI option carries a default of its own for a value
 params.yaml holds."""
+
 import dataclasses
 import importlib
 import inspect
@@ -25,7 +26,13 @@ from optsteps.pipeline.config import SECTIONS, Params, load_params, param_fields
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 DEFAULT = Params()
-SCALARS = ("artifacts", "results", "models", "budget", "pipeline_defaults")  # the top-level keys that are values, not sections
+SCALARS = (
+    "artifacts",
+    "results",
+    "models",
+    "budget",
+    "pipeline_defaults",
+)  # the top-level keys that are values, not sections
 
 
 def names(cls) -> set:
@@ -69,8 +76,9 @@ def test_loaded_params_equal_the_defaults():
     assert load_params(ROOT / "params.yaml") == DEFAULT
 
 
-@pytest.mark.parametrize("cls,section", [(LambdaOptOptions, "lambda_opt"), (EvaluateOptions, "evaluate"),
-                                         (OSSOptions, "oss")])
+@pytest.mark.parametrize(
+    "cls,section", [(LambdaOptOptions, "lambda_opt"), (EvaluateOptions, "evaluate"), (OSSOptions, "oss")]
+)
 def test_option_dataclasses_are_the_sections_and_their_defaults_equal_params(cls, section):
     assert SECTIONS[section] is cls and cls.__dataclass_params__.frozen
     default = cls()
@@ -97,22 +105,33 @@ def _entry_functions():
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
             mod = importlib.import_module(info.name)
             for name, fn in vars(mod).items():
-                if (inspect.isfunction(fn) and fn.__module__ == mod.__name__ and not name.startswith("_")
-                        and "options" in inspect.signature(fn).parameters):
+                if (
+                    inspect.isfunction(fn)
+                    and fn.__module__ == mod.__name__
+                    and not name.startswith("_")
+                    and "options" in inspect.signature(fn).parameters
+                ):
                     found[f"{fn.__module__}.{name}"] = fn
     return found
 
 
 ENTRIES = _entry_functions()
 GRID = {"nfe"}  # the one K of a call (required), where the options' nfe is the pipeline's grid of K
-OPTIONS = {"LambdaOptOptions": LambdaOptOptions, "EvaluateOptions": EvaluateOptions, "OSSOptions": OSSOptions,
-           "PolishOptions": PolishOptions}
+OPTIONS = {
+    "LambdaOptOptions": LambdaOptOptions,
+    "EvaluateOptions": EvaluateOptions,
+    "OSSOptions": OSSOptions,
+    "PolishOptions": PolishOptions,
+}
 
 
 def test_the_algorithms_take_options_objects():
-    for name in ("optsteps.optimizers.lambda_opt.solve.optimize_lambdas",
-                 "optsteps.optimizers.lambda_opt.schedule.lambda_opt_schedule",
-                 "optsteps.evaluate.run.evaluate_schedule", "optsteps.evaluate.run.evaluate_grid"):
+    for name in (
+        "optsteps.optimizers.lambda_opt.solve.optimize_lambdas",
+        "optsteps.optimizers.lambda_opt.schedule.lambda_opt_schedule",
+        "optsteps.evaluate.run.evaluate_schedule",
+        "optsteps.evaluate.run.evaluate_grid",
+    ):
         assert name in ENTRIES
 
 
@@ -148,14 +167,26 @@ def _commands(c=None, path=()):
 
 COMMANDS = dict(_commands())
 MIRRORS = {  # CLI options that stand for a params.yaml value: None = "take params.yaml's (model-merged) value"
-    "trajectories": {"samples": "trajectories.samples", "teacher_steps": "teacher.steps",
-                     "shard_size": "trajectories.shard_size", "ray": "ray.enabled"},
-    "schedule lambda-opt": {"solver": "lambda_opt.solvers", "p_exp": "lambda_opt.p",
-                            "error_model": "lambda_opt.error_model"},
+    "trajectories": {
+        "samples": "trajectories.samples",
+        "teacher_steps": "teacher.steps",
+        "shard_size": "trajectories.shard_size",
+        "ray": "ray.enabled",
+    },
+    "schedule lambda-opt": {
+        "solver": "lambda_opt.solvers",
+        "p_exp": "lambda_opt.p",
+        "error_model": "lambda_opt.error_model",
+    },
     "schedule oss": {"solver": "oss.solvers"},
     "schedule gits": {"solver": "oss.solvers"},
-    "evaluate": {"solver": "evaluate.solvers", "n": "evaluate.n", "inception_n": "evaluate.inception_n",
-                 "seed": "evaluate.seed", "guidance": "teacher.guidance"},
+    "evaluate": {
+        "solver": "evaluate.solvers",
+        "n": "evaluate.n",
+        "inception_n": "evaluate.inception_n",
+        "seed": "evaluate.seed",
+        "guidance": "teacher.guidance",
+    },
 }
 
 
@@ -195,10 +226,16 @@ def test_the_field_rule_walker_reads_each_convention():
         odd: int = field(default=1, metadata={"check": lambda v: None if v % 2 else "use an odd number"})
 
     check_fields(Section(), "sec")
-    cases = {"k": (0, "sec.k = 0: use an integer in 1 … 9."), "at_least": (0, "use an integer ≥ 1"),
-             "x": (1.0, "sec.x = 1.0: use a finite number with 0 ≤ x < 1; why."), "ks": ([1], "integers in 2 … 5"),
-             "pick": ("c", "use one of a, b"), "picks": ([], "use a non-empty list of a, b"),
-             "folder": (" ", "use a folder path"), "odd": (2, "sec.odd = 2: use an odd number.")}
+    cases = {
+        "k": (0, "sec.k = 0: use an integer in 1 … 9."),
+        "at_least": (0, "use an integer ≥ 1"),
+        "x": (1.0, "sec.x = 1.0: use a finite number with 0 ≤ x < 1; why."),
+        "ks": ([1], "integers in 2 … 5"),
+        "pick": ("c", "use one of a, b"),
+        "picks": ([], "use a non-empty list of a, b"),
+        "folder": (" ", "use a folder path"),
+        "odd": (2, "sec.odd = 2: use an odd number."),
+    }
     for key, (value, message) in cases.items():
         with pytest.raises(OptstepsError) as e:
             check_fields(replace(Section(), **{key: value}), "sec")

@@ -12,6 +12,7 @@ tests/tiny_pipelines.py builds them):
 - replacing the tiny SD weights reruns only the tiny SD model's stages.
 
 The stage commands import the temp repo's copy of optsteps (PYTHONPATH), the code its dvc.yaml deps hash."""
+
 import hashlib
 import json
 import os
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny_pipelines import build_ddpm, build_sd
 
 pytestmark = pytest.mark.integration  # dvc repro and the Prefect flow on its local server
@@ -33,36 +33,70 @@ BIN = Path(sys.executable).parent
 PIPELINES = ("tiny-ddpm", "tiny-sd")
 MODELS = ("digits",) + PIPELINES
 PROMPTS = "a red cube\ntwo blue balls\na green tree\n"
-SMALL = {"trajectories": {"samples": 6, "shard_size": 3}, "oss": {"samples": 6, "refine_radius": 1},
-         "evaluate": {"n": 6, "solvers": ["ddim"], "nfe": [2, 3]}}  # the pipeline models' own overrides
+SMALL = {
+    "trajectories": {"samples": 6, "shard_size": 3},
+    "oss": {"samples": 6, "refine_radius": 1},
+    "evaluate": {"n": 6, "solvers": ["ddim"], "nfe": [2, 3]},
+}  # the pipeline models' own overrides
 
 
 def tiny_params(pipes: Path) -> dict:
     return {
-        "artifacts": "artifacts", "results": "results",
-        "models": {"digits": {},
-                   "tiny-ddpm": {"pipeline": str(pipes / "tiny-ddpm"), "overrides": SMALL},
-                   "tiny-sd": {"pipeline": str(pipes / "tiny-sd"), "prompts": "prompts.txt", "guidance": 3.0,
-                               "device": "cpu", "overrides": {**SMALL, "lambda_opt": {"p": 2.0}}}},
-        "train": {name: {"steps": 6, "batch_size": 16, "warmup_steps": 2, "threads": 1} for name in ("digits", "digits-flow")},
+        "artifacts": "artifacts",
+        "results": "results",
+        "models": {
+            "digits": {},
+            "tiny-ddpm": {"pipeline": str(pipes / "tiny-ddpm"), "overrides": SMALL},
+            "tiny-sd": {
+                "pipeline": str(pipes / "tiny-sd"),
+                "prompts": "prompts.txt",
+                "guidance": 3.0,
+                "device": "cpu",
+                "overrides": {**SMALL, "lambda_opt": {"p": 2.0}},
+            },
+        },
+        "train": {
+            name: {"steps": 6, "batch_size": 16, "warmup_steps": 2, "threads": 1} for name in ("digits", "digits-flow")
+        },
         "classifier": {"epochs": 1, "threads": 1},
         "teacher": {"solver": "unipc", "steps": 12, "schedule": "uniform-lambda", "seed": 0},
         "trajectories": {"samples": 12, "shard_size": 6},
         "oss": {"nfe": [2, 3], "solvers": ["ddim"], "samples": 12, "gits": True},
         "lambda_opt": {"nfe": [2, 3], "solvers": ["unipc"]},
-        "evaluate": {"baselines": ["uniform-lambda"], "solvers": ["ddim", "unipc"], "nfe": [2, 3], "baseline_nfe": [],
-                     "n": 40, "kid_subsets": 2, "seed": 99, "bootstrap": 50, "pipeline_teacher_inception_n": 0},
+        "evaluate": {
+            "baselines": ["uniform-lambda"],
+            "solvers": ["ddim", "unipc"],
+            "nfe": [2, 3],
+            "baseline_nfe": [],
+            "n": 40,
+            "kid_subsets": 2,
+            "seed": 99,
+            "bootstrap": 50,
+            "pipeline_teacher_inception_n": 0,
+        },
         "mlflow": {"tracking_uri": "", "metric": "fid_digitsnet"},
     }
 
 
 def env(tmp, repo):
     e = dict(os.environ)
-    e.update(PATH=f"{BIN}:{e['PATH']}", PYTHONPATH=str(repo), DVC_NO_ANALYTICS="1", PREFECT_HOME=str(tmp / ".prefect"),
-             PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
-             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_UI_ENABLED="false",
-             OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", MLFLOW_DISABLE_TELEMETRY="true")
+    e.update(
+        PATH=f"{BIN}:{e['PATH']}",
+        PYTHONPATH=str(repo),
+        DVC_NO_ANALYTICS="1",
+        PREFECT_HOME=str(tmp / ".prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PREFECT_UI_ENABLED="false",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
     e.pop("PREFECT_API_URL", None)
     return e
 
@@ -105,14 +139,20 @@ def dvc_status(repo: Path, e) -> dict:
 
 
 def schedules(repo: Path) -> dict:
-    return {str(p.relative_to(repo)): json.loads(p.read_text())["t"] for p in sorted((repo / "results").rglob("*.json"))
-            if "schedules" in p.parts}
+    return {
+        str(p.relative_to(repo)): json.loads(p.read_text())["t"]
+        for p in sorted((repo / "results").rglob("*.json"))
+        if "schedules" in p.parts
+    }
 
 
 def snapshot(folder: Path) -> dict:
     """Every file of a model folder (hidden ones included) with its sha256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +178,23 @@ def dvc_repo(tmp_path_factory, pipes):
 
 def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model_folders(dvc_repo, pipes):
     repo, e, out, _ = dvc_repo
-    expected = {f"{stage}@{m}" for m in MODELS for stage in ("identify", "model", "trajectories", "lambda_opt", "oss",
-                                                            "evaluate")} | {"classifier", "register"}
+    expected = {
+        f"{stage}@{m}"
+        for m in MODELS
+        for stage in ("identify", "model", "trajectories", "lambda_opt", "oss", "evaluate")
+    } | {"classifier", "register"}
     assert set(ran(out)) == expected
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     traj = lock["stages"]["trajectories@digits"]["outs"][0]
     assert traj["path"] == "artifacts/trajectories/digits" and traj["md5"].endswith(".dir") and traj["nfiles"] == 3
     assert lock["stages"]["trajectories@tiny-sd"]["outs"][0]["nfiles"] == 3  # 6 samples in shards of 3 + manifest
     s = schedules(repo)
-    assert set(s) == {f"results/schedules/{m}/{method}-nfe{k}.json"
-                      for m in MODELS for method in ("lambda-opt/unipc", "oss/ddim", "gits/ddim") for k in (2, 3)}
+    assert set(s) == {
+        f"results/schedules/{m}/{method}-nfe{k}.json"
+        for m in MODELS
+        for method in ("lambda-opt/unipc", "oss/ddim", "gits/ddim")
+        for k in (2, 3)
+    }
     assert all(len(t) == int(path[-6]) + 1 for path, t in s.items())  # K steps: K + 1 times
     # a pipeline model is never trained: artifacts/models/<name> holds its identity record only
     for m in PIPELINES:
@@ -159,9 +206,16 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
     for m, r in rows.items():
         assert r[0]["method"] == "teacher" and r[0]["l2_to_teacher"] == 0.0 and r[0]["model"] == m
     assert {(r["method"], r["solver"], r["nfe"]) for r in rows["digits"][1:]} == {
-        (method, solver, k) for method, solver in (("uniform-lambda", "ddim"), ("uniform-lambda", "unipc"),
-                                                   ("lambda-opt", "unipc"), ("oss", "ddim"), ("gits", "ddim"))
-        for k in (2, 3)}
+        (method, solver, k)
+        for method, solver in (
+            ("uniform-lambda", "ddim"),
+            ("uniform-lambda", "unipc"),
+            ("lambda-opt", "unipc"),
+            ("oss", "ddim"),
+            ("gits", "ddim"),
+        )
+        for k in (2, 3)
+    }
     assert all(r["fid_digitsnet"] > 0 for r in rows["digits"])
     for m in MODELS:  # every row has its paired intervals, one evaluation per model, a speedup file
         assert all(len(r["ci95"]["l2_to_teacher"]) == 2 for r in rows[m][1:])
@@ -171,7 +225,8 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
     assert all("fid_teacher_digitsnet" in r for r in rows["digits"][1:])
     for m in PIPELINES:  # ddim only (the models' own evaluate overrides), L2 to the teacher, no digits metric
         assert {(r["method"], r["nfe"]) for r in rows[m][1:]} == {
-            (method, k) for method in ("uniform-lambda", "oss", "gits") for k in (2, 3)}
+            (method, k) for method in ("uniform-lambda", "oss", "gits") for k in (2, 3)
+        }
         assert all(r["n"] == 6 and r["l2_to_teacher"] > 0 for r in rows[m][1:])
         assert not [k for r in rows[m] for k in r if "digitsnet" in k or "inception" in k]
     assert rows["tiny-sd"][0]["guidance"] == 3.0 and rows["tiny-ddpm"][0]["guidance"] == 1.0
@@ -179,8 +234,12 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
     assert json.loads((repo / "results/schedules/tiny-ddpm/lambda-opt/unipc-nfe2.json").read_text())["p"] == 1.0
     registered = json.loads((repo / "results/registry.json").read_text())
     assert len(registered) == sum(len(r) - 1 for r in rows.values())
-    assert {r["name"] for r in registered} == {"digits-ddim-schedules", "digits-unipc-schedules",
-                                               "tiny-ddpm-ddim-schedules", "tiny-sd-ddim-schedules"}
+    assert {r["name"] for r in registered} == {
+        "digits-ddim-schedules",
+        "digits-unipc-schedules",
+        "tiny-ddpm-ddim-schedules",
+        "tiny-sd-ddim-schedules",
+    }
     for r in registered:  # champions rank by mlflow.metric where the model has it, else by the L2 to the teacher
         assert ("fid_digitsnet" if r["model"] == "digits" else "l2_to_teacher") in r, r
     assert {r["decision"] for r in registered} <= {"best", "behind"}
@@ -208,9 +267,22 @@ def test_dvc_repro_runs_every_stage_of_every_model_and_writes_nothing_into_model
 @pytest.mark.parametrize("nfe", [2, 3])
 def test_apply_runs_the_registered_champion_on_the_tiny_sd_pipeline_with_k_model_calls(dvc_repo, pipes, nfe, tmp_path):
     repo, e, _, _ = dvc_repo
-    out = run(["optsteps", "apply", "--pipeline", str(pipes[0] / "tiny-sd"), "--schedule",
-               f"tiny-sd-ddim-schedules@champion-nfe{nfe}", "--prompt", "a red cube", "--out", str(tmp_path / "x.png")],
-              repo, e)
+    out = run(
+        [
+            "optsteps",
+            "apply",
+            "--pipeline",
+            str(pipes[0] / "tiny-sd"),
+            "--schedule",
+            f"tiny-sd-ddim-schedules@champion-nfe{nfe}",
+            "--prompt",
+            "a red cube",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        repo,
+        e,
+    )
     m = re.search(r"\(16×16, (\w+), NFE (\d+), (\d+) model calls", out)
     assert m and int(m.group(2)) == nfe and int(m.group(3)) == nfe, out
     assert (tmp_path / "x.png").is_file()
@@ -227,8 +299,12 @@ def test_second_repro_does_nothing_and_oss_nfe_change_reruns_only_oss(dvc_repo):
     params["oss"]["nfe"] = [4]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], repo, e)
-    assert ran(out) == sorted([f"identify@{m}" for m in MODELS] + [f"oss@{m}" for m in MODELS]
-                              + [f"evaluate@{m}" for m in MODELS] + ["register"]), out
+    assert ran(out) == sorted(
+        [f"identify@{m}" for m in MODELS]
+        + [f"oss@{m}" for m in MODELS]
+        + [f"evaluate@{m}" for m in MODELS]
+        + ["register"]
+    ), out
     assert (repo / "results/schedules/digits/oss/ddim-nfe4.json").is_file()
 
 
@@ -245,8 +321,9 @@ def test_a_solver_change_makes_dvc_status_report_the_stages_that_run_it(dvc_repo
     finally:
         solvers.write_text(code)
     for stage in ("trajectories@digits", "lambda_opt@digits", "oss@digits", "evaluate@digits", "oss@tiny-sd"):
-        assert any("optsteps/core" in c.get("changed deps", {}) for c in status.get(stage, []) if isinstance(c, dict)), \
-            (stage, status)
+        assert any(
+            "optsteps/core" in c.get("changed deps", {}) for c in status.get(stage, []) if isinstance(c, dict)
+        ), (stage, status)
     assert dvc_status(repo, e) == {}
 
 
@@ -284,7 +361,10 @@ def test_new_tiny_sd_weights_rerun_only_its_stages(dvc_repo, pipes, tmp_path):
     identity = (repo / "artifacts/identity/tiny-sd.json").read_text()
     shutil.copy(tmp_path / "other" / weights, pipes[0] / "tiny-sd" / weights)
     out = run(["dvc", "repro"], repo, e)
-    assert ran(out) == sorted([f"identify@{m}" for m in MODELS] + [
-        f"{stage}@tiny-sd" for stage in ("model", "trajectories", "lambda_opt", "oss", "evaluate")] + ["register"]), out
+    assert ran(out) == sorted(
+        [f"identify@{m}" for m in MODELS]
+        + [f"{stage}@tiny-sd" for stage in ("model", "trajectories", "lambda_opt", "oss", "evaluate")]
+        + ["register"]
+    ), out
     assert (repo / "artifacts/identity/tiny-sd.json").read_text() != identity
     assert dvc_status(repo, e) == {}

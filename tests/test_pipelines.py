@@ -9,6 +9,7 @@ For each: teacher trajectories → OSS → λ-opt → export → ``apply_schedul
 reproduces optsteps' own sampler on the same noise (DDIM/Euler, DPM-Solver++ and UniPC, to 1e-4).
 Models are loaded on the CPU in float32 (device="cpu") so that the comparisons are exact on GPU machines too.
 """
+
 import json
 import logging
 import stat
@@ -19,10 +20,10 @@ import torch
 
 pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random weights)
 
-from optsteps.errors import OptstepsError
-from optsteps.core.noise_schedules import RectifiedFlow
-
 from tiny_pipelines import GUIDANCE, PROMPTS, build_ddpm, build_sd, build_sd3, distill  # noqa: E402,F401
+
+from optsteps.core.noise_schedules import RectifiedFlow  # noqa: E402
+from optsteps.errors import OptstepsError  # noqa: E402
 
 RF = RectifiedFlow()
 
@@ -34,6 +35,7 @@ def folders(tmp_path_factory):
 
 
 # ---- the whole path per pipeline kind -----------------------------------------------------------------
+
 
 def test_pixel_ddpm(folders, tmp_path):
     from diffusers import DDPMPipeline
@@ -64,17 +66,21 @@ def test_pixel_ddpm(folders, tmp_path):
 def test_stable_diffusion(folders, tmp_path):
     from diffusers import EulerDiscreteScheduler
 
-    from optsteps.integrations.diffusers.apply import apply_schedule, generate
-    from optsteps.integrations.diffusers.export import snap_to_training_timesteps
-    from optsteps.integrations.diffusers.export import configure
-    from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
     from optsteps.core.solvers import sample
+    from optsteps.integrations.diffusers.apply import apply_schedule, generate
+    from optsteps.integrations.diffusers.export import configure, snap_to_training_timesteps
+    from optsteps.models.diffusers.pipelines import PipelineModel, load_pipeline_model
 
     model = load_pipeline_model(folders["sd"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu")
     assert isinstance(model, PipelineModel) and model.prediction_type == "epsilon"
     assert model.sample_shape == (4, 8, 8) and (model.height, model.width) == (16, 16)
-    assert model.noise_schedule.to_dict() == {"family": "vp", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                              "beta_end": 0.012, "num_train_timesteps": 1000}
+    assert model.noise_schedule.to_dict() == {
+        "family": "vp",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+    }
     oss, lam, labels = distill(model, tmp_path / "traj", GUIDANCE)
     assert labels.tolist() == [0, 1, 2]
     assert len(model.conditioner.cache) == len(PROMPTS) + 1  # each prompt encoded once, plus the null condition
@@ -82,8 +88,9 @@ def test_stable_diffusion(folders, tmp_path):
     assert imgs.shape == (2, 3, 16, 16) and imgs.abs().max() <= 1
 
     for sched in (oss, lam):
-        info = apply_schedule(folders["sd"], sched, PROMPTS[1], tmp_path / f"{sched.method}.png", seed=3,
-                              guidance=GUIDANCE)
+        info = apply_schedule(
+            folders["sd"], sched, PROMPTS[1], tmp_path / f"{sched.method}.png", seed=3, guidance=GUIDANCE
+        )
         assert info["size"] == [16, 16] and info["model_calls"] == sched.nfe
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["timesteps"][0] == 999
     assert info["solver_order"] == 2  # the λ-opt schedule was made for DPM-Solver++(2M)
@@ -113,18 +120,17 @@ def test_stable_diffusion(folders, tmp_path):
 def test_stable_diffusion_3(folders, tmp_path):
     from diffusers import UniPCMultistepScheduler
 
-    from optsteps.integrations.diffusers.apply import apply_schedule, generate
-    from optsteps.integrations.diffusers.plan import plan_scheduler
     from optsteps.core.baselines import baseline
     from optsteps.core.denoisers import PredictionDenoiser
-    from optsteps.integrations.diffusers.export import configure
-    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
-    from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.core.schedule import Schedule
     from optsteps.core.solvers import sample
+    from optsteps.integrations.diffusers.apply import apply_schedule, generate
+    from optsteps.integrations.diffusers.export import configure
+    from optsteps.integrations.diffusers.plan import plan_scheduler
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
+    from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 
-    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
-                                device="cpu")
+    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8, device="cpu")
     assert model.prediction_type == "flow" and model.noise_schedule.family == "flow"
     assert model.flow_shift == 3.0 and model.identity["flow_shift"] == 3.0
     assert model.sample_shape == (4, 8, 8)
@@ -175,10 +181,11 @@ def test_stable_diffusion_3(folders, tmp_path):
     stock.set_timesteps(**plan.kwargs)
     assert stock.timesteps.dtype == torch.int64 and stock.timesteps.tolist() == [int(1000 * v) for v in lam98.t[:-1]]
     floor_net = lambda x_, t_, c: model.net(x_, torch.floor(t_ * 1000) / 1000, c)  # noqa: E731
-    den_floor = PredictionDenoiser(floor_net, model.noise_schedule, "flow", torch.tensor([2]),
-                                   torch.tensor([model.null_label]), GUIDANCE)
+    den_floor = PredictionDenoiser(
+        floor_net, model.noise_schedule, "flow", torch.tensor([2]), torch.tensor([model.null_label]), GUIDANCE
+    )
     x_stock = x98.clone()
-    for i, ts in enumerate(stock.timesteps):
+    for _i, ts in enumerate(stock.timesteps):
         raw = den.raw(x_stock, torch.tensor(float(ts) / 1000, dtype=torch.float64))
         x_stock = stock.step(raw, ts, x_stock, return_dict=False)[0]
     ours_floor = sample(den_floor, x98, lam98, "unipc", order=info["solver_order"])
@@ -187,6 +194,7 @@ def test_stable_diffusion_3(folders, tmp_path):
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
+
 
 def test_apply_starts_from_the_schedules_start_state(folders):
     """A schedule that starts below t_max from the unscaled noise (``"start_state": "raw"``, e.g. an OSS start
@@ -197,8 +205,7 @@ def test_apply_starts_from_the_schedules_start_state(folders):
     from optsteps.integrations.diffusers.apply import generate
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
-    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8,
-                                device="cpu")
+    model = load_pipeline_model(folders["sd3"], prompts=PROMPTS, guidance=GUIDANCE, max_sequence_length=8, device="cpu")
     den = model.denoiser(torch.tensor([1]), GUIDANCE)
     kw = dict(seed=4, guidance=GUIDANCE, output_type="latent", max_sequence_length=8)
     outs = {}
@@ -215,8 +222,8 @@ def test_apply_starts_from_the_schedules_start_state(folders):
 
 
 def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
-    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     sd3_ns, sd_ns, ddpm_ns = (pipeline_noise_schedule(folders[k]) for k in ("sd3", "sd", "ddpm"))
@@ -231,10 +238,10 @@ def test_refuses_schedule_for_another_noise_schedule(folders, tmp_path):
 
 
 def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
-    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
-    from optsteps.models.diffusers.pipelines import load_pipeline_model
     from optsteps.core.noise_schedules import RectifiedFlow
+    from optsteps.integrations.diffusers.apply import apply_schedule
+    from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -252,13 +259,16 @@ def test_missing_pipeline_is_a_clear_error(tmp_path, monkeypatch):
 
 # ---- prompts, CLI, GenEval hook -----------------------------------------------------------------------
 
+
 def test_load_prompts(tmp_path):
     from optsteps.models.diffusers.prompts import load_prompts
 
     (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
     assert load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
-    rows = [{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
-            {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"}]
+    rows = [
+        {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
+        {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"},
+    ]
     (tmp_path / "evaluation_metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert load_prompts(tmp_path / "evaluation_metadata.jsonl") == ["a photo of a bench", "a photo of two cups"]
     (tmp_path / "bad.jsonl").write_text('{"text": "no prompt field"}\n')
@@ -277,15 +287,29 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import optsteps.integrations.mlflow_registry
-    from optsteps.core.baselines import baseline
     from optsteps.cli.main import app, main
+    from optsteps.core.baselines import baseline
     from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     flow = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2, model="tiny-sd3").with_meta(solver="ddim")
     path = flow.save(tmp_path / "s.json")
     run = CliRunner().invoke
-    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", str(path), "--prompt", "a red cube",
-                  "--out", str(tmp_path / "img.png"), "--guidance", "2"])
+    r = run(
+        app,
+        [
+            "apply",
+            "--pipeline",
+            str(folders["sd3"]),
+            "--schedule",
+            str(path),
+            "--prompt",
+            "a red cube",
+            "--out",
+            str(tmp_path / "img.png"),
+            "--guidance",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "16×16" in r.output and "NFE 2" in r.output and "first timestep 1000" in r.output
     from PIL import Image
@@ -303,26 +327,60 @@ def test_apply_command_line(folders, tmp_path, monkeypatch):
     monkeypatch.setattr(optsteps.integrations.mlflow_registry, "Registry", FakeRegistry)
     (tmp_path / "x.db").touch()  # a read-only command never creates a registry: it must exist
     db_uri = f"sqlite:///{tmp_path / 'x.db'}"
-    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", "tiny-sd3-ddim-schedules@champion-nfe2",
-                  "--tracking-uri", db_uri, "--out", str(tmp_path / "reg.png")])
+    r = run(
+        app,
+        [
+            "apply",
+            "--pipeline",
+            str(folders["sd3"]),
+            "--schedule",
+            "tiny-sd3-ddim-schedules@champion-nfe2",
+            "--tracking-uri",
+            db_uri,
+            "--out",
+            str(tmp_path / "reg.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "reg.png").is_file()
 
-    r = run(app, ["apply", "--pipeline", str(folders["sd3"]), "--schedule", str(tmp_path / "none.json"),
-                  "--out", str(tmp_path / "x.png")])
+    r = run(
+        app,
+        [
+            "apply",
+            "--pipeline",
+            str(folders["sd3"]),
+            "--schedule",
+            str(tmp_path / "none.json"),
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+    )
     assert r.exit_code != 0 and isinstance(r.exception, OptstepsError) and "does not exist" in str(r.exception)
 
     vp = baseline("uniform-lambda", pipeline_noise_schedule(folders["sd"]), 2).save(tmp_path / "vp.json")
-    monkeypatch.setattr(sys, "argv", ["optsteps", "apply", "--pipeline", str(folders["sd3"]), "--schedule", str(vp),
-                                      "--out", str(tmp_path / "refused.png")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "optsteps",
+            "apply",
+            "--pipeline",
+            str(folders["sd3"]),
+            "--schedule",
+            str(vp),
+            "--out",
+            str(tmp_path / "refused.png"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and not (tmp_path / "refused.png").exists()
 
 
 def test_refusal_message_names_problem_and_fix(folders, tmp_path):
-    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.models.diffusers.pipelines import pipeline_noise_schedule
 
     vp = baseline("uniform-lambda", pipeline_noise_schedule(folders["sd"]), 2, model="tiny-sd")
@@ -339,6 +397,7 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
 
 
 # ---- device and precision --------------------------------------------------------------------------------
+
 
 def test_device_and_dtype_defaults(monkeypatch):
     import optsteps.models.diffusers.hub as hub
@@ -363,8 +422,8 @@ def test_device_and_dtype_defaults(monkeypatch):
 
 @pytest.mark.gpu  # skipped without CUDA by tests/skip_policy.py
 def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
-    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.core.baselines import baseline
+    from optsteps.integrations.diffusers.apply import apply_schedule
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
     monkeypatch.delenv("OPTSTEPS_DEVICE", raising=False)
@@ -381,14 +440,16 @@ def test_half_precision_on_gpu(folders, tmp_path, monkeypatch):
 
 # ---- GenEval -----------------------------------------------------------------------------------------------
 
-GENEVAL_ROWS = [{"tag": "single_object", "include": [{"class": "cup", "count": 1}], "prompt": "a photo of a cup"},
-                {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"}]
+GENEVAL_ROWS = [
+    {"tag": "single_object", "include": [{"class": "cup", "count": 1}], "prompt": "a photo of a cup"},
+    {"tag": "counting", "include": [{"class": "cup", "count": 2}], "prompt": "a photo of two cups"},
+]
 
 
 def test_geneval_absent_means_no_metric_and_nothing_generated(folders, tmp_path, monkeypatch, caplog):
-    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
     from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import geneval_metrics
+    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
 
     for var in ("GENEVAL_DIR", "GENEVAL_DETECTOR_DIR", "GENEVAL_PYTHON"):
         monkeypatch.delenv(var, raising=False)
@@ -406,7 +467,8 @@ def test_geneval_absent_means_no_metric_and_nothing_generated(folders, tmp_path,
 
 FAKE_EVALUATOR = """import json, sys, pathlib
 # stands in for GenEval's evaluation/evaluate_images.py in the test: checks the image layout, writes results.jsonl
-image_dir, outfile, model_path = sys.argv[1], sys.argv[sys.argv.index("--outfile") + 1], sys.argv[sys.argv.index("--model-path") + 1]
+image_dir, outfile, model_path = sys.argv[1], sys.argv[sys.argv.index("--outfile") + 1], \
+sys.argv[sys.argv.index("--model-path") + 1]
 assert (pathlib.Path(model_path) / "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth").is_file()
 with open(outfile, "w") as out:
     for d in sorted(pathlib.Path(image_dir).iterdir()):
@@ -422,9 +484,9 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
     the pipeline's images are written in GenEval's layout, the evaluator runs, and its results are summarised."""
     from PIL import Image
 
-    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
     from optsteps.core.baselines import baseline
     from optsteps.evaluate.adherence import GENEVAL_DETECTOR, GENEVAL_MODULES, geneval_metrics
+    from optsteps.integrations.diffusers.apply import pipeline_prompt_sampler
     from optsteps.models.diffusers.pipelines import load_diffusers_pipeline
 
     clone, det, stubs = tmp_path / "geneval", tmp_path / "models", tmp_path / "stubs"
@@ -436,7 +498,7 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
         (stubs / m).mkdir(parents=True)
         (stubs / m / "__init__.py").write_text("")
     py = tmp_path / "python"
-    py.write_text(f"#!/bin/sh\nPYTHONPATH={stubs} exec {sys.executable} \"$@\"\n")
+    py.write_text(f'#!/bin/sh\nPYTHONPATH={stubs} exec {sys.executable} "$@"\n')
     py.chmod(py.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("GENEVAL_DIR", str(clone))
     monkeypatch.setenv("GENEVAL_DETECTOR_DIR", str(det))
@@ -446,8 +508,13 @@ def test_geneval_runs_the_installed_evaluator_on_pipeline_images(folders, tmp_pa
 
     pipe, _, _ = load_diffusers_pipeline(folders["sd3"], device="cpu")
     sched = baseline("uniform-t", RF, 2).with_meta(solver="ddim")
-    out = geneval_metrics(meta, pipeline_prompt_sampler(pipe, guidance=2.0, max_sequence_length=8), sched,
-                          images_per_prompt=2, workdir=tmp_path / "work")
+    out = geneval_metrics(
+        meta,
+        pipeline_prompt_sampler(pipe, guidance=2.0, max_sequence_length=8),
+        sched,
+        images_per_prompt=2,
+        workdir=tmp_path / "work",
+    )
     assert out == {"geneval_counting": 0.5, "geneval_single_object": 1.0, "geneval_overall": 0.75}
     for i, row in enumerate(GENEVAL_ROWS):
         d = tmp_path / "work" / "images" / f"{i:05d}"
@@ -465,13 +532,24 @@ def test_describe_model_is_load_model_without_the_networks(folders, tmp_path):
     prompts.write_text("\n".join(PROMPTS) + "\n")
     for kind in ("ddpm", "sd", "sd3"):
         text = kind != "ddpm"
-        e = ModelEntry(f"tiny-{kind}", pipeline=str(folders[kind]), prompts=str(prompts) if text else "",
-                       guidance=GUIDANCE if text else None, height=32 if kind == "sd" else None,
-                       width=16 if kind == "sd" else None, device="cpu")
+        e = ModelEntry(
+            f"tiny-{kind}",
+            pipeline=str(folders[kind]),
+            prompts=str(prompts) if text else "",
+            guidance=GUIDANCE if text else None,
+            height=32 if kind == "sd" else None,
+            width=16 if kind == "sd" else None,
+            device="cpu",
+        )
         card, model = describe_model(e), load_model(e)
         assert card.identity == model.identity and card.identity["model"] == e.name == model.name
         assert (card.noise_schedule, card.prediction_type, card.sample_shape, card.num_classes, card.null_label) == (
-            model.noise_schedule, model.prediction_type, tuple(model.sample_shape), model.num_classes, model.null_label)
+            model.noise_schedule,
+            model.prediction_type,
+            tuple(model.sample_shape),
+            model.num_classes,
+            model.null_label,
+        )
         if text:
             assert model.prompts == PROMPTS and model.guidance == GUIDANCE and model.device == "cpu"
     assert describe_model(ModelEntry("sd", pipeline=str(folders["sd"]), height=32, width=16)).sample_shape == (4, 16, 8)

@@ -1,8 +1,8 @@
 """The plan's counts equal the forwards the stages spend (a counting wrapper around the network), on a small digits
 config and on a tiny random-weight Stable Diffusion pipeline (CFG rows, max_batch chunks); the budget knob scales
 the settings along the ladder or refuses with one line; the unit counts against brute force."""
+
 import json
-import math
 import os
 import subprocess
 import sys
@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ---- units --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("samples,per_call,cfg,chunk", [(10, None, 1, None), (10, 4, 2, 3), (7, 3, 2, None),
-                                                        (500, 128, 2, 16), (5, 5, 1, 2)])
+
+@pytest.mark.parametrize(
+    "samples,per_call,cfg,chunk", [(10, None, 1, None), (10, 4, 2, 3), (7, 3, 2, None), (500, 128, 2, 16), (5, 5, 1, 2)]
+)
 def test_run_cost_equals_a_brute_force_of_the_calls(samples, per_call, cfg, chunk):
     calls = 0
     for a in range(0, samples, per_call or samples):  # one denoiser call per batch, then max_batch chunks of rows
@@ -44,17 +46,31 @@ def test_default_plan_of_digits_counts_the_issue_table():
 
 
 def small(tmp: Path, **over) -> dict:
-    d = {"artifacts": str(tmp / "artifacts"), "results": str(tmp / "results"),
-         "train": {"digits": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "threads": 1}},
-         "classifier": {"epochs": 1, "threads": 1},
-         "teacher": {"solver": "unipc", "steps": 10, "schedule": "uniform-lambda", "seed": 0, "guidance": 2.0},
-         "trajectories": {"samples": 7, "shard_size": 3},
-         "oss": {"nfe": [2, 3], "solvers": ["ddim", "unipc"], "samples": 5, "refine_radius": 1, "gits": True},
-         "lambda_opt": {"nfe": [2, 3], "solvers": ["unipc"]},
-         "evaluate": {"baselines": ["uniform-lambda", "karras"], "solvers": ["ddim", "unipc"], "nfe": [2, 3],
-                      "baseline_nfe": [4], "n": 6, "kid_subsets": 2, "seed": 99, "bootstrap": 0, "guidance": 2.0,
-                      "grid_samples": 0, "pipeline_teacher_inception_n": 0, "cache_dir": str(tmp / "cache")},
-         "models": {"digits": {}}}
+    d = {
+        "artifacts": str(tmp / "artifacts"),
+        "results": str(tmp / "results"),
+        "train": {"digits": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "threads": 1}},
+        "classifier": {"epochs": 1, "threads": 1},
+        "teacher": {"solver": "unipc", "steps": 10, "schedule": "uniform-lambda", "seed": 0, "guidance": 2.0},
+        "trajectories": {"samples": 7, "shard_size": 3},
+        "oss": {"nfe": [2, 3], "solvers": ["ddim", "unipc"], "samples": 5, "refine_radius": 1, "gits": True},
+        "lambda_opt": {"nfe": [2, 3], "solvers": ["unipc"]},
+        "evaluate": {
+            "baselines": ["uniform-lambda", "karras"],
+            "solvers": ["ddim", "unipc"],
+            "nfe": [2, 3],
+            "baseline_nfe": [4],
+            "n": 6,
+            "kid_subsets": 2,
+            "seed": 99,
+            "bootstrap": 0,
+            "guidance": 2.0,
+            "grid_samples": 0,
+            "pipeline_teacher_inception_n": 0,
+            "cache_dir": str(tmp / "cache"),
+        },
+        "models": {"digits": {}},
+    }
     for k, v in over.items():
         d[k] = v
     return d
@@ -63,8 +79,11 @@ def small(tmp: Path, **over) -> dict:
 def test_budget_scales_down_the_ladder_and_says_what_it_chose(tmp_path):
     free = params_from_dict(small(tmp_path, oss={"nfe": [2, 3], "solvers": ["ddim"], "samples": 5, "refine": False}))
     need = planmod.planned_forwards(free.for_model("digits"))
-    same = params_from_dict(small(tmp_path, budget={"forwards": need},
-                                  oss={"nfe": [2, 3], "solvers": ["ddim"], "samples": 5, "refine": False}))
+    same = params_from_dict(
+        small(
+            tmp_path, budget={"forwards": need}, oss={"nfe": [2, 3], "solvers": ["ddim"], "samples": 5, "refine": False}
+        )
+    )
     q = planmod.budgeted(same, "digits")
     assert (q.oss.samples, q.teacher.steps, q.evaluate.n) == (5, 10, 6) and "≤ budget" in q._budget_choice
     big = params_from_dict({"budget": {"forwards": 60_000}})  # the default digits run plans ≈ 1.3 M
@@ -97,20 +116,41 @@ def test_cli_plan_json_and_budget_refusal(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(small(tmp_path)))
-    r = subprocess.run([sys.executable, "-m", "optsteps.cli.main", "plan", "--params", str(tmp_path / "p.yaml"),
-                        "--forward-ms", "2", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optsteps.cli.main",
+            "plan",
+            "--params",
+            str(tmp_path / "p.yaml"),
+            "--forward-ms",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     teacher = next(s for s in got["stages"] if s["stage"] == "teacher")
     assert teacher["forwards"] == 70 and teacher["eta_s"] == pytest.approx(0.14)
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(small(tmp_path, budget={"forwards": 10})))
-    r = subprocess.run([sys.executable, "-m", "optsteps.cli.main", "plan", "--params", str(tmp_path / "b.yaml")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "optsteps.cli.main", "plan", "--params", str(tmp_path / "b.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
 
 
 # ---- exactness: the plan's counts == forwards counted at the network ----------------------------------------
+
 
 class Counter:
     """Counts network calls and the rows they carry (rows / CFG rows = per-sample forwards)."""
@@ -132,16 +172,19 @@ def counting(monkeypatch, counter: Counter):
         m = real(e, artifacts)
         unet = getattr(getattr(m, "pipeline", None), "unet", None)
         if unet is not None:
-            unet.register_forward_pre_hook(lambda mod, args, kw: counter.hit(
-                (args[0] if args else kw["sample"]).shape[0]), with_kwargs=True)
+            unet.register_forward_pre_hook(
+                lambda mod, args, kw: counter.hit((args[0] if args else kw["sample"]).shape[0]), with_kwargs=True
+            )
         else:
             net = m.net
 
             def counted(x, t, cond):
                 counter.hit(x.shape[0])
                 return net(x, t, cond)
+
             m.net = counted
         return m
+
     monkeypatch.setattr(stages, "load_model", load)
 
 
@@ -149,10 +192,12 @@ def run_and_count(p, model, counter, cfg_rows) -> dict:
     """Forwards and calls of each stage, counted."""
     out = {}
     stages._GITS_COSTS.clear()
-    for name, fn in (("teacher", lambda: stages.trajectories(p, model)),
-                     ("oss+gits", lambda: stages.oss_all(p, model)),
-                     ("lambda-opt", lambda: stages.lambda_opt_all(p, model)),
-                     ("evaluate", lambda: stages.evaluate(p, model))):
+    for name, fn in (
+        ("teacher", lambda: stages.trajectories(p, model)),
+        ("oss+gits", lambda: stages.oss_all(p, model)),
+        ("lambda-opt", lambda: stages.lambda_opt_all(p, model)),
+        ("evaluate", lambda: stages.evaluate(p, model)),
+    ):
         before = (counter.rows, counter.calls)
         fn()
         rows, calls = counter.rows - before[0], counter.calls - before[1]
@@ -179,8 +224,7 @@ def test_plan_equals_counted_forwards_on_digits(tmp_path, monkeypatch):
     p = params_from_dict(small(tmp_path))
     stages.train(p, "digits")
     stages.train(p, "classifier")
-    planned_before = {s.stage: s.cost for s in
-                      planmod.model_plan(p, "digits", measure=False, use_finished=False)}
+    planned_before = {s.stage: s.cost for s in planmod.model_plan(p, "digits", measure=False, use_finished=False)}
     counter = Counter()
     counting(monkeypatch, counter)
     counted = run_and_count(p, "digits", counter, cfg_rows=2)
@@ -203,10 +247,21 @@ def test_plan_equals_counted_forwards_on_a_tiny_sd_pipeline(tmp_path, monkeypatc
     build_sd(tmp_path / "tiny-sd", tmp_path)
     (tmp_path / "prompts.txt").write_text("a red cube\ntwo blue balls\na green tree\n")
     d = small(tmp_path)
-    d["models"] = {"tiny-sd": {"pipeline": str(tmp_path / "tiny-sd"), "prompts": str(tmp_path / "prompts.txt"),
-                               "guidance": 3.0, "device": "cpu", "max_batch": 4,
-                               "overrides": {"teacher": {"steps": 10}, "trajectories": {"samples": 7, "shard_size": 3},
-                                             "oss": {"samples": 5}, "evaluate": {"n": 6, "baseline_nfe": [4]}}}}
+    d["models"] = {
+        "tiny-sd": {
+            "pipeline": str(tmp_path / "tiny-sd"),
+            "prompts": str(tmp_path / "prompts.txt"),
+            "guidance": 3.0,
+            "device": "cpu",
+            "max_batch": 4,
+            "overrides": {
+                "teacher": {"steps": 10},
+                "trajectories": {"samples": 7, "shard_size": 3},
+                "oss": {"samples": 5},
+                "evaluate": {"n": 6, "baseline_nfe": [4]},
+            },
+        }
+    }
     p = params_from_dict(d)
     q = p.for_model("tiny-sd")
     assert (q.teacher.steps, q.oss.samples, q.evaluate.n) == (10, 5, 6)  # its overrides over pipeline_defaults

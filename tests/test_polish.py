@@ -1,7 +1,7 @@
 """The continuous polish (docs/algorithms.md §8) against closed forms: the single-Gaussian PF-ODE solution as the
 teacher, exact gradients against central differences, exact forward/backward counts, equal gradients with
 micro-batches and per-evaluation checkpointing, the never-worse guarantee, and networks differentiable in t."""
-import math
+
 import sys
 from pathlib import Path
 
@@ -13,12 +13,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optsteps.core.baselines import baseline  # noqa: E402
 from optsteps.core.denoisers import differentiable_networks  # noqa: E402
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete  # noqa: E402
-from optsteps.core.schedule import Schedule, initial_state  # noqa: E402
+from optsteps.core.schedule import initial_state  # noqa: E402
 from optsteps.core.solvers import SolverSpec, sample  # noqa: E402
 from optsteps.errors import OptstepsError  # noqa: E402
 from optsteps.models.gmm import GaussianMixture, GMMDenoiser  # noqa: E402
-from optsteps.optimizers.polish import (PolishOptions, Split, evaluations, logits_of_times, polish_schedule,  # noqa: E402
-                                        split_sum_squares, times_of_logits)
+from optsteps.optimizers.polish import (
+    PolishOptions,
+    Split,
+    evaluations,
+    logits_of_times,
+    polish_schedule,  # noqa: E402
+    split_sum_squares,
+    times_of_logits,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPECS = [SolverSpec("ddim"), SolverSpec("dpmpp2m"), SolverSpec("unipc", 2), SolverSpec("unipc", 3)]
@@ -27,7 +34,9 @@ SPECS = [SolverSpec("ddim"), SolverSpec("dpmpp2m"), SolverSpec("unipc", 2), Solv
 def problem(family, n=48, dim=3, seed=0):
     """A single Gaussian: exact denoiser and the exact ODE endpoint x̄_N of each noise (the teacher in closed form)."""
     ns = VPDiscrete() if family == "vp" else RectifiedFlow()
-    gmm = GaussianMixture(torch.ones(1), torch.tensor([[1.5, -0.5, 0.8][:dim]]), torch.tensor([[0.05, 0.2, 0.02][:dim]]))
+    gmm = GaussianMixture(
+        torch.ones(1), torch.tensor([[1.5, -0.5, 0.8][:dim]]), torch.tensor([[0.05, 0.2, 0.02][:dim]])
+    )
     den = GMMDenoiser(gmm, ns)
     eps = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     t0, t1 = ns.default_t_start(), ns.default_t_end()
@@ -78,9 +87,18 @@ def test_gradient_matches_central_differences(family, spec):
     def loss(th):
         with torch.no_grad():
             return split_sum_squares(lambda lab: den, s, split, times=times_of_logits(th, s.t[0], s.t[-1]))
+
     h = 1e-6
-    fd = torch.tensor([(loss(theta.detach() + h * e) - loss(theta.detach() - h * e)) / (2 * h)
-                      for e in torch.eye(len(theta), dtype=torch.float64)], dtype=torch.float64) / target.numel()
+    fd = (
+        torch.tensor(
+            [
+                (loss(theta.detach() + h * e) - loss(theta.detach() - h * e)) / (2 * h)
+                for e in torch.eye(len(theta), dtype=torch.float64)
+            ],
+            dtype=torch.float64,
+        )
+        / target.numel()
+    )
     assert grad.abs().max() > 1e-6  # the loss does depend on the times
     assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-9), (grad, fd)
 
@@ -90,8 +108,14 @@ def test_gradient_matches_central_differences(family, spec):
 def test_polish_lowers_the_final_error_and_stays_monotone(family, spec):
     ns, den, eps, target = problem(family, n=64)
     s = bad_start(ns, spec).with_meta(extra={"start_state": "raw"} if family == "vp" else {})
-    r = polish_schedule(s, lambda lab: den, ns, (eps[:40], target[:40]), (eps[40:], target[40:]),
-                        PolishOptions(iterations=25, lr=0.1, patience=5))
+    r = polish_schedule(
+        s,
+        lambda lab: den,
+        ns,
+        (eps[:40], target[:40]),
+        (eps[40:], target[40:]),
+        PolishOptions(iterations=25, lr=0.1, patience=5),
+    )
     assert r.improved and r.heldout_after < 0.8 * r.heldout_before
     assert r.distill_after < r.distill_before
     t = r.schedule.t
@@ -114,6 +138,7 @@ def test_never_worse_returns_the_start():
 
 class CountingBackward(torch.autograd.Function):
     """Identity whose backward counts the rows that back-propagate through the model."""
+
     counter = None
 
     @staticmethod
@@ -131,6 +156,7 @@ def counting(den, counter):
         counter["forward"] += x.shape[0]
         CountingBackward.counter = counter
         return CountingBackward.apply(den(x, t))
+
     return f
 
 
@@ -140,8 +166,14 @@ def test_forward_and_backward_counts_are_exact(checkpoint, micro_batch):
     ns, den, eps, target = problem("vp", n=30)
     s = bad_start(ns, SolverSpec("dpmpp2m"))
     counter = {"forward": 0, "backward": 0}
-    r = polish_schedule(s, lambda lab: counting(den, counter), ns, (eps[:20], target[:20]), (eps[20:], target[20:]),
-                        PolishOptions(iterations=3, micro_batch=micro_batch, checkpoint=checkpoint))
+    r = polish_schedule(
+        s,
+        lambda lab: counting(den, counter),
+        ns,
+        (eps[:20], target[:20]),
+        (eps[20:], target[20:]),
+        PolishOptions(iterations=3, micro_batch=micro_batch, checkpoint=checkpoint),
+    )
     assert r.iterations == 3 and r.improved
     k = s.nfe
     per_step = 20 * (k + (k - 1) * checkpoint) + 10 * k
@@ -158,8 +190,9 @@ def test_micro_batches_and_checkpointing_give_the_plain_gradient(spec):
     for mb, ck in ((0, False), (4, False), (0, True), (5, True)):
         theta = (logits_of_times(s.t) + 0.1 * torch.arange(6.0, dtype=torch.float64)).requires_grad_(True)
         with differentiable_networks():
-            val = split_sum_squares(lambda lab: den, s, Split(eps, target), mb,
-                                    times_of_logits(theta, s.t[0], s.t[-1]), ck, True)
+            val = split_sum_squares(
+                lambda lab: den, s, Split(eps, target), mb, times_of_logits(theta, s.t[0], s.t[-1]), ck, True
+            )
         grads[(mb, ck)] = (val, theta.grad)
     v0, g0 = grads[(0, False)]
     for key, (v, g) in grads.items():
@@ -184,6 +217,7 @@ def test_labels_reach_the_denoiser_per_micro_batch():
     def den_for(lab):
         seen.append(lab.tolist())
         return den
+
     split_sum_squares(den_for, bad_start(ns, SolverSpec("ddim")), Split(eps, target, labels), micro_batch=4)
     assert seen == [labels[:4].tolist(), labels[4:8].tolist(), labels[8:].tolist()]
 
@@ -198,8 +232,10 @@ def _directional_check(net_of, x, t, family_ns):
     (g,) = torch.autograd.grad((out * w).sum(), tt)
     h = 1e-4  # 0.1 network timesteps: the time embedding's fastest frequency turns by 0.1 rad
     with torch.no_grad():
-        fd = ((net_of(x, torch.tensor(t + h, dtype=torch.float64)) * w).sum()
-              - (net_of(x, torch.tensor(t - h, dtype=torch.float64)) * w).sum()) / (2 * h)
+        fd = (
+            (net_of(x, torch.tensor(t + h, dtype=torch.float64)) * w).sum()
+            - (net_of(x, torch.tensor(t - h, dtype=torch.float64)) * w).sum()
+        ) / (2 * h)
     assert float(g) == pytest.approx(float(fd), rel=0.02, abs=1e-2)
     assert not net_of(x, torch.tensor(t, dtype=torch.float64)).requires_grad  # outside: no graph
 
@@ -220,8 +256,9 @@ def test_tiny_sd_pipeline_is_differentiable_in_t(tmp_path):
 
     from optsteps.models.diffusers.pipelines import load_pipeline_model
 
-    m = load_pipeline_model(build_sd(tmp_path / "sd", tmp_path), prompts=["a", "b"], guidance=2.0, device="cpu",
-                            dtype=torch.float32)
+    m = load_pipeline_model(
+        build_sd(tmp_path / "sd", tmp_path), prompts=["a", "b"], guidance=2.0, device="cpu", dtype=torch.float32
+    )
     den = m.denoiser(torch.tensor([0, 1]), 2.0)
     x = torch.randn((2,) + tuple(m.sample_shape), generator=torch.Generator().manual_seed(0))
     _directional_check(den, x, 0.6, m.noise_schedule)

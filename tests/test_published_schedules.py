@@ -1,5 +1,6 @@
 """Published schedules as baselines: the OSS authors' FLUX/Wan tables and the AYS tables, each interpolated to any
 NFE by the AYS recipe (log level linear over evenly spaced positions, K + 1 levels, the last replaced by 0)."""
+
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,15 +60,20 @@ def test_ays_follows_the_recipe_and_ends_at_the_models_sigma_min():
     sigma_first = float(SD.sigma_diffusers(SD.t_of_timestep(torch.tensor([0.0]))))
     assert sigma_first == pytest.approx(AYS_SIGMA_MIN["sd"], rel=1e-8) and AYS_SIGMA_MIN["sd"] == AYS_SIGMA_MIN["sdxl"]
     assert EDM(0.002, 700.0).sigma_min == AYS_SIGMA_MIN["svd"]
-    for table, name, ns in (("sd", "StableDiffusionSigmas", SD), ("sdxl", "StableDiffusionXLSigmas", SD),
-                            ("svd", "StableDiffusionVideoSigmas", EDM(0.002, 700.0))):
+    for table, name, ns in (
+        ("sd", "StableDiffusionSigmas", SD),
+        ("sdxl", "StableDiffusionXLSigmas", SD),
+        ("svd", "StableDiffusionVideoSigmas", EDM(0.002, 700.0)),
+    ):
         levels = list(AysSchedules[name][:-1]) + [AYS_SIGMA_MIN[table]]
         for nfe in (4, 10, 25):
             s = baseline("ays", ns, nfe, table=table)
             want = recipe(levels, nfe)
             # t[0] is clamped into the domain (14.615 is σ_max = 14.6146 rounded), the rest are the recipe's σ
             assert np.allclose(s.sigmas[1:-1].numpy(), want[1:-1], rtol=1e-9), (table, nfe)
-            assert s.sigmas[0] == pytest.approx(want[0], rel=1e-4) and s.t[-1] == (0.0 if ns.family == "vp" else ns.t_min)
+            assert s.sigmas[0] == pytest.approx(want[0], rel=1e-4) and s.t[-1] == (
+                0.0 if ns.family == "vp" else ns.t_min
+            )
     assert baseline("ays", SD, 10).sigmas.tolist() == baseline("ays", SD, 10, table="sd").sigmas.tolist()
     assert baseline("ays", SD, 10, table="sdxl").sigmas[1] == pytest.approx(6.315, rel=1e-9)
 
@@ -92,9 +98,11 @@ def test_loglinear_levels_input_checks():
 
 
 def test_baseline_for_takes_the_models_own_options():
-    model = SimpleNamespace(name="tiny-flux", noise_schedule=RF,
-                            baseline_options=lambda: {"oss-published": {"table": "flux"},
-                                                      "flow-shift": {"shift": 2.0, "grid_end": 0.5}})
+    model = SimpleNamespace(
+        name="tiny-flux",
+        noise_schedule=RF,
+        baseline_options=lambda: {"oss-published": {"table": "flux"}, "flow-shift": {"shift": 2.0, "grid_end": 0.5}},
+    )
     s = baseline_for("oss-published", model, 10)
     assert s.t[1] == OSS_TABLES["flux"][1] and s.model == "tiny-flux"
     fs = baseline_for("flow-shift", model, 2)  # uniform grid 1 → 0.5, shifted by 2, then the end point t = 0
@@ -113,8 +121,10 @@ def test_schedule_baseline_command_takes_a_table():
     from optsteps.core.schedule import Schedule
 
     run = CliRunner().invoke
-    r = run(app, ["schedule", "baseline", "oss-published", "--model", "digits-flow", "--nfe", "10", "--table", "flux",
-                  "--json"])
+    r = run(
+        app,
+        ["schedule", "baseline", "oss-published", "--model", "digits-flow", "--nfe", "10", "--table", "flux", "--json"],
+    )
     assert r.exit_code == 0, r.output
     s = Schedule.from_json(r.stdout)
     assert s.t[:-1] == pytest.approx(OSS_TABLES["flux"][:-1], abs=1e-12) and s.method == "oss-published"

@@ -1,12 +1,13 @@
 """Teacher shards on real Ray actors (a local instance): same bytes as in-process generation, and a killed
 actor's shard is redone with nothing duplicated or lost."""
+
 import os
 
 import pytest
 import torch
 
-from optsteps.pipeline.config import RayConfig, TeacherConfig
 from optsteps.models import gmm_model
+from optsteps.pipeline.config import RayConfig, TeacherConfig
 from optsteps.teacher.trajectories import generate_trajectories, iter_shards
 
 pytestmark = pytest.mark.integration  # real Ray actors on a local instance
@@ -45,8 +46,9 @@ def test_actor_killed_mid_generation_loses_and_duplicates_nothing(ray_cfg, tmp_p
                 killed.append(True)
             yield entry
 
-    man = generate_trajectories(gmm_model(), TEACHER, tmp_path / "ray", samples=48, shard_size=8, progress=False,
-                                runner=killing_runner)
+    man = generate_trajectories(
+        gmm_model(), TEACHER, tmp_path / "ray", samples=48, shard_size=8, progress=False, runner=killing_runner
+    )
     assert killed
     ranges = [(e["start"], e["count"]) for e in man["shards"]]
     assert ranges == [(s, 8) for s in range(0, 48, 8)]  # every shard exactly once, in order
@@ -59,15 +61,23 @@ def test_pipeline_models_on_actors_give_the_in_process_shards_byte_for_byte(ray_
     """A tiny DDPM and a tiny Stable Diffusion pipeline from their ``ModelEntry`` (prompts, guidance): every actor
     loads the pipeline once and computes whole seed ranges; the driver loads no network (``describe_model``) and
     writes each shard once; the shards are the in-process ones, byte for byte."""
+    from tiny_pipelines import build_ddpm, build_sd
+
     from optsteps.integrations.ray_pool import ray_runner
     from optsteps.models import ModelEntry, describe_model, load_model
-    from tiny_pipelines import build_ddpm, build_sd
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\ntwo blue balls\na green tree\n")
-    entries = [ModelEntry("tiny-ddpm", pipeline=str(build_ddpm(tmp_path / "ddpm")), device="cpu"),
-               ModelEntry("tiny-sd", pipeline=str(build_sd(tmp_path / "sd", tmp_path)), prompts=str(prompts),
-                          guidance=3.0, device="cpu")]
+    entries = [
+        ModelEntry("tiny-ddpm", pipeline=str(build_ddpm(tmp_path / "ddpm")), device="cpu"),
+        ModelEntry(
+            "tiny-sd",
+            pipeline=str(build_sd(tmp_path / "sd", tmp_path)),
+            prompts=str(prompts),
+            guidance=3.0,
+            device="cpu",
+        ),
+    ]
     teacher = TeacherConfig(solver="unipc", steps=6, schedule="uniform-lambda", guidance=3.0, seed=3)
     for e in entries:
         cfg = teacher if e.guidance else TeacherConfig(solver="unipc", steps=6, schedule="uniform-lambda", seed=3)
@@ -76,17 +86,21 @@ def test_pipeline_models_on_actors_give_the_in_process_shards_byte_for_byte(ray_
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as each actor: CPU kernels reduce in a thread-count-dependent order
         try:
-            local = generate_trajectories(model, cfg, tmp_path / e.name / "local", samples=6, shard_size=2,
-                                          progress=False)
+            local = generate_trajectories(
+                model, cfg, tmp_path / e.name / "local", samples=6, shard_size=2, progress=False
+            )
         finally:
             torch.set_num_threads(threads)
         actors = []
         run = ray_runner(e, "artifacts", cfg, tmp_path / e.name / "ray", ray_cfg, on_actors=actors.extend)
-        man = generate_trajectories(describe_model(e), cfg, tmp_path / e.name / "ray", samples=6, shard_size=2,
-                                    progress=False, runner=run)
+        man = generate_trajectories(
+            describe_model(e), cfg, tmp_path / e.name / "ray", samples=6, shard_size=2, progress=False, runner=run
+        )
         assert len(actors) == 2  # min(ray.actors, shards): each loaded the pipeline once for its seed ranges
         assert [(s["start"], s["count"]) for s in man["shards"]] == [(0, 2), (2, 2), (4, 2)]
         assert [s["sha256"] for s in man["shards"]] == [s["sha256"] for s in local["shards"]], e.name
         assert {k: v for k, v in man.items() if k != "shards"} == {k: v for k, v in local.items() if k != "shards"}
         for s in man["shards"]:
-            assert (tmp_path / e.name / "ray" / s["file"]).read_bytes() == (tmp_path / e.name / "local" / s["file"]).read_bytes()
+            assert (tmp_path / e.name / "ray" / s["file"]).read_bytes() == (
+                tmp_path / e.name / "local" / s["file"]
+            ).read_bytes()

@@ -1,5 +1,6 @@
 """The MLflow adapter on a sqlite registry in tmp_path: bit-exact round trip, the champion alias, no
 half-registered versions, the pyfunc flavour via the alias, the CLI, and MLflow staying out of the library."""
+
 import json
 import math
 import os
@@ -12,11 +13,11 @@ import torch
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 from optsteps.core.baselines import baseline  # noqa: E402
+from optsteps.core.schedule import Schedule  # noqa: E402
 from optsteps.errors import OptstepsError  # noqa: E402
 from optsteps.integrations.diffusers.export import to_comfyui, to_diffusers  # noqa: E402
-from optsteps.models.digits import noise_schedule_for  # noqa: E402
 from optsteps.integrations.mlflow_registry import Registry, registered_name  # noqa: E402
-from optsteps.core.schedule import Schedule  # noqa: E402
+from optsteps.models.digits import noise_schedule_for  # noqa: E402
 
 pytestmark = pytest.mark.integration  # MLflow on a sqlite registry, the CLI in subprocesses
 
@@ -56,8 +57,14 @@ def test_round_trip_is_bit_exact_and_runs_have_plots(reg):
     assert {"plots/schedule_t.png", "plots/schedule_lambda.png", "plots/samples.png"} <= arts
     mv = reg.client.get_model_version(res["name"], res["version"])
     assert mv.source == f"{reg.client.get_run(rid).info.artifact_uri}/schedule"
-    for k, v in {"method": "lambda-opt", "nfe": "5", "solver": "unipc", "git_commit": "0123abc",
-                 "params_hash": "pppppppp", "dvc_data_hash": "dddddddd"}.items():
+    for k, v in {
+        "method": "lambda-opt",
+        "nfe": "5",
+        "solver": "unipc",
+        "git_commit": "0123abc",
+        "params_hash": "pppppppp",
+        "dvc_data_hash": "dddddddd",
+    }.items():
         assert mv.tags[k] == v
     assert reg.artifact_location.startswith("file:///") and reg.artifact_location.endswith("/mlartifacts")
 
@@ -90,8 +97,15 @@ def _standings_by_method(reg, name):
     depend on the registration order, the schedules do not)."""
     mvs = reg.client.search_model_versions(f"name = '{name}'")
     method = {str(mv.version): mv.tags["method"] for mv in mvs}
-    keep = ("champion_decision", "champion_significance", "rank", "compared_with", "paired_diff", "paired_ci95",
-            "not_significant")
+    keep = (
+        "champion_decision",
+        "champion_significance",
+        "rank",
+        "compared_with",
+        "paired_diff",
+        "paired_ci95",
+        "not_significant",
+    )
     out = {}
     for mv in mvs:
         t = {k: mv.tags.get(k) for k in keep}
@@ -111,9 +125,13 @@ def test_champion_is_the_best_of_its_evaluation_whatever_the_registration_order(
 
     g = np.random.default_rng(0)
     base = 5.0 + g.normal(0, 0.3, 100)
-    rows = {"uniform-t": (5.0, base), "karras": (4.9, base - 0.1 + g.normal(0, 1.0, 100)),
-            "lambda-opt": (3.0, base - 2.0 + g.normal(0, 0.05, 100)), "oss": (2.95, base - 2.05 + g.normal(0, 1, 100)),
-            "tq": (6.0, base + 1.0)}
+    rows = {
+        "uniform-t": (5.0, base),
+        "karras": (4.9, base - 0.1 + g.normal(0, 1.0, 100)),
+        "lambda-opt": (3.0, base - 2.0 + g.normal(0, 0.05, 100)),
+        "oss": (2.95, base - 2.05 + g.normal(0, 1, 100)),
+        "tq": (6.0, base + 1.0),
+    }
     methods = list(rows)
     seen = []
     for k, order in enumerate((methods, methods[::-1], [methods[i] for i in (2, 0, 4, 1, 3)])):
@@ -121,8 +139,12 @@ def test_champion_is_the_best_of_its_evaluation_whatever_the_registration_order(
         for m in order:
             fid, res = rows[m]
             s = odd_schedule("ord", 4, 0.01 * (methods.index(m) + 1)).with_meta(method=m)
-            rid = r.log_schedule_run(s, {"fid_digitsnet": fid, "ci95": {"fid_digitsnet": [fid - 0.5, fid + 0.5]}},
-                                     resamples={"fid_digitsnet": res}, evaluation_id="eval-1")
+            rid = r.log_schedule_run(
+                s,
+                {"fid_digitsnet": fid, "ci95": {"fid_digitsnet": [fid - 0.5, fid + 0.5]}},
+                resamples={"fid_digitsnet": res},
+                evaluation_id="eval-1",
+            )
             r.register_schedule(rid, **REG)
         seen.append(_standings_by_method(r, registered_name("ord", "unipc")))
     assert seen[0] == seen[1] == seen[2]
@@ -136,15 +158,22 @@ def test_champion_is_the_best_of_its_evaluation_whatever_the_registration_order(
     # a new evaluation's best takes over; the previous evaluation's versions say so
     r = Registry(f"sqlite:///{tmp_path}/order0/mlruns.db")
     name = registered_name("ord", "unipc")
-    new = r.register_schedule(r.log_schedule_run(odd_schedule("ord", 4, 0.3).with_meta(method="gits"),
-                                                 {"fid_digitsnet": 9.0}, resamples={"fid_digitsnet": base + 4},
-                                                 evaluation_id="eval-2"), **REG)
+    new = r.register_schedule(
+        r.log_schedule_run(
+            odd_schedule("ord", 4, 0.3).with_meta(method="gits"),
+            {"fid_digitsnet": 9.0},
+            resamples={"fid_digitsnet": base + 4},
+            evaluation_id="eval-2",
+        ),
+        **REG,
+    )
     assert new["champion"] and new["decision"] == "best" and new["champion_significance"] == "alone"
     after, champ = _standings_by_method(r, name)
     assert champ == "gits" and {after[m]["champion_decision"] for m in methods} == {"older_evaluation"}
     assert after["oss"]["paired_diff"] is None and after["oss"]["compared_with"] is None
-    hand = r.register_schedule(r.log_schedule_run(odd_schedule("ord", 4, 0.07).with_meta(method="hand"),
-                                                  {"fid_digitsnet": 1.0}), **REG)
+    hand = r.register_schedule(
+        r.log_schedule_run(odd_schedule("ord", 4, 0.07).with_meta(method="hand"), {"fid_digitsnet": 1.0}), **REG
+    )
     assert not hand["champion"] and hand["decision"] == "not_comparable"  # no evaluation id: no displacing
     # a crash between the version and the alias: the next settle heals it
     r.client.set_registered_model_alias(name, "champion-nfe4", str(new["version"] - 1))
@@ -199,12 +228,28 @@ def test_pyfunc_load_via_the_champion_alias(reg):
 
 
 def test_summary_run_logs_curves(reg):
-    rows = [{"model": "digits", "method": "teacher", "solver": "unipc", "nfe": 200, "fid_digitsnet": 1.7,
-             "l2_to_teacher": 0.0}]
+    rows = [
+        {
+            "model": "digits",
+            "method": "teacher",
+            "solver": "unipc",
+            "nfe": 200,
+            "fid_digitsnet": 1.7,
+            "l2_to_teacher": 0.0,
+        }
+    ]
     for method, base in (("uniform-t", 30.0), ("lambda-opt", 10.0)):
         for k in (3, 5, 8):
-            rows.append({"model": "digits", "method": method, "solver": "unipc", "nfe": k,
-                         "fid_digitsnet": base / k, "l2_to_teacher": base / k / 10})
+            rows.append(
+                {
+                    "model": "digits",
+                    "method": method,
+                    "solver": "unipc",
+                    "nfe": k,
+                    "fid_digitsnet": base / k,
+                    "l2_to_teacher": base / k / 10,
+                }
+            )
     rid = reg.log_summary_run(rows, metric="fid_digitsnet")
     arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
     assert arts == {"plots/fid_vs_nfe.png", "plots/l2_vs_nfe.png"}
@@ -243,12 +288,19 @@ def test_cli_list_show_export(reg):
 
 
 def test_library_never_imports_mlflow_or_prefect():
-    code = ("import sys, optsteps, optsteps.evaluate, optsteps.integrations.mlflow_registry, "
-            "optsteps.integrations.mlflow_pyfunc, optsteps.cli.registry; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect')]; print(bad); "
-            "sys.exit(1 if bad else 0)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys, optsteps, optsteps.evaluate, optsteps.integrations.mlflow_registry, "
+        "optsteps.integrations.mlflow_pyfunc, optsteps.cli.registry; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect')]; print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -257,21 +309,41 @@ def test_cli_evaluate_logs_and_registers(reg, tmp_path):
     from typer.testing import CliRunner
 
     from optsteps.cli.registry import evaluate
-    from optsteps.pipeline.config import ClassifierConfig, TrainConfig
     from optsteps.models.classifier import train_classifier
     from optsteps.models.digits import train_digits
+    from optsteps.pipeline.config import ClassifierConfig, TrainConfig
 
     arts = tmp_path / "artifacts"
-    train_digits("digits", TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1), arts / "models" / "digits",
-                 progress=False)
+    train_digits(
+        "digits",
+        TrainConfig(steps=4, batch_size=16, warmup_steps=2, threads=1),
+        arts / "models" / "digits",
+        progress=False,
+    )
     train_classifier(ClassifierConfig(epochs=1), arts / "models" / "classifier", progress=False)
     params = tmp_path / "params.yaml"
     params.write_text(f"artifacts: {arts}\nteacher:\n  solver: ddim\n  steps: 6\n  seed: 0\noss:\n  nfe: [3, 4]\n")
     app = typer.Typer()
     app.command()(evaluate)
     app.command("noop")(lambda: None)  # two commands: typer keeps "evaluate" as a subcommand name
-    args = ["evaluate", "--model", "digits", "--schedule", "uniform-lambda", "--nfe", "3", "--solver", "ddim",
-            "--n", "20", "--register", "--tracking-uri", reg.tracking_uri, "--params", str(params)]
+    args = [
+        "evaluate",
+        "--model",
+        "digits",
+        "--schedule",
+        "uniform-lambda",
+        "--nfe",
+        "3",
+        "--solver",
+        "ddim",
+        "--n",
+        "20",
+        "--register",
+        "--tracking-uri",
+        reg.tracking_uri,
+        "--params",
+        str(params),
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, (out.output, out.exception)
     assert "registered digits-ddim-schedules version 1" in out.output and "champion-nfe3 now points to it" in out.output
@@ -328,8 +400,9 @@ def test_registering_the_same_schedule_twice_adds_nothing(reg):
     s = odd_schedule("idem", 4, 0.02)
     m = {"fid_digitsnet": 3.0, "l2_to_teacher": 0.2, "n": 100, "guidance": 1.0}
     first = reg.register_schedule(reg.log_schedule_run(s, m, evaluation_id="e1"), **REG)
-    again = reg.register_schedule(reg.log_schedule_run(s.with_meta(extra={"wall_time_s": 9.9}), m,
-                                                       evaluation_id="e1"), **REG)
+    again = reg.register_schedule(
+        reg.log_schedule_run(s.with_meta(extra={"wall_time_s": 9.9}), m, evaluation_id="e1"), **REG
+    )
     assert (again["version"], again["run_id"], again["decision"]) == (first["version"], first["run_id"], "unchanged")
     assert len(reg.client.search_model_versions(f"name = '{name}'")) == 1
     assert len(reg.client.search_runs([reg.experiment_id()], "tags.model = 'idem'")) == 1
@@ -361,25 +434,29 @@ def test_the_readme_python_path_writes_nothing_into_a_read_only_registry(reg, tm
     s = odd_schedule("ro", 5)
     reg.register_schedule(log(reg, s, 1.5), **REG)
     root = tmp_path / "copy"
-    src = reg.tracking_uri[len("sqlite:///"):]
+    src = reg.tracking_uri[len("sqlite:///") :]
     shutil.copytree(os.path.dirname(src), root)
     db = root / os.path.basename(src)
 
     def snapshot():
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
-                if p.is_file()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+        }
 
     # the copied artifact locations point at the original folder: re-point the copy's experiments to itself
     import sqlite3
 
     con = sqlite3.connect(db)
     old = reg.artifact_location
-    con.execute("update experiments set artifact_location = replace(artifact_location, ?, ?)",
-                (old, (root / "mlartifacts").as_uri()))
+    con.execute(
+        "update experiments set artifact_location = replace(artifact_location, ?, ?)",
+        (old, (root / "mlartifacts").as_uri()),
+    )
     con.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?)", (old, (root / "mlartifacts").as_uri()))
-    con.execute("update model_versions set source = replace(source, ?, ?), storage_location = "
-                "replace(storage_location, ?, ?)", (old, (root / "mlartifacts").as_uri(), old,
-                                                     (root / "mlartifacts").as_uri()))
+    con.execute(
+        "update model_versions set source = replace(source, ?, ?), storage_location = replace(storage_location, ?, ?)",
+        (old, (root / "mlartifacts").as_uri(), old, (root / "mlartifacts").as_uri()),
+    )
     con.commit()
     con.close()
     before = snapshot()

@@ -2,6 +2,7 @@
 read-only) and the shared CLI checks. The bad-input table runs the real entry point (``optsteps.cli.main.main``)
 in-process (argv, cwd and stderr as a subprocess would see them); tests/test_cli_errors.py runs a subprocess subset
 for the no-traceback property."""
+
 import errno
 import hashlib
 import json
@@ -33,9 +34,14 @@ file_bytes = st.one_of(
     st.binary(max_size=300),
     st.tuples(st.text(max_size=60), st.sampled_from(ENCODINGS)).map(lambda p: p[0].encode(p[1], errors="replace")),
     st.integers(0, len(GOOD_BYTES)).map(lambda k: GOOD_BYTES[:k]),  # truncations
-    st.tuples(st.integers(1, 3000), st.sampled_from("[{")).map(  # nesting
-        lambda p: (p[1] + ('"a":' if p[1] == "{" else "")) * p[0] + "1" + ("}" if p[1] == "{" else "]") * p[0]).map(str.encode),
-    st.tuples(st.text(max_size=40), st.sampled_from(ENCODINGS)).map(lambda p: json.dumps(GOOD | {"x": p[0]}).encode(p[1])),
+    st.tuples(st.integers(1, 3000), st.sampled_from("[{"))
+    .map(  # nesting
+        lambda p: (p[1] + ('"a":' if p[1] == "{" else "")) * p[0] + "1" + ("}" if p[1] == "{" else "]") * p[0]
+    )
+    .map(str.encode),
+    st.tuples(st.text(max_size=40), st.sampled_from(ENCODINGS)).map(
+        lambda p: json.dumps(GOOD | {"x": p[0]}).encode(p[1])
+    ),
 )
 
 
@@ -62,8 +68,10 @@ def test_each_reader_returns_or_raises_one_optsteps_error(tmp_path_factory, read
 
 def test_reader_messages_name_the_file_the_key_and_the_fix(tmp_path):
     p = tmp_path / "m.json"
-    p.write_bytes("{\"x\": \"caf\xe9\"}".encode("latin-1"))
-    with pytest.raises(OptstepsError, match=r"m\.json: the manifest is not UTF-8 \(byte 0xe9.*; save it as UTF-8 \(FIX\)"):
+    p.write_bytes('{"x": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(
+        OptstepsError, match=r"m\.json: the manifest is not UTF-8 \(byte 0xe9.*; save it as UTF-8 \(FIX\)"
+    ):
         readers.read_json(p, "manifest", fix="FIX")
     p.write_text('{"shards": [{"file": 3}]}')
     with pytest.raises(OptstepsError, match=r"key shards\[0\]\.file must be a string, got 3; FIX"):
@@ -81,6 +89,7 @@ def test_reader_messages_name_the_file_the_key_and_the_fix(tmp_path):
 
 # ---- paths and secrets ------------------------------------------------------------------------------------
 
+
 def test_inside_refuses_every_way_out(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "link").symlink_to(tmp_path)
@@ -90,20 +99,24 @@ def test_inside_refuses_every_way_out(tmp_path):
             inside(tmp_path / "d", bad, "name")
 
 
-@pytest.mark.parametrize("uri,shown", [
-    ("http://alice:s3cret@host:5000/", "http://***@host:5000/"),
-    ("alice:s3cret@host:5000", "***@host:5000"),
-    ("https://h/?token=abc&x=1", "https://h/?token=***&x=1"),
-    ("https://h/api?api_key=K;sig=S", "https://h/api?api_key=***;sig=***"),
-    ("error: cannot reach http://u:p@h:1 (x)", "error: cannot reach http://***@h:1 (x)"),
-    ("sqlite:///mlruns.db", "sqlite:///mlruns.db"),
-])
+@pytest.mark.parametrize(
+    "uri,shown",
+    [
+        ("http://alice:s3cret@host:5000/", "http://***@host:5000/"),
+        ("alice:s3cret@host:5000", "***@host:5000"),
+        ("https://h/?token=abc&x=1", "https://h/?token=***&x=1"),
+        ("https://h/api?api_key=K;sig=S", "https://h/api?api_key=***;sig=***"),
+        ("error: cannot reach http://u:p@h:1 (x)", "error: cannot reach http://***@h:1 (x)"),
+        ("sqlite:///mlruns.db", "sqlite:///mlruns.db"),
+    ],
+)
 def test_redact_hides_credentials_and_keeps_the_rest(uri, shown):
     assert redact(uri) == shown
     assert not has_credentials(redact(uri)) or "***" in redact(uri)
 
 
 # ---- the machine: disk full and read-only -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("code,words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "the file system is read-only")])
 def test_atomic_writer_on_a_full_or_read_only_disk_keeps_the_old_file(tmp_path, monkeypatch, code, words):
@@ -125,7 +138,9 @@ def test_atomic_writer_on_a_full_or_read_only_disk_keeps_the_old_file(tmp_path, 
             raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: Failing(real_fdopen(fd, mode)))
-    with pytest.raises(OptstepsError, match=f"cannot write a.json in {tmp_path / 'res'}: {words}.*previous a.json is kept"):
+    with pytest.raises(
+        OptstepsError, match=f"cannot write a.json in {tmp_path / 'res'}: {words}.*previous a.json is kept"
+    ):
         atomic.write_text_atomic(target, "new\n")
     assert target.read_text() == "old\n" and sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
 
@@ -172,14 +187,19 @@ def test_disk_full_and_read_only_folders_on_tmpfs_or_monkeypatched(tmp_path, mon
 
 # ---- the bad-input table through the real entry point (in-process) --------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     from optsteps.models.digits import train_digits
     from optsteps.pipeline.config import TrainConfig
 
     d = tmp_path_factory.mktemp("ws")
-    train_digits("digits", TrainConfig(steps=2, batch_size=8, warmup_steps=1, threads=1),
-                 d / "artifacts" / "models" / "digits", progress=False)
+    train_digits(
+        "digits",
+        TrainConfig(steps=2, batch_size=8, warmup_steps=1, threads=1),
+        d / "artifacts" / "models" / "digits",
+        progress=False,
+    )
     __import__("torch").set_flush_denormal(False)  # training turns it on for the process; a CLI run never trains here
     (d / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     w = lambda name, data: (d / name).write_bytes(data if isinstance(data, bytes) else data.encode())
@@ -198,24 +218,46 @@ def ws(tmp_path_factory):
     traj = d / "artifacts" / "trajectories" / "digits"
     traj.mkdir(parents=True)
     (d / "outside.txt").write_text("keep\n")
-    w("artifacts/trajectories/digits/manifest.json", json.dumps(
-        {"model": "digits", "model_sha256": "old", "teacher": {"steps": 3}, "shards": [
-            {"file": "../../../outside.txt", "start": 0, "count": 1, "sha256": "x"}]}))
+    w(
+        "artifacts/trajectories/digits/manifest.json",
+        json.dumps(
+            {
+                "model": "digits",
+                "model_sha256": "old",
+                "teacher": {"steps": 3},
+                "shards": [{"file": "../../../outside.txt", "start": 0, "count": 1, "sha256": "x"}],
+            }
+        ),
+    )
     (d / "data" / "digits").mkdir(parents=True)
-    w("data/digits/model_index.json", json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
-                                                  "scheduler": ["diffusers", "DDPMScheduler"]}))
+    w(
+        "data/digits/model_index.json",
+        json.dumps(
+            {
+                "_class_name": "DDPMPipeline",
+                "unet": ["diffusers", "UNet2DModel"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            }
+        ),
+    )
     return d
 
 
 def snapshot(d: Path) -> dict:
-    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 S = ["sample", "--model", "digits", "--out", "g.png", "--schedule"]
 A = ["apply", "--pipeline", "data/digits", "--schedule", "good.json", "--out", "x.png"]
 TABLE = [
-    (["stage", "lambda-opt", "--model", "digits", "--params", "latin1.yaml"], "latin1.yaml: the params file is not UTF-8"),
+    (
+        ["stage", "lambda-opt", "--model", "digits", "--params", "latin1.yaml"],
+        "latin1.yaml: the params file is not UTF-8",
+    ),
     (S + ["latin1.yaml"], "latin1.yaml: the schedule is not UTF-8"),
     (S + ["utf16.json"], "utf16.json: the schedule is UTF-16 text"),
     (S + ["binary.json"], "binary.json: the schedule holds NUL bytes"),
@@ -228,16 +270,23 @@ TABLE = [
     (S + ["denormal.json"], "subnormal numbers"),
     (S + ["uniform-t", "--seed", str(SEED_MAX + 1)], f"--seed {SEED_MAX + 1} is out of range"),
     (S + ["uniform-t", "--seed", "9223372036854775808"], "--seed 9223372036854775808 is out of range"),
-    (["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"], "--nfe = 5000 exceeds the limit 1000 (MAX_LAMBDA_OPT_NFE)"),
+    (
+        ["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"],
+        "--nfe = 5000 exceeds the limit 1000 (MAX_LAMBDA_OPT_NFE)",
+    ),
     (["trajectories", "--model", "digits", "--samples", "100000000"], "OPTSTEPS_MAX_SAMPLES=100000000"),
-    (["trajectories", "--model", "digits", "--samples", "4", "--teacher-steps", "8"],
-     "shards[0].file '../../../outside.txt' points outside"),
+    (
+        ["trajectories", "--model", "digits", "--samples", "4", "--teacher-steps", "8"],
+        "shards[0].file '../../../outside.txt' points outside",
+    ),
     (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--n", "0"], "--n 0 is out of range"),
     (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--seed", "-1"], "--seed -1 is out of range"),
     (["stage", "model", "--model", "data/digits"], "its name 'digits' (from the folder's name) is a built-in model"),
     (["trajectories", "--model", "./data/digits"], "is a built-in model, whose outputs it would overwrite"),
-    (["registry", "list", "--tracking-uri", "http://alice:s3cret@127.0.0.1:1/?token=abc"],
-     "http://***@127.0.0.1:1/?token=*** within"),
+    (
+        ["registry", "list", "--tracking-uri", "http://alice:s3cret@127.0.0.1:1/?token=abc"],
+        "http://***@127.0.0.1:1/?token=*** within",
+    ),
     (A + ["--guidance", "inf"], "--guidance inf is not a finite number"),
     (A + ["--guidance", "nan"], "--guidance nan is not a finite number"),
     (A + ["--device", "bogus"], "--device 'bogus' is not a device"),
@@ -245,7 +294,10 @@ TABLE = [
     (A + ["--num-frames", "4"], "--num-frames is for video pipelines (Wan); data/digits is a DDPMPipeline"),
     (A + ["--height", "-16"], "--height -16: pass a positive size"),
     (A + ["--height", "32"], "generates at its UNet's own size; drop --height/--width"),
-    (A[:4] + ["close.json", "--out", "x.png"], "close.json: schedule times t[0] = 0.5 and t[1] = 0.4999999999999 are closer"),
+    (
+        A[:4] + ["close.json", "--out", "x.png"],
+        "close.json: schedule times t[0] = 0.5 and t[1] = 0.4999999999999 are closer",
+    ),
     (A, "data/digits: component 'unet' is listed in model_index.json but its folder is missing"),
 ]
 if not __import__("torch").cuda.is_available():
@@ -301,14 +353,17 @@ def test_pickle_weights_truncated_and_missing_components_are_refused(tmp_path):
     root = tmp_path / "pipe"
     (root / "unet").mkdir(parents=True)
     (root / "scheduler").mkdir()
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "U"],
-                                                       "scheduler": ["diffusers", "S"]}))
+    (root / "model_index.json").write_text(
+        json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "U"], "scheduler": ["diffusers", "S"]})
+    )
     (root / "unet" / "config.json").write_text("{}")
     w = root / "unet" / "diffusion_pytorch_model.safetensors"
     save_file({"w": torch.zeros(64)}, str(w))
     check_components(root)
     w.write_bytes(w.read_bytes()[:-40])
-    with pytest.raises(OptstepsError, match="component 'unet': weights diffusion_pytorch_model.safetensors cannot be read"):
+    with pytest.raises(
+        OptstepsError, match="component 'unet': weights diffusion_pytorch_model.safetensors cannot be read"
+    ):
         check_components(root)
     w.unlink()
     (root / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
@@ -334,8 +389,12 @@ def test_schedule_file_runs_its_own_solver_unless_told(ws, monkeypatch, capsys):
     monkeypatch.setattr(ev, "evaluate_schedule", fake_evaluate_schedule)
     monkeypatch.setattr("optsteps.pipeline.stages.evaluator_for", lambda *a, **k: type("E", (), {"cache_dir": None})())
     for extra, want in (([], "dpmpp2m"), (["--solver", "ddim"], "ddim")):
-        code, out = run_main(ws, monkeypatch, capsys, ["evaluate", "--model", "digits", "--schedule", "dpm.json",
-                                                       "--no-teacher", "--no-log", "--n", "4", *extra])
+        code, out = run_main(
+            ws,
+            monkeypatch,
+            capsys,
+            ["evaluate", "--model", "digits", "--schedule", "dpm.json", "--no-teacher", "--no-log", "--n", "4", *extra],
+        )
         assert code == 2 and "error: stop" in out.err, out.err
         assert seen["solver"] == (want, want)
         assert f"with {want}-" in out.err and ("--solver" if extra else "the schedule file") in out.err
@@ -351,5 +410,9 @@ def test_every_output_has_one_file_mode(tmp_path):
     write_manifest(tmp_path, {"shards": []})
     atomic.write_bytes_atomic(tmp_path / "sub" / "g.png", b"x")
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
-    assert modes == {"s.safetensors": atomic.file_mode(), "manifest.json": atomic.file_mode(),
-                     "g.png": atomic.file_mode(), "sub": atomic.file_mode() | ((atomic.file_mode() & 0o444) >> 2)}
+    assert modes == {
+        "s.safetensors": atomic.file_mode(),
+        "manifest.json": atomic.file_mode(),
+        "g.png": atomic.file_mode(),
+        "sub": atomic.file_mode() | ((atomic.file_mode() & 0o444) >> 2),
+    }

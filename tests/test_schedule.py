@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
 from optsteps.io.atomic import write_text_atomic
 
 VP = VPDiscrete()
@@ -20,15 +20,18 @@ def test_views_and_nfe():
     assert f.sigmas.tolist() == [1.0, 0.4, 0.0]
 
 
-@pytest.mark.parametrize("t,match", [
-    ([1.0], "at least 2 times"),
-    ([1.0, 0.5, 0.7, 0.1], "strictly descending"),
-    ([1.0, 0.5, 0.5, 0.1], "strictly descending"),
-    ([1.0, float("nan"), 0.1], "NaN"),
-    ([1.2, 0.5], "clip the times"),
-    ([1.0, -0.1], "clip the times"),
-    ("abc", "list of numbers"),
-])
+@pytest.mark.parametrize(
+    "t,match",
+    [
+        ([1.0], "at least 2 times"),
+        ([1.0, 0.5, 0.7, 0.1], "strictly descending"),
+        ([1.0, 0.5, 0.5, 0.1], "strictly descending"),
+        ([1.0, float("nan"), 0.1], "NaN"),
+        ([1.2, 0.5], "clip the times"),
+        ([1.0, -0.1], "clip the times"),
+        ("abc", "list of numbers"),
+    ],
+)
 def test_validation_errors_name_the_fix(t, match):
     with pytest.raises(OptstepsError, match=match):
         Schedule(t, VP)
@@ -40,8 +43,14 @@ def test_edm_range_checked():
 
 
 def test_json_round_trip_and_format(tmp_path):
-    s = Schedule([1.0, 0.6, 0.2, 0.0], RectifiedFlow(), model="digits-flow", method="uniform-t", solver="ddim",
-                 extra={"objective": 1.5})
+    s = Schedule(
+        [1.0, 0.6, 0.2, 0.0],
+        RectifiedFlow(),
+        model="digits-flow",
+        method="uniform-t",
+        solver="ddim",
+        extra={"objective": 1.5},
+    )
     d = json.loads(s.to_json())
     assert set(d) >= {"model", "noise_schedule", "method", "solver", "nfe", "t", "sigma", "lambda", "objective"}
     assert d["lambda"][0] is None and d["lambda"][-1] is None  # ±∞ as null

@@ -8,13 +8,20 @@ the test (tests/tiny_pipelines.py), teacher shards → OSS / λ-opt, and the pip
 - SD3.5 (medium layout: RMS QK norm, a dual-attention layer, T5): FlowMatchEuler = DDIM and UniPC with float flow
   timesteps = UniPC; skip-layer guidance is off by default (and does change the result when turned on).
 """
+
 import inspect
 
 import pytest
 import torch
-
-from tiny_pipelines import (GUIDANCE, PROMPTS, TimestepRecorder, build_sd35, build_sdxl, distill,  # noqa: E402
-                            fingerprint)
+from tiny_pipelines import (
+    GUIDANCE,
+    PROMPTS,
+    TimestepRecorder,
+    build_sd35,
+    build_sdxl,
+    distill,  # noqa: E402
+    fingerprint,
+)
 
 pytestmark = pytest.mark.integration  # real diffusers pipelines (tiny, random weights)
 
@@ -90,8 +97,9 @@ def test_sd35(folders, tmp_path):
     from optsteps.optimizers.lambda_opt import LambdaOptOptions, lambda_opt_schedule
 
     before = fingerprint(folders["sd35"])
-    model = load_pipeline_model(folders["sd35"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu",
-                                max_sequence_length=8)
+    model = load_pipeline_model(
+        folders["sd35"], prompts=PROMPTS, guidance=GUIDANCE, device="cpu", max_sequence_length=8
+    )
     assert model.kind == "sd3" and model.flow_shift == 3.0 and model.sample_shape == (4, 8, 8)
     pipe = model.pipeline
     assert pipe.text_encoder_3 is not None and pipe.transformer.config.qk_norm == "rms_norm"
@@ -107,7 +115,8 @@ def test_sd35(folders, tmp_path):
     theirs, info = generate(pipe, oss, PROMPTS[2], **kw)
     rec.remove()
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler" and rec.seen == pytest.approx(
-        [1000 * v for v in oss.t[:-1]], abs=1e-3)
+        [1000 * v for v in oss.t[:-1]], abs=1e-3
+    )
     ours = sample(den, x, oss, "ddim")
     _close(theirs, ours)
     lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
@@ -119,7 +128,14 @@ def test_sd35(folders, tmp_path):
         _close(theirs_u, sample(den, xs, ref, "unipc", order=info["solver_order"]))
 
     # skip-layer guidance, when asked for, changes the run: the parity above is with it off (the default)
-    slg, info = generate(pipe, oss, PROMPTS[2], skip_guidance_layers=[1], skip_layer_guidance_start=0.0,
-                         skip_layer_guidance_stop=1.0, **kw)
+    slg, info = generate(
+        pipe,
+        oss,
+        PROMPTS[2],
+        skip_guidance_layers=[1],
+        skip_layer_guidance_start=0.0,
+        skip_layer_guidance_stop=1.0,
+        **kw,
+    )
     assert info["model_calls"] > oss.nfe and (slg - ours).abs().max() > 1e-3
     assert fingerprint(folders["sd35"]) == before

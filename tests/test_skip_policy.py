@@ -1,7 +1,7 @@
 """tests/skip_policy.py: under CI / OPTSTEPS_STRICT_SKIPS=1 only tests marked gpu may skip; a test-level skip
 becomes a failure of that test, a collection-time (module-level importorskip) skip fails the session."""
-import pytest
 
+import pytest
 import skip_policy
 
 pytest_plugins = ["pytester"]
@@ -46,8 +46,9 @@ def run(pytester, monkeypatch, modules, **env):
         monkeypatch.setenv(k, v)
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a CUDA GPU\naddopts = --strict-markers\n")
     pytester.makepyfile(**modules)
-    return pytester.runpytest_inprocess("-p", "skip_policy", "-rs", "-p", "no:cacheprovider",
-                                        "-W", "ignore::pytest.PytestAssertRewriteWarning")  # already imported
+    return pytester.runpytest_inprocess(
+        "-p", "skip_policy", "-rs", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning"
+    )  # already imported
 
 
 ALL = {"test_plain": "def test_ok():\n    pass\n", "test_skips": SKIPS, "test_module_skip": MODULE_SKIP}
@@ -69,15 +70,23 @@ def test_strict_turns_non_gpu_skips_into_failures(pytester, monkeypatch, env):
     r.assert_outcomes(passed=1, failed=1, errors=1, skipped=2, xfailed=1)
     out = r.stdout.str()
     assert "disallowed skips (only tests marked gpu may skip)" in out
-    r.stdout.fnmatch_lines(["*test_module_skip.py [[]collection[]]: needs no_such_module",
-                            "*test_skips.py::test_skip_in_test [[]call[]]: no widget",
-                            "*test_skips.py::test_skipif [[]setup[]]: never here"])
+    r.stdout.fnmatch_lines(
+        [
+            "*test_module_skip.py [[]collection[]]: needs no_such_module",
+            "*test_skips.py::test_skip_in_test [[]call[]]: no widget",
+            "*test_skips.py::test_skipif [[]setup[]]: never here",
+        ]
+    )
     assert "test_gpu" not in out.split("disallowed skips")[1]
 
 
 def test_a_module_level_importorskip_alone_fails_the_run(pytester, monkeypatch):
-    r = run(pytester, monkeypatch, {"test_plain": "def test_ok():\n    pass\n", "test_module_skip": MODULE_SKIP},
-            OPTSTEPS_STRICT_SKIPS="1")
+    r = run(
+        pytester,
+        monkeypatch,
+        {"test_plain": "def test_ok():\n    pass\n", "test_module_skip": MODULE_SKIP},
+        OPTSTEPS_STRICT_SKIPS="1",
+    )
     r.assert_outcomes(passed=1, skipped=1)
     assert r.ret == pytest.ExitCode.TESTS_FAILED
     r.stdout.fnmatch_lines(["*test_module_skip.py [[]collection[]]: needs no_such_module"])
@@ -91,7 +100,12 @@ def test_strict_skips_can_be_turned_off_under_ci(pytester, monkeypatch):
 
 def test_the_repository_conftest_uses_the_policy(request):
     pm = request.config.pluginmanager
-    for name in ("pytest_runtest_makereport", "pytest_make_collect_report", "pytest_collection_modifyitems",
-                 "pytest_sessionfinish", "pytest_terminal_summary"):
+    for name in (
+        "pytest_runtest_makereport",
+        "pytest_make_collect_report",
+        "pytest_collection_modifyitems",
+        "pytest_sessionfinish",
+        "pytest_terminal_summary",
+    ):
         impls = getattr(pm.hook, name).get_hookimpls()
         assert any(h.function is getattr(skip_policy, name) for h in impls), name

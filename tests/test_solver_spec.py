@@ -1,4 +1,5 @@
 """The solver specification (one rule for the step orders) and the two forms of each update."""
+
 import math
 import random
 
@@ -10,23 +11,33 @@ from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import SolverSpec, finite_order, step_orders
 from optsteps.core.solvers import sample
-from optsteps.core.solvers.updates import (ddim_coefficients, ddim_step, dpmpp2m_coefficients, dpmpp2m_step,
-                                          unipc_corrector_coefficients, unipc_predictor_coefficients, unipc_rhos,
-                                          unipc_update)
+from optsteps.core.solvers.updates import (
+    ddim_coefficients,
+    ddim_step,
+    dpmpp2m_coefficients,
+    dpmpp2m_step,
+    unipc_corrector_coefficients,
+    unipc_predictor_coefficients,
+    unipc_rhos,
+    unipc_update,
+)
 from optsteps.errors import OptstepsError
 
 
-@pytest.mark.parametrize("spec,nfe,want", [
-    (SolverSpec("ddim"), 5, [1, 1, 1, 1, 1]),
-    (SolverSpec("dpmpp2m"), 5, [1, 2, 2, 2, 1]),
-    (SolverSpec("dpmpp2m"), 15, [1] + [2] * 14),                       # diffusers: lower final only for K < 15
-    (SolverSpec("dpmpp2m", lower_order_final=False), 5, [1, 2, 2, 2, 2]),
-    (SolverSpec("dpmpp2m", 1), 4, [1, 1, 1, 1]),
-    (SolverSpec("unipc"), 7, [1, 2, 3, 3, 3, 2, 1]),
-    (SolverSpec("unipc"), 2, [1, 1]),
-    (SolverSpec("unipc", 2), 5, [1, 2, 2, 2, 1]),
-    (SolverSpec("unipc", lower_order_final=False), 5, [1, 2, 3, 3, 3]),
-])
+@pytest.mark.parametrize(
+    "spec,nfe,want",
+    [
+        (SolverSpec("ddim"), 5, [1, 1, 1, 1, 1]),
+        (SolverSpec("dpmpp2m"), 5, [1, 2, 2, 2, 1]),
+        (SolverSpec("dpmpp2m"), 15, [1] + [2] * 14),  # diffusers: lower final only for K < 15
+        (SolverSpec("dpmpp2m", lower_order_final=False), 5, [1, 2, 2, 2, 2]),
+        (SolverSpec("dpmpp2m", 1), 4, [1, 1, 1, 1]),
+        (SolverSpec("unipc"), 7, [1, 2, 3, 3, 3, 2, 1]),
+        (SolverSpec("unipc"), 2, [1, 1]),
+        (SolverSpec("unipc", 2), 5, [1, 2, 2, 2, 1]),
+        (SolverSpec("unipc", lower_order_final=False), 5, [1, 2, 3, 3, 3]),
+    ],
+)
 def test_step_orders(spec, nfe, want):
     assert step_orders(spec, nfe) == want == spec.step_orders(nfe)
 
@@ -34,8 +45,11 @@ def test_step_orders(spec, nfe, want):
 def test_spec_defaults_validation_and_json_fields():
     assert SolverSpec("unipc").order == 3 and SolverSpec("dpmpp2m").order == 2 and SolverSpec("ddim").order == 1
     assert SolverSpec("unipc").json_fields() == {} and SolverSpec("dpmpp2m", 2).json_fields() == {}
-    assert SolverSpec("unipc", 2, False, False).json_fields() == {"order": 2, "lower_order_final": False,
-                                                                 "corrector": False}
+    assert SolverSpec("unipc", 2, False, False).json_fields() == {
+        "order": 2,
+        "lower_order_final": False,
+        "corrector": False,
+    }
     for bad in [("heun", None), ("dpmpp2m", 3), ("unipc", 0), ("unipc", 2.0), ("ddim", True)]:
         with pytest.raises(OptstepsError):
             SolverSpec(*bad)
@@ -68,21 +82,25 @@ def test_coefficient_forms_equal_the_scalar_steps():
     ns = VPDiscrete()
     for _ in range(20):
         tp, ts, tt = sorted(rnd.uniform(0.01, 1.0) for _ in range(3))[::-1]
-        (ap, as_, at), (sp, ss, st), (lp, ls, lt) = (f(torch.tensor([tp, ts, tt], dtype=torch.float64)).tolist()
-                                                       for f in (ns.alpha, ns.sigma, ns.lambda_))
+        (ap, as_, at), (sp, ss, st), (lp, ls, lt) = (
+            f(torch.tensor([tp, ts, tt], dtype=torch.float64)).tolist() for f in (ns.alpha, ns.sigma, ns.lambda_)
+        )
         x, m, mp, xp, mpp = (_rand(gen, 4, 3) for _ in range(5))
         a, b = ddim_coefficients(as_, ss, at, st)
         torch.testing.assert_close(a * x + b * m, ddim_step(x, m, as_, ss, at, st), rtol=1e-12, atol=1e-12)
         b2, c2 = dpmpp2m_coefficients(at, *(torch.tensor(v, dtype=torch.float64) for v in (lp, ls, lt)))
-        torch.testing.assert_close(a * x + b2 * m + c2 * mp, dpmpp2m_step(x, m, mp, at, ss, st, lt - ls, ls - lp),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            a * x + b2 * m + c2 * mp, dpmpp2m_step(x, m, mp, at, ss, st, lt - ls, ls - lp), rtol=1e-10, atol=1e-10
+        )
         b1, b2, c2 = unipc_predictor_coefficients(at, *(torch.tensor(v, dtype=torch.float64) for v in (lp, ls, lt)))
         h = lt - ls
-        torch.testing.assert_close(a * x + b1 * m, unipc_update(x, [m], [ls, lt], at, ss, st, None),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            a * x + b1 * m, unipc_update(x, [m], [ls, lt], at, ss, st, None), rtol=1e-10, atol=1e-10
+        )
         rhos = unipc_rhos(h, [(lp - ls) / h], 2, False)
-        torch.testing.assert_close(a * x + b2 * m + c2 * mp, unipc_update(x, [m, mp], [ls, lp, lt], at, ss, st, rhos),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            a * x + b2 * m + c2 * mp, unipc_update(x, [m, mp], [ls, lp, lt], at, ss, st, rhos), rtol=1e-10, atol=1e-10
+        )
         # corrector of a step s → t (predecessor p of s), orders 1 and 2, as coefficients on (y, x_p, m_p, m_pp, m)
         for o in (1, 2):
             lam = [ls, lp][:o] + [lt]
@@ -104,5 +122,7 @@ def test_sample_takes_a_spec_or_a_name(ns):
         return 0.7 * y
 
     assert torch.equal(sample(den, x, s, SolverSpec("unipc", 2)), sample(den, x, s, "unipc", order=2))
-    assert torch.equal(sample(den, x, s, SolverSpec("dpmpp2m", lower_order_final=False)),
-                       sample(den, x, s, "dpmpp2m", lower_order_final=False))
+    assert torch.equal(
+        sample(den, x, s, SolverSpec("dpmpp2m", lower_order_final=False)),
+        sample(den, x, s, "dpmpp2m", lower_order_final=False),
+    )

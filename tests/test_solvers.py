@@ -1,4 +1,5 @@
 """Solvers against the closed-form ODE solution of a single Gaussian, and exact NFE counts."""
+
 import math
 
 import pytest
@@ -6,11 +7,11 @@ import torch
 
 from optsteps.core.baselines import baseline
 from optsteps.core.denoisers import CountingDenoiser
-from optsteps.errors import OptstepsError
-from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 from optsteps.core.noise_schedules import EDM, RectifiedFlow, VPDiscrete
 from optsteps.core.schedule import Schedule, from_lambdas
 from optsteps.core.solvers import sample
+from optsteps.errors import OptstepsError
+from optsteps.models.gmm import GaussianMixture, GMMDenoiser
 
 NFES = [8, 16, 32, 64]
 
@@ -43,7 +44,9 @@ def convergence_errors(solver, order):
     return errors
 
 
-@pytest.mark.parametrize("solver,order,lo,hi", [("ddim", 1, 0.7, 1.3), ("dpmpp2m", 2, 1.7, 2.3), ("unipc", 3, 2.5, 9.0)])
+@pytest.mark.parametrize(
+    "solver,order,lo,hi", [("ddim", 1, 0.7, 1.3), ("dpmpp2m", 2, 1.7, 2.3), ("unipc", 3, 2.5, 9.0)]
+)
 def test_convergence_order(solver, order, lo, hi):
     errors = convergence_errors(solver, order)
     assert all(b < a for a, b in zip(errors, errors[1:])), errors

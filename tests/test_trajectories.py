@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from optsteps.pipeline.config import TeacherConfig
 from optsteps.errors import OptstepsError
 from optsteps.models import gmm_model
 from optsteps.models.sampling import generate
+from optsteps.pipeline.config import TeacherConfig
 from optsteps.teacher.trajectories import generate_trajectories, iter_shards, teacher_schedule
 
 CFG = TeacherConfig(solver="unipc", steps=20, schedule="uniform-lambda", seed=3)
@@ -61,9 +61,13 @@ def test_the_stage_replaces_stale_shards_in_its_own_folder_only(tmp_path):
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline.config import params_from_dict
 
-    base = {"artifacts": str(tmp_path / "a"), "models": {"gmm": {}},
-            "teacher": {"solver": "unipc", "steps": 6, "seed": 0}, "trajectories": {"samples": 4, "shard_size": 2},
-            "oss": {"nfe": [3]}}
+    base = {
+        "artifacts": str(tmp_path / "a"),
+        "models": {"gmm": {}},
+        "teacher": {"solver": "unipc", "steps": 6, "seed": 0},
+        "trajectories": {"samples": 4, "shard_size": 2},
+        "oss": {"nfe": [3]},
+    }
     first = stages.trajectories(params_from_dict(base), "gmm")
     p = params_from_dict({**base, "teacher": {"solver": "unipc", "steps": 8, "seed": 0}})
     second = stages.trajectories(p, "gmm")
@@ -84,15 +88,21 @@ def test_identify_and_prepare_record_the_identity_and_rewrite_only_on_change(tmp
     path = stages.identify(p, "gmm")
     assert path == tmp_path / "a" / "identity" / "gmm.json"
     ident = json.loads(path.read_text())
-    assert ident == {"name": "gmm", "kind": "builtin", "sha256": gmm_model().identity["sha256"],
-                     "noise_schedule": gmm_model().noise_schedule.to_dict()}
+    assert ident == {
+        "name": "gmm",
+        "kind": "builtin",
+        "sha256": gmm_model().identity["sha256"],
+        "noise_schedule": gmm_model().noise_schedule.to_dict(),
+    }
     mtime = path.stat().st_mtime_ns
     assert stages.identify(p, "gmm") == path and path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
     record = stages.prepare(p, "gmm") / "optsteps_model.json"
     assert json.loads(record.read_text()) == ident and len(stages.model_identity(p, "gmm")) == 64
     digits = json.loads(stages.identify(p, "digits").read_text())  # the training recipe, no weights needed
     assert digits["kind"] == "embedded" and digits["train"]["steps"] == 1500 and len(digits["data_sha256"]) == 64
-    q = params_from_dict({"artifacts": str(tmp_path / "a"), "models": {"digits": {}}, "train": {"digits": {"steps": 7}}})
+    q = params_from_dict(
+        {"artifacts": str(tmp_path / "a"), "models": {"digits": {}}, "train": {"digits": {"steps": 7}}}
+    )
     assert json.loads(stages.identify(q, "digits").read_text())["train"]["steps"] == 7  # a new recipe, a new identity
 
 
@@ -128,10 +138,19 @@ def test_oss_reads_the_teacher_from_the_shards_it_is_given(tmp_path):
     from optsteps.errors import OptstepsError
     from optsteps.pipeline.config import params_from_dict
 
-    p = params_from_dict({"artifacts": str(tmp_path / "a"), "results": str(tmp_path / "r"), "models": {"gmm": {}},
-                          "oss": {"nfe": [3], "samples": 4, "refine": False}})
-    q = dataclasses.replace(p, teacher=dataclasses.replace(p.teacher, steps=8),
-                            trajectories=dataclasses.replace(p.trajectories, samples=4, shard_size=4))
+    p = params_from_dict(
+        {
+            "artifacts": str(tmp_path / "a"),
+            "results": str(tmp_path / "r"),
+            "models": {"gmm": {}},
+            "oss": {"nfe": [3], "samples": 4, "refine": False},
+        }
+    )
+    q = dataclasses.replace(
+        p,
+        teacher=dataclasses.replace(p.teacher, steps=8),
+        trajectories=dataclasses.replace(p.trajectories, samples=4, shard_size=4),
+    )
     stages.trajectories(q, "gmm", out=tmp_path / "shards")
     s = stages.oss(p, "gmm", "ddim", 3, traj_dir=tmp_path / "shards")
     assert s.nfe == 3 and len(s.t) == 4 and s.extra["teacher_samples"] == 4

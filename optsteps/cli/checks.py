@@ -1,5 +1,6 @@
 """Checks of command-line values, shared by ``sample``, ``apply`` and ``evaluate`` (one rule, one place): each
 returns the value or raises one ``OptstepsError`` line naming the option and the fix, before any model loads."""
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,9 @@ def check_device(device: str | None) -> str | None:
         if n == 0:
             raise OptstepsError(f"--device {device}: this machine has no CUDA GPU; use --device cpu (or leave it out).")
         if d.index is not None and d.index >= n:
-            raise OptstepsError(f"--device {device}: there are {n} CUDA GPU(s) (cuda:0 … cuda:{n - 1}); pick one of them.")
+            raise OptstepsError(
+                f"--device {device}: there are {n} CUDA GPU(s) (cuda:0 … cuda:{n - 1}); pick one of them."
+            )
     elif d.type == "mps":
         if not torch.backends.mps.is_available():
             raise OptstepsError(f"--device {device}: MPS is not available here; use --device cpu.")
@@ -80,7 +83,9 @@ def check_pipeline_call(root, height: int | None, width: int | None, num_frames:
         raise OptstepsError(f"--num-frames {num_frames}: pass a positive frame count.")
     for option, v in (("--height", height), ("--width", width)):
         if v is not None and v < 1:
-            raise OptstepsError(f"{option} {v}: pass a positive size in pixels (or leave it out for the pipeline's own).")
+            raise OptstepsError(
+                f"{option} {v}: pass a positive size in pixels (or leave it out for the pipeline's own)."
+            )
     if height is None and width is None:
         return
     vae = root / "vae" / "config.json"
@@ -94,5 +99,7 @@ def check_pipeline_call(root, height: int | None, width: int | None, num_frames:
             break
     for option, v in (("--height", height), ("--width", width)):
         if v is not None and v % factor:
-            raise OptstepsError(f"{option} {v} is not a multiple of {factor} (the {name}'s VAE factor × patch); "
-                                f"use e.g. {option} {max(factor, v // factor * factor)}.")
+            raise OptstepsError(
+                f"{option} {v} is not a multiple of {factor} (the {name}'s VAE factor × patch); "
+                f"use e.g. {option} {max(factor, v // factor * factor)}."
+            )

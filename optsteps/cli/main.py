@@ -1,11 +1,11 @@
 """The ``optsteps`` command line. Every command reads ``params.yaml`` through ``optsteps.pipeline.config``."""
+
 from __future__ import annotations
 
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +13,9 @@ from optsteps.cli import checks
 from optsteps.cli.options import ParamsOpt
 from optsteps.errors import OptstepsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Optimized sampling step schedules for diffusion models."
+)
 schedule_app = typer.Typer(no_args_is_help=True, help="Compute step schedules (baselines and optimizers).")
 app.add_typer(schedule_app, name="schedule")
 stage_app = typer.Typer(no_args_is_help=True, help="Pipeline stages over the params.yaml grid (what dvc.yaml runs).")
@@ -38,8 +40,13 @@ def _is_reference(ref: str) -> bool:
     """A schedule JSON file or a registry reference (NAME@ALIAS, NAME/VERSION, models:/…), not a baseline kind."""
     import re
 
-    return (Path(ref).is_file() or ref.endswith(".json") or "@" in ref or ref.startswith("models:/")
-            or re.fullmatch(r"[^/\s]+/\d+", ref) is not None)
+    return (
+        Path(ref).is_file()
+        or ref.endswith(".json")
+        or "@" in ref
+        or ref.startswith("models:/")
+        or re.fullmatch(r"[^/\s]+/\d+", ref) is not None
+    )
 
 
 def _resolve_schedule_arg(ref: str, params: str):
@@ -55,8 +62,11 @@ def _resolve_schedule_arg(ref: str, params: str):
 
 
 @app.command()
-def train(model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
-          params: str = ParamsOpt, force: bool = typer.Option(False, help="Retrain even if trained.")):
+def train(
+    model: str = typer.Option(..., "--model", help="digits | digits-flow | classifier"),
+    params: str = ParamsOpt,
+    force: bool = typer.Option(False, help="Retrain even if trained."),
+):
     """Train the embedded default model, its flow twin, or the digits classifier (skips if already trained)."""
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline import layout
@@ -74,11 +84,15 @@ def train(model: str = typer.Option(..., "--model", help="digits | digits-flow |
     typer.echo(f"{model}: trained in {time.perf_counter() - t0:.1f} s{extra} -> {out}")
 
 
-OutOpt = typer.Option(None, "--out", help="also write the schedule JSON to this file (nothing is written without it; "
-                      "the pipeline's schedules are written only by `optsteps stage …`)")
+OutOpt = typer.Option(
+    None,
+    "--out",
+    help="also write the schedule JSON to this file (nothing is written without it; "
+    "the pipeline's schedules are written only by `optsteps stage …`)",
+)
 
 
-def _write_out(s, out: Optional[str], params: str) -> None:
+def _write_out(s, out: str | None, params: str) -> None:
     """Write the schedule to ``--out`` (atomically); never into the pipeline's results/schedules/."""
     if not out:
         return
@@ -86,8 +100,10 @@ def _write_out(s, out: Optional[str], params: str) -> None:
 
     results = _params(params).results if Path(params).is_file() else "results"
     if is_pipeline_output(results, out):
-        raise OptstepsError(f"--out {out} lies in the pipeline's schedules ({Path(results) / 'schedules'}), which "
-                            "only `optsteps stage lambda-opt|oss` writes; pass a file outside it.")
+        raise OptstepsError(
+            f"--out {out} lies in the pipeline's schedules ({Path(results) / 'schedules'}), which "
+            "only `optsteps stage lambda-opt|oss` writes; pass a file outside it."
+        )
     s.save(out)
     typer.echo(f"wrote {out}", err=True)
 
@@ -105,13 +121,22 @@ def _emit(s, as_json: bool):
 
 
 @schedule_app.command("baseline")
-def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-lambda | karras | time-quadratic | "
-                                                 "linspace | leading | trailing | ays | flow-shift | oss-published"),
-                      model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                      solver: str = typer.Option("", "--solver"), as_json: bool = typer.Option(False, "--json"),
-                      table: Optional[str] = typer.Option(None, "--table", help="published table: ays sd | sdxl | svd, "
-                                                          "oss-published flux | wan"),
-                      out: Optional[str] = OutOpt, params: str = ParamsOpt):
+def schedule_baseline(
+    kind: str = typer.Argument(
+        ...,
+        help="uniform-t | uniform-lambda | karras | time-quadratic | "
+        "linspace | leading | trailing | ays | flow-shift | oss-published",
+    ),
+    model: str = typer.Option(..., "--model"),
+    nfe: int = typer.Option(..., "--nfe"),
+    solver: str = typer.Option("", "--solver"),
+    as_json: bool = typer.Option(False, "--json"),
+    table: str | None = typer.Option(
+        None, "--table", help="published table: ays sd | sdxl | svd, oss-published flux | wan"
+    ),
+    out: str | None = OutOpt,
+    params: str = ParamsOpt,
+):
     """Print a baseline schedule (JSON with --json)."""
     from optsteps.pipeline.adhoc import baseline_schedule
 
@@ -122,15 +147,19 @@ def schedule_baseline(kind: str = typer.Argument(..., help="uniform-t | uniform-
 
 
 @schedule_app.command("lambda-opt")
-def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                        solver: Optional[str] = typer.Option(None, "--solver", help="default: lambda_opt.solvers[0]"),
-                        order: int = typer.Option(3, "--order", help="solver order the step pattern ramps to (1-3)"),
-                        p_exp: Optional[float] = typer.Option(None, "--p", help="error model exponent (default lambda_opt.p)"),
-                        error_model: Optional[str] = typer.Option(None, "--error-model", help="analytic | empirical"),
-                        trajectories: Optional[str] = typer.Option(None, "--trajectories", help="shards for --error-model empirical"),
-                        trunc: Optional[int] = typer.Option(None, "--trunc", help="truncNum T_c (default 3; 0 = the paper's K ≥ 7 variant)"),
-                        as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
-                        params: str = ParamsOpt):
+def schedule_lambda_opt(
+    model: str = typer.Option(..., "--model"),
+    nfe: int = typer.Option(..., "--nfe"),
+    solver: str | None = typer.Option(None, "--solver", help="default: lambda_opt.solvers[0]"),
+    order: int = typer.Option(3, "--order", help="solver order the step pattern ramps to (1-3)"),
+    p_exp: float | None = typer.Option(None, "--p", help="error model exponent (default lambda_opt.p)"),
+    error_model: str | None = typer.Option(None, "--error-model", help="analytic | empirical"),
+    trajectories: str | None = typer.Option(None, "--trajectories", help="shards for --error-model empirical"),
+    trunc: int | None = typer.Option(None, "--trunc", help="truncNum T_c (default 3; 0 = the paper's K ≥ 7 variant)"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: str | None = OutOpt,
+    params: str = ParamsOpt,
+):
     """The λ-optimizer (Xue et al. 2024): data-free optimized steps in log-SNR, trust-constr."""
     import optsteps.pipeline.stages as stages
 
@@ -140,16 +169,31 @@ def schedule_lambda_opt(model: str = typer.Option(..., "--model"), nfe: int = ty
         raise OptstepsError(f"--order {order} exceeds --nfe {nfe}; a K-step schedule supports orders up to K.")
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     solver = solver or p.lambda_opt.solvers[0]
-    p = _override(p, {"lambda_opt.nfe": ("--nfe", [nfe]), "lambda_opt.solvers": ("--solver", [solver]),
-                      "lambda_opt.p": ("--p", p_exp), "lambda_opt.error_model": ("--error-model", error_model),
-                      "lambda_opt.trunc": ("--trunc", trunc)})
+    p = _override(
+        p,
+        {
+            "lambda_opt.nfe": ("--nfe", [nfe]),
+            "lambda_opt.solvers": ("--solver", [solver]),
+            "lambda_opt.p": ("--p", p_exp),
+            "lambda_opt.error_model": ("--error-model", error_model),
+            "lambda_opt.trunc": ("--trunc", trunc),
+        },
+    )
     s = stages.compute_lambda_opt(p, model, solver, nfe, max_order=order, traj_dir=trajectories)
     _write_out(s, out, params)
     _emit(s, as_json)
 
 
-def _distill(method: str, model: str, nfe: int, solver: Optional[str], trajectories: Optional[str], as_json: bool,
-             out: Optional[str], params: str):
+def _distill(
+    method: str,
+    model: str,
+    nfe: int,
+    solver: str | None,
+    trajectories: str | None,
+    as_json: bool,
+    out: str | None,
+    params: str,
+):
     import optsteps.pipeline.stages as stages
 
     p = _params(params).for_model(model)
@@ -162,36 +206,51 @@ def _distill(method: str, model: str, nfe: int, solver: Optional[str], trajector
 
 
 @schedule_app.command("oss")
-def schedule_oss(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                 solver: Optional[str] = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
-                 trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
-                 as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
-                 params: str = ParamsOpt):
+def schedule_oss(
+    model: str = typer.Option(..., "--model"),
+    nfe: int = typer.Option(..., "--nfe"),
+    solver: str | None = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
+    trajectories: str | None = typer.Option(None, "--trajectories", help="teacher shards folder"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: str | None = OutOpt,
+    params: str = ParamsOpt,
+):
     """OSS (Pei et al. 2025): DP over the teacher trajectory, plus refinement by the true final error."""
     _distill("oss", model, nfe, solver, trajectories, as_json, out, params)
 
 
 @schedule_app.command("gits")
-def schedule_gits(model: str = typer.Option(..., "--model"), nfe: int = typer.Option(..., "--nfe"),
-                  solver: Optional[str] = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
-                  trajectories: Optional[str] = typer.Option(None, "--trajectories", help="teacher shards folder"),
-                  as_json: bool = typer.Option(False, "--json"), out: Optional[str] = OutOpt,
-                  params: str = ParamsOpt):
+def schedule_gits(
+    model: str = typer.Option(..., "--model"),
+    nfe: int = typer.Option(..., "--nfe"),
+    solver: str | None = typer.Option(None, "--solver", help="default: oss.solvers[0]"),
+    trajectories: str | None = typer.Option(None, "--trajectories", help="teacher shards folder"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: str | None = OutOpt,
+    params: str = ParamsOpt,
+):
     """GITS-style additive one-jump DP (γ = 1.15) on the same teacher shards."""
     _distill("gits", model, nfe, solver, trajectories, as_json, out, params)
 
 
 @app.command("sample")
-def sample_cmd(model: str = typer.Option(..., "--model"),
-               schedule: str = typer.Option(..., "--schedule",
-                                            help="a baseline KIND, a schedule JSON file or a registry reference NAME@ALIAS"),
-               nfe: int = typer.Option(10, "--nfe", help="steps of a baseline KIND (a file or reference has its own)"),
-               solver: Optional[str] = typer.Option(None, "--solver",
-                                                    help="ddim | dpmpp2m | unipc; default: the schedule's own solver "
-                                                         "and order (unipc for a baseline KIND)"),
-               n: int = typer.Option(100, "--n", help="number of samples"), seed: int = typer.Option(0, "--seed"),
-               guidance: float = typer.Option(1.0, "--guidance"), out: str = typer.Option("grid.png", "--out"),
-               params: str = ParamsOpt):
+def sample_cmd(
+    model: str = typer.Option(..., "--model"),
+    schedule: str = typer.Option(
+        ..., "--schedule", help="a baseline KIND, a schedule JSON file or a registry reference NAME@ALIAS"
+    ),
+    nfe: int = typer.Option(10, "--nfe", help="steps of a baseline KIND (a file or reference has its own)"),
+    solver: str | None = typer.Option(
+        None,
+        "--solver",
+        help="ddim | dpmpp2m | unipc; default: the schedule's own solver and order (unipc for a baseline KIND)",
+    ),
+    n: int = typer.Option(100, "--n", help="number of samples"),
+    seed: int = typer.Option(0, "--seed"),
+    guidance: float = typer.Option(1.0, "--guidance"),
+    out: str = typer.Option("grid.png", "--out"),
+    params: str = ParamsOpt,
+):
     """Sample a grid PNG with a solver on a schedule."""
     from optsteps.core.solver_spec import SolverSpec
     from optsteps.pipeline.adhoc import sample_grid
@@ -209,14 +268,15 @@ def sample_cmd(model: str = typer.Option(..., "--model"),
 
 
 @app.command()
-def trajectories(model: str = typer.Option(..., "--model"),
-                 samples: Optional[int] = typer.Option(None, "--samples", help="default: trajectories.samples"),
-                 teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
-                 out: Optional[str] = typer.Option(None, "--out", help="default: artifacts/trajectories/MODEL"),
-                 shard_size: Optional[int] = typer.Option(None, "--shard-size",
-                                                          help="default: trajectories.shard_size"),
-                 ray: Optional[bool] = typer.Option(None, "--ray/--no-ray", help="default: ray.enabled"),
-                 params: str = ParamsOpt):
+def trajectories(
+    model: str = typer.Option(..., "--model"),
+    samples: int | None = typer.Option(None, "--samples", help="default: trajectories.samples"),
+    teacher_steps: int | None = typer.Option(None, "--teacher-steps", help="default: teacher.steps"),
+    out: str | None = typer.Option(None, "--out", help="default: artifacts/trajectories/MODEL"),
+    shard_size: int | None = typer.Option(None, "--shard-size", help="default: trajectories.shard_size"),
+    ray: bool | None = typer.Option(None, "--ray/--no-ray", help="default: ray.enabled"),
+    params: str = ParamsOpt,
+):
     """Generate teacher-trajectory shards (skips shards already written with a matching hash)."""
     import optsteps.pipeline.stages as stages
     from optsteps.pipeline import layout
@@ -225,19 +285,26 @@ def trajectories(model: str = typer.Option(..., "--model"),
         checks.check_count("--samples", samples, "MAX_SAMPLES")
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     # each flag passes its params.yaml rule; ad-hoc shards need not fit the OSS grid (cross rules are the stages')
-    p = _override(p, {"teacher.steps": ("--teacher-steps", teacher_steps),
-                      "trajectories.samples": ("--samples", samples),
-                      "trajectories.shard_size": ("--shard-size", shard_size)}, cross=False)
+    p = _override(
+        p,
+        {
+            "teacher.steps": ("--teacher-steps", teacher_steps),
+            "trajectories.samples": ("--samples", samples),
+            "trajectories.shard_size": ("--shard-size", shard_size),
+        },
+        cross=False,
+    )
     man = stages.trajectories(p, model, use_ray=ray, out=out)
-    typer.echo(f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
-               f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}")
+    typer.echo(
+        f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
+        f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}"
+    )
 
 
 @stage_app.command("identify")
 def stage_identify(model: str = typer.Option(..., "--model"), params: str = ParamsOpt):
     """Write the model's content identity to artifacts/identity/MODEL.json (changes only with the model)."""
     import optsteps.pipeline.stages as stages
-
     from optsteps.pipeline.plan import plan
 
     p = _params(params)

@@ -19,21 +19,32 @@ family's t_max, ``KIND@state=raw`` (or ``scaled``) sets the schedule's start-sta
 raw = the noise unscaled, σ_{t_max} ε at t_0), both together as ``uniform-t@start=0.99,state=raw``. The
 schedule's method is the whole name, so a variant is its own row in an evaluation.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import EDM, NoiseSchedule, VPDiscrete, as_tensor
 from optsteps.core.published_schedules import AYS_TABLES  # noqa: F401 - re-exported
 from optsteps.core.schedule import START_STATES, Schedule, from_lambdas
+from optsteps.errors import OptstepsError
 
 LAMBDA_FLOOR, LAMBDA_CEIL = -7.0, 7.0
 MAX_NFE = 100_000  # more steps than any sampler takes; keeps a typo from allocating terabytes
-BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic", "linspace", "leading", "trailing", "ays",
-             "flow-shift", "oss-published")
+BASELINES = (
+    "uniform-t",
+    "uniform-lambda",
+    "karras",
+    "time-quadratic",
+    "linspace",
+    "leading",
+    "trailing",
+    "ays",
+    "flow-shift",
+    "oss-published",
+)
 
 
 def lambda_window(noise_schedule: NoiseSchedule, t_start: float, t_end: float) -> tuple[float, float]:
@@ -65,8 +76,9 @@ def time_quadratic(ns, nfe, t_start, t_end):
     return torch.linspace(math.sqrt(t_start), math.sqrt(t_end), nfe + 1, dtype=torch.float64) ** 2
 
 
-def flow_shift(ns, nfe, t_start, t_end, shift: float = 3.0, grid_end: float | None = None,
-               eval_end: float | None = None):
+def flow_shift(
+    ns, nfe, t_start, t_end, shift: float = 3.0, grid_end: float | None = None, eval_end: float | None = None
+):
     """Shifted uniform t; the last point is t_end in any case. Where diffusers' flow schedulers put their K
     evaluation times before the shift: ``grid_end``, the K + 1 uniform points end there (UniPC: 1/N) and the
     last is replaced by t_end; ``eval_end``, the K evaluation times themselves are uniform down to it
@@ -93,8 +105,6 @@ def diffusers_spacing(ns: VPDiscrete, nfe: int, spacing: str, steps_offset: int 
     return ts
 
 
-
-
 def ays_table_for(ns: NoiseSchedule) -> str:
     if isinstance(ns, VPDiscrete) and ns.to_dict() == VPDiscrete("scaled_linear", 0.00085, 0.012, 1000).to_dict():
         return "sd"
@@ -115,8 +125,10 @@ def ays_sigmas(ns: NoiseSchedule, nfe: int, table: str | None = None) -> torch.T
     family = ays_table_for(ns)  # refuses noise schedules no AYS table was made for
     table = table or family
     if ("svd" if table == "svd" else "sd") != family:
-        raise OptstepsError(f"the AYS {table!r} table was made for another noise schedule than {ns.to_dict()}; "
-                            f"this one takes the {family!r} table{' (or sdxl for SDXL)' if family == 'sd' else ''}.")
+        raise OptstepsError(
+            f"the AYS {table!r} table was made for another noise schedule than {ns.to_dict()}; "
+            f"this one takes the {family!r} table{' (or sdxl for SDXL)' if family == 'sd' else ''}."
+        )
     return ays_evaluation_sigmas(table, nfe)
 
 
@@ -128,18 +140,23 @@ def parse_kind(kind: str) -> tuple[str, float | None, str | None]:
     start = state = None
     if sep:
         if not rest:
-            raise OptstepsError(f"baseline {kind!r}: nothing after '@'; write e.g. {base}@start=0.99 or "
-                                f"{base}@start=0.99,state=raw.")
+            raise OptstepsError(
+                f"baseline {kind!r}: nothing after '@'; write e.g. {base}@start=0.99 or {base}@start=0.99,state=raw."
+            )
         for item in rest.split(","):
             key, eq, value = (v.strip() for v in item.partition("="))
             if not eq or key not in ("start", "state") or (start if key == "start" else state) is not None:
-                raise OptstepsError(f"baseline {kind!r}: bad option {item!r}; options are start=T (a time) and "
-                                    f"state={'|'.join(START_STATES)}, each at most once, comma-separated.")
+                raise OptstepsError(
+                    f"baseline {kind!r}: bad option {item!r}; options are start=T (a time) and "
+                    f"state={'|'.join(START_STATES)}, each at most once, comma-separated."
+                )
             if key == "start":
                 try:
                     start = float(value)
                 except ValueError:
-                    raise OptstepsError(f"baseline {kind!r}: start={value!r} is not a number (a model time t).") from None
+                    raise OptstepsError(
+                        f"baseline {kind!r}: start={value!r} is not a number (a model time t)."
+                    ) from None
                 if not math.isfinite(start):
                     raise OptstepsError(f"baseline {kind!r}: start={value} must be a finite time.")
             else:
@@ -149,8 +166,15 @@ def parse_kind(kind: str) -> tuple[str, float | None, str | None]:
     return base, start, state
 
 
-def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float | None = None,
-             t_end: float | None = None, model: str = "", **opts) -> Schedule:
+def baseline(
+    kind: str,
+    noise_schedule: NoiseSchedule,
+    nfe: int,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    model: str = "",
+    **opts,
+) -> Schedule:
     """The baseline schedule ``kind`` for ``nfe`` steps (NFE K ≥ 1) on ``noise_schedule``; ``kind`` may carry
     a start variant (``KIND@start=T,state=raw``, see ``parse_kind``)."""
     base, v_start, v_state = parse_kind(kind)
@@ -195,8 +219,10 @@ def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float 
         return Schedule(t, ns, **meta)
     if kind == "oss-published":
         if ns.family != "flow":
-            raise OptstepsError(f"oss-published tables are for the rectified-flow models FLUX.1 and Wan 2.1, not "
-                                f"{ns.describe()}; pick another baseline (ays for SD 1.5/SDXL/SVD, uniform-lambda, …).")
+            raise OptstepsError(
+                f"oss-published tables are for the rectified-flow models FLUX.1 and Wan 2.1, not "
+                f"{ns.describe()}; pick another baseline (ays for SD 1.5/SDXL/SVD, uniform-lambda, …)."
+            )
         if set(opts) - {"table"}:
             raise OptstepsError(f"oss-published takes only table= (flux or wan), got {sorted(opts)}.")
         from optsteps.core.published_schedules import oss_published_times
@@ -206,8 +232,9 @@ def baseline(kind: str, noise_schedule: NoiseSchedule, nfe: int, t_start: float 
     raise OptstepsError(f"unknown baseline {kind!r}; use one of: {', '.join(BASELINES)}.")
 
 
-def baseline_for(kind: str, model, nfe: int, t_start: float | None = None, t_end: float | None = None,
-                 **opts) -> Schedule:
+def baseline_for(
+    kind: str, model, nfe: int, t_start: float | None = None, t_end: float | None = None, **opts
+) -> Schedule:
     """``baseline`` on a loaded model, with the model's own options for that kind (``model.baseline_options()``:
     a pipeline's flow shift for ``flow-shift``, its family's table for ``ays`` and ``oss-published``), which
     explicit ``opts`` override."""

@@ -5,16 +5,17 @@
 - flow velocity u ≈ ε − x_0 (x_t = (1 − t) x_0 + t ε):  x̂_0 = x − t û
 - CFG (Ho & Salimans 2022): ŷ = ŷ_uncond + w (ŷ_cond − ŷ_uncond), applied to the raw output.
 """
+
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.errors import OptstepsError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 
@@ -66,8 +67,15 @@ class PredictionDenoiser:
     conditional and unconditional halves run in one batch.
     """
 
-    def __init__(self, net: Callable, noise_schedule: NoiseSchedule, prediction_type: str = "epsilon",
-                 cond=None, null_cond=None, guidance: float = 1.0):
+    def __init__(
+        self,
+        net: Callable,
+        noise_schedule: NoiseSchedule,
+        prediction_type: str = "epsilon",
+        cond=None,
+        null_cond=None,
+        guidance: float = 1.0,
+    ):
         if prediction_type not in PREDICTION_TYPES:
             raise OptstepsError(f"unknown prediction_type {prediction_type!r}; use one of {PREDICTION_TYPES}.")
         if prediction_type == "flow" and noise_schedule.family != "flow":

@@ -6,7 +6,6 @@ MAX_STEPS = 100_000  # teacher steps and NFE: more than any sampler takes
 MAX_GUIDANCE = 1e4  # classifier-free guidance scales
 
 
-
 def baseline_kind_rule(kinds) -> str | None:
     """The rule text when a baseline kind (or any of a list of kinds) is not ``KIND[@start=T][,state=…]`` of a
     known kind (``core.baselines.parse_kind``); None when all are."""

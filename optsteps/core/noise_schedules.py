@@ -9,6 +9,7 @@ Three families (docs/algorithms.md §0):
 
 All functions take floats or tensors and return float64 tensors. λ is ±∞ where σ or α vanishes.
 """
+
 from __future__ import annotations
 
 import math
@@ -233,8 +234,10 @@ class RectifiedFlow(NoiseSchedule):
 def noise_schedule_from_dict(d: dict) -> NoiseSchedule:
     """Inverse of ``NoiseSchedule.to_dict``."""
     if not isinstance(d, dict):
-        raise OptstepsError(f"a noise_schedule must be a mapping like {{\"family\": \"vp\", ...}}, got {d!r}; "
-                            "write it with NoiseSchedule.to_dict (or `optsteps schedule ... --json`).")
+        raise OptstepsError(
+            f'a noise_schedule must be a mapping like {{"family": "vp", ...}}, got {d!r}; '
+            "write it with NoiseSchedule.to_dict (or `optsteps schedule ... --json`)."
+        )
     d = dict(d)
     family = d.pop("family", None)
     kinds = {"vp": VPDiscrete, "edm": EDM, "flow": RectifiedFlow}

@@ -10,18 +10,41 @@ The recipe (AYS; the same in the OSS authors' ComfyUI node): a table of L noise 
 interpolated linearly in log σ over evenly spaced positions to K + 1 levels, and the last level is replaced by
 0 (the data). For K = L − 1 that is the table itself. ``loglinear_levels`` does the interpolation.
 """
+
 from __future__ import annotations
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import as_tensor, interp
+from optsteps.errors import OptstepsError
 
-# OSS (Pei et al. 2025) tables as shipped in ComfyUI's comfy_extras/nodes_optimalsteps.py (comfyanonymous/ComfyUI, "from https://github.com/bebebe666/OptimalSteps")
+# OSS (Pei et al. 2025) tables as shipped in ComfyUI's comfy_extras/nodes_optimalsteps.py
+# (comfyanonymous/ComfyUI, "from https://github.com/bebebe666/OptimalSteps")
 OSS_TABLES = {
     "flux": (0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808, 0.001),
-    "wan": (1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968, 0.96, 0.946, 0.927,
-            0.902, 0.864, 0.776, 0.539, 0.208, 0.001),
+    "wan": (
+        1.0,
+        0.997,
+        0.995,
+        0.993,
+        0.991,
+        0.989,
+        0.987,
+        0.985,
+        0.98,
+        0.975,
+        0.973,
+        0.968,
+        0.96,
+        0.946,
+        0.927,
+        0.902,
+        0.864,
+        0.776,
+        0.539,
+        0.208,
+        0.001,
+    ),
 }
 OSS_FAMILIES = {"flux": "FLUX.1 (FluxPipeline)", "wan": "Wan 2.1 text-to-video (WanPipeline)"}
 
@@ -30,7 +53,8 @@ AYS_TABLES = {  # diffusers.schedulers.AysSchedules: 10 evaluation sigmas, then 
     "sdxl": "StableDiffusionXLSigmas",
     "svd": "StableDiffusionVideoSigmas",
 }
-# the last AYS level, which diffusers stores as 0: ComfyUI's comfy_extras/nodes_align_your_steps.py (comfyanonymous/ComfyUI, "from https://research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html")
+# the last AYS level, which diffusers stores as 0: ComfyUI's comfy_extras/nodes_align_your_steps.py
+# (comfyanonymous/ComfyUI, "from https://research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html")
 AYS_SIGMA_MIN = {"sd": 0.0291671582, "sdxl": 0.0291671582, "svd": 0.002}
 
 
@@ -53,10 +77,13 @@ def oss_published_times(table: str | None, nfe: int) -> torch.Tensor:
             "oss-published needs the model family: the OSS authors published tables for "
             f"{' and '.join(OSS_FAMILIES.values())} only. Use it with a FLUX or Wan pipeline model (its table is "
             "picked from the pipeline) or pass table='flux' / table='wan'; for other models compute an OSS schedule "
-            "(optsteps schedule oss …).")
+            "(optsteps schedule oss …)."
+        )
     if table not in OSS_TABLES:
-        raise OptstepsError(f"no published OSS table {table!r}; there are {', '.join(sorted(OSS_TABLES))} "
-                            f"({', '.join(OSS_FAMILIES.values())}).")
+        raise OptstepsError(
+            f"no published OSS table {table!r}; there are {', '.join(sorted(OSS_TABLES))} "
+            f"({', '.join(OSS_FAMILIES.values())})."
+        )
     t = loglinear_levels(OSS_TABLES[table], nfe + 1)
     t[-1] = 0.0
     return t
@@ -73,5 +100,12 @@ def ays_evaluation_sigmas(table: str, nfe: int) -> torch.Tensor:
     return loglinear_levels(levels, nfe + 1)[:-1]
 
 
-__all__ = ["OSS_TABLES", "OSS_FAMILIES", "AYS_TABLES", "AYS_SIGMA_MIN", "loglinear_levels", "oss_published_times",
-           "ays_evaluation_sigmas"]
+__all__ = [
+    "OSS_TABLES",
+    "OSS_FAMILIES",
+    "AYS_TABLES",
+    "AYS_SIGMA_MIN",
+    "loglinear_levels",
+    "oss_published_times",
+    "ays_evaluation_sigmas",
+]

@@ -22,6 +22,7 @@ they meant):
 ``initial_state(noise, schedule)`` is the one function that applies the rule; every sampler entry point
 (``models.sampling.generate``, the teacher, ``optsteps sample``, the evaluation, ``apply``) calls it.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,15 +33,15 @@ from pathlib import Path
 
 import torch
 
+from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
+from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
 from optsteps.errors import OptstepsError
 from optsteps.io.atomic import write_text_atomic
 from optsteps.io.limits import check as check_limit
 from optsteps.io.readers import parse_json, read_json
-from optsteps.core.noise_schedules import NoiseSchedule, as_tensor, noise_schedule_from_dict
-from optsteps.core.solver_spec import SPEC_FIELDS, SolverSpec
 
 START_STATES = ("scaled", "raw")
-TIME_RESOLUTION = 2.0 ** -20  # relative gap two times need: 8 float32 ulps, the precision the network sees t in
+TIME_RESOLUTION = 2.0**-20  # relative gap two times need: 8 float32 ulps, the precision the network sees t in
 
 
 def start_sigma(noise_schedule: NoiseSchedule, t0: float, rule: str = "scaled") -> float:
@@ -76,16 +77,17 @@ class Schedule:
         object.__setattr__(self, "t", t)
         if len(t) < 2:
             raise OptstepsError(
-                f"a schedule needs at least 2 times (t_start and t_end, NFE ≥ 1), got {len(t)}; "
-                "pass nfe + 1 times."
+                f"a schedule needs at least 2 times (t_start and t_end, NFE ≥ 1), got {len(t)}; pass nfe + 1 times."
             )
         check_limit("MAX_SCHEDULE_POINTS", len(t), "the number of schedule times")
         if any(math.isnan(v) or math.isinf(v) for v in t):
             raise OptstepsError(f"schedule times contain NaN or inf: {list(t)[:8]}; pass finite times.")
         tiny = [v for v in t if _subnormal(v)]
         if tiny:  # subnormal floats: no model resolves them, and steps between them divide by ~0
-            raise OptstepsError(f"schedule times contain subnormal numbers ({tiny[0]:.3g}, below {sys.float_info.min:.3g}); "
-                                "pass normal floats within the noise schedule's range.")
+            raise OptstepsError(
+                f"schedule times contain subnormal numbers ({tiny[0]:.3g}, below {sys.float_info.min:.3g}); "
+                "pass normal floats within the noise schedule's range."
+            )
         bad = [i for i in range(len(t) - 1) if not t[i] > t[i + 1]]
         if bad:
             i = bad[0]
@@ -97,14 +99,17 @@ class Schedule:
         close = [i for i in range(len(t) - 1) if t[i] - t[i + 1] < TIME_RESOLUTION * max(abs(t[i]), abs(t[i + 1]))]
         if close:  # the network sees its time in float32: closer times are one time, and the step divides by ~0
             i = close[0]
-            raise OptstepsError(f"schedule times t[{i}] = {t[i]!r} and t[{i + 1}] = {t[i + 1]!r} are closer than the "
-                                f"model's time resolution (relative {TIME_RESOLUTION:.2g}, float32 network time); "
-                                "merge them or space the times further apart.")
+            raise OptstepsError(
+                f"schedule times t[{i}] = {t[i]!r} and t[{i + 1}] = {t[i + 1]!r} are closer than the "
+                f"model's time resolution (relative {TIME_RESOLUTION:.2g}, float32 network time); "
+                "merge them or space the times further apart."
+            )
         if self.solver:
             SolverSpec.from_fields(self.solver, self.extra)  # a known solver with valid options, or an error
         if self.extra.get("start_state", "scaled") not in START_STATES:
-            raise OptstepsError(f"start_state = {self.extra['start_state']!r}; use one of {', '.join(START_STATES)} "
-                                "(absent = scaled).")
+            raise OptstepsError(
+                f"start_state = {self.extra['start_state']!r}; use one of {', '.join(START_STATES)} (absent = scaled)."
+            )
 
     @property
     def nfe(self) -> int:
@@ -133,13 +138,13 @@ class Schedule:
         """The solver this schedule was made for (``solver`` plus the optional order fields), None if none."""
         return SolverSpec.from_fields(self.solver, self.extra) if self.solver else None
 
-    def with_solver(self, spec: SolverSpec) -> "Schedule":
+    def with_solver(self, spec: SolverSpec) -> Schedule:
         """This schedule made for ``spec``: its solver name and the spec's non-default fields."""
         extra = {k: v for k, v in self.extra.items() if k not in SPEC_FIELDS}
         extra.update(spec.json_fields())
         return Schedule(self.t, self.noise_schedule, self.model, self.method, spec.name, extra)
 
-    def with_meta(self, **kw) -> "Schedule":
+    def with_meta(self, **kw) -> Schedule:
         extra = dict(self.extra)
         extra.update(kw.pop("extra", {}))
         fields = {"model": self.model, "method": self.method, "solver": self.solver}
@@ -166,33 +171,45 @@ class Schedule:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schedule":
+    def from_dict(cls, d: dict) -> Schedule:
         if not isinstance(d, dict):
-            raise OptstepsError(f"a schedule JSON must be an object with 'noise_schedule' and 't', got {type(d).__name__}; "
-                                "write it with `optsteps schedule ... --json`.")
+            raise OptstepsError(
+                f"a schedule JSON must be an object with 'noise_schedule' and 't', got {type(d).__name__}; "
+                "write it with `optsteps schedule ... --json`."
+            )
         missing = [k for k in ("noise_schedule", "t") if k not in d]
         if missing:
             raise OptstepsError(f"schedule JSON lacks {missing}; it needs at least 'noise_schedule' and 't'.")
         ns = noise_schedule_from_dict(d["noise_schedule"])
         known = {"model", "noise_schedule", "method", "solver", "nfe", "t", "sigma", "lambda"}
-        s = cls(d["t"], ns, d.get("model", ""), d.get("method", ""), d.get("solver", ""),
-                {k: v for k, v in d.items() if k not in known})
+        s = cls(
+            d["t"],
+            ns,
+            d.get("model", ""),
+            d.get("method", ""),
+            d.get("solver", ""),
+            {k: v for k, v in d.items() if k not in known},
+        )
         if "nfe" in d and d["nfe"] != s.nfe:
-            raise OptstepsError(f"schedule JSON says nfe = {d['nfe']} but has {len(s.t)} times; nfe must be len(t) − 1.")
+            raise OptstepsError(
+                f"schedule JSON says nfe = {d['nfe']} but has {len(s.t)} times; nfe must be len(t) − 1."
+            )
         return s
 
     @classmethod
-    def from_json(cls, text: str, where: str = "schedule JSON") -> "Schedule":
+    def from_json(cls, text: str, where: str = "schedule JSON") -> Schedule:
         return cls.from_dict(parse_json(text, where, "schedule", top=dict, fix=SCHEDULE_FIX))
 
     def save(self, path) -> Path:
         return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path) -> "Schedule":
+    def load(cls, path) -> Schedule:
         p = Path(path)
         if not p.is_file():
-            raise OptstepsError(f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`.")
+            raise OptstepsError(
+                f"schedule file {p} does not exist; write one with `optsteps schedule ... --json > {p}`."
+            )
         data = read_json(p, "schedule", top=dict, fix=SCHEDULE_FIX)
         try:
             return cls.from_dict(data)
@@ -219,6 +236,8 @@ def check_noise_schedule(schedule: Schedule, noise_schedule: NoiseSchedule, user
     """Refuse ``schedule`` for ``user`` (a model or pipeline) whose noise schedule is another one: the schedule's
     times t_i would mean other noise levels σ(t_i) there."""
     if schedule.noise_schedule != noise_schedule:
-        raise OptstepsError(f"the schedule ({schedule.model or 'unnamed'}, {schedule.method or 'schedule'}, NFE "
-                            f"{schedule.nfe}) was made for the noise schedule {schedule.noise_schedule.to_dict()}, "
-                            f"but {user} uses {noise_schedule.to_dict()}; {fix}.")
+        raise OptstepsError(
+            f"the schedule ({schedule.model or 'unnamed'}, {schedule.method or 'schedule'}, NFE "
+            f"{schedule.nfe}) was made for the noise schedule {schedule.noise_schedule.to_dict()}, "
+            f"but {user} uses {noise_schedule.to_dict()}; {fix}."
+        )

@@ -7,6 +7,7 @@ has (docs/algorithms.md §1.4): the samplers, the OSS engine, the λ-optimizer's
 In a schedule's JSON the spec is the ``"solver"`` field plus, only where they differ from the solver's
 default, ``"order"``, ``"lower_order_final"`` and ``"corrector"``.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,7 @@ class SolverSpec:
         return out
 
     @classmethod
-    def from_fields(cls, solver: str, fields: dict) -> "SolverSpec":
+    def from_fields(cls, solver: str, fields: dict) -> SolverSpec:
         """The spec a schedule JSON describes (``"solver"`` and the optional ``SPEC_FIELDS``)."""
         return cls(solver, fields.get("order"), fields.get("lower_order_final", True), fields.get("corrector", True))
 

@@ -12,15 +12,53 @@
 - ``plots``: matplotlib figures of a schedule against the baselines, of a metric against NFE and of the speedup
   (not imported here).
 """
-from optsteps.evaluate.adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
-from optsteps.evaluate.fid import (FEATURE_NETS, FeatureNet, clean_features, digitsnet, feature_net, fid_from_features, inception,
-                  inception_weights_path, kid_from_features, reference_features)
-from optsteps.evaluate.options import EvaluateOptions
-from optsteps.evaluate.run import (Evaluator, check_heldout, evaluate_grid, evaluate_schedule, markdown_table,
-                  metric_columns, teacher_endpoints)
 
-__all__ = ["FEATURE_NETS", "FeatureNet", "clean_features", "digitsnet", "feature_net", "fid_from_features",
-           "inception", "inception_weights_path", "kid_from_features", "reference_features", "class_adherence",
-           "geneval_metrics", "geneval_status", "in_manifold", "knn_radii", "Evaluator", "EvaluateOptions",
-           "check_heldout",
-           "evaluate_grid", "evaluate_schedule", "markdown_table", "metric_columns", "teacher_endpoints"]
+from optsteps.evaluate.adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
+from optsteps.evaluate.fid import (
+    FEATURE_NETS,
+    FeatureNet,
+    clean_features,
+    digitsnet,
+    feature_net,
+    fid_from_features,
+    inception,
+    inception_weights_path,
+    kid_from_features,
+    reference_features,
+)
+from optsteps.evaluate.options import EvaluateOptions
+from optsteps.evaluate.run import (
+    Evaluator,
+    check_heldout,
+    evaluate_grid,
+    evaluate_schedule,
+    markdown_table,
+    metric_columns,
+    teacher_endpoints,
+)
+
+__all__ = [
+    "FEATURE_NETS",
+    "FeatureNet",
+    "clean_features",
+    "digitsnet",
+    "feature_net",
+    "fid_from_features",
+    "inception",
+    "inception_weights_path",
+    "kid_from_features",
+    "reference_features",
+    "class_adherence",
+    "geneval_metrics",
+    "geneval_status",
+    "in_manifold",
+    "knn_radii",
+    "Evaluator",
+    "EvaluateOptions",
+    "check_heldout",
+    "evaluate_grid",
+    "evaluate_schedule",
+    "markdown_table",
+    "metric_columns",
+    "teacher_endpoints",
+]

@@ -10,6 +10,7 @@ noise from a broken sampler scores about 66 % on it (docs/offline.md §5).
 GenEval (Ghosh et al. 2023, github.com/djghosh13/geneval) is run only when its official evaluator is
 installed; otherwise the metric is absent and one log line says why. Nothing here approximates it.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ CONFIDENCE = 0.9
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048):
     for i in range(0, len(a), chunk):
-        yield i, torch.cdist(a[i:i + chunk], b)
+        yield i, torch.cdist(a[i : i + chunk], b)
 
 
 def knn_radii(real_features: np.ndarray, k: int = K_NEAREST) -> np.ndarray:
@@ -46,12 +47,13 @@ def knn_radii(real_features: np.ndarray, k: int = K_NEAREST) -> np.ndarray:
     out = torch.empty(len(r), dtype=torch.float64)
     for i, d in _pairwise(r, r):
         # the k+1 smallest include the sample itself (distance 0) at index 0
-        out[i:i + len(d)] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+        out[i : i + len(d)] = d.topk(k + 1, dim=1, largest=False).values[:, k]
     return out.numpy()
 
 
-def in_manifold(features: np.ndarray, real_features: np.ndarray, radii: np.ndarray | None = None,
-                k: int = K_NEAREST) -> np.ndarray:
+def in_manifold(
+    features: np.ndarray, real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST
+) -> np.ndarray:
     """Boolean mask: sample i lies inside the k-NN ball of at least one real sample."""
     radii = knn_radii(real_features, k) if radii is None else radii
     f = torch.as_tensor(np.asarray(features), dtype=torch.float64)
@@ -59,13 +61,19 @@ def in_manifold(features: np.ndarray, real_features: np.ndarray, radii: np.ndarr
     rad = torch.as_tensor(radii, dtype=torch.float64)
     mask = torch.empty(len(f), dtype=torch.bool)
     for i, d in _pairwise(f, r):
-        mask[i:i + len(d)] = (d <= rad[None, :]).any(dim=1)
+        mask[i : i + len(d)] = (d <= rad[None, :]).any(dim=1)
     return mask.numpy()
 
 
-def adherence_masks(logits: torch.Tensor, labels: torch.Tensor | None, features: np.ndarray,
-                    real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST,
-                    confidence: float = CONFIDENCE) -> dict:
+def adherence_masks(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    features: np.ndarray,
+    real_features: np.ndarray,
+    radii: np.ndarray | None = None,
+    k: int = K_NEAREST,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Per-sample boolean arrays: ``precision`` (in the real-data manifold) and, for conditional samples,
     ``accuracy`` (argmax = requested), ``confident_accuracy`` (and confidence > threshold) and ``adherence``
     (all three). Their means are the metrics of ``adherence_from_logits``."""
@@ -84,18 +92,31 @@ def adherence_masks(logits: torch.Tensor, labels: torch.Tensor | None, features:
     return out
 
 
-def adherence_from_logits(logits: torch.Tensor, labels: torch.Tensor | None, features: np.ndarray,
-                          real_features: np.ndarray, radii: np.ndarray | None = None, k: int = K_NEAREST,
-                          confidence: float = CONFIDENCE) -> dict:
+def adherence_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    features: np.ndarray,
+    real_features: np.ndarray,
+    radii: np.ndarray | None = None,
+    k: int = K_NEAREST,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """The gated adherence and its parts: ``accuracy`` (argmax = requested), ``confident_accuracy``
     (and confidence > threshold), ``precision`` (in-manifold share), ``adherence`` (all three)."""
     masks = adherence_masks(logits, labels, features, real_features, radii, k, confidence)
     return {name: float(np.asarray(m, dtype=np.float64).mean()) for name, m in masks.items()}
 
 
-def class_adherence(net, images: torch.Tensor, labels: torch.Tensor | None, real_features: np.ndarray,
-                    features: np.ndarray | None = None, radii: np.ndarray | None = None, k: int = K_NEAREST,
-                    confidence: float = CONFIDENCE) -> dict:
+def class_adherence(
+    net,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    real_features: np.ndarray,
+    features: np.ndarray | None = None,
+    radii: np.ndarray | None = None,
+    k: int = K_NEAREST,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Gated adherence of ``images`` judged by the digitsnet ``FeatureNet`` ``net``; its features (computed
     through clean-fid unless given) give both the logits (classifier head) and the k-NN test."""
     from optsteps.evaluate.fid import clean_features
@@ -148,7 +169,7 @@ def geneval_status(geneval_dir=None, detector_dir=None, python: str | None = Non
         return False, f"{script} not found"
     if not detector_dir or not (Path(detector_dir) / GENEVAL_DETECTOR).is_file():
         return False, f"the Mask2Former checkpoint {GENEVAL_DETECTOR} is not in GENEVAL_DETECTOR_DIR ({detector_dir})"
-    probe = "import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in %r) else 3)" % (GENEVAL_MODULES,)
+    probe = f"import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in {GENEVAL_MODULES!r}) else 3)"
     try:
         rc = subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode
     except (OSError, subprocess.SubprocessError) as e:
@@ -173,8 +194,9 @@ def geneval_summary(results_jsonl) -> dict:
     return out
 
 
-def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir, images_per_prompt: int = 4,
-                         seed: int = 0, schedule=None) -> Path:
+def write_geneval_images(
+    prompts: list[dict], prompt_sampler: Callable, out_dir, images_per_prompt: int = 4, seed: int = 0, schedule=None
+) -> Path:
     """GenEval's image layout: ``<out_dir>/<00000>/metadata.jsonl`` (the prompt's row) and ``samples/0000.png`` …;
     prompt i gets ``prompt_sampler(prompt, images_per_prompt, seed + i, schedule)`` (PIL images or an
     [n, C, H, W] tensor in [−1, 1]). Files are written atomically."""
@@ -198,43 +220,67 @@ def write_geneval_images(prompts: list[dict], prompt_sampler: Callable, out_dir,
     return out_dir
 
 
-def run_geneval_evaluator(image_dir, outfile, geneval_dir=None, detector_dir=None, python: str | None = None,
-                          timeout: float | None = None) -> dict:
+def run_geneval_evaluator(
+    image_dir, outfile, geneval_dir=None, detector_dir=None, python: str | None = None, timeout: float | None = None
+) -> dict:
     """Run the official ``evaluation/evaluate_images.py`` on a GenEval image folder and summarise its
     results.jsonl (``geneval_summary``). Call ``geneval_status`` first: this assumes GenEval is installed."""
     geneval_dir = Path(geneval_dir or os.environ["GENEVAL_DIR"])
     detector_dir = detector_dir or os.environ["GENEVAL_DETECTOR_DIR"]
     python = python or os.environ.get("GENEVAL_PYTHON") or sys.executable
-    cmd = [python, str(geneval_dir / "evaluation" / "evaluate_images.py"), str(Path(image_dir).resolve()),
-           "--outfile", str(Path(outfile).resolve()), "--model-path", str(detector_dir)]
+    cmd = [
+        python,
+        str(geneval_dir / "evaluation" / "evaluate_images.py"),
+        str(Path(image_dir).resolve()),
+        "--outfile",
+        str(Path(outfile).resolve()),
+        "--model-path",
+        str(detector_dir),
+    ]
     proc = subprocess.run(cmd, cwd=geneval_dir, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise OptstepsError(f"GenEval's evaluate_images.py failed (exit {proc.returncode}): "
-                            f"{proc.stderr.strip()[-800:]}")
+        raise OptstepsError(
+            f"GenEval's evaluate_images.py failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}"
+        )
     return geneval_summary(outfile)
 
 
-def geneval_metrics(prompt_file, prompt_sampler: Callable | None, schedule=None, images_per_prompt: int = 4,
-                    seed: int = 0, geneval_dir=None, detector_dir=None, python: str | None = None,
-                    workdir=None, limit: int | None = None) -> dict:
+def geneval_metrics(
+    prompt_file,
+    prompt_sampler: Callable | None,
+    schedule=None,
+    images_per_prompt: int = 4,
+    seed: int = 0,
+    geneval_dir=None,
+    detector_dir=None,
+    python: str | None = None,
+    workdir=None,
+    limit: int | None = None,
+) -> dict:
     """GenEval scores for a text-to-image sampler, or {} (one log line) when GenEval is not installed.
 
     ``prompt_sampler(prompt, n, seed, schedule)`` returns n PIL images or an [n, C, H, W] tensor in [−1, 1]
-    (``optsteps.integrations.diffusers.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are written in
-    GenEval's layout (``write_geneval_images``; under ``workdir``, else a temporary folder removed afterwards),
+    (``optsteps.integrations.diffusers.pipeline_prompt_sampler`` makes one for a diffusers pipeline). The images are
+    written in GenEval's layout (``write_geneval_images``; under ``workdir``, else a temporary folder removed
+    afterwards),
     then GenEval's own ``evaluation/evaluate_images.py`` scores them. ``limit``: only the first prompts.
     Nothing is generated when GenEval is absent.
     """
     prompts = read_geneval_prompts(prompt_file)[:limit]
     ok, why = geneval_status(geneval_dir, detector_dir, python)
     if not ok:
-        log.warning("GenEval metric omitted: the official GenEval evaluator is not installed (%s); see the README "
-                    "section \"Real models: diffusers pipelines\" for its setup (GENEVAL_DIR, GENEVAL_DETECTOR_DIR, "
-                    "GENEVAL_PYTHON).", why)
+        log.warning(
+            "GenEval metric omitted: the official GenEval evaluator is not installed (%s); see the README "
+            'section "Real models: diffusers pipelines" for its setup (GENEVAL_DIR, GENEVAL_DETECTOR_DIR, '
+            "GENEVAL_PYTHON).",
+            why,
+        )
         return {}
     if prompt_sampler is None:
-        raise OptstepsError("GenEval scores text-to-image models; this model takes no prompts (pass a prompt "
-                            "sampler for a text-to-image pipeline, or drop the GenEval prompt file).")
+        raise OptstepsError(
+            "GenEval scores text-to-image models; this model takes no prompts (pass a prompt "
+            "sampler for a text-to-image pipeline, or drop the GenEval prompt file)."
+        )
     own = workdir is None
     root = Path(tempfile.mkdtemp(prefix="optsteps-geneval-") if own else workdir)
     try:

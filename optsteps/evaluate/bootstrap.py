@@ -22,6 +22,7 @@ duplicates rows, which inflates a resampled FID/KID (fewer distinct samples: lar
 shift removes that offset from the interval, and in a paired difference the two rows are inflated alike on
 the same indices.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -100,14 +101,17 @@ def metric_interval(metric: str, point: float, resampled, level: float = CI_LEVE
     return float(min(max(lo, a), b)), float(min(max(hi, a), b))
 
 
-def paired_difference(point_a: float, resampled_a, point_b: float, resampled_b,
-                      level: float = CI_LEVEL) -> tuple[float, tuple[float, float]]:
+def paired_difference(
+    point_a: float, resampled_a, point_b: float, resampled_b, level: float = CI_LEVEL
+) -> tuple[float, tuple[float, float]]:
     """(Δ̂, interval) of row A minus row B, both resampled on the same index matrix."""
     # Δ̂ = θ̂_A − θ̂_B, Δ*_b = θ*_{A,b} − θ*_{B,b}; interval = centred_interval(Δ̂, Δ*)
     ra, rb = np.asarray(resampled_a, dtype=np.float64), np.asarray(resampled_b, dtype=np.float64)
     if ra.shape != rb.shape:
-        raise OptstepsError(f"paired resamples differ in length ({ra.shape} vs {rb.shape}); compare rows of one "
-                            "evaluation (same n, bootstrap count and seed).")
+        raise OptstepsError(
+            f"paired resamples differ in length ({ra.shape} vs {rb.shape}); compare rows of one "
+            "evaluation (same n, bootstrap count and seed)."
+        )
     diff = float(point_a) - float(point_b)
     return diff, centred_interval(diff, ra - rb, level)
 
@@ -118,6 +122,7 @@ def excludes_zero(interval) -> bool:
 
 
 # ---- FID -------------------------------------------------------------------------------------------
+
 
 def _reference_features(feats) -> np.ndarray:
     """A fixed reference feature set as float64 [N ≥ 2, D]."""
@@ -130,6 +135,7 @@ def _reference_features(feats) -> np.ndarray:
 @dataclass(frozen=True)
 class FrechetReference:
     """μ_r, S_r^{1/2} (symmetric root) and tr S_r of a fixed reference feature set."""
+
     mu: np.ndarray
     sqrt_cov: np.ndarray
     trace_cov: float
@@ -185,6 +191,7 @@ def frechet_resamples(feats, ref: FrechetReference, idx: np.ndarray) -> np.ndarr
 
 # ---- KID -------------------------------------------------------------------------------------------
 
+
 def _cubic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # k(x, y) = (xᵀy / d + 1)³, clean-fid's polynomial kernel
     return (a @ b.T / a.shape[1] + 1.0) ** 3
@@ -193,6 +200,7 @@ def _cubic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class KernelReference:
     """A fixed reference set for KID and its mean off-diagonal kernel value k̄_yy."""
+
     feats: np.ndarray
     mean_yy: float
 
@@ -273,7 +281,7 @@ def paired_frechet_resamples(feats, ref_feats, idx: np.ndarray) -> np.ndarray:
             tr = np.trace(sx) + np.trace(sy)
         else:
             nuc = np.linalg.svd(yc @ xc.T / (n - 1), compute_uv=False).sum()
-            tr = ((xc ** 2).sum() + (yc ** 2).sum()) / (n - 1)
+            tr = ((xc**2).sum() + (yc**2).sum()) / (n - 1)
         out[b] = max(0.0, float(((xb.mean(0) - yb.mean(0)) ** 2).sum() + tr - 2.0 * nuc))
     return out
 
@@ -289,7 +297,27 @@ def kid_full(feats, ref: KernelReference) -> float:
     return float(kid_resamples(f, ref, np.arange(len(f))[None])[0])
 
 
-__all__ = ["CI_LEVEL", "higher_is_better", "resample_indices", "resample_means", "centred_interval",
-           "paired_difference", "excludes_zero", "metric_range", "metric_interval",
-           "paired_kid_resamples", "paired_kid", "paired_frechet_resamples", "paired_frechet", "FrechetReference", "frechet_reference", "frechet_from_features",
-           "frechet_resamples", "KernelReference", "kernel_reference", "kid_resamples", "kid_full", "counts"]
+__all__ = [
+    "CI_LEVEL",
+    "higher_is_better",
+    "resample_indices",
+    "resample_means",
+    "centred_interval",
+    "paired_difference",
+    "excludes_zero",
+    "metric_range",
+    "metric_interval",
+    "paired_kid_resamples",
+    "paired_kid",
+    "paired_frechet_resamples",
+    "paired_frechet",
+    "FrechetReference",
+    "frechet_reference",
+    "frechet_from_features",
+    "frechet_resamples",
+    "KernelReference",
+    "kernel_reference",
+    "kid_resamples",
+    "kid_full",
+    "counts",
+]

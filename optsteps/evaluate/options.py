@@ -1,6 +1,7 @@
 """The options of the evaluation (``params.yaml`` section ``evaluate`` plus the sampler's knobs), next to it;
 assembled by ``optsteps.pipeline.config``. Field metadata are the validation rules (``pipeline.config.check_fields``;
 ``param: False`` marks a library option that params.yaml does not carry)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,12 +18,17 @@ class EvaluateOptions:
     """Evaluation grid: every method (baselines + optimized) × solver × NFE on held-out seeds (docs/algorithms.md §7).
     Library options: ``start`` (the first sample index: sample i uses noise (seed, start + i)), ``batch_size`` (samples
     per sampler batch), ``progress`` (progress bars)."""
-    baselines: list = field(default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"],
-                            metadata={"check": baseline_kind_rule})
+
+    baselines: list = field(
+        default_factory=lambda: ["uniform-t", "uniform-lambda", "karras", "time-quadratic"],
+        metadata={"check": baseline_kind_rule},
+    )
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"], metadata={"choices": SOLVERS, "nonempty": True})
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10], metadata={"range": (1, MAX_STEPS)})
-    baseline_nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10, 12, 15, 20],  # baselines also here (speedup)
-                               metadata={"range": (1, MAX_STEPS)})
+    baseline_nfe: list = field(
+        default_factory=lambda: [4, 5, 6, 8, 10, 12, 15, 20],  # baselines also here (speedup)
+        metadata={"range": (1, MAX_STEPS)},
+    )
     n: int = field(default=1000, metadata={"range": (1, MAX_SAMPLES)})  # generated samples per row
     inception_n: int = field(default=0, metadata=COUNT)  # samples for fid_inception against reference_images; 0 = off
     teacher_inception_n: int = field(default=0, metadata=COUNT)  # fid_teacher_inception, built-in models: off

@@ -1,12 +1,13 @@
 """Plots logged with the runs, drawn with matplotlib's object API (no global backend change): a schedule against
 the baselines of the same NFE in t and λ (``schedule_figures``), a metric against NFE (``curves_figure``) and the
 speedup figure (``speedup_figure``)."""
+
 from __future__ import annotations
 
 import math
 
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
 
 BASELINE_KINDS = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
 
@@ -36,8 +37,10 @@ def schedule_figures(schedule: Schedule) -> dict:
         except OptstepsError:
             continue
     out = {}
-    for fname, attr, ylabel in (("schedule_t.png", "timesteps_t", "t"), ("schedule_lambda.png", "lambdas",
-                                                                         "λ = log(α/σ)")):
+    for fname, attr, ylabel in (
+        ("schedule_t.png", "timesteps_t", "t"),
+        ("schedule_lambda.png", "lambdas", "λ = log(α/σ)"),
+    ):
         fig, ax = _figure(fixed_margins=True)
         ax = ax[0][0]
         for kind, s in curves.items():
@@ -46,8 +49,15 @@ def schedule_figures(schedule: Schedule) -> dict:
             ax.plot(xs, [y[i] for i in xs], "--", marker=".", alpha=0.6, label=kind)
         y = getattr(schedule, attr).tolist()
         xs = [i for i, v in enumerate(y) if math.isfinite(v)]
-        ax.plot(xs, [y[i] for i in xs], "-", marker="o", color="black", lw=2,
-                label=f"{schedule.method or 'schedule'} (this run)")
+        ax.plot(
+            xs,
+            [y[i] for i in xs],
+            "-",
+            marker="o",
+            color="black",
+            lw=2,
+            label=f"{schedule.method or 'schedule'} (this run)",
+        )
         ax.set_xlabel("step i")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{schedule.model} {schedule.solver} NFE {schedule.nfe}: {ylabel}")
@@ -108,8 +118,13 @@ def speedup_figure(entries: list[dict]):
             es = sorted((e for e in pts if e["method"] == method), key=lambda e: e["nfe"])
             line = ax.plot([e["nfe"] for e in es], [e["baseline_nfe"] for e in es], "-", label=method)[0]
             for e in es:
-                ax.plot([e["nfe"]], [e["baseline_nfe"]], "o", color=line.get_color(),
-                        mfc="none" if e["censored"] else line.get_color())
+                ax.plot(
+                    [e["nfe"]],
+                    [e["baseline_nfe"]],
+                    "o",
+                    color=line.get_color(),
+                    mfc="none" if e["censored"] else line.get_color(),
+                )
         ax.plot(ks, ks, "--", color="gray", label="no speedup (N* = K)")
         ax.set_xscale("log")
         ax.set_yscale("log")

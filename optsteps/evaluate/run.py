@@ -20,6 +20,7 @@ label). Everything is deterministic given
 the seeds: sample i uses noise (seed, start + i) and requests class (start + i) mod C; KID subsets use
 ``kid_seed``, the bootstrap ``bootstrap_seed``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,25 +33,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optsteps.errors import OptstepsError
-from optsteps.models.base import DiffusionModel
 from optsteps.core.baselines import BASELINES
+from optsteps.core.metric_names import METRICS
 from optsteps.core.schedule import Schedule, check_noise_schedule
 from optsteps.core.solver_spec import SolverSpec
+from optsteps.errors import OptstepsError
 from optsteps.evaluate import bootstrap as bs
-from optsteps.core.metric_names import METRICS
 from optsteps.evaluate.adherence import CONFIDENCE, K_NEAREST, adherence_masks, geneval_metrics, knn_radii
+from optsteps.evaluate.fid import (
+    clean_features,
+    default_real_images,
+    digitsnet,
+    fid_from_features,
+    folder_features,
+    folder_key,
+    inception,
+    kid_from_features,
+    reference_features,
+    reference_key,
+)
 from optsteps.evaluate.options import EvaluateOptions
-from optsteps.evaluate.fid import (clean_features, default_real_images, digitsnet, fid_from_features, folder_features,
-                                   folder_key, inception, kid_from_features, reference_features, reference_key)
+from optsteps.models.base import DiffusionModel
 
 log = logging.getLogger("optsteps.evaluate")
 
 NOISE_SEED_STRIDE = 1_000_003  # DiffusionModel.noise: generator seed = seed · stride + index
 PSNR_PEAK = 2.0  # images in [−1, 1]
 PSNR_MSE_FLOOR = 1e-10  # PSNR ≤ 10·log10(4 / 1e-10) ≈ 106 dB: bit-identical images stay finite
-def check_heldout(seed: int, start: int, n: int, distill_seed: int, distill_samples: int | None = None,
-                  distill_start: int = 0) -> None:
+
+
+def check_heldout(
+    seed: int, start: int, n: int, distill_seed: int, distill_samples: int | None = None, distill_start: int = 0
+) -> None:
     """Raise if evaluation noise (seed, start..start+n) overlaps the distillation noise
     (distill_seed, distill_start..distill_start+distill_samples; all indices when distill_samples is None)."""
     a0 = seed * NOISE_SEED_STRIDE + start
@@ -60,8 +74,10 @@ def check_heldout(seed: int, start: int, n: int, distill_seed: int, distill_samp
     if a0 < b1 and b0 < a1:
         raise OptstepsError(
             f"evaluation seeds (seed {seed}, samples {start}..{start + n - 1}) overlap the distillation seeds "
-            f"(seed {distill_seed}{'' if distill_samples is None else f', samples {distill_start}..{distill_start + distill_samples - 1}'}); "
-            "evaluate on held-out noise: pass another --seed or a start past the distillation samples.")
+            f"(seed {distill_seed}"
+            f"{'' if distill_samples is None else f', samples {distill_start}..{distill_start + distill_samples - 1}'}"
+            "); evaluate on held-out noise: pass another --seed or a start past the distillation samples."
+        )
 
 
 class Evaluator:
@@ -78,12 +94,29 @@ class Evaluator:
     ``bootstrap_seed`` their seed. The caller passes these (params.yaml ``evaluate``).
     """
 
-    def __init__(self, classifier, cache_dir, inception_n: int, kid_subsets: int, device="cpu",
-                 k: int = K_NEAREST, confidence: float = CONFIDENCE, kid_seed: int = 0,
-                 real_images: torch.Tensor | None = None, progress: bool = False, *, teacher_inception_n: int = 0,
-                 reference_images=None, bootstrap: int = 0, bootstrap_seed: int = 0):
-        for name, v in (("inception_n", inception_n), ("teacher_inception_n", teacher_inception_n),
-                        ("bootstrap", bootstrap)):
+    def __init__(
+        self,
+        classifier,
+        cache_dir,
+        inception_n: int,
+        kid_subsets: int,
+        device="cpu",
+        k: int = K_NEAREST,
+        confidence: float = CONFIDENCE,
+        kid_seed: int = 0,
+        real_images: torch.Tensor | None = None,
+        progress: bool = False,
+        *,
+        teacher_inception_n: int = 0,
+        reference_images=None,
+        bootstrap: int = 0,
+        bootstrap_seed: int = 0,
+    ):
+        for name, v in (
+            ("inception_n", inception_n),
+            ("teacher_inception_n", teacher_inception_n),
+            ("bootstrap", bootstrap),
+        ):
             if not isinstance(v, int) or v < 0:
                 raise OptstepsError(f"{name} must be an integer ≥ 0 (0 turns it off), got {v!r}.")
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -97,8 +130,10 @@ class Evaluator:
         if self.real_images is None and self.digits is not None:
             self.real_images = default_real_images()
         if self.reference_images is not None and not inception_n:
-            raise OptstepsError(f"reference_images = {self.reference_images!r} is set but inception_n is 0; set "
-                                "evaluate.inception_n > 0 (samples compared with the folder through Inception).")
+            raise OptstepsError(
+                f"reference_images = {self.reference_images!r} is set but inception_n is 0; set "
+                "evaluate.inception_n > 0 (samples compared with the folder through Inception)."
+            )
         self._inception = None
         self._ref: dict = {}
         self._stats: dict = {}
@@ -108,15 +143,28 @@ class Evaluator:
         self._teacher_images = None
 
     @classmethod
-    def from_options(cls, classifier, options: EvaluateOptions, *, teacher_inception_n: int | None = None,
-                     progress: bool | None = None) -> "Evaluator":
+    def from_options(
+        cls,
+        classifier,
+        options: EvaluateOptions,
+        *,
+        teacher_inception_n: int | None = None,
+        progress: bool | None = None,
+    ) -> Evaluator:
         """The evaluator of ``options`` (``EvaluateOptions``: cache_dir, inception_n, kid_subsets, reference_images,
         bootstrap and its seed, progress); ``teacher_inception_n`` defaults to ``options.teacher_inception_n``."""
         o = options
-        return cls(classifier, o.cache_dir, o.inception_n, o.kid_subsets,
-                   progress=o.progress if progress is None else progress,
-                   teacher_inception_n=o.teacher_inception_n if teacher_inception_n is None else teacher_inception_n,
-                   reference_images=o.reference_images or None, bootstrap=o.bootstrap, bootstrap_seed=o.bootstrap_seed)
+        return cls(
+            classifier,
+            o.cache_dir,
+            o.inception_n,
+            o.kid_subsets,
+            progress=o.progress if progress is None else progress,
+            teacher_inception_n=o.teacher_inception_n if teacher_inception_n is None else teacher_inception_n,
+            reference_images=o.reference_images or None,
+            bootstrap=o.bootstrap,
+            bootstrap_seed=o.bootstrap_seed,
+        )
 
     # -- references ---------------------------------------------------------------------------------
     def _reference(self, net):
@@ -171,10 +219,17 @@ class Evaluator:
     def identity(self) -> dict:
         """What decides whether two evaluations' numbers (and resamples) are comparable, besides the model,
         teacher and seeds: feature nets, references and settings."""
-        out = {"digitsnet": self.digits.identity if self.digits is not None else None,
-               "inception_n": self.inception_n, "teacher_inception_n": self.teacher_inception_n,
-               "kid_subsets": self.kid_subsets, "kid_seed": self.kid_seed, "k": self.k, "confidence": self.confidence,
-               "bootstrap": self.bootstrap, "bootstrap_seed": self.bootstrap_seed}
+        out = {
+            "digitsnet": self.digits.identity if self.digits is not None else None,
+            "inception_n": self.inception_n,
+            "teacher_inception_n": self.teacher_inception_n,
+            "kid_subsets": self.kid_subsets,
+            "kid_seed": self.kid_seed,
+            "k": self.k,
+            "confidence": self.confidence,
+            "bootstrap": self.bootstrap,
+            "bootstrap_seed": self.bootstrap_seed,
+        }
         if self.digits is not None:
             out["digits_reference"] = reference_key(self.digits, self.real_images)[1]
         if self.inception_n or self.teacher_inception_n:
@@ -201,16 +256,23 @@ class Evaluator:
             res[f"fid_{name}"] = bs.frechet_resamples(feats, fref, idx)
             res[f"kid_{name}"] = bs.kid_resamples(feats, kref, idx)
 
-    def measure(self, x: torch.Tensor, labels: torch.Tensor | None, images: torch.Tensor | None = None,
-                reference_row: bool = False) -> tuple[dict, dict]:
+    def measure(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        images: torch.Tensor | None = None,
+        reference_row: bool = False,
+    ) -> tuple[dict, dict]:
         """(metrics, resamples) of samples ``x`` (requested ``labels``; ``images``: their decoded images, None
         for pixel models = ``x`` itself, or for states that are no images) against the references and the
         teacher (``set_teacher``). ``reference_row``: x are the teacher's own samples (no metric against itself
         but ``l2_to_teacher`` = 0). ``resamples``: metric → the values on the bootstrap resamples."""
         out: dict = {"n": len(x)}
         if not torch.isfinite(x).all():
-            raise OptstepsError(f"{int((~torch.isfinite(x)).flatten(1).any(1).sum())} of {len(x)} samples are "
-                                "not finite; the solver diverged on this schedule (check its first steps).")
+            raise OptstepsError(
+                f"{int((~torch.isfinite(x)).flatten(1).any(1).sum())} of {len(x)} samples are "
+                "not finite; the solver diverged on this schedule (check its first steps)."
+            )
         imgs = images if images is not None else (x if x.dim() == 4 else None)
         res: dict = {}
         n = len(x)
@@ -231,24 +293,43 @@ class Evaluator:
                 tf = self._teacher_features(self.digits, n)
                 self._fid_kid(out, res, "teacher_digitsnet", feats, tf, ("teacher", "digitsnet", n), idx)
         m_real = min(self.inception_n, n) if self.inception_n and self.has_real_inception_reference else 0
-        m_teacher = (min(self.teacher_inception_n, n) if self.teacher_inception_n and teacher is not None
-                     and self._teacher_images is not None else 0)
+        m_teacher = (
+            min(self.teacher_inception_n, n)
+            if self.teacher_inception_n and teacher is not None and self._teacher_images is not None
+            else 0
+        )
         if imgs is not None and (m_real or m_teacher):
             net = self.inception_net
-            feats = clean_features(imgs[:max(m_real, m_teacher)], net, self.progress, "features inception")
+            feats = clean_features(imgs[: max(m_real, m_teacher)], net, self.progress, "features inception")
             if m_real:
-                self._fid_kid(out, res, "inception", feats[:m_real], self._reference(net), ("real", "inception"),
-                              self.indices(m_real, labels) if idx is not None else None)
+                self._fid_kid(
+                    out,
+                    res,
+                    "inception",
+                    feats[:m_real],
+                    self._reference(net),
+                    ("real", "inception"),
+                    self.indices(m_real, labels) if idx is not None else None,
+                )
                 out["n_inception"] = m_real
             if m_teacher:
                 tf = self._teacher_features(net, m_teacher)
-                self._fid_kid(out, res, "teacher_inception", feats[:m_teacher], tf, ("teacher", "inception", m_teacher),
-                              self.indices(m_teacher, labels) if idx is not None else None)
+                self._fid_kid(
+                    out,
+                    res,
+                    "teacher_inception",
+                    feats[:m_teacher],
+                    tf,
+                    ("teacher", "inception", m_teacher),
+                    self.indices(m_teacher, labels) if idx is not None else None,
+                )
                 out["n_teacher_inception"] = m_teacher
         if self._teacher is not None:
             if self._teacher.shape != x.shape:
-                raise OptstepsError(f"teacher endpoints {tuple(self._teacher.shape)} do not match samples "
-                                    f"{tuple(x.shape)}; generate them on the same seeds and count.")
+                raise OptstepsError(
+                    f"teacher endpoints {tuple(self._teacher.shape)} do not match samples "
+                    f"{tuple(x.shape)}; generate them on the same seeds and count."
+                )
             d = (x - self._teacher).flatten(1).norm(dim=1)  # ‖x_i − x_teacher,i‖₂ per sample
             out["l2_to_teacher"] = d.mean().item()
             if idx is not None:
@@ -262,13 +343,20 @@ class Evaluator:
             out["ci95"] = {k: list(bs.metric_interval(k, out[k], r)) for k, r in res.items()}
         return out, res
 
-    def metrics(self, x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None = None,
-                images: torch.Tensor | None = None, teacher_images: torch.Tensor | None = None) -> dict:
+    def metrics(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        teacher: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        teacher_images: torch.Tensor | None = None,
+    ) -> dict:
         """All metrics of samples ``x`` (requested ``labels``) against the real data (and the teacher, whose
         endpoints ``teacher`` and images ``teacher_images`` become the evaluator's teacher)."""
         if teacher is not None:
-            self.set_teacher(teacher, teacher_images if teacher_images is not None else
-                             (teacher if teacher.dim() == 4 else None))
+            self.set_teacher(
+                teacher, teacher_images if teacher_images is not None else (teacher if teacher.dim() == 4 else None)
+            )
         return self.measure(x, labels, images, reference_row=teacher is not None and x is teacher)[0]
 
 
@@ -280,7 +368,7 @@ def psnr_per_sample(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray
     if a.shape != b.shape:
         raise OptstepsError(f"images {tuple(a.shape)} and teacher images {tuple(b.shape)} differ in shape.")
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(PSNR_MSE_FLOOR)
-    return (10.0 * torch.log10(PSNR_PEAK ** 2 / mse)).numpy()
+    return (10.0 * torch.log10(PSNR_PEAK**2 / mse)).numpy()
 
 
 def images_of(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor | None:
@@ -292,14 +380,22 @@ def images_of(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor | None:
     return x if x.dim() == 4 else None
 
 
-def evaluation_id(model: DiffusionModel, teacher_cfg, n: int, seed: int, start: int, guidance: float,
-                  evaluator: Evaluator) -> str:
+def evaluation_id(
+    model: DiffusionModel, teacher_cfg, n: int, seed: int, start: int, guidance: float, evaluator: Evaluator
+) -> str:
     """A content hash of what makes two rows comparable sample by sample: the model's identity, the teacher,
     the seeds and count, the guidance and the evaluator's nets, references and bootstrap. Rows (and registered
     versions) with the same id were sampled on the same noises and resampled on the same indices."""
-    blob = {"model": dict(model.identity or {"model": model.name}), "noise_schedule": model.noise_schedule.to_dict(),
-            "teacher": asdict(teacher_cfg), "n": int(n), "seed": int(seed), "start": int(start),
-            "guidance": float(guidance), "evaluator": evaluator.identity()}
+    blob = {
+        "model": dict(model.identity or {"model": model.name}),
+        "noise_schedule": model.noise_schedule.to_dict(),
+        "teacher": asdict(teacher_cfg),
+        "n": int(n),
+        "seed": int(seed),
+        "start": int(start),
+        "guidance": float(guidance),
+        "evaluator": evaluator.identity(),
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -313,8 +409,16 @@ def run_spec(schedule: Schedule, solver: str) -> SolverSpec:
     return SolverSpec.from_fields(solver, schedule.extra) if solver == schedule.solver else SolverSpec(solver)
 
 
-def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, start: int = 0,
-                      guidance: float | None = None, batch_size: int = 500, cache_dir=None) -> tuple[Schedule, torch.Tensor]:
+def teacher_endpoints(
+    model: DiffusionModel,
+    teacher_cfg,
+    n: int,
+    seed: int,
+    start: int = 0,
+    guidance: float | None = None,
+    batch_size: int = 500,
+    cache_dir=None,
+) -> tuple[Schedule, torch.Tensor]:
     """The teacher (``TeacherConfig``: solver × steps on a baseline grid) run on the evaluation seeds; with
     ``cache_dir`` its endpoints are cached by content hash (``teacher_cache``)."""
     from optsteps.evaluate.teacher_cache import cached_teacher, teacher_key
@@ -324,14 +428,24 @@ def teacher_endpoints(model: DiffusionModel, teacher_cfg, n: int, seed: int, sta
     sched = teacher_schedule(model, teacher_cfg)
     g = teacher_cfg.guidance if guidance is None else guidance
     key = teacher_key(model, teacher_cfg, n, seed, start, g) if cache_dir is not None else None
-    return sched, cached_teacher(cache_dir, key, lambda: generate(model, sched, teacher_cfg.solver, n, seed, start, g,
-                                                                  batch_size))
+    return sched, cached_teacher(
+        cache_dir, key, lambda: generate(model, sched, teacher_cfg.solver, n, seed, start, g, batch_size)
+    )
 
 
-def evaluate_schedule(model: DiffusionModel, schedule: Schedule, options: EvaluateOptions | None = None, *,
-                      solver: str | None = None, evaluator: Evaluator | None = None,
-                      teacher: torch.Tensor | None = None, teacher_cfg=None, geneval_prompts=None,
-                      prompt_sampler=None, return_samples: bool = False):
+def evaluate_schedule(
+    model: DiffusionModel,
+    schedule: Schedule,
+    options: EvaluateOptions | None = None,
+    *,
+    solver: str | None = None,
+    evaluator: Evaluator | None = None,
+    teacher: torch.Tensor | None = None,
+    teacher_cfg=None,
+    geneval_prompts=None,
+    prompt_sampler=None,
+    return_samples: bool = False,
+):
     """Sample ``options.n`` seeded samples (``options``: ``EvaluateOptions``, its n, seed, start, guidance and
     batch_size) along ``schedule`` with ``solver`` (None: the schedule's) and return a dict of metrics, measured by
     ``evaluator`` (None: ``Evaluator.from_options(None, options)``, without the digits classifier).
@@ -368,9 +482,18 @@ def evaluate_schedule(model: DiffusionModel, schedule: Schedule, options: Evalua
     return (out, x) if return_samples else out
 
 
-def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg, options: EvaluateOptions | None = None,
-                  *, solver: str | None = None, evaluator: Evaluator | None = None, distill_samples: int | None = None,
-                  return_resamples: bool = False, on_images=None):
+def evaluate_grid(
+    model: DiffusionModel,
+    schedules: list[Schedule],
+    teacher_cfg,
+    options: EvaluateOptions | None = None,
+    *,
+    solver: str | None = None,
+    evaluator: Evaluator | None = None,
+    distill_samples: int | None = None,
+    return_resamples: bool = False,
+    on_images=None,
+):
     """Evaluate every schedule on the same held-out seeds; the first row is the teacher itself (the reference,
     ``l2_to_teacher`` = 0). Each row: model, method, solver, nfe, the metrics and timings, the
     ``evaluation_id``; with a bootstrap evaluator also ``ci95`` and, for every row that is not a baseline,
@@ -398,9 +521,17 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
     eid = evaluation_id(model, teacher_cfg, n, seed, start, g, ev)
     boot = {"resamples": ev.bootstrap, "seed": ev.bootstrap_seed, "level": bs.CI_LEVEL} if ev.bootstrap else None
     t1 = time.perf_counter()
-    row = {"model": model.name, "method": "teacher", "solver": teacher_cfg.solver, "nfe": tsched.nfe,
-           "teacher_schedule": teacher_cfg.schedule, "guidance": g, "seed": seed, "start": start,
-           "evaluation_id": eid}
+    row = {
+        "model": model.name,
+        "method": "teacher",
+        "solver": teacher_cfg.solver,
+        "nfe": tsched.nfe,
+        "teacher_schedule": teacher_cfg.schedule,
+        "guidance": g,
+        "seed": seed,
+        "start": start,
+        "evaluation_id": eid,
+    }
     metrics, res = ev.measure(teacher, labels, timages, reference_row=True)
     row.update(metrics)
     if on_images is not None:
@@ -422,8 +553,16 @@ def evaluate_grid(model: DiffusionModel, schedules: list[Schedule], teacher_cfg,
         t0 = time.perf_counter()
         x = generate(model, s, run_spec(s, sv), n, seed, start, g, batch_size)
         t1 = time.perf_counter()
-        row = {"model": model.name, "method": s.method, "solver": sv, "nfe": s.nfe, "guidance": g, "seed": seed,
-               "start": start, "evaluation_id": eid}
+        row = {
+            "model": model.name,
+            "method": s.method,
+            "solver": sv,
+            "nfe": s.nfe,
+            "guidance": g,
+            "seed": seed,
+            "start": start,
+            "evaluation_id": eid,
+        }
         images = images_of(model, x)
         metrics, res = ev.measure(x, labels, images)
         row.update(metrics)
@@ -451,19 +590,33 @@ def compare_to_baselines(rows: list[dict], resamples: list[dict], level: float =
         if row.get("method") == "teacher" or is_baseline(row):
             continue
         for metric, r in res.items():
-            cands = [(b, bres) for b, bres in zip(rows, resamples) if is_baseline(b) and b["solver"] == row["solver"]
-                     and b["nfe"] == row["nfe"] and metric in bres]
+            cands = [
+                (b, bres)
+                for b, bres in zip(rows, resamples)
+                if is_baseline(b) and b["solver"] == row["solver"] and b["nfe"] == row["nfe"] and metric in bres
+            ]
             if not cands:
                 continue
             pick = max if bs.higher_is_better(metric) else min
             b, bres = pick(cands, key=lambda c: c[0][metric])
             diff, ci = bs.paired_difference(row[metric], r, b[metric], bres[metric], level)
-            row.setdefault("vs_best_baseline", {})[metric] = {"baseline": b["method"], "diff": diff, "ci95": list(ci),
-                                                              "significant": bs.excludes_zero(ci)}
+            row.setdefault("vs_best_baseline", {})[metric] = {
+                "baseline": b["method"],
+                "diff": diff,
+                "ci95": list(ci),
+                "significant": bs.excludes_zero(ci),
+            }
 
 
-TABLE_METRICS = ("fid_digitsnet", "fid_teacher_digitsnet", "fid_teacher_inception", "fid_inception", "l2_to_teacher",
-                 "psnr_to_teacher", "adherence_digitsnet")
+TABLE_METRICS = (
+    "fid_digitsnet",
+    "fid_teacher_digitsnet",
+    "fid_teacher_inception",
+    "fid_inception",
+    "l2_to_teacher",
+    "psnr_to_teacher",
+    "adherence_digitsnet",
+)
 UNITS = {"psnr_to_teacher": " (dB)"}
 
 
@@ -509,11 +662,13 @@ def markdown_table(rows: list[dict], metrics=TABLE_METRICS, resamples: list[dict
     boot = next((r["bootstrap"] for r in rows if r.get("bootstrap")), None)
     lines = []
     if boot:
-        lines.append(f"Values: point estimate [{boot['level']:.0%} paired bootstrap interval] on {rows[0].get('n')} "
-                     f"held-out samples (seed {rows[0].get('seed')}), {boot['resamples']} resamples of the sample "
-                     f"indices (seed {boot['seed']}), the same for every row; **bold**: the best of its column at "
-                     "that NFE, where its paired difference to the runner-up excludes 0 (docs/algorithms.md §7)"
-                     + ("." if resamples is not None else "; without the resamples nothing is marked."))
+        lines.append(
+            f"Values: point estimate [{boot['level']:.0%} paired bootstrap interval] on {rows[0].get('n')} "
+            f"held-out samples (seed {rows[0].get('seed')}), {boot['resamples']} resamples of the sample "
+            f"indices (seed {boot['seed']}), the same for every row; **bold**: the best of its column at "
+            "that NFE, where its paired difference to the runner-up excludes 0 (docs/algorithms.md §7)"
+            + ("." if resamples is not None else "; without the resamples nothing is marked.")
+        )
     else:
         lines.append("Values: point estimates (no bootstrap: evaluate.bootstrap = 0, so nothing is marked best).")
     if any(m.startswith("kid") for m in metrics):
@@ -523,17 +678,38 @@ def markdown_table(rows: list[dict], metrics=TABLE_METRICS, resamples: list[dict
         head = ["method", "NFE"] + [m + UNITS.get(m, "") for m in metrics]
         lines += ["", f"### {sv}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in teacher:
-            lines.append("| " + " | ".join([f"teacher ({r['solver']}-{r['nfe']})", str(r["nfe"])]
-                                           + [_cell(r, m, False) for m in metrics]) + " |")
-        best = {(m, k): best_if_significant([c for (_, kk), c in cell.items() if kk == k], m)
-                for m in metrics for k in {k for _, k in cell}}
+            lines.append(
+                "| "
+                + " | ".join(
+                    [f"teacher ({r['solver']}-{r['nfe']})", str(r["nfe"])] + [_cell(r, m, False) for m in metrics]
+                )
+                + " |"
+            )
+        best = {
+            (m, k): best_if_significant([c for (_, kk), c in cell.items() if kk == k], m)
+            for m in metrics
+            for k in {k for _, k in cell}
+        }
         for method, nfe in sorted(cell, key=lambda mk: (mk[1], mk[0])):
             r = cell[(method, nfe)][0]
-            lines.append("| " + " | ".join([method, str(nfe)] + [_cell(r, m, best[(m, nfe)] is r)
-                                                                 for m in metrics]) + " |")
+            lines.append(
+                "| " + " | ".join([method, str(nfe)] + [_cell(r, m, best[(m, nfe)] is r) for m in metrics]) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Evaluator", "evaluate_schedule", "evaluate_grid", "teacher_endpoints", "check_heldout", "metric_columns",
-           "markdown_table", "compare_to_baselines", "best_if_significant", "evaluation_id", "images_of",
-           "psnr_per_sample", "is_baseline"]
+__all__ = [
+    "Evaluator",
+    "evaluate_schedule",
+    "evaluate_grid",
+    "teacher_endpoints",
+    "check_heldout",
+    "metric_columns",
+    "markdown_table",
+    "compare_to_baselines",
+    "best_if_significant",
+    "evaluation_id",
+    "images_of",
+    "psnr_per_sample",
+    "is_baseline",
+]

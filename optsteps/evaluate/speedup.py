@@ -7,6 +7,7 @@ reproduced exactly; the equivalent NFE is the first crossing of the optimized va
 and speedup = N*/K. Where the baseline is already at least as good at its smallest NFE, or never gets there
 by its largest, the answer is censored: N* is that end of the range and ``censored`` says "<=" or ">".
 """
+
 from __future__ import annotations
 
 import math
@@ -28,14 +29,17 @@ def equivalent_nfe(nfes, values, target: float) -> tuple[float, str | None]:
     if len({n for n, _ in pts}) != len(pts):
         raise OptstepsError("a baseline curve has two values at one NFE.")
     if not (target > 0 and all(n > 0 and v > 0 and math.isfinite(v) for n, v in pts)):
-        raise OptstepsError("the speedup interpolates in log NFE and log value: NFEs and values must be positive and "
-                            f"finite (target {target}, curve {pts}).")
+        raise OptstepsError(
+            "the speedup interpolates in log NFE and log value: NFEs and values must be positive and "
+            f"finite (target {target}, curve {pts})."
+        )
     if pts[0][1] <= target:
         return pts[0][0], "<="
     for (n1, v1), (n2, v2) in zip(pts, pts[1:]):
         if v1 > target >= v2:
             ln = math.log(n1) + (math.log(target) - math.log(v1)) * (math.log(n2) - math.log(n1)) / (
-                math.log(v2) - math.log(v1))
+                math.log(v2) - math.log(v1)
+            )
             return math.exp(ln), None
     return pts[-1][0], ">"
 
@@ -62,9 +66,19 @@ def speedup_table(rows: list[dict], metrics=SPEEDUP_METRICS, baselines=None) -> 
                 if solver != r["solver"] or len(curve) < 2:
                     continue
                 n_star, cens = equivalent_nfe(list(curve), list(curve.values()), float(r[metric]))
-                out.append({"method": r["method"], "solver": solver, "nfe": int(r["nfe"]), "metric": metric,
-                            "value": float(r[metric]), "baseline": b, "baseline_nfe": round(n_star, 3),
-                            "speedup": round(n_star / int(r["nfe"]), 3), "censored": cens})
+                out.append(
+                    {
+                        "method": r["method"],
+                        "solver": solver,
+                        "nfe": int(r["nfe"]),
+                        "metric": metric,
+                        "value": float(r[metric]),
+                        "baseline": b,
+                        "baseline_nfe": round(n_star, 3),
+                        "speedup": round(n_star / int(r["nfe"]), 3),
+                        "censored": cens,
+                    }
+                )
     return out
 
 

@@ -7,6 +7,7 @@ code that samples (the sources of ``optsteps/core``, ``optsteps/models`` and ``o
 stored under ``<cache_dir>/teacher-<key>.safetensors`` with the key recorded inside; a file whose recorded key
 differs is never used. Models without a weights hash in their identity are not cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,17 @@ def teacher_key(model, teacher_cfg, n: int, seed: int, start: int, guidance: flo
     ident = dict(model.identity or {})
     if not ident.get("sha256"):
         return None
-    blob = {"format": CACHE_FORMAT, "model": ident, "noise_schedule": model.noise_schedule.to_dict(),
-            "teacher": asdict(teacher_cfg), "n": int(n), "seed": int(seed), "start": int(start),
-            "guidance": float(guidance), "code": code_digest()}
+    blob = {
+        "format": CACHE_FORMAT,
+        "model": ident,
+        "noise_schedule": model.noise_schedule.to_dict(),
+        "teacher": asdict(teacher_cfg),
+        "n": int(n),
+        "seed": int(seed),
+        "start": int(start),
+        "guidance": float(guidance),
+        "code": code_digest(),
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 

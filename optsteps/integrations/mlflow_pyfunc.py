@@ -7,14 +7,15 @@ dict; ``predict("comfyui")`` the ComfyUI sigmas; ``predict("diffusers")`` or
 
 MLflow is imported only inside ``save_schedule_model``; loading needs only this module and the schedule file.
 """
+
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
 
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
 
 LOADER_MODULE = "optsteps.integrations.mlflow_pyfunc"  # recorded in every logged model's MLmodel: keep it importable
 SCHEDULE_FILE = "schedule.json"
@@ -28,8 +29,9 @@ def save_schedule_model(schedule: Schedule, path) -> Path:
     with tempfile.TemporaryDirectory() as d:
         js = Path(d) / SCHEDULE_FILE
         js.write_text(schedule.to_json() + "\n")
-        mlflow.pyfunc.save_model(str(path), loader_module=LOADER_MODULE, data_path=str(js),
-                                 pip_requirements=["optsteps", "torch", "numpy"])
+        mlflow.pyfunc.save_model(
+            str(path), loader_module=LOADER_MODULE, data_path=str(js), pip_requirements=["optsteps", "torch", "numpy"]
+        )
     return Path(path)
 
 

@@ -20,6 +20,7 @@ optsteps.integrations.mlflow_registry`` is cheap and works without MLflow). Reci
 
 The pyfunc flavour of the logged schedule (``loader_module``, no pickle) is ``optsteps.integrations.mlflow_pyfunc``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from optsteps.errors import OptstepsError
-from optsteps.io.paths import redact
 from optsteps.core.schedule import Schedule
-from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+from optsteps.errors import OptstepsError
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
+from optsteps.io.paths import redact
+from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
@@ -44,8 +45,17 @@ KIND_TAG = "optsteps_kind"
 RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
-REGISTERED_METRICS = ("fid_inception", "adherence_digitsnet", "l2_to_teacher", "kid_digitsnet", "fid_teacher_inception",
-                      "fid_teacher_digitsnet", "kid_teacher_digitsnet", "psnr_to_teacher", "fid_digitsnet")
+REGISTERED_METRICS = (
+    "fid_inception",
+    "adherence_digitsnet",
+    "l2_to_teacher",
+    "kid_digitsnet",
+    "fid_teacher_inception",
+    "fid_teacher_digitsnet",
+    "kid_teacher_digitsnet",
+    "psnr_to_teacher",
+    "fid_digitsnet",
+)
 RUN_PARAMS = ("n", "guidance", "n_inception", "n_teacher_inception", "seed", "start")  # row settings, not metrics
 
 
@@ -55,6 +65,7 @@ def _quiet():
 
 
 # ---- locations ---------------------------------------------------------------------------------------
+
 
 def default_tracking_uri(root=".") -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlruns.db'}"
@@ -79,8 +90,10 @@ def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, cre
     answer ``/health``, or (``create`` False) a sqlite file that does not exist."""
     m = re.match(r"^sqlite:///(.+)$", tracking_uri)
     if m and not create and m.group(1) != ":memory:" and not Path(m.group(1)).is_file():
-        raise OptstepsError(f"there is no schedule registry at {redact(tracking_uri)} (no such database file); check the "
-                            "path, pass --tracking-uri, or run `optsteps stage register` (or `make run`) first.")
+        raise OptstepsError(
+            f"there is no schedule registry at {redact(tracking_uri)} (no such database file); check the "
+            "path, pass --tracking-uri, or run `optsteps stage register` (or `make run`) first."
+        )
     if not tracking_uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -94,13 +107,17 @@ def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, cre
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):  # up, but wants credentials: MLflow's own calls will say so
             return
-        raise OptstepsError(f"the MLflow tracking server {redact(tracking_uri)} answered /health with HTTP {e.code}; check "
-                            "the URI (mlflow.tracking_uri or --tracking-uri) and the server.") from None
+        raise OptstepsError(
+            f"the MLflow tracking server {redact(tracking_uri)} answered /health with HTTP {e.code}; check "
+            "the URI (mlflow.tracking_uri or --tracking-uri) and the server."
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = redact(getattr(e, "reason", e))
-        raise OptstepsError(f"cannot reach the MLflow tracking server {redact(tracking_uri)} within {timeout_s:g} s "
-                            f"({reason}); start it (`mlflow server …` or `docker compose up -d` in infra/compose), fix "
-                            "mlflow.tracking_uri or --tracking-uri, or raise mlflow.timeout_s.") from None
+        raise OptstepsError(
+            f"cannot reach the MLflow tracking server {redact(tracking_uri)} within {timeout_s:g} s "
+            f"({reason}); start it (`mlflow server …` or `docker compose up -d` in infra/compose), fix "
+            "mlflow.tracking_uri or --tracking-uri, or raise mlflow.timeout_s."
+        ) from None
 
 
 def filter_value(value: str) -> str:
@@ -111,8 +128,10 @@ def filter_value(value: str) -> str:
         return f"'{value}'"
     if '"' not in value:
         return f'"{value}"'
-    raise OptstepsError(f"{value!r} holds both quote characters, which an MLflow filter cannot express; model "
-                        "names are slugs (letters, digits, '-', '_').")
+    raise OptstepsError(
+        f"{value!r} holds both quote characters, which an MLflow filter cannot express; model "
+        "names are slugs (letters, digits, '-', '_')."
+    )
 
 
 def schedule_key(schedule: Schedule, solver: str | None = None, model_sha: str | None = None) -> str:
@@ -122,11 +141,18 @@ def schedule_key(schedule: Schedule, solver: str | None = None, model_sha: str |
     import hashlib
 
     spec = schedule.with_meta(solver=solver or schedule.solver).solver_spec
-    blob = {"model": schedule.model, "model_sha256": model_sha or "", "method": schedule.method,
-            "noise_schedule": schedule.noise_schedule.to_dict(), "t": [float(v).hex() for v in schedule.t],
-            "solver": spec.name if spec else "", "order": spec.order if spec else None,
-            "lower_order_final": spec.lower_order_final if spec else None,
-            "corrector": spec.corrector if spec else None, "start_state": schedule.start_state}
+    blob = {
+        "model": schedule.model,
+        "model_sha256": model_sha or "",
+        "method": schedule.method,
+        "noise_schedule": schedule.noise_schedule.to_dict(),
+        "t": [float(v).hex() for v in schedule.t],
+        "solver": spec.name if spec else "",
+        "order": spec.order if spec else None,
+        "lower_order_final": spec.lower_order_final if spec else None,
+        "corrector": spec.corrector if spec else None,
+        "start_state": schedule.start_state,
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -143,6 +169,7 @@ def champion_alias(nfe: int) -> str:
 
 
 # ---- the adapter -------------------------------------------------------------------------------------
+
 
 def _numeric(metrics: dict) -> dict:
     out = {}
@@ -211,8 +238,14 @@ def _order(sched: Schedule, solver: str) -> str:
 class Registry:
     """An MLflow tracking + registry location. ``tracking_uri`` defaults to sqlite:///<abs cwd>/mlruns.db."""
 
-    def __init__(self, tracking_uri: str | None = None, artifact_location: str | None = None,
-                 experiment: str = EXPERIMENT, create: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+        experiment: str = EXPERIMENT,
+        create: bool = True,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
         """``create`` False (read-only commands): a sqlite registry that does not exist is an error, not a new empty
         database. An http(s) server must answer ``/health`` within ``timeout_s`` (mlflow.timeout_s), else one clear
         error instead of MLflow's minutes of retries; the same bound is MLflow's per-request timeout unless
@@ -241,8 +274,14 @@ class Registry:
                 raise
             return exp.experiment_id
 
-    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None, step: int = 0,
-             tags: dict | None = None):
+    def _log(
+        self,
+        run_id: str,
+        params: dict | None = None,
+        metrics: dict | None = None,
+        step: int = 0,
+        tags: dict | None = None,
+    ):
         from mlflow.entities import Metric, Param, RunTag
 
         ts = int(time.time() * 1000)
@@ -255,15 +294,28 @@ class Registry:
 
     def find_run(self, key: str):
         """The finished schedule run whose content key is ``key`` (newest), or None: one search."""
-        runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.{KEY_TAG} = '{key}' and "
-                                       "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                                       max_results=1)
+        runs = self.client.search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.{KEY_TAG} = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         return runs[0] if runs else None
 
-    def log_schedule_run(self, schedule: Schedule, metrics: dict | None = None, solver: str | None = None,
-                         params: dict | None = None, samples=None, run_name: str | None = None,
-                         evaluate=None, resamples: dict | None = None, evaluation_id: str | None = None,
-                         model_sha: str | None = None, grid: str | None = None) -> str:
+    def log_schedule_run(
+        self,
+        schedule: Schedule,
+        metrics: dict | None = None,
+        solver: str | None = None,
+        params: dict | None = None,
+        samples=None,
+        run_name: str | None = None,
+        evaluate=None,
+        resamples: dict | None = None,
+        evaluation_id: str | None = None,
+        model_sha: str | None = None,
+        grid: str | None = None,
+    ) -> str:
         """One run for (model, method, solver, NFE): params, metrics (with ``<metric>_ci95_lo``/``_hi`` from a
         ``ci95`` entry), the schedule (pyfunc folder under ``schedule/``), plots of the schedule against the
         baselines in t and λ, and a sample grid; ``resamples`` (metric → values on the evaluation's bootstrap
@@ -274,8 +326,9 @@ class Registry:
         propagates. Returns the run id.
 
         Idempotent by content (``schedule_key`` with ``model_sha``): a finished run of the same schedule is reused
-        (``evaluate`` then runs outside any run) — unchanged when its metrics and evaluation are the same, else updated in place (the
-        new values logged as the metrics' next step, the resamples and evaluation id replaced), never a second run.
+        (``evaluate`` then runs outside any run) — unchanged when its metrics and evaluation are the same, else updated
+        in place (the new values logged as the metrics' next step, the resamples and evaluation id replaced), never a
+        second run.
         ``grid``: a PNG of the row's samples (logged as ``plots/samples.png``).
         """
         from optsteps.evaluate.plots import schedule_figures
@@ -292,15 +345,29 @@ class Registry:
             if evaluate is not None:
                 metrics, samples = evaluate()
             return self._update_run(old, metrics, resamples, evaluation_id, params)
-        run = self.client.create_run(self.experiment_id(), run_name=name,
-                                     tags={KIND_TAG: "schedule", "model": sched.model, "method": sched.method,
-                                           "solver": solver, "nfe": str(sched.nfe), KEY_TAG: key,
-                                           **_source_tags()})
+        run = self.client.create_run(
+            self.experiment_id(),
+            run_name=name,
+            tags={
+                KIND_TAG: "schedule",
+                "model": sched.model,
+                "method": sched.method,
+                "solver": solver,
+                "nfe": str(sched.nfe),
+                KEY_TAG: key,
+                **_source_tags(),
+            },
+        )
         rid = run.info.run_id
         try:
-            p = {"model": sched.model, "method": sched.method, "solver": solver, "nfe": sched.nfe,
-                 "noise_schedule": json.dumps(sched.noise_schedule.to_dict(), sort_keys=True),
-                 "t": json.dumps(list(sched.t))}
+            p = {
+                "model": sched.model,
+                "method": sched.method,
+                "solver": solver,
+                "nfe": sched.nfe,
+                "noise_schedule": json.dumps(sched.noise_schedule.to_dict(), sort_keys=True),
+                "t": json.dumps(list(sched.t)),
+            }
             p.update(params or {})
             self._log(rid, params=p)
             if evaluate is not None:
@@ -309,12 +376,18 @@ class Registry:
             resamples = metrics.pop("resamples", None) if resamples is None else resamples
             evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
             metrics, settings = _split_metrics(metrics)
-            self._log(rid, metrics=metrics, params=settings,
-                      tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
+            self._log(
+                rid, metrics=metrics, params=settings, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None
+            )
             if resamples:
-                self.client.log_dict(rid, {"evaluation_id": evaluation_id,
-                                           "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
-                                     RESAMPLES_FILE)
+                self.client.log_dict(
+                    rid,
+                    {
+                        "evaluation_id": evaluation_id,
+                        "resamples": {k: [float(v) for v in r] for k, r in resamples.items()},
+                    },
+                    RESAMPLES_FILE,
+                )
             self._log_schedule_model(rid, sched)
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
@@ -348,13 +421,16 @@ class Registry:
         same_eval = (evaluation_id or None) == (run.data.tags.get(EVALUATION_TAG) or None)
         if not changed and same_eval:
             return rid
-        step = 1 + max((m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))),
-                       default=0)
+        step = 1 + max(
+            (m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))), default=0
+        )
         self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
         if resamples:
-            self.client.log_dict(rid, {"evaluation_id": evaluation_id,
-                                       "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
-                                 RESAMPLES_FILE)
+            self.client.log_dict(
+                rid,
+                {"evaluation_id": evaluation_id, "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
+                RESAMPLES_FILE,
+            )
             self._resamples.pop(rid, None)
         return rid
 
@@ -363,8 +439,9 @@ class Registry:
             model_dir = save_schedule_model(schedule, Path(d) / "model")
             self.client.log_artifacts(run_id, str(model_dir), SCHEDULE_PATH)
 
-    def log_summary_run(self, rows: list[dict], run_name: str = "summary", *, metric: str,
-                        speedup: list[dict] | None = None) -> str:
+    def log_summary_run(
+        self, rows: list[dict], run_name: str = "summary", *, metric: str, speedup: list[dict] | None = None
+    ) -> str:
         """A run with the grid's rows (JSON), ``metric``-vs-NFE (params.yaml ``mlflow.metric``) and L2-vs-NFE
         curves per method, per-method metric series (step = NFE) and, with ``speedup`` (the entries of
         ``optsteps.evaluate.speedup.speedup_table``), the speedup figure and its table."""
@@ -372,8 +449,9 @@ class Registry:
 
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
-        run = self.client.create_run(self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name,
-                                     tags={KIND_TAG: "summary"})
+        run = self.client.create_run(
+            self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name, tags={KIND_TAG: "summary"}
+        )
         rid = run.info.run_id
         try:
             self.client.log_dict(rid, {"rows": rows}, "summary/rows.json")
@@ -381,12 +459,26 @@ class Registry:
                 if r.get("method") == "teacher":
                     continue
                 base = _metric_key(f"{r.get('model')}/{r.get('solver')}/{r.get('method')}")
-                self._log(rid, metrics={f"{base}/{k}": r[k] for k in (metric, "l2_to_teacher", "fid_inception",
-                                                                      "fid_teacher_inception", "psnr_to_teacher",
-                                                                      "adherence_digitsnet") if k in r},
-                          step=int(r.get("nfe", 0)))
-            for fname, key, label in (("fid_vs_nfe.png", metric, metric), ("l2_vs_nfe.png", "l2_to_teacher",
-                                                                            "L2 to teacher")):
+                self._log(
+                    rid,
+                    metrics={
+                        f"{base}/{k}": r[k]
+                        for k in (
+                            metric,
+                            "l2_to_teacher",
+                            "fid_inception",
+                            "fid_teacher_inception",
+                            "psnr_to_teacher",
+                            "adherence_digitsnet",
+                        )
+                        if k in r
+                    },
+                    step=int(r.get("nfe", 0)),
+                )
+            for fname, key, label in (
+                ("fid_vs_nfe.png", metric, metric),
+                ("l2_vs_nfe.png", "l2_to_teacher", "L2 to teacher"),
+            ):
                 fig = curves_figure(rows, key, label)
                 if fig is not None:
                     self.client.log_figure(rid, fig, f"plots/{fname}")
@@ -402,9 +494,16 @@ class Registry:
         return rid
 
     # -- registry ------------------------------------------------------------------------------------
-    def register_schedule(self, run_id: str, metric: str, git: str | None = None,
-                          params_digest: str | None = None, dvc_hash: str | None = None,
-                          description: str | None = None, resamples=None) -> dict:
+    def register_schedule(
+        self,
+        run_id: str,
+        metric: str,
+        git: str | None = None,
+        params_digest: str | None = None,
+        dvc_hash: str | None = None,
+        description: str | None = None,
+        resamples=None,
+    ) -> dict:
         """Register the run's schedule as a version of ``<model>-<solver>-schedules`` (one version per content key)
         and settle ``champion-nfe{K}`` (``settle``): within the evaluation being registered the alias goes to the
         best version by ``metric`` (params.yaml ``mlflow.metric``), whatever the registration order, and every
@@ -418,16 +517,21 @@ class Registry:
         c = self.client
         run = c.get_run(run_id)
         if run.info.status != "FINISHED":
-            raise OptstepsError(f"run {run_id} is {run.info.status}, not FINISHED; only completed evaluations "
-                                "are registered (rerun the evaluation).")
+            raise OptstepsError(
+                f"run {run_id} is {run.info.status}, not FINISHED; only completed evaluations "
+                "are registered (rerun the evaluation)."
+            )
         value = run.data.metrics.get(metric)
         if value is None or not math.isfinite(value):
-            raise OptstepsError(f"run {run_id} has no finite {metric!r} metric; evaluate the schedule before "
-                                "registering it.")
+            raise OptstepsError(
+                f"run {run_id} has no finite {metric!r} metric; evaluate the schedule before registering it."
+            )
         names = {f.path for f in c.list_artifacts(run_id, SCHEDULE_PATH)}
         if f"{SCHEDULE_PATH}/MLmodel" not in names:
-            raise OptstepsError(f"run {run_id} has no {SCHEDULE_PATH}/MLmodel artifact; log it with "
-                                "log_schedule_run before registering.")
+            raise OptstepsError(
+                f"run {run_id} has no {SCHEDULE_PATH}/MLmodel artifact; log it with "
+                "log_schedule_run before registering."
+            )
         with tempfile.TemporaryDirectory() as d:
             local = c.download_artifacts(run_id, f"{SCHEDULE_PATH}/data/{SCHEDULE_FILE}", d)
             sched = Schedule.load(local)
@@ -447,14 +551,26 @@ class Registry:
             lo, hi = run.data.metrics.get(f"{k}_ci95_lo"), run.data.metrics.get(f"{k}_ci95_hi")
             if lo is not None and hi is not None:
                 measured[f"{k}_ci95"] = json.dumps([float(lo), float(hi)])
-        tags = {KIND_TAG: "schedule", KEY_TAG: key, "model": sched.model, "method": sched.method, "solver": solver,
-                "nfe": str(sched.nfe), "order": _order(sched, solver),
-                "git_commit": git or git_commit(), "params_hash": params_digest or params_hash(),
-                "dvc_data_hash": dvc_hash or dvc_data_hash(), **measured}
+        tags = {
+            KIND_TAG: "schedule",
+            KEY_TAG: key,
+            "model": sched.model,
+            "method": sched.method,
+            "solver": solver,
+            "nfe": str(sched.nfe),
+            "order": _order(sched, solver),
+            "git_commit": git or git_commit(),
+            "params_hash": params_digest or params_hash(),
+            "dvc_data_hash": dvc_hash or dvc_data_hash(),
+            **measured,
+        }
         self._ensure_registered_model(name)
-        if existing is not None and existing.run_id == run_id and all(
-                existing.tags.get(k) == v for k, v in measured.items()) and (existing.tags.get(EVALUATION_TAG) or None) == (
-                eid or None):  # the same schedule, the same evaluation
+        if (
+            existing is not None
+            and existing.run_id == run_id
+            and all(existing.tags.get(k) == v for k, v in measured.items())
+            and (existing.tags.get(EVALUATION_TAG) or None) == (eid or None)
+        ):  # the same schedule, the same evaluation
             action, mv = "unchanged", existing
         elif existing is not None:  # the same schedule re-measured: its version's tags follow the new measurement
             action, mv = "updated", existing
@@ -463,14 +579,27 @@ class Registry:
                     c.set_model_version_tag(name, existing.version, k, v)
         else:
             action = "registered"
-            mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}", run_id=run_id,
-                                        tags=tags, description=description or
-                                        f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}")
+            mv = c.create_model_version(
+                name,
+                source=f"{run.info.artifact_uri}/{SCHEDULE_PATH}",
+                run_id=run_id,
+                tags=tags,
+                description=description or f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}",
+            )
         now = self.settle(name, sched.nfe, metric, eid or None)
         mine = now.get(str(mv.version), {})
-        out = {"name": name, "version": int(mv.version), "alias": alias, "champion": bool(mine.get("champion")),
-               "decision": "unchanged" if action == "unchanged" and not mine.get("changed") else
-               mine.get("champion_decision", ""), "action": action, metric: float(value), "run_id": run_id}
+        out = {
+            "name": name,
+            "version": int(mv.version),
+            "alias": alias,
+            "champion": bool(mine.get("champion")),
+            "decision": "unchanged"
+            if action == "unchanged" and not mine.get("changed")
+            else mine.get("champion_decision", ""),
+            "action": action,
+            metric: float(value),
+            "run_id": run_id,
+        }
         for k in ("paired_diff", "compared_with", "champion_significance"):
             if mine.get(k) is not None:
                 out[k] = mine[k]
@@ -508,7 +637,9 @@ class Registry:
         eid_of = {mv.version: mv.tags.get(EVALUATION_TAG) or None for mv in mvs}
         if evaluation_id is None and cur is not None:
             evaluation_id = cur.tags.get(EVALUATION_TAG) or None
-        group = [mv for mv in mvs if eid_of[mv.version] == evaluation_id and self._version_value(mv, metric) is not None]
+        group = [
+            mv for mv in mvs if eid_of[mv.version] == evaluation_id and self._version_value(mv, metric) is not None
+        ]
         if not group and evaluation_id is not None:
             return {}
         by_key = {mv.tags.get(KEY_TAG) or f"v{mv.version}": mv for mv in group}
@@ -523,21 +654,33 @@ class Registry:
         for k, mv in by_key.items():
             s = stand[k]
             other = by_key.get(s.compared_with)
-            t = {"champion_decision": "best" if s.champion else "behind", "champion_significance": s.significance,
-                 "rank": f"{s.rank}/{s.of}",
-                 "compared_with": f"{name}/{other.version}" if other is not None else None,
-                 "compared_with_method": other.tags.get("method") if other is not None else None,
-                 "paired_diff": repr(float(s.diff)) if s.diff is not None else None,
-                 "paired_ci95": json.dumps([float(v) for v in s.ci95]) if s.ci95 is not None else None,
-                 "not_significant": (str(s.significance != "significant").lower()
-                                     if s.ci95 is not None else None)}
+            t = {
+                "champion_decision": "best" if s.champion else "behind",
+                "champion_significance": s.significance,
+                "rank": f"{s.rank}/{s.of}",
+                "compared_with": f"{name}/{other.version}" if other is not None else None,
+                "compared_with_method": other.tags.get("method") if other is not None else None,
+                "paired_diff": repr(float(s.diff)) if s.diff is not None else None,
+                "paired_ci95": json.dumps([float(v) for v in s.ci95]) if s.ci95 is not None else None,
+                "not_significant": (str(s.significance != "significant").lower() if s.ci95 is not None else None),
+            }
             present[str(mv.version)] = t
-        out_of_group = {"champion_decision": None, "champion_significance": None, "rank": None, "compared_with": None,
-                        "compared_with_method": None, "paired_diff": None, "paired_ci95": None, "not_significant": None}
+        out_of_group = {
+            "champion_decision": None,
+            "champion_significance": None,
+            "rank": None,
+            "compared_with": None,
+            "compared_with_method": None,
+            "paired_diff": None,
+            "paired_ci95": None,
+            "not_significant": None,
+        }
         for mv in mvs:
             if str(mv.version) not in present:
-                present[str(mv.version)] = {**out_of_group, "champion_decision":
-                                            "older_evaluation" if eid_of[mv.version] else "not_comparable"}
+                present[str(mv.version)] = {
+                    **out_of_group,
+                    "champion_decision": "older_evaluation" if eid_of[mv.version] else "not_comparable",
+                }
         result = {}
         for mv in mvs:
             t = present[str(mv.version)]
@@ -567,8 +710,10 @@ class Registry:
         """Whether a version holds its NFE's alias now and its present ``champion_decision``."""
         mv = self.client.get_model_version(name, str(version))
         champ = self._champion(name, champion_alias(int(mv.tags.get("nfe", 0))))
-        return {"champion": champ is not None and str(champ.version) == str(mv.version),
-                "decision": mv.tags.get("champion_decision", "")}
+        return {
+            "champion": champ is not None and str(champ.version) == str(mv.version),
+            "decision": mv.tags.get("champion_decision", ""),
+        }
 
     def version_by_key(self, name: str, key: str):
         """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""
@@ -609,13 +754,23 @@ class Registry:
         except MlflowException:
             try:
                 self.client.create_registered_model(
-                    name, tags={KIND_TAG: "schedules"},
-                    description="Optimized sampling step schedules (optsteps); one version per schedule.")
+                    name,
+                    tags={KIND_TAG: "schedules"},
+                    description="Optimized sampling step schedules (optsteps); one version per schedule.",
+                )
             except MlflowException:
                 self.client.get_registered_model(name)  # created concurrently
 
-    def publish(self, schedule: Schedule, evaluate, solver: str | None = None, params: dict | None = None,
-                *, metric: str, **register_kw) -> dict:
+    def publish(
+        self,
+        schedule: Schedule,
+        evaluate,
+        solver: str | None = None,
+        params: dict | None = None,
+        *,
+        metric: str,
+        **register_kw,
+    ) -> dict:
         """Evaluate inside a new run, then register it. ``evaluate()`` returns (metrics, samples or None).
         If evaluation fails the run is marked FAILED and nothing is registered."""
         rid = self.log_schedule_run(schedule, solver=solver, params=params, evaluate=evaluate)
@@ -626,7 +781,7 @@ class Registry:
         """``NAME@ALIAS``, ``NAME/VERSION`` or ``models:/…`` → the ModelVersion."""
         from mlflow.exceptions import MlflowException
 
-        r = ref[len("models:/"):] if ref.startswith("models:/") else ref
+        r = ref[len("models:/") :] if ref.startswith("models:/") else ref
         try:
             if "@" in r:
                 name, alias = r.rsplit("@", 1)
@@ -635,9 +790,13 @@ class Registry:
                 name, version = r.rsplit("/", 1)
                 return self.client.get_model_version(name, version)
         except MlflowException as e:
-            raise OptstepsError(f"no registered schedule {ref!r} ({e.message}); see `optsteps registry list`.") from None
-        raise OptstepsError(f"cannot read {ref!r}; refer to a schedule as NAME@ALIAS (e.g. digits-unipc-schedules@"
-                            "champion-nfe5) or NAME/VERSION.")
+            raise OptstepsError(
+                f"no registered schedule {ref!r} ({e.message}); see `optsteps registry list`."
+            ) from None
+        raise OptstepsError(
+            f"cannot read {ref!r}; refer to a schedule as NAME@ALIAS (e.g. digits-unipc-schedules@"
+            "champion-nfe5) or NAME/VERSION."
+        )
 
     def schedule_text(self, mv) -> str:
         """The registered schedule JSON, read from the version's download URI (its source). Resolved with this
@@ -647,8 +806,9 @@ class Registry:
         base = self.client.get_model_version_download_uri(mv.name, mv.version).rstrip("/")
         with tempfile.TemporaryDirectory() as d:
             # tracking_uri: mlflow-artifacts:/ URIs (a tracking server's proxied store) resolve against it
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/data/{SCHEDULE_FILE}", dst_path=d,
-                                                        tracking_uri=self.tracking_uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{base}/data/{SCHEDULE_FILE}", dst_path=d, tracking_uri=self.tracking_uri
+            )
             return Path(local).read_text()
 
     def load_schedule(self, ref: str) -> Schedule:
@@ -656,11 +816,20 @@ class Registry:
 
     def _row(self, mv, run_metrics: bool = True) -> dict:
         tags = dict(mv.tags)
-        row = {"name": mv.name, "version": int(mv.version), "aliases": list(mv.aliases or []),
-               "model": tags.get("model", ""), "method": tags.get("method", ""), "solver": tags.get("solver", ""),
-               "nfe": int(tags["nfe"]) if tags.get("nfe", "").isdigit() else None, "run_id": mv.run_id,
-               "created": _date(mv.creation_timestamp), "decision": tags.get("champion_decision", ""),
-               "significance": tags.get("champion_significance", ""), "metric": tags.get("metric", "")}
+        row = {
+            "name": mv.name,
+            "version": int(mv.version),
+            "aliases": list(mv.aliases or []),
+            "model": tags.get("model", ""),
+            "method": tags.get("method", ""),
+            "solver": tags.get("solver", ""),
+            "nfe": int(tags["nfe"]) if tags.get("nfe", "").isdigit() else None,
+            "run_id": mv.run_id,
+            "created": _date(mv.creation_timestamp),
+            "decision": tags.get("champion_decision", ""),
+            "significance": tags.get("champion_significance", ""),
+            "metric": tags.get("metric", ""),
+        }
         metrics = {}
         if run_metrics and mv.run_id:
             try:
@@ -692,8 +861,9 @@ class Registry:
         names = {r["name"] for r in rows}
         token, seen = None, set()
         while names - seen:
-            page = self.client.search_registered_models(f"tags.{KIND_TAG} = 'schedules'", max_results=1000,
-                                                        page_token=token)
+            page = self.client.search_registered_models(
+                f"tags.{KIND_TAG} = 'schedules'", max_results=1000, page_token=token
+            )
             for rm in page:
                 seen.add(rm.name)
                 for alias, version in (rm.aliases or {}).items():
@@ -724,7 +894,9 @@ class Registry:
         if fmt == "json":
             return text
         if steps is not None and fmt not in ("comfyui", "comfyui-text", "a1111"):
-            raise OptstepsError(f"--steps interpolates sigma lists (comfyui, comfyui-text, a1111), not {fmt}; "
-                                "drop --steps to export the measured schedule.")
+            raise OptstepsError(
+                f"--steps interpolates sigma lists (comfyui, comfyui-text, a1111), not {fmt}; "
+                "drop --steps to export the measured schedule."
+            )
         out = SchedulePyfunc(text).export(fmt, scheduler, steps)
         return out if isinstance(out, str) else json.dumps(out, indent=2 if fmt in ("diffusers", "ays") else None)

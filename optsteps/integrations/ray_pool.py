@@ -11,6 +11,7 @@ deterministic given the seed range, so the retry is identical).
 GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 (``ray.cluster_resources()["GPU"]``); asking for a GPU on a CPU-only cluster would wait forever.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ from optsteps.teacher.config import TeacherConfig
 @dataclass
 class RayConfig:
     """Ray for teacher trajectories. ``address`` empty: start a local instance; else connect (ray://… or host:port)."""
+
     enabled: bool = False
     address: str = ""
     actors: int = field(default=2, metadata={"range": (1, MAX_SAMPLES)})
@@ -48,8 +50,12 @@ def init_ray(cfg: RayConfig):
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=cfg.object_store_mb * 1024 * 1024)
+        ray.init(
+            num_cpus=cfg.num_cpus or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=cfg.object_store_mb * 1024 * 1024,
+        )
     return ray
 
 
@@ -143,14 +149,19 @@ def ray_runner(model, artifacts: str, teacher: TeacherConfig, out_dir, cfg: RayC
         while inflight:
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=cfg.task_timeout_s)
             if not done:
-                raise TimeoutError(f"no teacher shard finished within {cfg.task_timeout_s} s; check the Ray cluster "
-                                   "(a task asking for resources no node has waits forever).")
+                raise TimeoutError(
+                    f"no teacher shard finished within {cfg.task_timeout_s} s; check the Ray cluster "
+                    "(a task asking for resources no node has waits forever)."
+                )
             ref = done[0]
             actor = inflight.pop(ref)
             start, count, arrays, node = ray.get(ref)
             path = out_dir / shard_name(start, count)
-            write_shard(path, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
-                        {"start": start, "count": count, **head})
+            write_shard(
+                path,
+                {k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
+                {"start": start, "count": count, **head},
+            )
             yield {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
             if queue:
                 s, c = queue.pop(0)

@@ -1,4 +1,5 @@
 """Atomic file writes: a temp file in the same folder and an atomic rename, so a crash never leaves half a file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,13 @@ def write_text_atomic(path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-MACHINE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                  errno.EPERM: "permission denied"}
+MACHINE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 def machine_error(e: OSError, path) -> OptstepsError | None:
@@ -42,11 +47,16 @@ def machine_error(e: OSError, path) -> OptstepsError | None:
         return None
     p = Path(path)
     folder = p.parent if p.suffix else p
-    fix = ("free space there (or point results:/artifacts: in params.yaml elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "make the folder writable (or point results:/artifacts: in params.yaml elsewhere)")
+    fix = (
+        "free space there (or point results:/artifacts: in params.yaml elsewhere)"
+        if e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "make the folder writable (or point results:/artifacts: in params.yaml elsewhere)"
+    )
     kept = f"the previous {p.name} is kept as it was" if p.exists() else f"{p.name} was not created"
-    return OptstepsError(f"cannot write {p.name} in {folder}: {why}; nothing was half-written ({kept}, every file "
-                         f"written before it is complete); {fix} and rerun: it resumes from what is done.")
+    return OptstepsError(
+        f"cannot write {p.name} in {folder}: {why}; nothing was half-written ({kept}, every file "
+        f"written before it is complete); {fix} and rerun: it resumes from what is done."
+    )
 
 
 @contextlib.contextmanager

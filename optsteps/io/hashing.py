@@ -1,5 +1,6 @@
 """Content hashes of files: ``sha256_file``, and ``file_digest`` for large weight files (cached by path, size and
 mtime; a hub snapshot's blob name is already the content hash)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Images in [−1, 1] to uint8 arrays and PNG grids."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,7 @@ def save_grid(x: torch.Tensor, path, nrow: int = 10, scale: int = 4, max_side: i
     grid = np.full((rows * (h + 1) + 1, nrow * (w + 1) + 1) + imgs.shape[3:], 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = imgs[i]
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = imgs[i]
     img = Image.fromarray(grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buf = io.BytesIO()

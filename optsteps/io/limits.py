@@ -1,6 +1,7 @@
 """Bounds on work and on the files we read, in one place. Each limit can be raised for one run with the
 environment variable ``OPTSTEPS_<NAME>`` (e.g. ``OPTSTEPS_MAX_LAMBDA_OPT_NFE=2000``); ``check`` refuses a value
 above its limit with one line that names the limit and that variable."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ def check(name: str, value: int, what: str) -> int:
     """``value`` if it is within the limit ``name``, else one line naming the limit and how to raise it."""
     lim = limit(name)
     if value > lim:
-        raise OptstepsError(f"{what} = {value} exceeds the limit {lim} ({name}); this would exhaust memory or run "
-                            f"for hours. Lower it, or raise the limit for this run with OPTSTEPS_{name}={value}.")
+        raise OptstepsError(
+            f"{what} = {value} exceeds the limit {lim} ({name}); this would exhaust memory or run "
+            f"for hours. Lower it, or raise the limit for this run with OPTSTEPS_{name}={value}."
+        )
     return value
 
 

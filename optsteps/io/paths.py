@@ -1,5 +1,6 @@
 """Paths and URIs we print or write to: a name read from a file stays inside its folder (``inside``), and no
 message shows a credential (``redact``, ``has_credentials``)."""
+
 from __future__ import annotations
 
 import re
@@ -15,18 +16,26 @@ def inside(folder, name, what: str) -> Path:
     name = str(name)
     target = None if "\x00" in name or not name.strip() else (base / name).resolve()
     if target is None or target == base or base not in target.parents:
-        raise OptstepsError(f"{what} {name!r} points outside {folder}; a name read from a file must be a plain name "
-                            "inside its folder: fix or regenerate the file that holds it.")
+        raise OptstepsError(
+            f"{what} {name!r} points outside {folder}; a name read from a file must be a plain name "
+            "inside its folder: fix or regenerate the file that holds it."
+        )
     return target
 
 
 # (scheme://)user[:password]@host, and token-like query parameters
 _USERINFO = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#@:\s]*:?[^/?#@\s]*@")
-_SECRET_QUERY = re.compile(r"[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
-                           r"signature|auth)=", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
+    r"signature|auth)=",
+    re.IGNORECASE,
+)
 _USERINFO_ANY = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
-_SECRET_VALUE = re.compile(r"(?P<key>[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
-                           r"signature|auth)=)[^&;#\s'\"]*", re.IGNORECASE)
+_SECRET_VALUE = re.compile(
+    r"(?P<key>[?&;](?:token|access_token|api_key|apikey|key|password|passwd|pwd|secret|sig|"
+    r"signature|auth)=)[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
 
 
 def has_credentials(uri: str) -> bool:
@@ -44,5 +53,5 @@ def redact(text) -> str:
     s = _USERINFO_ANY.sub(lambda m: m.group("scheme") + "***@", s)
     m = _USERINFO.match(s)
     if m and "://" not in m.group(0):  # a scheme-less user:pw@host
-        s = "***@" + s[m.end():]
+        s = "***@" + s[m.end() :]
     return _SECRET_VALUE.sub(lambda m: m.group("key") + "***", s)

@@ -1,5 +1,6 @@
 """Provenance of a run: the git commit (read from .git, no git process), the params hash and the DVC data hash
 (read from dvc.lock as YAML; DVC itself is not imported)."""
+
 from __future__ import annotations
 
 import hashlib

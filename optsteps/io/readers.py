@@ -7,6 +7,7 @@ nesting depths become one ``OptstepsError`` naming the file, the key and the fix
 (a small schema: ``{"file": str, "start": int}``). Every function takes ``what`` (what the file is, for the
 message) and ``fix`` (what to do about it).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from pathlib import Path
 from optsteps.errors import OptstepsError
 from optsteps.io.limits import limit
 
-_TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
-               bool: "true or false", type(None): "null"}
+_TYPE_NAMES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
 
 
 def _type_name(t) -> str:
@@ -43,13 +51,19 @@ def decode(data: bytes, path, what: str, fix: str) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         _fail(path, f"the {what} is UTF-16 text, optsteps reads UTF-8", f"save it as UTF-8 ({fix})")
     if b"\x00" in data:
-        _fail(path, f"the {what} holds NUL bytes (a binary file, or UTF-16/32 without a byte-order mark)",
-              f"pass the text file itself, saved as UTF-8 ({fix})")
+        _fail(
+            path,
+            f"the {what} holds NUL bytes (a binary file, or UTF-16/32 without a byte-order mark)",
+            f"pass the text file itself, saved as UTF-8 ({fix})",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        _fail(path, f"the {what} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}: Latin-1 or binary?)",
-              f"save it as UTF-8 ({fix})")
+        _fail(
+            path,
+            f"the {what} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}: Latin-1 or binary?)",
+            f"save it as UTF-8 ({fix})",
+        )
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -60,8 +74,11 @@ def read_bytes(path, what: str, max_bytes: int | None = None, fix: str = "check 
     cap = limit("MAX_FILE_BYTES") if max_bytes is None else max_bytes
     size = p.stat().st_size
     if size > cap:
-        _fail(p, f"the {what} is {size:,} bytes, over the limit of {cap:,} bytes (MAX_FILE_BYTES)",
-              f"{fix}, or raise the limit with OPTSTEPS_MAX_FILE_BYTES={size}")
+        _fail(
+            p,
+            f"the {what} is {size:,} bytes, over the limit of {cap:,} bytes (MAX_FILE_BYTES)",
+            f"{fix}, or raise the limit with OPTSTEPS_MAX_FILE_BYTES={size}",
+        )
     try:
         with open(p, "rb") as f:
             return f.read(cap + 1)
@@ -95,13 +112,18 @@ def _check_shape(data, path, what, top, max_depth, fix):
     if depth(data, cap) > cap:
         _fail(path, f"the {what} is nested deeper than {cap} levels", fix)
     if top is not None and not _is(data, top):
-        _fail(path, f"the {what} must be {_type_name(top)} at the top level, got {type(data).__name__} "
-                    f"{json.dumps(data, default=str)[:60] if not isinstance(data, (dict, list)) else ''}".rstrip(), fix)
+        _fail(
+            path,
+            f"the {what} must be {_type_name(top)} at the top level, got {type(data).__name__} "
+            f"{json.dumps(data, default=str)[:60] if not isinstance(data, (dict, list)) else ''}".rstrip(),
+            fix,
+        )
     return data
 
 
-def read_json(path, what: str, max_bytes: int | None = None, max_depth: int | None = None, top=dict,
-              fix: str = "check the file") -> object:
+def read_json(
+    path, what: str, max_bytes: int | None = None, max_depth: int | None = None, top=dict, fix: str = "check the file"
+) -> object:
     """The parsed JSON file ``path``: UTF-8, at most ``max_bytes``, nested at most ``max_depth``, with a top-level
     value of type ``top`` (None: any); NaN/Infinity literals are refused (JSON has none)."""
     text = read_text(path, what, max_bytes, fix)
@@ -123,8 +145,15 @@ def parse_json(text: str, path, what: str, max_depth: int | None = None, top=dic
     return _check_shape(data, path, what, top, max_depth, fix)
 
 
-def read_yaml(path, what: str, max_bytes: int | None = None, max_depth: int | None = None, top=dict,
-              fix: str = "check the file", loader=None) -> object:
+def read_yaml(
+    path,
+    what: str,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    top=dict,
+    fix: str = "check the file",
+    loader=None,
+) -> object:
     """The parsed YAML file ``path`` (``yaml.SafeLoader`` or the given subclass); the checks of ``read_json``.
     An empty file is refused when ``top`` is given (it parses as null)."""
     import yaml
@@ -146,8 +175,12 @@ def require(data, schema: dict, path, where: str = "", fix: str = "check the fil
     present of theirs); else one line naming the file, the key (``where`` + key) and the fix."""
     label = where.rstrip(".") or "the top level"
     if not isinstance(data, dict):
-        _fail(path, f"{label} must be a mapping with keys {sorted(schema)}, got {type(data).__name__} "
-                    f"{json.dumps(data, default=str)[:40]}", fix)
+        _fail(
+            path,
+            f"{label} must be a mapping with keys {sorted(schema)}, got {type(data).__name__} "
+            f"{json.dumps(data, default=str)[:40]}",
+            fix,
+        )
     for key, t in list(schema.items()) + list((optional or {}).items()):
         if key not in data:
             if key in schema:

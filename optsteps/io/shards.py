@@ -4,6 +4,7 @@ A shard is one ``.safetensors`` file named by its sample range (``shard_name``) 
 ``"optsteps"`` (JSON); it is written to a temp file and renamed. ``manifest.json`` lists the shards with their
 sha256; ``load_shard`` checks the hash before reading.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def write_shard(path: Path, data: dict, meta: dict) -> None:
         try:
             # one metadata key: safetensors keeps metadata in a hash map, so several keys come out in a random order
             try:
-                save_file({k: v.contiguous() for k, v in data.items()}, tmp,
-                          metadata={"optsteps": json.dumps(meta, sort_keys=True)})
+                save_file(
+                    {k: v.contiguous() for k, v in data.items()},
+                    tmp,
+                    metadata={"optsteps": json.dumps(meta, sort_keys=True)},
+                )
             except SafetensorError as e:  # an OS error inside safetensors' writer: "… Os { code: 28, … }"
                 code = re.search(r"code: (\d+)", str(e))
                 if code is None:
@@ -52,8 +56,10 @@ def write_shard(path: Path, data: dict, meta: dict) -> None:
                 os.unlink(tmp)
 
 
-MANIFEST_FIX = ("delete it and rerun `optsteps trajectories`: it rebuilds the manifest from the shards' own metadata "
-                "(each shard is verified, none is recomputed)")
+MANIFEST_FIX = (
+    "delete it and rerun `optsteps trajectories`: it rebuilds the manifest from the shards' own metadata "
+    "(each shard is verified, none is recomputed)"
+)
 MANIFEST_SCHEMA = {"model": str, "model_sha256": str, "teacher": dict, "shards": list}
 ENTRY_SCHEMA = {"file": str, "start": int, "count": int, "sha256": str}
 
@@ -84,8 +90,10 @@ def load_shard(out_dir, entry: dict) -> dict:
     if not p.is_file():
         raise OptstepsError(f"shard {p} is missing; rerun `optsteps trajectories` to regenerate it.")
     if sha256_file(p) != entry["sha256"]:
-        raise OptstepsError(f"shard {p} does not match its manifest hash (truncated or modified); delete it and "
-                            "rerun `optsteps trajectories`.")
+        raise OptstepsError(
+            f"shard {p} does not match its manifest hash (truncated or modified); delete it and "
+            "rerun `optsteps trajectories`."
+        )
     try:
         return load_file(p)
     except SafetensorError as e:

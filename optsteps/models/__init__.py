@@ -2,18 +2,19 @@
 locally cached hub id; see ``pipelines.load_pipeline_model`` for the supported pipeline classes), and the model
 names (``EMBEDDED``, ``BUILTIN``, ``CLASSIFIER``, ``TRAINABLE``; ``optsteps.models.names``) and the entries of
 ``params.yaml`` ``models:`` (``ModelEntry``; ``optsteps.models.entries``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import VPDiscrete
+from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel, ModelCard
-from optsteps.models.names import BUILTIN, CLASSIFIER, EMBEDDED, TRAINABLE, slugify  # noqa: F401 - the names in one place
 from optsteps.models.entries import ModelEntry, entry_for  # noqa: F401
 from optsteps.models.identity import MODEL_RECORD
+from optsteps.models.names import BUILTIN, CLASSIFIER, EMBEDDED, TRAINABLE, slugify  # noqa: F401 - the names in one place
 
 
 def model_record(artifacts, name: str) -> Path:
@@ -36,8 +37,9 @@ def gmm_model(dim: int = 16, components: int = 4, seed: int = 0) -> DiffusionMod
     def net(x, t, cond):
         return den(x.double(), t).to(x.dtype)
 
-    return DiffusionModel("gmm", ns, net, "sample", (dim,), 0, None,
-                          {"model": "gmm", "sha256": f"gmm-d{dim}-k{components}-s{seed}"})
+    return DiffusionModel(
+        "gmm", ns, net, "sample", (dim,), 0, None, {"model": "gmm", "sha256": f"gmm-d{dim}-k{components}-s{seed}"}
+    )
 
 
 def load_model(model, artifacts="artifacts") -> DiffusionModel:
@@ -54,7 +56,9 @@ def load_model(model, artifacts="artifacts") -> DiffusionModel:
         return gmm_model()
     if "/" in name or Path(name).exists():
         return _load_pipeline(name, ModelEntry(slugify(name)), name)
-    raise OptstepsError(f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id.")
+    raise OptstepsError(
+        f"unknown model {name!r}; use one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id."
+    )
 
 
 def _auto(v):
@@ -66,11 +70,22 @@ def _load_pipeline(pipeline: str, e: ModelEntry, name: str) -> DiffusionModel:
         from optsteps.models.diffusers.unet2d import load_unet2d_pipeline  # a bare unet/ + scheduler/ folder
 
         return load_unet2d_pipeline(pipeline, name=name, device=_auto(e.device), dtype=_auto(e.dtype))
-    from optsteps.models.diffusers.pipelines import load_pipeline_model  # DDPM (pixel), Stable Diffusion (latent, CFG), SD3 (flow)
+    from optsteps.models.diffusers.pipelines import (
+        load_pipeline_model,
+    )  # DDPM (pixel), Stable Diffusion (latent, CFG), SD3 (flow)
 
-    return load_pipeline_model(pipeline, prompts=e.prompts or None, guidance=1.0 if e.guidance is None else e.guidance,
-                               device=_auto(e.device), dtype=_auto(e.dtype), height=e.height, width=e.width,
-                               max_batch=e.max_batch, name=name, **e.options)
+    return load_pipeline_model(
+        pipeline,
+        prompts=e.prompts or None,
+        guidance=1.0 if e.guidance is None else e.guidance,
+        device=_auto(e.device),
+        dtype=_auto(e.dtype),
+        height=e.height,
+        width=e.width,
+        max_batch=e.max_batch,
+        name=name,
+        **e.options,
+    )
 
 
 def describe_model(model, artifacts="artifacts") -> ModelCard:
@@ -87,8 +102,9 @@ def describe_model(model, artifacts="artifacts") -> ModelCard:
 
             return describe_digits_model(name, model_dir(artifacts, name))
         m = gmm_model()
-        return ModelCard(m.name, m.noise_schedule, m.prediction_type, m.sample_shape, m.num_classes, m.null_label,
-                         m.identity)
+        return ModelCard(
+            m.name, m.noise_schedule, m.prediction_type, m.sample_shape, m.num_classes, m.null_label, m.identity
+        )
     if Path(pipeline).is_dir() and not (Path(pipeline) / "model_index.json").is_file():
         from optsteps.models.diffusers.unet2d import describe_unet2d
 
@@ -112,5 +128,22 @@ def noise_schedule_for(model, artifacts="artifacts"):
     return describe_model(model, artifacts).noise_schedule
 
 
-__all__ = ["DiffusionModel", "ModelCard", "ModelEntry", "entry_for", "load_model", "describe_model", "gmm_model",
-           "model_dir", "model_record", "MODEL_RECORD", "noise_schedule_for", "slugify", "BUILTIN", "EMBEDDED", "CLASSIFIER", "TRAINABLE", "torch"]
+__all__ = [
+    "DiffusionModel",
+    "ModelCard",
+    "ModelEntry",
+    "entry_for",
+    "load_model",
+    "describe_model",
+    "gmm_model",
+    "model_dir",
+    "model_record",
+    "MODEL_RECORD",
+    "noise_schedule_for",
+    "slugify",
+    "BUILTIN",
+    "EMBEDDED",
+    "CLASSIFIER",
+    "TRAINABLE",
+    "torch",
+]

@@ -1,9 +1,10 @@
 """The model protocol every optimizer and evaluator uses: a noise schedule, a raw network
 ``net(x, t, cond)`` in continuous model time t, its prediction type, and seeded noise/conditioning."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -27,8 +28,9 @@ class DiffusionModel:
         null = None
         if self.null_label is not None and labels is not None:
             null = torch.full_like(labels, self.null_label)
-        return PredictionDenoiser(self.net, self.noise_schedule, self.prediction_type, cond=labels,
-                                  null_cond=null, guidance=guidance)
+        return PredictionDenoiser(
+            self.net, self.noise_schedule, self.prediction_type, cond=labels, null_cond=null, guidance=guidance
+        )
 
     def noise(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
         """Seeded initial noise x_{t_start} ~ N(0, σ²_max-ish I): sample i depends only on (seed, start + i)."""
@@ -44,7 +46,7 @@ class DiffusionModel:
             return None
         return torch.arange(start, start + n) % self.num_classes
 
-    def initial_state(self, noise: torch.Tensor, start: "float | Schedule") -> torch.Tensor:
+    def initial_state(self, noise: torch.Tensor, start: float | Schedule) -> torch.Tensor:
         """x at the start from unit noise. ``start`` a ``Schedule``: by its start-state rule
         (``core.schedule.initial_state``: σ_{t_0} ε, or σ_{t_max} ε for ``"start_state": "raw"``); a time t:
         σ_t ε (plus α x_0 ≈ 0 at the start; for EDM σ_max ε)."""
@@ -58,6 +60,7 @@ class ModelCard:
     """What a model is without its network: name, noise schedule, prediction type, state shape, conditioning and
     the identity that trajectory shards record (``identity["sha256"]``). ``optsteps.models.describe_model`` reads
     it from config files only, so nothing heavy is loaded (e.g. on a Ray driver whose actors hold the weights)."""
+
     name: str
     noise_schedule: NoiseSchedule
     prediction_type: str
@@ -66,4 +69,3 @@ class ModelCard:
     null_label: int | None = None
     identity: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # adapter-specific facts (image size, prompts, flow shift, …)
-

@@ -3,6 +3,7 @@
 It is the judge of class adherence and its 128-d penultimate layer is the FID feature network on the
 default. Trained on a stratified (1 − holdout) split; the held-out accuracy is recorded with the weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.core.limits import MAX_SAMPLES
 from optsteps.errors import OptstepsError
+from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
 from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 
 
@@ -36,10 +37,16 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 128),
+            nn.ReLU(),
         )
         self.head = nn.Linear(128, 10)
 
@@ -66,7 +73,7 @@ def stratified_split(labels: torch.Tensor, holdout: float, seed: int):
 def accuracy(model: nn.Module, x, y, batch: int = 512) -> float:
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        pred = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
     return (pred == y).float().mean().item()
 
 
@@ -90,7 +97,7 @@ def train_classifier(cfg: ClassifierConfig, out_dir, progress: bool = True) -> P
         model.train()
         perm = tr[torch.randperm(len(tr), generator=g)]
         for i in range(0, len(perm), cfg.batch_size):
-            b = perm[i:i + cfg.batch_size]
+            b = perm[i : i + cfg.batch_size]
             xb = x[b]
             # ±1-pixel random shifts: cheap augmentation that the small CNN benefits from
             sh = torch.randint(-1, 2, (2,), generator=g).tolist()
@@ -109,9 +116,16 @@ def train_classifier(cfg: ClassifierConfig, out_dir, progress: bool = True) -> P
     from safetensors.torch import save_file
 
     save_file(model.state_dict(), tmp / "classifier.safetensors")
-    meta = {"name": "classifier", "holdout_accuracy": acc, "holdout_size": len(te), "train_size": len(tr),
-            "params": dataclasses.asdict(cfg), "train_seconds": round(seconds, 2), "data_sha256": digits_sha256(),
-            "weights_sha256": hashlib.sha256((tmp / "classifier.safetensors").read_bytes()).hexdigest()}
+    meta = {
+        "name": "classifier",
+        "holdout_accuracy": acc,
+        "holdout_size": len(te),
+        "train_size": len(tr),
+        "params": dataclasses.asdict(cfg),
+        "train_seconds": round(seconds, 2),
+        "data_sha256": digits_sha256(),
+        "weights_sha256": hashlib.sha256((tmp / "classifier.safetensors").read_bytes()).hexdigest(),
+    }
     (tmp / MODEL_RECORD).write_text(json.dumps(meta, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -124,7 +138,9 @@ def load_classifier(model_dir) -> DigitsCNN:
 
     p = Path(model_dir) / "classifier.safetensors"
     if not p.is_file():
-        raise OptstepsError(f"the digits classifier is not trained yet ({p} missing); run `optsteps train --model classifier`.")
+        raise OptstepsError(
+            f"the digits classifier is not trained yet ({p} missing); run `optsteps train --model classifier`."
+        )
     meta_path = Path(model_dir) / MODEL_RECORD
     if meta_path.is_file():
         verify_weights(p, read_model_meta(meta_path, "classifier", ("weights_sha256",))["weights_sha256"], "classifier")
@@ -132,6 +148,8 @@ def load_classifier(model_dir) -> DigitsCNN:
     try:
         m.load_state_dict(load_file(p))
     except Exception as e:  # a truncated file or another network's weights
-        raise OptstepsError(f"cannot load the digits classifier from {p} ({type(e).__name__}); retrain it with "
-                            "`optsteps train --model classifier --force`.") from None
+        raise OptstepsError(
+            f"cannot load the digits classifier from {p} ({type(e).__name__}); retrain it with "
+            "`optsteps train --model classifier --force`."
+        ) from None
     return m.eval().requires_grad_(False)

@@ -10,6 +10,7 @@ Labels 0..9 plus a null label 10 (dropped with probability ``label_dropout``) fo
 Saved with ``save_pretrained`` (EMA weights) plus ``optsteps_model.json`` (data hash, params, git commit,
 train time, weights hash); the folder is written to a temp name and renamed, so a crash leaves nothing half-done.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,18 +25,19 @@ from pathlib import Path
 
 import torch
 
-from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
-from optsteps.errors import OptstepsError
-from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
-from optsteps.core.limits import MAX_SAMPLES
 from optsteps.core.denoisers import network_grad_context
+from optsteps.core.limits import MAX_SAMPLES
 from optsteps.core.noise_schedules import RectifiedFlow, VPDiscrete, noise_schedule_from_dict
+from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel, ModelCard
+from optsteps.models.digits_data import digits_images, digits_labels, digits_sha256
+from optsteps.models.identity import MODEL_RECORD, read_model_meta, verify_weights
 
 
 @dataclass
 class TrainConfig:
     """Diffusion-model training (docs/offline.md §4 recipe: 1500 steps, AdamW 2e-3, EMA 0.999, label dropout)."""
+
     steps: int = field(default=1500, metadata={"range": (1, MAX_SAMPLES)})
     batch_size: int = field(default=128, metadata={"range": (1, MAX_SAMPLES)})
     lr: float = field(default=2e-3, metadata={"range": (0.0, math.inf), "open": "lo"})
@@ -56,9 +58,16 @@ def build_unet():
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, num_class_embeds=NULL_LABEL + 1, add_attention=False,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        num_class_embeds=NULL_LABEL + 1,
+        add_attention=False,
     )
 
 
@@ -68,8 +77,12 @@ def noise_schedule_for(name: str):
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -177,10 +190,13 @@ def save_digits(name, unet, cfg: TrainConfig, out_dir, seconds: float, final_los
 def _meta(name: str, model_dir) -> dict:
     meta_path = Path(model_dir) / MODEL_RECORD
     if not meta_path.is_file():
-        raise OptstepsError(f"model {name!r} is not trained yet ({meta_path} missing); "
-                            f"run `optsteps train --model {name}` (or `make run`).")
-    return read_model_meta(meta_path, name, ("noise_schedule", "prediction_type", "sample_shape", "weights_sha256",
-                                             "data_sha256"))
+        raise OptstepsError(
+            f"model {name!r} is not trained yet ({meta_path} missing); "
+            f"run `optsteps train --model {name}` (or `make run`)."
+        )
+    return read_model_meta(
+        meta_path, name, ("noise_schedule", "prediction_type", "sample_shape", "weights_sha256", "data_sha256")
+    )
 
 
 def _identity(name: str, meta: dict) -> dict:
@@ -190,8 +206,15 @@ def _identity(name: str, meta: dict) -> dict:
 def describe_digits_model(name: str, model_dir) -> ModelCard:
     """The trained model's ``ModelCard`` from its optsteps_model.json (no network is built)."""
     meta = _meta(name, model_dir)
-    return ModelCard(name, noise_schedule_from_dict(meta["noise_schedule"]), meta["prediction_type"],
-                     tuple(meta["sample_shape"]), 10, NULL_LABEL, _identity(name, meta))
+    return ModelCard(
+        name,
+        noise_schedule_from_dict(meta["noise_schedule"]),
+        meta["prediction_type"],
+        tuple(meta["sample_shape"]),
+        10,
+        NULL_LABEL,
+        _identity(name, meta),
+    )
 
 
 def load_digits_model(name: str, model_dir) -> DiffusionModel:
@@ -203,8 +226,10 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
     try:
         unet = UNet2DModel.from_pretrained(model_dir / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise OptstepsError(f"cannot load the UNet of {name!r} from {model_dir / 'unet'} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}); retrain it with `optsteps train --model {name} --force`.") from None
+        raise OptstepsError(
+            f"cannot load the UNet of {name!r} from {model_dir / 'unet'} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); retrain it with `optsteps train --model {name} --force`."
+        ) from None
     # channels-last weights and activations: the forward runs 1.06-1.3× faster on this project's CPU
     # (benchmarks/bench_unet_layout.py); outputs agree to float rounding (~6e-6).
     unet = unet.to(memory_format=torch.channels_last)
@@ -219,5 +244,6 @@ def load_digits_model(name: str, model_dir) -> DiffusionModel:
             out = unet(x.contiguous(memory_format=torch.channels_last), tt, class_labels=labels).sample
         return out.contiguous()
 
-    return DiffusionModel(name, ns, net, meta["prediction_type"], tuple(meta["sample_shape"]), 10, NULL_LABEL,
-                          _identity(name, meta))
+    return DiffusionModel(
+        name, ns, net, meta["prediction_type"], tuple(meta["sample_shape"]), 10, NULL_LABEL, _identity(name, meta)
+    )

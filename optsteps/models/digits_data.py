@@ -1,6 +1,7 @@
 """The embedded default data: scikit-learn's ``load_digits`` (1797 grey 8×8 digits, 10 classes, values
 0..16), shipped inside the scikit-learn wheel (UCI Optical Recognition of Handwritten Digits, Alpaydin &
 Kaynak 1998). Scaled to [−1, 1] as x/8 − 1."""
+
 from __future__ import annotations
 
 import hashlib

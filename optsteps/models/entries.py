@@ -23,6 +23,7 @@ pipeline layer's (``optsteps.pipeline.config``), which validates and merges them
 Nothing is ever written inside a model's folder: outputs live under ``artifacts/…/<name>`` and
 ``results/…/<name>``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ BUDGET_KEYS = ("forwards", "gpu_hours", "forward_ms")
 @dataclass(frozen=True)
 class ModelEntry:
     """One model of the pipeline. ``pipeline`` empty: an embedded/built-in model (``name`` is its name)."""
+
     name: str
     pipeline: str = ""
     prompts: str = ""  # "" = the default prompt list (text pipelines)
@@ -67,8 +69,11 @@ class ModelEntry:
     def as_param(self) -> dict:
         """The entry as ``params.yaml`` writes it (only the keys that differ from the defaults)."""
         default = ModelEntry(self.name)
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) != getattr(default, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "name" and getattr(self, f.name) != getattr(default, f.name)
+        }
 
 
 def _where(name, key=None) -> str:
@@ -78,11 +83,15 @@ def _where(name, key=None) -> str:
 def parse_entry(name, raw) -> ModelEntry:
     """The checked ``ModelEntry`` of ``models.<name>: raw`` (raw: a mapping, or empty for a built-in model)."""
     if not is_slug(name):
-        raise OptstepsError(f"{_where(name)}: {name!r} is not a model name (a slug: lower-case letters, digits, "
-                            f"'-' and '_'); call it {slugify(str(name))!r}.")
+        raise OptstepsError(
+            f"{_where(name)}: {name!r} is not a model name (a slug: lower-case letters, digits, "
+            f"'-' and '_'); call it {slugify(str(name))!r}."
+        )
     if name == CLASSIFIER:
-        raise OptstepsError(f"{_where(name)}: 'classifier' is the digits judge of the evaluation, not a model to "
-                            "optimize; remove it from models: (it is trained when a digits model is evaluated).")
+        raise OptstepsError(
+            f"{_where(name)}: 'classifier' is the digits judge of the evaluation, not a model to "
+            "optimize; remove it from models: (it is trained when a digits model is evaluated)."
+        )
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise OptstepsError(f"{_where(name)} must be a mapping of settings ({{}} for an embedded model), got {raw!r}.")
@@ -91,26 +100,46 @@ def parse_entry(name, raw) -> ModelEntry:
         raise OptstepsError(f"{_where(name)}: unknown key(s) {unknown}; allowed: {sorted(KEYS)}.")
     if "pipeline" not in raw:
         if name not in BUILTIN:
-            raise OptstepsError(f"{_where(name)}: {name!r} is not an embedded model ({', '.join(BUILTIN)}); for your "
-                                "own diffusers model add `pipeline: FOLDER_OR_HUB_ID` to the entry.")
+            raise OptstepsError(
+                f"{_where(name)}: {name!r} is not an embedded model ({', '.join(BUILTIN)}); for your "
+                "own diffusers model add `pipeline: FOLDER_OR_HUB_ID` to the entry."
+            )
         extra = sorted(set(raw) & set(PIPELINE_KEYS))
         if extra:
-            raise OptstepsError(f"{_where(name)}: {extra} apply to diffusers pipelines only; {name!r} is embedded "
-                                "(remove them, or add `pipeline:` under another name).")
-        return ModelEntry(name, guidance=_number(name, raw, "guidance"), overrides=_overrides(name, raw),
-                          budget=parse_budget(raw.get("budget"), _where(name, "budget")))
+            raise OptstepsError(
+                f"{_where(name)}: {extra} apply to diffusers pipelines only; {name!r} is embedded "
+                "(remove them, or add `pipeline:` under another name)."
+            )
+        return ModelEntry(
+            name,
+            guidance=_number(name, raw, "guidance"),
+            overrides=_overrides(name, raw),
+            budget=parse_budget(raw.get("budget"), _where(name, "budget")),
+        )
     if name in RESERVED:
-        raise OptstepsError(f"{_where(name)}: {name!r} is the name of a built-in model; give your pipeline "
-                            "another name (e.g. its folder's name).")
+        raise OptstepsError(
+            f"{_where(name)}: {name!r} is the name of a built-in model; give your pipeline "
+            "another name (e.g. its folder's name)."
+        )
     pipeline = raw["pipeline"]
     if not isinstance(pipeline, str) or not pipeline.strip():
-        raise OptstepsError(f"{_where(name, 'pipeline')} must be a diffusers pipeline folder or a hub id, got {pipeline!r}.")
+        raise OptstepsError(
+            f"{_where(name, 'pipeline')} must be a diffusers pipeline folder or a hub id, got {pipeline!r}."
+        )
     entry = ModelEntry(
-        name, pipeline=pipeline, prompts=_string(name, raw, "prompts"), guidance=_number(name, raw, "guidance"),
-        height=_positive(name, raw, "height"), width=_positive(name, raw, "width"),
-        dtype=_choice(name, raw, "dtype", DTYPES), device=_device(name, raw),
-        max_batch=_positive(name, raw, "max_batch") or 16, overrides=_overrides(name, raw),
-        options=_options(name, raw), budget=parse_budget(raw.get("budget"), _where(name, "budget")))
+        name,
+        pipeline=pipeline,
+        prompts=_string(name, raw, "prompts"),
+        guidance=_number(name, raw, "guidance"),
+        height=_positive(name, raw, "height"),
+        width=_positive(name, raw, "width"),
+        dtype=_choice(name, raw, "dtype", DTYPES),
+        device=_device(name, raw),
+        max_batch=_positive(name, raw, "max_batch") or 16,
+        overrides=_overrides(name, raw),
+        options=_options(name, raw),
+        budget=parse_budget(raw.get("budget"), _where(name, "budget")),
+    )
     check_pipeline_entry(entry)
     return entry
 
@@ -128,21 +157,27 @@ def check_pipeline_entry(entry: ModelEntry) -> None:
     except OptstepsError as e:
         raise OptstepsError(f"{_where(name, 'pipeline')}: {e}") from None
     if cls_name not in SUPPORTED:
-        raise OptstepsError(f"{_where(name, 'pipeline')}: {entry.pipeline} is a {cls_name} (model_index.json "
-                            f"_class_name); optsteps supports {', '.join(SUPPORTED)}. Point it at one of those.")
+        raise OptstepsError(
+            f"{_where(name, 'pipeline')}: {entry.pipeline} is a {cls_name} (model_index.json "
+            f"_class_name); optsteps supports {', '.join(SUPPORTED)}. Point it at one of those."
+        )
     text = cls_name in TEXT_PIPELINES
     allowed = PIPELINE_OPTIONS.get(TEXT_PIPELINES.get(cls_name), ())
     unknown = sorted(set(entry.options) - set(allowed))
     if unknown:
-        raise OptstepsError(f"{_where(name, 'options')}: {unknown} are not options of a {cls_name}; "
-                            + (f"it takes {list(allowed)}." if allowed else "it takes none (remove options)."))
+        raise OptstepsError(
+            f"{_where(name, 'options')}: {unknown} are not options of a {cls_name}; "
+            + (f"it takes {list(allowed)}." if allowed else "it takes none (remove options).")
+        )
     if not text:
         given = [k for k in ("prompts", "height", "width") if getattr(entry, k)]
         if given:
             raise OptstepsError(f"{_where(name)}: {cls_name} is unconditional with a fixed image size; remove {given}.")
         if entry.guidance not in (None, 1.0):
-            raise OptstepsError(f"{_where(name, 'guidance')}: {cls_name} has no null condition for classifier-free "
-                                "guidance; remove guidance (or set it to 1).")
+            raise OptstepsError(
+                f"{_where(name, 'guidance')}: {cls_name} has no null condition for classifier-free "
+                "guidance; remove guidance (or set it to 1)."
+            )
     if entry.prompts:
         try:
             load_prompts(entry.prompts)
@@ -205,8 +240,10 @@ def _device(name, raw) -> str:
 def _options(name, raw) -> dict:
     v = raw.get("options") or {}
     if not isinstance(v, dict):
-        raise OptstepsError(f"{_where(name, 'options')} must map option names to values, e.g. "
-                            "{max_sequence_length: 256}, got " + repr(v) + ".")
+        raise OptstepsError(
+            f"{_where(name, 'options')} must map option names to values, e.g. "
+            "{max_sequence_length: 256}, got " + repr(v) + "."
+        )
     for k, x in v.items():
         if k in ("max_sequence_length", "num_frames") and (isinstance(x, bool) or not isinstance(x, int) or x < 1):
             raise OptstepsError(f"{_where(name, 'options.' + str(k))} must be a positive integer, got {x!r}.")
@@ -223,21 +260,26 @@ def parse_budget(raw, where: str) -> dict:
     if raw is None or raw == {}:
         return {}
     if not isinstance(raw, dict) or sorted(raw) not in (["forwards"], ["forward_ms", "gpu_hours"]):
-        raise OptstepsError(f"{where} must be {{forwards: N}} or {{gpu_hours: H, forward_ms: X}} (X: ms per "
-                            f"per-sample forward, e.g. from `optsteps plan`), got {raw!r}.")
+        raise OptstepsError(
+            f"{where} must be {{forwards: N}} or {{gpu_hours: H, forward_ms: X}} (X: ms per "
+            f"per-sample forward, e.g. from `optsteps plan`), got {raw!r}."
+        )
     for k, v in raw.items():
         ok = not isinstance(v, bool) and (isinstance(v, int) if k == "forwards" else isinstance(v, (int, float)))
         if not ok or not 0 < v < float("inf"):
-            raise OptstepsError(f"{where}.{k} must be a positive {'integer' if k == 'forwards' else 'number'}, "
-                                f"got {v!r}.")
+            raise OptstepsError(
+                f"{where}.{k} must be a positive {'integer' if k == 'forwards' else 'number'}, got {v!r}."
+            )
     return dict(raw)
 
 
 def _overrides(name, raw) -> dict:
     v = raw.get("overrides") or {}
     if not isinstance(v, dict) or not all(isinstance(b, dict) for b in v.values()):
-        raise OptstepsError(f"{_where(name, 'overrides')} must map sections to settings, e.g. "
-                            "{lambda_opt: {p: 2}}, got " + repr(v) + ".")
+        raise OptstepsError(
+            f"{_where(name, 'overrides')} must map sections to settings, e.g. "
+            "{lambda_opt: {p: 2}}, got " + repr(v) + "."
+        )
     return v
 
 
@@ -261,12 +303,16 @@ def entry_for(model, entries: dict) -> ModelEntry:
         slug = slug_for_pipeline(model)
         if slug in RESERVED or slug in entries:  # its outputs would overwrite (or delete) that model's
             other = "a built-in model" if slug in RESERVED else "another models: entry in params.yaml"
-            raise OptstepsError(f"--model {model}: its name {slug!r} (from the folder's name) is {other}, whose outputs "
-                                f"it would overwrite; add it to params.yaml models: under another name (e.g. "
-                                f"`{slug}-pipeline: {{pipeline: {model}}}`) and pass that name.")
+            raise OptstepsError(
+                f"--model {model}: its name {slug!r} (from the folder's name) is {other}, whose outputs "
+                f"it would overwrite; add it to params.yaml models: under another name (e.g. "
+                f"`{slug}-pipeline: {{pipeline: {model}}}`) and pass that name."
+            )
         return ModelEntry(slug, pipeline=model)
-    raise OptstepsError(f"unknown model {model!r}; use a name of params.yaml models: ({', '.join(entries) or 'none'}), "
-                        f"one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id in the local cache.")
+    raise OptstepsError(
+        f"unknown model {model!r}; use a name of params.yaml models: ({', '.join(entries) or 'none'}), "
+        f"one of {', '.join(BUILTIN)}, a diffusers pipeline folder or a hub id in the local cache."
+    )
 
 
 def _same_pipeline_key(pipeline: str) -> str:

@@ -9,14 +9,15 @@ x_t ~ N(α_t μ_k, diag(v_k)), v_k = α_t² s_k² + σ_t², and
 Single Gaussian: z = (x_t − α_t μ)/sqrt(v_t) is constant along the PF-ODE, so
 x_t = α_t μ + sqrt(v_t/v_s) (x_s − α_s μ).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule
+from optsteps.errors import OptstepsError
 
 
 @dataclass
@@ -30,7 +31,9 @@ class GaussianMixture:
         self.means = torch.as_tensor(self.means, dtype=torch.float64)
         self.variances = torch.as_tensor(self.variances, dtype=torch.float64)
         if self.means.shape != self.variances.shape or self.means.shape[0] != self.weights.shape[0]:
-            raise OptstepsError("GaussianMixture: weights [K], means [K, D] and variances [K, D] must agree in K and D.")
+            raise OptstepsError(
+                "GaussianMixture: weights [K], means [K, D] and variances [K, D] must agree in K and D."
+            )
         if (self.variances < 0).any() or (self.weights <= 0).any():
             raise OptstepsError("GaussianMixture: variances must be ≥ 0 and weights > 0.")
         self.weights = self.weights / self.weights.sum()
@@ -56,8 +59,16 @@ class GaussianMixture:
         """E[x_0 | x_t = x] for x [B, D]; alpha/sigma scalars or [B]."""
         dtype = x.dtype
         x = x.to(torch.float64)
-        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1) if torch.as_tensor(alpha).dim() else torch.as_tensor(alpha, dtype=torch.float64)
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1) if torch.as_tensor(sigma).dim() else torch.as_tensor(sigma, dtype=torch.float64)
+        a = (
+            torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1)
+            if torch.as_tensor(alpha).dim()
+            else torch.as_tensor(alpha, dtype=torch.float64)
+        )
+        s = (
+            torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1)
+            if torch.as_tensor(sigma).dim()
+            else torch.as_tensor(sigma, dtype=torch.float64)
+        )
         v = a**2 * self.variances + s**2  # [K, D] or [B, K, D]
         diff = x[:, None, :] - a * self.means  # [B, K, D]
         logp = torch.log(self.weights) - 0.5 * (diff**2 / v + torch.log(v)).sum(-1)  # [B, K]

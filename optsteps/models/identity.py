@@ -1,4 +1,5 @@
 """A trained model's identity: its ``optsteps_model.json`` and the sha256 of its weights, verified at load."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ def read_model_meta(meta_path: Path, name: str, required) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         meta, missing = None, [f"unreadable: {e}"]
     if missing:
-        raise OptstepsError(f"{meta_path} is not a valid optsteps model description (missing or bad: {missing}); "
-                            f"retrain with `optsteps train --model {name} --force`.")
+        raise OptstepsError(
+            f"{meta_path} is not a valid optsteps model description (missing or bad: {missing}); "
+            f"retrain with `optsteps train --model {name} --force`."
+        )
     return meta
 
 
@@ -27,10 +30,13 @@ def verify_weights(weights: Path, recorded_sha256: str, name: str) -> None:
     """The model's identity is the hash of its weights: refuse weights that changed since training (the check
     is cached by path, size and mtime, ``io.hashing.file_digest``)."""
     if not weights.is_file():
-        raise OptstepsError(f"the weights of {name!r} are missing ({weights}); retrain with "
-                            f"`optsteps train --model {name} --force`.")
+        raise OptstepsError(
+            f"the weights of {name!r} are missing ({weights}); retrain with `optsteps train --model {name} --force`."
+        )
     if file_digest(weights) != recorded_sha256:
-        raise OptstepsError(f"the weights {weights} do not match the sha256 recorded at training "
-                            f"({recorded_sha256[:12]}…): they changed or were truncated; retrain with "
-                            f"`optsteps train --model {name} --force` (shards, schedules and evaluations made for "
-                            "other weights are refused by that hash).")
+        raise OptstepsError(
+            f"the weights {weights} do not match the sha256 recorded at training "
+            f"({recorded_sha256[:12]}…): they changed or were truncated; retrain with "
+            f"`optsteps train --model {name} --force` (shards, schedules and evaluations made for "
+            "other weights are refused by that hash)."
+        )

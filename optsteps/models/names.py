@@ -5,6 +5,7 @@ A slug is lower-case ASCII letters, digits, ``-`` and ``_``, starting with a let
 ``models.<slug>`` in ``params.yaml`` as a nested key, so a dot would split the name. ``slugify`` turns any text into
 one; ``slug_for_pipeline`` is the slug of a pipeline folder or hub id given on the command line.
 """
+
 from __future__ import annotations
 
 import re

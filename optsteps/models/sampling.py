@@ -1,16 +1,26 @@
 """Seeded sampling of a model along a schedule, batched, and the L2 to a teacher."""
+
 from __future__ import annotations
 
 import torch
 
-from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.core.solvers import sample
+from optsteps.models.base import DiffusionModel
 
 
-def generate(model: DiffusionModel, schedule: Schedule, solver: str | SolverSpec, n: int, seed: int, start: int = 0,
-             guidance: float = 1.0, batch_size: int = 500, order: int | None = None) -> torch.Tensor:
+def generate(
+    model: DiffusionModel,
+    schedule: Schedule,
+    solver: str | SolverSpec,
+    n: int,
+    seed: int,
+    start: int = 0,
+    guidance: float = 1.0,
+    batch_size: int = 500,
+    order: int | None = None,
+) -> torch.Tensor:
     """Samples start..start+n−1 (noise and labels depend only on seed and index), started by the schedule's
     start-state rule (``core.schedule.initial_state``) and integrated along ``schedule``
     with ``solver`` (a ``SolverSpec``, or a name completed by ``order``; see ``solvers.sample``)."""

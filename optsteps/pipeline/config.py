@@ -18,6 +18,7 @@ Validation: each field's own rule lives in its dataclass field metadata and one 
 (``check_fields``, conventions in its docstring); the rules that join sections are in ``check_across``; command-line
 flags reach the params through ``override``, which runs the same checks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from optsteps.core.limits import MAX_SAMPLES, MAX_STEPS
+from optsteps.core.limits import MAX_SAMPLES
 from optsteps.errors import OptstepsError
 from optsteps.evaluate.options import EvaluateOptions
 from optsteps.integrations.ray_pool import RayConfig
@@ -73,6 +74,7 @@ class FlowConfig:
     """The Prefect flow. ``task_workers``: tasks run at once (threads; each task's torch uses one thread under
     ``make run``), 0 = Prefect's default pool. On a small CPU machine, as many as cores: more only adds
     GIL and cache contention."""
+
     task_workers: int = field(default=2, metadata={"range": (0, MAX_SAMPLES)})
 
 
@@ -108,7 +110,7 @@ class Params:
         folder / hub id, which gets the matching entry or a new one named by its slug)."""
         return entry_for(model, self.models)
 
-    def for_model(self, model) -> "Params":
+    def for_model(self, model) -> Params:
         """These params with the model's own settings merged in — the one place where that happens: its
         ``guidance`` (teacher.guidance and evaluate.guidance), then its ``overrides`` of teacher, trajectories, oss,
         lambda_opt and evaluate (checked when params.yaml is loaded)."""
@@ -122,8 +124,10 @@ class Params:
 
     def train_config(self, model: str) -> TrainConfig:
         if model not in self.train:
-            raise OptstepsError(f"params.yaml has no train.{model} section; add one (keys: "
-                                f"{', '.join(f.name for f in dataclasses.fields(TrainConfig))}).")
+            raise OptstepsError(
+                f"params.yaml has no train.{model} section; add one (keys: "
+                f"{', '.join(f.name for f in dataclasses.fields(TrainConfig))})."
+            )
         return self.train[model]
 
 
@@ -163,18 +167,28 @@ def _build(cls, data, where: str):
     return cls(**kwargs)
 
 
-SECTIONS = {"classifier": ClassifierConfig, "teacher": TeacherConfig, "trajectories": TrajectoriesConfig,
-            "ray": RayConfig, "oss": OSSOptions, "lambda_opt": LambdaOptOptions, "polish": PolishOptions,
-            "evaluate": EvaluateOptions,
-            "mlflow": MlflowConfig, "flow": FlowConfig}  # params.yaml section → its typed config (each built the same way)
+SECTIONS = {
+    "classifier": ClassifierConfig,
+    "teacher": TeacherConfig,
+    "trajectories": TrajectoriesConfig,
+    "ray": RayConfig,
+    "oss": OSSOptions,
+    "lambda_opt": LambdaOptOptions,
+    "polish": PolishOptions,
+    "evaluate": EvaluateOptions,
+    "mlflow": MlflowConfig,
+    "flow": FlowConfig,
+}  # params.yaml section → its typed config (each built the same way)
 
 
 def params_from_dict(d: dict) -> Params:
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise OptstepsError(f"params.yaml must be a mapping of sections (artifacts:, teacher:, models:, …), got "
-                            f"{d!r:.60} ({type(d).__name__}); see the repository's params.yaml for the layout.")
+        raise OptstepsError(
+            f"params.yaml must be a mapping of sections (artifacts:, teacher:, models:, …), got "
+            f"{d!r:.60} ({type(d).__name__}); see the repository's params.yaml for the layout."
+        )
     d = dict(d)
     bad = [k for k in d if not isinstance(k, str)]
     if bad:
@@ -188,8 +202,10 @@ def params_from_dict(d: dict) -> Params:
         if key in d:
             v = d[key]
             if not isinstance(v, str) or not v.strip():
-                raise OptstepsError(f"params.yaml {key} must be a folder path (a non-empty string), got {v!r}; "
-                                    f"e.g. `{key}: {getattr(Params(), key)}`.")
+                raise OptstepsError(
+                    f"params.yaml {key} must be a folder path (a non-empty string), got {v!r}; "
+                    f"e.g. `{key}: {getattr(Params(), key)}`."
+                )
             setattr(p, key, v)
     if "train" in d:
         if not isinstance(d["train"], dict) or not all(isinstance(k, str) for k in d["train"]):
@@ -202,10 +218,15 @@ def params_from_dict(d: dict) -> Params:
         p.budget = parse_budget(d["budget"], "params.yaml budget")
     if "pipeline_defaults" in d:
         raw = d["pipeline_defaults"] or {}
-        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()) \
-                or set(raw) - set(OVERRIDABLE):
-            raise OptstepsError(f"params.yaml pipeline_defaults must map sections of {sorted(OVERRIDABLE)} to "
-                                f"settings (what every pipeline entry gets before its own overrides), got {raw!r}.")
+        if (
+            not isinstance(raw, dict)
+            or not all(isinstance(v, dict) for v in raw.values())
+            or set(raw) - set(OVERRIDABLE)
+        ):
+            raise OptstepsError(
+                f"params.yaml pipeline_defaults must map sections of {sorted(OVERRIDABLE)} to "
+                f"settings (what every pipeline entry gets before its own overrides), got {raw!r}."
+            )
         p.pipeline_defaults = raw
     if "models" in d:
         p.models = _models(d["models"])
@@ -214,23 +235,32 @@ def params_from_dict(d: dict) -> Params:
         check_params(p.for_model(name), f" (models.{name} with its overrides)")
     for key, uri in (("mlflow.tracking_uri", p.mlflow.tracking_uri), ("ray.address", p.ray.address)):
         if has_credentials(uri):  # params.yaml is committed: credentials come only from the environment
-            raise OptstepsError(f"{key} contains credentials (user[:password]@host or a token/password query "
-                                "parameter); keep only the host in params.yaml and set MLFLOW_TRACKING_USERNAME / "
-                                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment.")
+            raise OptstepsError(
+                f"{key} contains credentials (user[:password]@host or a token/password query "
+                "parameter); keep only the host in params.yaml and set MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment."
+            )
     return p
 
 
-OVERRIDABLE = {"teacher": TeacherConfig, "trajectories": TrajectoriesConfig, "oss": OSSOptions,
-               "lambda_opt": LambdaOptOptions, "evaluate": EvaluateOptions,
-               "mlflow": MlflowConfig}  # per-model ``overrides`` sections (mlflow: only what the champions rank by)
+OVERRIDABLE = {
+    "teacher": TeacherConfig,
+    "trajectories": TrajectoriesConfig,
+    "oss": OSSOptions,
+    "lambda_opt": LambdaOptOptions,
+    "evaluate": EvaluateOptions,
+    "mlflow": MlflowConfig,
+}  # per-model ``overrides`` sections (mlflow: only what the champions rank by)
 _MODEL_MLFLOW_KEYS = ("metric", "pipeline_metric")
 
 
 def _models(raw) -> dict:
     if isinstance(raw, list):
-        raise OptstepsError("params.yaml models: must map each model's name to its entry, e.g. `models: {digits: {}}` "
-                            "or, for your own pipeline, `sd15: {pipeline: /models/sd-v1-5}` (DVC names each model's "
-                            "stages by this key; a list would name them by position).")
+        raise OptstepsError(
+            "params.yaml models: must map each model's name to its entry, e.g. `models: {digits: {}}` "
+            "or, for your own pipeline, `sd15: {pipeline: /models/sd-v1-5}` (DVC names each model's "
+            "stages by this key; a list would name them by position)."
+        )
     if not isinstance(raw, dict):
         raise OptstepsError(f"params.yaml models: must be a mapping name → entry, got {raw!r}.")
     out = {}
@@ -238,12 +268,16 @@ def _models(raw) -> dict:
         e = parse_entry(name, body)
         unknown = sorted(set(e.overrides) - set(OVERRIDABLE))
         if unknown:
-            raise OptstepsError(f"params.yaml models.{name}.overrides: unknown section(s) {unknown}; a model can "
-                                f"override {sorted(OVERRIDABLE)}.")
+            raise OptstepsError(
+                f"params.yaml models.{name}.overrides: unknown section(s) {unknown}; a model can "
+                f"override {sorted(OVERRIDABLE)}."
+            )
         other = sorted(set(e.overrides.get("mlflow", {})) - set(_MODEL_MLFLOW_KEYS))
         if other:
-            raise OptstepsError(f"params.yaml models.{name}.overrides.mlflow: {other} cannot differ per model (one "
-                                f"registry serves every model); a model can override {list(_MODEL_MLFLOW_KEYS)}.")
+            raise OptstepsError(
+                f"params.yaml models.{name}.overrides.mlflow: {other} cannot differ per model (one "
+                f"registry serves every model); a model can override {list(_MODEL_MLFLOW_KEYS)}."
+            )
         out[name] = e
     return out
 
@@ -341,26 +375,43 @@ def _origin(key: str, where: str, flags: dict | None) -> str:
     return f" (given as {flag}){where}" if flag else where
 
 
-def check_across(p: "Params", where: str = "", flags: dict | None = None) -> None:
+def check_across(p: Params, where: str = "", flags: dict | None = None) -> None:
     """The rules that join fields of several sections (each field's own rules are in its metadata, ``check_fields``)."""
+
     def need(ok: bool, key: str, value, rule: str) -> None:
         if not ok:
             raise OptstepsError(f"{key} = {value!r}{_origin(key, where, flags)}: {rule}.")
 
     steps = p.teacher.steps
     bad = [k for k in p.oss.nfe if k >= steps]
-    need(not bad, "oss.nfe", p.oss.nfe, f"OSS picks K of the teacher's {steps} steps, so every K must be below "
-         f"teacher.steps; drop {bad} or raise teacher.steps")
-    need(p.oss.start_window < steps, "oss.start_window", p.oss.start_window,
-         f"the start window must stay below the teacher's {steps} steps (a few % of them)")
-    need(p.evaluate.seed != p.teacher.seed, "evaluate.seed", p.evaluate.seed,
-         f"equals teacher.seed; evaluation must use held-out seeds: pick another evaluate.seed")
-    need(not (p.evaluate.reference_images and not p.evaluate.inception_n), "evaluate.reference_images",
-         p.evaluate.reference_images, "needs evaluate.inception_n > 0 (how many samples are compared with the folder "
-         "through Inception)")
+    need(
+        not bad,
+        "oss.nfe",
+        p.oss.nfe,
+        f"OSS picks K of the teacher's {steps} steps, so every K must be below "
+        f"teacher.steps; drop {bad} or raise teacher.steps",
+    )
+    need(
+        p.oss.start_window < steps,
+        "oss.start_window",
+        p.oss.start_window,
+        f"the start window must stay below the teacher's {steps} steps (a few % of them)",
+    )
+    need(
+        p.evaluate.seed != p.teacher.seed,
+        "evaluate.seed",
+        p.evaluate.seed,
+        "equals teacher.seed; evaluation must use held-out seeds: pick another evaluate.seed",
+    )
+    need(
+        not (p.evaluate.reference_images and not p.evaluate.inception_n),
+        "evaluate.reference_images",
+        p.evaluate.reference_images,
+        "needs evaluate.inception_n > 0 (how many samples are compared with the folder through Inception)",
+    )
 
 
-def check_params(p: "Params", where: str = "", flags: dict | None = None) -> None:
+def check_params(p: Params, where: str = "", flags: dict | None = None) -> None:
     """Every section's fields (``check_fields``), then the rules across sections (``check_across``)."""
     for key in SECTIONS:
         check_fields(getattr(p, key), key, where, flags)
@@ -369,7 +420,7 @@ def check_params(p: "Params", where: str = "", flags: dict | None = None) -> Non
     check_across(p, where, flags)
 
 
-def override(p: "Params", values: dict, cross: bool = True) -> "Params":
+def override(p: Params, values: dict, cross: bool = True) -> Params:
     """These params with command-line flags applied: ``values`` maps ``"section.key"`` to ``(flag, value)``; a value
     of None means the flag was not given (params.yaml's value stands). The result passes the same checks as
     params.yaml (an error names the flag); ``cross=False`` skips the rules across sections (e.g. when the teacher
@@ -387,8 +438,6 @@ def override(p: "Params", values: dict, cross: bool = True) -> "Params":
     return q
 
 
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last silently, so a
     second ``models:`` entry of the same name would replace the first)."""
@@ -398,8 +447,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise OptstepsError(f"params.yaml line {key_node.start_mark.line + 1}: {key!r} is given twice in one "
-                                    "mapping (e.g. two models of the same name); keep one, or rename the other.")
+                raise OptstepsError(
+                    f"params.yaml line {key_node.start_mark.line + 1}: {key!r} is given twice in one "
+                    "mapping (e.g. two models of the same name); keep one, or rename the other."
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -408,9 +459,12 @@ def load_params(path="params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise OptstepsError(f"{path} not found; run from the repository root or pass --params PATH.")
-    data = read_yaml(path, "params file", top=None, loader=_UniqueKeyLoader,
-                     fix="fix it, or start from the repository's params.yaml")
+    data = read_yaml(
+        path, "params file", top=None, loader=_UniqueKeyLoader, fix="fix it, or start from the repository's params.yaml"
+    )
     if data is None or data == {}:
-        raise OptstepsError(f"{path} is empty: it has no sections, so nothing would say which models to optimize; "
-                            "copy the repository's params.yaml and edit it, or pass --params PATH to another file.")
+        raise OptstepsError(
+            f"{path} is empty: it has no sections, so nothing would say which models to optimize; "
+            "copy the repository's params.yaml and edit it, or pass --params PATH to another file."
+        )
     return params_from_dict(data)

@@ -1,6 +1,7 @@
 """``optsteps evaluate``: one schedule (a baseline kind or a schedule JSON file) evaluated with the evaluate stage's
 settings, optionally logged to MLflow and registered. The CLI parses the flags, calls ``evaluate_one`` and prints
 its ``OneEvaluation``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from optsteps.pipeline.config import Params
 class OneEvaluation:
     """What ``evaluate_one`` did: the metrics (bootstrap resamples included), and when logged the MLflow run, the
     tracking URI it went to and the registration (``Registry.register_schedule``'s result) when registered."""
+
     metrics: dict
     run_id: str | None = None
     tracking_uri: str | None = None
@@ -40,11 +42,25 @@ def _is_kind(schedule: str) -> bool:
     return not (Path(schedule).is_file() or schedule.endswith(".json"))
 
 
-def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: str | None = None, n: int | None = None,
-                 inception_n: int | None = None, seed: int | None = None, start: int | None = None,
-                 guidance: float | None = None, teacher: bool = True, log: bool = True, register: bool = False,
-                 tracking_uri: str | None = None, geneval_prompts: str | None = None,
-                 say=lambda line: None) -> OneEvaluation:
+def evaluate_one(
+    p: Params,
+    model: str,
+    schedule: str,
+    *,
+    nfe: int = 5,
+    solver: str | None = None,
+    n: int | None = None,
+    inception_n: int | None = None,
+    seed: int | None = None,
+    start: int | None = None,
+    guidance: float | None = None,
+    teacher: bool = True,
+    log: bool = True,
+    register: bool = False,
+    tracking_uri: str | None = None,
+    geneval_prompts: str | None = None,
+    say=lambda line: None,
+) -> OneEvaluation:
     """Evaluate one schedule on ``model`` (``n``, ``inception_n``, ``seed``: default the params' ``evaluate``
     section; ``guidance``: default ``teacher.guidance``); ``teacher``: L2 to the teacher's endpoints (held-out
     seeds checked); ``log``/``register``: an MLflow run, and a registered version (champion rule of
@@ -54,16 +70,23 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
     from optsteps.evaluate import evaluate_schedule, teacher_endpoints
     from optsteps.evaluate.run import check_heldout
     from optsteps.models import load_model
-    from optsteps.pipeline.stages import champion_metric, evaluator_for
-
     from optsteps.pipeline.config import override
+    from optsteps.pipeline.stages import champion_metric, evaluator_for
 
     torch.set_num_threads(1)
     e = p.entry(model)
     p = p.for_model(e)
-    p = override(p, {"evaluate.n": ("--n", n), "evaluate.inception_n": ("--inception-n", inception_n),
-                     "evaluate.seed": ("--seed", seed), "evaluate.start": ("--start", start),
-                     "evaluate.guidance": ("--guidance", guidance)}, cross=False)  # the params.yaml rules
+    p = override(
+        p,
+        {
+            "evaluate.n": ("--n", n),
+            "evaluate.inception_n": ("--inception-n", inception_n),
+            "evaluate.seed": ("--seed", seed),
+            "evaluate.start": ("--start", start),
+            "evaluate.guidance": ("--guidance", guidance),
+        },
+        cross=False,
+    )  # the params.yaml rules
     n, inception_n, seed, start = p.evaluate.n, p.evaluate.inception_n, p.evaluate.seed, p.evaluate.start
     m = load_model(e, p.artifacts)
     s = load_one_schedule(schedule, m, nfe, solver, p.evaluate.solvers[0])
@@ -86,9 +109,18 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
         sampler = pipeline_prompt_sampler(pipe, guidance, where=model)
 
     def run():
-        return evaluate_schedule(m, s, dataclasses.replace(p.evaluate, guidance=g), solver=solver, teacher=t_end,
-                                 evaluator=ev, return_samples=True, geneval_prompts=geneval_prompts,
-                                 prompt_sampler=sampler, teacher_cfg=p.teacher if teacher else None)
+        return evaluate_schedule(
+            m,
+            s,
+            dataclasses.replace(p.evaluate, guidance=g),
+            solver=solver,
+            teacher=t_end,
+            evaluator=ev,
+            return_samples=True,
+            geneval_prompts=geneval_prompts,
+            prompt_sampler=sampler,
+            teacher_cfg=p.teacher if teacher else None,
+        )
 
     if not (log or register):
         metrics, _ = run()
@@ -97,8 +129,14 @@ def evaluate_one(p: Params, model: str, schedule: str, *, nfe: int = 5, solver: 
     from optsteps.io.provenance import params_hash
 
     reg = Registry(tracking_uri or p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
-    run_params = {"n": n, "inception_n": inception_n, "seed": seed, "start": start, "guidance": g,
-                  "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none"}
+    run_params = {
+        "n": n,
+        "inception_n": inception_n,
+        "seed": seed,
+        "start": start,
+        "guidance": g,
+        "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none",
+    }
     out = {}
 
     def run_and_keep():

@@ -13,6 +13,7 @@ Under ``params.artifacts`` / ``params.results``:
     results/metrics/<model>/<method>-<solver>.json, results/plots/<model>.csv, <model>-<metric>.png
     results/registry.json                     what ``register`` registered
 """
+
 from __future__ import annotations
 
 from pathlib import Path

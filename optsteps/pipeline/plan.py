@@ -12,15 +12,14 @@ Units:
 Every count is exact except OSS refinement (it stops when no move improves): the plan gives its cap where the OSS
 counts give one, and the count a finished run reports (its schedule JSONs) once it exists.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from optsteps.errors import OptstepsError
 from optsteps.pipeline.config import Params
@@ -30,9 +29,11 @@ STAGES = ("teacher", "oss", "gits", "lambda-opt", "evaluate", "register")
 
 # ---- how a denoiser call becomes network calls ------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Batching:
     """Rows per sample (2 with classifier-free guidance) and rows per network call (None: one call)."""
+
     cfg_rows: int = 1
     chunk: int | None = None
 
@@ -56,20 +57,22 @@ def batching(card, entry, guidance: float) -> Batching:
 
 # ---- one count function per stage (the stages use them) ---------------------------------------------------------
 
+
 @dataclass
 class Cost:
     """What a stage spends: per-sample forwards, network calls, samples, bytes written. ``bound``: the forwards
     (and calls) are a cap, not an exact count (``note`` says why)."""
+
     forwards: int = 0
     calls: int = 0
     samples: int = 0
     shard_bytes: int = 0
     bound: bool = False
     note: str = ""
-    batch: int = 0
-    uncounted: bool = False  # some data-dependent work (refinement without a cap) is not in the counts  # samples per denoiser call (what the forward time is measured at)
+    batch: int = 0  # samples per denoiser call (what the forward time is measured at)
+    uncounted: bool = False  # some data-dependent work (refinement without a cap) is not in the counts
 
-    def __iadd__(self, other: "Cost") -> "Cost":
+    def __iadd__(self, other: Cost) -> Cost:
         self.forwards += other.forwards
         self.calls += other.calls
         self.shard_bytes += other.shard_bytes
@@ -145,8 +148,9 @@ def oss_cost(p: Params, solver: str, batch: Batching, done: dict | None = None) 
     out = Cost(samples=s, batch=s)
     notes = []
     # one DP for every K of oss.nfe (stages.oss_nfes → oss_search_all)
-    out += run_cost(counts.dp_evaluations_all(n, p.oss.nfe, p.oss.start_window, p.oss.distance, 1, p.oss.mode), s,
-                    batch)
+    out += run_cost(
+        counts.dp_evaluations_all(n, p.oss.nfe, p.oss.start_window, p.oss.distance, 1, p.oss.mode), s, batch
+    )
     for k in p.oss.nfe:
         if not p.oss.refine:
             continue
@@ -189,7 +193,7 @@ def gits_cost(p: Params, batch: Batching) -> Cost:
     if not p.oss.gits:
         return out
     out += run_cost(counts.gits_cost_evaluations(n), s, batch)
-    for solver in p.oss.solvers:
+    for _solver in p.oss.solvers:
         for k in p.oss.nfe:
             out += run_cost(counts.gits_start_evaluations(n, k, p.oss.start_window), s, batch)
             out += run_cost(counts.student_run_evaluations(k), s, batch)
@@ -197,6 +201,7 @@ def gits_cost(p: Params, batch: Batching) -> Cost:
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class StagePlan:
@@ -211,8 +216,14 @@ class StagePlan:
         return None if self.forward_ms is None else self.cost.forwards * self.forward_ms / 1000.0
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "stage": self.stage, **dataclasses.asdict(self.cost),
-                "forward_ms": self.forward_ms, "forward_ms_source": self.source, "eta_s": self.eta_s}
+        return {
+            "model": self.model,
+            "stage": self.stage,
+            **dataclasses.asdict(self.cost),
+            "forward_ms": self.forward_ms,
+            "forward_ms_source": self.source,
+            "eta_s": self.eta_s,
+        }
 
 
 @dataclass
@@ -230,8 +241,10 @@ class Plan:
         return {"stages": [s.to_dict() for s in self.stages], "total_forwards": self.total(), "budget": self.budget}
 
     def table(self) -> str:
-        head = f"{'model':<14} {'stage':<16} {'forwards':>12} {'calls':>10} {'samples':>8} {'shard MB':>9} " \
-               f"{'ms/fwd':>8} {'ETA':>9}  note"
+        head = (
+            f"{'model':<14} {'stage':<16} {'forwards':>12} {'calls':>10} {'samples':>8} {'shard MB':>9} "
+            f"{'ms/fwd':>8} {'ETA':>9}  note"
+        )
         lines = [head, "-" * len(head)]
         for model in dict.fromkeys(s.model for s in self.stages):
             rows = [s for s in self.stages if s.model == model]
@@ -240,14 +253,18 @@ class Plan:
                 fw = ("≤ " if c.bound else "") + f"{c.forwards:,}" + (" + ?" if c.uncounted else "")
                 ms = "" if s.forward_ms is None else f"{s.forward_ms:.3g}"
                 mb = f"{c.shard_bytes / 1e6:.2f}" if c.shard_bytes else ""
-                lines.append(f"{model:<14} {s.stage:<16} {fw:>12} {c.calls:>10,} {c.samples:>8,} {mb:>9} {ms:>8} "
-                             f"{_eta(s.eta_s):>9}  {c.note}")
+                lines.append(
+                    f"{model:<14} {s.stage:<16} {fw:>12} {c.calls:>10,} {c.samples:>8,} {mb:>9} {ms:>8} "
+                    f"{_eta(s.eta_s):>9}  {c.note}"
+                )
             eta = [s.eta_s for s in rows if s.eta_s is not None]
             bound = any(s.cost.bound for s in rows)
             more = " + ?" if any(s.cost.uncounted for s in rows) else ""
-            lines.append(f"{model:<14} {'total':<16} {('≤ ' if bound else '') + f'{self.total(model):,}' + more:>12} "
-                         f"{sum(s.cost.calls for s in rows):>10,} {'':>8} {'':>9} {'':>8} "
-                         f"{_eta(sum(eta)) if eta else '':>9}")
+            lines.append(
+                f"{model:<14} {'total':<16} {('≤ ' if bound else '') + f'{self.total(model):,}' + more:>12} "
+                f"{sum(s.cost.calls for s in rows):>10,} {'':>8} {'':>9} {'':>8} "
+                f"{_eta(sum(eta)) if eta else '':>9}"
+            )
             if model in self.budget:
                 lines.append(f"{model:<14} budget: {self.budget[model]}")
         return "\n".join(lines)
@@ -272,8 +289,11 @@ def _finished_oss(p: Params, e, solver: str) -> dict:
                 s = Schedule.load(path)
             except (OptstepsError, ValueError, KeyError):
                 continue
-            same = (s.extra.get("teacher_steps") == p.teacher.steps and s.extra.get("teacher_samples") == p.oss.samples
-                    and bool(s.extra.get("refined")) == p.oss.refine)
+            same = (
+                s.extra.get("teacher_steps") == p.teacher.steps
+                and s.extra.get("teacher_samples") == p.oss.samples
+                and bool(s.extra.get("refined")) == p.oss.refine
+            )
             if same:
                 out[k] = s.extra
     return out
@@ -293,12 +313,20 @@ def _card(e, q: Params):
         from optsteps.models.digits import NULL_LABEL, build_unet
 
         cfg = build_unet().config
-        return ModelCard(e.name, noise_schedule_for(e), "", (cfg.in_channels, cfg.sample_size, cfg.sample_size),
-                         10, NULL_LABEL, {"trained": False})
+        return ModelCard(
+            e.name,
+            noise_schedule_for(e),
+            "",
+            (cfg.in_channels, cfg.sample_size, cfg.sample_size),
+            10,
+            NULL_LABEL,
+            {"trained": False},
+        )
 
 
-def model_plan(p: Params, model, forward_ms: float | None = None, measure: bool = False,
-               use_finished: bool = True) -> list[StagePlan]:
+def model_plan(
+    p: Params, model, forward_ms: float | None = None, measure: bool = False, use_finished: bool = True
+) -> list[StagePlan]:
     """The stages of one model (``p``: the params; the model's own settings are merged in here)."""
     from optsteps.teacher.trajectories import shard_ranges
 
@@ -311,11 +339,19 @@ def model_plan(p: Params, model, forward_ms: float | None = None, measure: bool 
     t.shard_bytes = shard_bytes(q.teacher.steps, ranges, card.sample_shape)
     out = [StagePlan(e.name, "teacher", t)]
     for solver in q.oss.solvers:
-        out.append(StagePlan(e.name, f"oss/{solver}",
-                             oss_cost(q, solver, teach, _finished_oss(q, e, solver) if use_finished else None)))
+        out.append(
+            StagePlan(
+                e.name,
+                f"oss/{solver}",
+                oss_cost(q, solver, teach, _finished_oss(q, e, solver) if use_finished else None),
+            )
+        )
     out.append(StagePlan(e.name, "gits", gits_cost(q, teach)))
-    lam = Cost(note="data-free (analytic error model)" if q.lambda_opt.error_model == "analytic"
-               else "reads the shards' stored x̂0 (empirical error model)")
+    lam = Cost(
+        note="data-free (analytic error model)"
+        if q.lambda_opt.error_model == "analytic"
+        else "reads the shards' stored x̂0 (empirical error model)"
+    )
     out.append(StagePlan(e.name, "lambda-opt", lam))
     evc = evaluation_cost(evaluation_rows(q, e), q.evaluate.n, q.teacher.steps, ev)
     evc.note = f"{len(evaluation_rows(q, e))} rows + teacher row (none when cached)"
@@ -325,7 +361,9 @@ def model_plan(p: Params, model, forward_ms: float | None = None, measure: bool 
         for s in out:
             s.forward_ms, s.source = float(forward_ms), "given"
     elif measure and card.identity.get("trained", True) is not False:
-        times = measure_forward_ms(q, e, sorted({(s.cost.batch, s.stage == "evaluate") for s in out if s.cost.forwards}))
+        times = measure_forward_ms(
+            q, e, sorted({(s.cost.batch, s.stage == "evaluate") for s in out if s.cost.forwards})
+        )
         for s in out:
             if s.cost.forwards:
                 s.forward_ms, s.source = times[(s.cost.batch, s.stage == "evaluate")], "measured"
@@ -370,7 +408,7 @@ def plan(params: Params, model=None, forward_ms: float | None = None, measure: b
     if forward_ms is not None and not (math.isfinite(forward_ms) and forward_ms > 0):
         raise OptstepsError(f"--forward-ms {forward_ms}: give the milliseconds of one per-sample forward (> 0).")
     out = Plan()
-    for name in ([model] if model is not None else list(params.models)):
+    for name in [model] if model is not None else list(params.models):
         q = budgeted(params, name)
         out.stages += model_plan(params, name, forward_ms, measure)
         if getattr(q, "_budget_choice", None):
@@ -382,8 +420,15 @@ def plan(params: Params, model=None, forward_ms: float | None = None, measure: b
 
 # Rungs (oss.samples S, teacher.steps N, oss.refine, evaluate.n) from the most to the least expensive, along the
 # measured cost-quality front (benchmarks/cost_quality.py, docs/costs.md); a rung never raises a configured value.
-BUDGET_LADDER = ((64, 100, True, 1000), (32, 100, True, 500), (16, 50, True, 200), (16, 50, False, 128),
-                 (8, 50, False, 64), (8, 25, False, 32), (4, 25, False, 16))
+BUDGET_LADDER = (
+    (64, 100, True, 1000),
+    (32, 100, True, 500),
+    (16, 50, True, 200),
+    (16, 50, False, 128),
+    (8, 50, False, 64),
+    (8, 25, False, 32),
+    (4, 25, False, 16),
+)
 
 
 def planned_forwards(q: Params) -> int | None:
@@ -411,10 +456,12 @@ def budget_forwards(budget: dict) -> int:
 def _rung(q: Params, s: int, n: int, refine: bool, n_eval: int) -> Params:
     s, n = min(s, q.oss.samples), min(n, q.teacher.steps)
     return dataclasses.replace(
-        q, oss=dataclasses.replace(q.oss, samples=s, refine=q.oss.refine and refine),
+        q,
+        oss=dataclasses.replace(q.oss, samples=s, refine=q.oss.refine and refine),
         teacher=dataclasses.replace(q.teacher, steps=n),
         trajectories=dataclasses.replace(q.trajectories, samples=min(q.trajectories.samples, max(s, 1))),
-        evaluate=dataclasses.replace(q.evaluate, n=min(n_eval, q.evaluate.n)))
+        evaluate=dataclasses.replace(q.evaluate, n=min(n_eval, q.evaluate.n)),
+    )
 
 
 def budgeted(p: Params, model) -> Params:
@@ -440,12 +487,16 @@ def fit_budget(q: Params, e, budget: dict) -> Params:
             for k in ("_for_model", "_base"):  # still merged for this model (for_model returns it as is)
                 if hasattr(q, k):
                     setattr(c, k, getattr(q, k))
-            c._budget_choice = (f"{f:,} forwards ≤ budget {limit:,}: oss.samples {c.oss.samples}, teacher.steps "
-                                f"{c.teacher.steps}, oss.refine {c.oss.refine}, evaluate.n {c.evaluate.n}, "
-                                f"trajectories.samples {c.trajectories.samples}")
+            c._budget_choice = (
+                f"{f:,} forwards ≤ budget {limit:,}: oss.samples {c.oss.samples}, teacher.steps "
+                f"{c.teacher.steps}, oss.refine {c.oss.refine}, evaluate.n {c.evaluate.n}, "
+                f"trajectories.samples {c.trajectories.samples}"
+            )
             return c
     cheapest = min(f for f in tried if f is not None)
-    raise OptstepsError(f"models.{e.name} budget {budget} = {limit:,} forwards: even the cheapest useful plan needs "
-                        f"{cheapest:,} (oss.samples {BUDGET_LADDER[-1][0]}, teacher.steps {BUDGET_LADDER[-1][1]}, "
-                        f"evaluate.n {BUDGET_LADDER[-1][3]}); raise the budget, or drop NFEs/solvers/baselines "
-                        "(`optsteps plan --model` shows the bill).")
+    raise OptstepsError(
+        f"models.{e.name} budget {budget} = {limit:,} forwards: even the cheapest useful plan needs "
+        f"{cheapest:,} (oss.samples {BUDGET_LADDER[-1][0]}, teacher.steps {BUDGET_LADDER[-1][1]}, "
+        f"evaluate.n {BUDGET_LADDER[-1][3]}); raise the budget, or drop NFEs/solvers/baselines "
+        "(`optsteps plan --model` shows the bill)."
+    )

@@ -4,6 +4,7 @@ Every stage takes the params and a model: a name of ``params.yaml`` ``models:``,
 or hub id (``Params.entry``), or a ``ModelEntry``; it runs on ``params.for_model(model)`` (the model's own guidance
 and overrides merged in). Where each stage reads and writes: ``optsteps.pipeline.layout``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,16 +17,35 @@ from pathlib import Path
 
 import torch
 
-from optsteps.pipeline.config import Params
+from optsteps.core.schedule import Schedule
+from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
 from optsteps.errors import OptstepsError
 from optsteps.io.shards import MANIFEST
 from optsteps.models import CLASSIFIER, TRAINABLE, ModelEntry, describe_model, load_model, noise_schedule_for
-from optsteps.pipeline.layout import (METHOD_DIRS, classifier_dir, classifier_record_path, digests_cache, eval_dir,
-                                      eval_path, grids_dir, identity_path, markdown_path, metrics_dir, model_folder,
-                                      model_name, model_record_path, plot_png, plots_csv, registry_path,
-                                      resamples_path, schedule_path, schedules_dir, summary_path, trajectories_dir)
-from optsteps.core.schedule import Schedule
-from optsteps.core.solver_spec import DEFAULT_ORDER, SolverSpec
+from optsteps.pipeline.config import Params
+from optsteps.pipeline.layout import (
+    METHOD_DIRS,
+    classifier_dir,
+    classifier_record_path,
+    digests_cache,
+    eval_dir,
+    eval_path,
+    grids_dir,
+    identity_path,
+    markdown_path,
+    metrics_dir,
+    model_folder,
+    model_name,
+    model_record_path,
+    plot_png,
+    plots_csv,
+    registry_path,
+    resamples_path,
+    schedule_path,
+    schedules_dir,
+    summary_path,
+    trajectories_dir,
+)
 
 log = logging.getLogger("optsteps.pipeline")
 
@@ -41,9 +61,12 @@ def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
 def lambda_opt_all(p: Params, model) -> list[Path]:
     """Every (solver, NFE) of ``lambda_opt`` in params; the DVC stage ``lambda_opt@<model>``."""
     q, e = resolve(p, model)
-    return [schedule_path(q, e, "lambda-opt", solver, nfe)
-            for solver in q.lambda_opt.solvers for nfe in q.lambda_opt.nfe
-            if lambda_opt(q, e, solver, nfe) is not None]
+    return [
+        schedule_path(q, e, "lambda-opt", solver, nfe)
+        for solver in q.lambda_opt.solvers
+        for nfe in q.lambda_opt.nfe
+        if lambda_opt(q, e, solver, nfe) is not None
+    ]
 
 
 def oss_all(p: Params, model) -> list[Path]:
@@ -52,9 +75,12 @@ def oss_all(p: Params, model) -> list[Path]:
     methods = ["oss"] + (["gits"] if q.oss.gits else [])
     for method in ("oss", "gits"):  # both folders exist so that the DVC stage's outputs always do
         schedules_dir(q, e, method).mkdir(parents=True, exist_ok=True)
-    return [schedule_path(q, e, method, solver, nfe)  # one DP per solver for every K (oss_nfes)
-            for method in methods for solver in q.oss.solvers
-            for nfe in oss_nfes(q, e, solver, q.oss.nfe, method=method)]
+    return [
+        schedule_path(q, e, method, solver, nfe)  # one DP per solver for every K (oss_nfes)
+        for method in methods
+        for solver in q.oss.solvers
+        for nfe in oss_nfes(q, e, solver, q.oss.nfe, method=method)
+    ]
 
 
 def identity(p: Params, model) -> dict:
@@ -68,12 +94,20 @@ def identity(p: Params, model) -> dict:
     if e.is_embedded:
         from optsteps.models.digits_data import digits_sha256
 
-        return {"name": e.name, "kind": "embedded", "train": dataclasses.asdict(p.train_config(e.name)),
-                "data_sha256": digits_sha256()}
+        return {
+            "name": e.name,
+            "kind": "embedded",
+            "train": dataclasses.asdict(p.train_config(e.name)),
+            "data_sha256": digits_sha256(),
+        }
     with persistent_digests(digests_cache(p)):
         card = describe_model(e, p.artifacts)
-    out = {"name": e.name, "kind": "pipeline" if e.is_pipeline else "builtin", "sha256": card.identity["sha256"],
-           "noise_schedule": card.noise_schedule.to_dict()}
+    out = {
+        "name": e.name,
+        "kind": "pipeline" if e.is_pipeline else "builtin",
+        "sha256": card.identity["sha256"],
+        "noise_schedule": card.noise_schedule.to_dict(),
+    }
     if "pipeline" in card.identity:
         out["pipeline"] = card.identity["pipeline"]
     return out
@@ -138,9 +172,11 @@ def train(p: Params, model: str, force: bool = False) -> Path:
         return train_classifier(p.classifier, classifier_dir(p))
     e = p.entry(model)
     if not e.is_embedded:
-        raise OptstepsError(f"{e.name!r} is not trainable: optsteps trains {', '.join(TRAINABLE[:-1])} and "
-                            f"{TRAINABLE[-1]}; a diffusers pipeline is used with its own weights (its DVC stage "
-                            f"`model@{e.name}` records its identity: `optsteps stage model --model {e.name}`).")
+        raise OptstepsError(
+            f"{e.name!r} is not trainable: optsteps trains {', '.join(TRAINABLE[:-1])} and "
+            f"{TRAINABLE[-1]}; a diffusers pipeline is used with its own weights (its DVC stage "
+            f"`model@{e.name}` records its identity: `optsteps stage model --model {e.name}`)."
+        )
     out = model_folder(p, e)
     if model_record_path(p, e).is_file() and not force:
         return out
@@ -171,8 +207,11 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
     from optsteps.pipeline.plan import batching, teacher_cost
     from optsteps.teacher.trajectories import shard_ranges
 
-    c = teacher_cost(q.teacher.steps, shard_ranges(q.trajectories.samples, q.trajectories.shard_size),
-                     batching(m, e, q.teacher.guidance))
+    c = teacher_cost(
+        q.teacher.steps,
+        shard_ranges(q.trajectories.samples, q.trajectories.shard_size),
+        batching(m, e, q.teacher.guidance),
+    )
     log.info("teacher %s: %d forwards in %d network calls (existing shards are skipped)", e.name, c.forwards, c.calls)
     return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
 
@@ -188,8 +227,12 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
     from optsteps.optimizers.oss import gits_costs
 
     manifest = Path(traj_dir) / MANIFEST
-    key = (str(Path(traj_dir).resolve()), manifest.read_bytes() if manifest.is_file() else b"", states.shape[1],
-           p.teacher.guidance)
+    key = (
+        str(Path(traj_dir).resolve()),
+        manifest.read_bytes() if manifest.is_file() else b"",
+        states.shape[1],
+        p.teacher.guidance,
+    )
     with _GITS_LOCK:
         if key not in _GITS_COSTS:
             _GITS_COSTS.clear()
@@ -245,25 +288,37 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     traj_dir = traj_dir or trajectories_dir(p, e)
     t, states, labels = load_teacher(p.teacher, m, traj_dir, p.oss.samples)
     if states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
-        log.warning("%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
-                    "trajectories.samples for more)", traj_dir, states.shape[1], p.oss.samples, states.shape[1])
+        log.warning(
+            "%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
+            "trajectories.samples for more)",
+            traj_dir,
+            states.shape[1],
+            p.oss.samples,
+            states.shape[1],
+        )
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
     s = states.shape[1]
     t0 = time.perf_counter()
     options = oss_options(p)
     if method == "gits":
         costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        found = {nfe: gits_search(t, states, den, m.noise_schedule, nfe, solver, options, costs=costs,
-                                  eval_batch_size=s, model=e.name) for nfe in nfes}
+        found = {
+            nfe: gits_search(
+                t, states, den, m.noise_schedule, nfe, solver, options, costs=costs, eval_batch_size=s, model=e.name
+            )
+            for nfe in nfes
+        }
     elif method == "oss":
-        found = oss_search_all(t, states, den, m.noise_schedule, nfes, solver, options, eval_batch_size=s,
-                               model=e.name)
+        found = oss_search_all(t, states, den, m.noise_schedule, nfes, solver, options, eval_batch_size=s, model=e.name)
     else:
         raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
     wall = round(time.perf_counter() - t0, 3)  # of the whole call (the K share one DP)
-    return {nfe: polish_stage_schedule(p, m, res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s}),
-                                       traj_dir)
-            for nfe, res in found.items()}
+    return {
+        nfe: polish_stage_schedule(
+            p, m, res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s}), traj_dir
+        )
+        for nfe, res in found.items()
+    }
 
 
 def lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:
@@ -305,17 +360,26 @@ def polish_stage_schedule(p: Params, m, sched: Schedule, traj_dir) -> Schedule:
     s, h = p.oss.samples, getattr(p.oss, "heldout_samples", POLISH_HELDOUT)
     t, states, labels = load_teacher(p.teacher, m, traj_dir, s + h)
     if states.shape[1] <= s:
-        raise OptstepsError(f"{traj_dir} holds {states.shape[1]} teacher samples, none left for the polish's held-out "
-                            f"split after oss.samples = {s}; raise trajectories.samples to at least {s + h}.")
+        raise OptstepsError(
+            f"{traj_dir} holds {states.shape[1]} teacher samples, none left for the polish's held-out "
+            f"split after oss.samples = {s}; raise trajectories.samples to at least {s + h}."
+        )
     eps = states[0] / float(m.noise_schedule.sigma(float(t[0])))  # the teacher starts from σ_{t_0} ε (scaled)
 
     def split(a, b):
         return Split(eps[a:b], states[-1, a:b], None if labels is None else labels[a:b])
 
-    res = polish_schedule(sched, lambda lab: LabelledDenoiser(m, lab, p.teacher.guidance), m.noise_schedule,
-                          split(0, s), split(s, s + h), p.polish)
-    return res.schedule.with_meta(extra={"polish": {**res.info(), "distill_samples": s,
-                                                     "heldout_samples": states.shape[1] - s}})
+    res = polish_schedule(
+        sched,
+        lambda lab: LabelledDenoiser(m, lab, p.teacher.guidance),
+        m.noise_schedule,
+        split(0, s),
+        split(s, s + h),
+        p.polish,
+    )
+    return res.schedule.with_meta(
+        extra={"polish": {**res.info(), "distill_samples": s, "heldout_samples": states.shape[1] - s}}
+    )
 
 
 def empirical_eps_for(p: Params, model, traj_dir=None):
@@ -393,7 +457,9 @@ def evaluator_for(p: Params, model, progress: bool = False, inception_n: int | N
     if e.is_embedded:  # the classifier and the real-digits statistics are those of the digits data
         clf_dir = classifier_dir(p)
         if not classifier_record_path(p).is_file():
-            raise OptstepsError(f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`.")
+            raise OptstepsError(
+                f"the digits classifier is not trained ({clf_dir}); run `optsteps train --model classifier`."
+            )
         classifier = load_classifier(clf_dir)
     if inception_n is not None:
         ev = dataclasses.replace(ev, inception_n=inception_n)
@@ -432,16 +498,22 @@ def evaluate(p: Params, model) -> Path:
         from optsteps.io.paths import inside
 
         name = "teacher" if row["method"] == "teacher" else f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
-        save_grid(images[:p.evaluate.grid_samples], inside(grids, f"{name}.png", "evaluation grid"))
+        save_grid(images[: p.evaluate.grid_samples], inside(grids, f"{name}.png", "evaluation grid"))
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
     from optsteps.pipeline.plan import EVAL_BATCH
 
-    rows, resamples = evaluate_grid(m, schedules, p.teacher,
-                                    dataclasses.replace(p.evaluate, progress=True, batch_size=EVAL_BATCH),
-                                    evaluator=evaluator, distill_samples=p.trajectories.samples,
-                                    return_resamples=True, on_images=save_grid_of)
+    rows, resamples = evaluate_grid(
+        m,
+        schedules,
+        p.teacher,
+        dataclasses.replace(p.evaluate, progress=True, batch_size=EVAL_BATCH),
+        evaluator=evaluator,
+        distill_samples=p.trajectories.samples,
+        return_resamples=True,
+        on_images=save_grid_of,
+    )
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
     out = eval_path(p, e)
@@ -449,8 +521,11 @@ def evaluate(p: Params, model) -> Path:
     write_text_atomic(markdown_path(p, e), markdown_table(rows, resamples=resamples))
     write_text_atomic(summary_path(p, e), json.dumps(speedup_table(rows), indent=1) + "\n")
     buf = io.BytesIO()
-    np.savez(buf, **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
-             evaluation_id=np.array(rows[0]["evaluation_id"]))
+    np.savez(
+        buf,
+        **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
+        evaluation_id=np.array(rows[0]["evaluation_id"]),
+    )
     write_bytes_atomic(resamples_path(p, e), buf.getvalue())
     write_tracked_summaries(p, e, rows)
     return out
@@ -472,8 +547,11 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
     from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
     from optsteps.io.paths import inside
 
-    headline = [k for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
-                if any(k in r for r in rows[1:])]
+    headline = [
+        k
+        for k in dict.fromkeys((FALLBACK_METRIC, champion_metric(p, model, rows), "psnr_to_teacher"))
+        if any(k in r for r in rows[1:])
+    ]
     series = {}
     for r in rows[1:]:
         series.setdefault(f"{r['method']}-{r['solver']}", []).append(r)
@@ -485,8 +563,10 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
         rs = sorted(rs, key=lambda r: r["nfe"])
         metrics = {f"nfe{r['nfe']}": {k: r[k] for k in headline if k in r} for r in rs}
         write_text_atomic(inside(folder, f"{key}.json", "metrics file"), json.dumps(metrics, indent=1) + "\n")
-        lines += [",".join([f"{rs[0]['method']}/{rs[0]['solver']}",
-                            str(r["nfe"])] + [str(r.get(k, "")) for k in headline]) for r in rs]
+        lines += [
+            ",".join([f"{rs[0]['method']}/{rs[0]['solver']}", str(r["nfe"])] + [str(r.get(k, "")) for k in headline])
+            for r in rs
+        ]
     write_text_atomic(plots_csv(p, model), "\n".join(lines) + "\n")
     for metric in headline:
         fig = curves_figure(rows, metric, metric)
@@ -527,8 +607,8 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     import json
 
     from optsteps.integrations.mlflow_registry import Registry
-    from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
     from optsteps.io.atomic import write_text_atomic
+    from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
 
     reg = Registry(p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
@@ -537,29 +617,52 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         path = eval_path(p, model)
         name = model_name(p, model)
         if not path.is_file():
-            raise OptstepsError(f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {name}`).")
+            raise OptstepsError(
+                f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {name}`)."
+            )
         rows = json.loads(path.read_text())
         resamples = load_resamples(p, model, len(rows))
         metric = champion_metric(p, model, rows)
         model_sha = recorded_model_sha(p, model)  # versions keyed by content
         for row, res in zip(rows[1:], resamples[1:]):
             s = Schedule.from_dict(row["schedule"])
-            metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
+            metrics = {
+                k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")
+            }
             metrics["ci95"] = row.get("ci95") or {}
-            run_id = reg.log_schedule_run(s, metrics=metrics, solver=row["solver"], resamples=res,
-                                          evaluation_id=row.get("evaluation_id"), model_sha=model_sha,
-                                          grid=_grid_file(p, model, row))
-            info = reg.register_schedule(run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash,
-                                         resamples=res.get(metric))
-            done.append({"model": name, "method": row["method"], "solver": row["solver"], "nfe": row["nfe"],
-                         "run_id": run_id, "dvc_data_hash": dvc_hash,
-                         **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}})
+            run_id = reg.log_schedule_run(
+                s,
+                metrics=metrics,
+                solver=row["solver"],
+                resamples=res,
+                evaluation_id=row.get("evaluation_id"),
+                model_sha=model_sha,
+                grid=_grid_file(p, model, row),
+            )
+            info = reg.register_schedule(
+                run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash, resamples=res.get(metric)
+            )
+            done.append(
+                {
+                    "model": name,
+                    "method": row["method"],
+                    "solver": row["solver"],
+                    "nfe": row["nfe"],
+                    "run_id": run_id,
+                    "dvc_data_hash": dvc_hash,
+                    **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
+                }
+            )
         for d in done:  # a later row may have taken the alias: record where each version stands now
             if d["model"] == name and "version" in d:
                 d.update(reg.standing(d["name"], d["version"]))
         summary = summary_path(p, model)
-        reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric,
-                            speedup=json.loads(summary.read_text()) if summary.is_file() else None)
+        reg.log_summary_run(
+            rows,
+            run_name=f"summary-{name}",
+            metric=metric,
+            speedup=json.loads(summary.read_text()) if summary.is_file() else None,
+        )
     out = registry_path(p)
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out

@@ -4,6 +4,7 @@ and the denoiser the optimizers call on stacked node states (``LabelledDenoiser`
 
 Everything here takes what it needs (a ``TeacherConfig``, a model or its ``ModelCard``, a folder), not the params.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,10 @@ def manifest_teacher(traj_dir, default: TeacherConfig) -> TeacherConfig:
     try:
         teacher = TeacherConfig(**man["teacher"])
     except TypeError:
-        raise OptstepsError(f"{Path(traj_dir) / MANIFEST} records a teacher optsteps cannot read "
-                            f"({man['teacher']}); regenerate the shards with `optsteps trajectories`.") from None
+        raise OptstepsError(
+            f"{Path(traj_dir) / MANIFEST} records a teacher optsteps cannot read "
+            f"({man['teacher']}); regenerate the shards with `optsteps trajectories`."
+        ) from None
     if teacher != default:
         log.info("%s: using the teacher its shards were made with: %s", traj_dir, teacher)
     return teacher
@@ -90,8 +93,15 @@ def drop_stale_shards(out: Path, card, teacher: TeacherConfig) -> None:
     head = header(card, teacher)
     if old is None or {k: old.get(k) for k in head} == head:
         return
-    log.warning("%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)", out, old.get("model"),
-                str(old.get("model_sha256"))[:12], old.get("teacher"), head["model"], head["model_sha256"][:12])
+    log.warning(
+        "%s holds shards of %s (%s…) / teacher %s; replacing them for %s (%s…)",
+        out,
+        old.get("model"),
+        str(old.get("model_sha256"))[:12],
+        old.get("teacher"),
+        head["model"],
+        head["model_sha256"][:12],
+    )
     for e in old.get("shards", []):
         inside(out, e["file"], "manifest shard file").unlink(missing_ok=True)  # never a file outside the folder
     (out / MANIFEST).unlink()

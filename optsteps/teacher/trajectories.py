@@ -12,6 +12,7 @@ seed range, the file name and its sha256. Shards are written to a temp file and 
 rewritten atomically after each shard. A rerun skips shards whose file exists with the recorded hash, so a
 crash loses at most the shard in progress. Loading checks model, teacher config and hash.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -20,13 +21,21 @@ from pathlib import Path
 import torch
 
 from optsteps.core.baselines import baseline_for
-from optsteps.errors import NonFiniteError, OptstepsError
-from optsteps.models.base import DiffusionModel
 from optsteps.core.schedule import Schedule
-from optsteps.io.hashing import sha256_file
-from optsteps.io.shards import (FORMAT, load_shard, read_manifest, read_shard_meta, shard_name, verify_shard,
-                                write_manifest, write_shard)
 from optsteps.core.solvers import sample
+from optsteps.errors import NonFiniteError, OptstepsError
+from optsteps.io.hashing import sha256_file
+from optsteps.io.shards import (
+    FORMAT,
+    load_shard,
+    read_manifest,
+    read_shard_meta,
+    shard_name,
+    verify_shard,
+    write_manifest,
+    write_shard,
+)
+from optsteps.models.base import DiffusionModel
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -47,14 +56,22 @@ def run_teacher(model: DiffusionModel, cfg: TeacherConfig, start: int, count: in
 
     final = sample(model.denoiser(labels, cfg.guidance), x, sched, cfg.solver, callback=keep)
     states.append(final.float().clone())
-    return {"t": sched.timesteps_t, "states": torch.stack(states), "x0": torch.stack(x0s),
-            "labels": labels if labels is not None else torch.full((count,), -1, dtype=torch.long)}
+    return {
+        "t": sched.timesteps_t,
+        "states": torch.stack(states),
+        "x0": torch.stack(x0s),
+        "labels": labels if labels is not None else torch.full((count,), -1, dtype=torch.long),
+    }
 
 
 def header(model: DiffusionModel, cfg: TeacherConfig) -> dict:
-    return {"format": FORMAT, "model": model.identity.get("model", model.name),
-            "model_sha256": model.identity.get("sha256", ""), "noise_schedule": model.noise_schedule.to_dict(),
-            "teacher": asdict(cfg)}
+    return {
+        "format": FORMAT,
+        "model": model.identity.get("model", model.name),
+        "model_sha256": model.identity.get("sha256", ""),
+        "noise_schedule": model.noise_schedule.to_dict(),
+        "teacher": asdict(cfg),
+    }
 
 
 def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -73,8 +90,15 @@ def generate_shard(model: DiffusionModel, cfg: TeacherConfig, out_dir, start: in
     return {"file": path.name, "start": start, "count": count, "sha256": sha256_file(path), "node": node}
 
 
-def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, samples: int, shard_size: int,
-                          progress: bool = True, runner=None) -> dict:
+def generate_trajectories(
+    model: DiffusionModel,
+    cfg: TeacherConfig,
+    out_dir,
+    samples: int,
+    shard_size: int,
+    progress: bool = True,
+    runner=None,
+) -> dict:
     """Write every missing shard of samples [0, samples) and the manifest; returns the manifest.
 
     ``runner(pending: list[(start, count)]) -> iterable of entries`` can fan shards out (e.g. Ray actors);
@@ -100,8 +124,12 @@ def generate_trajectories(model: DiffusionModel, cfg: TeacherConfig, out_dir, sa
     pending = [r for r in shard_ranges(samples, shard_size) if r not in entries]
 
     def save_manifest():
-        m = dict(head, samples=samples, shard_size=shard_size,
-                 shards=[entries[k] for k in sorted(entries) if k in set(shard_ranges(samples, shard_size))])
+        m = dict(
+            head,
+            samples=samples,
+            shard_size=shard_size,
+            shards=[entries[k] for k in sorted(entries) if k in set(shard_ranges(samples, shard_size))],
+        )
         write_manifest(out_dir, m)
         return m
 
@@ -141,18 +169,28 @@ def iter_shards(out_dir, model: DiffusionModel | None = None, cfg: TeacherConfig
     m = read_manifest(out_dir)
     if m is None:
         name = model.name if model is not None else "MODEL"
-        raise OptstepsError(f"no trajectories in {out_dir} (manifest.json missing); run `optsteps trajectories --model "
-                            f"{name} --out {out_dir}` (it reuses any shards there without recomputing them).")
+        raise OptstepsError(
+            f"no trajectories in {out_dir} (manifest.json missing); run `optsteps trajectories --model "
+            f"{name} --out {out_dir}` (it reuses any shards there without recomputing them)."
+        )
     if model is not None:
-        if m["model"] != model.identity.get("model", model.name) or m["model_sha256"] != model.identity.get("sha256", ""):
-            raise OptstepsError(f"{out_dir} holds trajectories of model {m['model']} ({m['model_sha256'][:12]}), not of "
-                                f"{model.name} ({model.identity.get('sha256', '')[:12]}); regenerate them for this model.")
+        if m["model"] != model.identity.get("model", model.name) or m["model_sha256"] != model.identity.get(
+            "sha256", ""
+        ):
+            raise OptstepsError(
+                f"{out_dir} holds trajectories of model {m['model']} ({m['model_sha256'][:12]}), not of "
+                f"{model.name} ({model.identity.get('sha256', '')[:12]}); regenerate them for this model."
+            )
     if cfg is not None and m["teacher"] != asdict(cfg):
-        raise OptstepsError(f"{out_dir} was made with teacher {m['teacher']}, not {asdict(cfg)}; regenerate or use the same config.")
+        raise OptstepsError(
+            f"{out_dir} was made with teacher {m['teacher']}, not {asdict(cfg)}; regenerate or use the same config."
+        )
     for e in m["shards"]:
         shard = load_shard(out_dir, e)
         bad = [k for k, v in shard.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise NonFiniteError(f"shard {Path(out_dir) / e['file']} holds NaN/inf values in {bad} (made from NaN "
-                                 "weights or guidance?); fix the cause, delete the shard and rerun `optsteps trajectories`.")
+            raise NonFiniteError(
+                f"shard {Path(out_dir) / e['file']} holds NaN/inf values in {bad} (made from NaN "
+                "weights or guidance?); fix the cause, delete the shard and rerun `optsteps trajectories`."
+            )
         yield shard

@@ -12,17 +12,18 @@ Every sampler spends exactly K model evaluations for a K-interval schedule. The 
 callable (x, t) → x̂_0 with t a float64 scalar tensor. Where λ is infinite at a node (α = 0 at the start
 of a flow model, σ = 0 at a clean end), the steps touching it drop to order 1, as diffusers does.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from optsteps.core.noise_schedules import NoiseSchedule, as_tensor
 from optsteps.core.schedule import Schedule
-from optsteps.errors import NonFiniteError, OptstepsError
 from optsteps.core.solver_spec import SolverSpec, finite, finite_order, step_orders
 from optsteps.core.solvers.updates import ddim_step, dpmpp2m_step, unipc_rhos, unipc_update
+from optsteps.errors import NonFiniteError, OptstepsError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,7 +44,8 @@ def check_finite(x: torch.Tensor, i: int, schedule: Schedule, what: str = "the m
         f"{what} is not finite (NaN/inf) in {bad} of {x.shape[0] if x.dim() else 1} samples at step {i + 1} of "
         f"{schedule.nfe} (t = {schedule.t[min(i, schedule.nfe)]:.6g}); likely causes: a NaN/inf guidance scale, "
         "NaN weights (retrain or re-download the model), or a schedule outside the model's time range; nothing "
-        "was written from this batch.")
+        "was written from this batch."
+    )
 
 
 def _prepare(schedule: Schedule, denoiser: Denoiser, times=None):
@@ -55,7 +57,9 @@ def _prepare(schedule: Schedule, denoiser: Denoiser, times=None):
     else:
         ts = [torch.as_tensor(v, dtype=torch.float64) for v in times]
         if len(ts) != schedule.nfe + 1:
-            raise OptstepsError(f"times has {len(ts)} entries but the schedule has {schedule.nfe + 1}; pass one per node.")
+            raise OptstepsError(
+                f"times has {len(ts)} entries but the schedule has {schedule.nfe + 1}; pass one per node."
+            )
         ns = schedule.noise_schedule
         alphas, sigmas, lambdas = ([f(v) for v in ts] for f in (ns.alpha, ns.sigma, ns.lambda_))
 
@@ -94,8 +98,9 @@ class SolverRun:
             if order == 1:
                 out = ddim_step(x, x0, a[i], s[i], a[i + 1], s[i + 1])
             else:
-                out = dpmpp2m_step(x, x0, self.x0_prev, a[i + 1], s[i], s[i + 1], lam[i + 1] - lam[i],
-                                   lam[i] - lam[i - 1])
+                out = dpmpp2m_step(
+                    x, x0, self.x0_prev, a[i + 1], s[i], s[i + 1], lam[i + 1] - lam[i], lam[i] - lam[i - 1]
+                )
             self.x0_prev = x0
             return out
         return self._unipc(i, x, x0)
@@ -108,20 +113,27 @@ class SolverRun:
             po = self.prev_order
             lam = [lambdas[i - 1 - j] for j in range(po)] + [lambdas[i]]
             if all(finite(v) for v in lam):
-                rhos = unipc_rhos(lam[-1] - lam[0], [(lam[j] - lam[0]) / (lam[-1] - lam[0]) for j in range(1, po)], po, True)
+                rhos = unipc_rhos(
+                    lam[-1] - lam[0], [(lam[j] - lam[0]) / (lam[-1] - lam[0]) for j in range(1, po)], po, True
+                )
                 x = unipc_update(self.x_prev, self.history[:po], lam, a[i], s[i - 1], s[i], rhos, x0_new=x0)
         self.history = [x0] + self.history[: order - 1]
         this_order = finite_order(self.orders[i], lambdas, i)
         lam = [lambdas[i - j] for j in range(this_order)] + [lambdas[i + 1]]
         h = lam[-1] - lam[0]
-        rhos = unipc_rhos(h, [(lam[j] - lam[0]) / h for j in range(1, this_order)], this_order, False) if this_order > 1 else None
+        rhos = (
+            unipc_rhos(h, [(lam[j] - lam[0]) / h for j in range(1, this_order)], this_order, False)
+            if this_order > 1
+            else None
+        )
         self.x_prev = x
         self.prev_order = this_order
         return unipc_update(x, self.history[:this_order], lam, a[i + 1], s[i], s[i + 1], rhos)
 
 
-def _run(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, spec: SolverSpec, callback=None,
-         times=None) -> torch.Tensor:
+def _run(
+    denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, spec: SolverSpec, callback=None, times=None
+) -> torch.Tensor:
     alphas, sigmas, lambdas, model = _prepare(schedule, denoiser, times)
     run = SolverRun(schedule, spec, (alphas, sigmas, lambdas))
     for i in range(schedule.nfe):
@@ -137,15 +149,24 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, callbac
     return _run(denoiser, x, schedule, SolverSpec("ddim"), callback, times)
 
 
-def sample_dpmpp2m(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, lower_order_final: bool = True,
-                   callback=None, times=None) -> torch.Tensor:
+def sample_dpmpp2m(
+    denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, lower_order_final: bool = True, callback=None, times=None
+) -> torch.Tensor:
     """DPM-Solver++(2M). First step order 1; the last step is order 1 when ``lower_order_final`` and K < 15
     (diffusers' rule) or when the schedule ends at σ = 0 (``step_orders``, ``finite_order``)."""
     return _run(denoiser, x, schedule, SolverSpec("dpmpp2m", lower_order_final=lower_order_final), callback, times)
 
 
-def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order: int = 3,
-                 lower_order_final: bool = True, corrector: bool = True, callback=None, times=None) -> torch.Tensor:
+def sample_unipc(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    order: int = 3,
+    lower_order_final: bool = True,
+    corrector: bool = True,
+    callback=None,
+    times=None,
+) -> torch.Tensor:
     """UniPC-p with the UniC corrector (bh2, data prediction), exactly K evaluations.
 
     Step i uses order min(order, i + 1) (warm-up) and, with ``lower_order_final``, min(·, K − i)
@@ -155,8 +176,16 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, order:
     return _run(denoiser, x, schedule, SolverSpec("unipc", order, lower_order_final, corrector), callback, times)
 
 
-def sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, solver: str | SolverSpec = "unipc",
-           order: int | None = None, lower_order_final: bool = True, callback=None, times=None) -> torch.Tensor:
+def sample(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    solver: str | SolverSpec = "unipc",
+    order: int | None = None,
+    lower_order_final: bool = True,
+    callback=None,
+    times=None,
+) -> torch.Tensor:
     """Integrate from t_0 to t_K; exactly K model evaluations.
 
     Args:

@@ -9,6 +9,7 @@ Lu et al. 2022, Alg. 2), or UniPC's D = x̂_0 + B(h)/(e^{−h}−1)·Σ_k ρ_k D
 B(h) = e^h − 1). A coefficient form gives y = a·x + b·x̂_0 + c·x̂_0^{prev} with the same a, b, c as its
 step; tests/test_solvers.py checks the two forms agree.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,8 @@ def ddim_coefficients(alpha_s, sigma_s, alpha_t, sigma_t):
 
 # ---- order 2: DPM-Solver++(2M) -------------------------------------------------------------------------
 def dpmpp2m_step(x, x0, x0_prev, alpha_t, sigma_s, sigma_t, h, h_prev):
-    """DPM-Solver++(2M): r = h_prev/h, D = (1 + 1/(2r)) x̂_0 − 1/(2r) x̂_0^{prev}, x_t = (σ_t/σ_s) x − α_t(e^{−h} − 1) D."""
+    """DPM-Solver++(2M): r = h_prev/h, D = (1 + 1/(2r)) x̂_0 − 1/(2r) x̂_0^{prev},
+    x_t = (σ_t/σ_s) x − α_t(e^{−h} − 1) D."""
     r = h_prev / h
     d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
     return (sigma_t / sigma_s) * x - alpha_t * _expm1(-h) * d
@@ -131,5 +133,10 @@ def unipc_corrector_coefficients(alpha_t, sigma_s, sigma_t, h, rks, rhos) -> lis
     w = −α_t (e^{−h} − 1); the predicted y itself gets coefficient 0."""
     w = -alpha_t * math.expm1(-h)
     rho = [float(v) for v in rhos]
-    return [0.0, sigma_t / sigma_s, w * (1 - sum(rk_rho / rk for rk_rho, rk in zip(rho[:-1], rks)) - rho[-1]),
-            w * rho[0] / rks[0] if rks else 0.0, w * rho[-1]]
+    return [
+        0.0,
+        sigma_t / sigma_s,
+        w * (1 - sum(rk_rho / rk for rk_rho, rk in zip(rho[:-1], rks)) - rho[-1]),
+        w * rho[0] / rks[0] if rks else 0.0,
+        w * rho[-1],
+    ]

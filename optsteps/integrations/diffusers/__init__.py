@@ -8,6 +8,7 @@
 
 The modules import diffusers lazily where they can; ``OptstepsScheduler`` needs it (imported on first use).
 """
+
 from __future__ import annotations
 
 from optsteps.integrations.diffusers.apply import apply_schedule, generate, pipeline_prompt_sampler
@@ -23,5 +24,14 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["OptstepsScheduler", "apply_schedule", "diffusers_export", "generate", "pipeline_prompt_sampler",
-           "plan_scheduler", "to_comfyui", "to_comfyui_text", "to_diffusers"]
+__all__ = [
+    "OptstepsScheduler",
+    "apply_schedule",
+    "diffusers_export",
+    "generate",
+    "pipeline_prompt_sampler",
+    "plan_scheduler",
+    "to_comfyui",
+    "to_comfyui_text",
+    "to_diffusers",
+]

@@ -19,6 +19,7 @@ FLUX: the noise is drawn in optsteps' unpacked latent layout [C, H/f, W/f] and p
 as a call keyword, default the pipeline's); ``apply_schedule`` writes the video as one PNG frame strip (frames
 left to right).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,11 +29,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule, initial_state
+from optsteps.errors import OptstepsError
+from optsteps.integrations.diffusers.plan import (
+    Plan,
+    call_params,
+    describe_change,
+    passes_schedule,
+    pin_timesteps,
+    plan_scheduler,
+)
 from optsteps.io.atomic import save_png_atomic
-from optsteps.integrations.diffusers.plan import (Plan, call_params, describe_change, passes_schedule,
-                                                 pin_timesteps, plan_scheduler)
 
 
 def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
@@ -40,8 +47,12 @@ def check_noise_schedule(pipe, schedule: Schedule, where: str = "") -> None:
     from optsteps.models.diffusers.base import noise_schedule_from_config
 
     ns = noise_schedule_from_config(dict(pipe.scheduler.config), where or type(pipe).__name__)
-    check_schedule_noise(schedule, ns, f"the pipeline {where or type(pipe).__name__}",
-                         f"compute a schedule for this pipeline (optsteps schedule … --model {where or 'PIPELINE'})")
+    check_schedule_noise(
+        schedule,
+        ns,
+        f"the pipeline {where or type(pipe).__name__}",
+        f"compute a schedule for this pipeline (optsteps schedule … --model {where or 'PIPELINE'})",
+    )
 
 
 def _backbone(pipe):
@@ -111,9 +122,21 @@ def _default_guidance(pipe) -> float | None:
     return None if p is None else float(p.default)
 
 
-def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int = 0, start: int = 0,
-             guidance: float | None = None, scheduler: str = "auto", height: int | None = None,
-             width: int | None = None, output_type: str = "pil", where: str = "", **call_kwargs):
+def generate(
+    pipe,
+    schedule: Schedule,
+    prompt: str = "",
+    n: int = 1,
+    seed: int = 0,
+    start: int = 0,
+    guidance: float | None = None,
+    scheduler: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "pil",
+    where: str = "",
+    **call_kwargs,
+):
     """(images or latents, info): ``n`` samples (noise of seed ``seed``, indices start…start+n−1) from the loaded
     pipeline ``pipe`` along ``schedule``. The pipeline's scheduler is restored afterwards. Latents come back in
     optsteps' state layout (FLUX unpacked); Wan returns videos (lists of frames for ``output_type="pil"``)."""
@@ -137,8 +160,15 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
         if name in WAN_PIPELINES:  # text-to-video: float32 latents, as the pipeline keeps them
             height, width, frames = wan_video_size(pipe, height, width, call_kwargs.pop("num_frames", None))
             latents = _initial_latents(pipe, plan, n, seed, start, wan_latent_shape(pipe, height, width, frames))
-            kwargs.update(prompt=prompt, num_videos_per_prompt=n, height=height, width=width, num_frames=frames,
-                          latents=latents.to(pipe.device, torch.float32), num_inference_steps=plan.schedule.nfe)
+            kwargs.update(
+                prompt=prompt,
+                num_videos_per_prompt=n,
+                height=height,
+                width=width,
+                num_frames=frames,
+                latents=latents.to(pipe.device, torch.float32),
+                num_inference_steps=plan.schedule.nfe,
+            )
             g = _default_guidance(pipe) if guidance is None else float(guidance)
             kwargs["guidance_scale"] = g
         elif "prompt" in params:  # text-to-image
@@ -146,16 +176,25 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
             latents = _initial_latents(pipe, plan, n, seed, start, _latent_shape(pipe, height, width))
             if name in FLUX_PIPELINES:
                 latents = pack(pipe, latents)
-            kwargs.update(prompt=prompt, num_images_per_prompt=n, height=height, width=width,
-                          latents=latents.to(pipe.device, bb.dtype), num_inference_steps=plan.schedule.nfe)
+            kwargs.update(
+                prompt=prompt,
+                num_images_per_prompt=n,
+                height=height,
+                width=width,
+                latents=latents.to(pipe.device, bb.dtype),
+                num_inference_steps=plan.schedule.nfe,
+            )
             g = _default_guidance(pipe) if guidance is None else float(guidance)
             if g is not None:
                 kwargs["guidance_scale"] = g
         else:  # unconditional pixel pipelines (DDPMPipeline): their own seeded noise
             height, width = _image_size(pipe, None, None)
             g = None
-            kwargs.update(batch_size=n, generator=torch.Generator(device="cpu").manual_seed(seed),
-                          num_inference_steps=plan.schedule.nfe)
+            kwargs.update(
+                batch_size=n,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                num_inference_steps=plan.schedule.nfe,
+            )
         if passes_schedule(pipe, plan):
             kwargs.update({k: (list(v) if isinstance(v, list) else v) for k, v in plan.kwargs.items()})
             pipe.scheduler = plan.scheduler
@@ -173,11 +212,19 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
     if name in FLUX_PIPELINES and output_type == "latent":
         images = unpack(pipe, images, height, width)
     info = {
-        "scheduler": type(used).__name__, "set_timesteps": {k: np.asarray(v).tolist() for k, v in plan.kwargs.items()},
+        "scheduler": type(used).__name__,
+        "set_timesteps": {k: np.asarray(v).tolist() for k, v in plan.kwargs.items()},
         "timesteps": torch.as_tensor(used.timesteps).double().tolist(),
         "sigmas": torch.as_tensor(used.sigmas).double().tolist() if hasattr(used, "sigmas") else None,
-        "nfe": plan.schedule.nfe, "model_calls": calls[0], "guidance": g, "height": height, "width": width,
-        "seed": seed, "start": start, "start_state": plan.schedule.start_state, **plan.notes,
+        "nfe": plan.schedule.nfe,
+        "model_calls": calls[0],
+        "guidance": g,
+        "height": height,
+        "width": width,
+        "seed": seed,
+        "start": start,
+        "start_state": plan.schedule.start_state,
+        **plan.notes,
     }
     change = describe_change(plan, schedule)
     if change:
@@ -187,9 +234,20 @@ def generate(pipe, schedule: Schedule, prompt: str = "", n: int = 1, seed: int =
     return images, info
 
 
-def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out_png=None, seed: int = 0,
-                   guidance: float | None = None, scheduler: str = "auto", device=None, dtype=None,
-                   height: int | None = None, width: int | None = None, **call_kwargs) -> dict:
+def apply_schedule(
+    pipeline_dir_or_id,
+    schedule: Schedule,
+    prompt: str = "",
+    out_png=None,
+    seed: int = 0,
+    guidance: float | None = None,
+    scheduler: str = "auto",
+    device=None,
+    dtype=None,
+    height: int | None = None,
+    width: int | None = None,
+    **call_kwargs,
+) -> dict:
     """Run the user's diffusers pipeline (folder, locally cached hub id, or an already loaded pipeline) with
     ``schedule`` on ``prompt`` and write the image to ``out_png`` (a video: one PNG strip of its frames, left to
     right). ``guidance`` None: the pipeline's default; ``call_kwargs`` go to the pipeline call (``num_frames``
@@ -201,8 +259,9 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
         where = str(pipeline_dir_or_id)
     else:
         pipe, where = pipeline_dir_or_id, type(pipeline_dir_or_id).__name__
-    images, info = generate(pipe, schedule, prompt, 1, seed, 0, guidance, scheduler, height, width, "pil", where,
-                            **call_kwargs)
+    images, info = generate(
+        pipe, schedule, prompt, 1, seed, 0, guidance, scheduler, height, width, "pil", where, **call_kwargs
+    )
     img = images[0]
     if isinstance(img, (list, tuple)):  # a video's frames
         from optsteps.models.diffusers.wan import frame_strip
@@ -214,10 +273,12 @@ def apply_schedule(pipeline_dir_or_id, schedule: Schedule, prompt: str = "", out
     return info
 
 
-def pipeline_prompt_sampler(pipe, guidance: float | None = None, scheduler: str = "auto", where: str = "",
-                            **call_kwargs):
+def pipeline_prompt_sampler(
+    pipe, guidance: float | None = None, scheduler: str = "auto", where: str = "", **call_kwargs
+):
     """``sampler(prompt, n, seed, schedule)`` → n PIL images from the loaded pipeline ``pipe`` on ``schedule``
     (optsteps noise of ``seed``, samples 0…n−1): the prompt sampler ``evaluate.adherence.geneval_metrics`` takes."""
+
     def sampler(prompt: str, n: int, seed: int, schedule: Schedule):
         images, _ = generate(pipe, schedule, prompt, n, seed, 0, guidance, scheduler, where=where, **call_kwargs)
         return images

@@ -25,6 +25,7 @@ the state at t_0 is ``start_latents(schedule)``: x_{t_0} = c·ε with c = σ_{t_
 converts them to the scheduler's units for ``latents=``). ComfyUI scales its noise by the first sigma itself,
 so a raw-start schedule has no ComfyUI sigma list (refused with the fix).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,9 @@ def snap_to_training_timesteps(schedule: Schedule) -> tuple[Schedule | None, flo
     t_new = torch.cat([ns.t_of_timestep(snapped), schedule.timesteps_t[-1:]])
     if not bool((t_new[:-1] > t_new[1:]).all()):
         return None, shift
-    return Schedule(t_new, ns, schedule.model, schedule.method, schedule.solver,
-                    dict(schedule.extra, snapped_from=list(schedule.t))), shift
+    return Schedule(
+        t_new, ns, schedule.model, schedule.method, schedule.solver, dict(schedule.extra, snapped_from=list(schedule.t))
+    ), shift
 
 
 def integer_timesteps(schedule: Schedule) -> tuple[list[int], float]:
@@ -73,7 +75,8 @@ def integer_timesteps(schedule: Schedule) -> tuple[list[int], float]:
         raise OptstepsError(
             f"snapping this schedule's times to integer training timesteps would merge steps (largest move "
             f"{shift:.3g} timesteps), and this diffusers scheduler truncates floats; export to "
-            "EulerDiscreteScheduler (exact sigmas=) instead.")
+            "EulerDiscreteScheduler (exact sigmas=) instead."
+        )
     if shift > 1e-6:
         log.info("timesteps snapped to integer training timesteps (largest move %.3g)", shift)
     return [int(v) for v in snapped.noise_schedule.timestep(snapped.timesteps_t[:-1]).round().tolist()], shift
@@ -104,24 +107,33 @@ def to_diffusers(schedule: Schedule, scheduler) -> tuple[dict, dict]:
     if name in TIMESTEP_SCHEDULERS:
         overrides = {"final_sigmas_type": _final_sigmas_type(schedule)} if name == "DPMSolverMultistepScheduler" else {}
         if name == "DPMSolverMultistepScheduler":
-            overrides.update(use_karras_sigmas=False, use_lu_lambdas=False, use_exponential_sigmas=False,
-                             use_beta_sigmas=False)
+            overrides.update(
+                use_karras_sigmas=False, use_lu_lambdas=False, use_exponential_sigmas=False, use_beta_sigmas=False
+            )
         spec = schedule.solver_spec
         if name == "DPMSolverMultistepScheduler" and spec is not None:  # the schedule's own order (DDIM = order 1)
-            overrides.update(solver_order=spec.order, lower_order_final=spec.lower_order_final,
-                             algorithm_type="dpmsolver++")
+            overrides.update(
+                solver_order=spec.order, lower_order_final=spec.lower_order_final, algorithm_type="dpmsolver++"
+            )
         return {"timesteps": integer_timesteps(schedule)[0]}, overrides
     if name == "EulerDiscreteScheduler":
         if fam != "vp":
-            raise OptstepsError(f"EulerDiscreteScheduler is for VP models; this schedule is {fam}. "
-                                "Use FlowMatchEulerDiscreteScheduler for flow models.")
+            raise OptstepsError(
+                f"EulerDiscreteScheduler is for VP models; this schedule is {fam}. "
+                "Use FlowMatchEulerDiscreteScheduler for flow models."
+            )
         sigmas = schedule.sigmas.tolist()
         sigmas[-1] = 0.0
-        return {"sigmas": sigmas}, {"use_karras_sigmas": False, "use_exponential_sigmas": False,
-                                    "use_beta_sigmas": False}
+        return {"sigmas": sigmas}, {
+            "use_karras_sigmas": False,
+            "use_exponential_sigmas": False,
+            "use_beta_sigmas": False,
+        }
     if name == "FlowMatchEulerDiscreteScheduler":
         if fam != "flow":
-            raise OptstepsError(f"FlowMatchEulerDiscreteScheduler is for rectified-flow models; this schedule is {fam}.")
+            raise OptstepsError(
+                f"FlowMatchEulerDiscreteScheduler is for rectified-flow models; this schedule is {fam}."
+            )
         return {"sigmas": schedule.sigmas[:-1].tolist()}, {"shift": 1.0, "use_dynamic_shifting": False}
     if name == "UniPCMultistepScheduler":
         if fam != "flow":
@@ -129,8 +141,10 @@ def to_diffusers(schedule: Schedule, scheduler) -> tuple[dict, dict]:
                 "UniPCMultistepScheduler takes custom sigmas only for flow models (use_flow_sigmas=True) and no "
                 "custom VP timesteps; use DPMSolverMultistepScheduler (timesteps=) or `optsteps sample --solver unipc`."
             )
-        return ({"sigmas": np.array(schedule.sigmas[:-1].tolist())},
-                {"use_flow_sigmas": True, "flow_shift": 1.0, "use_dynamic_shifting": False})
+        return (
+            {"sigmas": np.array(schedule.sigmas[:-1].tolist())},
+            {"use_flow_sigmas": True, "flow_shift": 1.0, "use_dynamic_shifting": False},
+        )
     raise OptstepsError(
         f"no export for {name}; supported: DPMSolverMultistepScheduler, DDPMScheduler, EulerDiscreteScheduler, "
         "FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler (flow)."
@@ -154,11 +168,13 @@ def start_latents(schedule: Schedule) -> dict:
 def to_comfyui(schedule: Schedule) -> list[float]:
     """ComfyUI SIGMAS: the K+1 sigmas (k-diffusion convention, σ/α; t for flow) ending in 0."""
     if schedule.start_state == "raw" and start_sigma(schedule.noise_schedule, schedule.t[0], "raw") != start_sigma(
-            schedule.noise_schedule, schedule.t[0]):
+        schedule.noise_schedule, schedule.t[0]
+    ):
         raise OptstepsError(
             f"this schedule starts at t = {schedule.t[0]:.6g} from the unscaled noise (start_state raw), but ComfyUI "
             "scales the noise by the first sigma; run it with `optsteps apply` or export it for diffusers "
-            "(latents = σ_max·ε, see start_latents), or use a schedule with the scaled start.")
+            "(latents = σ_max·ε, see start_latents), or use a schedule with the scaled start."
+        )
     sigmas = schedule.sigmas.tolist()
     sigmas[-1] = 0.0
     return sigmas
@@ -185,8 +201,10 @@ def interpolate_sigmas(schedule: Schedule, steps: int) -> list[float]:
 
 
 def interpolated_label(schedule: Schedule, steps: int) -> str:
-    return (f"interpolated to {steps} steps from the measured NFE-{schedule.nfe} schedule by the AYS log-linear "
-            "recipe: not measured")
+    return (
+        f"interpolated to {steps} steps from the measured NFE-{schedule.nfe} schedule by the AYS log-linear "
+        "recipe: not measured"
+    )
 
 
 def to_a1111(schedule: Schedule, steps: int | None = None) -> str:
@@ -227,10 +245,17 @@ def scheduler_config(schedule: Schedule, prediction_type: str | None = None, sca
     from optsteps.core.solver_spec import SolverSpec
 
     spec, ns = schedule.solver_spec or SolverSpec("ddim"), schedule.noise_schedule
-    cfg = {"t": [float(v) for v in schedule.t], "noise_schedule": ns.to_dict(), "solver": spec.name,
-           "order": spec.order, "lower_order_final": spec.lower_order_final, "corrector": spec.corrector,
-           "start_state": schedule.start_state, "scale_first_sample": scale_first_sample,
-           "num_train_timesteps": int(ns.num_train_timesteps)}
+    cfg = {
+        "t": [float(v) for v in schedule.t],
+        "noise_schedule": ns.to_dict(),
+        "solver": spec.name,
+        "order": spec.order,
+        "lower_order_final": spec.lower_order_final,
+        "corrector": spec.corrector,
+        "start_state": schedule.start_state,
+        "scale_first_sample": scale_first_sample,
+        "num_train_timesteps": int(ns.num_train_timesteps),
+    }
     prediction_type = prediction_type or ("flow" if ns.family == "flow" else None)
     if prediction_type:
         cfg["prediction_type"] = prediction_type
@@ -254,12 +279,19 @@ def describe_change(name: str, config, schedule: Schedule, shift: float | None) 
         runs = f"unipc order {int(config.get('solver_order', 2))} (diffusers' step-order rules)"
     else:
         runs = f"{name}'s own solver"
-    times = (f"times snapped to integer training timesteps (largest move {shift:.3g} timesteps)" if shift
-             else "exact times" if exact or shift == 0 else "times as that scheduler rounds them")
+    times = (
+        f"times snapped to integer training timesteps (largest move {shift:.3g} timesteps)"
+        if shift
+        else "exact times"
+        if exact or shift == 0
+        else "times as that scheduler rounds them"
+    )
     same = spec is not None and runs.startswith(f"{spec.name} order {spec.order}") and not shift
     verdict = "the measured run" if same else "not the measured run"
-    return (f"scheduler {name} runs {runs} on {times}; the schedule was measured with {measured} at exact times: "
-            f"{verdict} (the default, OptstepsScheduler, runs it exactly).")
+    return (
+        f"scheduler {name} runs {runs} on {times}; the schedule was measured with {measured} at exact times: "
+        f"{verdict} (the default, OptstepsScheduler, runs it exactly)."
+    )
 
 
 def default_scheduler(schedule: Schedule) -> str:
@@ -284,11 +316,19 @@ def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
     if scheduler in (None, "OptstepsScheduler"):
         cfg = scheduler_config(schedule)
         pred = "" if "prediction_type" in cfg else ", prediction_type=pipe.scheduler.config.prediction_type"
-        return {"scheduler": "OptstepsScheduler", "module": "optsteps.integrations.diffusers", "config": cfg,
-                "set_timesteps": {}, "snapped_max_shift": 0.0, "latents": start_latents(schedule),
-                "usage": ("from optsteps.integrations.diffusers import OptstepsScheduler; "
-                          f"pipe.scheduler = OptstepsScheduler.from_config(config{pred}); "
-                          f"pipe(prompt, num_inference_steps={schedule.nfe})")}
+        return {
+            "scheduler": "OptstepsScheduler",
+            "module": "optsteps.integrations.diffusers",
+            "config": cfg,
+            "set_timesteps": {},
+            "snapped_max_shift": 0.0,
+            "latents": start_latents(schedule),
+            "usage": (
+                "from optsteps.integrations.diffusers import OptstepsScheduler; "
+                f"pipe.scheduler = OptstepsScheduler.from_config(config{pred}); "
+                f"pipe(prompt, num_inference_steps={schedule.nfe})"
+            ),
+        }
     name = scheduler
     kwargs, overrides = to_diffusers(schedule, name)
     shift = integer_timesteps(schedule)[1] if name in TIMESTEP_SCHEDULERS else 0.0
@@ -296,8 +336,14 @@ def diffusers_export(schedule: Schedule, scheduler: str | None = None) -> dict:
     cfg = dict(overrides)
     if name == "UniPCMultistepScheduler" and schedule.solver_spec is not None:
         cfg.setdefault("solver_order", schedule.solver_spec.order)
-    return {"scheduler": name, "set_timesteps": kwargs, "config": overrides, "snapped_max_shift": shift,
-            "latents": start_latents(schedule), "changes": describe_change(name, cfg, schedule, shift)}
+    return {
+        "scheduler": name,
+        "set_timesteps": kwargs,
+        "config": overrides,
+        "snapped_max_shift": shift,
+        "latents": start_latents(schedule),
+        "changes": describe_change(name, cfg, schedule, shift),
+    }
 
 
 def first_step(scheduler) -> float:

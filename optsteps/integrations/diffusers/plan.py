@@ -15,21 +15,26 @@ Scheduler choice (pitfalls in docs/dependencies.md §7):
   get a stock scheduler whose ``set_timesteps`` is pinned to the schedule (``pin_timesteps``); so does
   ``FluxPipeline`` with UniPC (it drops ``sigmas=`` for a scheduler with ``use_flow_sigmas``).
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
 
-
-from optsteps.errors import OptstepsError
 from optsteps.core.schedule import Schedule
+from optsteps.errors import OptstepsError
 from optsteps.integrations.diffusers.export import describe_change as _describe_change
 from optsteps.integrations.diffusers.export import snap_to_training_timesteps
 
-
 SCHEDULER_CHOICES = ("auto", "optsteps", "dpmsolver", "euler", "flowmatch", "unipc", "native")
-EULER_LIKE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-              "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+EULER_LIKE = (
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+)
 
 
 def solver_order(schedule: Schedule) -> int:
@@ -107,47 +112,80 @@ def plan_scheduler(pipe, schedule: Schedule, scheduler: str = "auto") -> Plan:
     if scheduler in ("auto", "optsteps"):
         from optsteps.integrations.diffusers.scheduler import OptstepsScheduler
 
-        s = OptstepsScheduler.from_schedule(schedule, pipeline_prediction(pipe, fam),
-                                            scale_first_sample="latents" not in params)
+        s = OptstepsScheduler.from_schedule(
+            schedule, pipeline_prediction(pipe, fam), scale_first_sample="latents" not in params
+        )
         return Plan(s, {}, schedule, "state", dict(notes, exact=True, solver=s.spec.name))
     if scheduler == "native":
         kwargs, overrides = to_diffusers(schedule, own)
-        return Plan(type(own).from_config(own.config, **overrides), kwargs, schedule,
-                    "vp/alpha" if type(own).__name__ in EULER_LIKE else "state", notes)
+        return Plan(
+            type(own).from_config(own.config, **overrides),
+            kwargs,
+            schedule,
+            "vp/alpha" if type(own).__name__ in EULER_LIKE else "state",
+            notes,
+        )
     if fam == "flow":
         if schedule.t[-1] != 0.0:
-            raise OptstepsError(f"the flow schedule ends at t = {schedule.t[-1]:.6g}, but diffusers' flow schedulers "
-                                "always end at σ = 0; compute the schedule with t_end = 0.")
+            raise OptstepsError(
+                f"the flow schedule ends at t = {schedule.t[-1]:.6g}, but diffusers' flow schedulers "
+                "always end at σ = 0; compute the schedule with t_end = 0."
+            )
         if scheduler in ("dpmsolver", "euler"):
-            raise OptstepsError(f"scheduler {scheduler!r} is for VP pipelines; this is a flow pipeline: use "
-                                "flowmatch or unipc.")
+            raise OptstepsError(
+                f"scheduler {scheduler!r} is for VP pipelines; this is a flow pipeline: use flowmatch or unipc."
+            )
         if scheduler == "flowmatch":
             s, kw = build("FlowMatchEulerDiscreteScheduler", schedule)
             return Plan(s, kw, schedule, "state", notes)
-        s, kw = build("UniPCMultistepScheduler", schedule,
-                      {"solver_order": order, "predict_x0": True, "solver_type": "bh2", "prediction_type": "flow_prediction",
-                       "lower_order_final": True, "final_sigmas_type": "zero", "disable_corrector": []})
+        s, kw = build(
+            "UniPCMultistepScheduler",
+            schedule,
+            {
+                "solver_order": order,
+                "predict_x0": True,
+                "solver_type": "bh2",
+                "prediction_type": "flow_prediction",
+                "lower_order_final": True,
+                "final_sigmas_type": "zero",
+                "disable_corrector": [],
+            },
+        )
         return Plan(exact_flow_timesteps(s), kw, schedule, "state", notes)
     if fam != "vp":
-        raise OptstepsError(f"{fam} schedules cannot be applied to diffusers pipelines here; use a VP or flow pipeline.")
+        raise OptstepsError(
+            f"{fam} schedules cannot be applied to diffusers pipelines here; use a VP or flow pipeline."
+        )
     if scheduler in ("flowmatch", "unipc"):
-        raise OptstepsError(f"scheduler {scheduler!r} is for flow pipelines here; for VP pipelines use dpmsolver or euler "
-                            "(diffusers' UniPC takes no custom VP timesteps).")
+        raise OptstepsError(
+            f"scheduler {scheduler!r} is for flow pipelines here; for VP pipelines use dpmsolver or euler "
+            "(diffusers' UniPC takes no custom VP timesteps)."
+        )
     euler_ok = "sigmas" in params
     if scheduler == "euler":
         if not euler_ok:
-            raise OptstepsError(f"{type(pipe).__name__} takes no sigmas= and does not scale model inputs; use "
-                                "scheduler dpmsolver.")
+            raise OptstepsError(
+                f"{type(pipe).__name__} takes no sigmas= and does not scale model inputs; use scheduler dpmsolver."
+            )
         s, kw = build("EulerDiscreteScheduler", schedule)
         return Plan(s, kw, schedule, "vp/alpha", notes)
     snapped, shift = snap_to_training_timesteps(schedule)
     if snapped is None:
-        raise OptstepsError("the schedule's times round to the same integer training timestep, and diffusers' "
-                            "DPMSolverMultistepScheduler takes integer timesteps only; use scheduler euler (sigmas=) "
-                            "with a pipeline that takes sigmas=, or a schedule with fewer steps near t = 0.")
+        raise OptstepsError(
+            "the schedule's times round to the same integer training timestep, and diffusers' "
+            "DPMSolverMultistepScheduler takes integer timesteps only; use scheduler euler (sigmas=) "
+            "with a pipeline that takes sigmas=, or a schedule with fewer steps near t = 0."
+        )
     notes["snapped_max_shift"] = shift
-    extra = {"algorithm_type": "dpmsolver++", "solver_order": order, "lower_order_final": True,
-             "euler_at_final": False, "thresholding": False, "use_flow_sigmas": False, "solver_type": "midpoint"}
+    extra = {
+        "algorithm_type": "dpmsolver++",
+        "solver_order": order,
+        "lower_order_final": True,
+        "euler_at_final": False,
+        "thresholding": False,
+        "use_flow_sigmas": False,
+        "solver_type": "midpoint",
+    }
     s, kw = build("DPMSolverMultistepScheduler", snapped, extra)
     if not takes_custom:
         notes["pinned"] = True
@@ -160,8 +198,10 @@ def pipeline_prediction(pipe, family: str) -> str:
         return "flow"
     pred = pipe.scheduler.config.get("prediction_type", "epsilon")
     if pred not in ("epsilon", "v_prediction", "sample"):
-        raise OptstepsError(f"{type(pipe).__name__}'s scheduler predicts {pred!r}; optsteps runs epsilon, "
-                            "v_prediction or sample networks on VP pipelines.")
+        raise OptstepsError(
+            f"{type(pipe).__name__}'s scheduler predicts {pred!r}; optsteps runs epsilon, "
+            "v_prediction or sample networks on VP pipelines."
+        )
     return pred
 
 

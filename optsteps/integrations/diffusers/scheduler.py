@@ -13,6 +13,7 @@ for ``"start_state": "raw"``), so a VP pipeline that multiplies its unit noise b
 starts where optsteps starts. Pipelines that never apply it (DDPMPipeline) get ``scale_first_sample=True``: the
 first step scales its sample by c, and ``optsteps apply`` scales the first network input the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,13 @@ from optsteps.core.schedule import Schedule, start_sigma
 from optsteps.core.solvers import SolverRun, SolverSpec
 from optsteps.integrations.diffusers.export import scheduler_config
 
-PREDICTION = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample", "flow": "flow",
-              "flow_prediction": "flow"}  # diffusers' names → optsteps' (core.denoisers.PREDICTION_TYPES)
+PREDICTION = {
+    "epsilon": "epsilon",
+    "v_prediction": "v_prediction",
+    "sample": "sample",
+    "flow": "flow",
+    "flow_prediction": "flow",
+}  # diffusers' names → optsteps' (core.denoisers.PREDICTION_TYPES)
 
 
 @dataclass
@@ -45,15 +51,30 @@ class OptstepsScheduler(SchedulerMixin, ConfigMixin):
     order = 1  # one model evaluation per step (UniPC's corrector reuses the next evaluation)
 
     @register_to_config
-    def __init__(self, t: list | None = None, noise_schedule: dict | None = None, solver: str = "ddim",
-                 order: int | None = None, lower_order_final: bool = True, corrector: bool = True,
-                 prediction_type: str = "epsilon", start_state: str = "scaled", scale_first_sample: bool = False,
-                 num_train_timesteps: int = 1000):
+    def __init__(
+        self,
+        t: list | None = None,
+        noise_schedule: dict | None = None,
+        solver: str = "ddim",
+        order: int | None = None,
+        lower_order_final: bool = True,
+        corrector: bool = True,
+        prediction_type: str = "epsilon",
+        start_state: str = "scaled",
+        scale_first_sample: bool = False,
+        num_train_timesteps: int = 1000,
+    ):
         if not t or noise_schedule is None:
-            raise ValueError("OptstepsScheduler needs the schedule's times t and its noise_schedule; build it with "
-                             "OptstepsScheduler.from_schedule(schedule, prediction_type).")
-        self.schedule = Schedule(tuple(float(v) for v in t), noise_schedule_from_dict(dict(noise_schedule)),
-                                 solver=solver, extra={"start_state": start_state} if start_state != "scaled" else {})
+            raise ValueError(
+                "OptstepsScheduler needs the schedule's times t and its noise_schedule; build it with "
+                "OptstepsScheduler.from_schedule(schedule, prediction_type)."
+            )
+        self.schedule = Schedule(
+            tuple(float(v) for v in t),
+            noise_schedule_from_dict(dict(noise_schedule)),
+            solver=solver,
+            extra={"start_state": start_state} if start_state != "scaled" else {},
+        )
         self.spec = SolverSpec(solver, order, lower_order_final, corrector)
         self.prediction = PREDICTION[prediction_type]
         self.init_noise_sigma = start_sigma(self.schedule.noise_schedule, self.schedule.t[0], start_state)
@@ -81,8 +102,10 @@ class OptstepsScheduler(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0):
         """Pipelines that start mid-schedule (img2img) call this; the schedule's own start is step 0."""
         if begin_index != 0:
-            raise ValueError("OptstepsScheduler runs its whole schedule from its first time; to start later, "
-                             "compute a schedule that starts there.")
+            raise ValueError(
+                "OptstepsScheduler runs its whole schedule from its first time; to start later, "
+                "compute a schedule that starts there."
+            )
         self._step_index = 0
 
     @property
@@ -96,8 +119,10 @@ class OptstepsScheduler(SchedulerMixin, ConfigMixin):
         """x_{i+1} from the network output at (x_i, t_i): x̂_0 by the prediction type, then ``SolverRun.step``."""
         i = self._step_index
         if i >= self.schedule.nfe:
-            raise IndexError(f"OptstepsScheduler: step {i + 1} of a {self.schedule.nfe}-step schedule; call "
-                             "set_timesteps before running the schedule again.")
+            raise IndexError(
+                f"OptstepsScheduler: step {i + 1} of a {self.schedule.nfe}-step schedule; call "
+                "set_timesteps before running the schedule again."
+            )
         dtype = sample.dtype
         x = sample.float() if dtype in (torch.float16, torch.bfloat16) else sample
         if i == 0 and self.config.scale_first_sample:

@@ -2,6 +2,7 @@
 them): the supported pipeline classes, the noise schedule from a scheduler config, loading a pipeline offline
 (``load_diffusers_pipeline``), the ``PipelineModel`` and ``PromptConditioner`` that the adapters subclass, the
 batched backbone call (``batched_net``) and a component's config (``read_config``)."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,17 @@ from typing import Any
 import torch
 
 from optsteps.core.denoisers import network_grad_context
-
-from optsteps.errors import OptstepsError
 from optsteps.core.noise_schedules import NoiseSchedule, noise_schedule_from_diffusers_config
+from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel
-from optsteps.models.diffusers.hub import (check_components, default_device, pick_dtype, pipeline_class_name,
-                                           read_model_index, resolve_pipeline)
+from optsteps.models.diffusers.hub import (
+    check_components,
+    default_device,
+    pick_dtype,
+    pipeline_class_name,
+    read_model_index,
+    resolve_pipeline,
+)
 
 UNET2D_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 TEXT_PIPELINES = {
@@ -32,6 +38,7 @@ SUPPORTED = UNET2D_PIPELINES + tuple(TEXT_PIPELINES)
 
 # ---- the pipeline's noise schedule --------------------------------------------------------------------
 
+
 def pipeline_noise_schedule(path_or_id) -> NoiseSchedule:
     """The exact noise schedule of a pipeline from its scheduler config alone (nothing else is loaded)."""
     root = resolve_pipeline(path_or_id)
@@ -44,8 +51,10 @@ def pipeline_noise_schedule(path_or_id) -> NoiseSchedule:
 def noise_schedule_from_config(cfg: dict, root) -> NoiseSchedule:
     """The noise schedule of a pipeline's scheduler config ``cfg`` (``root`` names the pipeline in errors)."""
     if cfg.get("rescale_betas_zero_snr"):
-        raise OptstepsError(f"{root}/scheduler uses rescale_betas_zero_snr (ᾱ_T = 0, infinite noise at t = 1), which "
-                            "optsteps' discrete VP schedule does not model; use a pipeline without it.")
+        raise OptstepsError(
+            f"{root}/scheduler uses rescale_betas_zero_snr (ᾱ_T = 0, infinite noise at t = 1), which "
+            "optsteps' discrete VP schedule does not model; use a pipeline without it."
+        )
     return noise_schedule_from_diffusers_config(cfg)
 
 
@@ -73,15 +82,20 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
     name = pipeline_class_name(root)
     cls = getattr(diffusers, name, None)
     if cls is None:
-        raise OptstepsError(f"{root} is a {name}, which this diffusers ({diffusers.__version__}) does not know; "
-                            "upgrade diffusers or re-save the pipeline.")
+        raise OptstepsError(
+            f"{root} is a {name}, which this diffusers ({diffusers.__version__}) does not know; "
+            "upgrade diffusers or re-save the pipeline."
+        )
     device = device or default_device()
     kind = TEXT_PIPELINES.get(name, "unet2d")
     torch_dtype = pick_dtype(device, kind, dtype)
     check_components(root)  # weights present, readable, safetensors: one line naming the component otherwise
     index = read_model_index(root)
-    missing = {k: None for k, v in index.items()
-               if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None}
+    missing = {
+        k: None
+        for k, v in index.items()
+        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is None
+    }
     if kind == "wan":  # diffusers 0.42 cannot load WanTransformer3DModel without accelerate
         missing.update(preload_components(root, torch_dtype))
     _quiet_loading()
@@ -89,8 +103,9 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
         # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, said so that it does not warn
         pipe = cls.from_pretrained(root, dtype=torch_dtype, local_files_only=True, low_cpu_mem_usage=False, **missing)
     except ImportError as e:
-        raise OptstepsError(f"loading {name} needs a package that is not installed ({e}); "
-                            "`pip install transformers` for text encoders.") from None
+        raise OptstepsError(
+            f"loading {name} needs a package that is not installed ({e}); `pip install transformers` for text encoders."
+        ) from None
     except (OSError, ValueError) as e:
         raise OptstepsError(f"cannot load the {name} pipeline from {root}: {e}") from None
     pipe = pipe.to(device)
@@ -99,6 +114,7 @@ def load_diffusers_pipeline(path_or_id, device=None, dtype=None):
 
 
 # ---- loading without accelerate ------------------------------------------------------------------------------
+
 
 def _load_keep_fp32(cls, folder: Path, torch_dtype):
     """``cls.from_pretrained(folder)`` for a model with ``_keep_in_fp32_modules`` when accelerate is missing:
@@ -112,7 +128,9 @@ def _load_keep_fp32(cls, folder: Path, torch_dtype):
     elif (folder / "diffusion_pytorch_model.safetensors").is_file():
         files = ["diffusion_pytorch_model.safetensors"]
     else:
-        raise OptstepsError(f"{folder} has no safetensors weights; loading it needs accelerate (`pip install accelerate`).")
+        raise OptstepsError(
+            f"{folder} has no safetensors weights; loading it needs accelerate (`pip install accelerate`)."
+        )
     try:
         from diffusers.models.modeling_utils import no_init_weights
     except ImportError:  # pragma: no cover - older/newer diffusers
@@ -151,6 +169,7 @@ def preload_components(root, torch_dtype) -> dict:
 
 
 # ---- the model ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class PipelineModel(DiffusionModel):
@@ -191,7 +210,7 @@ class PipelineModel(DiffusionModel):
             vdtype = torch.float32
         outs = []
         for i in range(0, latents.shape[0], batch_size):
-            z = latents[i:i + batch_size].to(self.device, vdtype) / scale + shift
+            z = latents[i : i + batch_size].to(self.device, vdtype) / scale + shift
             outs.append(vae.decode(z, return_dict=False)[0].float().clamp(-1, 1).cpu())
         return torch.cat(outs)
 
@@ -211,8 +230,17 @@ class PromptConditioner:
     ``kwargs(indices)`` returns the backbone's conditioning keyword arguments for a batch.
     """
 
-    def __init__(self, pipe, kind: str, prompts: list[str], device, height: int, width: int,
-                 max_sequence_length: int = 256, encode_batch: int = 16):
+    def __init__(
+        self,
+        pipe,
+        kind: str,
+        prompts: list[str],
+        device,
+        height: int,
+        width: int,
+        max_sequence_length: int = 256,
+        encode_batch: int = 16,
+    ):
         self.pipe, self.kind, self.prompts, self.device = pipe, kind, prompts, device
         self.height, self.width = height, width
         self.max_sequence_length, self.encode_batch = max_sequence_length, encode_batch
@@ -221,8 +249,9 @@ class PromptConditioner:
         if kind == "sdxl":
             te2 = pipe.text_encoder_2
             proj = te2.config.projection_dim if te2 is not None else None
-            self.time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=pipe.unet.dtype,
-                                                   text_encoder_projection_dim=proj).to(device)
+            self.time_ids = pipe._get_add_time_ids(
+                (height, width), (0, 0), (height, width), dtype=pipe.unet.dtype, text_encoder_projection_dim=proj
+            ).to(device)
 
     @property
     def null_index(self) -> int:
@@ -236,24 +265,34 @@ class PromptConditioner:
             pe, ne = p.encode_prompt(texts, dev, 1, cfg)
             return (pe,), ((ne,) if cfg else None)
         if self.kind == "sdxl":
-            pe, ne, pp, npp = p.encode_prompt(texts, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg)
+            pe, ne, pp, npp = p.encode_prompt(
+                texts, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg
+            )
             return (pe, pp), ((ne, npp) if cfg else None)
-        pe, ne, pp, npp = p.encode_prompt(texts, None, None, device=dev, num_images_per_prompt=1,
-                                          do_classifier_free_guidance=cfg,
-                                          max_sequence_length=self.max_sequence_length)
+        pe, ne, pp, npp = p.encode_prompt(
+            texts,
+            None,
+            None,
+            device=dev,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg,
+            max_sequence_length=self.max_sequence_length,
+        )
         return (pe, pp), ((ne, npp) if cfg else None)
 
     def _ensure(self, indices: list[int]) -> None:
         todo = sorted({i for i in indices if i not in self.cache and i != self.null_index})
         bad = [i for i in todo if not 0 <= i < len(self.prompts)]
         if bad:
-            raise OptstepsError(f"prompt labels {bad[:5]} are outside 0..{len(self.prompts)} (the last is the null "
-                                "condition); the trajectories were made with another prompt list — regenerate them.")
+            raise OptstepsError(
+                f"prompt labels {bad[:5]} are outside 0..{len(self.prompts)} (the last is the null "
+                "condition); the trajectories were made with another prompt list — regenerate them."
+            )
         if self.null_index in indices and self.null_index not in self.cache:
             _, null = self._encode([self.prompts[0] if self.prompts else ""], cfg=True)
             self.cache[self.null_index] = tuple(t[0] for t in null)
         for b in range(0, len(todo), self.encode_batch):
-            chunk = todo[b:b + self.encode_batch]
+            chunk = todo[b : b + self.encode_batch]
             cond, _ = self._encode([self.prompts[i] for i in chunk], cfg=False)
             for j, i in enumerate(chunk):
                 self.cache[i] = tuple(t[j] for t in cond)
@@ -265,8 +304,10 @@ class PromptConditioner:
         if self.kind == "sd":
             return {"encoder_hidden_states": parts[0]}
         if self.kind == "sdxl":
-            return {"encoder_hidden_states": parts[0],
-                    "added_cond_kwargs": {"text_embeds": parts[1], "time_ids": self.time_ids.expand(len(idx), -1)}}
+            return {
+                "encoder_hidden_states": parts[0],
+                "added_cond_kwargs": {"text_embeds": parts[1], "time_ids": self.time_ids.expand(len(idx), -1)},
+            }
         return {"encoder_hidden_states": parts[0], "pooled_projections": parts[1]}
 
 
@@ -275,14 +316,22 @@ def batched_net(forward, null_index: int, max_batch: int, timestep=lambda t: t):
     the batch, missing labels = the null prompt ``null_index``, and ``forward(x_rows, t_rows, label_rows)`` called
     on at most ``max_batch`` rows at a time without gradients (with them inside
     ``core.denoisers.differentiable_networks()``); outputs come back on x's device in x's dtype."""
+
     def net(x, t, labels):
         b = x.shape[0]
         tt = timestep(torch.as_tensor(t, dtype=torch.float64))
         tt = tt.expand(b) if tt.dim() == 0 else tt
         labels = torch.full((b,), null_index, dtype=torch.long) if labels is None else labels
         with network_grad_context():  # no gradients unless inside core.denoisers.differentiable_networks()
-            return torch.cat([forward(x[i:i + max_batch], tt[i:i + max_batch], labels[i:i + max_batch])
-                              .to(x.device, x.dtype) for i in range(0, b, max_batch)])
+            return torch.cat(
+                [
+                    forward(x[i : i + max_batch], tt[i : i + max_batch], labels[i : i + max_batch]).to(
+                        x.device, x.dtype
+                    )
+                    for i in range(0, b, max_batch)
+                ]
+            )
+
     return net
 
 

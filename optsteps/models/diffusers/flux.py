@@ -16,6 +16,7 @@
   recorded as ``flow_shift`` = e^μ, so ``flow-shift`` with the model's options is the pipeline's own default
   schedule (uniform over [1, 0], then shifted). Without dynamic shifting, the scheduler's ``shift``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,10 +28,16 @@ import torch
 
 from optsteps.core.denoisers import PredictionDenoiser
 from optsteps.errors import OptstepsError
-from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.base import ModelCard
-from optsteps.models.diffusers.base import (PipelineModel, PromptConditioner, batched_net, load_diffusers_pipeline,
-                                            noise_schedule_from_config, read_config)
+from optsteps.models.diffusers.base import (
+    PipelineModel,
+    PromptConditioner,
+    batched_net,
+    load_diffusers_pipeline,
+    noise_schedule_from_config,
+    read_config,
+)
+from optsteps.models.diffusers.hub import default_device, pick_dtype, pipeline_digest, resolve_pipeline
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 FLUX_PIPELINES = ("FluxPipeline",)
@@ -39,12 +46,15 @@ DEFAULT_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline.__call__'s default
 
 # ---- latent layout (also used by integrations.diffusers.apply) --------------------------------------------
 
+
 def flux_latent_shape(vsf: int, in_channels: int, height: int, width: int) -> tuple:
     """The unpacked latent [C, H', W'] the pipeline makes for an image of height × width (VAE factor ``vsf``,
     transformer ``in_channels`` = 4C for the 2×2 packing)."""
     if height % (vsf * 2) or width % (vsf * 2):
-        raise OptstepsError(f"FLUX image size {height}×{width} must be a multiple of {vsf * 2} (VAE factor {vsf} "
-                            "times the 2×2 packing).")
+        raise OptstepsError(
+            f"FLUX image size {height}×{width} must be a multiple of {vsf * 2} (VAE factor {vsf} "
+            "times the 2×2 packing)."
+        )
     return int(in_channels) // 4, height // vsf, width // vsf
 
 
@@ -81,6 +91,7 @@ def flux_shift(sched_cfg: dict, image_seq_len: int) -> tuple[float | None, float
 
 # ---- text conditioning ----------------------------------------------------------------------------------------
 
+
 class FluxConditioner(PromptConditioner):
     """Prompt index → (T5 sequence, CLIP pooled) from FluxPipeline.encode_prompt; index P = the negative prompt
     (or "" when none is configured)."""
@@ -95,9 +106,13 @@ class FluxConditioner(PromptConditioner):
     @torch.no_grad()
     def _encode(self, texts, cfg):
         def enc(batch):
-            pe, pp, ids = self.pipe.encode_prompt(prompt=batch, prompt_2=None, device=self.device,
-                                                  num_images_per_prompt=1,
-                                                  max_sequence_length=self.max_sequence_length)
+            pe, pp, ids = self.pipe.encode_prompt(
+                prompt=batch,
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
             self.txt_ids = ids
             return pe, pp
 
@@ -109,11 +124,11 @@ class FluxConditioner(PromptConditioner):
         idx = [int(v) for v in indices.tolist()]
         self._ensure(idx)
         pe, pp = (torch.stack([self.cache[i][k] for i in idx]) for k in range(2))
-        return {"encoder_hidden_states": pe, "pooled_projections": pp, "txt_ids": self.txt_ids,
-                "img_ids": self.img_ids}
+        return {"encoder_hidden_states": pe, "pooled_projections": pp, "txt_ids": self.txt_ids, "img_ids": self.img_ids}
 
 
 # ---- the model --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class FluxPipelineModel(PipelineModel):
@@ -143,25 +158,39 @@ class FluxPipelineModel(PipelineModel):
     def denoiser(self, labels=None, guidance: float = 1.0) -> PredictionDenoiser:
         net = self.make_net(float(guidance))
         if self.true_cfg and labels is not None:
-            return PredictionDenoiser(net, self.noise_schedule, "flow", cond=labels,
-                                      null_cond=torch.full_like(labels, self.null_label), guidance=self.true_cfg_scale)
+            return PredictionDenoiser(
+                net,
+                self.noise_schedule,
+                "flow",
+                cond=labels,
+                null_cond=torch.full_like(labels, self.null_label),
+                guidance=self.true_cfg_scale,
+            )
         return PredictionDenoiser(net, self.noise_schedule, "flow", cond=labels)
 
 
 FLUX_DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size (latent pixels before the VAE factor)
 
 
-def describe_flux(root, prompts=None, height=None, width=None, max_sequence_length: int | None = None,
-                  name: str | None = None, negative_prompt: str | None = None,
-                  true_cfg_scale: float = 1.0) -> ModelCard:
+def describe_flux(
+    root,
+    prompts=None,
+    height=None,
+    width=None,
+    max_sequence_length: int | None = None,
+    name: str | None = None,
+    negative_prompt: str | None = None,
+    true_cfg_scale: float = 1.0,
+) -> ModelCard:
     """What ``load_flux_model`` returns without its network, from the config files and weight digests alone
     (the Ray driver and the identify stage call this): noise schedule, latent shape, time shift, identity."""
     root = resolve_pipeline(root)
     sched_cfg = read_config(root, "scheduler", "scheduler_config.json")
     ns = noise_schedule_from_config(sched_cfg, root)
     if ns.family != "flow":
-        raise OptstepsError(f"{root}: a FLUX transformer needs a flow-matching scheduler, found "
-                            f"{sched_cfg.get('_class_name')}.")
+        raise OptstepsError(
+            f"{root}: a FLUX transformer needs a flow-matching scheduler, found {sched_cfg.get('_class_name')}."
+        )
     prompt_list = resolve_prompts(prompts)
     tcfg, vcfg = read_config(root, "transformer"), read_config(root, "vae")
     vsf = 2 ** (len(vcfg["block_out_channels"]) - 1)  # FluxPipeline.vae_scale_factor
@@ -170,31 +199,76 @@ def describe_flux(root, prompts=None, height=None, width=None, max_sequence_leng
     shape = flux_latent_shape(vsf, int(tcfg["in_channels"]), height, width)
     seq_len = (shape[1] // 2) * (shape[2] // 2)
     flow_shift, mu = flux_shift(sched_cfg, seq_len)
-    if sched_cfg.get("shift_terminal") or any(sched_cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas",
-                                                                          "use_beta_sigmas", "invert_sigmas")):
+    if sched_cfg.get("shift_terminal") or any(
+        sched_cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
+    ):
         flow_shift = None  # the pipeline's default schedule is not a plain shift then
     msl = int(max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
     embeds = bool(tcfg.get("guidance_embeds", False))
     h = hashlib.sha256()
     h.update(pipeline_digest(root).encode())
-    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width, "max_sequence_length": msl,
-                         "negative_prompt": negative_prompt, "true_cfg_scale": float(true_cfg_scale)}).encode())
+    h.update(
+        json.dumps(
+            {
+                "prompts": prompt_list,
+                "height": height,
+                "width": width,
+                "max_sequence_length": msl,
+                "negative_prompt": negative_prompt,
+                "true_cfg_scale": float(true_cfg_scale),
+            }
+        ).encode()
+    )
     model_name = name or str(root)
-    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": "FluxPipeline", "prompts": len(prompt_list),
-                "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(), "height": height,
-                "width": width, "guidance_embeds": embeds}
+    identity = {
+        "model": model_name,
+        "sha256": h.hexdigest(),
+        "pipeline": "FluxPipeline",
+        "prompts": len(prompt_list),
+        "prompts_sha256": hashlib.sha256("\n".join(prompt_list).encode()).hexdigest(),
+        "height": height,
+        "width": width,
+        "guidance_embeds": embeds,
+    }
     if flow_shift is not None:
         identity["flow_shift"] = flow_shift
-    return ModelCard(model_name, ns, "flow", shape, num_classes=len(prompt_list), null_label=len(prompt_list),
-                     identity=identity, extra={"root": root, "kind": "flux", "prompts": prompt_list, "height": height,
-                                               "width": width, "flow_shift": flow_shift, "flow_mu": mu,
-                                               "vae_scale_factor": vsf, "max_sequence_length": msl,
-                                               "guidance_embeds": embeds})
+    return ModelCard(
+        model_name,
+        ns,
+        "flow",
+        shape,
+        num_classes=len(prompt_list),
+        null_label=len(prompt_list),
+        identity=identity,
+        extra={
+            "root": root,
+            "kind": "flux",
+            "prompts": prompt_list,
+            "height": height,
+            "width": width,
+            "flow_shift": flow_shift,
+            "flow_mu": mu,
+            "vae_scale_factor": vsf,
+            "max_sequence_length": msl,
+            "guidance_embeds": embeds,
+        },
+    )
 
 
-def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtype=None, height=None, width=None,
-                    max_batch: int = 16, max_sequence_length: int | None = None, name: str | None = None,
-                    negative_prompt: str | None = None, true_cfg_scale: float = 1.0) -> FluxPipelineModel:
+def load_flux_model(
+    root,
+    prompts=None,
+    guidance: float = 3.5,
+    device=None,
+    dtype=None,
+    height=None,
+    width=None,
+    max_batch: int = 16,
+    max_sequence_length: int | None = None,
+    name: str | None = None,
+    negative_prompt: str | None = None,
+    true_cfg_scale: float = 1.0,
+) -> FluxPipelineModel:
     """A ``FluxPipelineModel`` for the FluxPipeline folder ``root`` (see ``pipelines.load_pipeline_model``).
 
     ``guidance``: the default ``guidance_scale`` (distilled guidance of FLUX.1-dev); ``negative_prompt`` and
@@ -208,9 +282,11 @@ def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtyp
     torch_dtype = pick_dtype(device, "flux", dtype)
     tr = pipe.transformer
     if (int(pipe.vae_scale_factor), int(pipe.default_sample_size)) != (x["vae_scale_factor"], FLUX_DEFAULT_SAMPLE_SIZE):
-        raise OptstepsError(f"{root}: the loaded FluxPipeline's VAE factor {pipe.vae_scale_factor} / default size "
-                            f"{pipe.default_sample_size} differ from what optsteps reads from its config files "
-                            f"({x['vae_scale_factor']}, {FLUX_DEFAULT_SAMPLE_SIZE}); re-save the pipeline.")
+        raise OptstepsError(
+            f"{root}: the loaded FluxPipeline's VAE factor {pipe.vae_scale_factor} / default size "
+            f"{pipe.default_sample_size} differ from what optsteps reads from its config files "
+            f"({x['vae_scale_factor']}, {FLUX_DEFAULT_SAMPLE_SIZE}); re-save the pipeline."
+        )
     cond = FluxConditioner(pipe, x["prompts"], device, height, width, msl, negative_prompt)
     embeds = bool(tr.config.guidance_embeds)
 
@@ -225,13 +301,41 @@ def load_flux_model(root, prompts=None, guidance: float = 3.5, device=None, dtyp
 
         return batched_net(forward, cond.null_index, max_batch)
 
-    return FluxPipelineModel(card.name, ns, make_net(float(guidance)), "flow", card.sample_shape,
-                             num_classes=card.num_classes, null_label=card.null_label, identity=card.identity,
-                             pipeline=pipe, kind="flux", prompts=x["prompts"], guidance=float(guidance),
-                             flow_shift=x["flow_shift"], height=height, width=width, device=str(device),
-                             dtype=torch_dtype, max_batch=max_batch, conditioner=cond,
-                             negative_prompt=negative_prompt, true_cfg_scale=float(true_cfg_scale),
-                             guidance_embeds=embeds, make_net=make_net, flow_mu=x["flow_mu"])
+    return FluxPipelineModel(
+        card.name,
+        ns,
+        make_net(float(guidance)),
+        "flow",
+        card.sample_shape,
+        num_classes=card.num_classes,
+        null_label=card.null_label,
+        identity=card.identity,
+        pipeline=pipe,
+        kind="flux",
+        prompts=x["prompts"],
+        guidance=float(guidance),
+        flow_shift=x["flow_shift"],
+        height=height,
+        width=width,
+        device=str(device),
+        dtype=torch_dtype,
+        max_batch=max_batch,
+        conditioner=cond,
+        negative_prompt=negative_prompt,
+        true_cfg_scale=float(true_cfg_scale),
+        guidance_embeds=embeds,
+        make_net=make_net,
+        flow_mu=x["flow_mu"],
+    )
 
 
-__all__ = ["FluxPipelineModel", "load_flux_model", "describe_flux", "flux_latent_shape", "pipe_latent_shape", "pack", "unpack", "flux_shift"]
+__all__ = [
+    "FluxPipelineModel",
+    "load_flux_model",
+    "describe_flux",
+    "flux_latent_shape",
+    "pipe_latent_shape",
+    "pack",
+    "unpack",
+    "flux_shift",
+]

@@ -3,6 +3,7 @@
 Nothing is downloaded: hub ids resolve only from the local cache (``local_files_only=True``); anything else is a
 clear error. ``pipeline_digest`` identifies a pipeline folder by its config and weight files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ from optsteps.errors import OptstepsError
 from optsteps.io.hashing import file_digest
 from optsteps.io.readers import read_json, require
 
-
 # ---- resolving and identifying a pipeline folder ------------------------------------------------------
+
 
 def resolve_folder(pipeline: str) -> Path:
     """A local folder, or the snapshot folder of a hub id already in the local cache (nothing is downloaded)."""
@@ -29,7 +30,8 @@ def resolve_folder(pipeline: str) -> Path:
         return Path(snapshot_download(pipeline, local_files_only=True))
     except Exception as e:  # noqa: BLE001 - any hub failure means "not on disk"
         raise OptstepsError(
-            f"{pipeline!r} is neither a local diffusers pipeline folder nor a hub id in the local cache ({type(e).__name__}); "
+            f"{pipeline!r} is neither a local diffusers pipeline folder nor a hub id in the local cache "
+            f"({type(e).__name__}); "
             "download it once where there is network (`huggingface-cli download ID`) or pass the folder path."
         ) from None
 
@@ -38,12 +40,16 @@ def resolve_pipeline(path_or_id) -> Path:
     """A local pipeline folder, or the snapshot folder of a hub id already in the local cache."""
     p = Path(path_or_id)
     if not p.is_dir() and (str(path_or_id).startswith((".", "/", "~")) or str(path_or_id).count("/") > 1):
-        raise OptstepsError(f"pipeline folder {p} does not exist; pass a diffusers pipeline folder (with "
-                            "model_index.json) or a hub id that is in the local cache.")
+        raise OptstepsError(
+            f"pipeline folder {p} does not exist; pass a diffusers pipeline folder (with "
+            "model_index.json) or a hub id that is in the local cache."
+        )
     root = resolve_folder(str(path_or_id))
     if not (root / "model_index.json").is_file():
-        raise OptstepsError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder; save the "
-                            "pipeline with `pipe.save_pretrained(folder)` or pass the folder that holds model_index.json.")
+        raise OptstepsError(
+            f"{root} has no model_index.json, so it is not a diffusers pipeline folder; save the "
+            "pipeline with `pipe.save_pretrained(folder)` or pass the folder that holds model_index.json."
+        )
     return root
 
 
@@ -78,8 +84,14 @@ def pipeline_digest(root) -> str:
 
 # ---- device and dtype ---------------------------------------------------------------------------------
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def default_device() -> str:
@@ -108,8 +120,10 @@ def pick_dtype(device, kind: str, dtype=None) -> torch.dtype:
 # ---- checking a pipeline folder before diffusers reads it ---------------------------------------------
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-CONVERT_FIX = ("convert them once, where you trust the file, with `pipe.save_pretrained(folder, "
-               "safe_serialization=True)` (diffusers/transformers write .safetensors)")
+CONVERT_FIX = (
+    "convert them once, where you trust the file, with `pipe.save_pretrained(folder, "
+    "safe_serialization=True)` (diffusers/transformers write .safetensors)"
+)
 
 
 def _check_safetensors(path: Path, root, component: str) -> None:
@@ -119,9 +133,11 @@ def _check_safetensors(path: Path, root, component: str) -> None:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as e:  # noqa: BLE001 - any failure to open the header means the file is broken
-        raise OptstepsError(f"{root}: component {component!r}: weights {path.name} cannot be read "
-                            f"({' '.join(str(e).split())[:80]}; truncated or not safetensors); restore the file "
-                            "or re-save the pipeline with `pipe.save_pretrained(folder)`.") from None
+        raise OptstepsError(
+            f"{root}: component {component!r}: weights {path.name} cannot be read "
+            f"({' '.join(str(e).split())[:80]}; truncated or not safetensors); restore the file "
+            "or re-save the pipeline with `pipe.save_pretrained(folder)`."
+        ) from None
 
 
 def check_components(root, components=None) -> None:
@@ -131,13 +147,18 @@ def check_components(root, components=None) -> None:
     root = Path(root)
     if components is None:
         index = read_model_index(root)
-        components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2
-                      and v[0] is not None]
+        components = [
+            k
+            for k, v in index.items()
+            if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None
+        ]
     for comp in components:
         folder = root / comp
         if not folder.is_dir():
-            raise OptstepsError(f"{root}: component {comp!r} is listed in model_index.json but its folder is missing; "
-                                "restore it or re-save the pipeline with `pipe.save_pretrained(folder)`.")
+            raise OptstepsError(
+                f"{root}: component {comp!r} is listed in model_index.json but its folder is missing; "
+                "restore it or re-save the pipeline with `pipe.save_pretrained(folder)`."
+            )
         if not (folder / "config.json").is_file():
             continue  # a scheduler, tokenizer or feature extractor: configuration only
         indexes = sorted(folder.glob("*.safetensors.index.json"))
@@ -149,14 +170,19 @@ def check_components(root, components=None) -> None:
                 for name in sorted(set(map(str, wmap["weight_map"].values()))):
                     shard = (folder / name).resolve()
                     if shard.parent != folder.resolve() or not shard.is_file():
-                        raise OptstepsError(f"{root}: component {comp!r}: shard {name!r} listed in {ix.name} is "
-                                            f"missing; {fix}.")
+                        raise OptstepsError(
+                            f"{root}: component {comp!r}: shard {name!r} listed in {ix.name} is missing; {fix}."
+                        )
         if not weights:
             pickles = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
             if pickles:
-                raise OptstepsError(f"{root}: component {comp!r} has only pickle weights ({', '.join(pickles)}), which "
-                                    f"optsteps refuses (loading a pickle can run code); {CONVERT_FIX}.")
-            raise OptstepsError(f"{root}: component {comp!r} has no weights file (.safetensors); restore it or re-save "
-                                "the pipeline with `pipe.save_pretrained(folder)`.")
+                raise OptstepsError(
+                    f"{root}: component {comp!r} has only pickle weights ({', '.join(pickles)}), which "
+                    f"optsteps refuses (loading a pickle can run code); {CONVERT_FIX}."
+                )
+            raise OptstepsError(
+                f"{root}: component {comp!r} has no weights file (.safetensors); restore it or re-save "
+                "the pipeline with `pipe.save_pretrained(folder)`."
+            )
         for w in weights:
             _check_safetensors(w, root, comp)

@@ -32,6 +32,7 @@ How the model protocol maps onto a text-to-image pipeline:
 
 Nothing is downloaded: hub ids resolve only from the local cache (``local_files_only=True``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,11 +42,25 @@ import math
 
 from optsteps.errors import OptstepsError
 from optsteps.models.base import DiffusionModel, ModelCard
-from optsteps.models.diffusers.base import (SUPPORTED, TEXT_PIPELINES, UNET2D_PIPELINES, PipelineModel,  # noqa: F401
-                                            PromptConditioner, batched_net, load_diffusers_pipeline,
-                                            noise_schedule_from_config, pipeline_noise_schedule, read_config)
-from optsteps.models.diffusers.hub import (default_device, pick_dtype, pipeline_class_name, pipeline_digest,
-                                           resolve_pipeline)
+from optsteps.models.diffusers.base import (
+    SUPPORTED,
+    TEXT_PIPELINES,
+    UNET2D_PIPELINES,
+    PipelineModel,  # noqa: F401
+    PromptConditioner,
+    batched_net,
+    load_diffusers_pipeline,
+    noise_schedule_from_config,
+    pipeline_noise_schedule,
+    read_config,
+)
+from optsteps.models.diffusers.hub import (
+    default_device,
+    pick_dtype,
+    pipeline_class_name,
+    pipeline_digest,
+    resolve_pipeline,
+)
 from optsteps.models.diffusers.prompts import resolve_prompts
 
 log = logging.getLogger("optsteps.models")
@@ -64,13 +79,22 @@ def _flow_shift(sched_cfg: dict, latent_hw: tuple, patch: int) -> float:
     return float(sched_cfg.get("shift", 1.0))
 
 
-PIPELINE_OPTIONS = {"sd3": ("max_sequence_length",),
-                    "flux": ("max_sequence_length", "negative_prompt", "true_cfg_scale"),
-                    "wan": ("max_sequence_length", "num_frames", "negative_prompt")}  # a models: entry's options
+PIPELINE_OPTIONS = {
+    "sd3": ("max_sequence_length",),
+    "flux": ("max_sequence_length", "negative_prompt", "true_cfg_scale"),
+    "wan": ("max_sequence_length", "num_frames", "negative_prompt"),
+}  # a models: entry's options
 
 
-def describe_pipeline(path_or_id, prompts=None, height: int | None = None, width: int | None = None,
-                      max_sequence_length: int | None = None, name: str | None = None, **options) -> ModelCard:
+def describe_pipeline(
+    path_or_id,
+    prompts=None,
+    height: int | None = None,
+    width: int | None = None,
+    max_sequence_length: int | None = None,
+    name: str | None = None,
+    **options,
+) -> ModelCard:
     """What ``load_pipeline_model`` would return, from the pipeline's config files alone (no weights are loaded):
     noise schedule, prediction type, state shape, prompts and the identity that trajectory shards record.
 
@@ -84,15 +108,24 @@ def describe_pipeline(path_or_id, prompts=None, height: int | None = None, width
 
         return describe_unet2d(root, name=name or str(path_or_id))
     if cls_name not in TEXT_PIPELINES:
-        raise OptstepsError(f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
-                            "Other pipelines need an adapter in optsteps/models/diffusers/pipelines.py.")
+        raise OptstepsError(
+            f"{path_or_id} is a {cls_name}; optsteps supports {', '.join(SUPPORTED)}. "
+            "Other pipelines need an adapter in optsteps/models/diffusers/pipelines.py."
+        )
     kind = TEXT_PIPELINES[cls_name]
     if kind in ("flux", "wan"):
         from optsteps.models.diffusers import flux, wan
 
         describe = flux.describe_flux if kind == "flux" else wan.describe_wan
-        return describe(root, prompts=prompts, height=height, width=width, max_sequence_length=max_sequence_length,
-                        name=name or str(path_or_id), **options)
+        return describe(
+            root,
+            prompts=prompts,
+            height=height,
+            width=width,
+            max_sequence_length=max_sequence_length,
+            name=name or str(path_or_id),
+            **options,
+        )
     if options:
         raise OptstepsError(f"options {sorted(options)} are for FLUX/Wan pipelines, not {cls_name}.")
     max_sequence_length = max_sequence_length or 256  # StableDiffusion3Pipeline's default
@@ -109,40 +142,84 @@ def describe_pipeline(path_or_id, prompts=None, height: int | None = None, width
     shape = (int(bcfg["in_channels"]), height // vsf, width // vsf)
     if kind == "sd3":
         if ns.family != "flow":
-            raise OptstepsError(f"{root}: an SD3 transformer needs a flow-matching scheduler, found "
-                                f"{sched_cfg.get('_class_name')}.")
+            raise OptstepsError(
+                f"{root}: an SD3 transformer needs a flow-matching scheduler, found {sched_cfg.get('_class_name')}."
+            )
         prediction = "flow"
         flow_shift = _flow_shift(sched_cfg, shape[1:], patch)
     else:
         prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}.get(
-            sched_cfg.get("prediction_type", "epsilon"))
+            sched_cfg.get("prediction_type", "epsilon")
+        )
         if prediction is None or ns.family != "vp":
-            raise OptstepsError(f"unsupported scheduler for {cls_name} in {root}: prediction_type "
-                                f"{sched_cfg.get('prediction_type')!r}, family {ns.family}.")
+            raise OptstepsError(
+                f"unsupported scheduler for {cls_name} in {root}: prediction_type "
+                f"{sched_cfg.get('prediction_type')!r}, family {ns.family}."
+            )
         flow_shift = None
     h = hashlib.sha256()
     h.update(pipeline_digest(root).encode())
-    h.update(json.dumps({"prompts": prompt_list, "height": height, "width": width,
-                         "max_sequence_length": max_sequence_length if kind == "sd3" else None}).encode())
+    h.update(
+        json.dumps(
+            {
+                "prompts": prompt_list,
+                "height": height,
+                "width": width,
+                "max_sequence_length": max_sequence_length if kind == "sd3" else None,
+            }
+        ).encode()
+    )
     model_name = name or str(path_or_id)
     prompts_sha = hashlib.sha256("\n".join(prompt_list).encode()).hexdigest()
-    identity = {"model": model_name, "sha256": h.hexdigest(), "pipeline": cls_name, "prompts": len(prompt_list),
-                "prompts_sha256": prompts_sha, "height": height, "width": width}
+    identity = {
+        "model": model_name,
+        "sha256": h.hexdigest(),
+        "pipeline": cls_name,
+        "prompts": len(prompt_list),
+        "prompts_sha256": prompts_sha,
+        "height": height,
+        "width": width,
+    }
     if flow_shift is not None:
         identity["flow_shift"] = flow_shift
-    return ModelCard(model_name, ns, prediction, shape, num_classes=len(prompt_list), null_label=len(prompt_list),
-                     identity=identity, extra={"root": root, "kind": kind, "prompts": prompt_list, "height": height,
-                                               "width": width, "flow_shift": flow_shift, "vae_scale_factor": vsf})
+    return ModelCard(
+        model_name,
+        ns,
+        prediction,
+        shape,
+        num_classes=len(prompt_list),
+        null_label=len(prompt_list),
+        identity=identity,
+        extra={
+            "root": root,
+            "kind": kind,
+            "prompts": prompt_list,
+            "height": height,
+            "width": width,
+            "flow_shift": flow_shift,
+            "vae_scale_factor": vsf,
+        },
+    )
 
 
-def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=None, dtype=None,
-                        height: int | None = None, width: int | None = None, max_batch: int = 16,
-                        max_sequence_length: int | None = None, name: str | None = None,
-                        **options) -> DiffusionModel:
+def load_pipeline_model(
+    path_or_id,
+    prompts=None,
+    guidance: float = 1.0,
+    device=None,
+    dtype=None,
+    height: int | None = None,
+    width: int | None = None,
+    max_batch: int = 16,
+    max_sequence_length: int | None = None,
+    name: str | None = None,
+    **options,
+) -> DiffusionModel:
     """A ``DiffusionModel`` for the diffusers pipeline at ``path_or_id`` (folder or locally cached hub id).
 
-    ``prompts``: a list, a prompt file (see ``prompts.load_prompts``) or None (``prompts.DEFAULT_PROMPTS``); ``guidance``: the
-    caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)`` applies
+    ``prompts``: a list, a prompt file (see ``prompts.load_prompts``) or None (``prompts.DEFAULT_PROMPTS``);
+    ``guidance``: the caller's default CFG scale, recorded as ``model.guidance`` (``model.denoiser(labels, guidance)``
+    applies
     the one it is given); ``height``/``width``: image size (default: the pipeline's); ``max_batch``: rows per
     network call; ``max_sequence_length``: the T5 text length (default the pipeline's: 256 for SD3, 512 for
     FLUX and Wan). ``options``: FLUX ``negative_prompt``/``true_cfg_scale``, Wan ``num_frames``/``negative_prompt``.
@@ -157,11 +234,20 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
         from optsteps.models.diffusers import flux, wan
 
         loader = flux.load_flux_model if TEXT_PIPELINES[cls_name] == "flux" else wan.load_wan_model
-        return loader(root, prompts=prompts, guidance=guidance, device=device, dtype=dtype, height=height,
-                      width=width, max_batch=max_batch, max_sequence_length=max_sequence_length,
-                      name=name or str(path_or_id), **options)
-    card = describe_pipeline(root, prompts, height, width, max_sequence_length, name=name or str(path_or_id),
-                             **options)
+        return loader(
+            root,
+            prompts=prompts,
+            guidance=guidance,
+            device=device,
+            dtype=dtype,
+            height=height,
+            width=width,
+            max_batch=max_batch,
+            max_sequence_length=max_sequence_length,
+            name=name or str(path_or_id),
+            **options,
+        )
+    card = describe_pipeline(root, prompts, height, width, max_sequence_length, name=name or str(path_or_id), **options)
     max_sequence_length = max_sequence_length or 256
     kind, prompt_list, ns = card.extra["kind"], card.extra["prompts"], card.noise_schedule
     height, width, flow_shift = card.extra["height"], card.extra["width"], card.extra["flow_shift"]
@@ -169,9 +255,14 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
     pipe, root, kind = load_diffusers_pipeline(root, device, dtype)
     torch_dtype = pick_dtype(device, kind, dtype)
     backbone = pipe.transformer if kind == "sd3" else pipe.unet
-    if int(pipe.vae_scale_factor) != card.extra["vae_scale_factor"] or int(backbone.config.in_channels) != card.sample_shape[0]:
-        raise OptstepsError(f"{root}: the loaded pipeline's VAE factor {pipe.vae_scale_factor} / channels "
-                            f"{backbone.config.in_channels} differ from its config files; re-save the pipeline.")
+    if (
+        int(pipe.vae_scale_factor) != card.extra["vae_scale_factor"]
+        or int(backbone.config.in_channels) != card.sample_shape[0]
+    ):
+        raise OptstepsError(
+            f"{root}: the loaded pipeline's VAE factor {pipe.vae_scale_factor} / channels "
+            f"{backbone.config.in_channels} differ from its config files; re-save the pipeline."
+        )
     cond = PromptConditioner(pipe, kind, prompt_list, device, height, width, max_sequence_length)
 
     def forward(xb, tb, lb):
@@ -182,10 +273,34 @@ def load_pipeline_model(path_or_id, prompts=None, guidance: float = 1.0, device=
 
     net = batched_net(forward, cond.null_index, max_batch, lambda t: ns.timestep(t).float())
 
-    return PipelineModel(card.name, ns, net, card.prediction_type, card.sample_shape, num_classes=card.num_classes,
-                         null_label=card.null_label, identity=card.identity, pipeline=pipe, kind=kind,
-                         prompts=prompt_list, guidance=float(guidance), flow_shift=flow_shift, height=height,
-                         width=width, device=str(device), dtype=torch_dtype, max_batch=max_batch, conditioner=cond)
+    return PipelineModel(
+        card.name,
+        ns,
+        net,
+        card.prediction_type,
+        card.sample_shape,
+        num_classes=card.num_classes,
+        null_label=card.null_label,
+        identity=card.identity,
+        pipeline=pipe,
+        kind=kind,
+        prompts=prompt_list,
+        guidance=float(guidance),
+        flow_shift=flow_shift,
+        height=height,
+        width=width,
+        device=str(device),
+        dtype=torch_dtype,
+        max_batch=max_batch,
+        conditioner=cond,
+    )
 
 
-__all__ = ["PipelineModel", "load_pipeline_model", "describe_pipeline", "pipeline_noise_schedule", "load_diffusers_pipeline", "SUPPORTED"]
+__all__ = [
+    "PipelineModel",
+    "load_pipeline_model",
+    "describe_pipeline",
+    "pipeline_noise_schedule",
+    "load_diffusers_pipeline",
+    "SUPPORTED",
+]

@@ -1,5 +1,6 @@
 """Prompt lists for text-to-image pipelines: a prompt file (GenEval's ``evaluation_metadata.jsonl``, any ``.jsonl``
 or plain text) or the default prompts."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,13 @@ def load_prompts(path) -> list[str]:
     with a "prompt" field, or JSON strings), else plain text with one prompt a line (blank lines skipped)."""
     p = Path(path)
     if not p.is_file():
-        raise OptstepsError(f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
-                            "prompts/evaluation_metadata.jsonl.")
-    lines = read_text(p, "prompt file", fix="write one prompt a line (or GenEval's evaluation_metadata.jsonl)").splitlines()
+        raise OptstepsError(
+            f"prompt file {p} not found; pass a text file (one prompt a line) or GenEval's "
+            "prompts/evaluation_metadata.jsonl."
+        )
+    lines = read_text(
+        p, "prompt file", fix="write one prompt a line (or GenEval's evaluation_metadata.jsonl)"
+    ).splitlines()
     prompts = []
     if p.suffix == ".jsonl":
         for i, line in enumerate(lines, 1):
@@ -34,15 +39,19 @@ def load_prompts(path) -> list[str]:
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError) as e:
-                raise OptstepsError(f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
-                                    "(GenEval's format) or rename it to .txt for one plain prompt a line.") from None
+                raise OptstepsError(
+                    f"{p}:{i} is not JSON ({e}); a .jsonl prompt file needs one JSON object a line "
+                    "(GenEval's format) or rename it to .txt for one plain prompt a line."
+                ) from None
             if isinstance(row, str):
                 prompts.append(row)
             elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
                 prompts.append(row["prompt"])
             else:
-                raise OptstepsError(f"{p}:{i} has no string field 'prompt'; use GenEval's evaluation_metadata.jsonl "
-                                    "format ({\"prompt\": ...}).")
+                raise OptstepsError(
+                    f"{p}:{i} has no string field 'prompt'; use GenEval's evaluation_metadata.jsonl "
+                    'format ({"prompt": ...}).'
+                )
     else:
         prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:

@@ -4,6 +4,7 @@ The noise schedule is read from the pipeline's own scheduler config, so baseline
 schedules are exact for that model. Nothing is downloaded: hub ids resolve only from the local cache
 (``local_files_only=True``); anything else is a clear error.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,18 +12,20 @@ import json
 
 import torch
 
-from optsteps.errors import OptstepsError
 from optsteps.core.denoisers import network_grad_context
 from optsteps.core.noise_schedules import noise_schedule_from_diffusers_config
-from optsteps.models.base import DiffusionModel, ModelCard
+from optsteps.errors import OptstepsError
 from optsteps.io.hashing import file_digest
+from optsteps.models.base import DiffusionModel, ModelCard
 from optsteps.models.diffusers.hub import check_components, default_device, pick_dtype, resolve_folder
 
 
 def _folder(pipeline):
     root = resolve_folder(pipeline)
     if not (root / "unet").is_dir() or not (root / "scheduler" / "scheduler_config.json").is_file():
-        raise OptstepsError(f"{root} is not a UNet2D diffusers pipeline (needs unet/ and scheduler/scheduler_config.json).")
+        raise OptstepsError(
+            f"{root} is not a UNet2D diffusers pipeline (needs unet/ and scheduler/scheduler_config.json)."
+        )
     return root
 
 
@@ -32,8 +35,12 @@ def describe_unet2d(pipeline, name: str | None = None) -> ModelCard:
     root = _folder(pipeline)
     cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     ns = noise_schedule_from_diffusers_config(cfg)
-    prediction = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
-                  "flow_prediction": "flow"}.get(cfg.get("prediction_type", "epsilon"))
+    prediction = {
+        "epsilon": "epsilon",
+        "v_prediction": "v_prediction",
+        "sample": "sample",
+        "flow_prediction": "flow",
+    }.get(cfg.get("prediction_type", "epsilon"))
     if prediction is None:
         raise OptstepsError(f"unsupported prediction_type {cfg.get('prediction_type')!r} in {root}/scheduler.")
     if ns.family == "flow":
@@ -48,8 +55,16 @@ def describe_unet2d(pipeline, name: str | None = None) -> ModelCard:
     for f in sorted((root / "unet").glob("*.safetensors")) + sorted((root / "unet").glob("*.bin")):
         h.update(file_digest(f).encode())  # cached by path, size and mtime (io.hashing)
     num_classes = int(ucfg.get("num_class_embeds") or 0)
-    return ModelCard(name or str(pipeline), ns, prediction, (int(ucfg["in_channels"]),) + hw, num_classes, None,
-                     {"model": name or str(pipeline), "sha256": h.hexdigest()}, extra={"root": root})
+    return ModelCard(
+        name or str(pipeline),
+        ns,
+        prediction,
+        (int(ucfg["in_channels"]),) + hw,
+        num_classes,
+        None,
+        {"model": name or str(pipeline), "sha256": h.hexdigest()},
+        extra={"root": root},
+    )
 
 
 def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dtype=None) -> DiffusionModel:
@@ -75,5 +90,6 @@ def load_unet2d_pipeline(pipeline: str, name: str | None = None, device=None, dt
             out = unet(x.to(device, torch_dtype), tt.to(device), class_labels=cond).sample
         return out.to(x.device, x.dtype)
 
-    return DiffusionModel(card.name, ns, net, card.prediction_type, card.sample_shape, card.num_classes, None,
-                          card.identity)
+    return DiffusionModel(
+        card.name, ns, net, card.prediction_type, card.sample_shape, card.num_classes, None, card.identity
+    )

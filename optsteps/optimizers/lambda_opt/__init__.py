@@ -36,31 +36,54 @@ Optimisation notes (the measurements behind them: docs/algorithms.md §2.5 and �
   huge step, and a better optimizer of that objective gives a worse schedule. ``max_gap`` (every λ gap ≤ max_gap)
   keeps it out of that region; a lower gap bound does not.
 """
+
 from optsteps.optimizers.lambda_opt.error_models import (
-                                                       ERROR_MODELS,
-                                                       EmpiricalEps,
-                                                       PFit,
-                                                       analytic_eps,
-                                                       analytic_eps_dlog,
-                                                       empirical_eps,
-                                                       fit_p,
+    ERROR_MODELS,
+    EmpiricalEps,
+    PFit,
+    analytic_eps,
+    analytic_eps_dlog,
+    empirical_eps,
+    fit_p,
 )
 from optsteps.optimizers.lambda_opt.objective import objective, objective_and_grad
 from optsteps.optimizers.lambda_opt.options import MAX_NFE, LambdaOptOptions
 from optsteps.optimizers.lambda_opt.orders import check_orders, default_orders, default_trunc
 from optsteps.optimizers.lambda_opt.schedule import (
-                                                       DEFAULT_LAMBDA_CEILING,
-                                                       DEFAULT_LAMBDA_FLOOR,
-                                                       lambda_opt_schedule,
-                                                       lambda_window,
-                                                       schedule_lambdas,
+    DEFAULT_LAMBDA_CEILING,
+    DEFAULT_LAMBDA_FLOOR,
+    lambda_opt_schedule,
+    lambda_window,
+    schedule_lambdas,
 )
 from optsteps.optimizers.lambda_opt.solve import DEFAULT_STARTS, LambdaOptResult, optimize_lambdas, start_lambdas
 from optsteps.optimizers.lambda_opt.weights import exp_moments, lagrange_weights, step_weights
 
-__all__ = ["DEFAULT_LAMBDA_CEILING", "DEFAULT_LAMBDA_FLOOR", "DEFAULT_STARTS", "ERROR_MODELS", "EmpiricalEps",
-           "LambdaOptOptions", "LambdaOptResult", "MAX_NFE",
-           "PFit", "analytic_eps", "analytic_eps_dlog", "check_orders", "default_orders",
-           "default_trunc", "empirical_eps", "exp_moments", "fit_p", "lagrange_weights", "lambda_opt_schedule",
-           "lambda_window", "objective", "objective_and_grad", "optimize_lambdas", "schedule_lambdas",
-           "start_lambdas", "step_weights"]
+__all__ = [
+    "DEFAULT_LAMBDA_CEILING",
+    "DEFAULT_LAMBDA_FLOOR",
+    "DEFAULT_STARTS",
+    "ERROR_MODELS",
+    "EmpiricalEps",
+    "LambdaOptOptions",
+    "LambdaOptResult",
+    "MAX_NFE",
+    "PFit",
+    "analytic_eps",
+    "analytic_eps_dlog",
+    "check_orders",
+    "default_orders",
+    "default_trunc",
+    "empirical_eps",
+    "exp_moments",
+    "fit_p",
+    "lagrange_weights",
+    "lambda_opt_schedule",
+    "lambda_window",
+    "objective",
+    "objective_and_grad",
+    "optimize_lambdas",
+    "schedule_lambdas",
+    "start_lambdas",
+    "step_weights",
+]

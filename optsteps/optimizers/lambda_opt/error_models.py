@@ -1,5 +1,6 @@
 """Error models ε(λ) of the λ-optimizer (docs/algorithms.md §2.2): the analytic ε = σ^p/α of the VP-equivalent
 α, σ, and an empirical one measured on teacher shards (with a fitted exponent p)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,10 @@ def _clean_measurements(lambdas_teacher, errors, what: str):
     if lam.size < 2:
         raise OptstepsError(f"{what} needs at least 2 teacher times with finite λ; measure errors at more times.")
     if not np.all(np.isfinite(err)) or np.any(err <= 0):
-        raise OptstepsError(f"{what}: errors must be finite and > 0 (they are interpolated in log space); "
-                            "drop the times with zero or NaN error.")
+        raise OptstepsError(
+            f"{what}: errors must be finite and > 0 (they are interpolated in log space); "
+            "drop the times with zero or NaN error."
+        )
     order = np.argsort(lam)
     lam, err = lam[order], err[order]
     if np.any(np.diff(lam) <= 0):
@@ -122,14 +125,20 @@ def eps_and_dlog(lam: np.ndarray, p: float, eps):
         else:
             step = 1e-6 * np.maximum(1.0, np.abs(lam))
             with np.errstate(divide="ignore", invalid="ignore"):
-                dl = (np.log(np.asarray(eps(lam + step), dtype=np.float64))
-                      - np.log(np.asarray(eps(lam - step), dtype=np.float64))) / (2 * step)
+                dl = (
+                    np.log(np.asarray(eps(lam + step), dtype=np.float64))
+                    - np.log(np.asarray(eps(lam - step), dtype=np.float64))
+                ) / (2 * step)
     else:
         e = np.asarray(eps, dtype=np.float64).ravel()
         dl = np.zeros_like(e)
     if e.shape != lam.shape:
-        raise OptstepsError(f"the error model gave {e.size} values for {lam.size} nodes; it must map λ arrays elementwise.")
+        raise OptstepsError(
+            f"the error model gave {e.size} values for {lam.size} nodes; it must map λ arrays elementwise."
+        )
     if not np.all(np.isfinite(e)) or np.any(e < 0) or not np.all(np.isfinite(dl)):
-        raise OptstepsError("the error model returned negative or non-finite ε; use positive finite errors "
-                            "(e.g. empirical_eps of measured mean errors).")
+        raise OptstepsError(
+            "the error model returned negative or non-finite ε; use positive finite errors "
+            "(e.g. empirical_eps of measured mean errors)."
+        )
     return e, dl

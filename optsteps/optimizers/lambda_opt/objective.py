@@ -1,12 +1,13 @@
 """The λ-optimizer's objective F(λ) — the bound on the accumulated solver error with truncNum T_c — and its
 exact gradient (docs/algorithms.md §2.5)."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from optsteps.errors import OptstepsError
 from optsteps.optimizers.lambda_opt.error_models import eps_and_dlog
-from optsteps.optimizers.lambda_opt.orders import check_lambdas, check_p, check_trunc, check_orders
+from optsteps.optimizers.lambda_opt.orders import check_lambdas, check_orders, check_p, check_trunc
 from optsteps.optimizers.lambda_opt.weights import closed_form_weights, local_weight_jacobian
 
 
@@ -120,8 +121,9 @@ def objective(lambdas_full, p: float = 1.0, trunc: int | None = None, orders=Non
     return objective_and_grad(lambdas_full, p, trunc, orders, eps, want_grad=False)[0]
 
 
-def objective_and_grad(lambdas_full, p: float = 1.0, trunc: int | None = None, orders=None, eps=None,
-                       want_grad: bool = True):
+def objective_and_grad(
+    lambdas_full, p: float = 1.0, trunc: int | None = None, orders=None, eps=None, want_grad: bool = True
+):
     """(F, ∂F/∂λ_0 … ∂F/∂λ_K): F of ``objective`` and its exact gradient (the interior entries 1 … K−1 are
     the optimizer's). Derivation: with g_{s,j} = ∂F/∂w_{s,j} (sign / normalised-vector / accumulated-sign
     factors of the three terms) and the Lagrange identity ∂ℓ_j/∂λ_i = −ℓ_j'(λ_i) ℓ_i,
@@ -134,5 +136,7 @@ def objective_and_grad(lambdas_full, p: float = 1.0, trunc: int | None = None, o
     pf = check_p(p)
     plan = ObjectivePlan(nfe, check_orders(orders, nfe), check_trunc(trunc, nfe))
     if eps is not None and not callable(eps) and np.asarray(eps).size != lam.size:
-        raise OptstepsError(f"eps has {np.asarray(eps).size} values for {lam.size} nodes; pass K + 1 per-node errors or a callable.")
+        raise OptstepsError(
+            f"eps has {np.asarray(eps).size} values for {lam.size} nodes; pass K + 1 per-node errors or a callable."
+        )
     return objective_core(lam, plan, pf, eps, want_grad)

@@ -1,6 +1,7 @@
 """The options of the λ-optimizer (``params.yaml`` section ``lambda_opt`` plus the solver's knobs), next to it;
 assembled by ``optsteps.pipeline.config``. Field metadata are the validation rules (``pipeline.config.check_fields``;
 ``param: False`` marks a library option that params.yaml does not carry)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,11 +26,18 @@ class LambdaOptOptions:
     ``starts`` of the multi-start; gaps ``min_gap`` (None: 10⁻³ of the uniform spacing) and ``max_gap`` (None: no
     bound); the budget ``maxiter`` / ``probe_iter``; trust-constr's ``gtol`` / ``xtol``; ``gradient`` "analytic" or
     "2-point" (benchmarks only)."""
-    nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10], metadata={
-        "range": (2, MAX_NFE), "hint": "the λ-optimizer places K ≥ 2 steps; longer schedules: use uniform-lambda"})
+
+    nfe: list = field(
+        default_factory=lambda: [4, 5, 6, 8, 10],
+        metadata={
+            "range": (2, MAX_NFE),
+            "hint": "the λ-optimizer places K ≥ 2 steps; longer schedules: use uniform-lambda",
+        },
+    )
     solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"], metadata={"choices": SOLVERS, "nonempty": True})
-    p: float = field(default=1.0, metadata={"range": (0.0, 100.0), "open": "lo",
-                                            "hint": "1 for pixel models, 2 for latent models"})
+    p: float = field(
+        default=1.0, metadata={"range": (0.0, 100.0), "open": "lo", "hint": "1 for pixel models, 2 for latent models"}
+    )
     error_model: str = field(default="analytic", metadata={"choices": ERROR_MODELS})
     trunc: int | None = field(default=None, metadata={**LIB, "range": (0, MAX_NFE)})
     orders: tuple | None = field(default=None, metadata=LIB)

@@ -1,5 +1,6 @@
 """Checks of the λ-optimizer's inputs: NFE, the per-step order pattern (default: UniPC-3's step orders
 1-2-3…3-2-1, docs/algorithms.md §2.3), the error exponent p and truncNum T_c (default 3, and why)."""
+
 from __future__ import annotations
 
 import math
@@ -42,14 +43,20 @@ def check_orders(orders, nfe: int) -> list[int]:
     try:
         ks = [int(k) for k in orders]
     except (TypeError, ValueError):
-        raise OptstepsError(f"orders = {orders!r} is not a list of integers; pass one order (1, 2 or 3) per step.") from None
+        raise OptstepsError(
+            f"orders = {orders!r} is not a list of integers; pass one order (1, 2 or 3) per step."
+        ) from None
     if any(float(k) != float(o) for k, o in zip(ks, orders)):
         raise OptstepsError(f"orders = {list(orders)} must be integers 1, 2 or 3.")
     if len(ks) != nfe:
-        raise OptstepsError(f"orders has {len(ks)} entries but NFE = {nfe}; pass exactly one order per step (K entries).")
+        raise OptstepsError(
+            f"orders has {len(ks)} entries but NFE = {nfe}; pass exactly one order per step (K entries)."
+        )
     for s, k in enumerate(ks):
         if not 1 <= k <= _MAX_ORDER:
-            raise OptstepsError(f"orders[{s}] = {k} is not in 1..{_MAX_ORDER}; use orders 1, 2 or 3 (UniPC's predictor up to order 3).")
+            raise OptstepsError(
+                f"orders[{s}] = {k} is not in 1..{_MAX_ORDER}; use orders 1, 2 or 3 (UniPC's predictor up to order 3)."
+            )
         if k > s + 1:
             raise OptstepsError(
                 f"orders[{s}] = {k} > s + 1 = {s + 1}: step {s} has only {s + 1} earlier model outputs; "
@@ -64,7 +71,9 @@ def check_p(p) -> float:
     except (TypeError, ValueError):
         raise OptstepsError(f"p = {p!r} is not a number; pass p = 1 (pixel models) or p = 2 (latent models).") from None
     if not math.isfinite(pf) or pf < 0:
-        raise OptstepsError(f"p = {p!r} must be a finite number ≥ 0; pass p = 1 (pixel models) or p = 2 (latent models).")
+        raise OptstepsError(
+            f"p = {p!r} must be a finite number ≥ 0; pass p = 1 (pixel models) or p = 2 (latent models)."
+        )
     return pf
 
 
@@ -81,8 +90,10 @@ def check_lambdas(lambdas_full, min_size: int = 3) -> np.ndarray:
     if lam.size < min_size:
         raise OptstepsError(f"the objective needs K + 1 ≥ 3 λ values (NFE ≥ 2), got {lam.size}.")
     if not np.all(np.isfinite(lam)):
-        raise OptstepsError("λ values must be finite; clip infinite endpoints into a window first "
-                            "(e.g. schedule_lambdas(schedule) clips to [−7, 7]).")
+        raise OptstepsError(
+            "λ values must be finite; clip infinite endpoints into a window first "
+            "(e.g. schedule_lambdas(schedule) clips to [−7, 7])."
+        )
     if np.any(np.diff(lam) <= 0):
         i = int(np.argmin(np.diff(lam)))
         raise OptstepsError(

@@ -1,11 +1,12 @@
 """Starts (uniform-λ, uniform-t, Karras) and the constrained trust-region solve of the λ-optimizer in its
 smooth epigraph form, multi-start, lowest F kept (docs/algorithms.md §2.6, §2.7)."""
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def _make_feasible(lam: np.ndarray, gap: float, max_gap: float | None = None) ->
     lo, hi = lam[0], lam[-1]
     i = np.arange(K + 1)
     inner = slice(1, K)
-    lam[inner] = np.clip(np.nan_to_num(lam[inner], nan=lo, posinf=hi, neginf=lo), lo + i[inner] * gap, hi - (K - i[inner]) * gap)
+    lam[inner] = np.clip(
+        np.nan_to_num(lam[inner], nan=lo, posinf=hi, neginf=lo), lo + i[inner] * gap, hi - (K - i[inner]) * gap
+    )
     for j in range(1, K):
         lam[j] = max(lam[j], lam[j - 1] + gap)
     for j in range(K - 1, 0, -1):
@@ -46,8 +49,16 @@ def _make_feasible(lam: np.ndarray, gap: float, max_gap: float | None = None) ->
     return lam
 
 
-def start_lambdas(kind: str, lambda_start: float, lambda_end: float, nfe: int, noise_schedule=None,
-                  t_start: float | None = None, t_end: float | None = None, rho: float = 7.0) -> np.ndarray:
+def start_lambdas(
+    kind: str,
+    lambda_start: float,
+    lambda_end: float,
+    nfe: int,
+    noise_schedule=None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    rho: float = 7.0,
+) -> np.ndarray:
     """An initial λ_0 … λ_K with the window's endpoints (not yet made feasible):
 
     - ``uniform_lambda``: λ_i = λ_T + (i/K)(λ_ε − λ_T);
@@ -62,7 +73,9 @@ def start_lambdas(kind: str, lambda_start: float, lambda_end: float, nfe: int, n
         lam = -rho * np.log(s_max + i * (s_min - s_max))
     elif kind == "uniform_t":
         if noise_schedule is None:
-            raise OptstepsError("the uniform_t start needs the noise schedule; pass noise_schedule= (and t_start/t_end).")
+            raise OptstepsError(
+                "the uniform_t start needs the noise schedule; pass noise_schedule= (and t_start/t_end)."
+            )
         ts = noise_schedule.default_t_start() if t_start is None else float(t_start)
         te = noise_schedule.default_t_end() if t_end is None else float(t_end)
         lam = noise_schedule.lambda_(np.linspace(ts, te, nfe + 1)).numpy().astype(np.float64)
@@ -84,7 +97,9 @@ class _EpigraphProblem:
     which takes the iteration count from hundreds to tens.
     """
 
-    def __init__(self, plan: ObjectivePlan, lo: float, hi: float, p: float, eps, gap: float, max_gap: float | None = None):
+    def __init__(
+        self, plan: ObjectivePlan, lo: float, hi: float, p: float, eps, gap: float, max_gap: float | None = None
+    ):
         from scipy.optimize import LinearConstraint, NonlinearConstraint
 
         self.plan, self.lo, self.hi, self.p, self.eps = plan, lo, hi, p, eps
@@ -159,13 +174,21 @@ class _EpigraphProblem:
             fun, jac = self.fun_value, "2-point"
             constraints = self.constraints[:1]
             if self.m:
-                constraints = constraints + [NonlinearConstraint(lambda z: self._cons(z, False), 0.0, np.inf, jac="2-point")]
+                constraints = constraints + [
+                    NonlinearConstraint(lambda z: self._cons(z, False), 0.0, np.inf, jac="2-point")
+                ]
         else:
             raise OptstepsError(f"unknown gradient {gradient!r}; use 'analytic' or '2-point'.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # BFGS "delta_grad == 0" notes on the linear τ part
-            res = minimize(fun, z0, jac=jac, method="trust-constr", constraints=constraints,
-                           options={"gtol": gtol, "xtol": xtol, "maxiter": maxiter})
+            res = minimize(
+                fun,
+                z0,
+                jac=jac,
+                method="trust-constr",
+                constraints=constraints,
+                options={"gtol": gtol, "xtol": xtol, "maxiter": maxiter},
+            )
         return self.full(res.x), res.nit, str(res.message)
 
 
@@ -197,8 +220,15 @@ def _single_thread_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: LambdaOptOptions | None = None, *,
-                     eps_fn: Callable | None = None, noise_schedule=None) -> LambdaOptResult:
+def optimize_lambdas(
+    lambda_start: float,
+    lambda_end: float,
+    nfe: int,
+    options: LambdaOptOptions | None = None,
+    *,
+    eps_fn: Callable | None = None,
+    noise_schedule=None,
+) -> LambdaOptResult:
     """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
     ``scipy.optimize.minimize(method="trust-constr")`` with the analytic gradient (``objective_and_grad``)
@@ -223,8 +253,15 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: 
     """
     o = LambdaOptOptions() if options is None else options
     p, trunc, orders, starts, t_start, t_end = o.p, o.trunc, o.orders, o.starts, o.t_start, o.t_end
-    min_gap, maxiter, probe_iter, gtol, xtol, gradient, max_gap = (o.min_gap, o.maxiter, o.probe_iter, o.gtol, o.xtol,
-                                                                   o.gradient, o.max_gap)
+    min_gap, maxiter, probe_iter, gtol, xtol, gradient, max_gap = (
+        o.min_gap,
+        o.maxiter,
+        o.probe_iter,
+        o.gtol,
+        o.xtol,
+        o.gradient,
+        o.max_gap,
+    )
     if gradient not in ("analytic", "2-point"):
         raise OptstepsError(f"unknown gradient {gradient!r}; use 'analytic' or '2-point'.")
     t0 = time.perf_counter()
@@ -237,17 +274,27 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: 
     try:
         lo, hi = float(lambda_start), float(lambda_end)
     except (TypeError, ValueError):
-        raise OptstepsError(f"lambda_start / lambda_end must be numbers, got {lambda_start!r}, {lambda_end!r}.") from None
+        raise OptstepsError(
+            f"lambda_start / lambda_end must be numbers, got {lambda_start!r}, {lambda_end!r}."
+        ) from None
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise OptstepsError(f"λ window [{lo}, {hi}] is not finite; clip it (lambda_opt_schedule clips to [−7, 7] by default).")
+        raise OptstepsError(
+            f"λ window [{lo}, {hi}] is not finite; clip it (lambda_opt_schedule clips to [−7, 7] by default)."
+        )
     if not hi > lo:
-        raise OptstepsError(f"lambda_start = {lo:.6g} must be below lambda_end = {hi:.6g} (λ grows from noise to data); swap them.")
+        raise OptstepsError(
+            f"lambda_start = {lo:.6g} must be below lambda_end = {hi:.6g} (λ grows from noise to data); swap them."
+        )
     gap = 1e-3 * (hi - lo) / nfe if min_gap is None else float(min_gap)
     if not (gap > 0 and gap * nfe < hi - lo):
-        raise OptstepsError(f"min_gap = {gap:.3g} leaves no room for {nfe} steps in [{lo:.4g}, {hi:.4g}]; pass a smaller min_gap.")
+        raise OptstepsError(
+            f"min_gap = {gap:.3g} leaves no room for {nfe} steps in [{lo:.4g}, {hi:.4g}]; pass a smaller min_gap."
+        )
     if max_gap is not None and not (float(max_gap) * nfe >= hi - lo and float(max_gap) > gap):
-        raise OptstepsError(f"max_gap = {max_gap} leaves no room: {nfe} steps of at most max_gap must cover the window "
-                            f"[{lo:.4g}, {hi:.4g}]; pass max_gap ≥ (λ_end − λ_start)/K = {(hi - lo) / nfe:.4g}.")
+        raise OptstepsError(
+            f"max_gap = {max_gap} leaves no room: {nfe} steps of at most max_gap must cover the window "
+            f"[{lo:.4g}, {hi:.4g}]; pass max_gap ≥ (λ_end − λ_start)/K = {(hi - lo) / nfe:.4g}."
+        )
     max_gap = None if max_gap is None else float(max_gap)
     if int(maxiter) < 1 or int(probe_iter) < 1:
         raise OptstepsError(f"maxiter = {maxiter}, probe_iter = {probe_iter}: both must be ≥ 1.")
@@ -269,14 +316,19 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: 
             name = f"custom{j}"
             lam0 = np.array(st, dtype=np.float64).ravel()
             if lam0.size != nfe + 1:
-                raise OptstepsError(f"start {j} has {lam0.size} λ values; pass K + 1 = {nfe + 1} (endpoints are replaced by the window).")
+                raise OptstepsError(
+                    f"start {j} has {lam0.size} λ values; pass K + 1 = {nfe + 1} "
+                    "(endpoints are replaced by the window)."
+                )
             lam0[0], lam0[-1] = lo, hi
         lam0 = _make_feasible(lam0, gap, max_gap)
         f0 = F(lam0)
         candidates.append((f0, lam0, name))
         runs.append({"name": name, "lam": lam0, "initial": f0, "final": f0, "nit": 0, "message": "not run"})
     if not runs:
-        raise OptstepsError("no start was usable; pass starts=('uniform_lambda', 'karras') or a noise_schedule for 'uniform_t'.")
+        raise OptstepsError(
+            "no start was usable; pass starts=('uniform_lambda', 'karras') or a noise_schedule for 'uniform_t'."
+        )
 
     def run(r, iters):
         lam1, nit, message = problem.solve(r["lam"], gtol=gtol, xtol=xtol, maxiter=iters, gradient=gradient)
@@ -298,9 +350,24 @@ def optimize_lambdas(lambda_start: float, lambda_end: float, nfe: int, options: 
         if rest > 0 and "maximum number" in lead["message"]:
             run(lead, rest)
     best = min(candidates, key=lambda c: c[0])
-    report = {r["name"]: {"initial": float(r["initial"]), "final": float(r["final"]), "nit": int(r["nit"]),
-                          "message": r["message"]} for r in runs}
+    report = {
+        r["name"]: {
+            "initial": float(r["initial"]),
+            "final": float(r["final"]),
+            "nit": int(r["nit"]),
+            "message": r["message"],
+        }
+        for r in runs
+    }
     f_uniform = F(start_lambdas("uniform_lambda", lo, hi, nfe))
-    return LambdaOptResult(lambdas=best[1], objective=float(best[0]), objective_uniform_lambda=float(f_uniform),
-                           wall_time_s=time.perf_counter() - t0, p=pf, trunc=tc, orders=ks, best_start=best[2],
-                           starts=report)
+    return LambdaOptResult(
+        lambdas=best[1],
+        objective=float(best[0]),
+        objective_uniform_lambda=float(f_uniform),
+        wall_time_s=time.perf_counter() - t0,
+        p=pf,
+        trunc=tc,
+        orders=ks,
+        best_start=best[2],
+        starts=report,
+    )

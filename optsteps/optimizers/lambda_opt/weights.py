@@ -1,5 +1,6 @@
 """Exponential-integrator Lagrange weights of the λ-optimizer (docs/algorithms.md §2.4):
 H_m(h) = ∫_0^h u^m e^u du and w_{s,j} = ∫_{λ_s}^{λ_{s+1}} e^λ ℓ_{s,j}(λ) dλ, in closed form and stable for small h."""
+
 from __future__ import annotations
 
 import math
@@ -93,11 +94,14 @@ def closed_form_weights(X: np.ndarray, xn: np.ndarray) -> np.ndarray:
         a = X[:, 1] - X[:, 0]
         b = ls - X[:, 1]
         ab = a + b
-        return np.stack([
-            (G[2] + b * G[1]) / (a * ab),
-            -(G[2] + ab * G[1]) / (a * b),
-            (G[2] + (a + 2 * b) * G[1] + b * ab * G[0]) / (b * ab),
-        ], axis=1)
+        return np.stack(
+            [
+                (G[2] + b * G[1]) / (a * ab),
+                -(G[2] + ab * G[1]) / (a * b),
+                (G[2] + (a + 2 * b) * G[1] + b * ab * G[0]) / (b * ab),
+            ],
+            axis=1,
+        )
     raise OptstepsError(f"closed-form weights exist for orders 1..3, got {k}; use lagrange_weights for higher orders.")
 
 

@@ -73,17 +73,48 @@ of the current layer's nodes are evaluated); memory stays at one shard's traject
 states plus the DP table, at the price of more evaluations (at most Σ_k (nodes of layers < k) per sample,
 reported in ``model_evals``). With one shard nothing is re-run. Per-sample mode handles shards one by one.
 """
+
 from optsteps.optimizers.oss.calibration import AmplitudeCalibration
 from optsteps.optimizers.oss.dp import all_paths, median_path
-from optsteps.optimizers.oss.gits import (GITS_GAMMA, gits_costs, gits_dp, gits_dp_starts, gits_objective, gits_search,
-                                          gits_start_costs)
+from optsteps.optimizers.oss.gits import (
+    GITS_GAMMA,
+    gits_costs,
+    gits_dp,
+    gits_dp_starts,
+    gits_objective,
+    gits_search,
+    gits_start_costs,
+)
 from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, OSSOptions
 from optsteps.optimizers.oss.problem import STUDENT_MAX_ORDER, student_spec
-from optsteps.optimizers.oss.starts import Start, start_candidates
 from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
 from optsteps.optimizers.oss.search import OSSResult, oss_search, oss_search_all
+from optsteps.optimizers.oss.starts import Start, start_candidates
 
-__all__ = ["AmplitudeCalibration", "DISTANCES", "GITS_GAMMA", "MODES", "OBJECTIVES", "OSSOptions", "OSSResult", "OSS_SOLVERS",
-           "STUDENT_MAX_ORDER", "Start", "all_paths", "gits_costs", "gits_dp", "gits_dp_starts", "gits_objective",
-           "gits_search", "gits_start_costs", "median_path", "oss_search", "oss_search_all", "refine_path", "refine_start",
-           "run_student", "start_candidates", "student_spec"]
+__all__ = [
+    "AmplitudeCalibration",
+    "DISTANCES",
+    "GITS_GAMMA",
+    "MODES",
+    "OBJECTIVES",
+    "OSSOptions",
+    "OSSResult",
+    "OSS_SOLVERS",
+    "STUDENT_MAX_ORDER",
+    "Start",
+    "all_paths",
+    "gits_costs",
+    "gits_dp",
+    "gits_dp_starts",
+    "gits_objective",
+    "gits_search",
+    "gits_start_costs",
+    "median_path",
+    "oss_search",
+    "oss_search_all",
+    "refine_path",
+    "refine_start",
+    "run_student",
+    "start_candidates",
+    "student_spec",
+]

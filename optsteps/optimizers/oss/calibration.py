@@ -1,6 +1,7 @@
 """Amplitude calibration (an option of the OSS reference, docs/algorithms.md §3): per teacher index, the mean
 over teacher samples of the per-sample 5 % / 95 % quantiles; the student maps each sample's quantiles of
 its state affinely onto the entry of the current index right before every model evaluation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class AmplitudeCalibration:
     q: tuple = (0.05, 0.95)
 
     @classmethod
-    def from_teacher(cls, teacher, q=(0.05, 0.95)) -> "AmplitudeCalibration":
+    def from_teacher(cls, teacher, q=(0.05, 0.95)) -> AmplitudeCalibration:
         """Tables from teacher states (tensor [N + 1, S, ...], list of shards, or callable), shard by shard."""
         if not 0 <= q[0] < q[1] <= 1:
             raise OptstepsError(f"calibration quantiles {q} must satisfy 0 ≤ low < high ≤ 1.")
@@ -53,8 +54,9 @@ class AmplitudeCalibration:
         lo, hi = _quantiles(x.reshape(b, -1), self.q)
         t_lo, t_hi = self.low[index], self.high[index]
         span = hi - lo
-        scale = torch.where(span > 0, (t_hi - t_lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                            torch.ones_like(span))
+        scale = torch.where(
+            span > 0, (t_hi - t_lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.ones_like(span)
+        )
         shift = t_lo - scale * lo
         shape = (b,) + (1,) * (x.dim() - 1)
         return (scale.reshape(shape) * x.to(F64) + shift.reshape(shape)).to(x.dtype)
@@ -64,6 +66,6 @@ def _quantiles(flat: torch.Tensor, q) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise quantiles of a [B, F] tensor, chunked below torch.quantile's size limit."""
     qs = torch.tensor(q, dtype=F64)
     rows = max(1, (1 << 23) // max(1, flat.shape[1]))
-    out = [torch.quantile(flat[a:a + rows].to(F64), qs, dim=1) for a in range(0, flat.shape[0], rows)]
+    out = [torch.quantile(flat[a : a + rows].to(F64), qs, dim=1) for a in range(0, flat.shape[0], rows)]
     out = torch.cat(out, dim=1)
     return out[0], out[1]

@@ -1,5 +1,6 @@
 """Layer costs of the DP: the squared error of every candidate step (node i → teacher index j) against the
 teacher state x̄_j (or x̂_0 for ``distance="x0"``), from inner products |a x + b m + c p − x̄_j|² expanded."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,9 @@ from optsteps.optimizers.oss.engine import Engine, Evaluated, previous_lambdas
 from optsteps.optimizers.oss.problem import F64
 
 
-def state_cost_sums(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x_tgt: torch.Tensor,
-                     per_sample: bool) -> torch.Tensor:
+def state_cost_sums(
+    engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x_tgt: torch.Tensor, per_sample: bool
+) -> torch.Tensor:
     """Σ squared error [n, J, G] of every candidate (node i → target j), from inner products:
     |a x + b m + c p − x̄_j|² = Σ c_u c_v <v_u, v_v> − 2 Σ c_u <v_u, x̄_j> + |x̄_j|².
 
@@ -72,13 +74,13 @@ def state_cost_sums_tracked(engine: Engine, ev: Evaluated, s: int, targets: torc
     chunk = max(16, -(-n // 8))
     for a0 in range(0, n, chunk):
         lo = int(ev.idx[a0]) + 1
-        cm[a0:a0 + chunk, lo:] = mflat[a0:a0 + chunk] @ xall[lo:].T
+        cm[a0 : a0 + chunk, lo:] = mflat[a0 : a0 + chunk] @ xall[lo:].T
     ev.cm = cm
     c = ev.x_coef
     cx = c[:, :1] * nodes.cy + c[:, 4:5] * cm
     for col, part in ((1, nodes.cxp), (2, nodes.cmp), (3, nodes.cmpp)):
         if part is not None and bool((c[:, col] != 0).any()):
-            cx = cx + c[:, col:col + 1] * part
+            cx = cx + c[:, col : col + 1] * part
     ev.cx = cx
     vecs = [ev.x.reshape(n, -1).to(F64), mflat] + ([ev.m_p.reshape(n, -1).to(F64)] if ev.m_p is not None else [])
     crosses = [cx, cm] + ([nodes.cmp] if ev.m_p is not None else [])
@@ -87,7 +89,9 @@ def state_cost_sums_tracked(engine: Engine, ev: Evaluated, s: int, targets: torc
     for u in range(nv):
         for w in range(u, nv):
             gram[:, u, w] = gram[:, w, u] = torch.einsum("nk,nk->n", vecs[u], vecs[w])
-    coef = torch.stack(engine.coefficients(s, ev.idx, previous_lambdas(engine, ev, False), targets)[:nv], -1)  # [n, J, 1, nv]
+    coef = torch.stack(
+        engine.coefficients(s, ev.idx, previous_lambdas(engine, ev, False), targets)[:nv], -1
+    )  # [n, J, 1, nv]
     cross = torch.stack([cr[:, targets] for cr in crosses], -1)[:, :, None, :]  # [n, J, 1, nv]
     tsq = engine.xall_sq[targets][None, :, None]
     cost = torch.einsum("njgu,nuv,njgv->njg", coef, gram, coef) - 2 * (coef * cross).sum(-1) + tsq
@@ -95,8 +99,9 @@ def state_cost_sums_tracked(engine: Engine, ev: Evaluated, s: int, targets: torc
     return torch.where(valid, cost.clamp(min=0), torch.full_like(cost, float("inf")))
 
 
-def x0_cost_sums(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x0_tgt: torch.Tensor,
-                  per_sample: bool) -> torch.Tensor:
+def x0_cost_sums(
+    engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x0_tgt: torch.Tensor, per_sample: bool
+) -> torch.Tensor:
     """Σ squared error [n, J, G] of the candidates' data predictions x̂_0(y, t_j) against the teacher's."""
     n, S = ev.x.shape[:2]
     J = len(targets)
@@ -110,7 +115,7 @@ def x0_cost_sums(engine: Engine, ev: Evaluated, s: int, targets: torch.Tensor, x
         if jsel.numel() == 0:
             continue
         tj = targets[jsel]
-        ca, cb, cc = (c[0] for c in engine.coefficients(s, ev.idx[a:a + 1], lam_p[a:a + 1], tj))
+        ca, cb, cc = (c[0] for c in engine.coefficients(s, ev.idx[a : a + 1], lam_p[a : a + 1], tj))
         y = ca.reshape(bshape) * ev.x[a].to(F64) + cb.reshape(bshape) * ev.m[a].to(F64)
         if ev.m_p is not None:
             y = y + cc.reshape(bshape) * ev.m_p[a].to(F64)

@@ -13,6 +13,7 @@ R the start candidates of layer 0. What is exact and what is data-dependent:
 - refinement: data-dependent (it stops when no move improves); reported after the run (``refine_evals``);
 - GITS: exact (its cost matrix and the start candidates' first jumps), plus K for measuring its path.
 """
+
 from __future__ import annotations
 
 from optsteps.errors import OptstepsError
@@ -55,24 +56,40 @@ def _check(n_steps, nfe, start_window, distance, mode, shards):
         raise OptstepsError(f"distance {distance!r} / mode {mode!r}; use state | x0 and batch | per_sample.")
 
 
-def dp_evaluations(n_steps: int, nfe: int, start_window: int = 0, distance: str = "state", shards: int = 1,
-                   mode: str = "batch", starts_at_t_max: bool = True) -> int:
+def dp_evaluations(
+    n_steps: int,
+    nfe: int,
+    start_window: int = 0,
+    distance: str = "state",
+    shards: int = 1,
+    mode: str = "batch",
+    starts_at_t_max: bool = True,
+) -> int:
     """Exact model evaluations per sample of one OSS DP (``oss_search``'s ``model_evals``):
     R + (K − 1)(N − K + 1) for the state distance (every node of layers 0 … K − 1 evaluated once), plus, for the
     x0 distance, one per candidate pair and N − 1 for the teacher's x̂₀. Batch mode over several shards is
     data-dependent: this raises and ``dp_evaluations_max`` gives its cap."""
     _check(n_steps, nfe, start_window, distance, mode, shards)
     if shards > 1 and mode == "batch":
-        raise OptstepsError("batch mode over several shards re-runs ancestors only (data-dependent); use "
-                            "dp_evaluations_max for its cap, the search reports the exact count.")
+        raise OptstepsError(
+            "batch mode over several shards re-runs ancestors only (data-dependent); use "
+            "dp_evaluations_max for its cap, the search reports the exact count."
+        )
     nodes = start_count(n_steps, nfe, start_window, starts_at_t_max) + (nfe - 1) * layer_width(n_steps, nfe)
     if distance == "x0":
         nodes += _x0_pairs(n_steps, nfe, start_window, starts_at_t_max) + (n_steps - 1 if nfe > 1 else 0)
     return nodes
 
 
-def dp_evaluations_max(n_steps: int, nfe: int, start_window: int = 0, distance: str = "state", shards: int = 1,
-                       mode: str = "batch", starts_at_t_max: bool = True) -> int:
+def dp_evaluations_max(
+    n_steps: int,
+    nfe: int,
+    start_window: int = 0,
+    distance: str = "state",
+    shards: int = 1,
+    mode: str = "batch",
+    starts_at_t_max: bool = True,
+) -> int:
     """Hard cap of the DP's evaluations per sample; equal to ``dp_evaluations`` where that is exact. Batch mode
     over several shards: layer s re-runs every shard through all R starts and at most all nodes of layers
     1 … s − 1 before evaluating its own N − K + 1 nodes: Σ_s [R + s(N − K + 1)] = K·R + (N − K + 1) K(K − 1)/2,
@@ -87,8 +104,15 @@ def dp_evaluations_max(n_steps: int, nfe: int, start_window: int = 0, distance: 
     return total
 
 
-def dp_evaluations_all(n_steps: int, nfes, start_window: int = 0, distance: str = "state", shards: int = 1,
-                       mode: str = "batch", starts_at_t_max: bool = True) -> int:
+def dp_evaluations_all(
+    n_steps: int,
+    nfes,
+    start_window: int = 0,
+    distance: str = "state",
+    shards: int = 1,
+    mode: str = "batch",
+    starts_at_t_max: bool = True,
+) -> int:
     """Exact model evaluations per sample of ``oss_search_all`` for the K of ``nfes`` (one solver): one DP to
     max K whose layer k (1 ≤ k ≤ max K − 1) holds N − K_k + 1 nodes, K_k the smallest K above k, and layer 0 the
     R starts of the smallest K's window: R + Σ_k (N − K_k + 1). The x0 distance runs one DP per K (their sum).
@@ -99,8 +123,10 @@ def dp_evaluations_all(n_steps: int, nfes, start_window: int = 0, distance: str 
     for k in nfes:
         _check(n_steps, k, start_window, distance, mode, shards)
     if shards > 1 and mode == "batch":
-        raise OptstepsError("batch mode over several shards re-runs ancestors only (data-dependent); the search "
-                            "reports the exact count.")
+        raise OptstepsError(
+            "batch mode over several shards re-runs ancestors only (data-dependent); the search "
+            "reports the exact count."
+        )
     total = start_count(n_steps, nfes[0], start_window, starts_at_t_max)
     for k in range(1, nfes[-1]):
         total += n_steps - min(v for v in nfes if v > k) + 1

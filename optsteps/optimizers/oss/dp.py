@@ -6,6 +6,7 @@ Layer 0 holds the start candidates (``starts.start_candidates``: index 0, and wi
 indices 1 … w under both start-state rules); a decision of layer 0 keeps the candidate's row, since two rules
 share one index. Objective "l2": batch-mode layer costs are Σ_samples ‖y − x̄_j‖ (per-sample norms) instead of
 Σ_samples ‖y − x̄_j‖², and the last layer's by the final per-sample L2 norms."""
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -46,20 +47,21 @@ def layer_costs(engine, ev, s, targets, shard, distance, per_sample, x0_cache):
     if distance == "state" and engine.xall is not None and not per_sample:
         return state_cost_sums_tracked(engine, ev, s, targets)
     if distance == "state":  # targets are a contiguous range: pass a view of the teacher states
-        return state_cost_sums(engine, ev, s, targets, shard[int(targets[0]):int(targets[-1]) + 1], per_sample)
+        return state_cost_sums(engine, ev, s, targets, shard[int(targets[0]) : int(targets[-1]) + 1], per_sample)
     key = id(shard)
     if key not in x0_cache:  # teacher x̂_0 at every index 1..N−1 of this shard (N − 1 evaluations)
         x0_cache.clear()
         idx = torch.arange(1, engine.N)
         S = shard.shape[1]
         feat = shard.shape[2:]
-        x0 = engine.evaluate(shard[1:engine.N].reshape((engine.N - 1) * S, *feat), idx.repeat_interleave(S))
+        x0 = engine.evaluate(shard[1 : engine.N].reshape((engine.N - 1) * S, *feat), idx.repeat_interleave(S))
         x0_cache[key] = torch.cat([torch.zeros_like(shard[:1]), x0.reshape(engine.N - 1, S, *feat)])
     return x0_cost_sums(engine, ev, s, targets, x0_cache[key][targets], per_sample)
 
 
-def dp_one_shard(engine: Engine, shard: torch.Tensor, distance: str, per_sample: bool, starts=None,
-                 objective: str = "mse", nfes=None):
+def dp_one_shard(
+    engine: Engine, shard: torch.Tensor, distance: str, per_sample: bool, starts=None, objective: str = "mse", nfes=None
+):
     """Full DP on one shard for every K of ``nfes`` (ascending, max = the engine's K; default: the engine's K),
     keeping the layer states. Layers 0 … K − 2 of a K-step student are those of every longer one (its
     decisions at a target j compare the same predecessors), so one pass to max K serves all; the last step of
@@ -108,8 +110,9 @@ def _replay(engine: Engine, noise: torch.Tensor, decisions, starts=None) -> Node
         ev = engine.process(nodes)
         targets, best, rows = decisions[layer]
         pos = torch.searchsorted(targets, need[layer + 1])
-        nodes = engine.materialize(ev, layer, need[layer + 1], best[pos].expand(-1, S),
-                                   rows[pos].expand(-1, S) if layer == 0 else None)
+        nodes = engine.materialize(
+            ev, layer, need[layer + 1], best[pos].expand(-1, S), rows[pos].expand(-1, S) if layer == 0 else None
+        )
     return nodes
 
 
@@ -132,8 +135,9 @@ def dp_batch_shards(engine: Engine, shards: Shards, distance: str, starts=None, 
                 fin = fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1)
                 fin_acc = fin if fin_acc is None else fin_acc + fin
             if not last:
-                sums = layer_costs(engine, ev, s, layer_nodes(s + 1, n, nfes), shard, distance, objective == "l2",
-                                   x0_cache)
+                sums = layer_costs(
+                    engine, ev, s, layer_nodes(s + 1, n, nfes), shard, distance, objective == "l2", x0_cache
+                )
                 sums = _objective_sums(sums, objective, False)[..., 0]
                 acc = sums if acc is None else acc + sums
             idx = ev.idx

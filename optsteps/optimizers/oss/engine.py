@@ -1,6 +1,7 @@
 """The student engine of the DP: the nodes of a layer (student states × samples), one batched model
 evaluation per layer, UniPC's corrector after it, and the student's transitions to every candidate index —
 the samplers' own steps and their batched coefficient forms (``optsteps.core.solvers.updates``)."""
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,17 @@ def _combos(*rows: torch.Tensor):
 
 
 class Engine:
-    def __init__(self, denoiser, noise_schedule, t: torch.Tensor, nfe: int, solver: str, lower_order_final: bool,
-                 calibration: AmplitudeCalibration | None, eval_batch_size: int | None):
+    def __init__(
+        self,
+        denoiser,
+        noise_schedule,
+        t: torch.Tensor,
+        nfe: int,
+        solver: str,
+        lower_order_final: bool,
+        calibration: AmplitudeCalibration | None,
+        eval_batch_size: int | None,
+    ):
         self.denoiser, self.noise_schedule, self.t = denoiser, noise_schedule, t
         self.N, self.K = len(t) - 1, nfe
         self.solver, self.lower_order_final = solver, bool(lower_order_final)
@@ -100,7 +110,7 @@ class Engine:
         student (order ≤ 2: only the last step is lowered), so one engine serves every K ≤ its own."""
         if nfe not in self.final:
             orders = student_spec(self.solver, self.lower_order_final).step_orders(nfe)
-            if nfe > self.K or orders[:nfe - 1] != self.orders[:nfe - 1]:
+            if nfe > self.K or orders[: nfe - 1] != self.orders[: nfe - 1]:
                 raise RuntimeError(f"internal: a {nfe}-step student does not share the steps of a {self.K}-step one")
             self.final[nfe] = orders[nfe - 1]
         return self.final[nfe]
@@ -158,9 +168,9 @@ class Engine:
         chunk = self.eval_batch_size or b
         outs = []
         for a in range(0, b, chunk):
-            ii = rows_idx[a:a + chunk]
+            ii = rows_idx[a : a + chunk]
             tt = self.t[ii[0]] if bool((ii == ii[0]).all()) else self.t[ii]
-            outs.append(self.denoiser(x[a:a + chunk], tt))
+            outs.append(self.denoiser(x[a : a + chunk], tt))
         self.evaluated += b
         return torch.cat(outs)
 
@@ -213,8 +223,9 @@ class Engine:
                     x_coef[a] = torch.tensor(unipc_corrector_coefficients(al[i], si[p], si[i], h, rks, rhos), dtype=F64)
         return Evaluated(nodes.idx, x, m, nodes.m_p if self.solver != "ddim" else None, nodes.pred, nodes, x_coef)
 
-    def materialize(self, ev: Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor,
-                    rows: torch.Tensor | None = None) -> Nodes:
+    def materialize(
+        self, ev: Evaluated, s: int, targets: torch.Tensor, pred: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> Nodes:
         """States of the nodes ``targets`` [J] reached by step s from the chosen predecessors ``pred`` [J, S]
         (teacher indices); ``rows`` [J, S]: the predecessors' rows in ``ev`` where indices repeat (layer 0)."""
         if rows is None:
@@ -233,8 +244,15 @@ class Engine:
             y = torch.empty((len(targets),) + tuple(ev.x.shape[1:]), dtype=ev.x.dtype)
             for jj in range(len(targets)):
                 a = int(p0[jj])
-                y[jj], po[jj] = self.step(s, int(ev.pred[a, 0]), int(ev.idx[a]), int(targets[jj]), ev.x[a], ev.m[a],
-                                          ev.m_p[a] if ev.m_p is not None else None)
+                y[jj], po[jj] = self.step(
+                    s,
+                    int(ev.pred[a, 0]),
+                    int(ev.idx[a]),
+                    int(targets[jj]),
+                    ev.x[a],
+                    ev.m[a],
+                    ev.m_p[a] if ev.m_p is not None else None,
+                )
             x_src = ev.x.index_select(0, p0) if self.solver == "unipc" else None
             m_src = ev.m.index_select(0, p0) if self.solver != "ddim" else None
             mp_src = ev.m_p.index_select(0, p0) if self.solver == "unipc" and ev.m_p is not None else None
@@ -256,8 +274,9 @@ class Engine:
             for jj in range(len(targets)):
                 j = int(targets[jj])
                 for (i, p), sel in _combos(pred[jj], pp[jj]):
-                    y[jj, sel], po[jj, sel] = self.step(s, p, i, j, x_src[jj, sel], m_src[jj, sel],
-                                                        mp_src[jj, sel] if mp_src is not None else None)
+                    y[jj, sel], po[jj, sel] = self.step(
+                        s, p, i, j, x_src[jj, sel], m_src[jj, sel], mp_src[jj, sel] if mp_src is not None else None
+                    )
         node = Nodes(s + 1, targets.clone(), y, pred.clone())
         if self.solver != "ddim":
             node.m_p = m_src

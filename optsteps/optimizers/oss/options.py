@@ -1,5 +1,6 @@
 """``OSSOptions``: the settings of the OSS and GITS searches, one frozen object (params.yaml ``oss``, assembled by
 ``optsteps.pipeline.config``). Each field's metadata is its validation rule (``pipeline.config.check_fields``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ class OSSOptions:
     """OSS/GITS distillation over the teacher shards (docs/algorithms.md §3)."""
 
     nfe: list = field(default_factory=lambda: [4, 5, 6, 8, 10], metadata={"range": (1, MAX_STEPS)})
-    solvers: list = field(default_factory=lambda: ["unipc", "dpmpp2m"],
-                          metadata={"choices": OSS_SOLVERS, "nonempty": True})
+    solvers: list = field(
+        default_factory=lambda: ["unipc", "dpmpp2m"], metadata={"choices": OSS_SOLVERS, "nonempty": True}
+    )
     samples: int = field(default=64, metadata={"range": (1, MAX_SAMPLES)})  # teacher samples the DP reads (the first S)
     distance: str = field(default="state", metadata={"choices": DISTANCES})
     mode: str = field(default="batch", metadata={"choices": MODES})

@@ -1,5 +1,6 @@
 """The problem an OSS/GITS search is given: checks of the teacher grid, the NFE and the named choices, and the
 student it runs (``student_spec``; docs/algorithms.md §3)."""
+
 from __future__ import annotations
 
 import torch

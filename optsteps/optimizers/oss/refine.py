@@ -2,6 +2,7 @@
 error (memoised, with prefix reuse; MSE and mean per-sample L2 from one run), and the refinement of a DP path by
 single and paired index moves — and, with a start window, moves of the start index and of the start rule —
 judged by that error (the search's objective)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -18,9 +19,17 @@ from optsteps.optimizers.oss.problem import F64, check_choice, student_spec
 from optsteps.optimizers.oss.starts import Start, start_factor, start_rule
 
 
-def run_student(denoiser, noise: torch.Tensor, teacher_t, path, noise_schedule: NoiseSchedule, solver: str = "ddim",
-                calibration: AmplitudeCalibration | None = None, lower_order_final: bool = True,
-                start_state: str = "scaled") -> torch.Tensor:
+def run_student(
+    denoiser,
+    noise: torch.Tensor,
+    teacher_t,
+    path,
+    noise_schedule: NoiseSchedule,
+    solver: str = "ddim",
+    calibration: AmplitudeCalibration | None = None,
+    lower_order_final: bool = True,
+    start_state: str = "scaled",
+) -> torch.Tensor:
     """The student's final state along teacher indices ``path`` (``solvers.sample``; UniPC is order 2 with
     corrector), started at t[path[0]] from f·``noise`` (``noise`` = the teacher's first state x̄_0 = σ_{t_0} ε;
     f = ``starts.start_factor`` of ``start_state``: the sampler's own start, ``core.schedule.initial_state``).
@@ -54,8 +63,19 @@ class TrueError:
     used first out, never the prefixes of the anchor, the refinement's current best). ``evals`` counts the
     evaluations actually spent (per sample), ``reused`` those taken from the cache."""
 
-    def __init__(self, denoiser, shards, t, noise_schedule, solver, calibration, lower_order_final,
-                 reuse_prefixes: bool = True, objective: str = "mse", cache_bytes: int = 2 << 30):
+    def __init__(
+        self,
+        denoiser,
+        shards,
+        t,
+        noise_schedule,
+        solver,
+        calibration,
+        lower_order_final,
+        reuse_prefixes: bool = True,
+        objective: str = "mse",
+        cache_bytes: int = 2 << 30,
+    ):
         self.denoiser, self.t, self.noise_schedule = denoiser, t, noise_schedule
         self.solver, self.calibration, self.lower_order_final = solver, calibration, lower_order_final
         self.shards, self.cache, self.runs, self.rows, self.reused_rows = shards, {}, 0, 0, 0
@@ -103,6 +123,7 @@ class TrueError:
                 self.memo[slot] = (x, out)
                 self.memo_bytes += _nbytes(self.memo[slot])
             return out
+
         return memo_denoiser
 
     def _evict(self) -> None:
@@ -122,8 +143,17 @@ class TrueError:
         if kind not in got:
             tot, count, norms, samples = 0.0, 0, 0.0, 0
             for number, shard in enumerate(self.shards):
-                out = run_student(self._denoiser(number, rule, key), shard[0], self.t, key, self.noise_schedule,
-                                  self.solver, self.calibration, self.lower_order_final, rule)
+                out = run_student(
+                    self._denoiser(number, rule, key),
+                    shard[0],
+                    self.t,
+                    key,
+                    self.noise_schedule,
+                    self.solver,
+                    self.calibration,
+                    self.lower_order_final,
+                    rule,
+                )
                 diff = out.to(F64) - shard[-1].to(F64)
                 tot += float(diff.pow(2).sum())
                 count += out.numel()
@@ -139,8 +169,9 @@ class TrueError:
         return self.value(path, rule)
 
 
-def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
-                max_sweeps: int = 100) -> tuple[list[int], float]:
+def refine_path(
+    path, error, radius: int | None = None, pair_moves: bool = True, max_sweeps: int = 100
+) -> tuple[list[int], float]:
     """Local search from ``path`` judged by ``error(path)`` (the true final error of a student run).
 
     Moves of single interior indices (±1, ±2, … up to ``radius``, always strictly between the neighbours;
@@ -150,13 +181,31 @@ def refine_path(path, error, radius: int | None = None, pair_moves: bool = True,
     on small cases from about 90-95 % to about 99 %. ``refine_start`` also moves the start.
     """
     set_anchor = getattr(error, "set_anchor", None)
-    best, err, _ = refine_start(path, "scaled", lambda p, r: error(p), 0, ("scaled",), radius, pair_moves, max_sweeps,
-                                anchor=(lambda p, r: set_anchor(p)) if set_anchor is not None else None)
+    best, err, _ = refine_start(
+        path,
+        "scaled",
+        lambda p, r: error(p),
+        0,
+        ("scaled",),
+        radius,
+        pair_moves,
+        max_sweeps,
+        anchor=(lambda p, r: set_anchor(p)) if set_anchor is not None else None,
+    )
     return best, err
 
 
-def refine_start(path, rule: str, error, window: int, rules=("scaled", "raw"), radius: int | None = None,
-                 pair_moves: bool = True, max_sweeps: int = 100, anchor=None) -> tuple[list[int], float, str]:
+def refine_start(
+    path,
+    rule: str,
+    error,
+    window: int,
+    rules=("scaled", "raw"),
+    radius: int | None = None,
+    pair_moves: bool = True,
+    max_sweeps: int = 100,
+    anchor=None,
+) -> tuple[list[int], float, str]:
     """``refine_path`` over (start rule, path) judged by ``error(path, rule)``; with ``window`` > 0 the start
     index path[0] moves too (within 0 … min(window, path[1] − 1), under every rule of ``rules``), and where
     single moves fail every other rule is tried at the current path before pair moves (a pair may include the
@@ -183,7 +232,7 @@ def refine_start(path, rule: str, error, window: int, rules=("scaled", "raw"), r
             if m == 0:  # the start moves with every rule (a new start may pay off only with the other rule)
                 moves = [(v, r) for v in range(lo, hi + 1) for r in rules if (v, r) != (best[0], cur)]
             for v, r in sorted(moves, key=lambda vr: (abs(vr[0] - best[m]), vr[0], vr[1] != cur)):
-                trial = best[:m] + [v] + best[m + 1:]
+                trial = best[:m] + [v] + best[m + 1 :]
                 ok, e = better(trial, r)
                 if ok:
                     best, best_err, cur, improved = trial, e, r, True

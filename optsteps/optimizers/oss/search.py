@@ -1,5 +1,6 @@
 """``oss_search``: the OSS schedule for one student and NFE — DP, then refinement — as a ``Schedule``; with a
 start window the start index and the start-state rule are searched too (docs/algorithms.md §3)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from optsteps.optimizers.oss.dp import dp_batch_shards, dp_one_shard, median_pat
 from optsteps.optimizers.oss.engine import Engine
 from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SOLVERS, OSSOptions
 from optsteps.optimizers.oss.problem import check_choice, check_grid, check_nfe, student_spec
+from optsteps.optimizers.oss.refine import TrueError, refine_start
 from optsteps.optimizers.oss.shards import Shards, numel
 from optsteps.optimizers.oss.starts import check_start_window, start_candidates, start_rule
-from optsteps.optimizers.oss.refine import TrueError, refine_start
 
 
 @dataclass
@@ -36,9 +37,20 @@ class OSSResult:
     prefix_reuse: int = 0  # per-sample model evaluations the refinement took from its prefix cache (not spent)
 
 
-def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe: int, solver: str,
-               options: OSSOptions, *, eval_batch_size: int | None = None, model: str = "", pair_moves: bool = True,
-               lower_order_final: bool = True) -> OSSResult:
+def oss_search(
+    teacher_t,
+    teacher,
+    denoiser,
+    noise_schedule: NoiseSchedule,
+    nfe: int,
+    solver: str,
+    options: OSSOptions,
+    *,
+    eval_batch_size: int | None = None,
+    model: str = "",
+    pair_moves: bool = True,
+    lower_order_final: bool = True,
+) -> OSSResult:
     """Optimal Stepsize Distillation on a teacher trajectory (see the module docstring).
 
     teacher_t: the teacher grid t_0 = t_max > … > t_N; teacher: states [N + 1, S, ...] (x̄_0 = noise), a list of
@@ -54,19 +66,41 @@ def oss_search(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfe:
     evaluation reports), minimised by the DP's batch-mode layers, its last layer and the refinement.
 
     Returns an ``OSSResult``: the index path, the ``Schedule`` (method "oss", extra ``distill_mse`` = the
-    batch-mean squared error per element at N on the distillation samples, ``model_evals`` = DP evaluations per sample), the cost and
-    the evaluation count; ``dp_path``/``dp_cost`` are the DP's own answer before refinement. The schedule
+    batch-mean squared error per element at N on the distillation samples, ``model_evals`` = DP evaluations per
+    sample), the cost and the evaluation count; ``dp_path``/``dp_cost`` are the DP's own answer before refinement. The
+    schedule
     starts at t[path[0]] (its t[0]); ``"start_state": "raw"`` is recorded where the winner starts unscaled.
     ``cost``/``dp_cost`` stay the MSE whatever the objective; ``objective_value`` is the objective's value.
     """
-    return oss_search_all(teacher_t, teacher, denoiser, noise_schedule, [nfe], solver, options,
-                          eval_batch_size=eval_batch_size, model=model, pair_moves=pair_moves,
-                          lower_order_final=lower_order_final)[nfe]
+    return oss_search_all(
+        teacher_t,
+        teacher,
+        denoiser,
+        noise_schedule,
+        [nfe],
+        solver,
+        options,
+        eval_batch_size=eval_batch_size,
+        model=model,
+        pair_moves=pair_moves,
+        lower_order_final=lower_order_final,
+    )[nfe]
 
 
-def oss_search_all(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, nfes, solver: str,
-                   options: OSSOptions, *, eval_batch_size: int | None = None, model: str = "",
-                   pair_moves: bool = True, lower_order_final: bool = True) -> dict[int, OSSResult]:
+def oss_search_all(
+    teacher_t,
+    teacher,
+    denoiser,
+    noise_schedule: NoiseSchedule,
+    nfes,
+    solver: str,
+    options: OSSOptions,
+    *,
+    eval_batch_size: int | None = None,
+    model: str = "",
+    pair_moves: bool = True,
+    lower_order_final: bool = True,
+) -> dict[int, OSSResult]:
     """``oss_search`` for every K of ``nfes`` with one DP (state distance; the x0 distance runs one per K) and
     one refinement memory: the same schedules as one ``oss_search`` per K, bit for bit, for fewer evaluations.
 
@@ -100,16 +134,40 @@ def oss_search_all(teacher_t, teacher, denoiser, noise_schedule: NoiseSchedule, 
     groups = [nfes] if distance == "state" else [[k] for k in nfes]
     out = {}
     for group in groups:
-        dp = _dp(t, shards, denoiser, noise_schedule, group, solver, options, calibration, eval_batch_size,
-                 lower_order_final, error)
+        dp = _dp(
+            t,
+            shards,
+            denoiser,
+            noise_schedule,
+            group,
+            solver,
+            options,
+            calibration,
+            eval_batch_size,
+            lower_order_final,
+            error,
+        )
         for k in group:
-            out[k] = _finish(t, noise_schedule, k, solver, options, error, dp, group, pair_moves, lower_order_final,
-                             calibration, model)
+            out[k] = _finish(
+                t,
+                noise_schedule,
+                k,
+                solver,
+                options,
+                error,
+                dp,
+                group,
+                pair_moves,
+                lower_order_final,
+                calibration,
+                model,
+            )
     return out
 
 
-def _dp(t, shards, denoiser, noise_schedule, nfes, solver, options, calibration, eval_batch_size, lower_order_final,
-        error):
+def _dp(
+    t, shards, denoiser, noise_schedule, nfes, solver, options, calibration, eval_batch_size, lower_order_final, error
+):
     """One DP for the K of ``nfes``: {K: (dp_path, dp_rule, dp_obj, refine rows it spent)} and its evaluations."""
     n = len(t) - 1
     starts = start_candidates(noise_schedule, t, check_start_window(options.start_window, n, nfes[0]))
@@ -123,9 +181,9 @@ def _dp(t, shards, denoiser, noise_schedule, nfes, solver, options, calibration,
             for k in nfes:
                 fin, idx = finals[k]
                 last = fin.argmin(0)
-                paths = trace_paths(decisions[:k - 1], idx[last], n)
+                paths = trace_paths(decisions[: k - 1], idx[last], n)
                 per_k[k][0].append(paths)
-                per_k[k][1].append(start_rows(decisions[:k - 1], last, paths))
+                per_k[k][1].append(start_rows(decisions[: k - 1], last, paths))
         for k in nfes:
             rows_before, runs_before = error.rows, error.runs
             window = check_start_window(options.start_window, n, k)
@@ -140,24 +198,27 @@ def _dp(t, shards, denoiser, noise_schedule, nfes, solver, options, calibration,
         if shards.single:
             (shard,) = list(shards)
             decisions, finals = dp_one_shard(engine, shard, distance, False, starts, objective, nfes)
-            finals = {k: (fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1), idx)
-                      for k, (fin, idx) in finals.items()}
+            finals = {
+                k: (fin.sum(1) if objective == "mse" else fin.clamp(min=0).sqrt().sum(1), idx)
+                for k, (fin, idx) in finals.items()
+            }
         else:
             decisions, finals = dp_batch_shards(engine, shards, distance, starts, objective, nfes)
         for k in nfes:
             fin, idx = finals[k]
             last = fin.argmin().reshape(1)
-            traced = trace_paths(decisions[:k - 1], idx[last], n)
+            traced = trace_paths(decisions[: k - 1], idx[last], n)
             dp_path = [int(v) for v in traced[0]]
-            dp_rule = starts[int(start_rows(decisions[:k - 1], last, traced)[0])].rule
+            dp_rule = starts[int(start_rows(decisions[: k - 1], last, traced)[0])].rule
             dp_obj = float(fin.min()) / (shards.total * (numel(shards.feature_shape) if objective == "mse" else 1))
             error.record(dp_path, dp_rule, **{objective: dp_obj})
             found[k] = (dp_path, dp_rule, dp_obj, 0, 0)
     return found, engine.evaluated // shards.total
 
 
-def _finish(t, noise_schedule, nfe, solver, options, error, dp, group, pair_moves, lower_order_final, calibration,
-            model) -> OSSResult:
+def _finish(
+    t, noise_schedule, nfe, solver, options, error, dp, group, pair_moves, lower_order_final, calibration, model
+) -> OSSResult:
     """K's DP answer refined (``refine_start``) and written as a schedule."""
     n = len(t) - 1
     found, dp_evals = dp
@@ -166,26 +227,53 @@ def _finish(t, noise_schedule, nfe, solver, options, error, dp, group, pair_move
     window = check_start_window(options.start_window, n, nfe)
     rules = sorted({st.rule for st in start_candidates(noise_schedule, t, window)}, key=("scaled", "raw").index)
     dp_cost = error.value(dp_path, dp_rule, "mse")
-    path, obj, rule = (refine_start(dp_path, dp_rule, error, window, rules, options.refine_radius, pair_moves)
-                       if options.refine else (dp_path, dp_obj, dp_rule))
+    path, obj, rule = (
+        refine_start(dp_path, dp_rule, error, window, rules, options.refine_radius, pair_moves)
+        if options.refine
+        else (dp_path, dp_obj, dp_rule)
+    )
     cost = error.value(path, rule, "mse")
     refine_evals = (error.rows - rows_before) // max(error.shards.total, 1)
     reused = (error.reused_rows - reuse_before) // max(error.shards.total, 1)
     sched = Schedule(
-        t[path], noise_schedule, model=model, method="oss", solver=solver,
+        t[path],
+        noise_schedule,
+        model=model,
+        method="oss",
+        solver=solver,
         extra={
-            "distill_mse": float(cost), "model_evals": int(dp_evals), "teacher_indices": list(path),
-            "teacher_steps": n, "dp_indices": list(dp_path), "dp_distill_mse": float(dp_cost),
+            "distill_mse": float(cost),
+            "model_evals": int(dp_evals),
+            "teacher_indices": list(path),
+            "teacher_steps": n,
+            "dp_indices": list(dp_path),
+            "dp_distill_mse": float(dp_cost),
             **student_spec(solver, lower_order_final).json_fields(),
-            "distance": options.distance, "mode": options.mode, "refined": bool(options.refine),
-            "calibrated": calibration is not None, "refine_model_evals": int(refine_evals),
-            "objective": options.objective, "start_window": window,
+            "distance": options.distance,
+            "mode": options.mode,
+            "refined": bool(options.refine),
+            "calibrated": calibration is not None,
+            "refine_model_evals": int(refine_evals),
+            "objective": options.objective,
+            "start_window": window,
             **({"dp_nfe": list(group)} if len(group) > 1 else {}),
             **({"refine_reused_evals": int(reused)} if reused else {}),
             **({"start_state": "raw"} if rule == "raw" else {}),
             **({"distill_l2": float(obj), "dp_distill_l2": float(dp_obj)} if options.objective == "l2" else {}),
         },
     )
-    return OSSResult(list(path), sched, float(cost), int(dp_evals), list(dp_path), float(dp_cost),
-                     int(refine_evals), int(error.runs - runs_before), rule, options.objective, float(obj),
-                     list(group), int(reused))
+    return OSSResult(
+        list(path),
+        sched,
+        float(cost),
+        int(dp_evals),
+        list(dp_path),
+        float(dp_cost),
+        int(refine_evals),
+        int(error.runs - runs_before),
+        rule,
+        options.objective,
+        float(obj),
+        list(group),
+        int(reused),
+    )

@@ -1,5 +1,6 @@
 """The teacher states a search reads: one tensor [N + 1, S, ...], a list of shards, or a zero-argument callable
 returning a fresh iterable of shards (loaded lazily), checked shard by shard."""
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ class Shards:
         for shard in self._get():
             count += 1
             if not isinstance(shard, torch.Tensor):
-                raise OptstepsError(f"teacher shard {count - 1} is a {type(shard).__name__}, not a tensor [N + 1, S, ...].")
+                raise OptstepsError(
+                    f"teacher shard {count - 1} is a {type(shard).__name__}, not a tensor [N + 1, S, ...]."
+                )
             if shard.dim() < 3 or shard.shape[0] != self.n_times or shard.shape[1] < 1:
                 raise OptstepsError(
                     f"teacher shard {count - 1} has shape {tuple(shard.shape)}, but the grid has {self.n_times} times: "

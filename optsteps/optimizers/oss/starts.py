@@ -1,5 +1,6 @@
 """Start candidates of the start window (docs/algorithms.md §3): a teacher index and a start-state rule
 (``core.schedule``: the noise scaled to σ at that time, or raw σ_{t_max} ε), one DP node each."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ def start_factor(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> flo
 def start_rule(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> str:
     """``rule``, or "scaled" where the raw state equals the scaled one (at t_max): one name per start state."""
     check_choice(rule, START_STATES, "start state")
-    if rule == "raw" and start_factor(noise_schedule, t, index, "raw") == start_factor(noise_schedule, t, index, "scaled"):
+    if rule == "raw" and start_factor(noise_schedule, t, index, "raw") == start_factor(
+        noise_schedule, t, index, "scaled"
+    ):
         return "scaled"
     return rule
 
@@ -37,8 +40,9 @@ def start_rule(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> str:
 def check_start_window(window, n: int, nfe: int) -> int:
     """The start window in teacher indices, clipped to N − K (the start must leave room for K steps)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise OptstepsError(f"start_window = {window!r}; use an integer ≥ 0 (teacher indices below t_max; 0 = start "
-                            "at t_max).")
+        raise OptstepsError(
+            f"start_window = {window!r}; use an integer ≥ 0 (teacher indices below t_max; 0 = start at t_max)."
+        )
     return min(window, n - nfe)
 
 

@@ -1,10 +1,11 @@
 """``polish_schedule``: move a schedule's interior times continuously, by gradient descent of the student's final
 error to the teacher endpoints, with early stopping on held-out samples (docs/algorithms.md §8)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -24,20 +25,23 @@ DenoiserFor = Callable[[torch.Tensor | None], Denoiser]  # a micro-batch's label
 class Split:
     """Samples of one split: unit noise ε [S, ...] (the student starts from ``initial_state(ε, schedule)``), the
     teacher's endpoints x̄_N [S, ...] from the same noise, and per-sample labels [S] or None."""
+
     noise: torch.Tensor
     target: torch.Tensor
     labels: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, split) -> "Split":
+    def of(cls, split) -> Split:
         if isinstance(split, Split):
             return split
         if not isinstance(split, (tuple, list)) or len(split) not in (2, 3):
             raise OptstepsError("a polish split is (noise [S, ...], teacher endpoints [S, ...][, labels [S]]).")
         noise, target, labels = (*split, None)[:3]
         if noise.shape != target.shape or noise.shape[0] < 1 or (labels is not None and len(labels) != len(noise)):
-            raise OptstepsError(f"polish split: noise {tuple(noise.shape)}, endpoints {tuple(target.shape)} and labels "
-                                f"must hold the same S ≥ 1 samples.")
+            raise OptstepsError(
+                f"polish split: noise {tuple(noise.shape)}, endpoints {tuple(target.shape)} and labels "
+                f"must hold the same S ≥ 1 samples."
+            )
         return cls(noise, target, labels)
 
     def __len__(self) -> int:
@@ -47,8 +51,11 @@ class Split:
         """(noise, target, labels) micro-batches of ``size`` samples (0: one batch)."""
         size = size or len(self)
         for a in range(0, len(self), size):
-            yield (self.noise[a:a + size], self.target[a:a + size],
-                   None if self.labels is None else self.labels[a:a + size])
+            yield (
+                self.noise[a : a + size],
+                self.target[a : a + size],
+                None if self.labels is None else self.labels[a : a + size],
+            )
 
 
 @dataclass
@@ -66,14 +73,27 @@ class PolishResult:
 
     def info(self) -> dict:
         """The ``polish`` record of the schedule JSON."""
-        return {"improved": self.improved, "iterations": self.iterations, "forwards": self.forwards,
-                "backwards": self.backwards, "distill_before": self.distill_before,
-                "distill_after": self.distill_after, "heldout_before": self.heldout_before,
-                "heldout_after": self.heldout_after}
+        return {
+            "improved": self.improved,
+            "iterations": self.iterations,
+            "forwards": self.forwards,
+            "backwards": self.backwards,
+            "distill_before": self.distill_before,
+            "distill_after": self.distill_after,
+            "heldout_before": self.heldout_before,
+            "heldout_after": self.heldout_after,
+        }
 
 
-def split_sum_squares(denoiser_for: DenoiserFor, schedule: Schedule, split: Split, micro_batch: int = 0,
-                      times=None, grad_checkpoint: bool = False, backward: bool = False) -> float:
+def split_sum_squares(
+    denoiser_for: DenoiserFor,
+    schedule: Schedule,
+    split: Split,
+    micro_batch: int = 0,
+    times=None,
+    grad_checkpoint: bool = False,
+    backward: bool = False,
+) -> float:
     """Σ over samples and elements of (x_K − x̄_N)², x_K the student's final state from ``initial_state(ε)``
     (``solvers.sample`` with the schedule's solver spec, at ``times`` if given). With ``backward`` the sum divided
     by ``split.target.numel()`` is back-propagated micro-batch by micro-batch (gradients accumulate in the leaves
@@ -110,8 +130,14 @@ def evaluations(schedule: Schedule, samples: int, grad: bool = False, grad_check
     return samples * (k + (k - 1 if grad_checkpoint else 0)), samples * (k - 1)
 
 
-def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedule: NoiseSchedule, distill, heldout,
-                    options: PolishOptions | None = None) -> PolishResult:
+def polish_schedule(
+    schedule: Schedule,
+    denoiser_for: DenoiserFor,
+    noise_schedule: NoiseSchedule,
+    distill,
+    heldout,
+    options: PolishOptions | None = None,
+) -> PolishResult:
     """Polish ``schedule``'s interior times (docs/algorithms.md §8): Adam on the log-gap logits θ
     (``times.times_of_logits``; t_0, t_K and the start-state rule stay), loss = MSE per element of the student's
     final state to the teacher endpoints of ``distill``, the held-out MSE on ``heldout`` measured after every step
@@ -124,7 +150,7 @@ def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedul
     if schedule.noise_schedule != noise_schedule:
         raise OptstepsError("the schedule's noise schedule differs from the model's; polish a schedule of this model.")
     if not schedule.solver:
-        raise OptstepsError("polish needs the schedule's solver (its \"solver\" field) to run the student.")
+        raise OptstepsError('polish needs the schedule\'s solver (its "solver" field) to run the student.')
     distill, heldout = Split.of(distill), Split.of(heldout)
     opt = PolishOptions() if options is None else options
     k = schedule.nfe
@@ -149,7 +175,10 @@ def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedul
         for steps in range(1, opt.iterations + 1):
             adam.zero_grad()
             times = times_of_logits(theta, t0, t_end)
-            d = split_sum_squares(denoiser_for, schedule, distill, opt.micro_batch, times, opt.checkpoint, True) / n_el_d
+            d = (
+                split_sum_squares(denoiser_for, schedule, distill, opt.micro_batch, times, opt.checkpoint, True)
+                / n_el_d
+            )
             f, b = evaluations(schedule, len(distill), True, opt.checkpoint)
             fwd, bwd = fwd + f, bwd + b
             if steps == 1:
@@ -161,8 +190,11 @@ def polish_schedule(schedule: Schedule, denoiser_for: DenoiserFor, noise_schedul
                 cand = [float(v) for v in times_of_logits(theta, t0, t_end)]
             if not all(a > b for a, b in zip(cand, cand[1:])):  # a gap underflowed: not a schedule
                 break
-            h = heldout_mse(Schedule(cand, schedule.noise_schedule, schedule.model, schedule.method, schedule.solver,
-                                     schedule.extra))
+            h = heldout_mse(
+                Schedule(
+                    cand, schedule.noise_schedule, schedule.model, schedule.method, schedule.solver, schedule.extra
+                )
+            )
             history.append(h)
             if h < best_h:
                 best_h, best_t, since_best = h, cand, 0

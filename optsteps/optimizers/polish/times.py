@@ -6,6 +6,7 @@ t_0 and t_K stay fixed; the K gaps g_k = t_k − t_{k+1} > 0 are (t_0 − t_K)·
 
 is strictly descending between the fixed ends. θ_k = log g_k is one preimage (softmax is shift-invariant).
 """
+
 from __future__ import annotations
 
 import torch

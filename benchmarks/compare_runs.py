@@ -1,7 +1,9 @@
 """Compare the outputs of two runs of the pipeline (two checkouts, each after `optsteps trajectories`,
 `optsteps stage lambda-opt`, `optsteps stage oss` and optionally `optsteps stage evaluate` for digits):
 schedules field by field (all but wall-clock timings) with their exact times, teacher shard hashes, the
-model hash and the evaluation rows.
+model hash and the evaluation rows. The search's evaluation counters (``COUNTERS``: what a saving changes, e.g.
+one DP for every K, the refinement's prefix cache) are compared apart: a run whose schedules differ only there
+is identical in its results, and the counters' totals are printed for both runs.
 
     .venv/bin/python benchmarks/compare_runs.py RUN_A RUN_B
 """
@@ -12,6 +14,11 @@ import sys
 from pathlib import Path
 
 TIMING = {"wall_time_s", "seconds_sampling", "seconds_metrics"}
+COUNTERS = {"model_evals", "refine_model_evals", "refine_reused_evals", "dp_nfe"}
+
+
+def counters(d: dict) -> dict:
+    return {k: d[k] for k in COUNTERS if k in d}
 
 
 def strip(o):
@@ -33,7 +40,8 @@ sch_b = sorted(p.relative_to(b) for p in (b / "results/schedules").rglob("*.json
 if sch_a != sch_b:
     print("schedule file lists differ:", set(sch_a) ^ set(sch_b))
     ok = False
-same_bytes = same_content = 0
+same_bytes = same_content = same_results = 0
+spent = {"a": {}, "b": {}}  # (method, solver) → {counter: per-sample evaluations} (a shared DP counted once)
 for r in sch_a:
     if r not in sch_b:
         continue
@@ -42,10 +50,28 @@ for r in sch_a:
         same_bytes += 1
     if strip(da) == strip(db) and da["t"] == db["t"]:
         same_content += 1
+    elif {k: v for k, v in strip(da).items() if k not in COUNTERS} == {
+        k: v for k, v in strip(db).items() if k not in COUNTERS
+    } and da["t"] == db["t"]:
+        same_results += 1
     else:
         ok = False
         print("DIFF", r, {k for k in set(da) | set(db) if da.get(k) != db.get(k)})
-print(f"schedules: {len(sch_a)} files; identical bytes {same_bytes}; identical but for wall_time_s {same_content}")
+    for side, d in (("a", da), ("b", db)):
+        key = (d.get("method"), d.get("solver"))
+        tot = spent[side].setdefault(key, {"dp": {}, "refine": 0})
+        tot["dp"][tuple(d.get("dp_nfe") or [d.get("nfe", len(d["t"]) - 1)])] = d.get("model_evals", 0)
+        tot["refine"] += d.get("refine_model_evals", 0)
+print(
+    f"schedules: {len(sch_a)} files; identical bytes {same_bytes}; identical but for wall_time_s {same_content}; "
+    f"identical but for wall_time_s and the evaluation counters {same_results}"
+)
+for key in sorted(spent["a"], key=str):
+    ta, tb = spent["a"][key], spent["b"].get(key, {"dp": {}, "refine": 0})
+    print(
+        f"  {key[0]} {key[1]}: DP evaluations per sample {sum(ta['dp'].values())} → {sum(tb['dp'].values())}, "
+        f"refinement {ta['refine']} → {tb['refine']}"
+    )
 for m in ("results/eval/digits.json",):
     if (a / m).is_file() and (b / m).is_file():
         ra, rb = strip(json.loads((a / m).read_text())), strip(json.loads((b / m).read_text()))

@@ -130,7 +130,8 @@ def populate(reg, artifacts: Path, n: int) -> None:
     import torch
 
     from optsteps.core.baselines import baseline
-    from optsteps.evaluate import EvaluateOptions, Evaluator, evaluate_schedule, teacher_endpoints
+    from optsteps.evaluate.options import EvaluateOptions
+    from optsteps.evaluate.run import Evaluator, evaluate_schedule, teacher_endpoints
     from optsteps.models import gmm_model, load_model, model_dir, model_record
     from optsteps.pipeline.config import TeacherConfig
 

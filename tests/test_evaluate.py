@@ -14,20 +14,17 @@ from scipy import linalg
 import optsteps.evaluate.fid as fidmod
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
-from optsteps.evaluate import (
-    EvaluateOptions,
-    Evaluator,
-    check_heldout,
+from optsteps.evaluate.fid import (
     clean_features,
     digitsnet,
-    evaluate_grid,
-    evaluate_schedule,
     fid_from_features,
     inception,
     inception_weights_path,
     kid_from_features,
     reference_features,
 )
+from optsteps.evaluate.options import EvaluateOptions
+from optsteps.evaluate.run import Evaluator, check_heldout, evaluate_grid, evaluate_schedule
 from optsteps.evaluate.adherence import (
     adherence_from_logits,
     geneval_metrics,
@@ -320,7 +317,7 @@ def test_evaluate_schedule_metrics_and_inception_count(tiny_digits, clf, tmp_pat
 
 
 def test_markdown_table_one_table_per_solver_intervals_and_significant_best_only():
-    from optsteps.evaluate import markdown_table
+    from optsteps.evaluate.run import markdown_table
 
     rows = [
         {

@@ -378,7 +378,7 @@ def test_schedule_file_runs_its_own_solver_unless_told(ws, monkeypatch, capsys):
 
     s = baseline("uniform-t", noise_schedule_for("digits"), 4, model="digits").with_meta(solver="dpmpp2m")
     (ws / "dpm.json").write_text(s.to_json())
-    import optsteps.evaluate as ev
+    import optsteps.evaluate.run as ev
 
     seen = {}
 

@@ -9,56 +9,10 @@
 - ``speedup``: the NFE at which a baseline matches an optimized schedule (log-log interpolation).
 - ``teacher_cache``: the teacher's endpoints on the evaluation seeds, cached by content hash.
 - ``run``: ``evaluate_schedule`` and ``evaluate_grid`` (teacher row first), deterministic given seeds.
-- ``plots``: matplotlib figures of a schedule against the baselines, of a metric against NFE and of the speedup
-  (not imported here).
+- ``plots``: matplotlib figures of a schedule against the baselines, of a metric against NFE and of the speedup.
+- ``options``: ``EvaluateOptions`` (params.yaml ``evaluate:``).
+
+Import from the modules (``from optsteps.evaluate.run import evaluate_schedule``): this package file imports
+nothing, so that reading the options (``pipeline.config``) does not load the evaluation code into every stage
+(the DVC stages' code deps are their import closures: tests/test_dvc_deps.py).
 """
-
-from optsteps.evaluate.adherence import class_adherence, geneval_metrics, geneval_status, in_manifold, knn_radii
-from optsteps.evaluate.fid import (
-    FEATURE_NETS,
-    FeatureNet,
-    clean_features,
-    digitsnet,
-    feature_net,
-    fid_from_features,
-    inception,
-    inception_weights_path,
-    kid_from_features,
-    reference_features,
-)
-from optsteps.evaluate.options import EvaluateOptions
-from optsteps.evaluate.run import (
-    Evaluator,
-    check_heldout,
-    evaluate_grid,
-    evaluate_schedule,
-    markdown_table,
-    metric_columns,
-    teacher_endpoints,
-)
-
-__all__ = [
-    "FEATURE_NETS",
-    "FeatureNet",
-    "clean_features",
-    "digitsnet",
-    "feature_net",
-    "fid_from_features",
-    "inception",
-    "inception_weights_path",
-    "kid_from_features",
-    "reference_features",
-    "class_adherence",
-    "geneval_metrics",
-    "geneval_status",
-    "in_manifold",
-    "knn_radii",
-    "Evaluator",
-    "EvaluateOptions",
-    "check_heldout",
-    "evaluate_grid",
-    "evaluate_schedule",
-    "markdown_table",
-    "metric_columns",
-    "teacher_endpoints",
-]

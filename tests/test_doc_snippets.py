@@ -66,6 +66,8 @@ EXCLUDED = {
     ("README.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
     ("README.md", "optsteps registry list --model digits --nfe 5"): REGISTRY,
     ("docs/cli.md", "optsteps train --model digits"): TRAINED,
+    ("docs/costs.md", "python benchmarks/cost_quality.py"): "a benchmark of minutes to hours on trained models "
+    "(its numbers are in the page with the command that produced them)",
     ("docs/cli.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
     (
         "docs/cli.md",
@@ -85,7 +87,7 @@ EXCLUDED = {
         "dvc remote add -d local",
     ): "commits to the user's repository and pushes the pipeline's outputs",
     ("docs/evaluation.md", ".venv/bin/mlflow ui"): SERVER,
-    ("docs/evaluation.md", "import mlflow"): REGISTRY + " (test_registry.py: the same load_model/predict calls)",
+    ("docs/evaluation.md", "import tempfile, mlflow"): REGISTRY + " (test_registry.py: the same load_model/predict calls)",
     ("docs/models.md", "optsteps apply --pipeline path/to/pipeline"): PIPELINE,
     (
         "docs/models.md",

@@ -289,3 +289,14 @@ def test_reported_intervals_stay_in_the_metrics_range():
     assert bs.metric_interval("adherence_digitsnet", 0.99, 0.99 + 0.02 * g.normal(size=200))[1] <= 1.0
     p = 30 + g.normal(size=50)
     assert bs.metric_interval("psnr_to_teacher", 30.0, p) == bs.centred_interval(30.0, p)  # unbounded: unchanged
+
+
+def test_a_kid_resample_of_one_distinct_pair_is_undefined_and_left_out_of_the_interval():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    idx = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [1, 1, 2, 3]])
+    r = bs.paired_kid_resamples(x, y, idx)
+    assert np.isnan(r[0]) and np.isfinite(r[1:]).all()  # row 0 drew pair 0 four times: no i ≠ j
+    lo, hi = bs.metric_interval("kid_teacher_inception", float(r[1]), r)
+    assert np.isfinite([lo, hi]).all() and 0.0 <= lo <= hi
+    assert all(np.isnan(bs.metric_interval("kid_teacher_inception", 0.0, [np.nan, np.nan])))

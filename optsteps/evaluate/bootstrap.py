@@ -96,7 +96,11 @@ def metric_interval(metric: str, point: float, resampled, level: float = CI_LEVE
     replacement inflates a resampled FID, on 40 paired digits by +5 to +38 over a point value of 35: it missed the
     point itself; the centring removes that offset.)"""
     # [max(a, lo), min(b, hi)] ∩ [a, b] for the centred [lo, hi] and the range [a, b]
-    lo, hi = centred_interval(point, resampled, level)
+    r = np.asarray(resampled, dtype=np.float64)
+    r = r[np.isfinite(r)]  # resamples where the statistic is undefined (a KID resample of one distinct pair)
+    if len(r) == 0:
+        return float("nan"), float("nan")
+    lo, hi = centred_interval(point, r, level)
     a, b = metric_range(metric)
     return float(min(max(lo, a), b)), float(min(max(hi, a), b))
 
@@ -248,7 +252,8 @@ def paired_kid_resamples(feats, ref_feats, idx: np.ndarray) -> np.ndarray:
     w = counts(idx, len(x))
     num = np.einsum("bi,bi->b", w @ h, w) - (w * w) @ np.diag(h)
     den = w.sum(1) ** 2 - (w * w).sum(1)
-    return num / den
+    # a resample that drew one pair every time has no i ≠ j: MMD² is undefined there (NaN, left out of intervals)
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
 def paired_kid(feats, ref_feats) -> float:

@@ -8,8 +8,9 @@ measured in one run.
 The teacher (params.yaml ``teacher``: UniPC on 100 uniform-λ steps) runs here on S + H fresh seeded samples: the
 first S distil (OSS, polish), the next H are held out (every number printed), the last V (``--validation``) pick the
 polish iterate and are never scored; the oracle runs on the first ``--oracle`` held-out samples. "polish gain":
-held-out L2 after / before polish with its paired interval. Ratios: L2 / the best baseline's L2 at the same K (paired intervals from
-``optsteps.evaluate.bootstrap``); polish cost in forwards and backwards per distillation sample and step.
+held-out L2 after / before polish with its paired interval. Ratios: L2 / the best baseline's L2 at the same K
+(paired intervals from ``optsteps.evaluate.bootstrap``); polish cost in forwards per sample of S + V and
+backwards per distillation sample.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ def main():
                     )
                 for label, (it, f, b, hb, ha) in cost.items():
                     v0, v1 = rows[label], rows[f"{label}+polish"]  # polish gain: paired after / before, same samples
-                    d, (lo, hi) = paired_difference(v1.mean(), resample_means(v1, idx), v0.mean(), resample_means(v0, idx))
+                    d, (lo, hi) = paired_difference(
+                        v1.mean(), resample_means(v1, idx), v0.mean(), resample_means(v0, idx)
+                    )
                     print(
                         f"    polish gain on {label}: held-out L2 {v0.mean():.4f} → {v1.mean():.4f}, ratio "
                         f"{v1.mean() / v0.mean():.3f} [{1 + lo / v0.mean():.3f}, {1 + hi / v0.mean():.3f}]"

@@ -71,16 +71,16 @@ def main():
     torch.set_num_threads(1)
     p = load_params()
     popt = p.polish if a.iterations is None else PolishOptions(**{**p.polish.__dict__, "iterations": a.iterations})
-    s, h, v = a.samples, a.heldout, a.validation
+    s, h, nv = a.samples, a.heldout, a.validation
     oss_opt = replace(p.oss, start_window=0)  # today's OSS: the student starts at t_max
-    print(f"S = {s} distillation, V = {v} validation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
+    print(f"S = {s} distillation, V = {nv} validation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
     for name in a.models.split(","):
         m = load_model(name, a.artifacts)
         g = p.teacher.guidance
-        t, states, eps, labels = teacher_run(m, p.teacher, s + v + h, p.teacher.seed)
+        t, states, eps, labels = teacher_run(m, p.teacher, s + nv + h, p.teacher.seed)
         lab = lambda lo, hi: None if labels is None else labels[lo:hi]
         dist, held = (eps[:s], states[-1, :s], lab(0, s)), (eps[s : s + h], states[-1, s : s + h], lab(s, s + h))
-        val = (eps[s + h :], states[-1, s + h :], lab(s + h, s + h + v))  # picks the polish iterate; never scored
+        val = (eps[s + h :], states[-1, s + h :], lab(s + h, s + h + nv))  # picks the polish iterate; never scored
         idx = resample_indices(h, a.bootstrap, 0)
         den_d = LabelledDenoiser(m, lab(0, s), g)
         for solver in a.solvers.split(","):
@@ -110,7 +110,7 @@ def main():
                     rows[f"{label}+polish"] = l2(m, pr.schedule, *held, g)
                     cost[label] = (
                         pr.iterations,
-                        float(pr.forwards) / (s + v),
+                        float(pr.forwards) / (s + nv),
                         float(pr.backwards) / s,
                         float(pr.heldout_before),
                         float(pr.heldout_after),

@@ -103,17 +103,18 @@ def main(argv=None):
                         states, labels = tr["states"][:, :s], tr["labels"][:s]
                         den = m.denoiser(labels if m.num_classes else None, q.teacher.guidance)
                         for mode in a.refine:
-                            opts = REFINE[mode] or dict(refine=q.oss.refine, refine_radius=q.oss.refine_radius)
+                            opts = dict(REFINE[mode] or dict(refine=q.oss.refine, refine_radius=q.oss.refine_radius))
+                            pair_moves = opts.pop("pair_moves", True)
                             res = oss_search(
                                 tr["t"],
                                 states,
                                 den,
                                 m.noise_schedule,
                                 k,
-                                solver=solver,
+                                solver,
+                                replace(q.oss, **opts),
                                 eval_batch_size=s,
-                                objective=q.oss.objective,
-                                **opts,
+                                pair_moves=pair_moves,
                             )
                             x = generate(
                                 m,

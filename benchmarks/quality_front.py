@@ -6,15 +6,18 @@ measured in one run.
     PYTHONPATH=. python benchmarks/quality_front.py --models digits --nfe 5,8 --solvers unipc --samples 64
 
 The teacher (params.yaml ``teacher``: UniPC on 100 uniform-λ steps) runs here on S + H fresh seeded samples: the
-first S distil (OSS, polish), the next H are held out (every number printed); the oracle runs on the first
-``--oracle`` held-out samples. Ratios: L2 / the best baseline's L2 at the same K (paired intervals from
-``optsteps.evaluate.bootstrap``); polish cost in forwards and backwards per distillation sample and step.
+first S distil (OSS, polish), the next H are held out (every number printed), the last V (``--validation``) pick the
+polish iterate and are never scored; the oracle runs on the first ``--oracle`` held-out samples. "polish gain":
+held-out L2 after / before polish with its paired interval. Ratios: L2 / the best baseline's L2 at the same K
+(paired intervals from ``optsteps.evaluate.bootstrap``); polish cost in forwards per sample of S + V and
+backwards per distillation sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.optimizers.oss import oss_search, student_spec
 from optsteps.optimizers.polish import PolishOptions, Split, polish_schedule
 from optsteps.pipeline.config import load_params
-from optsteps.pipeline.stages import LabelledDenoiser
+from optsteps.teacher.load import LabelledDenoiser
 
 BASELINES = ("uniform-t", "uniform-lambda", "karras", "time-quadratic")
 
@@ -57,6 +60,9 @@ def main():
     ap.add_argument("--solvers", default="unipc,dpmpp2m")
     ap.add_argument("--samples", type=int, default=64, help="distillation samples S")
     ap.add_argument("--heldout", type=int, default=64, help="held-out samples H")
+    ap.add_argument(
+        "--validation", type=int, default=32, help="samples V that choose the polish iterate (neither S nor H)"
+    )
     ap.add_argument("--oracle", type=int, default=8, help="held-out samples for the per-sample oracle (0 = off)")
     ap.add_argument("--iterations", type=int, default=None, help="polish steps (default params.yaml polish)")
     ap.add_argument("--artifacts", default="artifacts")
@@ -65,14 +71,16 @@ def main():
     torch.set_num_threads(1)
     p = load_params()
     popt = p.polish if a.iterations is None else PolishOptions(**{**p.polish.__dict__, "iterations": a.iterations})
-    s, h = a.samples, a.heldout
-    print(f"S = {s} distillation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
+    s, h, nv = a.samples, a.heldout, a.validation
+    oss_opt = replace(p.oss, start_window=0)  # today's OSS: the student starts at t_max
+    print(f"S = {s} distillation, V = {nv} validation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
     for name in a.models.split(","):
         m = load_model(name, a.artifacts)
         g = p.teacher.guidance
-        t, states, eps, labels = teacher_run(m, p.teacher, s + h, p.teacher.seed)
+        t, states, eps, labels = teacher_run(m, p.teacher, s + nv + h, p.teacher.seed)
         lab = lambda lo, hi: None if labels is None else labels[lo:hi]
-        dist, held = (eps[:s], states[-1, :s], lab(0, s)), (eps[s:], states[-1, s:], lab(s, s + h))
+        dist, held = (eps[:s], states[-1, :s], lab(0, s)), (eps[s : s + h], states[-1, s : s + h], lab(s, s + h))
+        val = (eps[s + h :], states[-1, s + h :], lab(s + h, s + h + nv))  # picks the polish iterate; never scored
         idx = resample_indices(h, a.bootstrap, 0)
         den_d = LabelledDenoiser(m, lab(0, s), g)
         for solver in a.solvers.split(","):
@@ -87,27 +95,25 @@ def main():
                     rows[kind] = l2(m, baseline(kind, m.noise_schedule, k).with_solver(spec), *held, g)
                 best = min(BASELINES, key=lambda r: rows[r].mean())
                 t0 = time.perf_counter()
-                res = oss_search(
-                    t, states[:, :s], den_d, m.noise_schedule, k, solver=solver, start_window=0, eval_batch_size=s
-                )
+                res = oss_search(t, states[:, :s], den_d, m.noise_schedule, k, solver, oss_opt, eval_batch_size=s)
                 rows["oss"] = l2(m, res.schedule, *held, g)
                 cost = {}
                 for label, start in (
                     ("oss", res.schedule),
-                    ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, p=p.lambda_opt.p, solver=spec)),
+                    ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, spec, p.lambda_opt)),
                 ):
                     if label == "lambda-opt":
                         rows["lambda-opt"] = l2(m, start, *held, g)
                     pr = polish_schedule(
-                        start, lambda lb: LabelledDenoiser(m, lb, g), m.noise_schedule, Split(*dist), Split(*held), popt
+                        start, lambda lb: LabelledDenoiser(m, lb, g), m.noise_schedule, Split(*dist), Split(*val), popt
                     )
                     rows[f"{label}+polish"] = l2(m, pr.schedule, *held, g)
                     cost[label] = (
                         pr.iterations,
-                        pr.forwards / (s + h),
-                        pr.backwards / s,
-                        pr.heldout_before,
-                        pr.heldout_after,
+                        float(pr.forwards) / (s + nv),
+                        float(pr.backwards) / s,
+                        float(pr.heldout_before),
+                        float(pr.heldout_after),
                     )
                 if a.oracle:  # each sample's own best DP path (batch DP on that one sample, refined)
                     own = [
@@ -119,7 +125,8 @@ def main():
                                 LabelledDenoiser(m, lab(s + i, s + i + 1), g),
                                 m.noise_schedule,
                                 k,
-                                solver=solver,
+                                solver,
+                                oss_opt,
                             ).schedule,
                             eps[s + i : s + i + 1],
                             states[-1, s + i : s + i + 1],
@@ -144,9 +151,17 @@ def main():
                         f"[{1 + lo / ref.mean():.3f}, {1 + hi / ref.mean():.3f}]"
                     )
                 for label, (it, f, b, hb, ha) in cost.items():
+                    v0, v1 = rows[label], rows[f"{label}+polish"]  # polish gain: paired after / before, same samples
+                    d, (lo, hi) = paired_difference(
+                        v1.mean(), resample_means(v1, idx), v0.mean(), resample_means(v0, idx)
+                    )
                     print(
-                        f"    polish of {label}: {it} steps, held-out MSE {hb:.5f} → {ha:.5f} "
-                        f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + H), "
+                        f"    polish gain on {label}: held-out L2 {v0.mean():.4f} → {v1.mean():.4f}, ratio "
+                        f"{v1.mean() / v0.mean():.3f} [{1 + lo / v0.mean():.3f}, {1 + hi / v0.mean():.3f}]"
+                    )
+                    print(
+                        f"    polish of {label}: {it} steps, validation MSE {hb:.5f} → {ha:.5f} "
+                        f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + V), "
                         f"{b:.0f} backwards per distillation sample"
                     )
 

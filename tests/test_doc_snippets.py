@@ -55,6 +55,7 @@ COMMANDS = {
 TRAINED = "needs the trained digits model (minutes of training); the same commands run in tests/test_pipeline_e2e.py"
 REGISTRY = "needs a registry with a registered champion; tests/test_registry.py and test_pipeline_e2e.py cover these"
 SERVER = "a long-running server; tests/test_infra.py starts a real mlflow server"
+BENCHMARK = "a benchmark of minutes to hours on trained models (its numbers are in the page, with this command)"
 PIPELINE = "needs a real diffusers pipeline at that path; apply runs on tiny pipelines in tests/test_pipelines.py"
 
 # (page, start of the snippet's first line) -> why it is not run here; each entry must match exactly one snippet
@@ -66,8 +67,9 @@ EXCLUDED = {
     ("README.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
     ("README.md", "optsteps registry list --model digits --nfe 5"): REGISTRY,
     ("docs/cli.md", "optsteps train --model digits"): TRAINED,
-    ("docs/costs.md", "python benchmarks/cost_quality.py"): "a benchmark of minutes to hours on trained models "
-    "(its numbers are in the page with the command that produced them)",
+    ("docs/costs.md", "python benchmarks/cost_quality.py"): BENCHMARK,
+    ("docs/costs.md", "PYTHONPATH=. timeout 720 python benchmarks/cost_quality.py"): BENCHMARK,
+    ("docs/algorithms.md", "PYTHONPATH=. timeout 720 python benchmarks/quality_front.py"): BENCHMARK,
     ("docs/cli.md", "optsteps apply --pipeline /models/sd-v1-5"): PIPELINE,
     (
         "docs/cli.md",
@@ -87,7 +89,8 @@ EXCLUDED = {
         "dvc remote add -d local",
     ): "commits to the user's repository and pushes the pipeline's outputs",
     ("docs/evaluation.md", ".venv/bin/mlflow ui"): SERVER,
-    ("docs/evaluation.md", "import tempfile, mlflow"): REGISTRY + " (test_registry.py: the same load_model/predict calls)",
+    ("docs/evaluation.md", "import tempfile, mlflow"): REGISTRY
+    + " (test_registry.py: the same load_model/predict calls)",
     ("docs/models.md", "optsteps apply --pipeline path/to/pipeline"): PIPELINE,
     (
         "docs/models.md",

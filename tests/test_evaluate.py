@@ -14,6 +14,14 @@ from scipy import linalg
 import optsteps.evaluate.fid as fidmod
 from optsteps.core.baselines import baseline
 from optsteps.errors import OptstepsError
+from optsteps.evaluate.adherence import (
+    adherence_from_logits,
+    geneval_metrics,
+    geneval_status,
+    geneval_summary,
+    in_manifold,
+    knn_radii,
+)
 from optsteps.evaluate.fid import (
     clean_features,
     digitsnet,
@@ -25,14 +33,6 @@ from optsteps.evaluate.fid import (
 )
 from optsteps.evaluate.options import EvaluateOptions
 from optsteps.evaluate.run import Evaluator, check_heldout, evaluate_grid, evaluate_schedule
-from optsteps.evaluate.adherence import (
-    adherence_from_logits,
-    geneval_metrics,
-    geneval_status,
-    geneval_summary,
-    in_manifold,
-    knn_radii,
-)
 from optsteps.models import load_model
 from optsteps.models.classifier import load_classifier, train_classifier
 from optsteps.models.digits import train_digits

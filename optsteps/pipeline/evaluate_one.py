@@ -67,8 +67,7 @@ def evaluate_one(
     ``stages.champion_metric``); ``geneval_prompts``: GenEval on images of the pipeline ``model``."""
     import torch
 
-    from optsteps.evaluate.run import evaluate_schedule, teacher_endpoints
-    from optsteps.evaluate.run import check_heldout
+    from optsteps.evaluate.run import check_heldout, evaluate_schedule, teacher_endpoints
     from optsteps.models import load_model
     from optsteps.pipeline.config import override
     from optsteps.pipeline.stages import champion_metric, evaluator_for

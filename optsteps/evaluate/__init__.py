@@ -10,7 +10,8 @@
 - ``teacher_cache``: the teacher's endpoints on the evaluation seeds, cached by content hash.
 - ``run``: ``evaluate_schedule`` and ``evaluate_grid`` (teacher row first), deterministic given seeds.
 - ``plots``: matplotlib figures of a schedule against the baselines, of a metric against NFE and of the speedup.
-- ``options``: ``EvaluateOptions`` (params.yaml ``evaluate:``).
+- ``options``: ``EvaluateOptions`` (params.yaml ``evaluate:``); ``metric_names``: the metrics the evaluation
+  reports (what ``mlflow.metric`` may name).
 
 Import from the modules (``from optsteps.evaluate.run import evaluate_schedule``): this package file imports
 nothing, so that reading the options (``pipeline.config``) does not load the evaluation code into every stage

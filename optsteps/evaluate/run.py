@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from optsteps.core.baselines import BASELINES
-from optsteps.core.metric_names import METRICS
 from optsteps.core.schedule import Schedule, check_noise_schedule
 from optsteps.core.solver_spec import SolverSpec
 from optsteps.errors import OptstepsError
@@ -52,6 +51,7 @@ from optsteps.evaluate.fid import (
     reference_features,
     reference_key,
 )
+from optsteps.evaluate.metric_names import METRICS
 from optsteps.evaluate.options import EvaluateOptions
 from optsteps.models.base import DiffusionModel
 

@@ -52,7 +52,7 @@ class TrajectoriesConfig:
 
 
 def _metric_rule(name) -> str | None:
-    from optsteps.core.metric_names import METRICS
+    from optsteps.evaluate.metric_names import METRICS
 
     if name in METRICS or str(name).startswith("geneval_"):
         return None

@@ -107,7 +107,7 @@ def test_flux_dev(folders, tmp_path):
     assert model.decode(torch.zeros(2, *model.sample_shape)).shape == (2, 3, 16, 16)
 
     # FlowMatchEuler (sigmas=, shift 1, no dynamic shift) = optsteps' DDIM; the transformer sees the times verbatim
-    theirs, ours, info, seen = _parity(model, pipe, oss, 1, 3, "ddim", GUIDANCE)
+    theirs, ours, info, seen = _parity(model, pipe, oss, 1, 3, "ddim", GUIDANCE, scheduler="flowmatch")
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler" and info["model_calls"] == oss.nfe
     assert theirs.shape == (1, 4, 8, 8) and torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (
         (theirs - ours).abs().max()
@@ -118,7 +118,7 @@ def test_flux_dev(folders, tmp_path):
     lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     assert lam98.t[1] * 1000 % 1 > 1e-3
     for sched in (lam, lam98):
-        theirs, ours, info, seen = _parity(model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE)
+        theirs, ours, info, seen = _parity(model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE, scheduler="unipc")
         assert info["scheduler"] == "UniPCMultistepScheduler" and info["model_calls"] == sched.nfe
         assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
         assert seen == pytest.approx(_moved(sched).t[:-1], abs=1e-6)
@@ -134,7 +134,7 @@ def test_flux_dev(folders, tmp_path):
     assert pipe.scheduler.config.use_dynamic_shifting
     s, kwargs = configure(pipe.scheduler, oss)
     assert s.sigmas.double().tolist() == pytest.approx(oss.t, abs=1e-6) and kwargs["sigmas"] == list(oss.t[:-1])
-    exp = diffusers_export(lam)
+    exp = diffusers_export(lam, "UniPCMultistepScheduler")  # the stock scheduler, on request
     assert exp["scheduler"] == "UniPCMultistepScheduler" and exp["set_timesteps"]["sigmas"] == list(lam.t[:-1])
     assert exp["config"] == {"use_flow_sigmas": True, "flow_shift": 1.0, "use_dynamic_shifting": False}
 
@@ -194,8 +194,11 @@ def test_flux_schnell(folders, tmp_path):
     pipe(PROMPTS[0], height=16, width=16, num_inference_steps=4, max_sequence_length=MSL, output_type="latent")
     assert pipe.scheduler.sigmas.double().tolist() == pytest.approx(baseline_for("flow-shift", model, 4).t, abs=1e-6)
     oss, lam, _ = distill(model, tmp_path / "traj", 1.0)
-    for sched, solver in ((oss, "ddim"), (_moved(lam), "unipc")):
-        theirs, ours, info, seen = _parity(model, pipe, sched, 1, 4, solver, 0.0)
+    # stock FlowMatchEuler = DDIM and stock UniPC = UniPC; the default OptstepsScheduler = the measured dpmpp2m
+    runs = ((oss, "ddim", "flowmatch"), (_moved(lam), "unipc", "unipc"), (lam, "dpmpp2m", "auto"))
+    for sched, solver, scheduler in runs:
+        theirs, ours, info, seen = _parity(model, pipe, sched, 1, 4, solver, 0.0, scheduler=scheduler)
+        assert (info["scheduler"] == "OptstepsScheduler") == (scheduler == "auto")
         assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
         assert seen == pytest.approx(sched.t[:-1], abs=1e-6) and info["model_calls"] == sched.nfe
     x, t = model.noise(1, 0), torch.tensor(0.4, dtype=torch.float64)
@@ -254,7 +257,7 @@ def test_wan(folders, tmp_path):
 
     # FlowMatchEuler pinned (WanPipeline takes no sigmas=) = DDIM; UniPC with float timesteps = UniPC; the
     # transformer sees 1000 t verbatim; CFG as the pipeline does it (cond and uncond: two calls a step)
-    theirs, ours, info, seen = _parity(model, pipe, oss, 1, 3, "ddim", GUIDANCE, num_frames=5)
+    theirs, ours, info, seen = _parity(model, pipe, oss, 1, 3, "ddim", GUIDANCE, num_frames=5, scheduler="flowmatch")
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler" and info["model_calls"] == 2 * oss.nfe
     assert theirs.shape == (1, 4, 3, 8, 8) and torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (
         (theirs - ours).abs().max()
@@ -262,7 +265,9 @@ def test_wan(folders, tmp_path):
     assert seen[::2] == pytest.approx([1000 * v for v in oss.t[:-1]], abs=1e-3)
     lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     for sched in (lam, lam98):
-        theirs, ours, info, seen = _parity(model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE, num_frames=5)
+        theirs, ours, info, seen = _parity(
+            model, pipe, _moved(sched), 2, 5, "unipc", GUIDANCE, num_frames=5, scheduler="unipc"
+        )
         assert info["scheduler"] == "UniPCMultistepScheduler" and info["num_frames"] == 5
         assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
         assert seen[::2] == pytest.approx([1000 * v for v in _moved(sched).t[:-1]], abs=1e-3)
@@ -274,7 +279,8 @@ def test_wan(folders, tmp_path):
     fs = baseline("flow-shift", model.noise_schedule, 4, **model.baseline_options()["flow-shift"]).with_meta(
         solver="unipc"
     )
-    theirs, ours, info, _ = _parity(model, pipe, _moved(fs), 0, 2, "unipc", GUIDANCE, num_frames=5)
+    theirs, ours, info, _ = _parity(model, pipe, _moved(fs), 0, 2, "unipc", GUIDANCE, num_frames=5, scheduler="unipc")
+    assert info["scheduler"] == "UniPCMultistepScheduler" == type(pipe.scheduler).__name__
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
 
     info = apply_schedule(
@@ -339,6 +345,14 @@ def test_wan_refusals_and_flowmatch_scheduler_grid(folders):
         load_pipeline_model(folders["wan"], prompts=PROMPTS, device="cpu", height=16, width=16, num_frames=4)
     with pytest.raises(OptstepsError, match="multiple of 4×4"):
         load_pipeline_model(folders["wan"], prompts=PROMPTS, device="cpu", height=18, width=16, num_frames=5)
+    # `optsteps apply`'s early checks apply the same rule, from the config files (a (t, h, w) patch size)
+    from optsteps.cli.checks import check_pipeline_call
+
+    check_pipeline_call(folders["wan"], 16, 16, 5)
+    with pytest.raises(OptstepsError, match="multiple of 4×4"):
+        check_pipeline_call(folders["wan"], 18, 16, None)
+    with pytest.raises(OptstepsError, match="frames − 1 must be a multiple"):
+        check_pipeline_call(folders["wan"], None, None, 4)
     for cls, kw in (
         (FlowMatchEulerDiscreteScheduler, {"shift": 5.0}),
         (UniPCMultistepScheduler, {"flow_shift": 5.0, "use_flow_sigmas": True, "prediction_type": "flow_prediction"}),

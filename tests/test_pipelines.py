@@ -49,9 +49,16 @@ def test_pixel_ddpm(folders, tmp_path):
     oss, lam, labels = distill(model, tmp_path / "traj", 1.0)
     assert labels is None
     for sched in (oss, lam):
+        # the default: OptstepsScheduler, the schedule's own solver at its exact (unsnapped) times
         info = apply_schedule(folders["ddpm"], sched, out_png=tmp_path / f"{sched.method}.png", seed=1)
         assert info["size"] == [8, 8] and (tmp_path / f"{sched.method}.png").is_file()
-        assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"]  # DDPMPipeline has no timesteps=
+        assert info["scheduler"] == "OptstepsScheduler" and "changes" not in info
+        assert info["solver"] == sched.solver_spec.name and info["model_calls"] == sched.nfe
+        exact = model.noise_schedule.timestep(sched.timesteps_t[:-1]).float().double().tolist()
+        assert info["timesteps"] == pytest.approx(exact, abs=1e-4) and info["timesteps"][0] == 999
+        # stock DPM-Solver++ on request: pinned (DDPMPipeline has no timesteps=), snapped, and it says what changes
+        info = apply_schedule(folders["ddpm"], sched, out_png=tmp_path / "stock.png", seed=1, scheduler="dpmsolver")
+        assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["pinned"] and "changes" in info
         assert info["model_calls"] == sched.nfe and info["timesteps"][0] == 999
     # the pipeline's own DDPMScheduler takes integer timesteps=; the exported first step is the schedule's
     from optsteps.integrations.diffusers.export import snap_to_training_timesteps
@@ -92,19 +99,23 @@ def test_stable_diffusion(folders, tmp_path):
             folders["sd"], sched, PROMPTS[1], tmp_path / f"{sched.method}.png", seed=3, guidance=GUIDANCE
         )
         assert info["size"] == [16, 16] and info["model_calls"] == sched.nfe
-        assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["timesteps"][0] == 999
+        assert info["scheduler"] == "OptstepsScheduler" and info["timesteps"][0] == 999  # the default, exact times
+        exact = model.noise_schedule.timestep(sched.timesteps_t[:-1]).float().double().tolist()
+        assert info["timesteps"] == pytest.approx(exact, abs=1e-4)
     assert info["solver_order"] == 2  # the λ-opt schedule was made for DPM-Solver++(2M)
 
-    # the pipeline reproduces optsteps' own sampler on the same seeded noise, prompt and guidance
+    # stock DPM-Solver++ (snapped integer timesteps) reproduces optsteps' own sampler on the snapped schedule, on the
+    # same seeded noise, prompt and guidance
     pipe = model.pipeline
     snapped, _ = snap_to_training_timesteps(oss)
     x = model.initial_state(model.noise(1, 3, 0), snapped.t[0])
     ours = sample(model.denoiser(torch.tensor([1]), GUIDANCE), x, snapped, "ddim")
-    theirs, info = generate(pipe, oss, PROMPTS[1], seed=3, guidance=GUIDANCE, output_type="latent")
-    assert info["solver_order"] == 1
+    kw = dict(seed=3, guidance=GUIDANCE, scheduler="dpmsolver", output_type="latent")
+    theirs, info = generate(pipe, oss, PROMPTS[1], **kw)
+    assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["solver_order"] == 1
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
     ours2 = sample(model.denoiser(torch.tensor([1]), GUIDANCE), x, snap_to_training_timesteps(lam)[0], "dpmpp2m")
-    theirs2, _ = generate(pipe, lam, PROMPTS[1], seed=3, guidance=GUIDANCE, output_type="latent")
+    theirs2, _ = generate(pipe, lam, PROMPTS[1], **kw)
     assert torch.allclose(theirs2, ours2, atol=1e-4, rtol=1e-4), (theirs2 - ours2).abs().max()
 
     # Euler with exact sigmas (no snapping): the first σ is the schedule's, and the sampler agrees with DDIM
@@ -145,19 +156,21 @@ def test_stable_diffusion_3(folders, tmp_path):
     assert float(s.sigmas[0]) == pytest.approx(oss.t[0]) and float(s.timesteps[0]) == pytest.approx(1000 * oss.t[0])
     assert torch.allclose(s.sigmas[:-1].double(), torch.tensor(oss.t[:-1], dtype=torch.float64), atol=1e-6)
 
-    for sched in (oss, lam, shifted.with_meta(solver="ddim")):
+    for sched in (oss, lam, shifted.with_meta(solver="ddim")):  # the default: OptstepsScheduler at the exact times
         info = apply_schedule(folders["sd3"], sched, PROMPTS[2], tmp_path / "img.png", seed=2, guidance=GUIDANCE)
         assert info["size"] == [16, 16] and info["model_calls"] == sched.nfe
-        assert info["sigmas"][0] == pytest.approx(sched.t[0], abs=2e-6)  # UniPC starts at 1 − 1e-6
-    assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+        assert info["scheduler"] == "OptstepsScheduler" and info["solver"] == sched.solver_spec.name
+        assert info["sigmas"] == pytest.approx(list(sched.t), abs=1e-6)
+        assert info["timesteps"] == pytest.approx([1000 * v for v in sched.t[:-1]], abs=1e-3)
 
     # Euler on the velocity = optsteps' DDIM, and UniPC(flow sigmas) = optsteps' UniPC of the same order
     x = model.initial_state(model.noise(1, 5, 0), oss.t[0])
     den = model.denoiser(torch.tensor([2]), GUIDANCE)
     kw = dict(seed=5, guidance=GUIDANCE, output_type="latent", max_sequence_length=8)
-    theirs, info = generate(pipe, oss, PROMPTS[2], **kw)
+    theirs, info = generate(pipe, oss, PROMPTS[2], scheduler="flowmatch", **kw)
+    assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler"
     assert torch.allclose(theirs, sample(den, x, oss, "ddim"), atol=1e-4, rtol=1e-4)
-    theirs, info = generate(pipe, lam, PROMPTS[2], **kw)
+    theirs, info = generate(pipe, lam, PROMPTS[2], scheduler="unipc", **kw)
     assert info["scheduler"] == "UniPCMultistepScheduler" and info["model_calls"] == lam.nfe
     # diffusers' UniPC moves a flow start σ = 1 to 1 − 1e-6 (finite λ, so its second step is already order 2,
     # where optsteps drops to order 1 at λ = −∞): the same schedule started at 1 − 1e-6 is what it runs
@@ -170,13 +183,15 @@ def test_stable_diffusion_3(folders, tmp_path):
     lam98 = lambda_opt_schedule(model.noise_schedule, 3, "dpmpp2m", LambdaOptOptions(t_start=0.98))
     assert lam98.t[1] * 1000 % 1 > 1e-3  # the schedule does sit between integer timesteps
     x98 = model.initial_state(model.noise(1, 5, 0), 0.98)
-    theirs, info = generate(pipe, lam98, PROMPTS[2], **kw)
-    assert info["timesteps"] == pytest.approx([1000 * v for v in lam98.t[:-1]], abs=1e-3)
+    theirs, info = generate(pipe, lam98, PROMPTS[2], scheduler="unipc", **kw)
+    assert info["scheduler"] == "UniPCMultistepScheduler" and info["timesteps"] == pytest.approx(
+        [1000 * v for v in lam98.t[:-1]], abs=1e-3
+    )
     ours = sample(den, x98, lam98, "unipc", order=info["solver_order"])
     assert torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4), (theirs - ours).abs().max()
     # the root cause, shown: stock UniPC = optsteps' UniPC with the network fed ⌊1000 t⌋ (not a precision issue:
     # diffusers' float32 coefficients agree with optsteps' float64 ones to ~1e-6 here)
-    plan = plan_scheduler(pipe, lam98)
+    plan = plan_scheduler(pipe, lam98, "unipc")
     stock = UniPCMultistepScheduler.from_config(plan.scheduler.config)
     stock.set_timesteps(**plan.kwargs)
     assert stock.timesteps.dtype == torch.int64 and stock.timesteps.tolist() == [int(1000 * v) for v in lam98.t[:-1]]
@@ -392,8 +407,12 @@ def test_refusal_message_names_problem_and_fix(folders, tmp_path):
     flow_short = baseline("uniform-t", pipeline_noise_schedule(folders["sd3"]), 2)
     from optsteps.core.schedule import Schedule
 
-    with pytest.raises(OptstepsError, match="always end at σ = 0"):
-        apply_schedule(folders["sd3"], Schedule((1.0, 0.5, 0.01), flow_short.noise_schedule), "x")
+    ends_above_0 = Schedule((1.0, 0.5, 0.01), flow_short.noise_schedule, solver="ddim")
+    for stock in ("flowmatch", "unipc"):  # diffusers' stock flow schedulers cannot stop above σ = 0
+        with pytest.raises(OptstepsError, match="always end at σ = 0"):
+            apply_schedule(folders["sd3"], ends_above_0, "x", scheduler=stock)
+    info = apply_schedule(folders["sd3"], ends_above_0, "x")  # the default runs it as measured, to t = 0.01
+    assert info["scheduler"] == "OptstepsScheduler" and info["sigmas"] == pytest.approx([1.0, 0.5, 0.01], abs=1e-6)
 
 
 # ---- device and precision --------------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def test_sdxl(folders, tmp_path):
     for sched, solver in ((oss, "ddim"), (lam, "dpmpp2m")):  # DPMSolverMultistep on snapped integer timesteps
         snapped, _ = snap_to_training_timesteps(sched)
         x = model.initial_state(model.noise(1, 3, 0), snapped.t[0])
-        theirs, info = generate(pipe, sched, PROMPTS[1], seed=3, guidance=GUIDANCE, output_type="latent")
+        theirs, info = generate(
+            pipe, sched, PROMPTS[1], seed=3, guidance=GUIDANCE, scheduler="dpmsolver", output_type="latent"
+        )
         assert info["scheduler"] == "DPMSolverMultistepScheduler" and info["model_calls"] == sched.nfe
         _close(theirs, sample(den, x, snapped, solver))
     # Euler with exact sigmas on the SDXL AYS table (ends at σ = 0, where diffusers' Euler ends) = optsteps' DDIM
@@ -81,7 +83,7 @@ def test_sdxl(folders, tmp_path):
     _close(theirs, sample(den, x, ays, "ddim"))
 
     info = apply_schedule(pipe, oss, PROMPTS[0], tmp_path / "sdxl.png", seed=1, guidance=GUIDANCE)
-    assert info["size"] == [16, 16] and (tmp_path / "sdxl.png").is_file()
+    assert info["size"] == [16, 16] and (tmp_path / "sdxl.png").is_file() and info["scheduler"] == "OptstepsScheduler"
     with pytest.raises(OptstepsError, match="are for FLUX/Wan pipelines"):
         load_pipeline_model(folders["sdxl"], device="cpu", num_frames=5)
     assert fingerprint(folders["sdxl"]) == before
@@ -112,7 +114,7 @@ def test_sd35(folders, tmp_path):
     kw = dict(seed=5, guidance=GUIDANCE, output_type="latent", max_sequence_length=8)
     x = model.initial_state(model.noise(1, 5, 0), oss.t[0])
     rec = TimestepRecorder(pipe.transformer)
-    theirs, info = generate(pipe, oss, PROMPTS[2], **kw)
+    theirs, info = generate(pipe, oss, PROMPTS[2], scheduler="flowmatch", **kw)
     rec.remove()
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler" and rec.seen == pytest.approx(
         [1000 * v for v in oss.t[:-1]], abs=1e-3
@@ -123,7 +125,7 @@ def test_sd35(folders, tmp_path):
     # UniPC moves a start t = 1 to 1 − 1e-6 (finite λ): what it runs is the schedule moved there
     for run, ref in ((lam, Schedule((1 - 1e-6,) + lam.t[1:], lam.noise_schedule)), (lam98, lam98)):
         xs = model.initial_state(model.noise(1, 5, 0), ref.t[0])
-        theirs_u, info = generate(pipe, run, PROMPTS[2], **kw)
+        theirs_u, info = generate(pipe, run, PROMPTS[2], scheduler="unipc", **kw)
         assert info["scheduler"] == "UniPCMultistepScheduler"
         _close(theirs_u, sample(den, xs, ref, "unipc", order=info["solver_order"]))
 

@@ -86,6 +86,11 @@ def check_pipeline_call(root, height: int | None, width: int | None, num_frames:
             raise OptstepsError(
                 f"{option} {v}: pass a positive size in pixels (or leave it out for the pipeline's own)."
             )
+    if video:  # Wan: a VAE without block_out_channels and a (t, h, w) patch; the pipeline's own size rule
+        from optsteps.models.diffusers.wan import wan_geometry, wan_video_size
+
+        wan_video_size(wan_geometry(root), height, width, num_frames)
+        return
     if height is None and width is None:
         return
     vae = root / "vae" / "config.json"

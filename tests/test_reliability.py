@@ -272,14 +272,14 @@ TABLE = [
     (S + ["uniform-t", "--seed", "9223372036854775808"], "--seed 9223372036854775808 is out of range"),
     (
         ["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"],
-        "--nfe = 5000 exceeds the limit 1000 (MAX_LAMBDA_OPT_NFE)",
+        "lambda_opt.nfe = [5000] (given as --nfe 5000): use a list of integers in 2 … 200",
     ),
     (["trajectories", "--model", "digits", "--samples", "100000000"], "OPTSTEPS_MAX_SAMPLES=100000000"),
     (
         ["trajectories", "--model", "digits", "--samples", "4", "--teacher-steps", "8"],
         "shards[0].file '../../../outside.txt' points outside",
     ),
-    (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--n", "0"], "--n 0 is out of range"),
+    (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--n", "0"], "evaluate.n = 0 (given as --n 0)"),
     (["evaluate", "--model", "digits", "--schedule", "uniform-t", "--seed", "-1"], "--seed -1 is out of range"),
     (["stage", "model", "--model", "data/digits"], "its name 'digits' (from the folder's name) is a built-in model"),
     (["trajectories", "--model", "./data/digits"], "is a built-in model, whose outputs it would overwrite"),

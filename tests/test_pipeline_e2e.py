@@ -75,6 +75,10 @@ def tiny_params(pipes: Path) -> dict:
             "pipeline_teacher_inception_n": 0,
         },
         "mlflow": {"tracking_uri": "", "metric": "fid_digitsnet"},
+        # dvc.yaml's stages read these (a params file must carry every key a stage lists); {} here: no budget, and
+        # the tiny pipelines run on this file's settings rather than the GPU-sized pipeline defaults
+        "budget": {},
+        "pipeline_defaults": {},
     }
 
 

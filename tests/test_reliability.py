@@ -274,7 +274,7 @@ TABLE = [
         ["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"],
         "lambda_opt.nfe = [5000] (given as --nfe 5000): use a list of integers in 2 … 200",
     ),
-    (["trajectories", "--model", "digits", "--samples", "100000000"], "OPTSTEPS_MAX_SAMPLES=100000000"),
+    (["trajectories", "--model", "digits", "--samples", "100000000"], "OPTSTEPS_MAX_TEACHER_SAMPLES=100000000"),
     (
         ["trajectories", "--model", "digits", "--samples", "4", "--teacher-steps", "8"],
         "shards[0].file '../../../outside.txt' points outside",

@@ -282,7 +282,7 @@ def trajectories(
     from optsteps.pipeline import layout
 
     if samples is not None:
-        checks.check_limit("MAX_SAMPLES", samples, "--samples")  # the work bound; its range is the params rule
+        checks.check_limit("MAX_TEACHER_SAMPLES", samples, "--samples")  # the work bound; its range is the params rule
     p = _params(params).for_model(model)  # the model's own settings first, so that the flags below win
     # each flag passes its params.yaml rule; ad-hoc shards need not fit the OSS grid (cross rules are the stages')
     p = _override(

@@ -1,6 +1,7 @@
-"""Bounds on work and on the files we read, in one place. Each limit can be raised for one run with the
-environment variable ``OPTSTEPS_<NAME>`` (e.g. ``OPTSTEPS_MAX_SAMPLES=200000``); ``check`` refuses a value
-above its limit with one line that names the limit and that variable."""
+"""Bounds on work and on the files we read, in one place: what one run may cost or read. (The ranges of
+configuration values, which params.yaml's rules check, are ``optsteps.core.limits``.) Each limit can be raised for
+one run with the environment variable ``OPTSTEPS_<NAME>`` (e.g. ``OPTSTEPS_MAX_TEACHER_SAMPLES=200000``);
+``check`` refuses a value above its limit with one line that names the limit and that variable."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ DEFAULTS = {
     "MAX_NESTING": 64,  # nesting depth of a JSON/YAML file we read (ours are at most 4 deep)
     "MAX_SCHEDULE_POINTS": 10_000,  # times in one schedule (NFE + 1)
     "MAX_TRAIN_TIMESTEPS": 1_000_000,  # a discrete noise schedule's num_train_timesteps (tables of that size)
-    "MAX_SAMPLES": 100_000,  # teacher-trajectory samples (OSS needs hundreds; each is a full teacher run)
+    "MAX_TEACHER_SAMPLES": 100_000,  # teacher-trajectory samples (OSS needs hundreds; each is a full teacher run)
     "MAX_EVAL_SAMPLES": 1_000_000,  # samples of one evaluation or grid
 }
 

@@ -601,9 +601,9 @@ def _grid_file(p: Params, model, row: dict) -> str | None:
 
 def register(p: Params, models: list[str] | None = None) -> Path:
     """Log one MLflow run per evaluated (model, method, solver, NFE) with its resamples, register each schedule as
-    a model version (champion-nfe{K} moves only on a significant paired gain in ``champion_metric`` within one
-    evaluation; docs/algorithms.md §7.3) and log one summary run per model (with the speedup figure).
-    Writes results/registry.json (what was registered and each champion decision)."""
+    a model version (champion-nfe{K}: the best version by ``champion_metric`` of the latest evaluation, tagged with
+    whether its lead is significant; docs/algorithms.md §7.3) and log one summary run per model (with the speedup
+    figure). Writes results/registry.json (what was registered, its action and where each version stands now)."""
     import json
 
     from optsteps.integrations.mlflow_registry import Registry

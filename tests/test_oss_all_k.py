@@ -9,6 +9,7 @@ Cases: the analytic Gaussian mixture (VP-ε and rectified flow), the three stude
 and 3, batch and per-sample modes, one shard and three, a model call per layer and per node (``eval_batch_size``)."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def problem(name):
     setup, solver, nfes, options, shards, per_node = CASES[name]
     ns, den, t, states = gmm_teacher(*setup)
     teacher = states if shards == 1 else list(states.tensor_split(shards, dim=1))
-    options = oss.OSSOptions(**{"refine_radius": 3, **options})
+    options = oss.OSSOptions(**{"refine_radius": 3, "start_window": 0, **options})  # window 0 unless the case says
     ebs = states.shape[1] // shards if per_node else None
     return ns, den, t, states, teacher, solver, nfes, options, ebs
 
@@ -87,6 +88,17 @@ def as_json(res):
         "objective_value": res.objective_value,
         "t": [float(v) for v in res.schedule.t],
     }
+
+
+def same_as_golden(got: dict, want: dict, k) -> None:
+    """Paths, rules and times bit for bit; costs to a relative 1e-12 (float64 on the Gaussian mixture: the last bit
+    differs between Intel and AMD CPUs' kernels, not between the two ways of searching)."""
+    assert set(got) == set(want), k
+    for key, v in got.items():
+        if key in ("cost", "dp_cost", "objective_value"):
+            assert math.isclose(v, want[key], rel_tol=1e-12), (k, key)
+        else:
+            assert v == want[key], (k, key)
 
 
 def per_k(name):
@@ -110,7 +122,7 @@ def test_one_dp_for_every_k_reproduces_the_per_k_schedules(name, golden):
     got = oss.oss_search_all(t, teacher, counter, ns, nfes, solver, options, eval_batch_size=ebs)
     assert sorted(got) == sorted(nfes)
     for k in nfes:
-        assert as_json(got[k]) == golden[name][str(k)], k  # paths, rules, costs and times bit for bit
+        same_as_golden(as_json(got[k]), golden[name][str(k)], k)
     # evaluations: one DP (state distance) or one per K (x0), exact where counts says so, and all the model saw
     res = got[nfes[0]]
     shards = CASES[name][4]

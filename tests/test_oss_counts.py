@@ -17,8 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def opts(**kw):
-    """The search's options; refinement moves unbounded (a radius ≥ N) unless the test gives one."""
-    return oss.OSSOptions(**{"refine_radius": 10**6, **kw})
+    """The search's options; refinement moves unbounded (a radius ≥ N) and the start at t_max (window 0) unless the
+    test gives others."""
+    return oss.OSSOptions(**{"refine_radius": 10**6, "start_window": 0, **kw})
 
 
 def _teacher(family, n, s, dim=3, seed=0, t_start=None):

@@ -33,7 +33,9 @@ def test_oss_is_no_worse_than_baselines_and_lambda_opt_on_digits(tmp_path, name)
     t, states = teacher["t"], teacher["states"]
     den = LabelledDenoiser(m, teacher["labels"])
     ns, solver, k = m.noise_schedule, "unipc", 5
-    res = oss.oss_search(t, states, den, ns, k, solver, oss.OSSOptions(refine_radius=10**6), eval_batch_size=8)
+    res = oss.oss_search(
+        t, states, den, ns, k, solver, oss.OSSOptions(refine_radius=10**6, start_window=0), eval_batch_size=8
+    )
     others = {kind: baseline(kind, ns, k) for kind in ("uniform-t", "uniform-lambda", "karras", "time-quadratic")}
     others["lambda-opt"] = lambda_opt_schedule(ns, k, solver)
     compared = 0

@@ -421,7 +421,15 @@ def distill(model, out_dir, guidance, nfe=3, samples=3, teacher_steps=10):
     assert torch.isfinite(states).all()
     den = LabelledDenoiser(model, labels, guidance)
     res = oss_search(
-        t, states, den, model.noise_schedule, nfe, "ddim", OSSOptions(), eval_batch_size=samples, model=model.name
+        t,
+        states,
+        den,
+        model.noise_schedule,
+        nfe,
+        "ddim",
+        OSSOptions(start_window=0),
+        eval_batch_size=samples,
+        model=model.name,
     )
     lam = lambda_opt_schedule(model.noise_schedule, nfe, "dpmpp2m", model=model.name)
     assert res.schedule.nfe == nfe and lam.nfe == nfe

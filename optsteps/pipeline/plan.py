@@ -137,35 +137,65 @@ def evaluation_cost(rows, n: int, teacher_steps: int, batch: Batching, teacher_c
     return out
 
 
+def heldout_samples(p: Params) -> int:
+    """H: the teacher samples after the first ``oss.samples`` that ``stages.compute_oss_nfes`` scores the candidates
+    on (``oss.heldout_samples``, as many as the shards hold)."""
+    return max(0, min(p.oss.heldout_samples, p.trajectories.samples - p.oss.samples))
+
+
+def search_windows(p: Params) -> list:
+    """The start windows the OSS/GITS searches run with: ``oss.start_window``, and 0 (from t_max) as a second
+    candidate search where the held-out split chooses (``oss.t_max_candidate``)."""
+    windows = [p.oss.start_window]
+    if heldout_samples(p) and p.oss.start_window != 0 and p.oss.t_max_candidate:
+        windows.append(0)
+    return windows
+
+
+def heldout_cost(p: Params, per_k: int, batch: Batching) -> Cost:
+    """The held-out choice (``optimizers.select.choose_by_heldout``): each of ``per_k`` candidates per K is one
+    student run of K on the H held-out samples in one batch."""
+    h = heldout_samples(p)
+    out = Cost()
+    if not h:
+        return out
+    for k in p.oss.nfe:
+        for _ in range(per_k):
+            out += run_cost(k, h, batch)
+    return out
+
+
 def oss_cost(p: Params, solver: str, batch: Batching, done: dict | None = None) -> Cost:
-    """OSS for one student solver over ``oss.nfe``: the one DP for every K (exact, ``optimizers.oss.counts``) and the
-    refinement
-    (data-dependent: its cap where the counts give one; with ``done`` — NFE → the finished schedule's extra — the
-    count the run reported)."""
+    """OSS for one student solver over ``oss.nfe``: per search window (``search_windows``) the one DP for every K
+    (exact, ``optimizers.oss.counts``) and the refinement (data-dependent: its cap where the counts give one; with
+    ``done`` — NFE → the finished schedule's extra — the count the run reported), then the held-out choice."""
     from optsteps.optimizers.oss import counts
 
     s, n = p.oss.samples, p.teacher.steps
     out = Cost(samples=s, batch=s)
     notes = []
-    # one DP for every K of oss.nfe (stages.oss_nfes → oss_search_all)
-    out += run_cost(
-        counts.dp_evaluations_all(n, p.oss.nfe, p.oss.start_window, p.oss.distance, 1, p.oss.mode), s, batch
-    )
-    for k in p.oss.nfe:
-        if not p.oss.refine:
-            continue
-        rec = (done or {}).get(k)
-        if rec is not None and "refine_model_evals" in rec:
-            out += run_cost(int(rec["refine_model_evals"]), s, batch)
-            notes.append(f"K={k} refinement as run")
-            continue
-        cap = refine_cap(n, k, p)
-        if cap is None:
-            out.uncounted = True
-            notes.append(f"K={k} refinement not counted (data-dependent, no cap)")
-        else:
-            out += run_cost(cap, s, batch)
-            out.bound = True
+    windows = search_windows(p)
+    for w in windows:
+        # one DP for every K of oss.nfe (stages.oss_nfes → oss_search_all)
+        out += run_cost(counts.dp_evaluations_all(n, p.oss.nfe, w, p.oss.distance, 1, p.oss.mode), s, batch)
+        for k in p.oss.nfe:
+            if not p.oss.refine:
+                continue
+            rec = (done or {}).get(k)
+            if w != windows[0] and rec is not None:
+                rec = rec.get("t_max_search")
+            if rec is not None and "refine_model_evals" in rec:
+                out += run_cost(int(rec["refine_model_evals"]), s, batch)
+                notes.append(f"K={k} refinement as run")
+                continue
+            cap = refine_cap(n, k, p, w)
+            if cap is None:
+                out.uncounted = True
+                notes.append(f"K={k} refinement not counted (data-dependent, no cap)")
+            else:
+                out += run_cost(cap, s, batch)
+                out.bound = True
+    out += heldout_cost(p, len(windows) * (2 if p.oss.refine else 1), batch)
     if p.oss.refine and not notes:
         out.note = "refinement at most (data-dependent)"
     elif notes:
@@ -173,19 +203,21 @@ def oss_cost(p: Params, solver: str, batch: Batching, done: dict | None = None) 
     return out
 
 
-def refine_cap(n_steps: int, nfe: int, p: Params) -> int | None:
+def refine_cap(n_steps: int, nfe: int, p: Params, start_window=None) -> int | None:
     """The refinement's cap of evaluations per sample from ``optimizers.oss.counts`` (None where it gives none)."""
     from optsteps.optimizers.oss import counts
 
     fn = getattr(counts, "refine_evaluations_max", None)
     if fn is None:
         return None
-    return int(fn(n_steps, nfe, start_window=p.oss.start_window, radius=p.oss.refine_radius))
+    w = p.oss.start_window if start_window is None else start_window
+    return int(fn(n_steps, nfe, start_window=w, radius=p.oss.refine_radius))
 
 
 def gits_cost(p: Params, batch: Batching) -> Cost:
-    """GITS: the one-jump cost matrix (N evaluations per sample, shared by every solver and K in one process), the
-    start candidates' first jumps, and one student run of K per (solver, K) to measure its path."""
+    """GITS: the one-jump cost matrix (N evaluations per sample, shared by every solver and K in one process), per
+    search window the start candidates' first jumps and one student run of K per (solver, K) to measure its path,
+    then the held-out choice."""
     from optsteps.optimizers.oss import counts
 
     s, n = p.oss.samples, p.teacher.steps
@@ -193,10 +225,13 @@ def gits_cost(p: Params, batch: Batching) -> Cost:
     if not p.oss.gits:
         return out
     out += run_cost(counts.gits_cost_evaluations(n), s, batch)
+    windows = search_windows(p)
     for _solver in p.oss.solvers:
-        for k in p.oss.nfe:
-            out += run_cost(counts.gits_start_evaluations(n, k, p.oss.start_window), s, batch)
-            out += run_cost(counts.student_run_evaluations(k), s, batch)
+        for w in windows:
+            for k in p.oss.nfe:
+                out += run_cost(counts.gits_start_evaluations(n, k, w), s, batch)
+                out += run_cost(counts.student_run_evaluations(k), s, batch)
+        out += heldout_cost(p, len(windows), batch)
     return out
 
 

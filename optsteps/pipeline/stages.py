@@ -277,8 +277,15 @@ def compute_oss(p: Params, model, solver: str, nfe: int, method: str = "oss", tr
 
 
 def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", traj_dir=None) -> dict:
-    """OSS (or GITS) for every K of ``nfes``, one DP for all K (``oss_search_all``); nothing is written."""
+    """OSS (or GITS) for every K of ``nfes``, one DP for all K (``oss_search_all``); nothing is written.
+
+    With ``oss.heldout_samples`` H > 0 and teacher samples left after the first S (``oss.samples``), the
+    candidates — the refined and the DP's own path, of the search with the configured start window and, with
+    ``oss.t_max_candidate``, of the search from t_max — are scored on samples [S, S + H) and the best is kept
+    (``optimizers.select.choose_by_heldout``; its record is the schedule's ``heldout``)."""
     from optsteps.optimizers.oss import gits_search, oss_search_all
+    from optsteps.optimizers.polish import Split
+    from optsteps.optimizers.select import choose_by_heldout
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     p, e = resolve(p, model)
@@ -286,39 +293,85 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     if traj_dir is not None:  # shards from elsewhere (--trajectories): they say which teacher made them
         p = with_manifest_teacher(p, traj_dir)
     traj_dir = traj_dir or trajectories_dir(p, e)
-    t, states, labels = load_teacher(p.teacher, m, traj_dir, p.oss.samples)
-    if states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
+    t, all_states, all_labels = load_teacher(p.teacher, m, traj_dir, p.oss.samples + p.oss.heldout_samples)
+    if all_states.shape[1] < p.oss.samples:  # recorded in the schedule as teacher_samples
         log.warning(
             "%s holds %d teacher samples, fewer than oss.samples = %d; OSS uses those %d (raise "
             "trajectories.samples for more)",
             traj_dir,
-            states.shape[1],
+            all_states.shape[1],
             p.oss.samples,
-            states.shape[1],
+            all_states.shape[1],
+        )
+    s = min(p.oss.samples, all_states.shape[1])
+    states, labels = all_states[:, :s], None if all_labels is None else all_labels[:s]
+    heldout = None
+    if all_states.shape[1] > s and p.oss.heldout_samples:
+        eps = all_states[0, s:] / float(m.noise_schedule.sigma(float(t[0])))  # the teacher starts from σ_{t_0} ε
+        heldout = Split(eps, all_states[-1, s:], None if all_labels is None else all_labels[s:])
+    elif p.oss.heldout_samples:
+        log.warning(
+            "%s holds no teacher samples after the first %d: no held-out choice between candidates (raise "
+            "trajectories.samples to %d for oss.heldout_samples = %d)",
+            traj_dir,
+            s,
+            p.oss.samples + p.oss.heldout_samples,
+            p.oss.heldout_samples,
         )
     den = LabelledDenoiser(m, labels, p.teacher.guidance)
-    s = states.shape[1]
     t0 = time.perf_counter()
     options = oss_options(p)
-    if method == "gits":
-        costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
-        found = {
-            nfe: gits_search(
-                t, states, den, m.noise_schedule, nfe, solver, options, costs=costs, eval_batch_size=s, model=e.name
+    searches = [("", options)]
+    if heldout is not None and options.start_window != 0 and options.t_max_candidate:
+        searches.append(("t_max", dataclasses.replace(options, start_window=0)))
+    candidates = {nfe: [] for nfe in nfes}
+    for tag, opts in searches:
+        if method == "gits":
+            costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
+            found = {
+                nfe: gits_search(
+                    t, states, den, m.noise_schedule, nfe, solver, opts, costs=costs, eval_batch_size=s, model=e.name
+                )
+                for nfe in nfes
+            }
+        elif method == "oss":
+            found = oss_search_all(
+                t, states, den, m.noise_schedule, nfes, solver, opts, eval_batch_size=s, model=e.name
             )
-            for nfe in nfes
-        }
-    elif method == "oss":
-        found = oss_search_all(t, states, den, m.noise_schedule, nfes, solver, options, eval_batch_size=s, model=e.name)
-    else:
-        raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
+        else:
+            raise OptstepsError(f"unknown distillation method {method!r}; use oss or gits.")
+        for nfe, res in found.items():
+            name = "searched start" if tag == "" and len(searches) > 1 else (tag or "")
+            candidates[nfe].append((_join(name, "refined" if method == "oss" and opts.refine else ""), res.schedule))
+            if method == "oss" and opts.refine and heldout is not None:
+                candidates[nfe].append((_join(name, "dp"), res.dp_schedule(t)))
     wall = round(time.perf_counter() - t0, 3)  # of the whole call (the K share one DP)
-    return {
-        nfe: polish_stage_schedule(
-            p, m, res.schedule.with_meta(extra={"wall_time_s": wall, "teacher_samples": s}), traj_dir
+    out = {}
+    for nfe, cands in candidates.items():
+        if heldout is None:
+            chosen = cands[0][1]
+        else:
+            chosen = choose_by_heldout(
+                [(n or method, c) for n, c in cands], lambda lab: LabelledDenoiser(m, lab, p.teacher.guidance), heldout
+            )
+        if len(searches) > 1:  # what the other searches spent (the plan's "as run")
+            others = [c for n, c in cands if n.startswith("t_max") and c.extra.get("candidate") != "dp"]
+            chosen = chosen.with_meta(
+                extra={
+                    "t_max_search": {
+                        "model_evals": int(others[0].extra.get("model_evals", 0)),
+                        "refine_model_evals": int(others[0].extra.get("refine_model_evals", 0)),
+                    }
+                }
+            )
+        out[nfe] = polish_stage_schedule(
+            p, m, chosen.with_meta(extra={"wall_time_s": wall, "teacher_samples": s}), traj_dir
         )
-        for nfe, res in found.items()
-    }
+    return out
+
+
+def _join(*words: str) -> str:
+    return ", ".join(w for w in words if w)
 
 
 def lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:

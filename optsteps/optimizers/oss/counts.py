@@ -19,9 +19,9 @@ from __future__ import annotations
 from optsteps.errors import OptstepsError
 
 
-def clipped_window(n_steps: int, nfe: int, start_window: int) -> int:
-    """w' = min(w, N − K): the start must leave room for K steps."""
-    return min(start_window, n_steps - nfe)
+def clipped_window(n_steps: int, nfe: int, start_window) -> int:
+    """w' = min(w, N − K): the start must leave room for K steps; w = "full": N − K."""
+    return n_steps - nfe if start_window == "full" else min(start_window, n_steps - nfe)
 
 
 def start_count(n_steps: int, nfe: int, start_window: int = 0, starts_at_t_max: bool = True) -> int:
@@ -50,7 +50,7 @@ def _x0_pairs(n_steps: int, nfe: int, start_window: int, starts_at_t_max: bool) 
 def _check(n_steps, nfe, start_window, distance, mode, shards):
     if not 1 <= nfe < n_steps:
         raise OptstepsError(f"nfe = {nfe}; the count needs 1 ≤ nfe < N = {n_steps}.")
-    if start_window < 0 or shards < 1:
+    if (start_window != "full" and start_window < 0) or shards < 1:
         raise OptstepsError(f"start_window = {start_window}, shards = {shards}; use start_window ≥ 0, shards ≥ 1.")
     if distance not in ("state", "x0") or mode not in ("batch", "per_sample"):
         raise OptstepsError(f"distance {distance!r} / mode {mode!r}; use state | x0 and batch | per_sample.")

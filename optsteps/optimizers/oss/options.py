@@ -12,6 +12,13 @@ OSS_SOLVERS = SOLVERS  # the students: DDIM, DPM-Solver++(2M), UniPC-2 with its 
 DISTANCES = ("state", "x0")  # what an intermediate DP candidate is compared with: x̄_j, or x̂₀ at t_j
 MODES = ("batch", "per_sample")  # one DP on the batch-mean cost, or a DP per sample and the median path
 OBJECTIVES = ("mse", "l2")  # mse: batch-mean squared error per element; l2: mean per-sample ‖x_K − x̄_N‖₂
+FULL_WINDOW = "full"  # start_window: every teacher index that leaves room for K steps (w' = N − K)
+
+
+def _window_rule(value) -> str | None:
+    if value == FULL_WINDOW or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SAMPLES):
+        return None
+    return f"use {FULL_WINDOW!r} (the start searched over the whole grid) or an integer in 0 … {MAX_SAMPLES:,}"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,10 @@ class OSSOptions:
     refine_radius: int = field(default=4, metadata={"range": (0, MAX_SAMPLES)})
     calibration: bool = False  # amplitude calibration tables
     gits: bool = True  # also the GITS schedules
-    # teacher indices below t_max where the student may start (raw or scaled noise); 0 = t_max
-    start_window: int = field(default=0, metadata={"range": (0, MAX_SAMPLES)})
+    # teacher indices below t_max where the student may start (raw or scaled noise); 0 = t_max; "full": all N − K
+    start_window: int | str = field(default=FULL_WINDOW, metadata={"check": _window_rule})
     objective: str = field(default="mse", metadata={"choices": OBJECTIVES})  # what the DP and the refinement minimise
+    # teacher samples after the first ``samples`` that choose between the candidate schedules (0: no choice)
+    heldout_samples: int = field(default=64, metadata={"range": (0, MAX_SAMPLES)})
+    # with a start window: the search from t_max (window 0) runs too, and the held-out split picks the better start
+    t_max_candidate: bool = True

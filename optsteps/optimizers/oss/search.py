@@ -35,6 +35,24 @@ class OSSResult:
     objective_value: float = float("nan")  # its value along ``path`` (OSS; GITS: nan)
     dp_nfes: list = field(default_factory=list)  # the K that one DP served (``model_evals`` is spent once for all)
     prefix_reuse: int = 0  # per-sample model evaluations the refinement took from its prefix cache (not spent)
+    dp_start_state: str = "scaled"  # the start-state rule of ``dp_path``
+
+    def dp_schedule(self, teacher_t) -> Schedule:
+        """The DP's own answer (``dp_path`` from ``dp_start_state``, before refinement) as a schedule: the same
+        record with its indices, start state and ``distill_mse`` = ``dp_cost``."""
+        extra = {k: v for k, v in self.schedule.extra.items() if k != "start_state"}
+        extra.update(teacher_indices=list(self.dp_path), distill_mse=float(self.dp_cost), candidate="dp")
+        if self.dp_start_state == "raw":
+            extra["start_state"] = "raw"
+        s = self.schedule
+        return Schedule(
+            torch.as_tensor(teacher_t, dtype=torch.float64)[list(self.dp_path)],
+            s.noise_schedule,
+            model=s.model,
+            method=s.method,
+            solver=s.solver,
+            extra=extra,
+        )
 
 
 def oss_search(
@@ -276,4 +294,5 @@ def _finish(
         float(obj),
         list(group),
         int(reused),
+        dp_rule,
     )

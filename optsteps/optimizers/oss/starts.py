@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from optsteps.core.noise_schedules import NoiseSchedule
 from optsteps.core.schedule import START_STATES, start_sigma
 from optsteps.errors import OptstepsError
+from optsteps.optimizers.oss.options import FULL_WINDOW
 from optsteps.optimizers.oss.problem import check_choice
 
 
@@ -38,10 +39,14 @@ def start_rule(noise_schedule: NoiseSchedule, t, index: int, rule: str) -> str:
 
 
 def check_start_window(window, n: int, nfe: int) -> int:
-    """The start window in teacher indices, clipped to N − K (the start must leave room for K steps)."""
+    """The start window in teacher indices, clipped to N − K (the start must leave room for K steps); "full" is
+    N − K itself: the start is searched over the whole grid."""
+    if window == FULL_WINDOW:
+        return n - nfe
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise OptstepsError(
-            f"start_window = {window!r}; use an integer ≥ 0 (teacher indices below t_max; 0 = start at t_max)."
+            f"start_window = {window!r}; use an integer ≥ 0 (teacher indices below t_max; 0 = start at t_max) "
+            f"or {FULL_WINDOW!r} (the whole grid)."
         )
     return min(window, n - nfe)
 

@@ -144,3 +144,62 @@ def test_a_nan_candidate_never_wins():
     calls = iter([broken, den_for])
     chosen = choose_by_heldout([("bad", bad), ("good", good)], lambda lab: next(calls)(lab), split)
     assert chosen.extra["heldout"]["chosen"] == "good"
+
+
+# ---- the refinement's cap and the shared GITS start costs (issue 25: exact or bounded plans) --------------------
+@pytest.mark.parametrize("mode", ["batch", "per_sample"])
+def test_the_refinement_cap_bounds_what_it_spends_and_a_loose_cap_changes_nothing(mode):
+    from optsteps.core.denoisers import CountingDenoiser
+
+    ns = VPDiscrete()
+    den = GMMDenoiser(GaussianMixture.random(3, 2, seed=7), ns)
+    t, states = make_teacher(den, ns, 14, 5, 2, seed=7)
+    free = oss.oss_search_all(t, states, den, ns, [3, 5], "unipc", opts(start_window="full", mode=mode))
+    loose = oss.oss_search_all(
+        t, states, den, ns, [3, 5], "unipc", opts(start_window="full", mode=mode, refine_max_evals=10**6)
+    )
+    for k in (3, 5):
+        assert (loose[k].path, loose[k].start_state, loose[k].refine_evals) == (
+            free[k].path,
+            free[k].start_state,
+            free[k].refine_evals,
+        )
+    assert max(free[k].refine_evals for k in (3, 5)) > 12  # the cap below binds
+    counter = CountingDenoiser(den)
+    capped = oss.oss_search_all(
+        t, states, counter, ns, [3, 5], "unipc", opts(start_window="full", mode=mode, refine_max_evals=12)
+    )
+    for k in (3, 5):
+        assert capped[k].refine_evals <= counts.refine_evaluations_max(k, 12, mode)
+        got = distance(final(den, t, states, capped[k].path, ns, "unipc", capped[k].start_state), states[-1], "mse")
+        assert capped[k].cost == pytest.approx(got, rel=1e-10) and capped[k].cost <= capped[k].dp_cost + 1e-15
+    spent = capped[3].model_evals + sum(capped[k].refine_evals for k in (3, 5))
+    assert counter.samples == spent * states.shape[1]
+    assert counts.refine_evaluations_max(5, 0) is None
+
+
+@pytest.mark.parametrize("family", ["vp", "flow"])
+def test_shared_gits_start_costs_give_the_same_schedules_as_per_search_ones(family):
+    from optsteps.optimizers.oss import gits_costs, gits_start_costs, start_candidates
+
+    ns = VPDiscrete() if family == "vp" else RectifiedFlow()
+    den = GMMDenoiser(GaussianMixture.random(3, 2, seed=8), ns)
+    t, states = make_teacher(den, ns, 12, 5, 2, seed=8)
+    costs = gits_costs(t, states, den, ns)
+    widest = check_start_window("full", 12, 3)
+    starts = start_candidates(ns, t, widest)
+    first, evals = gits_start_costs(t, states, den, ns, starts, costs[0])
+    assert evals == counts.gits_start_evaluations(12, 3, "full")
+    for k in (3, 4, 6):
+        own = oss.gits_search(t, states, den, ns, k, "unipc", opts(start_window="full"), costs=costs)
+        shared = oss.gits_search(
+            t, states, den, ns, k, "unipc", opts(start_window="full"), costs=costs, start_costs=(starts, first, evals)
+        )
+        assert (shared.path, shared.start_state) == (own.path, own.start_state)
+        assert shared.cost == pytest.approx(own.cost, rel=1e-12)
+    narrow = start_candidates(ns, t, 2)
+    part = gits_start_costs(t, states, den, ns, narrow, costs[0])
+    with pytest.raises(OptstepsError, match="widest window"):
+        oss.gits_search(
+            t, states, den, ns, 3, "unipc", opts(start_window="full"), costs=costs, start_costs=(narrow, *part)
+        )

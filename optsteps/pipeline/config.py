@@ -81,7 +81,7 @@ class FlowConfig:
 PIPELINE_DEFAULTS = {  # = params.yaml pipeline_defaults (chosen from benchmarks/cost_quality.py: docs/costs.md)
     "teacher": {"steps": 50},
     "trajectories": {"samples": 32, "shard_size": 32},
-    "oss": {"samples": 16, "heldout_samples": 16, "refine_radius": 1},
+    "oss": {"samples": 16, "heldout_samples": 16, "refine_radius": 1, "refine_max_evals": 40, "t_max_candidate": False},
     "evaluate": {"baseline_nfe": [], "n": 32},
 }
 

@@ -204,20 +204,17 @@ def oss_cost(p: Params, solver: str, batch: Batching, done: dict | None = None) 
 
 
 def refine_cap(n_steps: int, nfe: int, p: Params, start_window=None) -> int | None:
-    """The refinement's cap of evaluations per sample from ``optimizers.oss.counts`` (None where it gives none)."""
+    """The refinement's cap of evaluations per sample (``optimizers.oss.counts.refine_evaluations_max`` under
+    ``oss.refine_max_evals``; None without a cap)."""
     from optsteps.optimizers.oss import counts
 
-    fn = getattr(counts, "refine_evaluations_max", None)
-    if fn is None:
-        return None
-    w = p.oss.start_window if start_window is None else start_window
-    return int(fn(n_steps, nfe, start_window=w, radius=p.oss.refine_radius))
+    return counts.refine_evaluations_max(nfe, p.oss.refine_max_evals, p.oss.mode)
 
 
 def gits_cost(p: Params, batch: Batching) -> Cost:
-    """GITS: the one-jump cost matrix (N evaluations per sample, shared by every solver and K in one process), per
-    search window the start candidates' first jumps and one student run of K per (solver, K) to measure its path,
-    then the held-out choice."""
+    """GITS: the one-jump cost matrix (N evaluations per sample) and the start candidates' first jumps of the widest
+    window (2w' for w' of the smallest K), both shared by every solver and K in one process; per search window one
+    student run of K per (solver, K) to measure its path; then the held-out choice."""
     from optsteps.optimizers.oss import counts
 
     s, n = p.oss.samples, p.teacher.steps
@@ -226,10 +223,11 @@ def gits_cost(p: Params, batch: Batching) -> Cost:
         return out
     out += run_cost(counts.gits_cost_evaluations(n), s, batch)
     windows = search_windows(p)
+    for w in windows:  # the start candidates' first jumps: shared like the matrix (stages._shared_gits_start_costs)
+        out += run_cost(counts.gits_start_evaluations(n, min(p.oss.nfe), w), s, batch)
     for _solver in p.oss.solvers:
-        for w in windows:
+        for _w in windows:
             for k in p.oss.nfe:
-                out += run_cost(counts.gits_start_evaluations(n, k, w), s, batch)
                 out += run_cost(counts.student_run_evaluations(k), s, batch)
         out += heldout_cost(p, len(windows), batch)
     return out

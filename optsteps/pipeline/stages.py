@@ -237,7 +237,23 @@ def _shared_gits_costs(p: Params, model, traj_dir, t, states, den):
         if key not in _GITS_COSTS:
             _GITS_COSTS.clear()
             _GITS_COSTS[key] = gits_costs(t, states, den, model.noise_schedule, eval_batch_size=states.shape[1])
-        return _GITS_COSTS[key]
+        return _GITS_COSTS[key], key
+
+
+def _shared_gits_start_costs(p: Params, model, traj_dir, t, states, den, window: int):
+    """The start candidates' first-jump costs for the widest window the GITS searches use (that of the smallest
+    K): like the cost matrix, one computation per process for every solver and K (``gits_search(start_costs=)``)."""
+    from optsteps.optimizers.oss import gits_start_costs, start_candidates
+
+    (cost, _), key = _shared_gits_costs(p, model, traj_dir, t, states, den)
+    with _GITS_LOCK:
+        if (key, window) not in _GITS_COSTS:
+            starts = start_candidates(model.noise_schedule, t, window)
+            first, evals = gits_start_costs(
+                t, states, den, model.noise_schedule, starts, cost, eval_batch_size=states.shape[1]
+            )
+            _GITS_COSTS[(key, window)] = (starts, first, evals)
+        return _GITS_COSTS[(key, window)]
 
 
 def with_manifest_teacher(p: Params, traj_dir) -> Params:
@@ -283,7 +299,7 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     candidates — the refined and the DP's own path, of the search with the configured start window and, with
     ``oss.t_max_candidate``, of the search from t_max — are scored on samples [S, S + H) and the best is kept
     (``optimizers.select.choose_by_heldout``; its record is the schedule's ``heldout``)."""
-    from optsteps.optimizers.oss import gits_search, oss_search_all
+    from optsteps.optimizers.oss import check_start_window, gits_search, oss_search_all
     from optsteps.optimizers.polish import Split
     from optsteps.optimizers.select import choose_by_heldout
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
@@ -327,10 +343,22 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     candidates = {nfe: [] for nfe in nfes}
     for tag, opts in searches:
         if method == "gits":
-            costs = _shared_gits_costs(p, m, traj_dir, t, states, den)
+            costs, _ = _shared_gits_costs(p, m, traj_dir, t, states, den)
+            window = check_start_window(opts.start_window, len(t) - 1, min(nfes))
+            shared = _shared_gits_start_costs(p, m, traj_dir, t, states, den, window) if window else None
             found = {
                 nfe: gits_search(
-                    t, states, den, m.noise_schedule, nfe, solver, opts, costs=costs, eval_batch_size=s, model=e.name
+                    t,
+                    states,
+                    den,
+                    m.noise_schedule,
+                    nfe,
+                    solver,
+                    opts,
+                    costs=costs,
+                    start_costs=shared,
+                    eval_batch_size=s,
+                    model=e.name,
                 )
                 for nfe in nfes
             }

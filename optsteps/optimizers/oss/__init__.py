@@ -89,9 +89,10 @@ from optsteps.optimizers.oss.options import DISTANCES, MODES, OBJECTIVES, OSS_SO
 from optsteps.optimizers.oss.problem import STUDENT_MAX_ORDER, student_spec
 from optsteps.optimizers.oss.refine import refine_path, refine_start, run_student
 from optsteps.optimizers.oss.search import OSSResult, oss_search, oss_search_all
-from optsteps.optimizers.oss.starts import Start, start_candidates
+from optsteps.optimizers.oss.starts import Start, check_start_window, start_candidates
 
 __all__ = [
+    "check_start_window",
     "AmplitudeCalibration",
     "DISTANCES",
     "GITS_GAMMA",

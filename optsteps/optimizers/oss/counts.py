@@ -10,7 +10,8 @@ R the start candidates of layer 0. What is exact and what is data-dependent:
 - batch mode over several shards re-runs the shards from the noise along the decisions taken so far, through
   the ancestors of the current layer only: data-dependent; ``dp_evaluations_max`` is the hard cap and the
   search reports the count it spent;
-- refinement: data-dependent (it stops when no move improves); reported after the run (``refine_evals``);
+- refinement: data-dependent (it stops when no move improves); reported after the run (``refine_evals``); with
+  ``refine_max_evals`` its cap is ``refine_evaluations_max``;
 - GITS: exact (its cost matrix and the start candidates' first jumps), plus K for measuring its path.
 """
 
@@ -146,6 +147,16 @@ def gits_start_evaluations(n_steps: int, nfe: int, start_window: int = 0, starts
 def gits_evaluations(n_steps: int, nfe: int, start_window: int = 0, starts_at_t_max: bool = True) -> int:
     """``gits_search``'s ``model_evals`` (cost matrix + start candidates): N + R − 1."""
     return gits_cost_evaluations(n_steps) + gits_start_evaluations(n_steps, nfe, start_window, starts_at_t_max)
+
+
+def refine_evaluations_max(nfe: int, max_evals: int, mode: str = "batch") -> int | None:
+    """The cap of one K's refinement (``refine_evals``) under ``oss.refine_max_evals`` = M > 0 (None for M = 0:
+    data-dependent): the moves stop before a run (K evaluations) would pass M, plus at most the runs outside the
+    moves — the path's own error and its MSE under the l2 objective (2K), and in per-sample mode the median path
+    under each start rule (2K)."""
+    if not max_evals:
+        return None
+    return max_evals + 2 * nfe + (2 * nfe if mode == "per_sample" else 0)
 
 
 def student_run_evaluations(nfe: int) -> int:

@@ -170,6 +170,7 @@ def gits_search(
     options: OSSOptions,
     *,
     costs: tuple[torch.Tensor, int] | None = None,
+    start_costs: tuple | None = None,
     eval_batch_size: int | None = None,
     model: str = "",
     gamma: float = GITS_GAMMA,
@@ -180,7 +181,10 @@ def gits_search(
     per element at N). ``costs``: the (C, evaluations) that ``gits_costs``
     returns for this teacher, to share one cost matrix between solvers and NFEs (it depends on neither).
     ``options.start_window``: as in ``oss_search`` (the start index and rule searched exactly by
-    ``gits_dp_starts``); the other options are OSS's."""
+    ``gits_dp_starts``); the other options are OSS's. ``start_costs``: (starts, first-jump costs, evaluations) of
+    ``start_candidates``/``gits_start_costs`` for a window at least this search's, to share them between solvers
+    and NFEs as ``costs`` is shared (a start's first-jump costs depend on neither); its rows of starts inside this
+    window are used."""
     check_choice(solver, OSS_SOLVERS, "student solver")
     t = check_grid(teacher_t, noise_schedule)
     nfe = check_nfe(nfe, len(t) - 1)
@@ -197,8 +201,18 @@ def gits_search(
     if window == 0:
         value, path = gits_dp(cost, nfe, gamma)
     else:
-        starts = start_candidates(noise_schedule, t, window)
-        first, more = gits_start_costs(t, teacher, denoiser, noise_schedule, starts, cost, eval_batch_size)
+        if start_costs is None:
+            starts = start_candidates(noise_schedule, t, window)
+            first, more = gits_start_costs(t, teacher, denoiser, noise_schedule, starts, cost, eval_batch_size)
+        else:
+            wide, wide_first, more = start_costs
+            keep = [r for r, st in enumerate(wide) if st.index <= window]
+            if max((st.index for st in wide), default=0) < window:
+                raise OptstepsError(
+                    f"the shared start costs cover starts up to index {max(st.index for st in wide)}, fewer than "
+                    f"this search's window {window}; compute them for the widest window."
+                )
+            starts, first = [wide[r] for r in keep], wide_first[keep]
         evals += more
         value, path, r = gits_dp_starts(cost, first, [st.index for st in starts], nfe, gamma)
         rule = starts[r].rule

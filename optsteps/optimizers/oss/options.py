@@ -35,6 +35,8 @@ class OSSOptions:
     refine: bool = True
     # single moves of ±1…±radius teacher indices (0: only pair moves; ≥ N: unbounded)
     refine_radius: int = field(default=4, metadata={"range": (0, MAX_SAMPLES)})
+    # a hard cap on the refinement's model evaluations per sample and K (0: until no move improves)
+    refine_max_evals: int = field(default=0, metadata={"range": (0, MAX_SAMPLES)})
     calibration: bool = False  # amplitude calibration tables
     gits: bool = True  # also the GITS schedules
     # teacher indices below t_max where the student may start (raw or scaled noise); 0 = t_max; "full": all N − K

@@ -205,70 +205,87 @@ def refine_start(
     pair_moves: bool = True,
     max_sweeps: int = 100,
     anchor=None,
+    max_evals: int = 0,
 ) -> tuple[list[int], float, str]:
     """``refine_path`` over (start rule, path) judged by ``error(path, rule)``; with ``window`` > 0 the start
     index path[0] moves too (within 0 … min(window, path[1] − 1), under every rule of ``rules``), and where
     single moves fail every other rule is tried at the current path before pair moves (a pair may include the
     start). Returns
-    (path, error, rule). ``anchor(path, rule)``: told the current best (a memoizing error keeps its outputs)."""
+    (path, error, rule). ``anchor(path, rule)``: told the current best (a memoizing error keeps its outputs).
+    ``max_evals`` > 0: a hard cap on the per-sample model evaluations the moves spend (``error.evals``, a
+    ``TrueError``): a move is tried only while a full student run (K evaluations) still fits under the cap, and
+    the best path found so far is returned when it does not."""
     best, cur = [int(v) for v in path], rule
     anchor = anchor or getattr(error, "set_anchor", None) or (lambda p, r: None)
     anchor(best, cur)
+    spent_at = getattr(error, "evals", 0)
+    k = len(path) - 1
     best_err = error(best, cur)
     first = 0 if window > 0 else 1
     order = list(range(1, len(path) - 1)) + ([0] if window > 0 else [])  # the interior first, then the start
 
+    class _Spent(Exception):
+        pass
+
     def better(trial, r):
+        if max_evals and getattr(error, "evals", 0) - spent_at + k > max_evals:
+            raise _Spent
         e = error(trial, r)
         return (e < best_err - 1e-12 * abs(best_err)), e
 
-    for _ in range(max_sweeps):
-        improved = False
-        for m in order:
-            lo, hi = (0, min(window, best[1] - 1)) if m == 0 else (best[m - 1] + 1, best[m + 1] - 1)
-            if radius is not None:
-                lo, hi = max(lo, best[m] - radius), min(hi, best[m] + radius)
-            moves = [(v, cur) for v in range(lo, hi + 1) if v != best[m]]
-            if m == 0:  # the start moves with every rule (a new start may pay off only with the other rule)
-                moves = [(v, r) for v in range(lo, hi + 1) for r in rules if (v, r) != (best[0], cur)]
-            for v, r in sorted(moves, key=lambda vr: (abs(vr[0] - best[m]), vr[0], vr[1] != cur)):
-                trial = best[:m] + [v] + best[m + 1 :]
-                ok, e = better(trial, r)
-                if ok:
-                    best, best_err, cur, improved = trial, e, r, True
-                    anchor(best, cur)
-                    break
-        if improved:
-            continue
-        for r in rules:
-            if r != cur:
-                ok, e = better(best, r)
-                if ok:
-                    cur, best_err, improved = r, e, True
-                    anchor(best, cur)
-                    break
-        if improved:
-            continue
-        if pair_moves:
-            for m in range(first, len(best) - 2):
-                for d1 in (-1, 1):
-                    for d2 in (-1, 1):
-                        trial = list(best)
-                        trial[m] += d1
-                        trial[m + 1] += d2
-                        if any(trial[q] >= trial[q + 1] for q in range(len(trial) - 1)) or not 0 <= trial[0] <= window:
-                            continue
-                        ok, e = better(trial, cur)
-                        if ok:
-                            best, best_err, improved = trial, e, True
-                            anchor(best, cur)
+    try:
+        for _ in range(max_sweeps):
+            improved = False
+            for m in order:
+                lo, hi = (0, min(window, best[1] - 1)) if m == 0 else (best[m - 1] + 1, best[m + 1] - 1)
+                if radius is not None:
+                    lo, hi = max(lo, best[m] - radius), min(hi, best[m] + radius)
+                moves = [(v, cur) for v in range(lo, hi + 1) if v != best[m]]
+                if m == 0:  # the start moves with every rule (a new start may pay off only with the other rule)
+                    moves = [(v, r) for v in range(lo, hi + 1) for r in rules if (v, r) != (best[0], cur)]
+                for v, r in sorted(moves, key=lambda vr: (abs(vr[0] - best[m]), vr[0], vr[1] != cur)):
+                    trial = best[:m] + [v] + best[m + 1 :]
+                    ok, e = better(trial, r)
+                    if ok:
+                        best, best_err, cur, improved = trial, e, r, True
+                        anchor(best, cur)
+                        break
+            if improved:
+                continue
+            for r in rules:
+                if r != cur:
+                    ok, e = better(best, r)
+                    if ok:
+                        cur, best_err, improved = r, e, True
+                        anchor(best, cur)
+                        break
+            if improved:
+                continue
+            if pair_moves:
+                for m in range(first, len(best) - 2):
+                    for d1 in (-1, 1):
+                        for d2 in (-1, 1):
+                            trial = list(best)
+                            trial[m] += d1
+                            trial[m + 1] += d2
+                            if (
+                                any(trial[q] >= trial[q + 1] for q in range(len(trial) - 1))
+                                or not 0 <= trial[0] <= window
+                            ):
+                                continue
+                            ok, e = better(trial, cur)
+                            if ok:
+                                best, best_err, improved = trial, e, True
+                                anchor(best, cur)
+                                break
+                        if improved:
                             break
                     if improved:
                         break
-                if improved:
-                    break
-        if not improved:
-            break
+            if not improved:
+                break
+    except _Spent:  # the cap: the best path so far
+        pass
     return best, best_err, cur
 
 

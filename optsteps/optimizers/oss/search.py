@@ -246,7 +246,16 @@ def _finish(
     rules = sorted({st.rule for st in start_candidates(noise_schedule, t, window)}, key=("scaled", "raw").index)
     dp_cost = error.value(dp_path, dp_rule, "mse")
     path, obj, rule = (
-        refine_start(dp_path, dp_rule, error, window, rules, options.refine_radius, pair_moves)
+        refine_start(
+            dp_path,
+            dp_rule,
+            error,
+            window,
+            rules,
+            options.refine_radius,
+            pair_moves,
+            max_evals=options.refine_max_evals,
+        )
         if options.refine
         else (dp_path, dp_obj, dp_rule)
     )

@@ -393,6 +393,22 @@ def main():
             raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except Exception as e:  # a tracking server failing a request outside the Registry's client (MLflow, requests)
+        err = _server_error(e)
+        if err is None:
+            raise
+        typer.echo(f"error: {redact(err)}", err=True)
+        sys.exit(2)
+
+
+def _server_error(e: Exception):
+    """``e`` as one line when it is MLflow's or an HTTP library's report of a failing tracking server, else None.
+    (The Registry's own calls already raise that line; this catches the rest, e.g. artifact downloads.)"""
+    if type(e).__module__.split(".")[0] not in ("mlflow", "requests", "urllib3"):
+        return None
+    from optsteps.integrations.mlflow_registry import server_error
+
+    return server_error(e)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ def test_the_real_cli_gives_one_line_within_the_timeout(tmp_path):
 def test_a_server_that_fails_inside_a_registration_is_one_server_error(tmp_path):
     """/health and the first API request answer, a later request gets 503: ``ServerError`` (an OptstepsError, one
     line naming the server), not MLflow's exception; MLflow's own answers (e.g. "no such version") stay MLflow's."""
-    from optsteps.integrations.mlflow_registry import Registry, ServerError, server_error
+    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.integrations.tracking_server import ServerError, server_error
 
     with FakeTracking("later", ok=1) as srv:
         reg = Registry(f"http://127.0.0.1:{srv.port}", timeout_s=TIMEOUT_S)
@@ -186,7 +187,7 @@ def test_a_server_that_fails_inside_a_registration_is_one_server_error(tmp_path)
 
 
 def test_the_mlflow_request_bounds_follow_the_timeout_and_keep_the_users(monkeypatch):
-    from optsteps.integrations import mlflow_registry as mr
+    from optsteps.integrations import tracking_server as mr
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -201,7 +202,7 @@ def test_the_mlflow_request_bounds_follow_the_timeout_and_keep_the_users(monkeyp
 
 
 def test_health_check_sends_userinfo_as_basic_auth_not_as_the_host():
-    from optsteps.integrations.mlflow_registry import _health_request
+    from optsteps.integrations.tracking_server import _health_request
 
     req = _health_request("http://alice:s%3Acret@127.0.0.1:5000/")
     assert req.full_url == "http://127.0.0.1:5000/health"
@@ -209,3 +210,107 @@ def test_health_check_sends_userinfo_as_basic_auth_not_as_the_host():
 
     assert req.get_header("Authorization") == "Basic " + base64.b64encode(b"alice:s:cret").decode()
     assert _health_request("https://mlflow.example.com").get_header("Authorization") is None
+
+
+# ---- bounds and progress on long work ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def adhoc(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return tmp_path
+
+
+def test_lambda_opt_nfe_is_a_work_limit_refused_up_front_with_how_to_raise_it(adhoc, monkeypatch, capsys):
+    """`schedule lambda-opt --nfe 5000` used to run for minutes without a word: refused before any work, naming the
+    limit and OPTSTEPS_MAX_LAMBDA_OPT_NFE; raising that variable lifts the limit (params rule and library alike)."""
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.optimizers.lambda_opt.orders import check_nfe
+    from optsteps.pipeline.config import load_params, override
+
+    monkeypatch.delenv("OPTSTEPS_MAX_LAMBDA_OPT_NFE", raising=False)
+    code, out, err, elapsed = run_main(
+        adhoc, monkeypatch, capsys, ["schedule", "lambda-opt", "--model", "gmm"] + ["--nfe", "5000"]
+    )
+    line = one_error_line(err)
+    assert code == 2 and out == ""
+    assert "--nfe 5000" in line and "≤ 200" in line and "OPTSTEPS_MAX_LAMBDA_OPT_NFE=5000" in line, line
+    assert elapsed < 60
+    p = load_params(adhoc / "params.yaml")
+    with pytest.raises(OptstepsError, match="MAX_LAMBDA_OPT_NFE"):
+        check_nfe(201)
+    from optsteps.models import gmm_model
+
+    with pytest.raises(OptstepsError, match="OPTSTEPS_MAX_LAMBDA_OPT_NFE=5000"):
+        lambda_opt_schedule(gmm_model().noise_schedule, 5000, "unipc")  # the library refuses it too, before solving
+    monkeypatch.setenv("OPTSTEPS_MAX_LAMBDA_OPT_NFE", "6000")
+    assert check_nfe(5000) == 5000
+    assert override(p, {"lambda_opt.nfe": ("--nfe", [5000])}).lambda_opt.nfe == [5000]
+
+
+def test_progress_lines_are_throttled_with_elapsed_and_eta():
+    from optsteps.pipeline.progress import Progress
+
+    now, lines = [0.0], []
+    prog = Progress("teacher m", lines.append, "shard", every_s=10, clock=lambda: now[0])
+    for i, t in enumerate([3, 6, 9], 1):  # under 10 s in all: nothing said, not even at the end
+        now[0] = t
+        prog(i, 3)
+    assert lines == []
+    prog = Progress("teacher m", lines.append, "shard", every_s=10, clock=lambda: now[0])
+    for i in range(1, 11):
+        now[0] += 4.0
+        prog(i, 10)
+    prog(10, 10)  # a repeated end says nothing more
+    assert lines == [
+        "teacher m: shard 3/10 (30%), 12.0 s elapsed, ETA 28.0 s",
+        "teacher m: shard 6/10 (60%), 24.0 s elapsed, ETA 16.0 s",
+        "teacher m: shard 9/10 (90%), 36.0 s elapsed, ETA 4.0 s",
+        "teacher m: shard 10/10 (100%), 40.0 s elapsed, done",
+    ]
+    bound = Progress("opt", lines.append, "iteration", every_s=0, bound=True, clock=lambda: now[0])
+    now[0] += 5
+    bound(5, 20)
+    assert lines[-1].endswith("ETA ≤ 15.0 s")
+
+
+def test_trajectories_says_its_size_and_reports_shards_on_stderr(adhoc, monkeypatch, capsys):
+    """`trajectories` says up front how much it will compute, then shard i/n with the elapsed time and an ETA on
+    stderr (the Ray path reports the same way); stdout keeps the one result line."""
+    import optsteps.pipeline.progress as progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # every shard
+    args = ["trajectories", "--model", "gmm", "--samples", "48", "--shard-size", "8", "--teacher-steps", "50"]
+    code, out, err, _ = run_main(adhoc, monkeypatch, capsys, args + ["--out", "shards"])
+    assert code in (0, None), err
+    lines = err.splitlines()
+    assert lines[0].startswith("teacher gmm: 6 of 6 shards to compute (48 samples in shards of 8; "), err
+    assert "network forwards in" in lines[0]
+    shards = [ln for ln in lines if ln.startswith("teacher gmm: shard ")]
+    assert [ln.split()[3] for ln in shards] == [f"{i}/6" for i in range(1, 7)], err
+    assert all("ETA" in ln for ln in shards[:-1]) and shards[-1].endswith("done")
+    assert out.strip().startswith("6 shards, 48 samples") and "shard 1/6" not in out
+    code, out, err, _ = run_main(adhoc, monkeypatch, capsys, args + ["--out", "shards"])  # all there: nothing to say
+    assert code in (0, None) and "teacher gmm" not in err, err
+
+
+def test_lambda_opt_reports_its_iterations_through_a_callback(adhoc, monkeypatch, capsys):
+    """The optimiser reports (iterations so far, budget) to a callback it is handed, never prints; the CLI turns
+    that into progress lines on stderr for a long run (every line here: EVERY_S = 0)."""
+    from optsteps.models import gmm_model
+    from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+
+    calls = []
+    lambda_opt_schedule(gmm_model().noise_schedule, 6, "unipc", progress=lambda d, t: calls.append((d, t)))
+    assert capsys.readouterr() == ("", "")
+    assert len(calls) > 3 and all(b >= a for (a, _), (b, _) in zip(calls, calls[1:]))
+    assert all(d <= t for d, t in calls) and calls[-1][0] == calls[-1][1] == calls[-2][0]
+
+    import optsteps.pipeline.progress as progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    code, out, err, _ = run_main(adhoc, monkeypatch, capsys, ["schedule", "lambda-opt", "--model", "gmm", "--nfe", "6"])
+    assert code in (0, None), err
+    lines = [ln for ln in err.splitlines() if ln.startswith("lambda-opt gmm unipc NFE 6: iteration ")]
+    assert len(lines) > 3 and "ETA ≤" in lines[0] and lines[-1].endswith("done"), err
+    assert "iteration" not in out and out.startswith("lambda-opt NFE 6")

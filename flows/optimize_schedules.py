@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import CachePolicy
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -87,14 +87,14 @@ def model_task(params_path: str, digest: str, model: str, trained: str | None = 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=SHARDS, persist_result=True)
 def trajectories_task(params_path: str, digest: str, model: str, identity: str) -> list[str]:
-    man = stages.trajectories(load_params(params_path), model)
+    man = stages.trajectories(load_params(params_path), model, say=get_run_logger().info)  # progress in the task log
     return [e["sha256"] for e in man["shards"]]
 
 
 @task(cache_policy=SCHEDULE, persist_result=True)
 def lambda_opt_task(params_path: str, digest: str, model: str, solver: str, nfe: int, identity: str) -> str:
     p = load_params(params_path)
-    stages.lambda_opt(p, model, solver, nfe)
+    stages.lambda_opt(p, model, solver, nfe, say=get_run_logger().info)
     return str(layout.schedule_path(p, model, "lambda-opt", solver, nfe))
 
 

@@ -1,7 +1,9 @@
 """Teacher shards on real Ray actors (a local instance): same bytes as in-process generation, and a killed
 actor's shard is redone with nothing duplicated or lost."""
 
+import ipaddress
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +106,71 @@ def test_pipeline_models_on_actors_give_the_in_process_shards_byte_for_byte(ray_
             assert (tmp_path / e.name / "ray" / s["file"]).read_bytes() == (
                 tmp_path / e.name / "local" / s["file"]
             ).read_bytes()
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` (the Ray processes this driver started: GCS, raylet, agents, workers)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[int, str]]:
+    """(pid, local address) of every listening TCP socket (IPv4 and IPv6) held by ``pids``."""
+    listening = {}  # inode → address
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A":  # TCP_LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            if v6:  # four little-endian 32-bit words
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                addr = str(ipaddress.IPv6Address(raw))
+            else:
+                addr = str(ipaddress.IPv4Address(raw[::-1]))
+            listening[f[9]] = f"{addr}:{int(port, 16)}"
+    out = []
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                out.append((pid, listening[target[8:-1]]))
+    return out
+
+
+def _loopback(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def test_the_local_instance_listens_on_loopback_only(ray_cfg):
+    """`trajectories --ray` without ray.address: the GCS, raylet, agents and workers listen on 127.0.0.1 (or ::1)
+    only, never on 0.0.0.0, :: or the machine's own address (Ray's Linux default); a running worker too."""
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid()  # a worker process is up
+    sockets = _listening_sockets(_descendants(os.getpid()))
+    assert len(sockets) >= 3, sockets  # at least the GCS, the raylet and a worker: the check saw Ray's processes
+    exposed = [(pid, addr) for pid, addr in sockets if not _loopback(addr)]
+    assert not exposed, exposed

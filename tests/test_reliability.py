@@ -272,7 +272,8 @@ TABLE = [
     (S + ["uniform-t", "--seed", "9223372036854775808"], "--seed 9223372036854775808 is out of range"),
     (
         ["schedule", "lambda-opt", "--model", "digits", "--nfe", "5000"],
-        "lambda_opt.nfe = [5000] (given as --nfe 5000): use a list of integers in 2 … 200",
+        "lambda_opt.nfe = [5000] (given as --nfe 5000): use integers ≤ 200 (the work limit MAX_LAMBDA_OPT_NFE; "
+        "raise it for one run with OPTSTEPS_MAX_LAMBDA_OPT_NFE=5000)",
     ),
     (["trajectories", "--model", "digits", "--samples", "100000000"], "OPTSTEPS_MAX_TEACHER_SAMPLES=100000000"),
     (

@@ -22,6 +22,11 @@ stage_app = typer.Typer(no_args_is_help=True, help="Pipeline stages over the par
 app.add_typer(stage_app, name="stage")
 
 
+def _say(line: str) -> None:
+    """Progress lines of long stages, on stderr (stdout keeps the command's result)."""
+    typer.echo(line, err=True)
+
+
 def _params(path):
     from optsteps.pipeline.config import load_params
 
@@ -179,7 +184,7 @@ def schedule_lambda_opt(
             "lambda_opt.trunc": ("--trunc", trunc),
         },
     )
-    s = stages.compute_lambda_opt(p, model, solver, nfe, max_order=order, traj_dir=trajectories)
+    s = stages.compute_lambda_opt(p, model, solver, nfe, max_order=order, traj_dir=trajectories, say=_say)
     _write_out(s, out, params)
     _emit(s, as_json)
 
@@ -294,7 +299,7 @@ def trajectories(
         },
         cross=False,
     )
-    man = stages.trajectories(p, model, use_ray=ray, out=out)
+    man = stages.trajectories(p, model, use_ray=ray, out=out, say=_say)
     typer.echo(
         f"{len(man['shards'])} shards, {man['samples']} samples, teacher {p.teacher.solver} × "
         f"{p.teacher.steps} -> {out or layout.trajectories_dir(p, model)}"
@@ -325,7 +330,7 @@ def stage_lambda_opt(model: str = typer.Option(..., "--model"), params: str = Pa
     """λ-optimized schedules for every solver × NFE in params.lambda_opt."""
     import optsteps.pipeline.stages as stages
 
-    for path in stages.lambda_opt_all(_params(params), model):
+    for path in stages.lambda_opt_all(_params(params), model, say=_say):
         typer.echo(f"wrote {path}")
 
 
@@ -393,6 +398,22 @@ def main():
             raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except Exception as e:  # a tracking server failing a request outside the Registry's client (MLflow, requests)
+        err = _server_error(e)
+        if err is None:
+            raise
+        typer.echo(f"error: {redact(err)}", err=True)
+        sys.exit(2)
+
+
+def _server_error(e: Exception):
+    """``e`` as one line when it is MLflow's or an HTTP library's report of a failing tracking server, else None.
+    (The Registry's own calls already raise that line; this catches the rest, e.g. artifact downloads.)"""
+    if type(e).__module__.split(".")[0] not in ("mlflow", "requests", "urllib3"):
+        return None
+    from optsteps.integrations.tracking_server import server_error
+
+    return server_error(e)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 from optsteps.core.schedule import Schedule
 from optsteps.errors import OptstepsError
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
-from optsteps.io.paths import redact
+from optsteps.integrations.tracking_server import DEFAULT_TIMEOUT_S, check_reachable, guarded_client
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
 
 EXPERIMENT = "optsteps-schedules"
@@ -80,44 +80,6 @@ def artifact_location_for(tracking_uri: str) -> str | None:
     m = re.match(r"^sqlite:///(.+)$", tracking_uri)
     base = Path(m.group(1)).resolve().parent if m and m.group(1) != ":memory:" else Path.cwd().resolve()
     return (base / "mlartifacts").as_uri()
-
-
-DEFAULT_TIMEOUT_S = 10.0
-
-
-def check_reachable(tracking_uri: str, timeout_s: float = DEFAULT_TIMEOUT_S, create: bool = True) -> None:
-    """Refuse, in one line and within ``timeout_s``, a tracking URI that cannot work: an http(s) server that does not
-    answer ``/health``, or (``create`` False) a sqlite file that does not exist."""
-    m = re.match(r"^sqlite:///(.+)$", tracking_uri)
-    if m and not create and m.group(1) != ":memory:" and not Path(m.group(1)).is_file():
-        raise OptstepsError(
-            f"there is no schedule registry at {redact(tracking_uri)} (no such database file); check the "
-            "path, pass --tracking-uri, or run `optsteps stage register` (or `make run`) first."
-        )
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(math.ceil(timeout_s)))))
-    url = tracking_uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - the user's tracking server
-            r.read(64)
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):  # up, but wants credentials: MLflow's own calls will say so
-            return
-        raise OptstepsError(
-            f"the MLflow tracking server {redact(tracking_uri)} answered /health with HTTP {e.code}; check "
-            "the URI (mlflow.tracking_uri or --tracking-uri) and the server."
-        ) from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = redact(getattr(e, "reason", e))
-        raise OptstepsError(
-            f"cannot reach the MLflow tracking server {redact(tracking_uri)} within {timeout_s:g} s "
-            f"({reason}); start it (`mlflow server …` or `docker compose up -d` in infra/compose), fix "
-            "mlflow.tracking_uri or --tracking-uri, or raise mlflow.timeout_s."
-        ) from None
 
 
 def filter_value(value: str) -> str:
@@ -247,9 +209,9 @@ class Registry:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ):
         """``create`` False (read-only commands): a sqlite registry that does not exist is an error, not a new empty
-        database. An http(s) server must answer ``/health`` within ``timeout_s`` (mlflow.timeout_s), else one clear
-        error instead of MLflow's minutes of retries; the same bound is MLflow's per-request timeout unless
-        MLFLOW_HTTP_REQUEST_TIMEOUT is set."""
+        database. An http(s) server must answer ``/health`` and one API request within ``timeout_s`` (mlflow.timeout_s),
+        else one clear error instead of MLflow's minutes of retries; the same bound is MLflow's per-request timeout,
+        without retries (``bound_requests``), and a request that fails later raises ``ServerError`` (one line)."""
         _quiet()
         from mlflow import MlflowClient
 
@@ -258,6 +220,9 @@ class Registry:
         self.artifact_location = artifact_location or artifact_location_for(self.tracking_uri)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")):  # a server: its failures become one line
+            self.client = guarded_client(self.client, self.tracking_uri, timeout_s)
+            self.client.search_experiments(max_results=1)  # its API answers too (not only /health), before any work
         self._resamples: dict = {}  # run id → its logged resamples (read once)
 
     # -- runs ----------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ GPU: an actor asks for ``num_gpus_per_actor`` only when the cluster reports GPUs
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 
 from optsteps.core.limits import MAX_SAMPLES
+from optsteps.errors import OptstepsError
 from optsteps.teacher.config import TeacherConfig
 
 
@@ -37,24 +39,66 @@ class RayConfig:
 
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_SCHEDULER_EVENTS": "0"}
+LOOPBACK = "127.0.0.1"
+# Ray's switch between a single-machine instance on the loopback address (its default on macOS and Windows) and a
+# node other machines can join (its default on Linux): read when ray is first imported, by this process and by every
+# process Ray starts
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_SAVED: list = []  # [the variable's value before this process set it] while a local instance's setting holds
+
+
+def _local_only(on: bool) -> None:
+    """Set (``on``) Ray's node address resolution for a local instance: the loopback address, which makes the GCS,
+    raylet, workers and agents listen on 127.0.0.1 only; or (connecting to a cluster) undo that, back to what the
+    environment said before."""
+    if on and not _SAVED:
+        _SAVED.append(os.environ.get(_LOCAL_ONLY_ENV))
+    elif not on and _SAVED:
+        old = _SAVED.pop()
+        if old is None:
+            os.environ.pop(_LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[_LOCAL_ONLY_ENV] = old
+    else:
+        return
+    if on:
+        os.environ[_LOCAL_ONLY_ENV] = "0"  # set before ray's first import where possible; its processes inherit it
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray was imported before: the driver read the variable then
+        env = os.environ.get(_LOCAL_ONLY_ENV)
+        constants.ENABLE_RAY_CLUSTER = (
+            env.lower() in ("true", "1") if env is not None else not constants.IS_WINDOWS_OR_OSX
+        )
 
 
 def init_ray(cfg: RayConfig):
-    """Connect to ``cfg.address`` if set, else start a local instance. Call from the main thread."""
+    """Connect to ``cfg.address`` if set, else start a local instance that listens on 127.0.0.1 only (nothing on
+    another interface: not the GCS, raylet, object manager, workers or agents; the dashboard is off). Call from the
+    main thread."""
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return sys.modules["ray"]
+    _local_only(not cfg.address)
     import ray
 
-    if ray.is_initialized():
-        return ray
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=cfg.num_cpus or None,
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=cfg.object_store_mb * 1024 * 1024,
+        return ray
+    ray.init(
+        num_cpus=cfg.num_cpus or None,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=cfg.object_store_mb * 1024 * 1024,
+        _node_ip_address=LOOPBACK,
+    )
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:  # a Ray whose address rules changed: never leave an instance open to the network
+        ray.shutdown()
+        raise OptstepsError(
+            f"the local Ray instance took the address {node_ip}, not {LOOPBACK}, so it would listen on the "
+            "network; set ray.address to a cluster you run (`ray start --head --node-ip-address=127.0.0.1`), "
+            "or run without --ray."
         )
     return ray
 

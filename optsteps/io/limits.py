@@ -16,6 +16,7 @@ DEFAULTS = {
     "MAX_TRAIN_TIMESTEPS": 1_000_000,  # a discrete noise schedule's num_train_timesteps (tables of that size)
     "MAX_TEACHER_SAMPLES": 100_000,  # teacher-trajectory samples (OSS needs hundreds; each is a full teacher run)
     "MAX_EVAL_SAMPLES": 1_000_000,  # samples of one evaluation or grid
+    "MAX_LAMBDA_OPT_NFE": 200,  # K of the λ-optimizer (few-step schedules): K = 200 takes ≈ 40 s on one core, K³ beyond
 }
 
 # a sample's noise seed is seed·1_000_003 + index (models.base), and torch seeds are int64: seeds up to 2⁴³ − 1 keep

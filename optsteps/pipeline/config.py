@@ -34,6 +34,7 @@ from optsteps.core.limits import MAX_SAMPLES
 from optsteps.errors import OptstepsError
 from optsteps.evaluate.options import EvaluateOptions
 from optsteps.integrations.ray_pool import RayConfig
+from optsteps.io.limits import limit as work_limit
 from optsteps.io.paths import has_credentials
 from optsteps.io.readers import read_yaml
 from optsteps.models.classifier import ClassifierConfig
@@ -335,6 +336,14 @@ def _rule_text(f: dataclasses.Field, hint, value) -> str | None:
                 left = f"{lo:g} {'<' if opened in ('lo', 'both') else '≤'} {f.name}"
                 right = "" if hi == math.inf else f" {'<' if opened in ('hi', 'both') else '≤'} {hi:g}"
                 return f"use a finite number with {left}{right}"
+    if "limit" in md and value is not None:
+        name = md["limit"]
+        top, most = max(items if items is not None else [value], default=0), work_limit(name)
+        if top > most:
+            return (
+                f"use {'integers' if items is not None else 'an integer'} ≤ {most:,} (the work limit {name}; "
+                f"raise it for one run with OPTSTEPS_{name}={top})"
+            )
     if "check" in md:
         return md["check"](value)
     return None
@@ -354,6 +363,8 @@ def check_fields(obj, section: str, where: str = "", flags: dict | None = None) 
     - ``"open": "lo" | "hi" | "both"``: those bounds of a float range are strict (hi = ``math.inf``: no upper bound);
     - ``"choices": (…)``: the value, or every item of a list, is one of these strings;
     - ``"nonempty": True | "what it is"``: a list with at least one item, a string that is not blank;
+    - ``"limit": NAME``: a number, or every item of a list, at most the work limit ``NAME`` of ``optsteps.io.limits``
+      (raised for one run with the environment variable ``OPTSTEPS_<NAME>``);
     - ``"check": fn``: any other single-value rule; ``fn(value)`` returns the broken rule ("use …") or None;
     - ``"hint": "…"``: appended to the rule (why the bound exists, how to go beyond it);
     - ``"param": False``: a library option that params.yaml does not carry (its default stays unless a caller

@@ -87,6 +87,12 @@ def evaluate_one(
         cross=False,
     )  # the params.yaml rules
     n, inception_n, seed, start = p.evaluate.n, p.evaluate.inception_n, p.evaluate.seed, p.evaluate.start
+    from optsteps.integrations.mlflow_registry import Registry
+
+    uri = tracking_uri or p.mlflow.tracking_uri or None
+    reg = None  # a tracking server that does not work fails now (within mlflow.timeout_s), not after the evaluation
+    if (log or register) and uri and uri.startswith(("http://", "https://")):
+        reg = Registry(uri, timeout_s=p.mlflow.timeout_s)
     m = load_model(e, p.artifacts)
     s = load_one_schedule(schedule, m, nfe, solver, p.evaluate.solvers[0])
     source = "--solver" if solver else "default" if _is_kind(schedule) else "the schedule file"
@@ -124,10 +130,10 @@ def evaluate_one(
     if not (log or register):
         metrics, _ = run()
         return OneEvaluation(metrics, solver=solver)
-    from optsteps.integrations.mlflow_registry import Registry
     from optsteps.io.provenance import params_hash
 
-    reg = Registry(tracking_uri or p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
+    if reg is None:  # a local database is created only now, after every check
+        reg = Registry(uri, timeout_s=p.mlflow.timeout_s)
     run_params = {
         "n": n,
         "inception_n": inception_n,

@@ -58,14 +58,15 @@ def resolve(p: Params, model) -> tuple[Params, ModelEntry]:
     return budgeted(p, e), e
 
 
-def lambda_opt_all(p: Params, model) -> list[Path]:
-    """Every (solver, NFE) of ``lambda_opt`` in params; the DVC stage ``lambda_opt@<model>``."""
+def lambda_opt_all(p: Params, model, say=None) -> list[Path]:
+    """Every (solver, NFE) of ``lambda_opt`` in params; the DVC stage ``lambda_opt@<model>``. ``say``: where progress
+    lines of long optimisations go (``optsteps.pipeline.progress``)."""
     q, e = resolve(p, model)
     return [
         schedule_path(q, e, "lambda-opt", solver, nfe)
         for solver in q.lambda_opt.solvers
         for nfe in q.lambda_opt.nfe
-        if lambda_opt(q, e, solver, nfe) is not None
+        if lambda_opt(q, e, solver, nfe, say=say) is not None
     ]
 
 
@@ -185,9 +186,10 @@ def train(p: Params, model: str, force: bool = False) -> Path:
     return train_digits(e.name, p.train_config(e.name), out)
 
 
-def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dict:
+def trajectories(p: Params, model, use_ray: bool | None = None, out=None, say=None) -> dict:
     """Teacher shards of the model (``artifacts/trajectories/<model>``, or ``out``). With Ray, actors load the model
-    (each once, on its device) and the driver only reads its identity (``describe_model``)."""
+    (each once, on its device) and the driver only reads its identity (``describe_model``). ``say``: where the plan's
+    count and the progress lines go (shard i/n, elapsed, ETA; ``optsteps.pipeline.progress``); None: a progress bar."""
     from optsteps.teacher.load import drop_stale_shards
     from optsteps.teacher.trajectories import generate_trajectories
 
@@ -213,7 +215,22 @@ def trajectories(p: Params, model, use_ray: bool | None = None, out=None) -> dic
         batching(m, e, q.teacher.guidance),
     )
     log.info("teacher %s: %d forwards in %d network calls (existing shards are skipped)", e.name, c.forwards, c.calls)
-    return generate_trajectories(m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner)
+    from optsteps.pipeline.progress import progress_for
+
+    t = q.trajectories
+    n = len(shard_ranges(t.samples, t.shard_size))
+    report = progress_for(
+        f"teacher {e.name}",
+        say,
+        "shard",
+        intro=lambda todo: (
+            f"{todo:,} of {n:,} shards to compute ({t.samples:,} samples in shards of {t.shard_size}; "
+            f"{c.forwards:,} network forwards in {c.calls:,} calls for all {n:,})"
+        ),
+    )
+    return generate_trajectories(
+        m, q.teacher, out, q.trajectories.samples, q.trajectories.shard_size, runner=runner, report=report
+    )
 
 
 _GITS_COSTS: dict = {}
@@ -402,24 +419,29 @@ def _join(*words: str) -> str:
     return ", ".join(w for w in words if w)
 
 
-def lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:
+def lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None, say=None) -> Schedule:
     """The λ-optimized schedule (``compute_lambda_opt``), written to ``schedule_path``."""
     q, e = resolve(p, model)
-    sched = compute_lambda_opt(p, model, solver, nfe, max_order=max_order, traj_dir=traj_dir)
+    sched = compute_lambda_opt(p, model, solver, nfe, max_order=max_order, traj_dir=traj_dir, say=say)
     sched.save(schedule_path(q, e, "lambda-opt", solver, nfe))
     return sched
 
 
-def compute_lambda_opt(p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None) -> Schedule:
+def compute_lambda_opt(
+    p: Params, model, solver: str, nfe: int, max_order: int = 3, traj_dir=None, say=None
+) -> Schedule:
     """The λ-optimized schedule of ``model`` for ``solver`` (at order ≤ ``max_order``) and NFE, with the options
-    ``p.lambda_opt`` (command-line flags arrive there through ``config.override``); nothing is written."""
+    ``p.lambda_opt`` (command-line flags arrive there through ``config.override``); nothing is written. ``say``: where
+    the iteration progress of a long optimisation goes (``optsteps.pipeline.progress``)."""
     from optsteps.optimizers.lambda_opt import lambda_opt_schedule
+    from optsteps.pipeline.progress import progress_for
 
     p, e = resolve(p, model)
     ns = noise_schedule_for(e, p.artifacts)
     eps_fn = empirical_eps_for(p, e, traj_dir) if p.lambda_opt.error_model == "empirical" else None
     spec = SolverSpec(solver, min(max_order, DEFAULT_ORDER[solver]))
-    sched = lambda_opt_schedule(ns, nfe, spec, p.lambda_opt, eps_fn=eps_fn, model=e.name)
+    report = progress_for(f"lambda-opt {e.name} {solver} NFE {nfe}", say, "iteration", bound=True)
+    sched = lambda_opt_schedule(ns, nfe, spec, p.lambda_opt, eps_fn=eps_fn, model=e.name, progress=report)
     if p.polish.enabled:
         sched = polish_stage_schedule(p, load_model(e, p.artifacts), sched, traj_dir or trajectories_dir(p, e))
     return sched

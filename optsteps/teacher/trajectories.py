@@ -98,11 +98,14 @@ def generate_trajectories(
     shard_size: int,
     progress: bool = True,
     runner=None,
+    report=None,
 ) -> dict:
     """Write every missing shard of samples [0, samples) and the manifest; returns the manifest.
 
     ``runner(pending: list[(start, count)]) -> iterable of entries`` can fan shards out (e.g. Ray actors);
-    by default shards are computed here, one after the other.
+    by default shards are computed here, one after the other. ``report(done, total)``: called with done = 0 once the
+    inputs are checked and work begins, then after each shard written by this call (``total``: the shards missing at
+    the start), for progress lines; with it, no progress bar.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,19 +136,22 @@ def generate_trajectories(
         write_manifest(out_dir, m)
         return m
 
+    if report is not None and pending:
+        report(0, len(pending))
     if runner is None:
         it = pending
-        if progress and pending:
+        if progress and pending and report is None:
             from tqdm import tqdm
 
             it = tqdm(pending, desc=f"teacher {model.name}", mininterval=2.0)
-        for start, count in it:
-            entries[(start, count)] = generate_shard(model, cfg, out_dir, start, count)
-            save_manifest()
+        done = (generate_shard(model, cfg, out_dir, start, count) for start, count in it)
     else:
-        for e in runner(pending):
-            entries[(e["start"], e["count"])] = e
-            save_manifest()
+        done = runner(pending)
+    for i, e in enumerate(done, 1):
+        entries[(e["start"], e["count"])] = e
+        save_manifest()
+        if report is not None:
+            report(i, len(pending))
     return save_manifest()
 
 

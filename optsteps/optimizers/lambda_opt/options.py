@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from optsteps.core.solver_spec import SOLVERS
+from optsteps.io.limits import DEFAULTS as LIMITS
 from optsteps.optimizers.lambda_opt.error_models import ERROR_MODELS
 
-MAX_NFE = 200  # the λ-optimizer is for few-step schedules: K = 100 takes ≈ 17 s of trust-constr on one core
+# the λ-optimizer is for few-step schedules (K = 100 takes ≈ 17 s of trust-constr on one core): the default bound on
+# K, a work limit of ``optsteps.io.limits`` (raised for one run with OPTSTEPS_MAX_LAMBDA_OPT_NFE)
+MAX_NFE = LIMITS["MAX_LAMBDA_OPT_NFE"]
 DEFAULT_STARTS = ("uniform_lambda", "uniform_t", "karras")
 DEFAULT_LAMBDA_FLOOR = -7.0
 DEFAULT_LAMBDA_CEILING = 7.0
@@ -30,7 +33,8 @@ class LambdaOptOptions:
     nfe: list = field(
         default_factory=lambda: [4, 5, 6, 8, 10],
         metadata={
-            "range": (2, MAX_NFE),
+            "range": (2, None),
+            "limit": "MAX_LAMBDA_OPT_NFE",
             "hint": "the λ-optimizer places K ≥ 2 steps; longer schedules: use uniform-lambda",
         },
     )

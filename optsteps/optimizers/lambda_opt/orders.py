@@ -9,6 +9,7 @@ import numpy as np
 
 from optsteps.core.solver_spec import SolverSpec, step_orders
 from optsteps.errors import OptstepsError
+from optsteps.io.limits import check as check_limit
 
 _MAX_ORDER = 3
 
@@ -33,7 +34,7 @@ def check_nfe(nfe) -> int:
             f"nfe = {nfe!r}: the λ-optimizer needs an integer NFE K ≥ 2 (at least one interior time); "
             "pass nfe=2 or more, or use a fixed schedule for K = 1."
         )
-    return int(nfe)
+    return check_limit("MAX_LAMBDA_OPT_NFE", int(nfe), "the λ-optimizer's nfe")
 
 
 def check_orders(orders, nfe: int) -> list[int]:

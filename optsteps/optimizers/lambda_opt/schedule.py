@@ -59,6 +59,7 @@ def lambda_opt_schedule(
     *,
     eps_fn: Callable | None = None,
     model: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ):
     """The λ-optimized ``Schedule`` (method "lambda-opt") for ``noise_schedule`` and NFE K (docs/algorithms.md §2).
 
@@ -69,7 +70,7 @@ def lambda_opt_schedule(
     exactly t_start, t_end.
     ``error_model``: "analytic" (ε = σ^p/α) or "empirical" (then ``eps_fn`` = ``empirical_eps(...)``).
     Extra fields: objective, objective_uniform_lambda, p, trunc, wall_time_s, orders, lambda_window,
-    error_model, best_start.
+    error_model, best_start. ``progress(done, budget)``: the optimiser's iterations (``optimize_lambdas``).
     """
     from optsteps.core.schedule import from_lambdas
 
@@ -105,6 +106,7 @@ def lambda_opt_schedule(
         dataclasses.replace(o, orders=orders, t_start=ts, t_end=te),
         eps_fn=eps_fn,
         noise_schedule=noise_schedule,
+        progress=progress,
     )
     extra = {
         "objective": res.objective,

@@ -158,9 +158,10 @@ class _EpigraphProblem:
         eye = np.eye(self.m)
         return np.block([[-Jx, eye], [Jx, eye]])
 
-    def solve(self, lam0: np.ndarray, gtol: float, xtol: float, maxiter: int, gradient: str = "analytic"):
+    def solve(self, lam0: np.ndarray, gtol: float, xtol: float, maxiter: int, gradient: str = "analytic", on_iter=None):
         """One trust-constr run from λ0; ``gradient="2-point"`` replaces every analytic derivative by
-        scipy's forward differences (the benchmark's comparison; same problem otherwise)."""
+        scipy's forward differences (the benchmark's comparison; same problem otherwise). ``on_iter()``: called
+        after each iteration."""
         import warnings
 
         from scipy.optimize import NonlinearConstraint, minimize
@@ -188,6 +189,7 @@ class _EpigraphProblem:
                 method="trust-constr",
                 constraints=constraints,
                 options={"gtol": gtol, "xtol": xtol, "maxiter": maxiter},
+                callback=None if on_iter is None else lambda intermediate_result: on_iter(),
             )
         return self.full(res.x), res.nit, str(res.message)
 
@@ -228,6 +230,7 @@ def optimize_lambdas(
     *,
     eps_fn: Callable | None = None,
     noise_schedule=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LambdaOptResult:
     """Minimise F(λ_1 … λ_{K−1}) (docs/algorithms.md §2.5) with λ_0 = ``lambda_start`` and λ_K = ``lambda_end`` fixed.
 
@@ -244,7 +247,9 @@ def optimize_lambdas(
     ``probe_iter`` iterations; the start with the lowest F then continues to ``maxiter`` iterations in all.
     The lowest F over all starts *and* all optimised points is kept, so the result's F is never above any
     start's. ``eps_fn`` replaces σ^p/α by a measured error model (``empirical_eps``). ``gradient="2-point"``
-    swaps the analytic derivatives for finite differences (for benchmarks only).
+    swaps the analytic derivatives for finite differences (for benchmarks only). ``progress(done, budget)``: called
+    after each trust-constr iteration with the iterations so far and the budget (an upper bound: starts stop when
+    they converge), and once at the end with ``done`` = ``budget`` = the iterations run.
 
     Caveat (measured, see the module notes): with T_c = 0 (``trunc=0``, the paper's choice for K ≥ 7) the signed
     per-node accumulation lets F cancel the huge weights of nearly coincident nodes, and the lowest F lies in a
@@ -330,8 +335,20 @@ def optimize_lambdas(
             "no start was usable; pass starts=('uniform_lambda', 'karras') or a noise_schedule for 'uniform_t'."
         )
 
+    probe = min(int(probe_iter), int(maxiter)) if len(runs) > 1 else int(maxiter)
+    budget = probe * len(runs) + int(maxiter) - probe
+    iters_done = [0]
+
+    def on_iter():
+        iters_done[0] += 1
+        progress(iters_done[0], max(budget, iters_done[0]))
+
+    hook = None if progress is None else on_iter
+
     def run(r, iters):
-        lam1, nit, message = problem.solve(r["lam"], gtol=gtol, xtol=xtol, maxiter=iters, gradient=gradient)
+        lam1, nit, message = problem.solve(
+            r["lam"], gtol=gtol, xtol=xtol, maxiter=iters, gradient=gradient, on_iter=hook
+        )
         lam1 = _make_feasible(lam1, gap, max_gap)  # interior-point iterates can violate the ordering by rounding
         f1 = F(lam1)
         if f1 <= r["final"]:
@@ -342,13 +359,14 @@ def optimize_lambdas(
         return message
 
     with _single_thread_blas():
-        probe = min(int(probe_iter), int(maxiter)) if len(runs) > 1 else int(maxiter)
         for r in runs:
             run(r, probe)
         lead = min(runs, key=lambda r: r["final"])
         rest = int(maxiter) - lead["nit"]
         if rest > 0 and "maximum number" in lead["message"]:
             run(lead, rest)
+    if progress is not None:
+        progress(iters_done[0], iters_done[0])
     best = min(candidates, key=lambda c: c[0])
     report = {
         r["name"]: {

@@ -1,7 +1,9 @@
-"""The quality front of issue 26 §4: held-out L2 to the teacher of the standard baselines, today's OSS (start window
-0), OSS + polish, λ-opt + polish, and the per-sample oracle (each held-out sample's own best DP path on the teacher
-grid), on trained digits models, per solver and NFE, with paired bootstrap intervals against the best baseline, all
-measured in one run.
+"""The quality front of issue 26 §4: held-out L2 to the teacher of the standard baselines, OSS from t_max (start
+window 0, the default before issue 26), OSS with the start over the whole grid, the pipeline's default OSS (both
+searches, the DP's and the refined path of each, chosen on the validation split as the stage chooses on its
+held-out shard samples), OSS + polish, λ-opt + polish, and the per-sample oracle (each held-out sample's own best
+DP path on the teacher grid, its start free), on trained digits models, per solver and NFE, with paired bootstrap
+intervals against the best baseline, all measured in one run.
 
     PYTHONPATH=. python benchmarks/quality_front.py --models digits --nfe 5,8 --solvers unipc --samples 64
 
@@ -30,6 +32,7 @@ from optsteps.models import load_model
 from optsteps.optimizers.lambda_opt import lambda_opt_schedule
 from optsteps.optimizers.oss import oss_search, student_spec
 from optsteps.optimizers.polish import PolishOptions, Split, polish_schedule
+from optsteps.optimizers.select import choose_by_heldout
 from optsteps.pipeline.config import load_params
 from optsteps.teacher.load import LabelledDenoiser
 
@@ -67,13 +70,16 @@ def main():
     ap.add_argument("--iterations", type=int, default=None, help="polish steps (default params.yaml polish)")
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--no-polish", action="store_true", help="skip the polish rows (the slow part)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     p = load_params()
     popt = p.polish if a.iterations is None else PolishOptions(**{**p.polish.__dict__, "iterations": a.iterations})
     s, h, nv = a.samples, a.heldout, a.validation
-    oss_opt = replace(p.oss, start_window=0)  # today's OSS: the student starts at t_max
+    oss_opt = replace(p.oss, start_window=0)  # OSS before issue 26: the student starts at t_max
+    full_opt = replace(p.oss, start_window="full")  # the start over the whole grid
     print(f"S = {s} distillation, V = {nv} validation, H = {h} held-out samples, oracle on {a.oracle}; polish {popt}")
+    picks = []
     for name in a.models.split(","):
         m = load_model(name, a.artifacts)
         g = p.teacher.guidance
@@ -96,11 +102,31 @@ def main():
                 best = min(BASELINES, key=lambda r: rows[r].mean())
                 t0 = time.perf_counter()
                 res = oss_search(t, states[:, :s], den_d, m.noise_schedule, k, solver, oss_opt, eval_batch_size=s)
-                rows["oss"] = l2(m, res.schedule, *held, g)
+                rows["oss (t_max)"] = l2(m, res.schedule, *held, g)
+                full = oss_search(t, states[:, :s], den_d, m.noise_schedule, k, solver, full_opt, eval_batch_size=s)
+                rows["oss+start (full)"] = l2(m, full.schedule, *held, g)
+                cands = [
+                    ("searched start, refined", full.schedule),
+                    ("searched start, dp", full.dp_schedule(t)),
+                    ("t_max, refined", res.schedule),
+                    ("t_max, dp", res.dp_schedule(t)),
+                ]
+                chosen = choose_by_heldout(cands, lambda lb: LabelledDenoiser(m, lb, g), Split(*val))
+                rows["oss default"] = l2(m, chosen, *held, g)
+                picks.append(
+                    f"{name} {solver} K={k}: default chose '{chosen.extra['heldout']['chosen']}', t_0 = "
+                    f"{chosen.t[0]:.4g} ({chosen.extra.get('start_state', 'scaled')}); +start t_0 = "
+                    f"{full.schedule.t[0]:.4g} ({full.start_state}); distill MSE {chosen.extra['distill_mse']:.3g}, "
+                    f"validation MSE {chosen.extra['heldout']['mse']:.3g} (gap {chosen.extra['heldout']['gap']:.2f})"
+                )
                 cost = {}
                 for label, start in (
-                    ("oss", res.schedule),
-                    ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, spec, p.lambda_opt)),
+                    ()
+                    if a.no_polish
+                    else (
+                        ("oss (t_max)", res.schedule),
+                        ("lambda-opt", lambda_opt_schedule(m.noise_schedule, k, spec, p.lambda_opt)),
+                    )
                 ):
                     if label == "lambda-opt":
                         rows["lambda-opt"] = l2(m, start, *held, g)
@@ -126,7 +152,7 @@ def main():
                                 m.noise_schedule,
                                 k,
                                 solver,
-                                oss_opt,
+                                full_opt,
                             ).schedule,
                             eps[s + i : s + i + 1],
                             states[-1, s + i : s + i + 1],
@@ -164,6 +190,8 @@ def main():
                         f"({ha / hb:.3f}×), {f:.0f} forwards per sample (S + V), "
                         f"{b:.0f} backwards per distillation sample"
                     )
+
+    print("\nchoices of the default OSS (on the validation split):\n  " + "\n  ".join(picks))
 
 
 if __name__ == "__main__":

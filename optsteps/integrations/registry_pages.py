@@ -87,13 +87,13 @@ def _json(text, default=None):
 
 
 def _metric_lines(metrics: dict, metric: str, names) -> list[str]:
-    lines = ["| metric | value | 95 % interval |", "|---|---|---|"]
+    lines = ["| metric | value [95 % interval] |", "|---|---|"]
     for k in [metric, *[n for n in names if n != metric]]:
         if k not in metrics:
             continue
         lo, hi = metrics.get(f"{k}_ci95_lo"), metrics.get(f"{k}_ci95_hi")
         name = f"**{k}** (champion metric)" if k == metric else k
-        lines.append(f"| {name} | {fmt(metrics[k])} | {interval([lo, hi]) if lo is not None else ''} |")
+        lines.append(f"| {name} | {fmt(metrics[k])} {interval([lo, hi]) if lo is not None else ''} |")
     return lines
 
 

@@ -75,7 +75,8 @@ def labelled_grid(
     cols = max(1, min(nrow, n))
     rows = (n + cols - 1) // cols
     gap, cap, head, sep = 2, 14 if labels else 0, 20, 16
-    scale = max(1, -(-min_width // (len(cells) * cols * (w + gap) + (len(cells) - 1) * sep)))
+    fixed = len(cells) * (cols + 1) * gap + (len(cells) - 1) * sep  # width = fixed + scale · (panels · cols · w)
+    scale = max(1, -(-(min_width - fixed) // (len(cells) * cols * w)))
     cw, ch = w * scale, h * scale
     pw = cols * (cw + gap) + gap
     width = len(cells) * pw + (len(cells) - 1) * sep

@@ -59,7 +59,9 @@ def test_version_description_explains_the_schedule_and_its_standing():
         "vs_best_baseline": json.dumps(
             {"fid_digitsnet": {"baseline": "uniform-lambda", "diff": -2.5, "ci95": [-3.1, -1.9], "significant": True}}
         ),
-        "speedup": json.dumps([{"metric": "fid_digitsnet", "baseline": "karras", "baseline_nfe": 9.2, "speedup": 1.84}]),
+        "speedup": json.dumps(
+            [{"metric": "fid_digitsnet", "baseline": "karras", "baseline_nfe": 9.2, "speedup": 1.84}]
+        ),
     }
     text = pages.version_description(
         "digits-unipc-schedules", 27, tags, params, metrics, run_tags, "time-quadratic", ["fid_digitsnet"]
@@ -73,7 +75,9 @@ def test_version_description_explains_the_schedule_and_its_standing():
     assert "1, 0.5, 0.2 … 0.05, 0.001 (6 values)" in text
     assert "optsteps apply --pipeline" in text and "digits-unipc-schedules/27" in text
     assert "OptstepsScheduler.from_schedule" in text and "--format comfyui" in text
-    behind = pages.version_description("n", 1, {**tags, "champion_decision": "behind", "paired_ci95": "[-0.1, 0.3]"}, {}, {})
+    behind = pages.version_description(
+        "n", 1, {**tags, "champion_decision": "behind", "paired_ci95": "[-0.1, 0.3]"}, {}, {}
+    )
     assert "vs the champion" in behind and "includes 0" in behind
 
 
@@ -166,7 +170,12 @@ def test_registry_pages_on_mlflow(tmp_path):
     assert exp.tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"] == "custom_model_development"
     run = reg.client.get_run(rids["oss"])
     p = run.data.params
-    assert p["order"] == str(sched("karras").solver_spec.order) and p["eval_seed"] == "1234" and p["teacher_seed"] == "7" and p["start_state"] == "scaled"
+    assert (
+        p["order"] == str(sched("karras").solver_spec.order)
+        and p["eval_seed"] == "1234"
+        and p["teacher_seed"] == "7"
+        and p["start_state"] == "scaled"
+    )
     assert len(json.loads(p["times"])) == 5 and len(json.loads(p["sigmas"])) == 5
     for rid in rids.values():  # one common path: MLflow's compare view shows it side by side
         assert GRID_PATH in {f.path for f in reg.client.list_artifacts(rid, "samples")}

@@ -75,12 +75,14 @@ def cdp_screenshot(
     wait_for: str = "-schedules",
     height: int = 900,
     scroll_to: str | None = None,
+    clicks: tuple = (),
 ) -> None:
     """Load ``url`` in headless chromium over the DevTools protocol, close MLflow's first-visit dialogs
     (the "new Model Registry UI" promo and the Assistant panel: their ``aria-label="Close"`` buttons), then
     capture the page. The plain ``--screenshot`` flag cannot click, and the promo dialog covers the table.
     ``wait_for``: text the page shows once rendered; ``height``: the viewport's; ``scroll_to``: text of an element
-    scrolled into view before the capture (e.g. a section of the compare view)."""
+    scrolled into view (the last element with that text; e.g. a section of the compare view); ``clicks``: texts of
+    elements clicked first (e.g. a common artifact to preview)."""
     import base64
     import json
 
@@ -131,13 +133,20 @@ def cdp_screenshot(
             for _ in range(3):
                 js("document.querySelectorAll('button[aria-label=\"Close\"]').forEach(b => b.click())")
                 time.sleep(1.5)
-            if scroll_to:
-                js(
-                    "(() => { const t = " + json.dumps(scroll_to) + "; const el = [...document.querySelectorAll("
-                    "'h1,h2,h3,h4,span,div,button')].find(e => e.childElementCount === 0"
-                    " && e.textContent.trim() === t); if (el) el.scrollIntoView({block: 'start'}); })()"
+            find = (  # the last element with a text node reading exactly that
+                "[...document.querySelectorAll('*')].filter(e => [...e.childNodes].some(n => n.nodeType === 3 "
+                "&& n.textContent.trim() === {})).pop()"
+            )
+            for text in clicks:  # e.g. the common artifact to preview in the compare view
+                found = js(
+                    f"(() => {{ const el = {find.format(json.dumps(text))}; if (el) el.click(); return !!el; }})()"
                 )
+                if not found:
+                    print(f"{url}: nothing to click named {text!r}", flush=True)
                 time.sleep(3)
+            if scroll_to:
+                js(f"(() => {{ const el = {find.format(json.dumps(scroll_to))}; if (el) el.scrollIntoView(); }})()")
+                time.sleep(2)
             png = call("Page.captureScreenshot", format="png")["data"]
         out.write_bytes(small_png(base64.b64decode(png)))
     finally:
@@ -232,27 +241,30 @@ def capture_pages(reg, base: str, folder: Path, browser: str, flags: list) -> No
     t = page_targets(reg)
     folder.mkdir(parents=True, exist_ok=True)
     runs = quote(json.dumps(t["compare"]))
+    ml = "workflowType=machine_learning"  # MLflow 3.17's UI picks GenAI or training views by this (or its toggle)
     shots = [
         ("version.png", f"{base}/models/{t['name']}/versions/{t['version']}", "How to run it", 1700, None),
         ("registered-model.png", f"{base}/models/{t['name']}", "champion", 1100, None),
         (
             "run-grid.png",
-            f"{base}/experiments/{t['experiment_id']}/runs/{t['run_id']}/artifacts/{GRID_PATH}",
-            "grid.png",
+            f"{base}/experiments/{t['experiment_id']}/runs/{t['run_id']}/artifacts/{GRID_PATH}?{ml}",
+            GRID_PATH,
             1000,
             None,
         ),
         (
             "compare.png",
-            f"{base}/compare-runs?runs={runs}&experiments={quote(json.dumps([t['experiment_id']]))}",
+            f"{base}/compare-runs?runs={runs}&experiments={quote(json.dumps([t['experiment_id']]))}&{ml}",
             "Artifacts",
-            1300,
+            760,
             "Artifacts",
         ),
     ]
     for fname, url, wait_for, height, scroll in shots:
         out = folder / fname
-        cdp_screenshot(browser, flags, url, out, wait_for=wait_for, height=height, scroll_to=scroll)
+        # the compare view: fold the sections above its artifacts, then preview the common grid
+        clicks = ("Visualizations", "Run details", "Parameters", "Metrics", GRID_PATH) if fname == "compare.png" else ()
+        cdp_screenshot(browser, flags, url, out, wait_for=wait_for, height=height, scroll_to=scroll, clicks=clicks)
         print(f"wrote {out} ({out.stat().st_size} bytes): {url}", flush=True)
 
 

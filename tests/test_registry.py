@@ -55,7 +55,7 @@ def test_round_trip_is_bit_exact_and_runs_have_plots(reg):
     assert reg.export("digits-unipc-schedules@champion-nfe5", "json") == s.to_json() + "\n"
     arts = {f.path for f in reg.client.list_artifacts(rid, "plots")}
     assert {"plots/schedule_t.png", "plots/schedule_lambda.png"} <= arts
-    assert {f.path for f in reg.client.list_artifacts(rid, "samples")} == {"samples/grid.png"}
+    assert "samples.png" in {f.path for f in reg.client.list_artifacts(rid)}  # at the root: the compare view's
     mv = reg.client.get_model_version(res["name"], res["version"])
     assert mv.source == f"{reg.client.get_run(rid).info.artifact_uri}/schedule"
     for k, v in {

@@ -178,7 +178,7 @@ def test_registry_pages_on_mlflow(tmp_path):
     )
     assert len(json.loads(p["times"])) == 5 and len(json.loads(p["sigmas"])) == 5
     for rid in rids.values():  # one common path: MLflow's compare view shows it side by side
-        assert GRID_PATH in {f.path for f in reg.client.list_artifacts(rid, "samples")}
+        assert GRID_PATH == "samples.png" and GRID_PATH in {f.path for f in reg.client.list_artifacts(rid)}
     name = "pages-unipc-schedules"
     mvs = {mv.tags["method"]: mv for mv in reg.client.search_model_versions(f"name = '{name}'")}
     champ = mvs["oss"]

@@ -47,7 +47,7 @@ RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: training view, not GenAI
-GRID_PATH = "samples/grid.png"  # one path in every run, so MLflow's compare view finds it
+GRID_PATH = "samples.png"  # one root-level path in every run: MLflow's compare view shows common root files only
 REGISTERED_METRICS = (
     "fid_inception",
     "adherence_digitsnet",
@@ -358,7 +358,8 @@ class Registry:
         (``evaluate`` then runs outside any run) — unchanged when its metrics and evaluation are the same, else updated
         in place (the new values logged as the metrics' next step, the resamples and evaluation id replaced), never a
         second run.
-        ``grid``: a PNG of the row's samples (beside the teacher's; logged as ``samples/grid.png``, ``GRID_PATH``).
+        ``grid``: a PNG of the row's samples (beside the teacher's; logged as ``samples.png`` at the run's root,
+        ``GRID_PATH``, where MLflow's compare view finds it).
         ``vs_best_baseline`` (the row's paired differences to the best baseline, ``compare_to_baselines``), ``speedup``
         (its best-baseline speedup entries) and ``model_sha`` are run tags the version's page quotes
         (``registry_pages``); ``teacher_seed`` a param beside the evaluation seed, order, times and sigmas.
@@ -428,18 +429,18 @@ class Registry:
             self._log_schedule_model(rid, sched)
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
-            folder, fname = GRID_PATH.rsplit("/", 1)
+            fname = GRID_PATH
             if grid is not None:
                 with tempfile.TemporaryDirectory() as d:
                     shutil.copyfile(grid, Path(d) / fname)
-                    self.client.log_artifact(rid, str(Path(d) / fname), folder)
+                    self.client.log_artifact(rid, str(Path(d) / fname))
             elif samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
                 from optsteps.io.images import save_labelled_grid
 
                 with tempfile.TemporaryDirectory() as d:
                     title = f"{sched.method} ({solver}, NFE {sched.nfe})"
                     save_labelled_grid([(title, samples[:64])], Path(d) / fname)
-                    self.client.log_artifact(rid, str(Path(d) / fname), folder)
+                    self.client.log_artifact(rid, str(Path(d) / fname))
         except BaseException:
             self.client.set_terminated(rid, "FAILED")
             raise

@@ -243,8 +243,8 @@ def capture_pages(reg, base: str, folder: Path, browser: str, flags: list) -> No
     runs = quote(json.dumps(t["compare"]))
     ml = "workflowType=machine_learning"  # MLflow 3.17's UI picks GenAI or training views by this (or its toggle)
     shots = [
-        ("version.png", f"{base}/models/{t['name']}/versions/{t['version']}", "How to run it", 1700, None),
-        ("registered-model.png", f"{base}/models/{t['name']}", "champion", 1100, None),
+        ("version.png", f"{base}/models/{t['name']}/versions/{t['version']}?{ml}", "How to run it", 1700, None),
+        ("registered-model.png", f"{base}/models/{t['name']}?{ml}", "champion", 1100, None),
         (
             "run-grid.png",
             f"{base}/experiments/{t['experiment_id']}/runs/{t['run_id']}/artifacts/{GRID_PATH}?{ml}",

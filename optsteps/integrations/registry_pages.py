@@ -103,16 +103,18 @@ def _significance(ci) -> str:
     return "significant: the interval excludes 0" if ci[0] > 0 or ci[1] < 0 else "within the noise: it includes 0"
 
 
-def how_to(name: str, version, nfe, method: str = "") -> list[str]:
-    """How to run a registered version: ``optsteps apply``, diffusers with ``OptstepsScheduler``, ComfyUI sigmas."""
+def how_to(name: str, version, nfe, model: str = "") -> list[str]:
+    """How to run a registered version: ``optsteps sample`` on its model, ``optsteps apply`` on a diffusers pipeline,
+    diffusers with ``OptstepsScheduler``, ComfyUI sigmas."""
     ref = f"{name}/{version}"
     return [
         "### How to run it",
         "",
-        "With optsteps (the pipeline runs the measured solver at the exact times; `@champion-nfe"
-        f"{nfe}` follows the current best):",
+        f"With optsteps, on the model it was measured on and in a diffusers pipeline (the measured solver at the exact "
+        f"times; `{name}@champion-nfe{nfe}` follows the current best):",
         "",
         "```bash",
+        f"optsteps sample --model {model or 'MODEL'} --schedule {ref} --out grid.png",
         f'optsteps apply --pipeline /path/to/pipeline --schedule {ref} --prompt "a red apple" --out out.png',
         "```",
         "",
@@ -195,7 +197,7 @@ def version_description(
             f"{_significance(ci)})."
         )
     vs = _json(run_tags.get("vs_best_baseline"), {}) or {}
-    for k in [metric, *sorted(k for k in vs if k != metric)]:
+    for k in dict.fromkeys((metric, "l2_to_teacher")):  # the champion metric and the distance the schedules fit
         d = vs.get(k)
         if not d:
             continue
@@ -209,7 +211,7 @@ def version_description(
             f"- speedup on {e.get('metric')}: the best baseline ({e.get('baseline')}) needs {cens}"
             f"{fmt(e.get('baseline_nfe'), 3)} NFE for the quality this has at {nfe}: {cens}×{fmt(e.get('speedup'), 3)}."
         )
-    lines += [""] + how_to(name, version, nfe, method)
+    lines += [""] + how_to(name, version, nfe, tags.get("model", ""))
     return "\n".join(lines) + "\n"
 
 

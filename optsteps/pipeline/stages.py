@@ -500,7 +500,7 @@ def evaluate(p: Params, model) -> Path:
         from optsteps.io.paths import inside
 
         k = p.evaluate.grid_samples
-        panels = [(f"teacher ({row['solver']} × {row['nfe']})" if row["method"] == "teacher" else "", images[:k])]
+        panels = [(f"teacher ({row['solver']}, {row['nfe']} steps)" if row["method"] == "teacher" else "", images[:k])]
         if row["method"] == "teacher":
             teacher_images["panel"] = panels[0]
             name = "teacher"
@@ -670,6 +670,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
                 vs_best_baseline=row.get("vs_best_baseline"),
                 speedup=[e for e in best if [e[k] for k in ("method", "solver", "nfe")] == here],
                 teacher_seed=p.teacher.seed,
+                params={"eval_seed": row["seed"]} if "seed" in row else None,
             )
             info = reg.register_schedule(
                 run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash, resamples=res.get(metric)

@@ -142,6 +142,14 @@ def speedup_figure(entries: list[dict]):
                     color=line.get_color(),
                     mfc="none" if e["censored"] else line.get_color(),
                 )
+                ax.annotate(  # the speedup N*/K at the point ("≤"/">" where censored)
+                    f"{ {'<=': '≤', '>': '>'}.get(e['censored'] or '', '') }×{e['speedup']:.2g}",
+                    (e["nfe"], e["baseline_nfe"]),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=9,
+                    color=line.get_color(),
+                )
         ax.plot(ks, ks, "--", color="gray", label="no speedup (N* = K)")
         handles, _ = ax.get_legend_handles_labels()
         if any(e["censored"] for e in pts):
@@ -150,8 +158,9 @@ def speedup_figure(entries: list[dict]):
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))  # plain NFE ticks: the range is often inside one decade
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_formatter(ScalarFormatter())
             axis.set_minor_formatter(NullFormatter())

@@ -227,14 +227,18 @@ def model_description(name: str, champions: list[dict]) -> str:
         "",
     ]
     if champions:
+        metrics = sorted({c.get("metric", "") for c in champions})
+        one = metrics[0] if len(metrics) == 1 else ""  # one champion metric: named once, in the header
         lines += [
-            "| NFE | champion | version | metric | value [95 % interval] | lead over runner-up | versions |",
-            "|---|---|---|---|---|---|---|",
+            f"| NFE | champion | version |{'' if one else ' metric |'} {one or 'value'} [95 % interval] "
+            "| lead over the runner-up | versions ranked |",
+            "|---|---|---|" + ("" if one else "---|") + "---|---|---|",
         ]
         for c in sorted(champions, key=lambda c: int(c["nfe"])):
             lines.append(
                 f"| {c['nfe']} | {c.get('method', '')} | [{c['version']}](#/models/{name}/versions/{c['version']}) "
-                f"| {c.get('metric', '')} | {fmt(c.get('value'))} {interval(c.get('ci95'))} "
+                + ("" if one else f"| {c.get('metric', '')} ")
+                + f"| {fmt(c.get('value'))} {interval(c.get('ci95'))} "
                 f"| {c.get('significance', '')} | {str(c.get('rank', '')).partition('/')[2]} |"
             )
     lines += [

@@ -208,7 +208,7 @@ def populate(reg, artifacts: Path, n: int) -> None:
 
 def page_targets(reg) -> dict:
     """What the page screenshots show: the registered model with the most versions, the champion of its smallest
-    NFE (its version page and its run's sample grid) and the compare view of that NFE's runs (at most four)."""
+    NFE (its version page and its run's sample grid) and the compare view of the champion and its runner-up."""
     rows = reg.list_schedules()
     if not rows:
         raise SystemExit("the registry holds no schedules to show")
@@ -226,7 +226,7 @@ def page_targets(reg) -> dict:
         "version": champ["version"],
         "run_id": champ["run_id"],
         "experiment_id": eid,
-        "compare": [r["run_id"] for r in at[:4]],
+        "compare": [r["run_id"] for r in at[:2]],
         "nfe": nfe,
     }
 
@@ -328,7 +328,7 @@ def main():
         print(f"mlflow ui healthy after {time.time() - t0:.1f} s on port {port}", flush=True)
         out = Path(args.out).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        url = f"http://127.0.0.1:{port}/#/models"
+        url = f"http://127.0.0.1:{port}/#/models?workflowType=machine_learning"
         flags = [
             "--headless",
             "--no-sandbox",

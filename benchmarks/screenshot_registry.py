@@ -66,10 +66,23 @@ def chromium() -> str:
     return shutil.which("chromium")
 
 
-def cdp_screenshot(browser: str, flags: list, url: str, out: Path, timeout: float = 90.0) -> None:
+def cdp_screenshot(
+    browser: str,
+    flags: list,
+    url: str,
+    out: Path,
+    timeout: float = 90.0,
+    wait_for: str = "-schedules",
+    height: int = 900,
+    scroll_to: str | None = None,
+    clicks: tuple = (),
+) -> None:
     """Load ``url`` in headless chromium over the DevTools protocol, close MLflow's first-visit dialogs
     (the "new Model Registry UI" promo and the Assistant panel: their ``aria-label="Close"`` buttons), then
-    capture the page. The plain ``--screenshot`` flag cannot click, and the promo dialog covers the table."""
+    capture the page. The plain ``--screenshot`` flag cannot click, and the promo dialog covers the table.
+    ``wait_for``: text the page shows once rendered; ``height``: the viewport's; ``scroll_to``: text of an element
+    scrolled into view (the last element with that text; e.g. a section of the compare view); ``clicks``: texts of
+    elements clicked first (e.g. a common artifact to preview)."""
     import base64
     import json
 
@@ -109,21 +122,50 @@ def cdp_screenshot(browser: str, flags: list, url: str, out: Path, timeout: floa
             def js(expr):
                 return call("Runtime.evaluate", expression=expr, returnByValue=True).get("result", {}).get("value")
 
-            call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
+            call("Emulation.setDeviceMetricsOverride", width=1400, height=height, deviceScaleFactor=1, mobile=False)
             call("Page.navigate", url=url)
             t0 = time.time()
-            while not js("document.body && document.body.innerText.includes('-schedules')"):
+            while not js(f"document.body && document.body.innerText.includes({json.dumps(wait_for)})"):
                 if time.time() - t0 > timeout:
-                    raise RuntimeError("the registered-models table did not render")
+                    raise RuntimeError(f"{url} did not render {wait_for!r}")
                 time.sleep(1)
-            time.sleep(2)  # dialogs open after the table
+            time.sleep(3)  # dialogs open after the content, images load
             for _ in range(3):
                 js("document.querySelectorAll('button[aria-label=\"Close\"]').forEach(b => b.click())")
                 time.sleep(1.5)
+            find = (  # the last element with a text node reading exactly that
+                "[...document.querySelectorAll('*')].filter(e => [...e.childNodes].some(n => n.nodeType === 3 "
+                "&& n.textContent.trim() === {})).pop()"
+            )
+            for text in clicks:  # e.g. the common artifact to preview in the compare view
+                found = js(
+                    f"(() => {{ const el = {find.format(json.dumps(text))}; if (el) el.click(); return !!el; }})()"
+                )
+                if not found:
+                    print(f"{url}: nothing to click named {text!r}", flush=True)
+                time.sleep(3)
+            if scroll_to:
+                js(f"(() => {{ const el = {find.format(json.dumps(scroll_to))}; if (el) el.scrollIntoView(); }})()")
+                time.sleep(2)
             png = call("Page.captureScreenshot", format="png")["data"]
-        out.write_bytes(base64.b64decode(png))
+        out.write_bytes(small_png(base64.b64decode(png)))
     finally:
         stop_group(proc)
+
+
+def small_png(data: bytes, limit: int = 400_000) -> bytes:
+    """A screenshot under ``limit`` bytes for the repository: as captured when small enough, else quantised to a
+    256-colour palette (UI pages have few colours; the sample grids stay legible)."""
+    import io
+
+    from PIL import Image
+
+    if len(data) <= limit:
+        return data
+    img = Image.open(io.BytesIO(data)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def populate(reg, artifacts: Path, n: int) -> None:
@@ -164,19 +206,91 @@ def populate(reg, artifacts: Path, n: int) -> None:
         )
 
 
+def page_targets(reg) -> dict:
+    """What the page screenshots show: the registered model with the most versions, the champion of its smallest
+    NFE (its version page and its run's sample grid) and the compare view of the champion and its runner-up."""
+    rows = reg.list_schedules()
+    if not rows:
+        raise SystemExit("the registry holds no schedules to show")
+    counts = {}
+    for r in rows:
+        counts[r["name"]] = counts.get(r["name"], 0) + 1
+    name = max(counts, key=lambda n: (counts[n], n))
+    mine = [r for r in rows if r["name"] == name]
+    nfe = min(r["nfe"] for r in mine if any(a.startswith("champion") for a in r["aliases"]))
+    at = [r for r in mine if r["nfe"] == nfe]  # best first (list order)
+    champ = next(r for r in at if r["aliases"])
+    eid = reg.client.get_run(champ["run_id"]).info.experiment_id
+    return {
+        "name": name,
+        "version": champ["version"],
+        "run_id": champ["run_id"],
+        "experiment_id": eid,
+        "compare": [r["run_id"] for r in at[:2]],
+        "nfe": nfe,
+    }
+
+
+def capture_pages(reg, base: str, folder: Path, browser: str, flags: list) -> None:
+    """The four pages of issue 27 as PNGs in ``folder``: version, registered model, run (sample grid), compare."""
+    import json
+    from urllib.parse import quote
+
+    from optsteps.integrations.mlflow_registry import GRID_PATH
+
+    t = page_targets(reg)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = quote(json.dumps(t["compare"]))
+    ml = "workflowType=machine_learning"  # MLflow 3.17's UI picks GenAI or training views by this (or its toggle)
+    shots = [
+        ("version.png", f"{base}/models/{t['name']}/versions/{t['version']}?{ml}", "How to run it", 1700, None),
+        ("registered-model.png", f"{base}/models/{t['name']}?{ml}", "champion", 1100, None),
+        (
+            "run-grid.png",
+            f"{base}/experiments/{t['experiment_id']}/runs/{t['run_id']}/artifacts/{GRID_PATH}?{ml}",
+            GRID_PATH,
+            1000,
+            None,
+        ),
+        (
+            "compare.png",
+            f"{base}/compare-runs?runs={runs}&experiments={quote(json.dumps([t['experiment_id']]))}&{ml}",
+            "Artifacts",
+            760,
+            "Artifacts",
+        ),
+    ]
+    for fname, url, wait_for, height, scroll in shots:
+        out = folder / fname
+        # the compare view: fold the sections above its artifacts, then preview the common grid
+        clicks = ("Visualizations", "Run details", "Parameters", "Metrics", GRID_PATH) if fname == "compare.png" else ()
+        cdp_screenshot(browser, flags, url, out, wait_for=wait_for, height=height, scroll_to=scroll, clicks=clicks)
+        print(f"wrote {out} ({out.stat().st_size} bytes): {url}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "docs" / "registry.png"))
     ap.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--budget-ms", type=int, default=15000, help="chromium --virtual-time-budget")
+    ap.add_argument(
+        "--tracking-uri", default="", help="an existing registry (e.g. of `make run`) instead of a temporary one"
+    )
+    ap.add_argument(
+        "--pages",
+        default="",
+        help="also capture a version, its registered model, its run's sample grid and the compare view of its NFE's "
+        "runs into this folder (e.g. docs/screenshots)",
+    )
     args = ap.parse_args()
     from optsteps.integrations.mlflow_registry import Registry
 
     work = Path(tempfile.mkdtemp(prefix="optsteps-registry-shot-"))
-    uri = f"sqlite:///{work / 'mlruns.db'}"
-    reg = Registry(uri)
-    populate(reg, Path(args.artifacts), args.n)
+    uri = args.tracking_uri or f"sqlite:///{work / 'mlruns.db'}"
+    reg = Registry(uri, create=not args.tracking_uri)
+    if not args.tracking_uri:
+        populate(reg, Path(args.artifacts), args.n)
     port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     server = subprocess.Popen(
@@ -214,7 +328,7 @@ def main():
         print(f"mlflow ui healthy after {time.time() - t0:.1f} s on port {port}", flush=True)
         out = Path(args.out).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
-        url = f"http://127.0.0.1:{port}/#/models"
+        url = f"http://127.0.0.1:{port}/#/models?workflowType=machine_learning"
         flags = [
             "--headless",
             "--no-sandbox",
@@ -229,6 +343,8 @@ def main():
         ]
         try:
             cdp_screenshot(chromium(), flags, url, out)
+            if args.pages:
+                capture_pages(reg, f"http://127.0.0.1:{port}/#", Path(args.pages).resolve(), chromium(), flags)
         except Exception as e:  # no DevTools connection: a plain screenshot (the promo dialog may cover it)
             print(f"DevTools route failed ({e}); plain --screenshot instead", flush=True)
             subprocess.run(

@@ -65,8 +65,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell(row: dict, col: str) -> str:
+    """A cell; a metric with its 95 % interval (``<metric>_ci95``) as ``value [lo, hi]``."""
+    ci = row.get(f"{col}_ci95")
+    if isinstance(row.get(col), float) and ci and len(ci) == 2:
+        return f"{row[col]:.4g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+    return _fmt(row.get(col))
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    cells = [[_cell(r, c) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -88,6 +96,8 @@ LIST_COLUMNS = [
     "l2_to_teacher",
     "psnr_to_teacher",
     "decision",
+    "significance",
+    "created",
 ]
 
 
@@ -98,7 +108,8 @@ def list_cmd(
     tracking_uri: str | None = TrackingOpt,
     params: str = ParamsOpt,
 ):
-    """Registered schedules with their metrics."""
+    """Registered schedules with their metrics and 95 % intervals, best first by the champion metric within each
+    (model, solver, NFE); ``created`` in UTC."""
     rows = _registry(tracking_uri, params).list_schedules(model, nfe)
     if not rows:
         typer.echo(
@@ -110,6 +121,9 @@ def list_cmd(
         return
     cols = [c for c in LIST_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
     typer.echo(table(rows, cols))
+    metrics = sorted({r["metric"] for r in rows if r.get("metric")})
+    if metrics:
+        typer.echo(f"sorted by {', '.join(metrics)} (best first) within each name and NFE; [95 % interval].")
     if any(c.startswith("kid") for c in cols):
         typer.echo("kid_*: unbiased MMD² (cubic kernel), unscaled (×1, not ×10³); values near 0 can be negative.")
 

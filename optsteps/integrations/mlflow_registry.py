@@ -35,6 +35,7 @@ from pathlib import Path
 from optsteps.core.schedule import Schedule
 from optsteps.errors import OptstepsError
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
+from optsteps.integrations.registry_pages import model_description, nfe_table, schedule_params, version_description
 from optsteps.integrations.tracking_server import DEFAULT_TIMEOUT_S, check_reachable, guarded_client
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
 
@@ -45,6 +46,8 @@ KIND_TAG = "optsteps_kind"
 RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: training view, not GenAI
+GRID_PATH = "samples.png"  # one root-level path in every run: MLflow's compare view shows common root files only
 REGISTERED_METRICS = (
     "fid_inception",
     "adherence_digitsnet",
@@ -164,6 +167,29 @@ def _source_tags() -> dict:
     return tags
 
 
+def _page_tags(model_sha, vs_best_baseline, speedup) -> dict:
+    """Run tags a version's page quotes: the weights' hash, the paired differences to the best baseline and the
+    speedup entries (JSON, numbers to 6 digits; MLflow tags hold 8000 characters)."""
+
+    def r6(v):
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        if isinstance(v, dict):
+            return {k: r6(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [r6(x) for x in v]
+        return v
+
+    out = {}
+    if model_sha:
+        out["model_sha256"] = model_sha
+    if vs_best_baseline:
+        out["vs_best_baseline"] = json.dumps(r6(vs_best_baseline))
+    if speedup:
+        out["speedup"] = json.dumps(r6(speedup))
+    return {k: v for k, v in out.items() if len(v) <= 8000}  # a longer one would be cut into invalid JSON
+
+
 def _metric_key(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]+", "_", s).strip("_")
 
@@ -176,10 +202,10 @@ def _tag_float(tags: dict, key: str):
 
 
 def _date(ms) -> str:
-    """An MLflow timestamp (epoch milliseconds) as a local ``YYYY-MM-DD HH:MM``."""
+    """An MLflow timestamp (epoch milliseconds) as ISO 8601 in UTC to the minute, ``YYYY-MM-DDTHH:MMZ``."""
     if ms is None:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(int(ms) / 1000))
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(int(ms) / 1000))
 
 
 def _list_order(row: dict):
@@ -232,7 +258,7 @@ class Registry:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+            return self.client.create_experiment(name, artifact_location=self.artifact_location, tags=EXPERIMENT_KIND)
         except Exception:  # created concurrently
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -280,6 +306,9 @@ class Registry:
         evaluation_id: str | None = None,
         model_sha: str | None = None,
         grid: str | None = None,
+        vs_best_baseline: dict | None = None,
+        speedup: list[dict] | None = None,
+        teacher_seed: int | None = None,
     ) -> str:
         """One run for (model, method, solver, NFE): params, metrics (with ``<metric>_ci95_lo``/``_hi`` from a
         ``ci95`` entry), the schedule (pyfunc folder under ``schedule/``), plots of the schedule against the
@@ -294,7 +323,11 @@ class Registry:
         (``evaluate`` then runs outside any run) — unchanged when its metrics and evaluation are the same, else updated
         in place (the new values logged as the metrics' next step, the resamples and evaluation id replaced), never a
         second run.
-        ``grid``: a PNG of the row's samples (logged as ``plots/samples.png``).
+        ``grid``: a PNG of the row's samples (beside the teacher's; logged as ``samples.png`` at the run's root,
+        ``GRID_PATH``, where MLflow's compare view finds it).
+        ``vs_best_baseline`` (the row's paired differences to the best baseline, ``compare_to_baselines``), ``speedup``
+        (its best-baseline speedup entries) and ``model_sha`` are run tags the version's page quotes
+        (``registry_pages``); ``teacher_seed`` a param beside the evaluation seed, order, times and sigmas.
         """
         from optsteps.evaluate.plots import schedule_figures
 
@@ -309,6 +342,7 @@ class Registry:
         if old is not None:  # this schedule has a run: measure (if asked) and update it, never a second run
             if evaluate is not None:
                 metrics, samples = evaluate()
+            self._log(old.info.run_id, tags=_page_tags(model_sha, vs_best_baseline, speedup))
             return self._update_run(old, metrics, resamples, evaluation_id, params)
         run = self.client.create_run(
             self.experiment_id(),
@@ -321,6 +355,7 @@ class Registry:
                 "nfe": str(sched.nfe),
                 KEY_TAG: key,
                 **_source_tags(),
+                **_page_tags(model_sha, vs_best_baseline, speedup),
             },
         )
         rid = run.info.run_id
@@ -332,6 +367,7 @@ class Registry:
                 "nfe": sched.nfe,
                 "noise_schedule": json.dumps(sched.noise_schedule.to_dict(), sort_keys=True),
                 "t": json.dumps(list(sched.t)),
+                **schedule_params(sched, solver, teacher_seed=teacher_seed),
             }
             p.update(params or {})
             self._log(rid, params=p)
@@ -341,6 +377,8 @@ class Registry:
             resamples = metrics.pop("resamples", None) if resamples is None else resamples
             evaluation_id = metrics.pop("evaluation_id", None) if evaluation_id is None else evaluation_id
             metrics, settings = _split_metrics(metrics)
+            if "seed" in settings and "eval_seed" not in p:
+                settings["eval_seed"] = settings["seed"]
             self._log(
                 rid, metrics=metrics, params=settings, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None
             )
@@ -356,16 +394,18 @@ class Registry:
             self._log_schedule_model(rid, sched)
             for fname, fig in schedule_figures(sched).items():
                 self.client.log_figure(rid, fig, f"plots/{fname}")
+            fname = GRID_PATH
             if grid is not None:
                 with tempfile.TemporaryDirectory() as d:
-                    shutil.copyfile(grid, Path(d) / "samples.png")
-                    self.client.log_artifact(rid, str(Path(d) / "samples.png"), "plots")
+                    shutil.copyfile(grid, Path(d) / fname)
+                    self.client.log_artifact(rid, str(Path(d) / fname))
             elif samples is not None and getattr(samples, "dim", lambda: 0)() == 4:  # images only
-                from optsteps.io.images import save_grid
+                from optsteps.io.images import save_labelled_grid
 
                 with tempfile.TemporaryDirectory() as d:
-                    save_grid(samples[:100], Path(d) / "samples.png")
-                    self.client.log_artifact(rid, str(Path(d) / "samples.png"), "plots")
+                    title = f"{sched.method} ({solver}, NFE {sched.nfe})"
+                    save_labelled_grid([(title, samples[:64])], Path(d) / fname)
+                    self.client.log_artifact(rid, str(Path(d) / fname))
         except BaseException:
             self.client.set_terminated(rid, "FAILED")
             raise
@@ -408,7 +448,8 @@ class Registry:
         self, rows: list[dict], run_name: str = "summary", *, metric: str, speedup: list[dict] | None = None
     ) -> str:
         """A run with the grid's rows (JSON), ``metric``-vs-NFE (params.yaml ``mlflow.metric``) and L2-vs-NFE
-        curves per method, per-method metric series (step = NFE) and, with ``speedup`` (the entries of
+        curves per method (with their 95 % interval bars), the per-NFE table (``summary/table.csv`` and ``.md``,
+        ``registry_pages.nfe_table``), per-method metric series (step = NFE) and, with ``speedup`` (the entries of
         ``optsteps.evaluate.speedup.speedup_table``), the speedup figure and its table."""
         from optsteps.evaluate.plots import curves_figure, speedup_figure
 
@@ -420,6 +461,9 @@ class Registry:
         rid = run.info.run_id
         try:
             self.client.log_dict(rid, {"rows": rows}, "summary/rows.json")
+            csv, md = nfe_table(rows, metric)
+            self.client.log_text(rid, csv, "summary/table.csv")
+            self.client.log_text(rid, md, "summary/table.md")
             for r in rows:
                 if r.get("method") == "teacher":
                     continue
@@ -552,6 +596,7 @@ class Registry:
                 description=description or f"{sched.method} schedule, {solver}, NFE {sched.nfe}, {metric} {value:.4g}",
             )
         now = self.settle(name, sched.nfe, metric, eid or None)
+        self.refresh_pages(name, sched.nfe)
         mine = now.get(str(mv.version), {})
         out = {
             "name": name,
@@ -670,6 +715,61 @@ class Registry:
             r["paired_ci95"] = json.loads(r["paired_ci95"]) if r.get("paired_ci95") else None
             r["paired_diff"] = float(r["paired_diff"]) if r.get("paired_diff") else None
         return result
+
+    def refresh_pages(self, name: str, nfe: int) -> int:
+        """Rewrite the markdown descriptions (``registry_pages``) of ``name``'s versions at ``nfe`` from their present
+        tags and runs, and the registered model's champion table; only what changed is written. Returns how many
+        descriptions were written."""
+        c = self.client
+        mvs = [mv for mv in self._versions(name, nfe) if mv.tags.get(KIND_TAG, "schedule") == "schedule"]
+        method_of = {str(mv.version): mv.tags.get("method", "") for mv in mvs}
+        written = 0
+        for mv in mvs:
+            try:
+                run = c.get_run(mv.run_id) if mv.run_id else None
+            except Exception:
+                run = None
+            other = (mv.tags.get("compared_with") or "").rpartition("/")[2]
+            text = version_description(
+                name,
+                mv.version,
+                dict(mv.tags),
+                dict(run.data.params) if run else {},
+                dict(run.data.metrics) if run else {},
+                dict(run.data.tags) if run else {},
+                mv.tags.get("compared_with_method") or method_of.get(other),
+                REGISTERED_METRICS,
+            )
+            if (mv.description or "") != text:
+                c.update_model_version(name, mv.version, description=text)
+                written += 1
+        champions = []
+        rm = c.get_registered_model(name)
+        for alias, version in sorted((rm.aliases or {}).items()):
+            if not alias.startswith("champion-nfe"):
+                continue
+            try:
+                mv = c.get_model_version(name, str(version))
+            except Exception:
+                continue
+            metric = mv.tags.get("metric", "")
+            champions.append(
+                {
+                    "nfe": mv.tags.get("nfe", alias.removeprefix("champion-nfe")),
+                    "version": mv.version,
+                    "method": mv.tags.get("method", ""),
+                    "metric": metric,
+                    "value": _tag_float(mv.tags, metric),
+                    "ci95": json.loads(mv.tags[f"{metric}_ci95"]) if mv.tags.get(f"{metric}_ci95") else None,
+                    "significance": mv.tags.get("champion_significance", ""),
+                    "rank": mv.tags.get("rank", ""),
+                }
+            )
+        text = model_description(name, champions)
+        if (rm.description or "") != text:
+            c.update_registered_model(name, description=text)
+            written += 1
+        return written
 
     def standing(self, name: str, version: int) -> dict:
         """Whether a version holds its NFE's alias now and its present ``champion_decision``."""

@@ -138,6 +138,7 @@ def evaluate_one(
         "n": n,
         "inception_n": inception_n,
         "seed": seed,
+        "eval_seed": seed,
         "start": start,
         "guidance": g,
         "teacher": json.dumps(dataclasses.asdict(p.teacher), sort_keys=True) if teacher else "none",
@@ -149,7 +150,9 @@ def evaluate_one(
         out.update(metrics)
         return metrics, x
 
-    rid = reg.log_schedule_run(s, solver=solver, params=run_params, evaluate=run_and_keep)
+    rid = reg.log_schedule_run(
+        s, solver=solver, params=run_params, evaluate=run_and_keep, teacher_seed=p.teacher.seed if teacher else None
+    )
     res = None
     if register:
         res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))

@@ -594,14 +594,27 @@ def evaluate(p: Params, model) -> Path:
     evaluator = evaluator_for(p, e)
     grids = grids_dir(p, e)
 
-    def save_grid_of(row, images):  # the row's first evaluate.grid_samples samples, one PNG per row
+    teacher_images = {}
+
+    def save_grid_of(row, images):  # the row's first evaluate.grid_samples samples beside the teacher's, one PNG a row
         if not p.evaluate.grid_samples or images is None or images.dim() != 4:
             return
-        from optsteps.io.images import save_grid
+        from optsteps.io.images import save_labelled_grid
         from optsteps.io.paths import inside
 
-        name = "teacher" if row["method"] == "teacher" else f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
-        save_grid(images[: p.evaluate.grid_samples], inside(grids, f"{name}.png", "evaluation grid"))
+        k = p.evaluate.grid_samples
+        panels = [(f"teacher ({row['solver']}, {row['nfe']} steps)" if row["method"] == "teacher" else "", images[:k])]
+        if row["method"] == "teacher":
+            teacher_images["panel"] = panels[0]
+            name = "teacher"
+        else:
+            name = f"{row['method']}-{row['solver']}-nfe{row['nfe']}"
+            panels = [p_ for p_ in (teacher_images.get("panel"),) if p_ is not None] + [
+                (f"{row['method']} ({row['solver']}, NFE {row['nfe']})", images[:k])
+            ]
+        save_labelled_grid(
+            panels, inside(grids, f"{name}.png", "evaluation grid"), sample_labels(m, len(images[:k]), p.evaluate.start)
+        )
         row["grid"] = f"{grids.name}/{name}.png"
 
     grids.mkdir(parents=True, exist_ok=True)  # the DVC stage's output exists even with grids off
@@ -632,6 +645,16 @@ def evaluate(p: Params, model) -> Path:
     write_bytes_atomic(resamples_path(p, e), buf.getvalue())
     write_tracked_summaries(p, e, rows)
     return out
+
+
+def sample_labels(model, n: int, start: int = 0) -> list[str] | None:
+    """What samples start … start + n − 1 of an evaluation asked for, as grid captions: the prompt of a text-to-image
+    pipeline, the class of a class-conditional model (``DiffusionModel.labels``), None when unconditional."""
+    labels = model.labels(n, start)
+    if labels is None:
+        return None
+    prompt = getattr(model, "prompt", None)
+    return [prompt(int(v)) if callable(prompt) else str(int(v)) for v in labels.tolist()]
 
 
 def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
@@ -727,7 +750,13 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         resamples = load_resamples(p, model, len(rows))
         metric = champion_metric(p, model, rows)
         model_sha = recorded_model_sha(p, model)  # versions keyed by content
+        summary = summary_path(p, model)
+        speedup = json.loads(summary.read_text()) if summary.is_file() else None
+        from optsteps.evaluate.speedup import best_baseline
+
+        best = best_baseline(speedup or [])
         for row, res in zip(rows[1:], resamples[1:]):
+            here = [row["method"], row["solver"], row["nfe"]]
             s = Schedule.from_dict(row["schedule"])
             metrics = {
                 k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")
@@ -741,6 +770,10 @@ def register(p: Params, models: list[str] | None = None) -> Path:
                 evaluation_id=row.get("evaluation_id"),
                 model_sha=model_sha,
                 grid=_grid_file(p, model, row),
+                vs_best_baseline=row.get("vs_best_baseline"),
+                speedup=[e for e in best if [e[k] for k in ("method", "solver", "nfe")] == here],
+                teacher_seed=p.teacher.seed,
+                params={"eval_seed": row["seed"]} if "seed" in row else None,
             )
             info = reg.register_schedule(
                 run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash, resamples=res.get(metric)
@@ -759,13 +792,7 @@ def register(p: Params, models: list[str] | None = None) -> Path:
         for d in done:  # a later row may have taken the alias: record where each version stands now
             if d["model"] == name and "version" in d:
                 d.update(reg.standing(d["name"], d["version"]))
-        summary = summary_path(p, model)
-        reg.log_summary_run(
-            rows,
-            run_name=f"summary-{name}",
-            metric=metric,
-            speedup=json.loads(summary.read_text()) if summary.is_file() else None,
-        )
+        reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric, speedup=speedup)
     out = registry_path(p)
     write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out

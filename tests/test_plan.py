@@ -229,6 +229,15 @@ def test_plan_equals_counted_forwards_on_digits(tmp_path, monkeypatch):
     counting(monkeypatch, counter)
     counted = run_and_count(p, "digits", counter, cfg_rows=2)
     check_plan_equals_counted(p, "digits", counted)
+    # the stage chose each schedule on the held-out shard samples [5, 7): the lowest held-out MSE of its candidates
+    # (the whole-grid start's and the t_max search's refined and DP paths; GITS: its two paths)
+    q = p.for_model("digits")
+    for method, names in (("oss", 4), ("gits", 2)):
+        for f in sorted((tmp_path / "results" / "schedules" / "digits" / method).glob("*.json")):
+            rec = json.loads(f.read_text())["heldout"]
+            assert rec["samples"] == q.trajectories.samples - q.oss.samples == 2 and len(rec["candidates"]) == names
+            assert rec["mse"] == min(c["heldout_mse"] for c in rec["candidates"])
+            assert {c["name"] for c in rec["candidates"]} >= {"t_max" if method == "gits" else "t_max, refined"}
     # before the run every stage but the refinement was already exact
     assert counted["teacher"] == (planned_before["teacher"].forwards, planned_before["teacher"].calls) == (70, 30)
     assert counted["evaluate"][0] == planned_before["evaluate"].forwards

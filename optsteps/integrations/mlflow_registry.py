@@ -35,8 +35,10 @@ from pathlib import Path
 from optsteps.core.schedule import Schedule
 from optsteps.errors import OptstepsError
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
+from optsteps.integrations.registry_lock import open_run
 from optsteps.io.paths import redact
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+from optsteps.io.readers import read_json
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
@@ -45,6 +47,7 @@ KIND_TAG = "optsteps_kind"
 RESAMPLES_FILE = "bootstrap/resamples.json"
 EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
+SUMMARY_KEY_TAG = "summary_key"  # the content key of a summary run (rows, speedup, metric, name)
 REGISTERED_METRICS = (
     "fid_inception",
     "adherence_digitsnet",
@@ -345,10 +348,13 @@ class Registry:
             if evaluate is not None:
                 metrics, samples = evaluate()
             return self._update_run(old, metrics, resamples, evaluation_id, params)
-        run = self.client.create_run(
+        run = open_run(  # a run of this key a crash left is reopened and finished, not doubled
+            self,
             self.experiment_id(),
-            run_name=name,
-            tags={
+            KEY_TAG,
+            key,
+            name,
+            {
                 KIND_TAG: "schedule",
                 "model": sched.model,
                 "method": sched.method,
@@ -357,6 +363,7 @@ class Registry:
                 KEY_TAG: key,
                 **_source_tags(),
             },
+            None if evaluate is not None else {**_split_metrics(metrics or {})[1], **(params or {})},
         )
         rid = run.info.run_id
         try:
@@ -424,14 +431,14 @@ class Registry:
         step = 1 + max(
             (m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))), default=0
         )
-        self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
-        if resamples:
-            self.client.log_dict(
+        if resamples:  # first: the evaluation id tag, written last, marks the update complete (a crash between
+            self.client.log_dict(  # them leaves the old id, and the rerun writes both again)
                 rid,
                 {"evaluation_id": evaluation_id, "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
                 RESAMPLES_FILE,
             )
             self._resamples.pop(rid, None)
+        self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
         return rid
 
     def _log_schedule_model(self, run_id: str, schedule: Schedule):
@@ -449,9 +456,18 @@ class Registry:
 
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
-        run = self.client.create_run(
-            self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name, tags={KIND_TAG: "summary"}
+        import hashlib
+
+        key = hashlib.sha256(
+            json.dumps([rows, speedup, metric, run_name], sort_keys=True, default=str).encode()
+        ).hexdigest()[:32]
+        exp = self.experiment_id(SUMMARY_EXPERIMENT)
+        done = self.client.search_runs(
+            [exp], f"tags.{SUMMARY_KEY_TAG} = '{key}' and attributes.status = 'FINISHED'", max_results=1
         )
+        if done:  # the same summary is logged: nothing to add
+            return done[0].info.run_id
+        run = open_run(self, exp, SUMMARY_KEY_TAG, key, run_name, {KIND_TAG: "summary", SUMMARY_KEY_TAG: key}, {})
         rid = run.info.run_id
         try:
             self.client.log_dict(rid, {"rows": rows}, "summary/rows.json")
@@ -717,12 +733,9 @@ class Registry:
 
     def version_by_key(self, name: str, key: str):
         """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mvs = self.client.search_model_versions(f"name = {filter_value(name)} and tag.{KEY_TAG} = '{key}'")
-        except MlflowException:
-            return None
+        mvs = self.client.search_model_versions(  # an error is no answer: None here would add a second version
+            f"name = {filter_value(name)} and tag.{KEY_TAG} = '{key}'"
+        )
         return min(mvs, key=lambda mv: int(mv.version)) if mvs else None
 
     def run_resamples(self, run_id: str) -> dict:
@@ -734,7 +747,9 @@ class Registry:
             if RESAMPLES_FILE in names:
                 with tempfile.TemporaryDirectory() as d:
                     local = self.client.download_artifacts(run_id, RESAMPLES_FILE, d)
-                    out = json.loads(Path(local).read_text()).get("resamples", {})
+                    fix = f"rerun `optsteps stage register` (run {run_id})"
+                    rec = read_json(local, "run's resamples record", fix=fix)
+                    out = rec.get("resamples", {})
             cache[run_id] = out
         return cache[run_id]
 

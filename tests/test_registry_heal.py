@@ -199,10 +199,10 @@ def crash_then_rerun(tmp_path, n: int, mode: str, db: Path):
     try:
         for name, f in real.items():
             setattr(MlflowClient, name, inject(f, name))
-        with pytest.raises((Killed, MlflowException, OptstepsError)):
-            stages.register(p)
-    except BaseException:
-        raise
+        stages.register(p)
+        assert mode == "raise", f"the register survived a kill at call {n}"  # MLflow may retry or skip a failed call
+    except (Killed, MlflowException, OptstepsError):
+        pass
     finally:
         for name, f in real.items():
             setattr(MlflowClient, name, f)
@@ -221,3 +221,123 @@ def test_a_rerun_after_a_crash_at_any_mlflow_call_equals_a_clean_register(clean,
             diff = {k: (sorted(set(got[k]) - set(snap[k])), sorted(set(snap[k]) - set(got[k]))) for k in snap}
             failures.append((n, where, {k: v for k, v in diff.items() if v != ([], [])}))
     assert not failures, failures[:3]
+
+
+def cli_register(params: Path) -> subprocess.Popen:
+    """``optsteps stage register --params …`` in a subprocess (in the repository, as the clean register ran: the
+    versions' git, params and DVC hash tags are the same)."""
+    code = "import sys; from optsteps.cli.main import main; sys.argv[0] = 'optsteps'; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "stage", "register", "--params", str(params)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-registry", "existing-registry"])
+def test_two_registers_started_together_serialise_and_equal_a_clean_one(clean, tmp_path, existing):
+    _, snap, _, _ = clean
+    p = project(tmp_path / "proj")
+    if existing:
+        stages.register(p)
+    db = Path(p.mlflow.tracking_uri[len("sqlite:///") :])
+    assert db.is_file() is existing
+    procs = [cli_register(tmp_path / "proj" / "params.yaml") for _ in range(2)]
+    outs = [pr.communicate(timeout=600) for pr in procs]
+    for pr, (out, err) in zip(procs, outs):
+        assert pr.returncode == 0, err[-3000:]
+        assert "Traceback" not in err and out.startswith("wrote ")
+    assert snapshot(p) == snap  # one version per schedule, one run per schedule and summary, all FINISHED
+    assert not list(db.parent.glob(".mlruns.db.*.tmp"))  # the database was made by one rename
+
+
+def test_a_lock_held_too_long_is_one_line_naming_the_lock_file(tmp_path):
+    p = project(tmp_path / "proj")
+    params = tmp_path / "proj" / "params.yaml"
+    params.write_text(params.read_text().replace("lock_timeout_s: 300", "lock_timeout_s: 1"))
+    uri = p.mlflow.tracking_uri
+    with registry_lock(uri, 5) as lock:
+        assert lock == Path(uri[len("sqlite:///") :] + ".lock")
+        pr = cli_register(params)
+        out, err = pr.communicate(timeout=300)
+    assert pr.returncode == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(lock) in lines[0] and "lock_timeout_s" in lines[0] and "Traceback" not in err
+    assert str(os.getpid()) in lines[0]  # the holder is named
+    assert not Path(uri[len("sqlite:///") :]).exists()  # nothing was created while waiting
+
+
+def test_a_half_migrated_empty_database_is_rebuilt_and_a_full_one_refused(clean, tmp_path):
+    import sqlite3
+
+    _, snap, _, _ = clean
+    p = project(tmp_path / "proj")
+    db = Path(p.mlflow.tracking_uri[len("sqlite:///") :])
+    con = sqlite3.connect(db)  # what two concurrent first migrations left (issue 28): tables, no alembic_version
+    con.execute("create table experiments (experiment_id integer)")
+    con.execute("create table _alembic_tmp_latest_metrics (x integer)")
+    con.commit()
+    con.close()
+    stages.register(p)
+    assert snapshot(p) == snap
+    assert len(list(db.parent.glob("mlruns.db.broken-*"))) == 1  # kept aside, not deleted
+    q = project(tmp_path / "full")
+    qdb = Path(q.mlflow.tracking_uri[len("sqlite:///") :])
+    con = sqlite3.connect(qdb)
+    con.execute("create table runs (run_uuid text)")
+    con.execute("insert into runs values ('r1')")
+    con.commit()
+    con.close()
+    with pytest.raises(OptstepsError, match="half-migrated .* holds 1 runs"):
+        stages.register(q)
+
+
+def test_a_json_and_an_npz_of_different_evaluations_are_refused(tmp_path):
+    """A crash inside evaluate after the npz (written first) and before the JSON: the old rows with new resamples
+    are refused in one line naming both files and the fix; so are a missing npz and a JSON without the id."""
+    p = project(tmp_path / "proj")
+    path, npz = eval_path(p, "digits"), resamples_path(p, "digits")
+    old_rows = path.read_text()
+    write_evaluation(p, "digits", *evaluation(seed=1, shift=0.5))  # a second evaluation ...
+    path.write_text(old_rows)  # ... whose JSON never replaced the first one's
+    with pytest.raises(OptstepsError) as e:
+        stages.register(p)
+    msg = str(e.value)
+    assert str(path) in msg and str(npz) in msg and "optsteps stage evaluate --model digits" in msg
+    assert "not one evaluation" in msg and "\n" not in msg
+    assert not Path(p.mlflow.tracking_uri[len("sqlite:///") :]).exists()  # refused before any registry write
+    npz.unlink()
+    with pytest.raises(OptstepsError, match="bootstrap.npz is missing"):
+        stages.register(p)
+    rows = json.loads(old_rows)
+    for r in rows:
+        r.pop("outputs_id")
+    path.write_text(json.dumps(rows))
+    with pytest.raises(OptstepsError, match="no single outputs_id"):
+        stages.register(p)
+    write_evaluation(p, "digits", *evaluation(seed=1, shift=0.5))  # a whole evaluation registers
+    stages.register(p)
+    assert json.loads((Path(p.results) / "registry.json").read_text())[0]["action"] == "registered"
+
+
+def test_evaluate_writes_the_npz_before_the_json(tmp_path, monkeypatch):
+    """The write order ``read_evaluation`` relies on: a crash after the first write leaves the old JSON."""
+    import optsteps.pipeline.eval_outputs as eo
+
+    p = project(tmp_path / "proj")
+    order = []
+
+    def recording(write):
+        def wrapper(path, data):
+            order.append(Path(path).name)
+            return write(path, data)
+
+        return wrapper
+
+    monkeypatch.setattr(eo, "write_bytes_atomic", recording(eo.write_bytes_atomic))
+    monkeypatch.setattr(eo, "write_text_atomic", recording(eo.write_text_atomic))
+    write_evaluation(p, "digits", *evaluation(seed=2))
+    assert order == ["digits-bootstrap.npz", "digits.json"]

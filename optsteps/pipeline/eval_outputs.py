@@ -82,7 +82,7 @@ def read_evaluation(p, model) -> tuple[list[dict], list[dict]]:
     fix = f"rerun `optsteps stage evaluate --model {name}`"
     if not path.is_file():
         raise OptstepsError(f"{path} is missing; run the evaluate stage first ({fix[6:]}).")
-    rows = read_json(path, "evaluation results", top=list, fix=fix)
+    rows = read_json(path, "evaluation results", top=list, fix=fix, allow_nan=True)  # a metric may be NaN
     if not rows:
         raise OptstepsError(f"{path}: the evaluation results hold no rows; {fix}.")
     for i, r in enumerate(rows):

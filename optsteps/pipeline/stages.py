@@ -157,7 +157,9 @@ def recorded_model_sha(p: Params, model) -> str | None:
         path, key, stage = identity_path(p, e), "sha256", "identify"
     if not path.is_file():
         raise OptstepsError(f"{path} is missing; run `optsteps stage {stage} --model {e.name}` first.")
-    return json.loads(path.read_text()).get(key)
+    from optsteps.io.readers import read_json
+
+    return read_json(path, "model record", fix=f"rerun `optsteps stage {stage} --model {e.name}`").get(key)
 
 
 def train(p: Params, model: str, force: bool = False) -> Path:
@@ -588,7 +590,11 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     """Log one MLflow run per evaluated (model, method, solver, NFE) with its resamples, register each schedule as
     a model version (champion-nfe{K}: the best version by ``champion_metric`` of the latest evaluation, tagged with
     whether its lead is significant; docs/algorithms.md §7.3) and log one summary run per model (with the speedup
-    figure). Writes results/registry.json (what was registered, its action and where each version stands now)."""
+    figure). Writes results/registry.json (what was registered, its action and where each version stands now).
+
+    Each model's evaluation JSON and resamples are checked to be one unit first (``eval_outputs.read_evaluation``);
+    then everything runs under the registry's lock (``registry_lock.open_registry``: one writer, the database created
+    once, runs a killed register left reopened), so a rerun after a crash ends as a clean register would."""
     import json
 
     from optsteps.integrations.registry_lock import open_registry

@@ -431,8 +431,10 @@ class Registry:
         step = 1 + max(
             (m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))), default=0
         )
-        if resamples:  # first: the evaluation id tag, written last, marks the update complete (a crash between
-            self.client.log_dict(  # them leaves the old id, and the rerun writes both again)
+        # the resamples first, the evaluation id tag last: the tag marks the update complete (a crash between them
+        # leaves the old id, and the rerun writes both again)
+        if resamples:
+            self.client.log_dict(
                 rid,
                 {"evaluation_id": evaluation_id, "resamples": {k: [float(v) for v in r] for k, r in resamples.items()}},
                 RESAMPLES_FILE,

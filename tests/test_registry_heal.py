@@ -11,6 +11,7 @@ digits schedules (the register stage's real path: ``stages.register``):
 - evaluation outputs as one unit: a JSON and an npz from different evaluations are refused in one line.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -341,3 +342,28 @@ def test_evaluate_writes_the_npz_before_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(eo, "write_text_atomic", recording(eo.write_text_atomic))
     write_evaluation(p, "digits", *evaluation(seed=2))
     assert order == ["digits-bootstrap.npz", "digits.json"]
+
+
+def test_a_register_killed_mid_run_is_finished_by_the_rerun(clean, tmp_path):
+    """A real SIGKILL while a schedule run is RUNNING (the writer's process is gone, its lock freed by the kernel):
+    the rerun marks the run FAILED, reopens and finishes it; the registry equals a clean register's."""
+    import signal
+    import sqlite3
+    import time
+
+    _, snap, _, db = clean
+    p = project(tmp_path / "proj", db=db)
+    dbfile = Path(p.mlflow.tracking_uri[len("sqlite:///") :])
+    pr = cli_register(tmp_path / "proj" / "params.yaml")
+    deadline, running = time.monotonic() + 300, 0
+    while time.monotonic() < deadline and pr.poll() is None and not running:
+        with contextlib.closing(sqlite3.connect(f"file:{dbfile}?mode=ro", uri=True, timeout=5)) as con:
+            with contextlib.suppress(sqlite3.OperationalError):  # locked by the writer for a moment
+                running = con.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
+        time.sleep(0.02)
+    assert running, "the register finished before a run was seen RUNNING"
+    os.kill(pr.pid, signal.SIGKILL)
+    pr.communicate(timeout=60)
+    assert pr.returncode == -signal.SIGKILL
+    stages.register(p)
+    assert snapshot(p) == snap

@@ -35,9 +35,11 @@ from pathlib import Path
 from optsteps.core.schedule import Schedule
 from optsteps.errors import OptstepsError
 from optsteps.integrations.mlflow_pyfunc import FORMATS, SCHEDULE_FILE, SchedulePyfunc, save_schedule_model
+from optsteps.integrations.registry_lock import open_run
 from optsteps.integrations.registry_pages import model_description, nfe_table, schedule_params, version_description
 from optsteps.integrations.tracking_server import DEFAULT_TIMEOUT_S, check_reachable, guarded_client
 from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+from optsteps.io.readers import read_json
 
 EXPERIMENT = "optsteps-schedules"
 SUMMARY_EXPERIMENT = "optsteps-summary"
@@ -48,6 +50,7 @@ EVALUATION_TAG = "evaluation_id"
 KEY_TAG = "schedule_key"  # the content key of a schedule version (``schedule_key``)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: training view, not GenAI
 GRID_PATH = "samples.png"  # one root-level path in every run: MLflow's compare view shows common root files only
+SUMMARY_KEY_TAG = "summary_key"  # the content key of a summary run (rows, speedup, metric, name)
 REGISTERED_METRICS = (
     "fid_inception",
     "adherence_digitsnet",
@@ -344,10 +347,13 @@ class Registry:
                 metrics, samples = evaluate()
             self._log(old.info.run_id, tags=_page_tags(model_sha, vs_best_baseline, speedup))
             return self._update_run(old, metrics, resamples, evaluation_id, params)
-        run = self.client.create_run(
+        run = open_run(  # a run of this key a crash left is reopened and finished, not doubled
+            self,
             self.experiment_id(),
-            run_name=name,
-            tags={
+            KEY_TAG,
+            key,
+            name,
+            {
                 KIND_TAG: "schedule",
                 "model": sched.model,
                 "method": sched.method,
@@ -357,6 +363,7 @@ class Registry:
                 **_source_tags(),
                 **_page_tags(model_sha, vs_best_baseline, speedup),
             },
+            None if evaluate is not None else {**_split_metrics(metrics or {})[1], **(params or {})},
         )
         rid = run.info.run_id
         try:
@@ -429,7 +436,8 @@ class Registry:
         step = 1 + max(
             (m.step for k in changed for m in self.client.get_metric_history(rid, _metric_key(k))), default=0
         )
-        self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
+        # the resamples first, the evaluation id tag last: the tag marks the update complete (a crash between them
+        # leaves the old id, and the rerun writes both again)
         if resamples:
             self.client.log_dict(
                 rid,
@@ -437,6 +445,7 @@ class Registry:
                 RESAMPLES_FILE,
             )
             self._resamples.pop(rid, None)
+        self._log(rid, metrics=changed, step=step, tags={EVALUATION_TAG: evaluation_id} if evaluation_id else None)
         return rid
 
     def _log_schedule_model(self, run_id: str, schedule: Schedule):
@@ -455,9 +464,18 @@ class Registry:
 
         if not rows:
             raise OptstepsError("no rows to summarise; run an evaluation grid first.")
-        run = self.client.create_run(
-            self.experiment_id(SUMMARY_EXPERIMENT), run_name=run_name, tags={KIND_TAG: "summary"}
+        import hashlib
+
+        key = hashlib.sha256(
+            json.dumps([rows, speedup, metric, run_name], sort_keys=True, default=str).encode()
+        ).hexdigest()[:32]
+        exp = self.experiment_id(SUMMARY_EXPERIMENT)
+        done = self.client.search_runs(
+            [exp], f"tags.{SUMMARY_KEY_TAG} = '{key}' and attributes.status = 'FINISHED'", max_results=1
         )
+        if done:  # the same summary is logged: nothing to add
+            return done[0].info.run_id
+        run = open_run(self, exp, SUMMARY_KEY_TAG, key, run_name, {KIND_TAG: "summary", SUMMARY_KEY_TAG: key}, {})
         rid = run.info.run_id
         try:
             self.client.log_dict(rid, {"rows": rows}, "summary/rows.json")
@@ -782,12 +800,9 @@ class Registry:
 
     def version_by_key(self, name: str, key: str):
         """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mvs = self.client.search_model_versions(f"name = {filter_value(name)} and tag.{KEY_TAG} = '{key}'")
-        except MlflowException:
-            return None
+        mvs = self.client.search_model_versions(  # an error is no answer: None here would add a second version
+            f"name = {filter_value(name)} and tag.{KEY_TAG} = '{key}'"
+        )
         return min(mvs, key=lambda mv: int(mv.version)) if mvs else None
 
     def run_resamples(self, run_id: str) -> dict:
@@ -799,7 +814,9 @@ class Registry:
             if RESAMPLES_FILE in names:
                 with tempfile.TemporaryDirectory() as d:
                     local = self.client.download_artifacts(run_id, RESAMPLES_FILE, d)
-                    out = json.loads(Path(local).read_text()).get("resamples", {})
+                    fix = f"rerun `optsteps stage register` (run {run_id})"
+                    rec = read_json(local, "run's resamples record", fix=fix)
+                    out = rec.get("resamples", {})
             cache[run_id] = out
         return cache[run_id]
 

@@ -122,22 +122,31 @@ def _check_shape(data, path, what, top, max_depth, fix):
 
 
 def read_json(
-    path, what: str, max_bytes: int | None = None, max_depth: int | None = None, top=dict, fix: str = "check the file"
+    path,
+    what: str,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
+    top=dict,
+    fix: str = "check the file",
+    allow_nan: bool = False,
 ) -> object:
     """The parsed JSON file ``path``: UTF-8, at most ``max_bytes``, nested at most ``max_depth``, with a top-level
-    value of type ``top`` (None: any); NaN/Infinity literals are refused (JSON has none)."""
+    value of type ``top`` (None: any); NaN/Infinity literals are refused (JSON has none) unless ``allow_nan`` (files
+    optsteps wrote with Python's ``json``, e.g. a metric that came out NaN)."""
     text = read_text(path, what, max_bytes, fix)
-    return parse_json(text, path, what, max_depth, top, fix)
+    return parse_json(text, path, what, max_depth, top, fix, allow_nan)
 
 
 def _no_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_json(text: str, path, what: str, max_depth: int | None = None, top=dict, fix: str = "check the file"):
+def parse_json(
+    text: str, path, what: str, max_depth: int | None = None, top=dict, fix: str = "check the file", allow_nan=False
+):
     """``read_json`` for text already read (e.g. a registry record): the same checks, the same one line."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text) if allow_nan else json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         _fail(path, f"the {what} is nested too deeply to read", fix)
     except ValueError as e:  # JSONDecodeError, and NaN/Infinity

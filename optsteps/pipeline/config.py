@@ -68,6 +68,8 @@ class MlflowConfig:
     pipeline_metric: str = field(default="fid_teacher_inception", metadata={"check": _metric_rule})
     # an http(s) tracking server must answer /health within this (else one clear error)
     timeout_s: float = field(default=10.0, metadata={"range": (0.0, 3600.0), "open": "lo"})
+    # a register waits this long for another register of the same registry (the lock file) before failing
+    lock_timeout_s: float = field(default=600.0, metadata={"range": (0.0, 86400.0)})
 
 
 @dataclass(frozen=True)

@@ -130,10 +130,9 @@ def evaluate_one(
     if not (log or register):
         metrics, _ = run()
         return OneEvaluation(metrics, solver=solver)
+    from optsteps.integrations.registry_lock import open_registry
     from optsteps.io.provenance import params_hash
 
-    if reg is None:  # a local database is created only now, after every check
-        reg = Registry(uri, timeout_s=p.mlflow.timeout_s)
     run_params = {
         "n": n,
         "inception_n": inception_n,
@@ -150,10 +149,12 @@ def evaluate_one(
         out.update(metrics)
         return metrics, x
 
-    rid = reg.log_schedule_run(
-        s, solver=solver, params=run_params, evaluate=run_and_keep, teacher_seed=p.teacher.seed if teacher else None
-    )
     res = None
-    if register:
-        res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
+    uri = tracking_uri or p.mlflow.tracking_uri
+    with open_registry(uri, p.mlflow.timeout_s, p.mlflow.lock_timeout_s) as reg:  # one writer at a time
+        rid = reg.log_schedule_run(
+            s, solver=solver, params=run_params, evaluate=run_and_keep, teacher_seed=p.teacher.seed if teacher else None
+        )
+        if register:
+            res = reg.register_schedule(rid, metric=champion_metric(p, model, [{}, out]), params_digest=params_hash(p))
     return OneEvaluation(out, rid, reg.tracking_uri, res, solver=solver)

@@ -29,7 +29,6 @@ from optsteps.pipeline.layout import (
     classifier_record_path,
     digests_cache,
     eval_dir,
-    eval_path,
     grids_dir,
     identity_path,
     markdown_path,
@@ -159,7 +158,9 @@ def recorded_model_sha(p: Params, model) -> str | None:
         path, key, stage = identity_path(p, e), "sha256", "identify"
     if not path.is_file():
         raise OptstepsError(f"{path} is missing; run `optsteps stage {stage} --model {e.name}` first.")
-    return json.loads(path.read_text()).get(key)
+    from optsteps.io.readers import read_json
+
+    return read_json(path, "model record", fix=f"rerun `optsteps stage {stage} --model {e.name}`").get(key)
 
 
 def train(p: Params, model: str, force: bool = False) -> Path:
@@ -578,14 +579,12 @@ def evaluate(p: Params, model) -> Path:
     The digits metrics (classifier FID/KID, adherence) exist only for the embedded digits models; every model gets
     the model-agnostic ones (``l2_to_teacher`` in its state space, ``psnr_to_teacher`` and the Inception FID/KID to
     the teacher on decoded images), and no digits classifier is needed for a pipeline."""
-    import io
     import json
-
-    import numpy as np
 
     from optsteps.evaluate.run import evaluate_grid, markdown_table
     from optsteps.evaluate.speedup import speedup_table
-    from optsteps.io.atomic import write_bytes_atomic, write_text_atomic
+    from optsteps.io.atomic import write_text_atomic
+    from optsteps.pipeline.eval_outputs import write_evaluation
 
     p, e = resolve(p, model)
     torch.set_num_threads(p.evaluate.threads)
@@ -632,17 +631,9 @@ def evaluate(p: Params, model) -> Path:
     )
     for row, s in zip(rows[1:], schedules):
         row["schedule"] = s.to_dict()
-    out = eval_path(p, e)
-    write_text_atomic(out, json.dumps(rows, indent=1) + "\n")
+    out = write_evaluation(p, e, rows, resamples)  # npz then JSON, one outputs id: register checks the pair
     write_text_atomic(markdown_path(p, e), markdown_table(rows, resamples=resamples))
     write_text_atomic(summary_path(p, e), json.dumps(speedup_table(rows), indent=1) + "\n")
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        **{f"row{i}/{k}": v for i, res in enumerate(resamples) for k, v in res.items()},
-        evaluation_id=np.array(rows[0]["evaluation_id"]),
-    )
-    write_bytes_atomic(resamples_path(p, e), buf.getvalue())
     write_tracked_summaries(p, e, rows)
     return out
 
@@ -704,18 +695,14 @@ def write_tracked_summaries(p: Params, model, rows: list[dict]) -> None:
 
 
 def load_resamples(p: Params, model, rows: int) -> list[dict]:
-    """The rows' resamples written by ``evaluate`` ([{}] * rows when the file is missing: no intervals)."""
-    import numpy as np
+    """The rows' resamples written by ``evaluate`` ([{}] * rows when the file is missing: no intervals). The register
+    stage reads the rows and resamples together, checked as one unit (``eval_outputs.read_evaluation``)."""
+    from optsteps.pipeline.eval_outputs import read_resamples
 
     path = resamples_path(p, model)
-    out = [{} for _ in range(rows)]
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            for key in z.files:
-                if key.startswith("row"):
-                    i, metric = key[3:].split("/", 1)
-                    out[int(i)][metric] = z[key]
-    return out
+    if not path.is_file():
+        return [{} for _ in range(rows)]
+    return read_resamples(path, rows, f"rerun `optsteps stage evaluate --model {model_name(p, model)}`")[0]
 
 
 def _grid_file(p: Params, model, row: dict) -> str | None:
@@ -729,70 +716,79 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     """Log one MLflow run per evaluated (model, method, solver, NFE) with its resamples, register each schedule as
     a model version (champion-nfe{K}: the best version by ``champion_metric`` of the latest evaluation, tagged with
     whether its lead is significant; docs/algorithms.md §7.3) and log one summary run per model (with the speedup
-    figure). Writes results/registry.json (what was registered, its action and where each version stands now)."""
+    figure). Writes results/registry.json (what was registered, its action and where each version stands now).
+
+    Each model's evaluation JSON and resamples are checked to be one unit first (``eval_outputs.read_evaluation``);
+    then everything runs under the registry's lock (``registry_lock.open_registry``: one writer, the database created
+    once, runs a killed register left reopened), so a rerun after a crash ends as a clean register would."""
     import json
 
-    from optsteps.integrations.mlflow_registry import Registry
+    from optsteps.integrations.registry_lock import open_registry
     from optsteps.io.atomic import write_text_atomic
     from optsteps.io.provenance import dvc_data_hash, git_commit, params_hash
+    from optsteps.pipeline.eval_outputs import read_evaluation
 
-    reg = Registry(p.mlflow.tracking_uri or None, timeout_s=p.mlflow.timeout_s)
+    models = models or list(p.models)
+    evaluations = {model: read_evaluation(p, model) for model in models}  # every pair checked before any write
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
     done = []
-    for model in models or list(p.models):
-        path = eval_path(p, model)
-        name = model_name(p, model)
-        if not path.is_file():
-            raise OptstepsError(
-                f"{path} is missing; run the evaluate stage first (`optsteps stage evaluate --model {name}`)."
-            )
-        rows = json.loads(path.read_text())
-        resamples = load_resamples(p, model, len(rows))
-        metric = champion_metric(p, model, rows)
-        model_sha = recorded_model_sha(p, model)  # versions keyed by content
-        summary = summary_path(p, model)
-        speedup = json.loads(summary.read_text()) if summary.is_file() else None
-        from optsteps.evaluate.speedup import best_baseline
-
-        best = best_baseline(speedup or [])
-        for row, res in zip(rows[1:], resamples[1:]):
-            here = [row["method"], row["solver"], row["nfe"]]
-            s = Schedule.from_dict(row["schedule"])
-            metrics = {
-                k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")
-            }
-            metrics["ci95"] = row.get("ci95") or {}
-            run_id = reg.log_schedule_run(
-                s,
-                metrics=metrics,
-                solver=row["solver"],
-                resamples=res,
-                evaluation_id=row.get("evaluation_id"),
-                model_sha=model_sha,
-                grid=_grid_file(p, model, row),
-                vs_best_baseline=row.get("vs_best_baseline"),
-                speedup=[e for e in best if [e[k] for k in ("method", "solver", "nfe")] == here],
-                teacher_seed=p.teacher.seed,
-                params={"eval_seed": row["seed"]} if "seed" in row else None,
-            )
-            info = reg.register_schedule(
-                run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash, resamples=res.get(metric)
-            )
-            done.append(
-                {
-                    "model": name,
-                    "method": row["method"],
-                    "solver": row["solver"],
-                    "nfe": row["nfe"],
-                    "run_id": run_id,
-                    "dvc_data_hash": dvc_hash,
-                    **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
-                }
-            )
-        for d in done:  # a later row may have taken the alias: record where each version stands now
-            if d["model"] == name and "version" in d:
-                d.update(reg.standing(d["name"], d["version"]))
-        reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric, speedup=speedup)
-    out = registry_path(p)
-    write_text_atomic(out, json.dumps(done, indent=1) + "\n")
+    # one register at a time (the lock), the database created once, runs a killed register left healed
+    with open_registry(p.mlflow.tracking_uri, p.mlflow.timeout_s, p.mlflow.lock_timeout_s) as reg:
+        for model in models:
+            done += _register_model(p, reg, model, evaluations[model], git, digest, dvc_hash)
+        out = registry_path(p)
+        write_text_atomic(out, json.dumps(done, indent=1) + "\n")
     return out
+
+
+def _register_model(p: Params, reg, model, evaluation, git, digest, dvc_hash) -> list[dict]:
+    """``register`` for one model's evaluation (rows, resamples) on an open registry: its records."""
+    from optsteps.evaluate.speedup import best_baseline
+    from optsteps.io.readers import read_json
+
+    done = []
+    name = model_name(p, model)
+    rows, resamples = evaluation
+    metric = champion_metric(p, model, rows)
+    model_sha = recorded_model_sha(p, model)  # versions keyed by content
+    summary = summary_path(p, model)
+    fix = f"rerun `optsteps stage evaluate --model {name}`"
+    speedup = read_json(summary, "speedup summary", top=list, fix=fix) if summary.is_file() else None
+    best = best_baseline(speedup or [])
+    for row, res in zip(rows[1:], resamples[1:]):
+        here = [row["method"], row["solver"], row["nfe"]]
+        s = Schedule.from_dict(row["schedule"])
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("nfe", "seed", "start")}
+        metrics["ci95"] = row.get("ci95") or {}
+        run_id = reg.log_schedule_run(
+            s,
+            metrics=metrics,
+            solver=row["solver"],
+            resamples=res,
+            evaluation_id=row.get("evaluation_id"),
+            model_sha=model_sha,
+            grid=_grid_file(p, model, row),
+            vs_best_baseline=row.get("vs_best_baseline"),
+            speedup=[e for e in best if [e[k] for k in ("method", "solver", "nfe")] == here],
+            teacher_seed=p.teacher.seed,
+            params={"eval_seed": row["seed"]} if "seed" in row else None,
+        )
+        info = reg.register_schedule(
+            run_id, metric=metric, git=git, params_digest=digest, dvc_hash=dvc_hash, resamples=res.get(metric)
+        )
+        done.append(
+            {
+                "model": name,
+                "method": row["method"],
+                "solver": row["solver"],
+                "nfe": row["nfe"],
+                "run_id": run_id,
+                "dvc_data_hash": dvc_hash,
+                **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
+            }
+        )
+    for d in done:  # a later row may have taken the alias: record where each version stands now
+        if "version" in d:
+            d.update(reg.standing(d["name"], d["version"]))
+    reg.log_summary_run(rows, run_name=f"summary-{name}", metric=metric, speedup=speedup)
+    return done

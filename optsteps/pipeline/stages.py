@@ -729,6 +729,11 @@ def register(p: Params, models: list[str] | None = None) -> Path:
     from optsteps.pipeline.eval_outputs import read_evaluation
 
     models = models or list(p.models)
+    uri = p.mlflow.tracking_uri
+    if uri and uri.startswith(("http://", "https://")):  # a server that does not work fails first, in one line
+        from optsteps.integrations.mlflow_registry import Registry
+
+        Registry(uri, timeout_s=p.mlflow.timeout_s)
     evaluations = {model: read_evaluation(p, model) for model in models}  # every pair checked before any write
     git, digest, dvc_hash = git_commit(), params_hash(), dvc_data_hash()
     done = []

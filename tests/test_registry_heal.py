@@ -215,7 +215,9 @@ def crash_then_rerun(tmp_path, n: int, mode: str, db: Path):
 def test_a_rerun_after_a_crash_at_any_mlflow_call_equals_a_clean_register(clean, tmp_path, mode):
     _, snap, calls, db = clean
     failures = []
-    for n in range(1, len(calls) + 1):
+    # every call is crashed once, in one of the two modes (odd calls killed, even calls raising): the suite's time
+    assert len(calls) > 20
+    for n in range(1 if mode == "kill" else 2, len(calls) + 1, 2):
         p, where = crash_then_rerun(tmp_path, n, mode, db)
         got = snapshot(p)
         if got != snap:

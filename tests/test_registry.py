@@ -156,6 +156,13 @@ def test_champion_is_the_best_of_its_evaluation_whatever_the_registration_order(
     assert tags["tq"]["champion_decision"] == "behind" and tags["tq"]["champion_significance"] == "significant"
     assert tags["tq"]["compared_with"] == "oss" and tags["tq"]["rank"] == "5/5"
     assert [t["champion_decision"] for t in tags.values()].count("best") == 1
+    # ``standing`` (what results/registry.json records) says the same as the tags now, not at registration time
+    r = Registry(f"sqlite:///{tmp_path}/order0/mlruns.db")
+    for mv in r.client.search_model_versions(f"name = '{registered_name('ord', 'unipc')}'"):
+        st, t = r.standing(mv.name, int(mv.version)), mv.tags
+        assert st["champion_significance"] == t["champion_significance"] and st["compared_with"] == t["compared_with"]
+        assert st["decision"] == t["champion_decision"] and st["champion"] == (t["method"] == "oss")
+        assert st["paired_diff"] == pytest.approx(float(t["paired_diff"]))
     # a new evaluation's best takes over; the previous evaluation's versions say so
     r = Registry(f"sqlite:///{tmp_path}/order0/mlruns.db")
     name = registered_name("ord", "unipc")

@@ -790,13 +790,24 @@ class Registry:
         return written
 
     def standing(self, name: str, version: int) -> dict:
-        """Whether a version holds its NFE's alias now and its present ``champion_decision``."""
+        """Whether a version holds its NFE's alias now, its present ``champion_decision`` and its present comparison
+        (runner-up or champion, paired difference and interval, significance): what its tags say after the last
+        settle, so that a record written at registration time is brought up to date."""
         mv = self.client.get_model_version(name, str(version))
         champ = self._champion(name, champion_alias(int(mv.tags.get("nfe", 0))))
-        return {
+        tags = mv.tags
+        out = {
             "champion": champ is not None and str(champ.version) == str(mv.version),
-            "decision": mv.tags.get("champion_decision", ""),
+            "decision": tags.get("champion_decision", ""),
+            "compared_with": tags.get("compared_with") or None,
+            "champion_significance": tags.get("champion_significance") or None,
+            "paired_diff": float(tags["paired_diff"]) if tags.get("paired_diff") else None,
+            "paired_ci95_lo": None,
+            "paired_ci95_hi": None,
         }
+        if tags.get("paired_ci95"):
+            out["paired_ci95_lo"], out["paired_ci95_hi"] = json.loads(tags["paired_ci95"])
+        return out
 
     def version_by_key(self, name: str, key: str):
         """The version of ``name`` registered for the schedule whose content key is ``key``, or None: one search."""

@@ -318,7 +318,6 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     ``oss.t_max_candidate``, of the search from t_max — are scored on samples [S, S + H) and the best is kept
     (``optimizers.select.choose_by_heldout``; its record is the schedule's ``heldout``)."""
     from optsteps.optimizers.oss import check_start_window, gits_search, oss_search_all
-    from optsteps.optimizers.polish import Split
     from optsteps.optimizers.select import choose_by_heldout
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
@@ -341,8 +340,7 @@ def compute_oss_nfes(p: Params, model, solver: str, nfes, method: str = "oss", t
     states, labels = all_states[:, :s], None if all_labels is None else all_labels[:s]
     heldout = None
     if all_states.shape[1] > s and p.oss.heldout_samples:
-        eps = all_states[0, s:] / float(m.noise_schedule.sigma(float(t[0])))  # the teacher starts from σ_{t_0} ε
-        heldout = Split(eps, all_states[-1, s:], None if all_labels is None else all_labels[s:])
+        heldout = teacher_split(m, t, all_states, all_labels, s, all_states.shape[1])
     elif p.oss.heldout_samples:
         log.warning(
             "%s holds no teacher samples after the first %d: no held-out choice between candidates (raise "
@@ -451,12 +449,22 @@ def compute_lambda_opt(
 POLISH_HELDOUT = 64  # held-out samples when oss.heldout_samples does not exist (yet)
 
 
+def teacher_split(m, t, states, labels, a: int, b: int):
+    """Teacher samples [a, b) of loaded shards as a ``polish.Split``: unit noise ε = x̄_0 / σ_{t_0} (the teacher
+    starts from σ_{t_0} ε, the scaled state), the endpoints x̄_N and the labels (the polish's and the held-out
+    choice's splits)."""
+    from optsteps.optimizers.polish import Split
+
+    eps = states[0, a:b] / float(m.noise_schedule.sigma(float(t[0])))
+    return Split(eps, states[-1, a:b], None if labels is None else labels[a:b])
+
+
 def polish_stage_schedule(p: Params, m, sched: Schedule, traj_dir) -> Schedule:
     """``sched`` polished (docs/algorithms.md §8) when ``polish.enabled``, else unchanged. Distillation split: the
     shards' samples [0, S) (S = oss.samples), held-out split: [S, S + H) (H = oss.heldout_samples); the polished
     times replace the schedule's only if its held-out MSE falls, and its JSON records ``polish`` (steps, forwards
     and backwards in rows, distillation/held-out MSE before and after) either way."""
-    from optsteps.optimizers.polish import Split, polish_schedule
+    from optsteps.optimizers.polish import polish_schedule
     from optsteps.teacher.load import LabelledDenoiser, load_teacher
 
     if not p.polish.enabled:
@@ -468,17 +476,12 @@ def polish_stage_schedule(p: Params, m, sched: Schedule, traj_dir) -> Schedule:
             f"{traj_dir} holds {states.shape[1]} teacher samples, none left for the polish's held-out "
             f"split after oss.samples = {s}; raise trajectories.samples to at least {s + h}."
         )
-    eps = states[0] / float(m.noise_schedule.sigma(float(t[0])))  # the teacher starts from σ_{t_0} ε (scaled)
-
-    def split(a, b):
-        return Split(eps[a:b], states[-1, a:b], None if labels is None else labels[a:b])
-
     res = polish_schedule(
         sched,
         lambda lab: LabelledDenoiser(m, lab, p.teacher.guidance),
         m.noise_schedule,
-        split(0, s),
-        split(s, s + h),
+        teacher_split(m, t, states, labels, 0, s),
+        teacher_split(m, t, states, labels, s, s + h),
         p.polish,
     )
     return res.schedule.with_meta(
